@@ -1,0 +1,14 @@
+# One image for every entry point: `inference-autoscaler optimize|...`.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY autoscaler ./autoscaler
+RUN pip wheel --no-cache-dir --wheel-dir /wheels .
+
+FROM python:3.11-slim
+RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin autoscaler
+COPY --from=build /wheels /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
+USER 10001
+ENTRYPOINT ["inference-autoscaler"]
+CMD ["optimize"]

@@ -1,0 +1,62 @@
+"""The `inference-autoscaler` command. Bad input ends in one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Sequence
+
+from .errors import InputError
+
+EXIT_BAD_INPUT = 2
+
+
+def embedded_problem() -> Path:
+    """Inferno's large 2026 sample (Apache-2.0), shipped so the optimizer runs with no cluster."""
+    return Path(str(resources.files("autoscaler") / "data" / "inferno-large"))
+
+
+def _optimize(args: argparse.Namespace) -> int:
+    from .optimizer.loader import load_system
+    from .optimizer.report import solution_json, solution_table
+    from .optimizer.solver import solve
+
+    system = load_system(args.problem or embedded_problem())
+    solution = solve(system)
+    print(solution_json(system, solution) if args.json else solution_table(system, solution))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="inference-autoscaler",
+        description="Model-based autoscaling of LLM inference services on KServe/Knative.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    optimize = commands.add_parser(
+        "optimize",
+        help="choose GPU type, replicas and batch size for every server of a problem",
+        description="Solve an Inferno-format problem: a directory of *-data.json files or one system-data.json.",
+    )
+    optimize.add_argument("problem", nargs="?", type=Path, help="problem directory or system-data.json (default: embedded sample)")
+    optimize.add_argument("--json", action="store_true", help="print solution-data.json instead of a table")
+    optimize.set_defaults(run=_optimize)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except InputError as exc:
+        print(f"inference-autoscaler: error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    except BrokenPipeError:  # `... | head` closed the pipe: not an error worth a traceback
+        sys.stderr.close()
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
