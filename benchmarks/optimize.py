@@ -73,7 +73,7 @@ def naive_solve_time(system: System) -> tuple[float, int]:
             profile = system.profiles.get((server.model, acc))
             if profile is None:
                 continue
-            max_batch = max(profile.max_batch_size * profile.at_tokens // load.avg_out_tokens, 1)
+            max_batch = profile.batch_limit(load.avg_in_tokens, load.avg_out_tokens)
             reference.size(
                 profile.params, load.avg_in_tokens, load.avg_out_tokens, max_batch,
                 target.ttft_ms, target.itl_ms, target.tps, load.arrival_rate_rpm / 60, server.min_replicas,

@@ -130,3 +130,21 @@ def test_current_allocation_is_kept_when_moving_costs_more_than_it_saves():
         assert stay.accelerator == other.accelerator
     kept = solve(system([server("s", 600, current=current, keep_accelerator=True)])).allocations["s"]
     assert kept.accelerator == other.accelerator
+
+
+def test_kv_cache_bounds_the_batch_where_known():
+    from autoscaler.optimizer.domain import IterationParams, ModelProfile
+
+    inferno = ModelProfile("m", "A", 1, max_batch_size=64, at_tokens=512, params=IterationParams(1, 0.1, 0.001))
+    assert inferno.batch_limit(128, 1024) == 32  # Inferno: 64 * 512 // 1024 output tokens
+    measured = ModelProfile("m", "A", 1, 256, 0, IterationParams(1, 0.1, 0.001), kv_cache_tokens=50_000)
+    assert measured.batch_limit(1000, 250) == 40  # memory: 50,000 // 1,250 tokens per request
+    assert measured.batch_limit(10, 10) == 256  # and never beyond max-num-seqs
+    assert measured.batch_limit(100_000, 10) == 1
+
+
+def test_slo_concurrency_is_littles_law_at_the_sized_rate():
+    alloc = cheapest(system([server("s", 600)]), "s")
+    # mean requests in a replica at its SLO-limit rate: rate * mean time in system, so more
+    # than the rate times the TTFT alone and within the queue's capacity
+    assert alloc.max_rate_per_replica * alloc.ttft_ms / 1000 < alloc.slo_concurrency <= 11 * alloc.max_batch

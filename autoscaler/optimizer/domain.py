@@ -63,6 +63,16 @@ class ModelProfile:
     max_batch_size: int
     at_tokens: int
     params: PerfParams
+    # KV-cache size in tokens where known (measured profiles): then the batch is bounded by
+    # memory, min(maxBatchSize, kvCacheTokens // (in + out)), instead of Inferno's scaling rule
+    kv_cache_tokens: int = 0
+
+    def batch_limit(self, in_tokens: int, out_tokens: int) -> int:
+        """Largest batch the server can hold for requests of this shape."""
+        if self.kv_cache_tokens > 0:
+            return max(min(self.max_batch_size, self.kv_cache_tokens // max(in_tokens + out_tokens, 1)), 1)
+        # Inferno: maxBatchSize holds at atTokens output tokens; longer outputs hold the cache longer
+        return max(self.max_batch_size * self.at_tokens // out_tokens, 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -144,6 +154,7 @@ class Allocation:
     itl_ms: float
     ttft_ms: float
     max_rate_per_replica: float  # requests/second one replica sustains within the SLOs
+    slo_concurrency: float = 0.0  # mean requests in one replica (running + queued) at that rate
     best_effort: bool = False
 
 

@@ -247,6 +247,7 @@ def _profiles(doc: Node, accelerators: dict[str, Accelerator]) -> dict[tuple[str
             max_batch_size=node.integer("maxBatchSize", minimum=1),
             at_tokens=node.integer("atTokens", default=0),
             params=_perf_params(node),
+            kv_cache_tokens=node.integer("kvCacheTokens", default=0),
         )
     return result
 

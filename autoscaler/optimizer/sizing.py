@@ -106,9 +106,10 @@ class CandidateBatch:
         self.rate_max = self.chains.mu_full * (1.0 - RATE_RANGE_MARGIN)
 
     def latencies(self, rows: np.ndarray, rate: np.ndarray):
+        """(ITL, TTFT, queue figures) of rows at arrival rates in requests/ms."""
         stats = self.chains.solve(rows, rate)
         itl, ttft = self.model.latencies(rows, stats)
-        return itl, ttft, stats.throughput
+        return itl, ttft, stats
 
     def max_rates(self) -> tuple[np.ndarray, np.ndarray]:
         """Per row: the arrival rate (req/ms) that meets all its SLOs, and whether one exists.
@@ -153,8 +154,7 @@ def _candidate_rows(system: System):
             elif zero_load:
                 max_batch = profile.max_batch_size
             else:
-                # the profile's batch limit holds at atTokens; longer outputs hold the KV cache longer
-                max_batch = max(profile.max_batch_size * profile.at_tokens // load.avg_out_tokens, 1)
+                max_batch = profile.batch_limit(load.avg_in_tokens, load.avg_out_tokens)
             out_tokens = max(load.avg_out_tokens, 1)
             # profiles are keyed by (model, accelerator) and targets by (class, model)
             key = (server.model, accelerator, server.class_name, load.avg_in_tokens, out_tokens, max_batch)
@@ -193,9 +193,11 @@ def size_candidates(system: System) -> dict[str, list[Allocation]]:
     row_ok = feasible & np.isfinite(best_rate)
     all_rows = np.arange(len(best_rate))
     capacity_per_replica = np.full(len(best_rate), np.nan)
+    slo_concurrency = np.full(len(best_rate), np.nan)
     if row_ok.any():
-        _, _, throughput = batch.latencies(all_rows[row_ok], best_rate[row_ok])
-        capacity_per_replica[row_ok] = throughput * 1000.0  # requests/second
+        _, _, at_limit = batch.latencies(all_rows[row_ok], best_rate[row_ok])
+        capacity_per_replica[row_ok] = at_limit.throughput * 1000.0  # requests/second
+        slo_concurrency[row_ok] = at_limit.num_in_system
 
     kept: list[tuple[Candidate, int]] = []
     rates = []
@@ -233,6 +235,7 @@ def size_candidates(system: System) -> dict[str, list[Allocation]]:
                 itl_ms=itl_ms,
                 ttft_ms=ttft_ms,
                 max_rate_per_replica=0.0 if cand.zero_load else float(capacity_per_replica[cand.row]),
+                slo_concurrency=0.0 if cand.zero_load else float(slo_concurrency[cand.row]),
             )
         )
     return result
