@@ -18,19 +18,19 @@ import os
 for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ.setdefault(var, "1")
 
-import argparse  # noqa: E402
-import dataclasses  # noqa: E402
-import random  # noqa: E402
-import sys  # noqa: E402
-import time  # noqa: E402
-from pathlib import Path  # noqa: E402
+import argparse
+import dataclasses
+import random
+import sys
+import time
+from pathlib import Path
 
-from autoscaler.cli import embedded_problem  # noqa: E402
-from autoscaler.optimizer import reference  # noqa: E402
-from autoscaler.optimizer.domain import System  # noqa: E402
-from autoscaler.optimizer.loader import load_system  # noqa: E402
-from autoscaler.optimizer.sizing import size_candidates  # noqa: E402
-from autoscaler.optimizer.solver import solve  # noqa: E402
+from autoscaler.cli import embedded_problem
+from autoscaler.optimizer import reference
+from autoscaler.optimizer.domain import System
+from autoscaler.optimizer.loader import load_system
+from autoscaler.optimizer.sizing import size_candidates
+from autoscaler.optimizer.solver import solve
 
 
 def replicate(system: System, copies: int) -> System:
@@ -45,7 +45,9 @@ def distinct_shapes(system: System, seed: int = 7) -> System:
         dataclasses.replace(
             s,
             load=dataclasses.replace(
-                s.load, avg_in_tokens=s.load.avg_in_tokens + rng.randint(1, 64), avg_out_tokens=s.load.avg_out_tokens + rng.randint(1, 64)
+                s.load,
+                avg_in_tokens=s.load.avg_in_tokens + rng.randint(1, 64),
+                avg_out_tokens=s.load.avg_out_tokens + rng.randint(1, 64),
             ),
         )
         for s in system.servers
@@ -75,8 +77,15 @@ def naive_solve_time(system: System) -> tuple[float, int]:
                 continue
             max_batch = profile.batch_limit(load.avg_in_tokens, load.avg_out_tokens)
             reference.size(
-                profile.params, load.avg_in_tokens, load.avg_out_tokens, max_batch,
-                target.ttft_ms, target.itl_ms, target.tps, load.arrival_rate_rpm / 60, server.min_replicas,
+                profile.params,
+                load.avg_in_tokens,
+                load.avg_out_tokens,
+                max_batch,
+                target.ttft_ms,
+                target.itl_ms,
+                target.tps,
+                load.arrival_rate_rpm / 60,
+                server.min_replicas,
             )
             count += 1
     return time.perf_counter() - start, count
@@ -90,13 +99,13 @@ def main() -> int:
     args = parser.parse_args()
 
     base = load_system(args.problem)
-    cases = [("replicated x%d" % args.copies, replicate(base, args.copies))]
+    cases = [(f"replicated x{args.copies}", replicate(base, args.copies))]
     cases.append(("distinct shapes", distinct_shapes(cases[0][1])))
     print(f"{'case':<18} {'servers':>8} {'candidates':>11} {'seconds':>9}")
     results = {}
     for label, system in cases:
         candidates = sum(len(v) for v in size_candidates(system).values())
-        seconds = best_time(lambda: solve(system), args.repeats)
+        seconds = best_time(lambda system=system: solve(system), args.repeats)
         results[label] = (len(system.servers), candidates, seconds)
         print(f"{label:<18} {len(system.servers):>8} {candidates:>11} {seconds:>9.3f}")
 
@@ -105,11 +114,15 @@ def main() -> int:
     per_candidate = naive_small / naive_candidates
     servers, candidates, seconds = results[cases[0][0]]
     print()
-    print(f"naive per-candidate loop on the {len(base.servers)}-server sample: {naive_small:.2f} s for {naive_candidates} candidates")
+    print(
+        f"naive per-candidate loop on the {len(base.servers)}-server sample: "
+        f"{naive_small:.2f} s for {naive_candidates} candidates"
+    )
     print(f"our optimizer on the same sample:            {ours_small:.4f} s  -> {naive_small / ours_small:,.0f}x faster")
     print(
         f"naive extrapolated to {servers} servers:      {per_candidate * candidates:.0f} s "
-        f"({candidates} candidates x {per_candidate * 1000:.1f} ms) -> {per_candidate * candidates / seconds:,.0f}x slower than ours"
+        f"({candidates} candidates x {per_candidate * 1000:.1f} ms) "
+        f"-> {per_candidate * candidates / seconds:,.0f}x slower than ours"
     )
     goal = 1.0
     verdict = "meets" if seconds < goal else "MISSES"

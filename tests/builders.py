@@ -22,7 +22,11 @@ ACCELERATORS = {
     "B": Accelerator("B", "B", 1, 40.0),
     "2xB": Accelerator("2xB", "B", 2, 80.0),
 }
-PARAMS = {"A": IterationParams(12.0, 0.03, 0.002), "B": IterationParams(4.0, 0.01, 0.0006), "2xB": IterationParams(2.5, 0.006, 0.0004)}
+PARAMS = {
+    "A": IterationParams(12.0, 0.03, 0.002),
+    "B": IterationParams(4.0, 0.01, 0.0006),
+    "2xB": IterationParams(2.5, 0.006, 0.0004),
+}
 
 
 def profiles(model: str = "m", max_batch: int = 64) -> dict:
@@ -58,4 +62,4 @@ def system(
     )
 
 
-__all__ = ["system", "server", "service_classes", "CurrentAllocation", "SaturationPolicy"]
+__all__ = ["CurrentAllocation", "SaturationPolicy", "server", "service_classes", "system"]

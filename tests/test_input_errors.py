@@ -46,7 +46,11 @@ def set_load(field, value):
         ("server-data.json", set_load("arrivalRate", "fast"), "servers[2].currentAlloc.load.arrivalRate: expected a number"),
         ("server-data.json", set_load("AvgOutTokens", 12.5), "avgOutTokens: expected a whole number, got 12.5"),
         ("server-data.json", lambda d: d["servers"][0].update(model="gpt-5"), "servers[0].model: unknown model 'gpt-5'"),
-        ("server-data.json", lambda d: d["servers"][0].update({"class": "Gold"}), "servers[0].class: unknown service class 'Gold'"),
+        (
+            "server-data.json",
+            lambda d: d["servers"][0].update({"class": "Gold"}),
+            "servers[0].class: unknown service class 'Gold'",
+        ),
         ("server-data.json", lambda d: d["servers"].append(d["servers"][0]), "servers[15]: duplicate server"),
         ("model-data.json", lambda d: d["models"][0].pop("perfParms"), "models[0]: needs perfParms"),
         ("model-data.json", lambda d: d["models"][0].update(acc="TPU"), "models[0].acc: unknown accelerator 'TPU'"),

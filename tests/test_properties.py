@@ -72,7 +72,10 @@ def test_allocated_servers_meet_their_slos_under_the_model(problem):
 def test_more_load_never_means_fewer_replicas(low, extra, inp, out, itl, ttft):
     classes = service_classes(itl=itl, ttft=ttft)
     sized = [
-        {a.accelerator: a.num_replicas for a in size_candidates(system([server("s", rpm, inp=inp, out=out)], classes=classes))["s"]}
+        {
+            a.accelerator: a.num_replicas
+            for a in size_candidates(system([server("s", rpm, inp=inp, out=out)], classes=classes))["s"]
+        }
         for rpm in (low, low + extra)
     ]
     assert sized[0].keys() == sized[1].keys()

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import heapq
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from itertools import groupby
-from typing import Callable, Mapping
 
 from .domain import Allocation, CurrentAllocation, SaturationPolicy, System
 
@@ -61,7 +61,7 @@ class _Entry:
     def order(self) -> tuple:
         return (self.priority, -self.regret, -self.options[self.index].value, self.name)
 
-    def __lt__(self, other: "_Entry") -> bool:
+    def __lt__(self, other: _Entry) -> bool:
         return self.order < other.order
 
 

@@ -7,8 +7,9 @@ requests/minute, latencies in milliseconds, throughput targets in tokens/second.
 from __future__ import annotations
 
 import enum
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Mapping, Union
+from typing import Union
 
 DEFAULT_CLASS_NAME = "Free"
 LOWEST_PRIORITY = 100

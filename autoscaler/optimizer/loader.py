@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 from ..errors import InputError
 from .domain import (
@@ -47,7 +48,7 @@ OPTIONAL_SECTIONS = {"optimizerdata"}
 class Node:
     """A JSON value with the file and path it came from, so every error can say where."""
 
-    __slots__ = ("value", "source", "path")
+    __slots__ = ("path", "source", "value")
 
     def __init__(self, value: Any, source: str, path: str = ""):
         self.value = value
@@ -60,23 +61,23 @@ class Node:
     def _child_path(self, key: str) -> str:
         return f"{self.path}.{key}" if self.path else key
 
-    def maybe(self, key: str) -> "Node | None":
+    def maybe(self, key: str) -> Node | None:
         """The member `key`, or None where it is absent or null."""
         if not isinstance(self.value, dict):
             raise self.fail(f"expected an object, got {_describe(self.value)}")
         value = self.value.get(key.lower())
         return None if value is None else Node(value, self.source, self._child_path(key))
 
-    def child(self, key: str) -> "Node":
+    def child(self, key: str) -> Node:
         node = self.maybe(key)
         if node is None:
             raise InputError(self.source, self._child_path(key), "missing")
         return node
 
-    def _member(self, key: str, required: bool) -> "Node | None":
+    def _member(self, key: str, required: bool) -> Node | None:
         return self.child(key) if required else self.maybe(key)
 
-    def items(self, key: str, required: bool = True) -> Iterator["Node"]:
+    def items(self, key: str, required: bool = True) -> Iterator[Node]:
         node = self._member(key, required)
         if node is None:
             return

@@ -28,11 +28,11 @@ class ServiceModel:
     max_batch: np.ndarray
 
     @staticmethod
-    def from_rows(params: list[PerfParams], in_tokens, out_tokens, max_batch) -> "ServiceModel":
+    def from_rows(params: list[PerfParams], in_tokens, out_tokens, max_batch) -> ServiceModel:
         legacy = np.array([isinstance(p, DecodePrefillParams) for p in params], dtype=bool)
-        coefficients = np.array(
-            [(p.alpha, p.beta, p.gamma, getattr(p, "delta", 0.0)) for p in params], dtype=np.float64
-        ).reshape(-1, 4)
+        coefficients = np.array([(p.alpha, p.beta, p.gamma, getattr(p, "delta", 0.0)) for p in params], dtype=np.float64).reshape(
+            -1, 4
+        )
         return ServiceModel(
             iteration_schema=~legacy,
             alpha=coefficients[:, 0],

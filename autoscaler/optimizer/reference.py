@@ -71,7 +71,9 @@ def analyze(p: PerfParams, inp: float, out: float, max_batch: int, lam: float) -
 
 
 def _largest_rate(metric, target: float, low: float, high: float) -> float | None:
-    close = lambda y: y == target or abs((y - target) / target) <= SEARCH_TOLERANCE  # noqa: E731
+    def close(y: float) -> bool:
+        return y == target or abs((y - target) / target) <= SEARCH_TOLERANCE
+
     y_low, y_high = metric(low), metric(high)
     if close(y_low):
         return low
@@ -103,7 +105,7 @@ def size(
     rate = high * (1 - TPS_SAFETY_FRACTION) if tps > 0 else high
     for target, pick in ((ttft, 1), (itl, 0)):
         if target > 0:
-            found = _largest_rate(lambda x: analyze(p, inp, out, max_batch, x)[pick], target, low, high)
+            found = _largest_rate(lambda x, pick=pick: analyze(p, inp, out, max_batch, x)[pick], target, low, high)
             if found is None:
                 return None
             rate = min(rate, found)

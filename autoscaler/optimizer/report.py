@@ -68,7 +68,11 @@ def solution_table(system: System, solution: Solution) -> str:
         )
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header))]
     numeric = {3, 5, 6, 7}
-    fmt = lambda r: "  ".join(c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()  # noqa: E731
+
+    def fmt(cells: tuple[str, ...]) -> str:
+        padded = (c.rjust(w) if i in numeric else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+        return "  ".join(padded).rstrip()
+
     lines = [fmt(header), "  ".join("-" * w for w in widths)] + [fmt(r) for r in rows]
 
     used: dict[str, int] = defaultdict(int)
@@ -82,7 +86,9 @@ def solution_table(system: System, solution: Solution) -> str:
     lines.append(f"total cost {solution.total_cost:g} cents/h for {len(solution.allocations)} of {len(system.servers)} servers")
     lines.append(f"GPUs used/capacity: {usage or 'none'}")
     if any(a.best_effort for a in solution.allocations.values()):
-        lines.append("* best effort: capacity ran out, fewer replicas than the SLOs need (latencies shown are at the SLO-sized count)")
+        lines.append(
+            "* best effort: capacity ran out, fewer replicas than the SLOs need (latencies shown are at the SLO-sized count)"
+        )
     if solution.unallocated:
         lines.append(f"unallocated (no capacity for any option that meets the SLOs): {', '.join(solution.unallocated)}")
     return "\n".join(lines)

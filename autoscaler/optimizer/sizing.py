@@ -9,8 +9,8 @@ search. The SLO searches of all rows run as one lock-step root search.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -219,7 +219,7 @@ def size_candidates(system: System) -> dict[str, list[Allocation]]:
         return result
     rows = np.array([cand.row for cand, _ in kept])
     itl, ttft, _ = batch.latencies(rows, np.array(rates))
-    for (cand, replicas), itl_ms, ttft_ms in zip(kept, itl.tolist(), ttft.tolist()):
+    for (cand, replicas), itl_ms, ttft_ms in zip(kept, itl.tolist(), ttft.tolist(), strict=True):
         server = system.servers[cand.server_index]
         accelerator = system.accelerators[cand.accelerator]
         profile = system.profiles[(server.model, cand.accelerator)]
