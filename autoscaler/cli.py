@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
-from typing import Sequence
 
 from .errors import InputError
 
@@ -29,7 +29,15 @@ def _optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _simulate(args: argparse.Namespace) -> int:
+    from .simulator.command import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from .simulator.command import add_arguments as add_simulate_arguments
+
     parser = argparse.ArgumentParser(
         prog="inference-autoscaler",
         description="Model-based autoscaling of LLM inference services on KServe/Knative.",
@@ -40,9 +48,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="choose GPU type, replicas and batch size for every server of a problem",
         description="Solve an Inferno-format problem: a directory of *-data.json files or one system-data.json.",
     )
-    optimize.add_argument("problem", nargs="?", type=Path, help="problem directory or system-data.json (default: embedded sample)")
+    optimize.add_argument(
+        "problem", nargs="?", type=Path, help="problem directory or system-data.json (default: embedded sample)"
+    )
     optimize.add_argument("--json", action="store_true", help="print solution-data.json instead of a table")
     optimize.set_defaults(run=_optimize)
+
+    simulate = commands.add_parser(
+        "simulate",
+        help="run the control loop against a simulated cluster beside Knative KPA, HPA and static provisioning",
+        description="Simulate vLLM-like servers, cold starts and limited GPUs under each autoscaling policy on the same "
+        "traffic and compare SLO attainment and cost. Needs no cluster.",
+    )
+    add_simulate_arguments(simulate)
+    simulate.set_defaults(run=_simulate)
     return parser
 
 

@@ -1,0 +1,532 @@
+"""Discrete-event simulation of vLLM-like replicas under an autoscaling policy.
+
+A replica runs continuous batching: all running requests advance one token per decode step,
+whose time depends on the batch size and mean context (the measured profile); a new request is
+prefilled in a step that stalls the batch; admission is bounded by the max batch and the KV
+cache (prompt + output tokens reserved on admission); the rest wait in the replica's queue.
+Between events the batch is fixed, so a replica's progress is tracked in fractional decode steps
+and only arrivals, admissions, completions and readiness are events.
+
+Replicas are billed from the moment a GPU is assigned, start serving after the cold start, and
+when scaled down stop taking requests and finish what they hold. Requests that wait longer than
+the client timeout before starting are dropped. Decisions come from a policy called every
+`policy.period_s` seconds with an observation of every ISVC.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+from .world import Scenario, ServingOption
+
+SAMPLE_PERIOD_S = 1.0  # how often in-flight counts are sampled (KPA's scrape interval)
+SERIES_PERIOD_S = 10.0  # how often replica counts are recorded for the report
+CLIENT_TIMEOUT_S = 120.0
+
+DRAIN_LIMIT_S = 3600.0  # after the traffic window, stop waiting for stragglers after this long
+
+STARTING, READY, DRAINING, STOPPED = range(4)
+EVENT_COMPLETION, EVENT_READY, EVENT_SAMPLE, EVENT_POLICY = range(4)
+
+
+@dataclass(frozen=True)
+class Decision:
+    replicas: int
+    accelerator: str | None = None  # None: keep the current GPU type and batch size
+    max_batch: int | None = None
+
+
+@dataclass
+class IsvcView:
+    """What a policy may observe of one ISVC, as a collector and the API server would show it."""
+
+    name: str
+    accelerator: str
+    max_batch: int
+    replicas: int  # desired replicas of the serving revision
+    ready: int
+    in_flight: int  # running + waiting + buffered
+    samples: deque  # in-flight count every SAMPLE_PERIOD_S, newest last
+    arrivals: int  # counters since the start
+    completions: int
+    drops: int
+    in_tokens_sum: int  # of completed requests
+    out_tokens_sum: int
+    ttft_met: int  # completed requests within the TTFT SLO (a histogram bucket count in vLLM terms)
+    itl_met: int  # completed requests whose mean ITL is within the ITL SLO
+
+
+class Policy(Protocol):
+    name: str
+    period_s: float
+
+    def decide(self, now: float, views: list[IsvcView]) -> dict[int, Decision]: ...
+
+
+class Replica:
+    __slots__ = (
+        "billed_from",
+        "cards",
+        "dt",
+        "heap",
+        "isvc",
+        "kv_cap",
+        "kv_used",
+        "max_batch",
+        "option",
+        "revision",
+        "seq",
+        "state",
+        "steps",
+        "sum_in",
+        "sum_start",
+        "t0",
+        "version",
+        "waiting",
+    )
+
+    def __init__(self, isvc: int, revision: Revision, option: ServingOption, now: float):
+        self.isvc = isvc
+        self.revision = revision
+        self.option = option
+        self.max_batch = revision.max_batch
+        self.kv_cap = option.kv_cache_tokens
+        self.state = STARTING
+        self.waiting: deque[int] = deque()
+        self.heap: list[tuple[float, int, float]] = []  # (finish step, request, start step)
+        self.kv_used = 0
+        self.t0 = now  # decode progress is known up to t0 (later than now while a prefill runs)
+        self.steps = 0.0
+        self.dt = 0.0
+        self.sum_in = 0
+        self.sum_start = 0.0
+        self.version = 0
+        self.billed_from = now
+        self.seq = 0
+
+    @property
+    def load(self) -> int:
+        return len(self.heap) + len(self.waiting)
+
+
+@dataclass
+class Revision:
+    accelerator: str
+    max_batch: int
+    desired: int
+    replicas: list = field(default_factory=list)
+    # traffic moves to a revision only once all its desired replicas are ready (Knative's
+    # initial scale set to the whole group), so a new revision never starts under-provisioned
+    promoted: bool = False
+
+
+@dataclass
+class IsvcState:
+    index: int
+    revisions: list[Revision]
+    buffer: deque = field(default_factory=deque)  # requests held while no replica is ready
+    samples: deque = field(default_factory=lambda: deque(maxlen=600))
+    arrivals: int = 0
+    completions: int = 0
+    drops: int = 0
+    in_tokens_sum: int = 0
+    out_tokens_sum: int = 0
+    ttft_met: int = 0
+    itl_met: int = 0
+    in_flight: int = 0
+    actions: int = 0
+    ttft_slo_s: float = 0.0
+    itl_slo_s: float = 0.0
+
+
+@dataclass
+class SimulationResult:
+    policy: str
+    first_token: np.ndarray  # s, nan if never started
+    finish: np.ndarray  # s, nan if dropped
+    dropped: np.ndarray
+    gpu_hours: np.ndarray  # per ISVC
+    cost: np.ndarray  # per ISVC, dollars
+    actions: np.ndarray  # per ISVC, replica-count or revision changes
+    series_time: np.ndarray
+    series_replicas: np.ndarray  # (time, ISVC) replicas holding a GPU
+
+
+class Simulation:
+    def __init__(self, scenario: Scenario, policy: Policy, initial: dict[int, Decision]):
+        self.scenario = scenario
+        self.world = scenario.world
+        self.policy = policy
+        req = scenario.requests
+        self.arrival = req.time.tolist()
+        self.req_isvc = req.isvc.tolist()
+        self.req_in = req.in_tokens.tolist()
+        self.req_out = req.out_tokens.tolist()
+        n = len(req)
+        self.first_token = [math.nan] * n
+        self.finish = [math.nan] * n
+        self.dropped = [False] * n
+        self.events: list = []
+        self.seq = 0
+        self.now = 0.0
+        self.free = {name: gpu.capacity for name, gpu in self.world.gpus.items()}
+        self.pending: deque[Replica] = deque()  # waiting for a GPU
+        self.isvcs = []
+        for index, spec in enumerate(self.world.isvcs):
+            decision = initial[index]
+            acc = decision.accelerator or spec.default_accelerator
+            batch = decision.max_batch or spec.options[acc].max_num_seqs
+            cls = self.world.classes[spec.service_class]
+            first = Revision(acc, batch, 0, promoted=True)
+            self.isvcs.append(IsvcState(index, [first], ttft_slo_s=cls.ttft_ms / 1000, itl_slo_s=cls.itl_ms / 1000))
+        self.gpu_seconds = [0.0] * len(self.isvcs)
+        self.cost = [0.0] * len(self.isvcs)
+        self.series_time: list[float] = []
+        self.series_replicas: list[list[int]] = []
+        for index, decision in initial.items():
+            self.apply(index, decision, initial=True)
+            for replica in self._all_replicas(self.isvcs[index]):
+                if replica.state == STARTING:  # the initial fleet is warm at time zero
+                    self._become_ready(replica)
+
+    # ----------------------------------------------------------------- events
+    def _push(self, time: float, kind: int, payload=None, version: int = 0) -> None:
+        self.seq += 1
+        heapq.heappush(self.events, (time, self.seq, kind, payload, version))
+
+    def run(self, progress: Callable[[float], None] | None = None) -> SimulationResult:
+        end = self.scenario.duration_s
+        self._push(SAMPLE_PERIOD_S, EVENT_SAMPLE)
+        self._push(self.policy.period_s, EVENT_POLICY)
+        arrivals, count, next_arrival = self.arrival, len(self.arrival), 0
+        events = self.events
+        last_progress = 0.0
+        while True:
+            arrival_time = arrivals[next_arrival] if next_arrival < count else math.inf
+            if events and events[0][0] <= arrival_time:
+                time, _, kind, payload, version = heapq.heappop(events)
+                if time > end and kind in (EVENT_SAMPLE, EVENT_POLICY):
+                    if next_arrival >= count and (not self._busy() or time > end + DRAIN_LIMIT_S):
+                        break
+                    if kind == EVENT_POLICY:
+                        continue  # after the traffic window, replicas only drain what they hold
+                self.now = time
+                if kind == EVENT_COMPLETION:
+                    if version == payload.version:
+                        self._complete(payload)
+                elif kind == EVENT_READY:
+                    if payload.state == STARTING:
+                        self._become_ready(payload)
+                elif kind == EVENT_SAMPLE:
+                    self._sample()
+                    self._push(time + SAMPLE_PERIOD_S, EVENT_SAMPLE)
+                else:
+                    self._decide()
+                    self._push(time + self.policy.period_s, EVENT_POLICY)
+            elif next_arrival < count:
+                self.now = arrival_time
+                self._arrive(next_arrival)
+                next_arrival += 1
+            else:
+                break
+            if progress is not None and self.now - last_progress >= 60.0:
+                last_progress = self.now
+                progress(min(self.now, end))
+        self._stop_billing_all(end)
+        return self._result()
+
+    def _busy(self) -> bool:
+        return any(state.in_flight for state in self.isvcs)
+
+    # --------------------------------------------------------------- requests
+    def _arrive(self, request: int) -> None:
+        state = self.isvcs[self.req_isvc[request]]
+        state.arrivals += 1
+        state.in_flight += 1
+        replica = self._route(state)
+        if replica is None:
+            state.buffer.append(request)
+        else:
+            replica.waiting.append(request)
+            self._admit(replica)
+
+    def _route(self, state: IsvcState) -> Replica | None:
+        """Least outstanding requests among the ready replicas of the newest promoted revision
+        (of any revision with a ready replica, should the promoted one have none)."""
+        candidates = [r for r in state.revisions if r.promoted] or state.revisions
+        for revisions in (reversed(candidates), reversed(state.revisions)):
+            for revision in revisions:
+                best, best_load = None, 1 << 30
+                for replica in revision.replicas:
+                    if replica.state == READY and replica.load < best_load:
+                        best, best_load = replica, replica.load
+                if best is not None:
+                    return best
+        return None
+
+    def _advance(self, replica: Replica) -> None:
+        now = self.now
+        if now > replica.t0:
+            if replica.heap:
+                replica.steps += (now - replica.t0) / replica.dt
+            replica.t0 = now
+
+    def _admit(self, replica: Replica) -> bool:
+        """Start what fits, prefill it (stalling the batch) and reschedule the next completion."""
+        waiting = replica.waiting
+        if not waiting:
+            return False
+        heap, req_in, req_out = replica.heap, self.req_in, self.req_out
+        now, admitted_tokens, admitted = self.now, 0, []
+        while waiting and len(heap) + len(admitted) < replica.max_batch:
+            request = waiting[0]
+            need = req_in[request] + req_out[request]
+            if now - self.arrival[request] > CLIENT_TIMEOUT_S:
+                waiting.popleft()
+                self._drop(request)
+                continue
+            if replica.kv_used + need > replica.kv_cap and (heap or admitted):
+                break  # a request larger than the whole cache still runs alone
+            waiting.popleft()
+            replica.kv_used += need
+            admitted_tokens += req_in[request]
+            admitted.append(request)
+        if not admitted:
+            return False
+        self._advance(replica)
+        replica.t0 = max(replica.t0, now) + replica.option.truth.prefill_ms(admitted_tokens) / 1000.0
+        steps = replica.steps
+        for request in admitted:
+            self.first_token[request] = replica.t0
+            heapq.heappush(heap, (steps + req_out[request] - 1, request, steps))
+            replica.sum_in += req_in[request]
+            replica.sum_start += steps
+        self._reschedule(replica)
+        return True
+
+    def _reschedule(self, replica: Replica) -> None:
+        replica.version += 1
+        heap = replica.heap
+        if not heap:
+            return
+        n = len(heap)
+        context = (replica.sum_in + n * replica.steps - replica.sum_start) / n
+        replica.dt = replica.option.truth.decode_step_ms(n, context) / 1000.0
+        self._push(replica.t0 + max(heap[0][0] - replica.steps, 0.0) * replica.dt, EVENT_COMPLETION, replica, replica.version)
+
+    def _complete(self, replica: Replica) -> None:
+        self._advance(replica)
+        heap, state = replica.heap, self.isvcs[replica.isvc]
+        limit = replica.steps + 1e-9
+        while heap and heap[0][0] <= limit:
+            _, request, start = heapq.heappop(heap)
+            self.finish[request] = self.now
+            first = self.first_token[request]
+            state.ttft_met += first - self.arrival[request] <= state.ttft_slo_s
+            state.itl_met += self.now - first <= state.itl_slo_s * max(self.req_out[request] - 1, 1)
+            replica.kv_used -= self.req_in[request] + self.req_out[request]
+            replica.sum_in -= self.req_in[request]
+            replica.sum_start -= start
+            state.completions += 1
+            state.in_flight -= 1
+            state.in_tokens_sum += self.req_in[request]
+            state.out_tokens_sum += self.req_out[request]
+        if not self._admit(replica):
+            self._reschedule(replica)
+        if not heap and replica.state == DRAINING and not replica.waiting:
+            self._stop(replica)
+
+    def _drop(self, request: int) -> None:
+        self.dropped[request] = True
+        state = self.isvcs[self.req_isvc[request]]
+        state.drops += 1
+        state.in_flight -= 1
+
+    # --------------------------------------------------------------- replicas
+    def _all_replicas(self, state: IsvcState):
+        for revision in state.revisions:
+            yield from revision.replicas
+
+    def _start(self, state: IsvcState, revision: Revision) -> None:
+        option = self.world.isvcs[state.index].options[revision.accelerator]
+        replica = Replica(state.index, revision, option, self.now)
+        revision.replicas.append(replica)
+        if self.free[revision.accelerator] > 0:
+            self._assign_gpu(replica)
+        else:
+            replica.billed_from = math.nan
+            self.pending.append(replica)
+
+    def _assign_gpu(self, replica: Replica) -> None:
+        self.free[replica.revision.accelerator] -= 1
+        replica.billed_from = self.now
+        self._push(self.now + self.world.cold_start_s, EVENT_READY, replica)
+
+    def _become_ready(self, replica: Replica) -> None:
+        replica.state = READY
+        state = self.isvcs[replica.isvc]
+        while state.buffer:
+            request = state.buffer.popleft()
+            if self.now - self.arrival[request] > CLIENT_TIMEOUT_S:
+                self._drop(request)
+                continue
+            target = self._route(state)
+            target.waiting.append(request)
+            self._admit(target)
+        self._retire_old_revisions(state)
+
+    def _retire_old_revisions(self, state: IsvcState) -> None:
+        """Once the newest revision has all its replicas ready, it takes the traffic and older ones drain."""
+        newest = state.revisions[-1]
+        ready = sum(1 for r in newest.replicas if r.state == READY)
+        if len(state.revisions) == 1 or ready < max(newest.desired, 1):
+            return
+        newest.promoted = True
+        for revision in state.revisions[:-1]:
+            for replica in list(revision.replicas):
+                self._release(replica)
+        # retired revisions stay listed (not routed to) until their draining replicas stop
+        state.revisions = [r for r in state.revisions[:-1] if r.replicas] + [newest]
+
+    def _release(self, replica: Replica) -> None:
+        """Scale one replica down: cancel it if it has no GPU yet, else let it finish its work."""
+        if replica.state == STARTING:
+            if math.isnan(replica.billed_from):
+                self.pending.remove(replica)
+                replica.state = STOPPED
+                replica.revision.replicas.remove(replica)
+            else:
+                self._stop(replica)
+            return
+        if replica.state == READY:
+            replica.state = DRAINING
+            if not replica.heap and not replica.waiting:
+                self._stop(replica)
+
+    def _stop(self, replica: Replica) -> None:
+        replica.state = STOPPED
+        replica.version += 1
+        revision = replica.revision
+        revision.replicas.remove(replica)
+        state = self.isvcs[replica.isvc]
+        if not revision.replicas and revision is not state.revisions[-1]:
+            state.revisions.remove(revision)
+        self._bill(replica, self.now)
+        self.free[replica.revision.accelerator] += 1
+        self._start_pending()
+
+    def _bill(self, replica: Replica, until: float) -> None:
+        seconds = max(until - replica.billed_from, 0.0)
+        gpu = self.world.gpus[replica.revision.accelerator]
+        self.gpu_seconds[replica.isvc] += seconds
+        self.cost[replica.isvc] += seconds / 3600.0 * gpu.cost_per_hour
+        replica.billed_from = until
+
+    def _start_pending(self) -> None:
+        waiting = deque()
+        while self.pending:
+            replica = self.pending.popleft()
+            if self.free[replica.revision.accelerator] > 0:
+                self._assign_gpu(replica)
+            else:
+                waiting.append(replica)
+        self.pending = waiting
+
+    def _stop_billing_all(self, end: float) -> None:
+        for state in self.isvcs:
+            for replica in self._all_replicas(state):
+                if not math.isnan(replica.billed_from) and replica.billed_from < end:
+                    self._bill(replica, end)
+
+    # ----------------------------------------------------------------- policy
+    def _sample(self) -> None:
+        for state in self.isvcs:
+            # the activator gives up on requests it has held past the client timeout
+            while state.buffer and self.now - self.arrival[state.buffer[0]] > CLIENT_TIMEOUT_S:
+                self._drop(state.buffer.popleft())
+            state.samples.append(state.in_flight)
+        if not self.series_time or self.now - self.series_time[-1] >= SERIES_PERIOD_S - 1e-9:
+            self.series_time.append(self.now)
+            self.series_replicas.append(
+                [
+                    sum(1 for r in self._all_replicas(s) if not math.isnan(r.billed_from) and r.state != STOPPED)
+                    for s in self.isvcs
+                ]
+            )
+
+    def views(self) -> list[IsvcView]:
+        result = []
+        for state in self.isvcs:
+            newest = state.revisions[-1]
+            result.append(
+                IsvcView(
+                    name=self.world.isvcs[state.index].name,
+                    accelerator=newest.accelerator,
+                    max_batch=newest.max_batch,
+                    replicas=newest.desired,
+                    ready=sum(1 for r in self._all_replicas(state) if r.state == READY),
+                    in_flight=state.in_flight,
+                    samples=state.samples,
+                    arrivals=state.arrivals,
+                    completions=state.completions,
+                    drops=state.drops,
+                    in_tokens_sum=state.in_tokens_sum,
+                    out_tokens_sum=state.out_tokens_sum,
+                    ttft_met=state.ttft_met,
+                    itl_met=state.itl_met,
+                )
+            )
+        return result
+
+    def _decide(self) -> None:
+        for index, decision in self.policy.decide(self.now, self.views()).items():
+            self.apply(index, decision)
+
+    def apply(self, index: int, decision: Decision, initial: bool = False) -> None:
+        spec = self.world.isvcs[index]
+        state = self.isvcs[index]
+        newest = state.revisions[-1]
+        replicas = min(max(decision.replicas, spec.min_replicas), spec.max_replicas)
+        accelerator = decision.accelerator or newest.accelerator
+        max_batch = decision.max_batch or newest.max_batch
+        if (accelerator, max_batch) != (newest.accelerator, newest.max_batch):
+            newest = Revision(accelerator, max_batch, 0)
+            state.revisions.append(newest)
+        if replicas == newest.desired:
+            return
+        if not initial:
+            state.actions += 1
+        newest.desired = replicas
+        live = [r for r in newest.replicas if r.state in (STARTING, READY)]
+        for _ in range(replicas - len(live)):
+            self._start(state, newest)
+        if replicas < len(live):
+            # cancel replicas still starting first, then the least loaded ready ones
+            victims = sorted(live, key=lambda r: (r.state == READY, r.load))[: len(live) - replicas]
+            for replica in victims:
+                self._release(replica)
+        self._retire_old_revisions(state)
+
+    def _result(self) -> SimulationResult:
+        return SimulationResult(
+            policy=self.policy.name,
+            first_token=np.array(self.first_token),
+            finish=np.array(self.finish),
+            dropped=np.array(self.dropped),
+            gpu_hours=np.array(self.gpu_seconds) / 3600.0,
+            cost=np.array(self.cost),
+            actions=np.array([s.actions for s in self.isvcs]),
+            series_time=np.array(self.series_time),
+            series_replicas=np.array(self.series_replicas, dtype=float).reshape(len(self.series_time), len(self.isvcs)),
+        )
+
+
+def simulate(scenario: Scenario, policy: Policy, initial: dict[int, Decision], progress=None) -> SimulationResult:
+    return Simulation(scenario, policy, initial).run(progress)

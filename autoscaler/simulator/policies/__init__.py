@@ -1,0 +1,1 @@
+"""Autoscaling policies compared by the simulator. Each is pure: observations in, decisions out."""

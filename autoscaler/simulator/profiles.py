@@ -1,0 +1,139 @@
+"""Ground truth for simulated servers: how long a decode step and a prefill take.
+
+Two sources: step-time tables measured on an H100 (interpolated; the optimizer only ever sees a
+model fitted to them, so its model error shows in the results), and Inferno's perfParms read
+physically (alpha per iteration, beta per token computed, gamma per token of KV read).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from ..optimizer.domain import IterationParams
+
+GPU_MEMORY_BYTES = 80e9
+GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default share of GPU memory for weights + KV cache
+ACTIVATION_RESERVE_BYTES = 2e9
+MAX_SIMULATED_BATCH = 1024
+
+
+class StepTimes(Protocol):
+    """What the simulator needs to know about a (model, GPU) pair."""
+
+    kv_cache_tokens: int
+
+    def decode_step_ms(self, batch: int, mean_context: float) -> float: ...
+
+    def prefill_ms(self, tokens: int) -> float: ...
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """Enough of a transformer's shape to size its weights and KV cache."""
+
+    parameters: float
+    layers: int
+    kv_heads: int
+    head_dim: int
+
+    def kv_cache_tokens(self) -> int:
+        weights = 2 * self.parameters  # bf16
+        per_token = 2 * self.layers * self.kv_heads * self.head_dim * 2  # K and V, bf16
+        free = GPU_MEMORY_BYTES * GPU_MEMORY_UTILIZATION - weights - ACTIVATION_RESERVE_BYTES
+        return int(free // per_token)
+
+
+# public architecture figures of the measured shapes
+MODEL_SHAPES = {
+    "llama-3.2-1b": ModelShape(1.24e9, 16, 8, 64),
+    "llama-3-8b": ModelShape(8.03e9, 32, 8, 128),
+    "llama-2-13b": ModelShape(13.0e9, 40, 40, 128),
+}
+
+
+class MeasuredProfile:
+    """Interpolates a measured profile: decode step by batch and context, prefill by tokens."""
+
+    def __init__(self, document: dict, shape: ModelShape):
+        self.name = document["shape"]
+        self.kv_cache_tokens = shape.kv_cache_tokens()
+        decode = document["decode"]
+        contexts = sorted({row["ctx"] for row in decode})
+        low_ctx, high_ctx = contexts[0], contexts[-1]
+        batches = np.arange(1, MAX_SIMULATED_BATCH + 1)
+        at = {}
+        for ctx in (low_ctx, high_ctx):
+            points = sorted((row["batch"], row["step_ms"]) for row in decode if row["ctx"] == ctx)
+            measured_batch = np.array([b for b, _ in points], dtype=float)
+            measured_ms = np.array([ms for _, ms in points])
+            # beyond the largest measured batch, continue the last measured slope
+            slope = (measured_ms[-1] - measured_ms[-2]) / (measured_batch[-1] - measured_batch[-2])
+            at[ctx] = np.where(
+                batches <= measured_batch[-1],
+                np.interp(batches, measured_batch, measured_ms),
+                measured_ms[-1] + slope * (batches - measured_batch[-1]),
+            )
+        self._step_at_low = at[low_ctx].tolist()
+        self._step_per_ctx_token = ((at[high_ctx] - at[low_ctx]) / (high_ctx - low_ctx)).tolist()
+        self._low_ctx = low_ctx
+        single = sorted((row["tokens"], row["ms"]) for row in document["prefill"] if row["batch"] == 1)
+        self._prefill_tokens = np.array([t for t, _ in single], dtype=float)
+        self._prefill_ms = np.array([ms for _, ms in single])
+        self._prefill_slope = (self._prefill_ms[-1] - self._prefill_ms[-2]) / (
+            self._prefill_tokens[-1] - self._prefill_tokens[-2]
+        )
+        self._decode_rows = [(row["batch"], row["ctx"], row["step_ms"]) for row in decode]
+        self._prefill_rows = single
+
+    def decode_step_ms(self, batch: int, mean_context: float) -> float:
+        index = min(batch, MAX_SIMULATED_BATCH) - 1
+        step = self._step_at_low[index] + self._step_per_ctx_token[index] * (mean_context - self._low_ctx)
+        return max(step, self._step_at_low[0] * 0.5)
+
+    def prefill_ms(self, tokens: int) -> float:
+        if tokens <= self._prefill_tokens[-1]:
+            return float(np.interp(tokens, self._prefill_tokens, self._prefill_ms))
+        return float(self._prefill_ms[-1] + self._prefill_slope * (tokens - self._prefill_tokens[-1]))
+
+    def fitted_params(self) -> IterationParams:
+        """Least-squares perfParms (relative error) for the optimizer, from the same tables.
+
+        A decode step of n requests at context c reads as alpha + (n+1)(beta + gamma*c) and a
+        single prefill of t tokens as alpha + beta*(t+1) + gamma*2t under the 2026 model.
+        """
+        rows = [[1.0, n + 1.0, (n + 1.0) * c] for n, c, _ in self._decode_rows]
+        rows += [[1.0, t + 1.0, 2.0 * t] for t, _ in self._prefill_rows]
+        target = np.array([ms for *_, ms in self._decode_rows] + [ms for _, ms in self._prefill_rows])
+        weights = 1.0 / target
+        coefficients, *_ = np.linalg.lstsq(np.array(rows) * weights[:, None], target * weights, rcond=None)
+        alpha, beta, gamma = (max(float(c), 0.0) for c in coefficients)
+        return IterationParams(alpha, beta, gamma)
+
+
+@dataclass(frozen=True)
+class FormulaProfile:
+    """Inferno perfParms as physics: a decode iteration computes n tokens and reads n*context
+    tokens of KV cache; a prefill computes and writes its prompt."""
+
+    params: IterationParams
+    kv_cache_tokens: int
+
+    def decode_step_ms(self, batch: int, mean_context: float) -> float:
+        p = self.params
+        return p.alpha + batch * (p.beta + p.gamma * mean_context)
+
+    def prefill_ms(self, tokens: int) -> float:
+        p = self.params
+        return p.alpha + (p.beta + p.gamma) * tokens
+
+
+def load_measured(shape_name: str, directory: Path | None = None) -> MeasuredProfile:
+    base = directory or Path(str(resources.files("autoscaler") / "data" / "profiles"))
+    document = json.loads((base / f"decode_profile_{shape_name}.json").read_text())
+    return MeasuredProfile(document, MODEL_SHAPES[shape_name])

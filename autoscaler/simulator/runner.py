@@ -1,0 +1,133 @@
+"""Runs every policy over the same scenario and the same starting point."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..optimizer.domain import Load
+from .engine import Decision, SimulationResult, simulate
+from .load_test import ReplicaCapacity, replica_capacity
+from .policies.hpa import HorizontalPodAutoscaler
+from .policies.kpa import KnativePodAutoscaler, KpaSettings
+from .policies.model_based import ModelBasedPolicy, ModelBasedSettings, initial_decisions
+from .policies.static import StaticPolicy
+from .world import Scenario
+
+POLICIES = ("ours", "knative-kpa", "hpa", "static-peak")
+PLANNING_WINDOW_S = 60.0
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    control_period_s: float = 30.0
+    jobs: int = 1
+
+
+def _loads(scenario: Scenario, start: float, end: float) -> dict[int, Load]:
+    """Per ISVC: the arrival rate in [start, end) and the sizes of all its requests."""
+    req = scenario.requests
+    loads = {}
+    for index in range(len(scenario.world.isvcs)):
+        mine = req.isvc == index
+        in_window = mine & (req.time >= start) & (req.time < end)
+        rate = in_window.sum() / (end - start)
+        avg_in = int(round(req.in_tokens[mine].mean())) if mine.any() else 0
+        avg_out = max(int(round(req.out_tokens[mine].mean())), 1) if mine.any() else 1
+        loads[index] = Load(rate * 60.0, avg_in, avg_out)
+    return loads
+
+
+def peak_loads(scenario: Scenario) -> dict[int, Load]:
+    """The busiest minute of each ISVC: what static provisioning is sized for."""
+    req = scenario.requests
+    minutes = int(math.ceil(scenario.duration_s / PLANNING_WINDOW_S))
+    base = _loads(scenario, 0.0, scenario.duration_s)
+    loads = {}
+    for index, load in base.items():
+        counts = np.bincount((req.time[req.isvc == index] // PLANNING_WINDOW_S).astype(int), minlength=minutes)
+        loads[index] = Load(float(counts.max()), load.avg_in_tokens, load.avg_out_tokens)
+    return loads
+
+
+def baseline_capacities(scenario: Scenario) -> dict[int, ReplicaCapacity]:
+    return {index: replica_capacity(scenario, index) for index in range(len(scenario.world.isvcs))}
+
+
+def build_policy(name: str, scenario: Scenario, settings: RunSettings, capacities: dict[int, ReplicaCapacity]):
+    """A policy and its deployment at time zero.
+
+    Ours gets the optimizer and nothing measured. The baselines are tuned from a load test of
+    one replica on their GPU type: static provisioning holds enough replicas for the busiest
+    minute, the reactive autoscalers target the concurrency one replica holds within the SLOs.
+    """
+    world = scenario.world
+    opening = _loads(scenario, 0.0, PLANNING_WINDOW_S)
+    if name == "ours":
+        policy = ModelBasedPolicy(world, opening, ModelBasedSettings(period_s=settings.control_period_s))
+        return policy, initial_decisions(world, opening)
+    if name == "static-peak":
+        return StaticPolicy(), _on_default(scenario, _replicas_for(peak_loads(scenario), capacities))
+    initial = _on_default(scenario, _replicas_for(opening, capacities))
+    concurrency = {i: max(c.concurrency, 1.0) for i, c in capacities.items()}
+    if name == "knative-kpa":  # KPA itself aims at 70% of the target
+        return KnativePodAutoscaler(concurrency), initial
+    if name == "hpa":  # the same 70% headroom, set in the target value
+        return HorizontalPodAutoscaler({i: KpaSettings().target_utilization * c for i, c in concurrency.items()}), initial
+    raise ValueError(f"unknown policy {name!r} (one of {', '.join(POLICIES)})")
+
+
+def _replicas_for(loads: dict[int, Load], capacities: dict[int, ReplicaCapacity]) -> dict[int, int]:
+    return {i: max(math.ceil(load.arrival_rate_rpm / 60.0 / max(capacities[i].max_rate, 1e-9)), 1) for i, load in loads.items()}
+
+
+def _on_default(scenario: Scenario, replicas: dict[int, int]) -> dict[int, Decision]:
+    return {
+        i: Decision(replicas[i], spec.default_accelerator, spec.options[spec.default_accelerator].max_num_seqs)
+        for i, spec in enumerate(scenario.world.isvcs)
+    }
+
+
+def run_policy(
+    scenario: Scenario,
+    name: str,
+    settings: RunSettings,
+    capacities: dict[int, ReplicaCapacity],
+    progress: Callable[[float], None] | None = None,
+) -> SimulationResult:
+    policy, initial = build_policy(name, scenario, settings, capacities)
+    return simulate(scenario, policy, initial, progress)
+
+
+def _run_in_worker(args) -> SimulationResult:
+    return run_policy(*args)
+
+
+def run_all(
+    scenario: Scenario,
+    policies: tuple[str, ...] = POLICIES,
+    settings: RunSettings = RunSettings(),
+    on_progress: Callable[[str, float], None] | None = None,
+) -> list[SimulationResult]:
+    """Every policy on the same traffic; `jobs` > 1 runs policies in parallel processes."""
+    capacities = baseline_capacities(scenario)
+    if settings.jobs <= 1:
+        results = []
+        for name in policies:
+            progress = (lambda t, n=name: on_progress(n, t)) if on_progress else None
+            results.append(run_policy(scenario, name, settings, capacities, progress))
+            if on_progress:
+                on_progress(name, scenario.duration_s)
+        return results
+    with ProcessPoolExecutor(max_workers=settings.jobs) as pool:
+        futures = [pool.submit(_run_in_worker, (scenario, name, settings, capacities)) for name in policies]
+        results = []
+        for name, future in zip(policies, futures, strict=True):
+            results.append(future.result())
+            if on_progress:
+                on_progress(name, scenario.duration_s)
+        return results

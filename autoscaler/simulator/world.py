@@ -1,0 +1,66 @@
+"""What a simulation runs on: GPU types, service classes and the ISVCs with their options."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from ..optimizer.domain import PerfParams
+from .profiles import StepTimes
+from .traffic import Requests
+
+
+@dataclass(frozen=True)
+class GpuType:
+    name: str
+    cost_per_hour: float  # dollars per card-hour
+    capacity: int  # cards in the cluster
+
+
+@dataclass(frozen=True)
+class ServingOption:
+    """One GPU type an ISVC may run on: the truth the simulator uses and the model the optimizer gets."""
+
+    accelerator: str
+    truth: StepTimes
+    params: PerfParams
+    max_num_seqs: int
+
+    @property
+    def kv_cache_tokens(self) -> int:
+        return self.truth.kv_cache_tokens
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    name: str
+    priority: int
+    ttft_ms: float
+    itl_ms: float
+
+
+@dataclass(frozen=True)
+class IsvcSpec:
+    name: str
+    model: str
+    service_class: str
+    options: Mapping[str, ServingOption]
+    default_accelerator: str  # what the baselines run on
+    min_replicas: int = 1
+    max_replicas: int = 40
+
+
+@dataclass(frozen=True)
+class World:
+    gpus: Mapping[str, GpuType]
+    classes: Mapping[str, ClassSpec]
+    isvcs: tuple[IsvcSpec, ...]
+    cold_start_s: float = 60.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    world: World
+    requests: Requests
+    duration_s: float

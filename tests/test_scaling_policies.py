@@ -1,0 +1,79 @@
+"""The policies' decision maths, the load estimator and the SLO calibration, in isolation."""
+
+from collections import deque
+
+import pytest
+
+from autoscaler.calibration import SloCalibration
+from autoscaler.estimation import LoadCounters, estimate_load
+from autoscaler.simulator.engine import IsvcView
+from autoscaler.simulator.policies.hpa import HorizontalPodAutoscaler
+from autoscaler.simulator.policies.kpa import KnativePodAutoscaler, window_average
+
+
+def view(in_flight=0, samples=(), ready=2, replicas=2):
+    return IsvcView(
+        name="s",
+        accelerator="G",
+        max_batch=64,
+        replicas=replicas,
+        ready=ready,
+        in_flight=in_flight,
+        samples=deque(samples),
+        arrivals=0,
+        completions=0,
+        drops=0,
+        in_tokens_sum=0,
+        out_tokens_sum=0,
+        ttft_met=0,
+        itl_met=0,
+    )
+
+
+def test_estimate_counts_queue_growth_not_completions_alone():
+    earlier = LoadCounters(0.0, completed=100, dropped=0, in_system=10, in_tokens=1000, out_tokens=5000)
+    later = LoadCounters(30.0, completed=250, dropped=6, in_system=70, in_tokens=2500, out_tokens=20000)
+    estimate = estimate_load(earlier, later)
+    assert estimate.arrival_rate == pytest.approx((150 + 6 + 60) / 30.0)
+    assert estimate.avg_in_tokens == pytest.approx(10.0) and estimate.avg_out_tokens == pytest.approx(100.0)
+    idle = estimate_load(later, LoadCounters(60.0, 250, 6, 70, 2500, 20000))
+    assert idle.arrival_rate == 0 and idle.avg_in_tokens is None
+    with pytest.raises(ValueError):
+        estimate_load(later, earlier)
+
+
+def test_calibration_tightens_at_once_and_relaxes_only_after_sustained_headroom():
+    calibration = SloCalibration(goal=0.95, patience=3)
+    assert calibration.update(100, 80, 99) == pytest.approx((0.85, 1.0))
+    assert calibration.update(5, 0, 0) == pytest.approx((0.85, 1.0))  # too few requests to judge
+    for _ in range(2):
+        assert calibration.update(100, 100, 100)[0] == pytest.approx(0.85)
+    assert calibration.update(100, 100, 100)[0] == pytest.approx(0.85 * 1.05)
+    for _ in range(50):
+        calibration.update(100, 0, 100)
+    assert calibration.ttft.value == calibration.floor
+
+
+def test_kpa_follows_the_stable_window_and_panics_on_a_surge():
+    kpa = KnativePodAutoscaler({0: 10.0})  # 7 requests per pod at 70% utilisation
+    steady = [14.0] * 60
+    assert kpa.decide(0.0, [view(samples=steady)])[0].replicas == 2
+    surge = [14.0] * 54 + [70.0] * 6  # panic window asks for 10 pods, 5x the two ready
+    assert kpa.decide(2.0, [view(samples=surge)])[0].replicas == 10
+    calm = [14.0] * 60  # still panicking for a stable window: no scale-down
+    assert kpa.decide(4.0, [view(samples=calm, ready=10, replicas=10)])[0].replicas == 10
+    assert kpa.decide(70.0, [view(samples=calm, ready=10, replicas=10)])[0].replicas == 5  # at most halve per tick
+
+
+def test_kpa_window_average_uses_what_it_has():
+    assert window_average(deque([1, 2, 3]), 60) == 2
+    assert window_average(deque([0] * 54 + [6] * 6), 6) == 6
+
+
+def test_hpa_tolerance_scale_up_limit_and_scale_down_stabilisation():
+    hpa = HorizontalPodAutoscaler({0: 10.0})
+    assert hpa.decide(0.0, [view(in_flight=21, ready=2)])[0].replicas == 2  # 1.05: within 10%
+    assert hpa.decide(15.0, [view(in_flight=200, ready=2)])[0].replicas == 6  # wants 20, +4 pods at most
+    # load falls: the recommendation of the last 300 s (20) holds the count at the current 6
+    assert hpa.decide(30.0, [view(in_flight=10, ready=6, replicas=6)])[0].replicas == 6
+    assert hpa.decide(400.0, [view(in_flight=10, ready=6, replicas=6)])[0].replicas == 1

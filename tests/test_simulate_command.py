@@ -1,0 +1,78 @@
+"""`inference-autoscaler simulate` end to end, traces, and its input errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from autoscaler.errors import InputError
+from autoscaler.simulator.traffic import builtin_trace, read_azure_trace, read_simple_trace
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "autoscaler", "simulate", *args], capture_output=True, text=True, timeout=300)
+
+
+def test_short_simulation_reports_every_policy_as_json(tmp_path):
+    plot = tmp_path / "run.png"
+    result = run_cli("--duration", "300", "--scenario", "step", "--json", "--plot", str(plot))
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    policies = {row["policy"] for row in document["outcomes"]}
+    assert policies == {"ours", "knative-kpa", "hpa", "static-peak"}
+    for row in document["outcomes"]:
+        assert 0.0 <= row["attainment"] <= 1.0 and row["gpu_hours"] > 0 and row["cost"] > 0
+    assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_table_output(tmp_path):
+    result = run_cli("--duration", "120", "--policies", "ours,static-peak")
+    assert result.returncode == 0, result.stderr
+    assert "SLO met" in result.stdout and "static-peak" in result.stdout and "knative-kpa" not in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--duration", "-5"], "--duration: must be > 0"),
+        (["--policies", "ours,magic"], "--policies: unknown policy magic"),
+        (["--cold-start", "0"], "--cold-start: must be > 0"),
+        (["--trace", "/nonexistent.csv"], "/nonexistent.csv: cannot read"),
+    ],
+)
+def test_bad_arguments_exit_2_with_one_line(args, message):
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_simple_trace_replay(tmp_path):
+    trace = tmp_path / "simple.csv"
+    rows = ["time,model,in,out"] + [f"{t * 0.5},llama-3-8b,500,50" for t in range(200)] + ["50,code-1b,1000,10"]
+    trace.write_text("\n".join(rows) + "\n")
+    result = run_cli("--trace", str(trace), "--json", "--policies", "ours")
+    assert result.returncode == 0, result.stderr
+    document = json.loads(result.stdout)
+    assert document["requests"] == 201 and document["scenario"] == "trace simple.csv"
+
+
+def test_trace_errors_name_the_line(tmp_path):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("time,model,in,out\n0,llama-3-8b,10,10\n1,gpt-9,10,10\n")
+    with pytest.raises(InputError, match=r"bad.csv: line 3: unknown model 'gpt-9'"):
+        read_simple_trace(bad, {"llama-3-8b": 0}.get)
+    azure = tmp_path / "azure.csv"
+    azure.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n2023-11-16 18:17:03.9799600,10,x\n")
+    with pytest.raises(InputError, match=r"azure.csv: line 2: expected TIMESTAMP"):
+        read_azure_trace(azure)
+    result = run_cli("--trace", str(bad))
+    assert result.returncode == 2 and "line 3: unknown model 'gpt-9'" in result.stderr
+
+
+def test_builtin_azure_traces_match_their_published_summary():
+    code, conv = builtin_trace("code"), builtin_trace("conv")
+    assert len(code.time) == 8819 and len(conv.time) == 19366
+    assert 56 * 60 < code.time[-1] < 58 * 60
+    assert conv.in_tokens.mean() == pytest.approx(1155, abs=2) and conv.out_tokens.mean() == pytest.approx(211, abs=1)
