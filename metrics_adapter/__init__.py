@@ -1,0 +1,1 @@
+"""The External Metrics API adapter: serves the optimizer's decisions to HPAs over TLS."""

@@ -1,0 +1,225 @@
+"""Who is asking, and may they: the delegated authentication and authorization of an
+extension API server.
+
+- The kube-aggregator proxies with a client certificate signed by the request-header CA (from
+  the ConfigMap kube-system/extension-apiserver-authentication); only then, and only if its
+  common name is among the allowed names (any, when the list is empty), are the X-Remote-User,
+  X-Remote-Group and X-Remote-Extra-* headers believed. A certificate from another CA fails the
+  TLS handshake itself.
+- Otherwise a bearer token is checked with a TokenReview.
+- Every request is then authorised with a SubjectAccessReview: verb "list" on the metric as a
+  resource of external.metrics.k8s.io in the namespace, or "get" on the path for discovery.
+Both reviews are cached for 10 s. No identity: 401. Not allowed: 403. Review API down: 503.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping, Protocol
+
+from aiohttp import web
+
+from .api import GROUP, VERSION, status
+
+log = logging.getLogger(__name__)
+CACHE_TTL_S = 10.0
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    name: str
+    groups: tuple[str, ...] = ()
+    extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RequestHeaderConfig:
+    client_ca_pem: str = ""
+    allowed_names: tuple[str, ...] = ()
+    username_headers: tuple[str, ...] = ("X-Remote-User",)
+    group_headers: tuple[str, ...] = ("X-Remote-Group",)
+    extra_prefixes: tuple[str, ...] = ("X-Remote-Extra-",)
+
+    @staticmethod
+    def from_configmap(data: Mapping[str, str]) -> "RequestHeaderConfig":
+        def names(key: str, default: tuple[str, ...]) -> tuple[str, ...]:
+            raw = data.get(key)
+            return tuple(json.loads(raw)) if raw else default
+
+        return RequestHeaderConfig(
+            client_ca_pem=data.get("requestheader-client-ca-file", ""),
+            allowed_names=names("requestheader-allowed-names", ()),
+            username_headers=names("requestheader-username-headers", ("X-Remote-User",)),
+            group_headers=names("requestheader-group-headers", ("X-Remote-Group",)),
+            extra_prefixes=names("requestheader-extra-headers-prefix", ("X-Remote-Extra-",)),
+        )
+
+
+class ReviewUnavailable(Exception):
+    """The Kubernetes API could not answer a review."""
+
+
+class Reviews(Protocol):
+    async def token_review(self, token: str) -> UserInfo | None: ...
+
+    async def access_review(self, user: UserInfo, namespace: str, metric: str, path: str) -> tuple[bool, str]: ...
+
+
+class TtlCache:
+    def __init__(self, ttl_s: float = CACHE_TTL_S, clock: Callable[[], float] = time.monotonic, limit: int = 10_000):
+        self.ttl_s, self.clock, self.limit = ttl_s, clock, limit
+        self._entries: dict = {}
+
+    def get(self, key):
+        entry = self._entries.get(key)
+        if entry is None or self.clock() - entry[0] > self.ttl_s:
+            return None
+        return entry
+
+    def put(self, key, value) -> None:
+        if len(self._entries) >= self.limit:
+            self._entries.clear()  # crude but bounded: a burst of distinct callers cannot grow it
+        self._entries[key] = (self.clock(), value)
+
+
+def _common_name(peercert: dict | None) -> str | None:
+    for rdn in (peercert or {}).get("subject", ()):
+        for name, value in rdn:
+            if name == "commonName":
+                return value
+    return None
+
+
+class Gatekeeper:
+    def __init__(
+        self,
+        requestheader: RequestHeaderConfig,
+        reviews: Reviews,
+        cache_ttl_s: float = CACHE_TTL_S,
+        clock: Callable[[], float] = time.monotonic,
+    ):
+        self.requestheader = requestheader
+        self.reviews = reviews
+        self._tokens = TtlCache(cache_ttl_s, clock)
+        self._access = TtlCache(cache_ttl_s, clock)
+
+    def _front_proxy_user(self, request: web.Request) -> UserInfo | None:
+        transport = request.transport
+        peercert = transport.get_extra_info("peercert") if transport else None
+        if not peercert:
+            return None  # no certificate: the TLS layer already refused untrusted ones
+        name = _common_name(peercert)
+        allowed = self.requestheader.allowed_names
+        if allowed and name not in allowed:
+            raise web.HTTPForbidden(reason=f"client certificate {name!r} is not an allowed request-header client")
+        headers = request.headers
+        user = next((headers[h] for h in self.requestheader.username_headers if headers.get(h)), None)
+        if not user:
+            return None
+        groups = tuple(g for h in self.requestheader.group_headers for g in headers.getall(h, ()))
+        extra: dict[str, tuple[str, ...]] = {}
+        for prefix in self.requestheader.extra_prefixes:
+            for key in headers:
+                if key.lower().startswith(prefix.lower()):
+                    extra.setdefault(key[len(prefix) :].lower(), tuple(headers.getall(key)))
+        return UserInfo(user, groups, extra)
+
+    async def _token_user(self, request: web.Request) -> UserInfo | None:
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return None
+        key = hashlib.sha256(token.strip().encode()).hexdigest()
+        cached = self._tokens.get(key)
+        if cached is not None:
+            return cached[1]
+        user = await self.reviews.token_review(token.strip())
+        self._tokens.put(key, user)
+        return user
+
+    async def authorize(self, request: web.Request, namespace: str, metric: str) -> web.Response | None:
+        try:
+            try:
+                user = self._front_proxy_user(request) or await self._token_user(request)
+            except web.HTTPForbidden as exc:
+                return status(403, "Forbidden", exc.reason)
+            if user is None:
+                return status(401, "Unauthorized", "Unauthorized: no trusted client certificate and no valid bearer token")
+            key = (
+                user.name,
+                user.groups,
+                tuple(sorted(user.extra.items())),
+                namespace,
+                metric,
+                request.path if not metric else "",
+            )
+            cached = self._access.get(key)
+            if cached is None:
+                allowed, reason = await self.reviews.access_review(user, namespace, metric, request.path)
+                self._access.put(key, (allowed, reason))
+            else:
+                allowed, reason = cached[1]
+        except ReviewUnavailable as exc:
+            log.warning("review failed: %s", exc)
+            return status(503, "ServiceUnavailable", f"cannot check access with the Kubernetes API: {exc}")
+        if allowed:
+            return None
+        if metric:
+            what = f'list resource "{metric}" in API group "{GROUP}" in the namespace "{namespace}"'
+        else:
+            what = f'get path "{request.path}"'
+        return status(403, "Forbidden", f"{user.name} cannot {what}" + (f": {reason}" if reason else ""))
+
+
+class KubernetesReviews:
+    """Reviews and the request-header ConfigMap through the Kubernetes API (kubernetes_asyncio)."""
+
+    def __init__(self, api_client):
+        from kubernetes_asyncio import client
+
+        self._client = client
+        self._authn = client.AuthenticationV1Api(api_client)
+        self._authz = client.AuthorizationV1Api(api_client)
+        self._core = client.CoreV1Api(api_client)
+
+    async def _call(self, coroutine):
+        from kubernetes_asyncio.client.exceptions import ApiException
+
+        try:
+            return await coroutine
+        except ApiException as exc:
+            raise ReviewUnavailable(f"HTTP {exc.status} {exc.reason}") from None
+        except OSError as exc:
+            raise ReviewUnavailable(str(exc)) from None
+
+    async def token_review(self, token: str) -> UserInfo | None:
+        c = self._client
+        review = await self._call(self._authn.create_token_review(c.V1TokenReview(spec=c.V1TokenReviewSpec(token=token))))
+        result = review.status
+        if not result or not result.authenticated or not result.user:
+            return None
+        extra = {k: tuple(v) for k, v in (result.user.extra or {}).items()}
+        return UserInfo(result.user.username, tuple(result.user.groups or ()), extra)
+
+    async def access_review(self, user: UserInfo, namespace: str, metric: str, path: str) -> tuple[bool, str]:
+        c = self._client
+        if metric:
+            attributes = {
+                "resource_attributes": c.V1ResourceAttributes(
+                    group=GROUP, version=VERSION, resource=metric, namespace=namespace, verb="list"
+                )
+            }
+        else:
+            attributes = {"non_resource_attributes": c.V1NonResourceAttributes(path=path, verb="get")}
+        spec = c.V1SubjectAccessReviewSpec(
+            user=user.name, groups=list(user.groups), extra={k: list(v) for k, v in user.extra.items()}, **attributes
+        )
+        review = await self._call(self._authz.create_subject_access_review(c.V1SubjectAccessReview(spec=spec)))
+        return bool(review.status and review.status.allowed), (review.status.reason or "") if review.status else ""
+
+    async def requestheader_config(self) -> RequestHeaderConfig:
+        configmap = await self._call(self._core.read_namespaced_config_map("extension-apiserver-authentication", "kube-system"))
+        return RequestHeaderConfig.from_configmap(configmap.data or {})
