@@ -35,7 +35,15 @@ def _simulate(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def _metrics_adapter(args: argparse.Namespace) -> int:
+    from metrics_adapter.server import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from metrics_adapter.server import add_arguments as add_adapter_arguments
+
     from .simulator.command import add_arguments as add_simulate_arguments
 
     parser = argparse.ArgumentParser(
@@ -62,6 +70,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_simulate_arguments(simulate)
     simulate.set_defaults(run=_simulate)
+
+    adapter = commands.add_parser(
+        "metrics-adapter",
+        help="serve the optimizer's decisions as external.metrics.k8s.io/v1beta1 for HPAs",
+        description="Aggregated API server (HTTPS) for external metrics, fed by the controller over gRPC or by Prometheus.",
+    )
+    add_adapter_arguments(adapter)
+    adapter.set_defaults(run=_metrics_adapter)
     return parser
 
 

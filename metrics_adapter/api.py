@@ -21,6 +21,10 @@ BASE = f"/apis/{GROUP_VERSION}"
 JSON = "application/json"
 
 
+class SourceUnavailable(Exception):
+    """The source of values (Prometheus) cannot answer now."""
+
+
 class MetricSource(Protocol):
     """Where values come from: the in-memory store fed over gRPC, or Prometheus."""
 
@@ -86,7 +90,10 @@ def build_app(source: MetricSource, authorize: Authorizer, ready: Callable[[], b
             selector = parse_selector(request.query.get("labelSelector", ""))
         except SelectorError as exc:
             return status(400, "BadRequest", f"invalid labelSelector: {exc}")
-        items = await source.items(namespace, metric, selector)
+        try:
+            items = await source.items(namespace, metric, selector)
+        except SourceUnavailable as exc:
+            return status(503, "ServiceUnavailable", f"metric source unavailable: {exc}")
         return _json(
             '{"kind":"ExternalMetricValueList","apiVersion":"'
             + GROUP_VERSION

@@ -1,0 +1,53 @@
+"""The figures each decision yields, with their labels: one definition for both the adapter's
+external metrics and the controller's Prometheus exposition."""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+from .proto import decisions_pb2 as pb
+
+PROMETHEUS_PREFIX = "inference_autoscaler_"
+
+# external metric name -> (help text, value of a decision)
+FIGURES = {
+    "desired_replicas": ("Replicas the optimizer wants for the ISVC or revision", lambda d: d.desired_replicas),
+    "arrival_rate": ("Measured arrival rate, requests per second", lambda d: d.arrival_rate),
+    "cost_per_hour": ("Cost per hour of the desired allocation", lambda d: d.cost_per_hour),
+    "ttft_slo_headroom": ("1 - predicted TTFT / SLO at the desired allocation", lambda d: d.ttft_headroom),
+    "itl_slo_headroom": ("1 - predicted ITL / SLO at the desired allocation", lambda d: d.itl_headroom),
+}
+
+
+def labels_of(decision: pb.Decision) -> dict[str, str]:
+    labels = {
+        "isvc": decision.isvc,
+        "model": decision.model,
+        "accelerator": decision.accelerator,
+        "class": decision.service_class,
+    }
+    if decision.revision:
+        labels["revision"] = decision.revision
+    return labels
+
+
+def figures_of(decision: pb.Decision) -> dict[str, float]:
+    return {name: float(value(decision)) for name, (_, value) in FIGURES.items()}
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def exposition(decisions: Iterable[pb.Decision]) -> str:
+    """Prometheus text format (0.0.4) of every figure of every decision."""
+    decisions = list(decisions)
+    lines = []
+    for name, (help_text, value) in FIGURES.items():
+        full = PROMETHEUS_PREFIX + name
+        lines += [f"# HELP {full} {help_text}", f"# TYPE {full} gauge"]
+        for d in decisions:
+            labels = {"namespace": d.namespace} | labels_of(d)
+            rendered = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+            lines.append(f"{full}{{{rendered}}} {float(value(d))!r}")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,114 @@
+"""`inference-autoscaler metrics-adapter`: the aggregated API server process."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+from pathlib import Path
+
+from aiohttp import web
+
+from autoscaler.errors import InputError
+
+from .api import build_app
+from .auth import Gatekeeper, KubernetesReviews, ReviewUnavailable
+from .tls import ReloadingTLS
+
+log = logging.getLogger(__name__)
+REQUESTHEADER_REFRESH_S = 300.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--secure-port", type=int, default=6443)
+    parser.add_argument("--bind-address", default="0.0.0.0")
+    parser.add_argument("--tls-cert-file", type=Path, required=True, help="serving certificate (PEM), reloaded on change")
+    parser.add_argument("--tls-private-key-file", type=Path, required=True)
+    parser.add_argument(
+        "--source", choices=("store", "prometheus"), default="store", help="decisions over gRPC, or PromQL per request"
+    )
+    parser.add_argument(
+        "--decisions", default="inference-autoscaler-controller:9090", help="controller's DecisionService host:port"
+    )
+    parser.add_argument("--prometheus-url", default="http://prometheus:9090")
+    parser.add_argument("--stale-after", type=float, default=90.0, help="seconds after which values are labelled stale")
+    parser.add_argument("--max-age", type=float, default=300.0, help="seconds after which values are no longer served")
+    parser.add_argument("--kubeconfig", type=Path, help="outside a cluster: kubeconfig for the reviews (default: in-cluster)")
+
+
+async def _kube_client(kubeconfig: Path | None):
+    from kubernetes_asyncio import client, config
+
+    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()
+    else:
+        await config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None)
+    return client.ApiClient()
+
+
+async def serve(args: argparse.Namespace) -> int:
+    for path in (args.tls_cert_file, args.tls_private_key_file):
+        if not path.is_file():
+            raise InputError(str(path), "", "file not found")
+    if not 0 < args.stale_after <= args.max_age:
+        raise InputError("command line", "--stale-after", "must be > 0 and at most --max-age")
+    api_client = await _kube_client(args.kubeconfig)
+    reviews = KubernetesReviews(api_client)
+    try:
+        requestheader = await reviews.requestheader_config()
+    except ReviewUnavailable as exc:
+        raise InputError("kube-system/extension-apiserver-authentication", "", f"cannot read the ConfigMap: {exc}") from None
+    tls = ReloadingTLS(args.tls_cert_file, args.tls_private_key_file, requestheader.client_ca_pem)
+    gate = Gatekeeper(requestheader, reviews)
+    tasks = [asyncio.create_task(tls.watch())]
+    if args.source == "prometheus":
+        from .prometheus_source import PrometheusSource
+
+        source, ready = PrometheusSource(args.prometheus_url), (lambda: True)
+    else:
+        from .feed import DecisionFeed
+        from .store import MetricStore
+
+        source = MetricStore(args.stale_after, args.max_age)
+        feed = DecisionFeed(args.decisions, source)
+        tasks.append(asyncio.create_task(feed.run()))
+        ready = feed.synced.is_set
+
+    async def refresh_requestheader() -> None:
+        while True:
+            await asyncio.sleep(REQUESTHEADER_REFRESH_S)
+            try:
+                gate.requestheader = await reviews.requestheader_config()
+                tls.set_client_ca(gate.requestheader.client_ca_pem)
+            except ReviewUnavailable as exc:
+                log.warning("keeping the request-header configuration: %s", exc)
+
+    tasks.append(asyncio.create_task(refresh_requestheader()))
+    runner = web.AppRunner(build_app(source, gate.authorize, ready), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, args.bind_address, args.secure_port, ssl_context=tls.front).start()
+    log.info(
+        "serving external.metrics.k8s.io/v1beta1 on https://%s:%d (source: %s)", args.bind_address, args.secure_port, args.source
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+    await runner.cleanup()
+    await api_client.close()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:  # libuv's event loop: measurably shorter request latency tails under load
+        import uvloop
+
+        return uvloop.run(serve(args))
+    except ImportError:
+        return asyncio.run(serve(args))

@@ -1,0 +1,80 @@
+"""A real Prometheus server (Debian's `prometheus` package) for tests and benchmarks.
+
+It scrapes an exporter on loopback every second; `start` returns once the first scrape's
+series are queryable. CI installs the package (see .ci/run).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+BINARY = shutil.which("prometheus") or "/usr/bin/prometheus"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrometheusServer:
+    def __init__(self, directory: Path, scrape_port: int):
+        self.directory = directory
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "prometheus.yml").write_text(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            "scrape_configs:\n  - job_name: controller\n    honor_labels: true\n"
+            f"    static_configs:\n      - targets: ['127.0.0.1:{scrape_port}']\n"
+        )
+        self.process: subprocess.Popen | None = None
+
+    def start(self, expect_query: str, expect_count: int, timeout_s: float = 60.0) -> "PrometheusServer":
+        if not Path(BINARY).exists():
+            raise RuntimeError("the prometheus binary is missing: apt-get install prometheus")
+        self.process = subprocess.Popen(
+            [
+                BINARY,
+                f"--config.file={self.directory / 'prometheus.yml'}",
+                f"--storage.tsdb.path={self.directory / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=open(self.directory / "prometheus.log", "wb"),
+        )
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"prometheus exited: {(self.directory / 'prometheus.log').read_text()[-2000:]}")
+            try:
+                if self.count(expect_query) >= expect_count:
+                    return self
+            except OSError:
+                pass
+            time.sleep(0.25)
+        self.stop()
+        raise RuntimeError(f"prometheus did not scrape {expect_count} series of {expect_query} in {timeout_s:g} s")
+
+    def count(self, query: str) -> int:
+        url = f"{self.url}/api/v1/query?query=" + urllib.parse.quote(f"count({query})")
+        with urllib.request.urlopen(url, timeout=2) as response:
+            import json
+
+            result = json.load(response)["data"]["result"]
+            return int(result[0]["value"][1]) if result else 0
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
