@@ -8,7 +8,7 @@ them, through the front proxy (client certificate + X-Remote-User, SubjectAccess
 each for `desired_replicas` of a random ISVC by label selector, over a pool of 16 keep-alive
 connections (the kube-aggregator also proxies over a few long-lived connections). The load is
 open-loop at a fixed rate (latency counted from each request's scheduled time, so queueing
-shows) from this process on the other core, after 2 s of unmeasured warm-up at that rate that
+shows) from this process on the other core, after 5 s of unmeasured warm-up at that rate that
 opens the connections. Then the same adapter with --source prometheus, where each request is a
 PromQL query to a real Prometheus server scraping the same 10,000 series. Prints p50/p99 and
 achieved requests/s for each, and the ratios.
@@ -75,7 +75,7 @@ async def adapter(
     return process, port
 
 
-WARM_UP_S = 2.0
+WARM_UP_S = 5.0
 CONNECTIONS = 16
 
 
