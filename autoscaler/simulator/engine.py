@@ -82,7 +82,6 @@ class Replica:
         "max_batch",
         "option",
         "revision",
-        "seq",
         "state",
         "steps",
         "sum_in",
@@ -109,7 +108,6 @@ class Replica:
         self.sum_start = 0.0
         self.version = 0
         self.billed_from = now
-        self.seq = 0
 
     @property
     def load(self) -> int:

@@ -16,24 +16,22 @@ from ..optimizer.domain import (
     ServiceTarget,
     System,
 )
-from .world import IsvcSpec, World
+from .world import World
 
 
 def optimizer_system(
     world: World,
     loads: Mapping[int, Load],
     current: Mapping[int, CurrentAllocation] | None = None,
-    only_accelerator: Mapping[int, str] | None = None,
     slo_scale: Mapping[int, tuple[float, float]] | None = None,
 ) -> System:
     """The world as an optimizer problem.
 
-    `only_accelerator` pins ISVCs to one GPU type; `slo_scale` sizes an ISVC for (TTFT, ITL)
-    targets tighter than its class's SLOs. Each ISVC gets a class of its own (same priority)
-    so that its targets can differ from another ISVC's of the same class and model.
+    `slo_scale` sizes an ISVC for (TTFT, ITL) targets tighter than its class's SLOs. Each ISVC
+    gets a class of its own (same priority) so that its targets can differ from another ISVC's
+    of the same class and model.
     """
     current = current or {}
-    only_accelerator = only_accelerator or {}
     slo_scale = slo_scale or {}
     accelerators = {name: Accelerator(name, name, 1, gpu.cost_per_hour) for name, gpu in world.gpus.items()}
     profiles = {}
@@ -55,8 +53,7 @@ def optimizer_system(
                 model=spec.model,
                 load=loads[index],
                 min_replicas=spec.min_replicas,
-                keep_accelerator=index in only_accelerator,
-                current=current.get(index) or _pinned(spec, only_accelerator.get(index)),
+                current=current.get(index),
             )
         )
     return System(
@@ -67,7 +64,3 @@ def optimizer_system(
         servers=tuple(servers),
         optimizer=OptimizerSpec(saturation_policy=SaturationPolicy.PRIORITY_ROUND_ROBIN),
     )
-
-
-def _pinned(spec: IsvcSpec, accelerator: str | None) -> CurrentAllocation | None:
-    return CurrentAllocation(accelerator, 0) if accelerator else None

@@ -29,15 +29,14 @@ class RunSettings:
 
 
 def _loads(scenario: Scenario, start: float, end: float) -> dict[int, Load]:
-    """Per ISVC: the arrival rate in [start, end) and the sizes of all its requests."""
+    """Per ISVC: the arrival rate and mean request sizes in [start, end)."""
     req = scenario.requests
     loads = {}
     for index in range(len(scenario.world.isvcs)):
-        mine = req.isvc == index
-        in_window = mine & (req.time >= start) & (req.time < end)
+        in_window = (req.isvc == index) & (req.time >= start) & (req.time < end)
         rate = in_window.sum() / (end - start)
-        avg_in = int(round(req.in_tokens[mine].mean())) if mine.any() else 0
-        avg_out = max(int(round(req.out_tokens[mine].mean())), 1) if mine.any() else 1
+        avg_in = round(req.in_tokens[in_window].mean()) if in_window.any() else 0
+        avg_out = max(round(req.out_tokens[in_window].mean()), 1) if in_window.any() else 1
         loads[index] = Load(rate * 60.0, avg_in, avg_out)
     return loads
 
