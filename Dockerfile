@@ -1,9 +1,10 @@
-# One image for every entry point: `inference-autoscaler optimize|simulate|metrics-adapter|...`.
+# One image for every entry point: `inference-autoscaler optimize|simulate|metrics-adapter|webhook`.
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml setup.py README.md ./
 COPY autoscaler ./autoscaler
 COPY metrics_adapter ./metrics_adapter
+COPY webhook ./webhook
 # the wheel build generates the gRPC code from autoscaler/proto/*.proto (see setup.py)
 RUN pip wheel --no-cache-dir --wheel-dir /wheels .
 

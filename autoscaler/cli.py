@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from collections.abc import Sequence
 from importlib import resources
@@ -29,23 +30,28 @@ def _optimize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _simulate(args: argparse.Namespace) -> int:
-    from .simulator.command import run
-
-    return run(args)
-
-
-def _metrics_adapter(args: argparse.Namespace) -> int:
-    from metrics_adapter.server import run
-
-    return run(args)
+# subcommands served by other modules, each with add_arguments(parser) and run(args) -> exit code
+SERVICES = {
+    "simulate": (
+        "autoscaler.simulator.command",
+        "run the control loop against a simulated cluster beside Knative KPA, HPA and static provisioning",
+        "Simulate vLLM-like servers, cold starts and limited GPUs under each autoscaling policy on the same "
+        "traffic and compare SLO attainment and cost. Needs no cluster.",
+    ),
+    "metrics-adapter": (
+        "metrics_adapter.server",
+        "serve the optimizer's decisions as external.metrics.k8s.io/v1beta1 for HPAs",
+        "Aggregated API server (HTTPS) for external metrics, fed by the controller over gRPC or by Prometheus.",
+    ),
+    "webhook": (
+        "webhook.server",
+        "mutating admission webhook: default and validate InferenceServices, gate revision pods",
+        "AdmissionReview v1 server over HTTPS for InferenceServices and the pods of their revisions.",
+    ),
+}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from metrics_adapter.server import add_arguments as add_adapter_arguments
-
-    from .simulator.command import add_arguments as add_simulate_arguments
-
     parser = argparse.ArgumentParser(
         prog="inference-autoscaler",
         description="Model-based autoscaling of LLM inference services on KServe/Knative.",
@@ -61,23 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     optimize.add_argument("--json", action="store_true", help="print solution-data.json instead of a table")
     optimize.set_defaults(run=_optimize)
-
-    simulate = commands.add_parser(
-        "simulate",
-        help="run the control loop against a simulated cluster beside Knative KPA, HPA and static provisioning",
-        description="Simulate vLLM-like servers, cold starts and limited GPUs under each autoscaling policy on the same "
-        "traffic and compare SLO attainment and cost. Needs no cluster.",
-    )
-    add_simulate_arguments(simulate)
-    simulate.set_defaults(run=_simulate)
-
-    adapter = commands.add_parser(
-        "metrics-adapter",
-        help="serve the optimizer's decisions as external.metrics.k8s.io/v1beta1 for HPAs",
-        description="Aggregated API server (HTTPS) for external metrics, fed by the controller over gRPC or by Prometheus.",
-    )
-    add_adapter_arguments(adapter)
-    adapter.set_defaults(run=_metrics_adapter)
+    for name, (module_name, help_text, description) in SERVICES.items():
+        module = importlib.import_module(module_name)
+        command = commands.add_parser(name, help=help_text, description=description)
+        module.add_arguments(command)
+        command.set_defaults(run=module.run)
     return parser
 
 

@@ -34,9 +34,11 @@ from aiohttp import web
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # we spawn the adapter while gRPC threads run
 
+from autoscaler import aio  # noqa: E402
 from autoscaler.decision_metrics import exposition  # noqa: E402
 from autoscaler.decision_stream import DecisionHub, serve_decisions  # noqa: E402
 from autoscaler.proto import decisions_pb2 as pb  # noqa: E402
+from benchmarks.openloop import open_loop  # noqa: E402
 from tests.certs import Authority  # noqa: E402
 from tests.kube_api_emulator import Grant, KubeApiEmulator  # noqa: E402
 from tests.prometheus_server import PrometheusServer, free_port  # noqa: E402
@@ -95,42 +97,20 @@ async def load(
                 except aiohttp.ClientError:
                     pass
                 await asyncio.sleep(0.05)
-        latencies: list[float] = []
-        failures = 0
-        measuring = False
 
-        async def one(scheduled: float) -> None:
-            nonlocal failures
+        async def one() -> bool:
             i = random.randrange(ISVCS)
             try:
                 async with session.get(f"{url}/namespaces/team-{i % 10}/desired_replicas?labelSelector=isvc%3Disvc-{i}") as r:
                     await r.read()
-                    if r.status != 200:
-                        failures += 1
+                    return r.status == 200
             except aiohttp.ClientError:
-                failures += 1
-            if measuring:
-                latencies.append(time.perf_counter() - scheduled)
+                return False
 
-        async def paced(duration: float) -> float:
-            tasks = []
-            begin = time.perf_counter()
-            for n in range(int(rate * duration)):
-                scheduled = begin + n / rate
-                delay = scheduled - time.perf_counter()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(scheduled)))
-            await asyncio.gather(*tasks)
-            return time.perf_counter() - begin
-
-        await paced(WARM_UP_S)
-        measuring, failures = True, 0
-        total = int(rate * seconds)
-        elapsed = await paced(seconds)
+        latencies, achieved, failures = await open_loop(one, rate, seconds, WARM_UP_S)
         if failures:
             print(f"  ({failures} requests failed)")
-        return np.array(latencies), total / elapsed
+        return latencies, achieved
 
 
 def report(label: str, latencies: np.ndarray, achieved: float, offered: float) -> tuple[float, float, float]:
@@ -215,9 +195,4 @@ if __name__ == "__main__":
         "--prometheus-rate", type=float, default=200.0, help="a rate Prometheus mode can sustain, for comparing latency"
     )
     args = parser.parse_args()
-    try:
-        import uvloop
-
-        sys.exit(uvloop.run(main(args.seconds, args.rate, args.prometheus_rate)))
-    except ImportError:
-        sys.exit(asyncio.run(main(args.seconds, args.rate, args.prometheus_rate)))
+    sys.exit(aio.run(main(args.seconds, args.rate, args.prometheus_rate)))

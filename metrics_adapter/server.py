@@ -11,11 +11,12 @@ from pathlib import Path
 
 from aiohttp import web
 
+from autoscaler import aio
 from autoscaler.errors import InputError
 
 from .api import build_app
 from .auth import Gatekeeper, KubernetesReviews, ReviewUnavailable
-from .tls import ReloadingTLS
+from autoscaler.tls import ReloadingTLS
 
 log = logging.getLogger(__name__)
 REQUESTHEADER_REFRESH_S = 300.0
@@ -106,9 +107,4 @@ async def serve(args: argparse.Namespace) -> int:
 
 def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    try:  # libuv's event loop: measurably shorter request latency tails under load
-        import uvloop
-
-        return uvloop.run(serve(args))
-    except ImportError:
-        return asyncio.run(serve(args))
+    return aio.run(serve(args))

@@ -17,7 +17,7 @@ from kubernetes_asyncio import client as kube
 from metrics_adapter.api import BASE, build_app
 from metrics_adapter.auth import Gatekeeper, KubernetesReviews
 from metrics_adapter.store import MetricStore, Series
-from metrics_adapter.tls import ReloadingTLS
+from autoscaler.tls import ReloadingTLS
 
 from .certs import Authority
 from .kube_api_emulator import Grant, KubeApiEmulator

@@ -1,4 +1,4 @@
-"""TLS for the adapter: serving certificate and trusted client CA, reloaded without a restart.
+"""TLS for our HTTPS servers: serving certificate and trusted client CA, reloaded without a restart.
 
 Every handshake passes through an SNI callback that hands it the newest context (it is called
 with or without SNI), so a rotated certificate, key or client CA applies to new connections as

@@ -1,0 +1,1 @@
+"""The mutating admission webhook: defaults and validates InferenceServices, gates revision pods."""

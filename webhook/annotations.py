@@ -1,0 +1,108 @@
+"""The annotations an InferenceService uses to opt in to our autoscaling, and their checks.
+
+All live under the prefix `autoscaling.inference-autoscaler.io/`:
+
+| annotation | value |
+|---|---|
+| `enabled` | `"true"` to manage the ISVC |
+| `service-class` | a service class name from the optimizer's data (required when enabled) |
+| `model` | the model name in the performance profiles (default: the ISVC name) |
+| `accelerators` | comma-separated GPU types the optimizer may choose from (default: any) |
+| `min-replicas`, `max-replicas` | bounds, whole numbers, 0 <= min <= max (default: the class's) |
+| `progress-deadline` | seconds a new revision's pod group may wait for GPUs (default 600) |
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Mapping
+
+PREFIX = "autoscaling.inference-autoscaler.io/"
+ENABLED = PREFIX + "enabled"
+SERVICE_CLASS = PREFIX + "service-class"
+MODEL = PREFIX + "model"
+ACCELERATORS = PREFIX + "accelerators"
+MIN_REPLICAS = PREFIX + "min-replicas"
+MAX_REPLICAS = PREFIX + "max-replicas"
+PROGRESS_DEADLINE = PREFIX + "progress-deadline"
+KNOWN = {ENABLED, SERVICE_CLASS, MODEL, ACCELERATORS, MIN_REPLICAS, MAX_REPLICAS, PROGRESS_DEADLINE}
+
+KNATIVE_CLASS = "autoscaling.knative.dev/class"
+OUR_KNATIVE_CLASS = "optimizer.autoscaling.inference-autoscaler.io"
+KNATIVE_METRIC = "autoscaling.knative.dev/metric"
+DEFAULT_PROGRESS_DEADLINE_S = 600
+MAX_PROGRESS_DEADLINE_S = 3600
+NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+
+
+@dataclass(frozen=True)
+class ClassDefaults:
+    """What a service class implies when the ISVC does not say: replica bounds."""
+
+    min_replicas: int = 1
+    max_replicas: int = 10
+
+
+@dataclass
+class Findings:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _whole(value: str, key: str, findings: Findings, minimum: int = 0) -> int | None:
+    if not re.fullmatch(r"\d+", value.strip()):
+        findings.errors.append(f"annotation {key}: expected a whole number, got {value!r}")
+        return None
+    number = int(value)
+    if number < minimum:
+        findings.errors.append(f"annotation {key}: must be >= {minimum}, got {number}")
+        return None
+    return number
+
+
+def check(annotations: Mapping[str, str], classes: Mapping[str, ClassDefaults]) -> Findings:
+    """Every problem with our annotations, each naming the annotation and the allowed values."""
+    findings = Findings()
+    ours = {k: v for k, v in annotations.items() if k.startswith(PREFIX)}
+    for key in sorted(set(ours) - KNOWN):
+        findings.warnings.append(f"annotation {key} is not one of ours and is ignored")
+    enabled = ours.get(ENABLED, "false")
+    if enabled not in ("true", "false"):
+        findings.errors.append(f'annotation {ENABLED}: expected "true" or "false", got {enabled!r}')
+        return findings
+    if enabled != "true":
+        if set(ours) - {ENABLED}:
+            findings.warnings.append(f'annotations under {PREFIX} have no effect unless {ENABLED} is "true"')
+        return findings
+    service_class = ours.get(SERVICE_CLASS)
+    if not service_class:
+        findings.errors.append(
+            f'annotation {SERVICE_CLASS} is required when {ENABLED} is "true" (one of: {", ".join(sorted(classes))})'
+        )
+    elif service_class not in classes:
+        findings.errors.append(
+            f"annotation {SERVICE_CLASS}: unknown service class {service_class!r} (one of: {', '.join(sorted(classes))})"
+        )
+    model = ours.get(MODEL)
+    if model is not None and not NAME.match(model):
+        findings.errors.append(f"annotation {MODEL}: {model!r} is not a valid model name")
+    if ACCELERATORS in ours:
+        types = [t.strip() for t in ours[ACCELERATORS].split(",")]
+        bad = [t for t in types if not NAME.match(t)]
+        if bad or not types:
+            findings.errors.append(f"annotation {ACCELERATORS}: expected comma-separated GPU types, got {ours[ACCELERATORS]!r}")
+    low = _whole(ours[MIN_REPLICAS], MIN_REPLICAS, findings) if MIN_REPLICAS in ours else None
+    high = _whole(ours[MAX_REPLICAS], MAX_REPLICAS, findings, minimum=1) if MAX_REPLICAS in ours else None
+    if low is not None and high is not None and low > high:
+        findings.errors.append(f"annotations {MIN_REPLICAS} ({low}) must not exceed {MAX_REPLICAS} ({high})")
+    if low == 0:
+        findings.warnings.append(f"{MIN_REPLICAS} 0 allows scale to zero: the first request after idle waits for a cold start")
+    if PROGRESS_DEADLINE in ours:
+        deadline = _whole(ours[PROGRESS_DEADLINE], PROGRESS_DEADLINE, findings, minimum=1)
+        if deadline is not None and deadline > MAX_PROGRESS_DEADLINE_S:
+            findings.errors.append(f"annotation {PROGRESS_DEADLINE}: at most {MAX_PROGRESS_DEADLINE_S} seconds, got {deadline}")
+    knative_class = annotations.get(KNATIVE_CLASS)
+    if knative_class and knative_class != OUR_KNATIVE_CLASS:
+        findings.warnings.append(f"{KNATIVE_CLASS} {knative_class!r} is replaced by {OUR_KNATIVE_CLASS!r} for a managed ISVC")
+    return findings

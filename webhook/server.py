@@ -1,0 +1,117 @@
+"""`inference-autoscaler webhook`: the AdmissionReview v1 endpoint over HTTPS.
+
+A body that is not an AdmissionReview gets 400 with the reason. Any other failure still gets an
+AdmissionReview: a Pod is allowed unchanged (never block workloads on our bug), an
+InferenceService is refused with the error, so nothing unchecked slips through.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+from pathlib import Path
+from typing import Mapping
+
+from aiohttp import web
+
+from autoscaler import aio
+from autoscaler.errors import InputError
+from autoscaler.tls import ReloadingTLS
+
+from .annotations import ClassDefaults
+from .review import MalformedReview, parse, review
+
+log = logging.getLogger(__name__)
+DEFAULT_CLASSES = {"Premium": ClassDefaults(1, 10), "Bronze": ClassDefaults(1, 10), "Free": ClassDefaults(0, 5)}
+
+
+def answer(body: bytes, classes: Mapping[str, ClassDefaults]) -> tuple[int, dict]:
+    """HTTP status and JSON document for one request body; never raises."""
+    try:
+        request = parse(body)
+    except MalformedReview as exc:
+        return 400, {"error": f"malformed AdmissionReview: {exc}"}
+    try:
+        return 200, review(request, classes)
+    except MalformedReview as exc:
+        problem = f"malformed object: {exc}"
+    except Exception as exc:  # noqa: BLE001 - a bug must still produce an answer, not a 500
+        log.exception("review of %s failed", request.get("uid"))
+        problem = f"internal error in the inference-autoscaler webhook: {exc!r}"
+    is_pod = isinstance(request.get("kind"), dict) and request["kind"].get("kind") == "Pod"
+    response = {"uid": request["uid"], "allowed": is_pod, "warnings": [problem]}
+    if not is_pod:
+        response["status"] = {"code": 422, "reason": "Invalid", "message": problem}
+    return 200, {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
+
+
+def build_app(classes: Mapping[str, ClassDefaults]) -> web.Application:
+    async def mutate(request: web.Request) -> web.Response:
+        status, document = answer(await request.read(), classes)
+        return web.Response(status=status, body=json.dumps(document).encode(), headers={"Content-Type": "application/json"})
+
+    async def health(request: web.Request) -> web.Response:
+        return web.Response(text="ok")
+
+    app = web.Application(client_max_size=8 * 1024 * 1024)
+    app.router.add_post("/mutate", mutate)
+    app.router.add_get("/healthz", health)
+    return app
+
+
+def load_classes(path: Path | None) -> dict[str, ClassDefaults]:
+    """{"Premium": {"minReplicas": 1, "maxReplicas": 10}, ...}"""
+    if path is None:
+        return dict(DEFAULT_CLASSES)
+    try:
+        document = json.loads(path.read_text())
+    except OSError as exc:
+        raise InputError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(str(path), f"line {exc.lineno} column {exc.colno}", f"malformed JSON: {exc.msg}") from None
+    if not isinstance(document, dict) or not document:
+        raise InputError(str(path), "", "expected an object of service classes")
+    classes = {}
+    for name, spec in document.items():
+        bounds = spec if isinstance(spec, dict) else {}
+        low, high = bounds.get("minReplicas", 1), bounds.get("maxReplicas", 10)
+        if not (isinstance(low, int) and isinstance(high, int) and 0 <= low <= high and high >= 1):
+            raise InputError(str(path), name, f"need whole minReplicas <= maxReplicas, maxReplicas >= 1; got {spec!r}")
+        classes[name] = ClassDefaults(low, high)
+    return classes
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--port", type=int, default=8443)
+    parser.add_argument("--bind-address", default="0.0.0.0")
+    parser.add_argument("--tls-cert-file", type=Path, required=True)
+    parser.add_argument("--tls-private-key-file", type=Path, required=True)
+    parser.add_argument("--service-classes", type=Path, help="JSON of class -> {minReplicas, maxReplicas} (default: built in)")
+
+
+async def serve(args: argparse.Namespace) -> int:
+    for path in (args.tls_cert_file, args.tls_private_key_file):
+        if not path.is_file():
+            raise InputError(str(path), "", "file not found")
+    classes = load_classes(args.service_classes)
+    tls = ReloadingTLS(args.tls_cert_file, args.tls_private_key_file)
+    watcher = asyncio.create_task(tls.watch())
+    runner = web.AppRunner(build_app(classes), access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, args.bind_address, args.port, ssl_context=tls.front).start()
+    log.info("admission webhook on https://%s:%d/mutate (classes: %s)", args.bind_address, args.port, ", ".join(sorted(classes)))
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    watcher.cancel()
+    await runner.cleanup()
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return aio.run(serve(args))
