@@ -14,12 +14,13 @@ Both reviews are cached for 10 s. No identity: 401. Not allowed: 403. Review API
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import json
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping, Protocol
+from typing import Awaitable, Callable, Mapping, Protocol
 
 from aiohttp import web
 
@@ -70,20 +71,31 @@ class Reviews(Protocol):
 
 
 class TtlCache:
+    """Answers kept for `ttl_s`; concurrent misses of one key share a single lookup, so an entry
+    expiring under load costs one review, not one per request in flight (a thundering herd)."""
+
     def __init__(self, ttl_s: float = CACHE_TTL_S, clock: Callable[[], float] = time.monotonic, limit: int = 10_000):
         self.ttl_s, self.clock, self.limit = ttl_s, clock, limit
         self._entries: dict = {}
+        self._loading: dict[object, asyncio.Future] = {}
 
-    def get(self, key):
+    async def get_or_load(self, key, load: Callable[[], Awaitable]):
         entry = self._entries.get(key)
-        if entry is None or self.clock() - entry[0] > self.ttl_s:
-            return None
-        return entry
+        if entry is not None and self.clock() - entry[0] <= self.ttl_s:
+            return entry[1]
+        pending = self._loading.get(key)
+        if pending is None:
+            pending = self._loading[key] = asyncio.ensure_future(load())
+            pending.add_done_callback(lambda done: self._finish(key, done))
+        return await asyncio.shield(pending)
 
-    def put(self, key, value) -> None:
+    def _finish(self, key, done: asyncio.Future) -> None:
+        self._loading.pop(key, None)
+        if done.cancelled() or done.exception() is not None:
+            return  # failures are not cached: the next request asks again
         if len(self._entries) >= self.limit:
             self._entries.clear()  # crude but bounded: a burst of distinct callers cannot grow it
-        self._entries[key] = (self.clock(), value)
+        self._entries[key] = (self.clock(), done.result())
 
 
 def _common_name(peercert: dict | None) -> str | None:
@@ -133,12 +145,7 @@ class Gatekeeper:
         if scheme.lower() != "bearer" or not token.strip():
             return None
         key = hashlib.sha256(token.strip().encode()).hexdigest()
-        cached = self._tokens.get(key)
-        if cached is not None:
-            return cached[1]
-        user = await self.reviews.token_review(token.strip())
-        self._tokens.put(key, user)
-        return user
+        return await self._tokens.get_or_load(key, lambda: self.reviews.token_review(token.strip()))
 
     async def authorize(self, request: web.Request, namespace: str, metric: str) -> web.Response | None:
         try:
@@ -156,12 +163,9 @@ class Gatekeeper:
                 metric,
                 request.path if not metric else "",
             )
-            cached = self._access.get(key)
-            if cached is None:
-                allowed, reason = await self.reviews.access_review(user, namespace, metric, request.path)
-                self._access.put(key, (allowed, reason))
-            else:
-                allowed, reason = cached[1]
+            allowed, reason = await self._access.get_or_load(
+                key, lambda: self.reviews.access_review(user, namespace, metric, request.path)
+            )
         except ReviewUnavailable as exc:
             log.warning("review failed: %s", exc)
             return status(503, "ServiceUnavailable", f"cannot check access with the Kubernetes API: {exc}")

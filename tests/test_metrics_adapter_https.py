@@ -235,3 +235,19 @@ async def test_rotated_serving_certificate_is_used_by_new_connections(cluster):
     assert await served_serial(trusting_new) != before
     with pytest.raises(aiohttp.ClientError):  # the old CA no longer vouches for what is served
         await served_serial(cluster.client_context())
+
+
+async def test_concurrent_requests_share_one_review_when_the_cache_is_cold(cluster):
+    path = BASE + "/namespaces/prod/desired_replicas"
+    results = await asyncio.gather(*(cluster.get(path, headers={"Authorization": "Bearer good-token"}) for _ in range(20)))
+    assert all(code == 200 for code, _, _ in results)
+    assert cluster.emulator.calls["tokenreviews"] == 1 and cluster.emulator.calls["subjectaccessreviews"] == 1
+
+
+async def test_a_failed_review_is_not_cached(cluster):
+    cluster.emulator.failing = True
+    code, _, _ = await cluster.get(BASE, headers={"Authorization": "Bearer good-token"})
+    assert code == 503
+    cluster.emulator.failing = False
+    code, _, _ = await cluster.get(BASE, headers={"Authorization": "Bearer good-token"})
+    assert code == 200
