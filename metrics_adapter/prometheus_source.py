@@ -15,9 +15,8 @@ import re
 from autoscaler.decision_metrics import FIGURES, PROMETHEUS_PREFIX
 
 from .api import SourceUnavailable
-from .quantity import format_quantity
 from .selectors import Operator, Requirement, Selector
-from .store import rfc3339
+from .store import Series, render_value
 
 PROMETHEUS_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 SCRAPE_LABELS = {"__name__", "namespace", "job", "instance"}
@@ -66,17 +65,7 @@ class PrometheusSource:
             if not selector.matches(labels):
                 continue
             at, value = sample["value"]
-            items.append(
-                json.dumps(
-                    {
-                        "metricName": metric,
-                        "metricLabels": labels,
-                        "timestamp": rfc3339(float(at)),
-                        "value": format_quantity(float(value)),
-                    },
-                    separators=(",", ":"),
-                )
-            )
+            items.append(render_value(Series(metric, namespace, labels, float(value), float(at))))
         return items
 
     def metric_names(self) -> set[str]:

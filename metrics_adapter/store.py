@@ -52,7 +52,8 @@ class _Table:
     postings: dict[str, dict[str, set[tuple]]] = field(default_factory=lambda: defaultdict(lambda: defaultdict(set)))
 
 
-def _render(series: Series, stale: bool) -> str:
+def render_value(series: Series, stale: bool = False) -> str:
+    """One ExternalMetricValue as compact JSON."""
     labels = dict(series.labels) | ({STALE_LABEL: "true"} if stale else {})
     return json.dumps(
         {
@@ -83,7 +84,7 @@ class MetricStore:
         if key not in table.entries:
             for name, value in series.labels.items():
                 table.postings[name][value].add(key)
-        table.entries[key] = _Entry(series, _render(series, False), _render(series, True))
+        table.entries[key] = _Entry(series, render_value(series), render_value(series, stale=True))
 
     def remove(self, series: Series) -> None:
         table = self._tables.get((series.metric, series.namespace))

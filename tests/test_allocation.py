@@ -141,10 +141,3 @@ def test_kv_cache_bounds_the_batch_where_known():
     assert measured.batch_limit(1000, 250) == 40  # memory: 50,000 // 1,250 tokens per request
     assert measured.batch_limit(10, 10) == 256  # and never beyond max-num-seqs
     assert measured.batch_limit(100_000, 10) == 1
-
-
-def test_slo_concurrency_is_littles_law_at_the_sized_rate():
-    alloc = cheapest(system([server("s", 600)]), "s")
-    # mean requests in a replica at its SLO-limit rate: rate * mean time in system, so more
-    # than the rate times the TTFT alone and within the queue's capacity
-    assert alloc.max_rate_per_replica * alloc.ttft_ms / 1000 < alloc.slo_concurrency <= 11 * alloc.max_batch

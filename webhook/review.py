@@ -22,6 +22,7 @@ from .annotations import (
     MODEL,
     OUR_KNATIVE_CLASS,
     PREFIX,
+    SERVICE_CLASS,
     ClassDefaults,
     check,
 )
@@ -134,7 +135,7 @@ def review_isvc(request: dict, classes: Mapping[str, ClassDefaults]) -> dict:
         return _response(uid, False, warnings=findings.warnings, message="; ".join(findings.errors), code=422)
     if annotations.get(ENABLED) != "true":
         return _response(uid, True, warnings=findings.warnings)
-    defaults = classes[annotations[PREFIX + "service-class"]]
+    defaults = classes[annotations[SERVICE_CLASS]]
     return _response(uid, True, _isvc_patch(isvc, annotations, defaults), findings.warnings)
 
 

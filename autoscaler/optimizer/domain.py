@@ -155,7 +155,6 @@ class Allocation:
     itl_ms: float
     ttft_ms: float
     max_rate_per_replica: float  # requests/second one replica sustains within the SLOs
-    slo_concurrency: float = 0.0  # mean requests in one replica (running + queued) at that rate
     best_effort: bool = False
 
 

@@ -193,11 +193,9 @@ def size_candidates(system: System) -> dict[str, list[Allocation]]:
     row_ok = feasible & np.isfinite(best_rate)
     all_rows = np.arange(len(best_rate))
     capacity_per_replica = np.full(len(best_rate), np.nan)
-    slo_concurrency = np.full(len(best_rate), np.nan)
     if row_ok.any():
         _, _, at_limit = batch.latencies(all_rows[row_ok], best_rate[row_ok])
         capacity_per_replica[row_ok] = at_limit.throughput * 1000.0  # requests/second
-        slo_concurrency[row_ok] = at_limit.num_in_system
 
     kept: list[tuple[Candidate, int]] = []
     rates = []
@@ -235,7 +233,6 @@ def size_candidates(system: System) -> dict[str, list[Allocation]]:
                 itl_ms=itl_ms,
                 ttft_ms=ttft_ms,
                 max_rate_per_replica=0.0 if cand.zero_load else float(capacity_per_replica[cand.row]),
-                slo_concurrency=0.0 if cand.zero_load else float(slo_concurrency[cand.row]),
             )
         )
     return result
