@@ -32,6 +32,13 @@ def _optimize(args: argparse.Namespace) -> int:
 
 # subcommands served by other modules, each with add_arguments(parser) and run(args) -> exit code
 SERVICES = {
+    "controller": (
+        "autoscaler.controller.server",
+        "run the control loop against a Kubernetes cluster (KServe, Knative, Prometheus)",
+        "Watch opted-in InferenceServices, read their vLLM load from Prometheus, decide GPU type, replicas "
+        "and batch size, and apply them: ISVC annotations and status, HPAs, Knative PodAutoscalers, and the "
+        "decision stream for the metrics adapter.",
+    ),
     "simulate": (
         "autoscaler.simulator.command",
         "run the control loop against a simulated cluster beside Knative KPA, HPA and static provisioning",

@@ -29,6 +29,9 @@ class DecisionHub(pb_grpc.DecisionServiceServicer):
         self._current: dict[tuple[str, str, str], pb.Decision] = {}
         self._watchers: set[asyncio.Queue] = set()
 
+    def current(self) -> list[pb.Decision]:
+        return list(self._current.values())
+
     def publish(self, decisions: Iterable[pb.Decision]) -> None:
         fresh = {decision_key(d): d for d in decisions}
         events = [pb.DecisionEvent(upsert=d) for d in fresh.values()]

@@ -4,6 +4,8 @@ No kube-apiserver can run on these machines, so tests talk to this instead, over
 the real request and response shapes of authentication.k8s.io/v1 TokenReview,
 authorization.k8s.io/v1 SubjectAccessReview and core/v1 ConfigMap. Behaviour is table-driven:
 `tokens` maps a bearer token to a user, `grants` lists who may list which metric where.
+Every other path is served by `ObjectStore` (tests/kube_objects.py): create, get, list, watch,
+replace, patch and delete of any resource, with resourceVersions and injected faults.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from aiohttp import web
+
+from .kube_objects import ObjectStore
 
 
 @dataclass
@@ -28,12 +32,14 @@ class KubeApiEmulator:
     configmap: dict[str, str] = field(default_factory=dict)
     calls: dict[str, int] = field(default_factory=lambda: {"tokenreviews": 0, "subjectaccessreviews": 0, "configmaps": 0})
     failing: bool = False  # answer 500 to everything, like an API server in trouble
+    store: ObjectStore = field(default_factory=ObjectStore)
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_post("/apis/authentication.k8s.io/v1/tokenreviews", self._token_review)
         app.router.add_post("/apis/authorization.k8s.io/v1/subjectaccessreviews", self._access_review)
-        app.router.add_get("/api/v1/namespaces/{namespace}/configmaps/{name}", self._configmap)
+        app.router.add_get("/api/v1/namespaces/kube-system/configmaps/extension-apiserver-authentication", self._configmap)
+        self.store.route(app)
         return app
 
     def _broken(self) -> web.Response | None:
@@ -81,10 +87,7 @@ class KubeApiEmulator:
 
     async def _configmap(self, request: web.Request) -> web.Response:
         self.calls["configmaps"] += 1
-        name, namespace = request.match_info["name"], request.match_info["namespace"]
-        if (namespace, name) != ("kube-system", "extension-apiserver-authentication"):
-            body = {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": "NotFound", "code": 404}
-            return web.json_response(body, status=404)
+        name, namespace = "extension-apiserver-authentication", "kube-system"
         return web.json_response(
             {"kind": "ConfigMap", "apiVersion": "v1", "metadata": {"name": name, "namespace": namespace}, "data": self.configmap}
         )

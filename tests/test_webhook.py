@@ -2,7 +2,6 @@
 would (RFC 6902), reinvocation, pods with generateName, malformed bodies, fuzzing, HTTPS."""
 
 import base64
-import copy
 import json
 import ssl
 
@@ -11,29 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from webhook.annotations import KNATIVE_CLASS, OUR_KNATIVE_CLASS, PREFIX
+from autoscaler.annotations import KNATIVE_CLASS, OUR_KNATIVE_CLASS, PREFIX
 from webhook.review import GROUP_LABEL, SCHEDULING_GATE
 from webhook.server import DEFAULT_CLASSES, answer, build_app
 
 from .certs import Authority
+from .jsonpatch import apply_patch
 from .test_metrics_adapter_https import serve
-
-
-def apply_patch(document: dict, patch: list[dict]) -> dict:
-    """RFC 6902 add/replace, as the API server applies a webhook's JSONPatch."""
-    result = copy.deepcopy(document)
-    for operation in patch:
-        parts = [p.replace("~1", "/").replace("~0", "~") for p in operation["path"].split("/")[1:]]
-        parent = result
-        for part in parts[:-1]:
-            parent = parent[int(part)] if isinstance(parent, list) else parent[part]
-        last = parts[-1]
-        if isinstance(parent, list):
-            parent.insert(len(parent) if last == "-" else int(last), operation["value"])
-        else:
-            assert operation["op"] in ("add", "replace") and (operation["op"] == "add") != (last in parent), operation
-            parent[last] = operation["value"]
-    return result
 
 
 def admission(obj: dict, kind: str = "InferenceService", operation: str = "CREATE", dry_run: bool = False) -> dict:

@@ -14,25 +14,22 @@ import base64
 import json
 from typing import Any, Mapping
 
-from .annotations import (
+from autoscaler.annotations import (
     ENABLED,
     KNATIVE_CLASS,
     MAX_REPLICAS,
     MIN_REPLICAS,
     MODEL,
     OUR_KNATIVE_CLASS,
-    PREFIX,
+    POD_GROUP,
     SERVICE_CLASS,
     ClassDefaults,
     check,
 )
+from autoscaler.kserve import DEPLOYMENT_MODE, KSERVE_AUTOSCALER_CLASS, REVISION_LABEL
 
-GROUP_LABEL = PREFIX + "pod-group"
-SCHEDULING_GATE = PREFIX + "pod-group"
-REVISION_LABEL = "serving.knative.dev/revision"
-ISVC_LABEL = "serving.kserve.io/inferenceservice"
-DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
-KSERVE_AUTOSCALER_CLASS = "serving.kserve.io/autoscalerClass"
+GROUP_LABEL = POD_GROUP
+SCHEDULING_GATE = POD_GROUP
 
 
 class MalformedReview(ValueError):

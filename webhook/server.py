@@ -21,7 +21,7 @@ from autoscaler import aio
 from autoscaler.errors import InputError
 from autoscaler.tls import ReloadingTLS
 
-from .annotations import ClassDefaults
+from autoscaler.annotations import ClassDefaults
 from .review import MalformedReview, parse, review
 
 log = logging.getLogger(__name__)

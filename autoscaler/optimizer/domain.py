@@ -123,6 +123,7 @@ class Server:
     max_batch_size: int = 0
     keep_accelerator: bool = False
     current: CurrentAllocation | None = None
+    accelerators: frozenset[str] = frozenset()  # the types it may run on; empty: any
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +131,16 @@ class OptimizerSpec:
     unlimited: bool = False
     delayed_best_effort: bool = False
     saturation_policy: SaturationPolicy = SaturationPolicy.NONE
+
+
+@dataclass(frozen=True)
+class Catalog:
+    """The static part of a problem: what GPUs exist, how models perform on them, the classes."""
+
+    accelerators: Mapping[str, Accelerator]
+    profiles: Mapping[tuple[str, str], ModelProfile]
+    classes: Mapping[str, ServiceClass]
+    optimizer: OptimizerSpec = field(default_factory=OptimizerSpec)
 
 
 @dataclass(frozen=True)

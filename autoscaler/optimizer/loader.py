@@ -19,6 +19,7 @@ from .domain import (
     DEFAULT_CLASS_NAME,
     LOWEST_PRIORITY,
     Accelerator,
+    Catalog,
     CurrentAllocation,
     DecodePrefillParams,
     IterationParams,
@@ -182,14 +183,20 @@ def system_from_document(document: Node) -> System:
     return system_from_sections(sections)
 
 
-def system_from_sections(sections: dict[str, Node]) -> System:
+def catalog_from_sections(sections: dict[str, Node]) -> Catalog:
+    """The static sections (accelerators, models, service classes, optimizer options)."""
     accelerators = _accelerators(sections["acceleratordata"])
-    capacity = _capacity(sections["capacitydata"])
     profiles = _profiles(sections["modeldata"], accelerators)
     classes = _classes(sections["serviceclassdata"])
     optimizer = _optimizer(sections["optimizerdata"]) if "optimizerdata" in sections else OptimizerSpec()
-    servers = _servers(sections["serverdata"], profiles, classes, accelerators)
-    return System(accelerators, capacity, profiles, classes, servers, optimizer)
+    return Catalog(accelerators, profiles, classes, optimizer)
+
+
+def system_from_sections(sections: dict[str, Node]) -> System:
+    catalog = catalog_from_sections(sections)
+    capacity = _capacity(sections["capacitydata"])
+    servers = _servers(sections["serverdata"], catalog.profiles, catalog.classes, catalog.accelerators)
+    return System(catalog.accelerators, capacity, catalog.profiles, catalog.classes, servers, catalog.optimizer)
 
 
 def _unique(items: Iterator[Node], key: Callable[[Node], Any], what: str) -> list[tuple[Node, Any]]:

@@ -179,7 +179,7 @@ def _allowed_accelerators(system: System, server: Server) -> list[str]:
     if server.keep_accelerator and server.current is not None:
         allowed = [server.current.accelerator]
     else:
-        allowed = list(system.accelerators)
+        allowed = [acc for acc in system.accelerators if not server.accelerators or acc in server.accelerators]
     return [acc for acc in allowed if (server.model, acc) in system.profiles]
 
 

@@ -15,12 +15,12 @@ batches count as load to be worked off within a minute.
 
 from __future__ import annotations
 
-import math
 from collections import deque
 from dataclasses import dataclass
 
 from ...calibration import SloCalibration
 from ...estimation import LoadCounters, estimate_load
+from ...guards import GuardSettings, planned_rate, wants_new_revision
 from ...optimizer.domain import CurrentAllocation, Load
 from ...optimizer.solver import solve
 from ..engine import Decision, IsvcView
@@ -32,11 +32,8 @@ from ..world import World
 class ModelBasedSettings:
     period_s: float = 30.0
     scale_down_window_s: float = 300.0  # as the HPA's default stabilisation
-    batch_change_threshold: float = 0.5
-    max_trend_factor: float = 2.0  # never plan for more than twice the measured rate
-    trend_sigmas: float = 2.0  # a rise smaller than this many Poisson deviations is noise
-    backlog_drain_s: float = 60.0  # requests queued beyond the running batches are served within this
     attainment_goal: float = 0.95
+    guards: GuardSettings = GuardSettings()
 
 
 class ModelBasedPolicy:
@@ -66,15 +63,8 @@ class ModelBasedPolicy:
                 self._tokens[index] = (round(estimate.avg_in_tokens), max(round(estimate.avg_out_tokens), 1))
         previous = self._rate.get(index, rate)
         self._rate[index] = rate
-        rise = rate - previous
-        noise = self.settings.trend_sigmas * math.sqrt(max(previous, 1e-9) * self.period_s) / self.period_s
-        if rise > noise:
-            # new replicas serve only after a cold start: plan for where the load will be by then
-            lead = (self.world.cold_start_s + self.period_s) / self.period_s
-            rate = min(rate + rise * lead, rate * self.settings.max_trend_factor)
-        # a backlog is load too: what waits beyond the running batches must be worked off
-        backlog = max(view.in_flight - view.ready * view.max_batch, 0)
-        rate += backlog / self.settings.backlog_drain_s
+        backlog = view.in_flight - view.ready * view.max_batch  # waiting beyond the running batches
+        rate = planned_rate(rate, previous, self.period_s, self.world.cold_start_s, backlog, self.settings.guards)
         avg_in, avg_out = self._tokens[index]
         return Load(rate * 60.0, avg_in, avg_out)
 
@@ -99,10 +89,7 @@ class ModelBasedPolicy:
             if alloc is None:
                 continue
             replicas = self._stabilized(now, index, alloc.num_replicas, view.replicas, alloc.accelerator == view.accelerator)
-            if (
-                alloc.accelerator != view.accelerator
-                or abs(alloc.max_batch - view.max_batch) > self.settings.batch_change_threshold * view.max_batch
-            ):
+            if wants_new_revision(alloc.accelerator, alloc.max_batch, view.accelerator, view.max_batch, self.settings.guards):
                 decisions[index] = Decision(replicas, alloc.accelerator, alloc.max_batch)
             else:
                 decisions[index] = Decision(replicas)

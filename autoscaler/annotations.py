@@ -10,6 +10,9 @@ All live under the prefix `autoscaling.inference-autoscaler.io/`:
 | `accelerators` | comma-separated GPU types the optimizer may choose from (default: any) |
 | `min-replicas`, `max-replicas` | bounds, whole numbers, 0 <= min <= max (default: the class's) |
 | `progress-deadline` | seconds a new revision's pod group may wait for GPUs (default 600) |
+| `spec-changes` | `"true"` lets the controller roll out a new GPU type or batch size (default `"false"`) |
+
+The controller owns `decision` (its last decision, JSON: what a restarted controller resumes from).
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ ACCELERATORS = PREFIX + "accelerators"
 MIN_REPLICAS = PREFIX + "min-replicas"
 MAX_REPLICAS = PREFIX + "max-replicas"
 PROGRESS_DEADLINE = PREFIX + "progress-deadline"
-KNOWN = {ENABLED, SERVICE_CLASS, MODEL, ACCELERATORS, MIN_REPLICAS, MAX_REPLICAS, PROGRESS_DEADLINE}
+SPEC_CHANGES = PREFIX + "spec-changes"
+DECISION = PREFIX + "decision"
+POD_GROUP = PREFIX + "pod-group"  # scheduling gate and pod label naming a revision's gang
+KNOWN = {ENABLED, SERVICE_CLASS, MODEL, ACCELERATORS, MIN_REPLICAS, MAX_REPLICAS, PROGRESS_DEADLINE, SPEC_CHANGES, DECISION}
 
 KNATIVE_CLASS = "autoscaling.knative.dev/class"
 OUR_KNATIVE_CLASS = "optimizer.autoscaling.inference-autoscaler.io"
@@ -71,6 +77,8 @@ def check(annotations: Mapping[str, str], classes: Mapping[str, ClassDefaults]) 
     if enabled not in ("true", "false"):
         findings.errors.append(f'annotation {ENABLED}: expected "true" or "false", got {enabled!r}')
         return findings
+    if ours.get(SPEC_CHANGES, "false") not in ("true", "false"):
+        findings.errors.append(f'annotation {SPEC_CHANGES}: expected "true" or "false", got {ours[SPEC_CHANGES]!r}')
     if enabled != "true":
         if set(ours) - {ENABLED}:
             findings.warnings.append(f'annotations under {PREFIX} have no effect unless {ENABLED} is "true"')

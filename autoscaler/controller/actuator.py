@@ -1,0 +1,191 @@
+"""Sends plans to the cluster: decision annotation and status condition on each ISVC, HPAs,
+our Knative PodAutoscalers (HPA, ServerlessService, status), and the decision stream.
+
+Writes happen only where the watched copy differs from what is wanted, so a steady cycle of
+1,000 ISVCs costs a handful of calls; each write retries on conflicts and server errors, and one
+ISVC's failure does not stop the others'.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from ..kserve import raw_predictor_deployment
+from ..optimizer.domain import Catalog
+from ..proto import decisions_pb2 as pb
+from . import knative
+from .kube import HPAS, INFERENCE_SERVICES, POD_AUTOSCALERS, SERVERLESS_SERVICES, ApiError, Informer, Kube, Resource, with_retries
+from .manifests import condition, conditions_with, decision_message, hpa, hpa_differs, isvc_patch
+from .planner import Plan
+
+log = logging.getLogger(__name__)
+DEPLOYMENT_SCALE = Resource("apps", "v1", "deployments")
+
+
+@dataclass(frozen=True)
+class ActuatorSettings:
+    hpa_tolerance: bool = True  # Kubernetes >= 1.33 honours behavior.*.tolerance
+    heartbeat_s: float = 300.0  # rewrite an unchanged decision this often (its age shows liveness)
+    concurrency: int = 32
+
+
+@dataclass
+class ActuationReport:
+    writes: int = 0
+    failures: list[str] = field(default_factory=list)
+    decisions: list[pb.Decision] = field(default_factory=list)
+
+
+def rfc3339(now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
+
+
+class Actuator:
+    def __init__(self, kube: Kube, informers: Mapping[str, Informer], settings: ActuatorSettings = ActuatorSettings()):
+        self.kube = kube
+        self.informers = informers
+        self.settings = settings
+
+    async def apply(self, plans: list[Plan], catalog: Catalog, products: Mapping[str, set[str]], now: float) -> ActuationReport:
+        report = ActuationReport()
+        gate = asyncio.Semaphore(self.settings.concurrency)
+        pas_by_isvc: dict[tuple[str, str], list[dict]] = {}
+        for pa in self.informers["pas"].objects.values():
+            if knative.is_ours(pa) and knative.isvc_of(pa):
+                pas_by_isvc.setdefault((pa["metadata"]["namespace"], knative.isvc_of(pa)), []).append(pa)
+
+        async def one(plan: Plan) -> None:
+            async with gate:
+                try:
+                    await self._apply_one(plan, catalog, products, pas_by_isvc, now, report)
+                except ApiError as exc:
+                    report.failures.append(f"{plan.service.key}: {exc}")
+                    log.warning("actuating %s failed: %s", plan.service.key, exc)
+
+        await asyncio.gather(*(one(p) for p in plans))
+        return report
+
+    async def _apply_one(self, plan, catalog, products, pas_by_isvc, now, report: ActuationReport) -> None:
+        service = plan.service
+        isvc = self.informers["isvcs"].objects.get((service.namespace, service.name))
+        if isvc is None:
+            return
+        if plan.decision is None:
+            return await self._condition(
+                isvc,
+                {"type": "AutoscalerDecision", "status": "False", "reason": "NoPlacement", "message": plan.reason},
+                now,
+                report,
+            )
+        accelerator = catalog.accelerators[plan.decision.accelerator]
+        gpus = catalog.profiles[(service.model, accelerator.name)].acc_count * accelerator.multiplicity
+        patch = isvc_patch(isvc, plan, products.get(accelerator.type, {accelerator.type}), gpus, self.settings.heartbeat_s)
+        if patch is not None:
+            await with_retries(
+                lambda: self.kube.patch(INFERENCE_SERVICES, service.namespace, service.name, patch), f"annotate {service.key}"
+            )
+            report.writes += 1
+        await self._condition(isvc, condition(plan), now, report)
+        slo = catalog.classes[service.service_class].targets[service.model]
+        bounds = (service.min_replicas, service.max_replicas)
+        if service.raw_deployment:
+            target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": raw_predictor_deployment(service.name)}
+            wanted = hpa(
+                f"{service.name}-optimizer",
+                service.namespace,
+                target,
+                {"isvc": service.name},
+                bounds,
+                isvc,
+                self.settings.hpa_tolerance,
+            )
+            await self._ensure_hpa(wanted, report)
+            report.decisions.append(decision_message(plan, slo))
+            return
+        pas = pas_by_isvc.get((service.namespace, service.name), [])
+        if not pas:  # no revision yet: the decision still reaches the adapter
+            report.decisions.append(decision_message(plan, slo))
+            return
+        serving = knative.serving_revisions(isvc) or {knative.revision_of(max(pas, key=lambda p: p["metadata"]["name"]))}
+        for pa in pas:
+            revision = knative.revision_of(pa)
+            desired = plan.decision.replicas if revision in serving else 0
+            await self._reconcile_pa(pa, service, desired, bounds, report)
+            if desired:
+                report.decisions.append(decision_message(plan, slo, revision=revision, replicas=desired))
+
+    async def _condition(self, isvc: dict, wanted: dict, now: float, report: ActuationReport) -> None:
+        meta = isvc["metadata"]
+        if conditions_with((isvc.get("status") or {}).get("conditions") or [], wanted, rfc3339(now)) is None:
+            return
+
+        async def write() -> None:
+            fresh = await self.kube.get(INFERENCE_SERVICES, meta["namespace"], meta["name"])
+            conditions = conditions_with((fresh.get("status") or {}).get("conditions") or [], wanted, rfc3339(now))
+            if conditions is not None:  # the resourceVersion makes a concurrent status write a 409: re-read and retry
+                body = {
+                    "metadata": {"resourceVersion": fresh["metadata"]["resourceVersion"]},
+                    "status": {"conditions": conditions},
+                }
+                await self.kube.patch(INFERENCE_SERVICES, meta["namespace"], meta["name"], body, subresource="status")
+
+        await with_retries(write, f"condition of {meta['namespace']}/{meta['name']}")
+        report.writes += 1
+
+    async def _ensure_hpa(self, wanted: dict, report: ActuationReport) -> None:
+        meta = wanted["metadata"]
+        current = self.informers["hpas"].objects.get((meta["namespace"], meta["name"]))
+        if not hpa_differs(wanted, current):
+            return
+
+        async def write() -> None:
+            try:
+                if current is None:
+                    await self.kube.create(HPAS, meta["namespace"], wanted)
+                    return
+            except ApiError as exc:
+                if exc.status != 409:  # created meanwhile (our own earlier attempt): update it instead
+                    raise
+            await self.kube.patch(HPAS, meta["namespace"], meta["name"], {"spec": wanted["spec"]})
+
+        await with_retries(write, f"HPA {meta['namespace']}/{meta['name']}")
+        report.writes += 1
+
+    async def _reconcile_pa(self, pa: dict, service, desired: int, bounds: tuple[int, int], report: ActuationReport) -> None:
+        meta = pa["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        sks = self.informers["sks"].objects.get((namespace, name))
+        if sks is None:
+            try:
+                await with_retries(
+                    lambda: self.kube.create(SERVERLESS_SERVICES, namespace, knative.serverless_service(pa)), f"SKS {name}"
+                )
+                report.writes += 1
+            except ApiError as exc:
+                if exc.status != 409:
+                    raise
+        target = (pa.get("spec") or {}).get("scaleTargetRef") or {}
+        hpa_now = self.informers["hpas"].objects.get((namespace, name))
+        if desired:
+            selector = {"isvc": service.name, "revision": knative.revision_of(pa)}
+            await self._ensure_hpa(hpa(name, namespace, target, selector, bounds, pa, self.settings.hpa_tolerance), report)
+        elif hpa_now is not None:
+            await with_retries(lambda: self.kube.delete(HPAS, namespace, name), f"retire HPA {name}")
+            if target.get("kind") == "Deployment":
+                scale = {"spec": {"replicas": 0}}
+                await with_retries(
+                    lambda: self.kube.patch(DEPLOYMENT_SCALE, namespace, target["name"], scale, subresource="scale"),
+                    f"scale {name} to 0",
+                )
+            report.writes += 2
+        status = knative.pa_status(pa, desired, hpa_now, sks)
+        if knative.status_differs(pa, status):
+            await with_retries(
+                lambda: self.kube.patch(POD_AUTOSCALERS, namespace, name, {"status": status}, subresource="status"),
+                f"PA status {name}",
+            )
+            report.writes += 1

@@ -1,0 +1,142 @@
+"""The optimizer's static data from a ConfigMap, and the GPU capacity the cluster's Nodes offer.
+
+The ConfigMap holds Inferno's data files under their file names (accelerator-data.json,
+model-data.json, serviceclass-data.json, optional optimizer-data.json) and, optionally,
+gpu-products.json mapping a node's GPU product label to an accelerator type (for products whose
+name does not contain the type, e.g. {"Tesla-V100-SXM2-16GB": "V100"}).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from ..errors import InputError
+from ..kserve import GPU_PRODUCT_LABEL, GPU_RESOURCE
+from ..optimizer.domain import Catalog
+from ..optimizer.loader import SECTIONS, Node, catalog_from_sections, parse_json
+
+GPU_PRODUCTS_KEY = "gpu-products.json"
+STATIC_SECTIONS = {"acceleratordata", "modeldata", "serviceclassdata"}
+
+
+@dataclass(frozen=True)
+class ClusterData:
+    catalog: Catalog
+    gpu_products: Mapping[str, str]  # node product label -> accelerator type
+
+
+def cluster_data(configmap: dict, source: str) -> ClusterData:
+    """Parse the ConfigMap; an InputError names the key and field at fault."""
+    data = configmap.get("data") or {}
+    sections = {}
+    for key, file_name in SECTIONS.items():
+        if key not in STATIC_SECTIONS | {"optimizerdata"}:
+            continue
+        if file_name not in data:
+            if key in STATIC_SECTIONS:
+                raise InputError(source, f"data.{file_name}", "missing")
+            continue
+        where = f"{source} data.{file_name}"
+        sections[key] = Node(parse_json(data[file_name], where), where)
+    products = {}
+    if GPU_PRODUCTS_KEY in data:
+        where = f"{source} data.{GPU_PRODUCTS_KEY}"
+        parsed = Node(json_object(data[GPU_PRODUCTS_KEY], where), where)
+        products = {product: parsed.string(product) for product in parsed.value}
+    return ClusterData(catalog_from_sections(sections), products)
+
+
+def json_object(text: str, where: str) -> dict:
+    try:
+        value = json.loads(text)  # product labels are case-sensitive: no key folding here
+    except json.JSONDecodeError as exc:
+        raise InputError(where, f"line {exc.lineno} column {exc.colno}", f"malformed JSON: {exc.msg}") from None
+    if not isinstance(value, dict):
+        raise InputError(where, "(top level)", "expected an object of product label -> accelerator type")
+    return value
+
+
+def gpu_type_of(product: str, types: Iterable[str], explicit: Mapping[str, str]) -> str | None:
+    """The accelerator type of a node's GPU product label: the mapping, else the longest type
+    that is one of the label's dash-separated words ("NVIDIA-H100-80GB-HBM3" -> "H100";
+    "L40S" is not "L4")."""
+    if product in explicit:
+        return explicit[product]
+    words = set(re.split(r"[-_ ]", product.upper()))
+    matches = [t for t in types if t.upper() in words]
+    return max(matches, key=len) if matches else None
+
+
+def _quantity(value: str | int | None) -> int:
+    if value is None:
+        return 0
+    text = str(value)
+    return int(text[:-1]) // 1000 if text.endswith("m") else int(text)
+
+
+def _ready(node: dict) -> bool:
+    if (node.get("spec") or {}).get("unschedulable"):
+        return False
+    conditions = (node.get("status") or {}).get("conditions") or []
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
+
+
+def gpu_requests(pod: dict) -> int:
+    """GPUs a pod holds: the larger of its containers' sum and its largest init container."""
+    spec = pod.get("spec") or {}
+
+    def requested(container: dict) -> int:
+        resources = container.get("resources") or {}
+        return _quantity((resources.get("limits") or {}).get(GPU_RESOURCE) or (resources.get("requests") or {}).get(GPU_RESOURCE))
+
+    main = sum(requested(c) for c in spec.get("containers") or [])
+    init = max((requested(c) for c in spec.get("initContainers") or []), default=0)
+    return max(main, init)
+
+
+def node_gpu_types(nodes: Iterable[dict], data: ClusterData) -> dict[str, str]:
+    """Node name -> accelerator type, for Ready schedulable nodes with a known GPU product."""
+    types = {a.type for a in data.catalog.accelerators.values()}
+    result = {}
+    for node in nodes:
+        metadata = node.get("metadata") or {}
+        product = (metadata.get("labels") or {}).get(GPU_PRODUCT_LABEL)
+        gpu_type = gpu_type_of(product, types, data.gpu_products) if product else None
+        if gpu_type and _ready(node):
+            result[metadata["name"]] = gpu_type
+    return result
+
+
+def available_capacity(
+    nodes: Iterable[dict],
+    pods: Iterable[dict],
+    data: ClusterData,
+    managed: Callable[[dict], bool],
+    reserved: Mapping[str, int],
+) -> dict[str, int]:
+    """GPUs per accelerator type the optimizer may hand out.
+
+    The optimizer places every managed ISVC afresh, so their own pods do not reduce capacity;
+    pods of other workloads bound to a node do, and so do `reserved` GPUs (pod groups of new
+    revisions being admitted, which run beside the old revision until it drains).
+    """
+    nodes = list(nodes)
+    types = node_gpu_types(nodes, data)
+    capacity: dict[str, int] = {}
+    for node in nodes:
+        name = node["metadata"]["name"]
+        if name in types:
+            allocatable = (node.get("status") or {}).get("allocatable") or {}
+            capacity[types[name]] = capacity.get(types[name], 0) + _quantity(allocatable.get(GPU_RESOURCE))
+    for pod in pods:
+        node_name = (pod.get("spec") or {}).get("nodeName")
+        phase = (pod.get("status") or {}).get("phase")
+        if node_name in types and phase not in ("Succeeded", "Failed") and not managed(pod):
+            capacity[types[node_name]] -= gpu_requests(pod)
+    for gpu_type, count in reserved.items():
+        if gpu_type in capacity:
+            capacity[gpu_type] -= count
+    return {gpu_type: max(count, 0) for gpu_type, count in capacity.items()}

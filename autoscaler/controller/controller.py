@@ -1,0 +1,208 @@
+"""The control loop: every period (and on /invoke) collect load, plan, actuate, publish.
+
+Cluster state comes from watched caches (informers), so a cycle reads nothing from the API
+server; the static data ConfigMap is parsed again only when it changes, and a bad edit keeps the
+last good data (the error is logged and counted, nothing is lost).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+
+from ..decision_stream import DecisionHub
+from ..errors import InputError
+from ..kserve import GPU_PRODUCT_LABEL, ISVC_LABEL
+from .actuator import ActuationReport, Actuator, ActuatorSettings
+from .catalog import ClusterData, available_capacity, cluster_data, node_gpu_types
+from .collector import CollectError, Key, Observation
+from .kube import CONFIG_MAPS, HPAS, INFERENCE_SERVICES, NODES, POD_AUTOSCALERS, PODS, SERVERLESS_SERVICES, Informer, Kube
+from .planner import PlannerSettings, PlannerState, plan
+from .services import read_services
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ControllerSettings:
+    namespace: str = "inference-autoscaler"  # where the data ConfigMap lives
+    data_configmap: str = "inference-autoscaler-data"
+    planner: PlannerSettings = PlannerSettings()
+    actuator: ActuatorSettings = ActuatorSettings()
+
+
+@dataclass
+class CycleReport:
+    started_at: float
+    collect_s: float = 0.0
+    optimize_s: float = 0.0
+    actuate_s: float = 0.0
+    services: int = 0
+    stale: int = 0
+    rejected: list[str] = field(default_factory=list)
+    writes: int = 0
+    failures: list[str] = field(default_factory=list)
+    error: str = ""
+
+    @property
+    def total_s(self) -> float:
+        return self.collect_s + self.optimize_s + self.actuate_s
+
+    def as_dict(self) -> dict:
+        return {
+            "collect_s": round(self.collect_s, 4),
+            "optimize_s": round(self.optimize_s, 4),
+            "actuate_s": round(self.actuate_s, 4),
+            "total_s": round(self.total_s, 4),
+            "services": self.services,
+            "stale": self.stale,
+            "rejected": self.rejected,
+            "writes": self.writes,
+            "failures": self.failures,
+            "error": self.error,
+        }
+
+
+class Collector:
+    """What the controller needs of a collector (PrometheusCollector, or a stand-in in tests)."""
+
+    async def collect(self) -> dict[Key, Observation]:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class Controller:
+    def __init__(
+        self,
+        kube: Kube,
+        collector: Collector,
+        hub: DecisionHub,
+        settings: ControllerSettings = ControllerSettings(),
+        reserved_gpus: Callable[[], Mapping[str, int]] = dict,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.kube = kube
+        self.collector = collector
+        self.hub = hub
+        self.settings = settings
+        self.reserved_gpus = reserved_gpus
+        self.clock = clock
+        self.informers = {
+            "isvcs": Informer(kube, INFERENCE_SERVICES),
+            "nodes": Informer(kube, NODES),
+            "pods": Informer(kube, PODS),
+            "pas": Informer(kube, POD_AUTOSCALERS),
+            "sks": Informer(kube, SERVERLESS_SERVICES, label_selector="app.kubernetes.io/managed-by=inference-autoscaler"),
+            "hpas": Informer(kube, HPAS, label_selector="app.kubernetes.io/managed-by=inference-autoscaler"),
+            "data": Informer(kube, CONFIG_MAPS, namespace=settings.namespace),
+        }
+        self.actuator = Actuator(kube, self.informers, settings.actuator)
+        self.state = PlannerState()
+        self.data: ClusterData | None = None
+        self._data_version = ""
+        self.data_error = ""
+        self.last_report: CycleReport | None = None
+        self.cycles = 0
+        self.failed_cycles = 0
+        self._lock = asyncio.Lock()
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self, sync_timeout_s: float = 60.0) -> None:
+        self._tasks = [asyncio.create_task(i.run(), name=f"watch {name}") for name, i in self.informers.items()]
+        await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in self.informers.values())), sync_timeout_s)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _cluster_data(self) -> ClusterData | None:
+        configmap = self.informers["data"].objects.get((self.settings.namespace, self.settings.data_configmap))
+        if configmap is None:
+            self.data_error = f"ConfigMap {self.settings.namespace}/{self.settings.data_configmap} not found"
+            return self.data
+        version = configmap["metadata"].get("resourceVersion", "")
+        if version != self._data_version:
+            self._data_version = version
+            try:
+                self.data = cluster_data(configmap, f"ConfigMap {self.settings.namespace}/{self.settings.data_configmap}")
+                self.data_error = ""
+            except InputError as exc:
+                self.data_error = f"{exc} (keeping the last good data)"
+                log.error("%s", self.data_error)
+        return self.data
+
+    async def cycle(self) -> CycleReport:
+        async with self._lock:
+            report = await self._cycle()
+            self.cycles += 1
+            self.failed_cycles += bool(report.error)
+            self.last_report = report
+            log.info(
+                "cycle: %d ISVCs (%d stale) collect %.3f s, optimize %.3f s, actuate %.3f s, %d writes%s",
+                report.services,
+                report.stale,
+                report.collect_s,
+                report.optimize_s,
+                report.actuate_s,
+                report.writes,
+                f"; {report.error}" if report.error else "",
+            )
+            return report
+
+    async def _cycle(self) -> CycleReport:
+        now = self.clock()
+        report = CycleReport(started_at=now)
+        data = self._cluster_data()
+        if data is None:
+            report.error = self.data_error
+            return report
+        started = time.perf_counter()
+        try:
+            observed = await self.collector.collect()
+        except CollectError as exc:
+            observed = {}
+            report.error = f"{exc}: last decisions kept, marked stale"
+        report.collect_s = time.perf_counter() - started
+
+        started = time.perf_counter()
+        services, rejected = read_services(self.informers["isvcs"].objects.values(), data.catalog)
+        report.rejected = [f"{r.namespace}/{r.name}: {r.problem}" for r in rejected]
+        managed = {(s.namespace, s.name) for s in services}
+        capacity = available_capacity(
+            self.informers["nodes"].objects.values(),
+            self.informers["pods"].objects.values(),
+            data,
+            lambda pod: (pod["metadata"].get("namespace"), (pod["metadata"].get("labels") or {}).get(ISVC_LABEL)) in managed,
+            self.reserved_gpus(),
+        )
+        plans = plan(data.catalog, capacity, services, observed, now, self.state, self.settings.planner)
+        report.services = len(plans)
+        report.stale = sum(p.stale for p in plans)
+        report.optimize_s = time.perf_counter() - started
+
+        started = time.perf_counter()
+        products: dict[str, set[str]] = {}
+        types = node_gpu_types(self.informers["nodes"].objects.values(), data)
+        for node in self.informers["nodes"].objects.values():
+            name = node["metadata"]["name"]
+            if name in types:
+                products.setdefault(types[name], set()).add(node["metadata"]["labels"][GPU_PRODUCT_LABEL])
+        actuation: ActuationReport = await self.actuator.apply(plans, data.catalog, products, now)
+        self.hub.publish(actuation.decisions)
+        report.writes = actuation.writes
+        report.failures = actuation.failures
+        report.actuate_s = time.perf_counter() - started
+        return report
+
+    async def run(self) -> None:
+        """Cycle every period; /invoke runs extra cycles in between (the lock serialises them)."""
+        while True:
+            try:
+                await self.cycle()
+            except Exception:  # a bug in one cycle must not end the loop; the next one retries
+                log.exception("control cycle failed")
+                self.failed_cycles += 1
+            await asyncio.sleep(self.settings.planner.period_s)

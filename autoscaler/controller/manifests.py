@@ -1,0 +1,178 @@
+"""What the controller writes, built as plain objects from plans. Pure: the actuator only sends
+these and compares them with what the cluster holds."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable
+
+from .. import annotations as ann
+from ..kserve import GPU_PRODUCT_LABEL, GPU_RESOURCE, MANAGED_BY
+from ..optimizer.domain import ServiceTarget
+from ..proto import decisions_pb2 as pb
+from .planner import Plan
+from .services import LastDecision
+
+CONDITION_TYPE = "AutoscalerDecision"
+DESIRED_REPLICAS = "desired_replicas"
+SCALE_DOWN_WINDOW_S = 300  # as the HPA's default: a decision's dip does not drop replicas at once
+
+
+def decision_message(plan: Plan, slo: ServiceTarget, revision: str = "", replicas: int | None = None) -> pb.Decision:
+    d = plan.decision
+    ttft_slo, itl_slo = slo.ttft_ms, slo.itl_ms
+    return pb.Decision(
+        namespace=plan.service.namespace,
+        isvc=plan.service.name,
+        revision=revision,
+        model=plan.service.model,
+        accelerator=d.accelerator,
+        service_class=plan.service.service_class,
+        desired_replicas=d.replicas if replicas is None else replicas,
+        max_batch=d.max_batch,
+        arrival_rate=d.arrival_rate,
+        cost_per_hour=d.cost,
+        ttft_headroom=1.0 - d.ttft_ms / ttft_slo if ttft_slo else 0.0,
+        itl_headroom=1.0 - d.itl_ms / itl_slo if itl_slo else 0.0,
+        decided_at=d.decided_at,
+    )
+
+
+def owner_reference(obj: dict) -> dict:
+    meta = obj["metadata"]
+    return {
+        "apiVersion": obj["apiVersion"],
+        "kind": obj["kind"],
+        "name": meta["name"],
+        "uid": meta.get("uid", ""),
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def hpa(
+    name: str, namespace: str, target: dict, selector: dict[str, str], bounds: tuple[int, int], owner: dict, tolerance: bool
+) -> dict:
+    """An autoscaling/v2 HPA on our desired-replicas figure: with averageValue 1 the HPA's
+    desired count is the published figure itself; tolerance 0 (Kubernetes >= 1.33, dropped by
+    older API servers) keeps it from ignoring +-1 steps at ten replicas and more."""
+    behavior = {
+        "scaleUp": {"stabilizationWindowSeconds": 0},
+        "scaleDown": {"stabilizationWindowSeconds": SCALE_DOWN_WINDOW_S},
+    }
+    if tolerance:
+        behavior["scaleUp"]["tolerance"] = "0"
+        behavior["scaleDown"]["tolerance"] = "0"
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {
+            "name": name,
+            "namespace": namespace,
+            "labels": {MANAGED_BY[0]: MANAGED_BY[1]},
+            "ownerReferences": [owner_reference(owner)],
+        },
+        "spec": {
+            "scaleTargetRef": target,
+            "minReplicas": max(bounds[0], 1),
+            "maxReplicas": max(bounds[1], 1),
+            "metrics": [
+                {
+                    "type": "External",
+                    "external": {
+                        "metric": {"name": DESIRED_REPLICAS, "selector": {"matchLabels": selector}},
+                        "target": {"type": "AverageValue", "averageValue": "1"},
+                    },
+                }
+            ],
+            "behavior": behavior,
+        },
+    }
+
+
+def hpa_differs(wanted: dict, current: dict | None) -> bool:
+    return current is None or current.get("spec") != wanted["spec"]
+
+
+def condition(plan: Plan) -> dict:
+    d = plan.decision
+    if plan.stale:
+        status, reason = "Unknown", "StaleLoadData"
+    elif plan.reason:
+        status, reason = "False", "Constrained"
+    else:
+        status, reason = "True", "Decided"
+    message = (
+        f"{d.replicas} x {d.accelerator}, max batch {d.max_batch}; predicted TTFT {d.ttft_ms:.0f} ms, "
+        f"ITL {d.itl_ms:.1f} ms at {d.arrival_rate:.2f} req/s"
+    )
+    if plan.reason:
+        message += f" ({plan.reason})"
+    return {"type": CONDITION_TYPE, "status": status, "reason": reason, "message": message}
+
+
+def material(decision_json: str | None) -> tuple | None:
+    """The parts of a decision whose change is worth a write (latencies to the millisecond)."""
+    d = LastDecision.from_json(decision_json) if decision_json else None
+    if d is None:
+        return None
+    return (
+        d.accelerator,
+        d.replicas,
+        d.max_batch,
+        round(d.ttft_scale, 4),
+        round(d.itl_scale, 4),
+        d.spec_changed_at,
+        round(d.ttft_ms),
+        round(d.itl_ms),
+    )
+
+
+def isvc_patch(isvc: dict, plan: Plan, products: Iterable[str], gpus_per_replica: int, heartbeat_s: float) -> dict | None:
+    """The merge patch recording the decision on the ISVC (and rolling out a new GPU type or
+    batch size when the plan says so); None when nothing material changed and the recorded
+    decision is younger than `heartbeat_s`."""
+    annotations = (isvc.get("metadata") or {}).get("annotations") or {}
+    recorded = annotations.get(ann.DECISION)
+    new = plan.decision.to_json()
+    old = plan.service.last
+    young = old is not None and plan.decision.decided_at - old.decided_at < heartbeat_s
+    if not plan.roll_out and material(recorded) == material(new) and (young or plan.stale):
+        return None
+    patch: dict = {"metadata": {"annotations": {ann.DECISION: new}}}
+    if plan.roll_out:
+        patch["spec"] = {"predictor": _predictor_patch(isvc, plan.decision.max_batch, sorted(products), gpus_per_replica)}
+    return patch
+
+
+def _predictor_patch(isvc: dict, max_batch: int, products: list[str], gpus: int) -> dict:
+    predictor = copy.deepcopy((isvc.get("spec") or {}).get("predictor") or {})
+    model = predictor.get("model") or {}
+    args = [a for a in model.get("args") or [] if not a.startswith("--max-num-seqs")]
+    resources = model.get("resources") or {}
+    for kind in ("limits", "requests"):
+        resources.setdefault(kind, {})[GPU_RESOURCE] = str(gpus)
+    affinity = predictor.get("affinity") or {}
+    required = affinity.setdefault("nodeAffinity", {}).setdefault("requiredDuringSchedulingIgnoredDuringExecution", {})
+    terms = required.setdefault("nodeSelectorTerms", [{}])
+    for term in terms:
+        kept = [e for e in term.get("matchExpressions") or [] if e.get("key") != GPU_PRODUCT_LABEL]
+        term["matchExpressions"] = kept + [{"key": GPU_PRODUCT_LABEL, "operator": "In", "values": products}]
+    patch = {
+        "model": {"args": args + [f"--max-num-seqs={max_batch}"], "resources": resources},
+        "affinity": affinity,
+    }
+    if GPU_PRODUCT_LABEL in (predictor.get("nodeSelector") or {}):
+        patch["nodeSelector"] = {GPU_PRODUCT_LABEL: None}  # the affinity says it now
+    return patch
+
+
+def conditions_with(existing: list[dict], new: dict, now_rfc3339: str) -> list[dict] | None:
+    """The status conditions with ours replaced; None when ours is unchanged."""
+    others = [c for c in existing if c.get("type") != new["type"]]
+    ours = next((c for c in existing if c.get("type") == new["type"]), None)
+    if ours is not None and all(ours.get(k) == v for k, v in new.items()):
+        return None
+    changed = ours is None or ours.get("status") != new["status"]
+    stamped = {**new, "lastTransitionTime": now_rfc3339 if changed else ours.get("lastTransitionTime", now_rfc3339)}
+    return others + [stamped]

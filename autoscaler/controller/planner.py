@@ -1,0 +1,201 @@
+"""One control cycle's decisions, from observations to plans. Pure: no I/O, the clock passed in.
+
+Rules on top of the optimizer, each for a failure seen in practice:
+- no data for an ISVC (Prometheus down, its series missing) keeps its last decision, marked
+  stale: missing data must never read as zero load;
+- an ISVC that has never been decided and has no data is sized for zero load (its minimum);
+- measured SLO attainment tightens or relaxes the targets the model sizes for (calibration.py);
+- a rise beyond noise is planned for the startup time, queued requests count as load (guards.py);
+- the GPU type and batch size change only where the ISVC allows spec changes, only when the
+  change is large enough (guards.wants_new_revision) and not more often than once per
+  `spec_change_interval_s`; otherwise the ISVC is pinned to what it runs and sized again;
+- an ISVC the optimizer cannot place under the capacity keeps its last decision.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from ..calibration import SloCalibration
+from ..guards import GuardSettings, planned_rate, wants_new_revision
+from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, Load, Server, ServiceClass, System
+from ..optimizer.solver import solve
+from .collector import Key, Observation, within
+from .services import LastDecision, ManagedService
+
+
+@dataclass(frozen=True)
+class PlannerSettings:
+    period_s: float = 30.0
+    startup_s: float = 120.0  # from a scale-up decision to a serving replica (image, weights, warm-up)
+    attainment_goal: float = 0.95
+    spec_change_interval_s: float = 600.0
+    guards: GuardSettings = GuardSettings()
+
+
+@dataclass(frozen=True)
+class Plan:
+    service: ManagedService
+    decision: LastDecision | None  # None: nothing can be decided yet (reason says why)
+    stale: bool = False  # no data this cycle: the last decision, kept
+    roll_out: bool = False  # apply a new GPU type / batch size to the spec (a new revision)
+    reason: str = ""
+
+
+@dataclass
+class PlannerState:
+    """What the planner keeps between cycles beyond the cluster: calibration streaks only (a
+    restart resumes the scales from the ISVC annotation and restarts the streaks at zero, which
+    only delays a relaxation)."""
+
+    calibrations: dict[str, SloCalibration] = field(default_factory=dict)
+
+
+def _calibrate(state: PlannerState, service: ManagedService, target, obs: Observation, goal: float) -> tuple[float, float]:
+    calibration = state.calibrations.get(service.key)
+    if calibration is None:
+        calibration = SloCalibration(goal=goal)
+        if service.last is not None:
+            calibration.ttft.value, calibration.itl.value = service.last.ttft_scale, service.last.itl_scale
+        state.calibrations[service.key] = calibration
+    ttft_met, completed = within(obs.ttft_buckets, target.ttft_ms / 1000.0) if target.ttft_ms else (0.0, 0.0)
+    itl_met, itl_total = within(obs.itl_buckets, target.itl_ms / 1000.0) if target.itl_ms else (0.0, 0.0)
+    completed = max(completed, itl_total)
+    if not target.ttft_ms:
+        ttft_met = completed
+    if not target.itl_ms:
+        itl_met = completed
+    return calibration.update(round(completed), round(ttft_met), round(itl_met))
+
+
+def _load(service: ManagedService, obs: Observation, catalog: Catalog, settings: PlannerSettings) -> tuple[Load, float]:
+    rate = planned_rate(obs.arrival_rate, obs.previous_rate, settings.period_s, settings.startup_s, obs.waiting, settings.guards)
+    last = service.last
+    if obs.avg_in_tokens is not None and obs.avg_out_tokens:
+        avg_in, avg_out = round(obs.avg_in_tokens), max(round(obs.avg_out_tokens), 1)
+    elif last is not None and last.avg_out_tokens:
+        avg_in, avg_out = last.avg_in_tokens, last.avg_out_tokens
+    else:  # nothing completed yet: the shape the profiles were measured at
+        at_tokens = [p.at_tokens for (m, _), p in catalog.profiles.items() if m == service.model and p.at_tokens]
+        avg_in = avg_out = max(at_tokens, default=128)
+    return Load(rate * 60.0 if avg_out else 0.0, avg_in, avg_out), obs.arrival_rate
+
+
+def _server(service: ManagedService, load: Load, pinned: bool) -> Server:
+    last = service.last
+    current = None if last is None else CurrentAllocation(last.accelerator, last.replicas, last.max_batch, last.cost)
+    keep = last is not None and (pinned or not service.spec_changes)
+    return Server(
+        name=service.key,
+        class_name=service.key,
+        model=service.model,
+        load=load,
+        min_replicas=service.min_replicas,
+        max_batch_size=last.max_batch if keep else 0,
+        keep_accelerator=keep,
+        current=current,
+        accelerators=service.accelerators,
+    )
+
+
+def _scaled_class(catalog: Catalog, service: ManagedService, scales: tuple[float, float]) -> ServiceClass:
+    """A class of the ISVC's own: its targets scaled by its calibration, its class's priority."""
+    cls = catalog.classes[service.service_class]
+    target = cls.targets[service.model]
+    scaled = replace(target, ttft_ms=target.ttft_ms * scales[0], itl_ms=target.itl_ms * scales[1])
+    return ServiceClass(service.key, cls.priority, {service.model: scaled})
+
+
+def plan(
+    catalog: Catalog,
+    capacity: Mapping[str, int],
+    services: list[ManagedService],
+    observed: Mapping[Key, Observation],
+    now: float,
+    state: PlannerState,
+    settings: PlannerSettings = PlannerSettings(),
+) -> list[Plan]:
+    fresh: dict[str, tuple[Load, float, tuple[float, float]]] = {}
+    for service in services:
+        obs = observed.get((service.namespace, service.name))
+        if obs is None and service.last is None:
+            obs = Observation(0.0, 0.0, None, None, 0.0, 0.0, None, None, (), ())
+        if obs is not None:
+            target = catalog.classes[service.service_class].targets[service.model]
+            scales = _calibrate(state, service, target, obs, settings.attainment_goal)
+            load, measured = _load(service, obs, catalog, settings)
+            fresh[service.key] = (load, measured, scales)
+    deciding = [s for s in services if s.key in fresh]
+
+    def solve_for(pinned: set[str]) -> Mapping[str, Allocation]:
+        classes = {s.key: _scaled_class(catalog, s, fresh[s.key][2]) for s in deciding}
+        servers = tuple(_server(s, fresh[s.key][0], s.key in pinned) for s in deciding)
+        system = System(catalog.accelerators, capacity, catalog.profiles, classes, servers, catalog.optimizer)
+        return solve(system).allocations
+
+    allocations = solve_for(set())
+    roll_outs = {s.key for s in deciding if _rolls_out(s, allocations.get(s.key), now, settings)}
+    pinned = {
+        s.key
+        for s in deciding
+        if s.last is not None
+        and s.key not in roll_outs
+        and (alloc := allocations.get(s.key)) is not None
+        and (alloc.accelerator, alloc.max_batch) != (s.last.accelerator, s.last.max_batch)
+    }
+    if pinned:
+        again = solve_for(pinned)
+        allocations = {k: v for k, v in allocations.items() if k not in pinned} | {k: again[k] for k in pinned if k in again}
+
+    plans = []
+    for service in services:
+        if service.key not in fresh:
+            plans.append(Plan(service, service.last, stale=True, reason="no load data this cycle: last decision kept"))
+            continue
+        load, measured, scales = fresh[service.key]
+        alloc = allocations.get(service.key)
+        if alloc is None:
+            plans.append(_unplaced(service, load, measured, now, scales))
+            continue
+        replicas = min(max(alloc.num_replicas, service.min_replicas), service.max_replicas)
+        rolled = service.key in roll_outs
+        last = service.last
+        decision = LastDecision(
+            accelerator=alloc.accelerator,
+            replicas=replicas,
+            max_batch=alloc.max_batch if rolled or last is None else last.max_batch,
+            ttft_ms=alloc.ttft_ms,
+            itl_ms=alloc.itl_ms,
+            arrival_rate=measured,
+            cost=alloc.cost * replicas / max(alloc.num_replicas, 1),
+            decided_at=now,
+            avg_in_tokens=load.avg_in_tokens,
+            avg_out_tokens=load.avg_out_tokens,
+            ttft_scale=scales[0],
+            itl_scale=scales[1],
+            spec_changed_at=now if rolled else (last.spec_changed_at if last else now),
+        )
+        reason = "best effort: SLOs not met within capacity" if alloc.best_effort else ""
+        plans.append(Plan(service, decision, roll_out=rolled, reason=reason))
+    return plans
+
+
+def _rolls_out(service: ManagedService, alloc: Allocation | None, now: float, settings: PlannerSettings) -> bool:
+    last = service.last
+    if alloc is None or last is None or not service.spec_changes:
+        return False
+    if now - last.spec_changed_at < settings.spec_change_interval_s:
+        return False
+    return wants_new_revision(alloc.accelerator, alloc.max_batch, last.accelerator, last.max_batch, settings.guards)
+
+
+def _unplaced(service: ManagedService, load: Load, measured: float, now: float, scales: tuple[float, float]) -> Plan:
+    last = service.last
+    if load.is_zero and service.min_replicas == 0 and last is not None:
+        idle = replace(last, replicas=0, arrival_rate=measured, cost=0.0, decided_at=now)
+        return Plan(service, idle, reason="no load: scaled to zero (min-replicas 0)")
+    if last is None:
+        return Plan(service, None, reason="no GPU type fits within the capacity and SLOs: nothing to decide yet")
+    kept = replace(last, arrival_rate=measured, decided_at=now, ttft_scale=scales[0], itl_scale=scales[1])
+    return Plan(service, kept, reason="cannot be placed within the capacity: keeps what it has")

@@ -1,0 +1,112 @@
+"""InferenceServices that opt in, read into what the planner needs; and the controller's last
+decision, which lives on the ISVC itself (annotation) so that a restarted controller resumes
+from the cluster and holds nothing only in memory."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+
+from .. import annotations as ann
+from ..kserve import is_raw_deployment
+from ..optimizer.domain import Catalog
+
+DEFAULT_BOUNDS = ann.ClassDefaults()
+
+
+@dataclass(frozen=True)
+class LastDecision:
+    accelerator: str
+    replicas: int
+    max_batch: int
+    ttft_ms: float
+    itl_ms: float
+    arrival_rate: float  # requests/second measured
+    cost: float  # per hour
+    decided_at: float  # unix seconds of the last decision made from fresh data
+    avg_in_tokens: int = 0
+    avg_out_tokens: int = 0
+    ttft_scale: float = 1.0
+    itl_scale: float = 1.0
+    spec_changed_at: float = 0.0  # when the GPU type or batch size was last rolled out
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "LastDecision | None":
+        """None for a missing or unreadable annotation (someone edited it): we decide afresh."""
+        try:
+            fields = json.loads(text)
+            return cls(**{k: fields[k] for k in cls.__dataclass_fields__ if k in fields})
+        except (ValueError, TypeError, KeyError):
+            return None
+
+
+@dataclass(frozen=True)
+class ManagedService:
+    namespace: str
+    name: str
+    model: str
+    service_class: str
+    accelerators: frozenset[str]
+    min_replicas: int
+    max_replicas: int
+    raw_deployment: bool
+    spec_changes: bool
+    last: LastDecision | None
+    uid: str = ""
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass(frozen=True)
+class Rejected:
+    namespace: str
+    name: str
+    problem: str
+
+
+def read_services(isvcs: Iterable[dict], catalog: Catalog) -> tuple[list[ManagedService], list[Rejected]]:
+    """The managed ISVCs, and those that opt in but cannot be managed (with the reason)."""
+    classes: Mapping[str, ann.ClassDefaults] = {name: DEFAULT_BOUNDS for name in catalog.classes}
+    models = {model for model, _ in catalog.profiles}
+    services, rejected = [], []
+    for isvc in isvcs:
+        meta = isvc.get("metadata") or {}
+        annotations = meta.get("annotations") or {}
+        if annotations.get(ann.ENABLED) != "true":
+            continue
+        namespace, name = meta.get("namespace", ""), meta.get("name", "")
+        findings = ann.check(annotations, classes)
+        if findings.errors:
+            rejected.append(Rejected(namespace, name, "; ".join(findings.errors)))
+            continue
+        model = annotations.get(ann.MODEL, name)
+        if model not in models:
+            rejected.append(Rejected(namespace, name, f"unknown model {model!r}: no performance profile in the optimizer data"))
+            continue
+        service_class = annotations[ann.SERVICE_CLASS]
+        if model not in catalog.classes[service_class].targets:
+            rejected.append(Rejected(namespace, name, f"service class {service_class!r} has no target for model {model!r}"))
+            continue
+        allowed = frozenset(t.strip() for t in annotations.get(ann.ACCELERATORS, "").split(",") if t.strip())
+        services.append(
+            ManagedService(
+                namespace=namespace,
+                name=name,
+                model=model,
+                service_class=service_class,
+                accelerators=allowed,
+                min_replicas=int(annotations.get(ann.MIN_REPLICAS, DEFAULT_BOUNDS.min_replicas)),
+                max_replicas=int(annotations.get(ann.MAX_REPLICAS, DEFAULT_BOUNDS.max_replicas)),
+                raw_deployment=is_raw_deployment(isvc),
+                spec_changes=annotations.get(ann.SPEC_CHANGES) == "true",
+                last=LastDecision.from_json(annotations[ann.DECISION]) if ann.DECISION in annotations else None,
+                uid=meta.get("uid", ""),
+            )
+        )
+    return services, rejected

@@ -1,0 +1,212 @@
+"""The controller's pure parts: data and capacity from the cluster, ISVCs read, plans made."""
+
+from __future__ import annotations
+
+import pytest
+
+from autoscaler import annotations as ann
+from autoscaler.controller.catalog import available_capacity, cluster_data, gpu_type_of
+from autoscaler.controller.collector import CollectorSettings, Observation, observations, queries, within
+from autoscaler.controller.manifests import hpa, isvc_patch
+from autoscaler.controller.planner import PlannerState, plan
+from autoscaler.controller.services import LastDecision, read_services
+from autoscaler.errors import InputError
+
+from .cluster_objects import data_configmap, gpu_pod, isvc, node
+
+DATA = cluster_data(data_configmap(), "test")
+CAPACITY = {"L4": 64, "L40S": 64, "A100": 64, "H100": 64, "AIU2": 0, "G2": 0, "MI210": 0, "MI250": 0, "MI300X": 0}
+
+
+def observed(
+    rate: float, previous: float | None = None, waiting: float = 0.0, ttft_s: float = 0.2, itl_s: float = 0.02
+) -> Observation:
+    completed = rate * 60
+    buckets = lambda v: ((v, completed), (float("inf"), completed))  # noqa: E731 - every request in one bucket
+    return Observation(
+        rate,
+        rate if previous is None else previous,
+        512,
+        256,
+        4,
+        waiting,
+        ttft_s * 1e3,
+        itl_s * 1e3,
+        buckets(ttft_s),
+        buckets(itl_s),
+    )
+
+
+def service(name="chat", model="llama_13b", last: LastDecision | None = None, **extra):
+    obj = isvc(name, model, **extra)
+    if last is not None:
+        obj["metadata"]["annotations"][ann.DECISION] = last.to_json()
+    services, rejected = read_services([obj], DATA.catalog)
+    assert not rejected, rejected
+    return services[0]
+
+
+def only(plans):
+    assert len(plans) == 1
+    return plans[0]
+
+
+def test_gpu_products_map_to_types_by_whole_words():
+    types = ["L4", "L40S", "H100", "A100"]
+    assert gpu_type_of("NVIDIA-H100-80GB-HBM3", types, {}) == "H100"
+    assert gpu_type_of("NVIDIA-L40S", types, {}) == "L40S"
+    assert gpu_type_of("NVIDIA-L4", types, {}) == "L4"
+    assert gpu_type_of("Tesla-V100-SXM2-16GB", types, {}) is None
+    assert gpu_type_of("Tesla-V100-SXM2-16GB", types, {"Tesla-V100-SXM2-16GB": "A100"}) == "A100"
+
+
+def test_capacity_counts_ready_nodes_minus_other_workloads_and_reservations():
+    nodes = [
+        node("h1", "NVIDIA-H100-80GB-HBM3", 8),
+        node("h2", "NVIDIA-H100-80GB-HBM3", 8),
+        node("down", "NVIDIA-H100-80GB-HBM3", 8, ready=False),
+    ]
+    pods = [gpu_pod("training", "h1", 3), gpu_pod("ours", "h2", 4, labels={"mine": "yes"}), gpu_pod("pending", None, 8)]
+    managed = lambda pod: pod["metadata"]["labels"].get("mine") == "yes"  # noqa: E731
+    assert available_capacity(nodes, pods, DATA, managed, {"H100": 2}) == {"H100": 8 + 8 - 3 - 2}
+
+
+def test_bad_data_configmap_names_key_and_field():
+    broken = data_configmap()
+    broken["data"]["model-data.json"] = '{"models": [{"name": "x"'
+    with pytest.raises(InputError, match="model-data.json.*malformed JSON"):
+        cluster_data(broken, "ConfigMap ns/data")
+    del broken["data"]["model-data.json"]
+    with pytest.raises(InputError, match="model-data.json.*missing"):
+        cluster_data(broken, "ConfigMap ns/data")
+
+
+def test_isvcs_with_unknown_models_or_bad_annotations_are_rejected_with_the_reason():
+    good = isvc("chat", "llama_13b")
+    unknown = isvc("mystery", "gpt-17")
+    bad = isvc("broken", "llama_13b", min_replicas="five")
+    other = {"metadata": {"name": "plain", "namespace": "prod"}}
+    services, rejected = read_services([good, unknown, bad, other], DATA.catalog)
+    assert [s.name for s in services] == ["chat"]
+    assert {r.name: r.problem for r in rejected}.keys() == {"mystery", "broken"}
+    assert "unknown model 'gpt-17'" in rejected[0].problem and "min-replicas" in rejected[1].problem
+
+
+def test_more_load_means_more_replicas():
+    low = only(plan(DATA.catalog, CAPACITY, [service()], {("prod", "chat"): observed(1.0)}, 1000.0, PlannerState()))
+    high = only(plan(DATA.catalog, CAPACITY, [service()], {("prod", "chat"): observed(20.0)}, 1000.0, PlannerState()))
+    assert high.decision.replicas > low.decision.replicas >= 1
+    assert not low.stale and low.decision.arrival_rate == 1.0
+
+
+def test_missing_data_keeps_the_last_decision_marked_stale_never_scaling_down():
+    last = LastDecision("H100", 7, 64, 300.0, 30.0, 12.0, 525.0, decided_at=900.0, avg_in_tokens=512, avg_out_tokens=256)
+    result = only(plan(DATA.catalog, CAPACITY, [service(last=last)], {}, 1000.0, PlannerState()))
+    assert result.stale and result.decision == last
+
+
+def test_a_new_isvc_without_data_gets_its_minimum():
+    result = only(plan(DATA.catalog, CAPACITY, [service(min_replicas="2")], {}, 1000.0, PlannerState()))
+    assert not result.stale and result.decision.replicas == 2
+
+
+def test_gpu_type_is_pinned_unless_spec_changes_are_allowed():
+    last = LastDecision("L40S", 3, 16, 300.0, 30.0, 5.0, 96.0, decided_at=0.0, spec_changed_at=0.0)
+    load = {("prod", "chat"): observed(5.0)}
+    pinned = only(plan(DATA.catalog, CAPACITY, [service(last=last)], load, 1000.0, PlannerState()))
+    free = only(plan(DATA.catalog, CAPACITY, [service(last=last, spec_changes="true")], load, 1000.0, PlannerState()))
+    assert pinned.decision.accelerator == "L40S" and pinned.decision.max_batch == 16 and not pinned.roll_out
+    assert free.roll_out and (free.decision.accelerator, free.decision.max_batch) != ("L40S", 16)
+    assert free.decision.spec_changed_at == 1000.0
+
+
+def test_spec_changes_wait_for_the_interval():
+    last = LastDecision("L40S", 3, 16, 300.0, 30.0, 5.0, 96.0, decided_at=0.0, spec_changed_at=900.0)
+    result = only(
+        plan(
+            DATA.catalog,
+            CAPACITY,
+            [service(last=last, spec_changes="true")],
+            {("prod", "chat"): observed(5.0)},
+            1000.0,
+            PlannerState(),
+        )
+    )
+    assert not result.roll_out and result.decision.accelerator == "L40S" and result.decision.max_batch == 16
+
+
+def test_capacity_too_small_keeps_what_runs():
+    last = LastDecision("H100", 2, 64, 300.0, 30.0, 2.0, 150.0, decided_at=0.0)
+    tiny = {name: 0 for name in CAPACITY}
+    result = only(plan(DATA.catalog, tiny, [service(last=last)], {("prod", "chat"): observed(50.0)}, 1000.0, PlannerState()))
+    assert result.decision.replicas == 2 and result.decision.accelerator == "H100" and "capacity" in result.reason
+
+
+def test_missed_slo_tightens_the_target_and_the_scale_is_persisted():
+    state = PlannerState()
+    slow = observed(5.0, ttft_s=5.0)  # every request misses Premium's 1 s TTFT
+    first = only(plan(DATA.catalog, CAPACITY, [service()], {("prod", "chat"): slow}, 1000.0, state))
+    assert first.decision.ttft_scale < 1.0
+    restarted = only(
+        plan(DATA.catalog, CAPACITY, [service(last=first.decision)], {("prod", "chat"): slow}, 1030.0, PlannerState())
+    )
+    assert restarted.decision.ttft_scale < first.decision.ttft_scale  # resumed from the annotation, tightened again
+
+
+def test_observations_from_query_results():
+    settings = CollectorSettings(window_s=60)
+    key = {"namespace": "prod", "isvc": "chat"}
+    v = lambda x: [{"metric": key, "value": [0, str(x)]}]  # noqa: E731
+    results = {
+        "completed": v(600),
+        "completed_before": v(300),
+        "growth": v(60),
+        "growth_before": v(0),
+        "running": v(10),
+        "waiting": v(70),
+        "prompt_tokens": v(600 * 100),
+        "generation_tokens": v(600 * 50),
+        "ttft_mean": v(0.25),
+        "itl_mean": v("NaN"),
+        "ttft_buckets": [
+            {"metric": key | {"le": le}, "value": [0, c]} for le, c in (("0.5", "500"), ("1", "590"), ("+Inf", "600"))
+        ],
+    }
+    obs = observations(results, settings)[("prod", "chat")]
+    assert obs.arrival_rate == pytest.approx(11.0) and obs.previous_rate == pytest.approx(5.0)
+    assert (obs.avg_in_tokens, obs.avg_out_tokens, obs.waiting, obs.ttft_ms, obs.itl_ms) == (100, 50, 70, 250.0, None)
+    assert within(obs.ttft_buckets, 0.8) == (500, 600)
+    assert len(queries(settings)) == 12  # one per figure, whatever the number of ISVCs
+
+
+def test_hpa_publishes_on_desired_replicas_with_zero_tolerance():
+    owner = isvc("chat", "llama_13b") | {"metadata": {"name": "chat", "uid": "u1"}}
+    made = hpa("chat-optimizer", "prod", {"kind": "Deployment", "name": "chat-predictor"}, {"isvc": "chat"}, (1, 8), owner, True)
+    metric = made["spec"]["metrics"][0]["external"]
+    assert metric["metric"]["name"] == "desired_replicas" and metric["target"] == {"type": "AverageValue", "averageValue": "1"}
+    assert made["spec"]["behavior"]["scaleUp"]["tolerance"] == "0"
+    assert made["metadata"]["ownerReferences"][0]["uid"] == "u1"
+
+
+def test_roll_out_patch_sets_gpu_affinity_resources_and_max_num_seqs():
+    last = LastDecision("L40S", 3, 16, 300.0, 30.0, 5.0, 96.0, decided_at=0.0)
+    obj = isvc("chat", "llama_13b")
+    obj["spec"]["predictor"]["model"]["args"] += ["--max-num-seqs=16"]
+    result = only(
+        plan(
+            DATA.catalog,
+            CAPACITY,
+            [service(last=last, spec_changes="true")],
+            {("prod", "chat"): observed(5.0)},
+            1000.0,
+            PlannerState(),
+        )
+    )
+    patch = isvc_patch(obj, result, {"NVIDIA-H100-80GB-HBM3"}, 2, 300.0)
+    predictor = patch["spec"]["predictor"]
+    assert predictor["model"]["args"] == ["--model_name", "llama_13b", f"--max-num-seqs={result.decision.max_batch}"]
+    assert predictor["model"]["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    expression = predictor["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]["nodeSelectorTerms"][0]
+    assert expression["matchExpressions"] == [
+        {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]}
+    ]
