@@ -24,13 +24,13 @@ def free_port() -> int:
 
 
 class PrometheusServer:
-    def __init__(self, directory: Path, scrape_port: int):
+    def __init__(self, directory: Path, scrape_port: int, scrape_interval_s: int = 1):
         self.directory = directory
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "prometheus.yml").write_text(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
+            f"global:\n  scrape_interval: {scrape_interval_s}s\n  evaluation_interval: {scrape_interval_s}s\n"
             "scrape_configs:\n  - job_name: controller\n    honor_labels: true\n"
             f"    static_configs:\n      - targets: ['127.0.0.1:{scrape_port}']\n"
         )

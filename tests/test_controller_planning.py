@@ -175,7 +175,8 @@ def test_observations_from_query_results():
     obs = observations(results, settings)[("prod", "chat")]
     assert obs.arrival_rate == pytest.approx(11.0) and obs.previous_rate == pytest.approx(5.0)
     assert (obs.avg_in_tokens, obs.avg_out_tokens, obs.waiting, obs.ttft_ms, obs.itl_ms) == (100, 50, 70, 250.0, None)
-    assert within(obs.ttft_buckets, 0.8) == (500, 600)
+    assert within(obs.ttft_buckets, 0.8) == pytest.approx((554, 600))  # interpolated inside (0.5 s, 1 s]
+    assert within(obs.ttft_buckets, 5.0) == (590, 600)  # beyond the last finite bound: only what is known
     assert len(queries(settings)) == 12  # one per figure, whatever the number of ISVCs
 
 
@@ -202,7 +203,7 @@ def test_roll_out_patch_sets_gpu_affinity_resources_and_max_num_seqs():
             PlannerState(),
         )
     )
-    patch = isvc_patch(obj, result, {"NVIDIA-H100-80GB-HBM3"}, 2, 300.0)
+    patch = isvc_patch(obj, result, {"NVIDIA-H100-80GB-HBM3"}, 2)
     predictor = patch["spec"]["predictor"]
     assert predictor["model"]["args"] == ["--model_name", "llama_13b", f"--max-num-seqs={result.decision.max_batch}"]
     assert predictor["model"]["resources"]["limits"]["nvidia.com/gpu"] == "2"

@@ -29,7 +29,6 @@ DEPLOYMENT_SCALE = Resource("apps", "v1", "deployments")
 @dataclass(frozen=True)
 class ActuatorSettings:
     hpa_tolerance: bool = True  # Kubernetes >= 1.33 honours behavior.*.tolerance
-    heartbeat_s: float = 300.0  # rewrite an unchanged decision this often (its age shows liveness)
     concurrency: int = 32
 
 
@@ -83,13 +82,15 @@ class Actuator:
             )
         accelerator = catalog.accelerators[plan.decision.accelerator]
         gpus = catalog.profiles[(service.model, accelerator.name)].acc_count * accelerator.multiplicity
-        patch = isvc_patch(isvc, plan, products.get(accelerator.type, {accelerator.type}), gpus, self.settings.heartbeat_s)
+        patch = isvc_patch(isvc, plan, products.get(accelerator.type, {accelerator.type}), gpus)
+        written = None
         if patch is not None:
-            await with_retries(
+            written = await with_retries(
                 lambda: self.kube.patch(INFERENCE_SERVICES, service.namespace, service.name, patch), f"annotate {service.key}"
             )
             report.writes += 1
-        await self._condition(isvc, condition(plan), now, report)
+        # the message (predicted latencies) is rewritten with the decision, not for every small move
+        await self._condition(written or isvc, condition(plan), now, report, message_too=patch is not None)
         slo = catalog.classes[service.service_class].targets[service.model]
         bounds = (service.min_replicas, service.max_replicas)
         if service.raw_deployment:
@@ -118,14 +119,16 @@ class Actuator:
             if desired:
                 report.decisions.append(decision_message(plan, slo, revision=revision, replicas=desired))
 
-    async def _condition(self, isvc: dict, wanted: dict, now: float, report: ActuationReport) -> None:
+    async def _condition(self, isvc: dict, wanted: dict, now: float, report: ActuationReport, message_too: bool = True) -> None:
         meta = isvc["metadata"]
-        if conditions_with((isvc.get("status") or {}).get("conditions") or [], wanted, rfc3339(now)) is None:
+        if conditions_with((isvc.get("status") or {}).get("conditions") or [], wanted, rfc3339(now), message_too) is None:
             return
 
+        known = [isvc]  # the watched copy first; after a 409, what the API server holds now
+
         async def write() -> None:
-            fresh = await self.kube.get(INFERENCE_SERVICES, meta["namespace"], meta["name"])
-            conditions = conditions_with((fresh.get("status") or {}).get("conditions") or [], wanted, rfc3339(now))
+            fresh = known.pop() if known else await self.kube.get(INFERENCE_SERVICES, meta["namespace"], meta["name"])
+            conditions = conditions_with((fresh.get("status") or {}).get("conditions") or [], wanted, rfc3339(now), message_too)
             if conditions is not None:  # the resourceVersion makes a concurrent status write a 409: re-read and retry
                 body = {
                     "metadata": {"resourceVersion": fresh["metadata"]["resourceVersion"]},

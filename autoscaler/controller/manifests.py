@@ -111,35 +111,30 @@ def condition(plan: Plan) -> dict:
     return {"type": CONDITION_TYPE, "status": status, "reason": reason, "message": message}
 
 
-def material(decision_json: str | None) -> tuple | None:
-    """The parts of a decision whose change is worth a write (latencies to the millisecond)."""
-    d = LastDecision.from_json(decision_json) if decision_json else None
-    if d is None:
+def material(decision: LastDecision | None) -> tuple | None:
+    """The parts of a decision whose change is worth a write. Predicted latencies and measured
+    rates move a little every cycle; rewriting 1,000 ISVCs for that would load the API server
+    for nothing, so they are recorded when the decision itself changes."""
+    if decision is None:
         return None
     return (
-        d.accelerator,
-        d.replicas,
-        d.max_batch,
-        round(d.ttft_scale, 4),
-        round(d.itl_scale, 4),
-        d.spec_changed_at,
-        round(d.ttft_ms),
-        round(d.itl_ms),
+        decision.accelerator,
+        decision.replicas,
+        decision.max_batch,
+        decision.ttft_scale,
+        decision.itl_scale,
+        decision.spec_changed_at,
     )
 
 
-def isvc_patch(isvc: dict, plan: Plan, products: Iterable[str], gpus_per_replica: int, heartbeat_s: float) -> dict | None:
+def isvc_patch(isvc: dict, plan: Plan, products: Iterable[str], gpus_per_replica: int) -> dict | None:
     """The merge patch recording the decision on the ISVC (and rolling out a new GPU type or
-    batch size when the plan says so); None when nothing material changed and the recorded
-    decision is younger than `heartbeat_s`."""
+    batch size when the plan says so); None when nothing material changed."""
     annotations = (isvc.get("metadata") or {}).get("annotations") or {}
-    recorded = annotations.get(ann.DECISION)
-    new = plan.decision.to_json()
-    old = plan.service.last
-    young = old is not None and plan.decision.decided_at - old.decided_at < heartbeat_s
-    if not plan.roll_out and material(recorded) == material(new) and (young or plan.stale):
+    recorded = LastDecision.from_json(annotations.get(ann.DECISION, ""))
+    if not plan.roll_out and (plan.stale or material(recorded) == material(plan.decision)):
         return None
-    patch: dict = {"metadata": {"annotations": {ann.DECISION: new}}}
+    patch: dict = {"metadata": {"annotations": {ann.DECISION: plan.decision.to_json()}}}
     if plan.roll_out:
         patch["spec"] = {"predictor": _predictor_patch(isvc, plan.decision.max_batch, sorted(products), gpus_per_replica)}
     return patch
@@ -167,11 +162,13 @@ def _predictor_patch(isvc: dict, max_batch: int, products: list[str], gpus: int)
     return patch
 
 
-def conditions_with(existing: list[dict], new: dict, now_rfc3339: str) -> list[dict] | None:
-    """The status conditions with ours replaced; None when ours is unchanged."""
+def conditions_with(existing: list[dict], new: dict, now_rfc3339: str, message_too: bool = True) -> list[dict] | None:
+    """The status conditions with ours replaced; None when ours is unchanged (in status and
+    reason; in its message too when `message_too`)."""
     others = [c for c in existing if c.get("type") != new["type"]]
     ours = next((c for c in existing if c.get("type") == new["type"]), None)
-    if ours is not None and all(ours.get(k) == v for k, v in new.items()):
+    compared = new.keys() if message_too else ("status", "reason")
+    if ours is not None and all(ours.get(k) == new[k] for k in compared):
         return None
     changed = ours is None or ours.get("status") != new["status"]
     stamped = {**new, "lastTransitionTime": now_rfc3339 if changed else ours.get("lastTransitionTime", now_rfc3339)}

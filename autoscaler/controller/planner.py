@@ -59,14 +59,16 @@ def _calibrate(state: PlannerState, service: ManagedService, target, obs: Observ
         if service.last is not None:
             calibration.ttft.value, calibration.itl.value = service.last.ttft_scale, service.last.itl_scale
         state.calibrations[service.key] = calibration
-    ttft_met, completed = within(obs.ttft_buckets, target.ttft_ms / 1000.0) if target.ttft_ms else (0.0, 0.0)
-    itl_met, itl_total = within(obs.itl_buckets, target.itl_ms / 1000.0) if target.itl_ms else (0.0, 0.0)
-    completed = max(completed, itl_total)
-    if not target.ttft_ms:
-        ttft_met = completed
-    if not target.itl_ms:
-        itl_met = completed
-    return calibration.update(round(completed), round(ttft_met), round(itl_met))
+    # TTFT's histogram counts requests, ITL's counts tokens: each gives its own share within the SLO
+    requests = round(obs.ttft_buckets[-1][1]) if obs.ttft_buckets else 0
+    ttft_share = _share(obs.ttft_buckets, target.ttft_ms)
+    itl_share = _share(obs.itl_buckets, target.itl_ms)
+    return calibration.update(requests, round(requests * ttft_share), round(requests * itl_share))
+
+
+def _share(buckets: tuple[tuple[float, float], ...], slo_ms: float) -> float:
+    met, total = within(buckets, slo_ms / 1000.0)
+    return met / total if slo_ms and total else 1.0
 
 
 def _load(service: ManagedService, obs: Observation, catalog: Catalog, settings: PlannerSettings) -> tuple[Load, float]:

@@ -156,8 +156,9 @@ def _candidate_rows(system: System):
             else:
                 max_batch = profile.batch_limit(load.avg_in_tokens, load.avg_out_tokens)
             out_tokens = max(load.avg_out_tokens, 1)
-            # profiles are keyed by (model, accelerator) and targets by (class, model)
-            key = (server.model, accelerator, server.class_name, load.avg_in_tokens, out_tokens, max_batch)
+            # the problem is the profile (model, accelerator), the targets and the request shape:
+            # servers of different classes (or calibrated copies of one) with equal targets share it
+            key = (server.model, accelerator, target, load.avg_in_tokens, out_tokens, max_batch)
             row = keys.get(key)
             if row is None:
                 row = keys[key] = len(params)
