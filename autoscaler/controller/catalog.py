@@ -14,8 +14,9 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..kserve import GPU_PRODUCT_LABEL, GPU_RESOURCE
+from ..kserve import GPU_PRODUCT_LABEL
 from ..optimizer.domain import Catalog
+from ..resources import node_allocatable, pod_requests, schedulable
 from ..optimizer.loader import SECTIONS, Node, catalog_from_sections, parse_json
 
 GPU_PRODUCTS_KEY = "gpu-products.json"
@@ -70,33 +71,6 @@ def gpu_type_of(product: str, types: Iterable[str], explicit: Mapping[str, str])
     return max(matches, key=len) if matches else None
 
 
-def _quantity(value: str | int | None) -> int:
-    if value is None:
-        return 0
-    text = str(value)
-    return int(text[:-1]) // 1000 if text.endswith("m") else int(text)
-
-
-def _ready(node: dict) -> bool:
-    if (node.get("spec") or {}).get("unschedulable"):
-        return False
-    conditions = (node.get("status") or {}).get("conditions") or []
-    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions)
-
-
-def gpu_requests(pod: dict) -> int:
-    """GPUs a pod holds: the larger of its containers' sum and its largest init container."""
-    spec = pod.get("spec") or {}
-
-    def requested(container: dict) -> int:
-        resources = container.get("resources") or {}
-        return _quantity((resources.get("limits") or {}).get(GPU_RESOURCE) or (resources.get("requests") or {}).get(GPU_RESOURCE))
-
-    main = sum(requested(c) for c in spec.get("containers") or [])
-    init = max((requested(c) for c in spec.get("initContainers") or []), default=0)
-    return max(main, init)
-
-
 def node_gpu_types(nodes: Iterable[dict], data: ClusterData) -> dict[str, str]:
     """Node name -> accelerator type, for Ready schedulable nodes with a known GPU product."""
     types = {a.type for a in data.catalog.accelerators.values()}
@@ -105,7 +79,7 @@ def node_gpu_types(nodes: Iterable[dict], data: ClusterData) -> dict[str, str]:
         metadata = node.get("metadata") or {}
         product = (metadata.get("labels") or {}).get(GPU_PRODUCT_LABEL)
         gpu_type = gpu_type_of(product, types, data.gpu_products) if product else None
-        if gpu_type and _ready(node):
+        if gpu_type and schedulable(node):
             result[metadata["name"]] = gpu_type
     return result
 
@@ -129,13 +103,12 @@ def available_capacity(
     for node in nodes:
         name = node["metadata"]["name"]
         if name in types:
-            allocatable = (node.get("status") or {}).get("allocatable") or {}
-            capacity[types[name]] = capacity.get(types[name], 0) + _quantity(allocatable.get(GPU_RESOURCE))
+            capacity[types[name]] = capacity.get(types[name], 0) + node_allocatable(node).gpu
     for pod in pods:
         node_name = (pod.get("spec") or {}).get("nodeName")
         phase = (pod.get("status") or {}).get("phase")
         if node_name in types and phase not in ("Succeeded", "Failed") and not managed(pod):
-            capacity[types[node_name]] -= gpu_requests(pod)
+            capacity[types[node_name]] -= pod_requests(pod).gpu
     for gpu_type, count in reserved.items():
         if gpu_type in capacity:
             capacity[gpu_type] -= count

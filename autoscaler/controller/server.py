@@ -1,9 +1,11 @@
 """`inference-autoscaler controller`: the control loop with its HTTP endpoints (POST /invoke for
-one cycle now, /metrics, /healthz, /readyz) and the gRPC DecisionService for the adapter."""
+one cycle now, /metrics, /healthz, /readyz), the gRPC DecisionService for the adapter, and gang
+admission of new revisions' pod groups (whose reserved GPUs the optimizer leaves alone)."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import os
 
@@ -12,6 +14,8 @@ from aiohttp import web
 from .. import aio
 from ..decision_metrics import PROMETHEUS_PREFIX, exposition
 from ..decision_stream import DecisionHub, serve_decisions
+from ..gang.admission import GangAdmission
+from .catalog import node_gpu_types
 from .collector import CollectorSettings, PrometheusCollector
 from .controller import Controller, ControllerSettings
 from .kube import Kube
@@ -110,8 +114,18 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     hub = DecisionHub()
     controller = Controller(kube, collector, hub, settings)
+    nodes = controller.informers["nodes"]
+    gangs = GangAdmission(
+        kube,
+        controller.informers["pods"],
+        nodes,
+        args.namespace,
+        node_types=lambda: node_gpu_types(nodes.objects.values(), controller.data) if controller.data else {},
+    )
+    controller.reserved_gpus = gangs.reserved_gpus
     grpc_server = await serve_decisions(hub, args.decisions_address)
     await controller.start()
+    gang_task = asyncio.create_task(gangs.run(), name="gang admission")
     runner = web.AppRunner(build_app(controller, hub))
     await runner.setup()
     host, _, port = args.listen.rpartition(":")
@@ -120,6 +134,7 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         await controller.run()
     finally:
+        gang_task.cancel()
         await controller.stop()
         await grpc_server.stop(grace=2)
         await runner.cleanup()

@@ -1,0 +1,366 @@
+"""Gang admission of a new revision's pods: all of the group's scheduling gates go at once when
+the whole minimum group fits, or the group fails at its progress deadline.
+
+Pods gated by the webhook carry the pod-group label (their revision). Each pass:
+1. groups that were being admitted (ledger entry "admitting") have every gate still on removed:
+   this finishes an admission a crash interrupted, so a group ends all admitted or all gated;
+2. a group with at least its minimum pods (max of Knative's min-scale and initial-scale) that
+   fits now (placement.first_fit over what nodes have left after bound pods and the groups
+   admitted but not yet bound) is written to the ledger first, then ungated;
+3. a group still gated past its deadline (progress-deadline annotation, default 600 s, counted
+   from its oldest pod's creation) fails: its gated pods are deleted, an Event is recorded, the
+   ISVC gets a PodGroupAdmitted=False condition, and the ledger remembers the failure so that
+   pods the ReplicaSet makes again stay gated (holding nothing) while the old revision serves.
+
+The ledger is one ConfigMap (our namespace), updated with its resourceVersion so two writers
+never both win; entries leave it once all the group's pods are bound (or an hour after a failure).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from .. import annotations as ann
+from ..kserve import GPU_PRODUCT_LABEL, INITIAL_SCALE, ISVC_LABEL, MIN_SCALE
+from ..resources import Resources, pod_requests
+from ..controller.kube import CONFIG_MAPS, EVENTS, INFERENCE_SERVICES, PODS, ApiError, Informer, Kube, with_retries
+from ..controller.manifests import conditions_with
+from .placement import first_fit, free_resources
+
+log = logging.getLogger(__name__)
+LEDGER = "inference-autoscaler-pod-groups"
+FAILED_RETENTION_S = 3600
+CONDITION_TYPE = "PodGroupAdmitted"
+
+
+def gated(pod: dict) -> bool:
+    return any(g.get("name") == ann.POD_GROUP for g in (pod.get("spec") or {}).get("schedulingGates") or [])
+
+
+def group_of(pod: dict) -> tuple[str, str] | None:
+    meta = pod.get("metadata") or {}
+    group = (meta.get("labels") or {}).get(ann.POD_GROUP)
+    return (meta.get("namespace", ""), group) if group else None
+
+
+def _created(pod: dict) -> float:
+    stamp = (pod.get("metadata") or {}).get("creationTimestamp") or "1970-01-01T00:00:00Z"
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+
+
+def _int_annotation(pod: dict, key: str, default: int) -> int:
+    value = ((pod.get("metadata") or {}).get("annotations") or {}).get(key)
+    try:
+        return int(value) if value is not None else default
+    except ValueError:
+        return default
+
+
+def minimum_size(pods: list[dict]) -> int:
+    """Knative starts a revision with max(initial-scale (default 1), min-scale) pods."""
+    return max(max(_int_annotation(p, INITIAL_SCALE, 1), _int_annotation(p, MIN_SCALE, 0)) for p in pods)
+
+
+def deadline_s(pods: list[dict]) -> int:
+    return max(_int_annotation(p, ann.PROGRESS_DEADLINE, ann.DEFAULT_PROGRESS_DEADLINE_S) for p in pods)
+
+
+@dataclass
+class Outcome:
+    admitted: list[str] = field(default_factory=list)  # "namespace/group"
+    waiting: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+
+
+def _ledger_key(namespace: str, group: str) -> str:
+    return f"{namespace}.{group}"  # ConfigMap keys allow [-._a-zA-Z0-9]
+
+
+class GangAdmission:
+    def __init__(
+        self,
+        kube: Kube,
+        pods: Informer,
+        nodes: Informer,
+        namespace: str,
+        clock: Callable[[], float] = time.time,
+        node_types: Callable[[], Mapping[str, str]] = dict,
+    ):
+        self.kube = kube
+        self.pods = pods
+        self.nodes = nodes
+        self.namespace = namespace
+        self.clock = clock
+        self.node_types = node_types  # node name -> accelerator type, for the optimizer's reservation
+        self.ledger: dict[str, dict] = {}
+
+    # --- the ledger ---
+
+    async def _read_ledger(self) -> tuple[dict[str, dict], str]:
+        try:
+            configmap = await self.kube.get(CONFIG_MAPS, self.namespace, LEDGER)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            body = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": LEDGER, "namespace": self.namespace},
+                "data": {},
+            }
+            try:
+                configmap = await self.kube.create(CONFIG_MAPS, self.namespace, body)
+            except ApiError as again:
+                if again.status != 409:
+                    raise
+                configmap = await self.kube.get(CONFIG_MAPS, self.namespace, LEDGER)
+        entries = {k: json.loads(v) for k, v in (configmap.get("data") or {}).items()}
+        return entries, configmap["metadata"]["resourceVersion"]
+
+    async def _update_ledger(self, change: Callable[[dict[str, dict]], None]) -> None:
+        """Read, change, write with the resourceVersion: a concurrent writer makes it a 409, retried."""
+
+        async def attempt() -> None:
+            entries, version = await self._read_ledger()
+            change(entries)
+            body = {
+                "apiVersion": "v1",
+                "kind": "ConfigMap",
+                "metadata": {"name": LEDGER, "namespace": self.namespace, "resourceVersion": version},
+                "data": {k: json.dumps(v, sort_keys=True) for k, v in entries.items()},
+            }
+            await self.kube.replace(CONFIG_MAPS, self.namespace, LEDGER, body)
+            self.ledger = entries
+
+        await with_retries(attempt, "pod-group ledger")
+
+    # --- one pass ---
+
+    def reserved_gpus(self) -> dict[str, int]:
+        """GPUs per accelerator type held for groups being admitted or waiting to be: the
+        optimizer must not hand them to another ISVC meanwhile (old and new revision run
+        side by side until the new one is ready)."""
+        types = self.node_types()
+        reserved: dict[str, int] = {}
+        for entry in self.ledger.values():
+            if entry.get("state") == "admitting":
+                for node_name, gpus in entry.get("gpus_by_node", {}).items():
+                    if node_name in types:
+                        reserved[types[node_name]] = reserved.get(types[node_name], 0) + gpus
+        admitting = {
+            (key.partition(".")[0], name)
+            for key, entry in self.ledger.items()
+            if entry.get("state") == "admitting"
+            for name in entry.get("pods", [])
+        }
+        nodes = self.nodes.objects.values()
+        for pod in self.pods.objects.values():
+            if (pod["metadata"].get("namespace"), pod["metadata"]["name"]) in admitting:
+                continue  # counted above, where it was placed
+            if gated(pod) and (wanted := pod_requests(pod).gpu):
+                products = _wanted_products(pod)
+                candidates = {types[n["metadata"]["name"]] for n in nodes if n["metadata"]["name"] in types}
+                if products:
+                    labels = {n["metadata"]["name"]: (n["metadata"].get("labels") or {}).get(GPU_PRODUCT_LABEL) for n in nodes}
+                    candidates = {types[name] for name, product in labels.items() if product in products and name in types}
+                if len(candidates) == 1:
+                    gpu_type = candidates.pop()
+                    reserved[gpu_type] = reserved.get(gpu_type, 0) + wanted
+        return reserved
+
+    async def reconcile(self) -> Outcome:
+        outcome = Outcome()
+        self.ledger, _ = await self._read_ledger()
+        groups: dict[tuple[str, str], list[dict]] = {}
+        for pod in self.pods.objects.values():
+            key = group_of(pod)
+            if key is not None:
+                groups.setdefault(key, []).append(pod)
+        await self._finish_interrupted(groups, outcome)
+        await self._forget_settled(groups)
+        held = [
+            (node_name, Resources(**resources))
+            for entry in self.ledger.values()
+            if entry.get("state") == "admitting"
+            for node_name, resources in entry.get("held", [])
+        ]
+        free = free_resources(
+            self.nodes.objects.values(), (p for p in self.pods.objects.values() if (p.get("spec") or {}).get("nodeName")), held
+        )
+        nodes = {n["metadata"]["name"]: n for n in self.nodes.objects.values()}
+        now = self.clock()
+        for (namespace, group), pods in sorted(groups.items(), key=lambda item: min(_created(p) for p in item[1])):
+            waiting = [p for p in pods if gated(p)]
+            entry = self.ledger.get(_ledger_key(namespace, group))
+            if not waiting or (entry and entry.get("state") in ("admitting", "failed")):
+                continue
+            name = f"{namespace}/{group}"
+            if len(waiting) < len(pods):  # the group already runs: a scale-up pod joins alone when it fits
+                for pod in waiting:
+                    if (spot := first_fit([pod], nodes, free)) is not None:
+                        await self._ungate(namespace, pod["metadata"]["name"])
+                        free[spot[pod["metadata"]["name"]]] -= pod_requests(pod)
+                        outcome.admitted.append(f"{name}/{pod['metadata']['name']}")
+                continue
+            if now - min(_created(p) for p in waiting) > deadline_s(waiting):
+                await self._fail(namespace, group, waiting, now)
+                outcome.failed.append(name)
+                continue
+            placement = first_fit(waiting, nodes, free) if len(waiting) >= minimum_size(waiting) else None
+            if placement is None:
+                outcome.waiting.append(name)
+                continue
+            await self._admit(namespace, group, waiting, placement, now)
+            for pod in waiting:
+                node_name = placement[pod["metadata"]["name"]]
+                free[node_name] = free[node_name] - pod_requests(pod)
+            outcome.admitted.append(name)
+        return outcome
+
+    async def _admit(self, namespace: str, group: str, pods: list[dict], placement: dict[str, str], now: float) -> None:
+        held: dict[str, Resources] = {}
+        for pod in pods:
+            node_name = placement[pod["metadata"]["name"]]
+            held[node_name] = held.get(node_name, Resources()) + pod_requests(pod)
+        entry = {
+            "state": "admitting",
+            "pods": sorted(placement),
+            "held": [[n, {"gpu": r.gpu, "cpu_m": r.cpu_m, "memory": r.memory}] for n, r in sorted(held.items())],
+            "gpus_by_node": {n: r.gpu for n, r in held.items() if r.gpu},
+            "at": now,
+        }
+        # the ledger first: from here on, a crash is finished by the next pass (all gates go)
+        await self._update_ledger(lambda entries: entries.__setitem__(_ledger_key(namespace, group), entry))
+        await asyncio.gather(*(self._ungate(namespace, p["metadata"]["name"]) for p in pods))
+        log.info("pod group %s/%s admitted: %d pods on %s", namespace, group, len(pods), sorted(set(placement.values())))
+
+    async def _ungate(self, namespace: str, name: str) -> None:
+        async def attempt() -> None:
+            try:
+                pod = await self.kube.get(PODS, namespace, name)
+            except ApiError as exc:
+                if exc.status == 404:
+                    return  # deleted meanwhile: its replacement is gated and joins the group again
+                raise
+            gates = (pod.get("spec") or {}).get("schedulingGates") or []
+            index = next((i for i, g in enumerate(gates) if g.get("name") == ann.POD_GROUP), None)
+            if index is None:
+                return
+            path = f"/spec/schedulingGates/{index}"
+            # `test` makes the removal exact even if another controller edits the gates meanwhile
+            await self.kube.patch(
+                PODS, namespace, name, [{"op": "test", "path": path, "value": gates[index]}, {"op": "remove", "path": path}]
+            )
+
+        await with_retries(attempt, f"ungate {namespace}/{name}")
+
+    async def _finish_interrupted(self, groups: dict[tuple[str, str], list[dict]], outcome: Outcome) -> None:
+        for key, entry in self.ledger.items():
+            if entry.get("state") != "admitting":
+                continue
+            namespace, _, group = key.partition(".")
+            still_gated = [p for p in groups.get((namespace, group), []) if gated(p)]
+            if still_gated:
+                await asyncio.gather(*(self._ungate(namespace, p["metadata"]["name"]) for p in still_gated))
+                outcome.admitted.append(f"{namespace}/{group}")
+
+    async def _forget_settled(self, groups: dict[tuple[str, str], list[dict]]) -> None:
+        now = self.clock()
+        settled = []
+        for key, entry in self.ledger.items():
+            namespace, _, group = key.partition(".")
+            pods = groups.get((namespace, group), [])
+            if entry.get("state") == "admitting" and all((p.get("spec") or {}).get("nodeName") for p in pods if not gated(p)):
+                listed = set(entry.get("pods", []))
+                if not any(gated(p) and p["metadata"]["name"] in listed for p in pods):
+                    settled.append(key)
+            elif entry.get("state") == "failed" and now - entry.get("at", now) > FAILED_RETENTION_S:
+                settled.append(key)
+        if settled:
+            await self._update_ledger(lambda entries: [entries.pop(k, None) for k in settled])
+
+    async def _fail(self, namespace: str, group: str, pods: list[dict], now: float) -> None:
+        reason = (
+            f"pod group {group} did not fit within its progress deadline ({deadline_s(pods)} s): "
+            "the previous revision keeps serving"
+        )
+        entry = {"state": "failed", "at": now, "reason": reason}
+        await self._update_ledger(lambda entries: entries.__setitem__(_ledger_key(namespace, group), entry))
+        for pod in pods:
+            try:
+                await with_retries(
+                    lambda name=pod["metadata"]["name"]: self.kube.delete(PODS, namespace, name), "delete gated pod"
+                )
+            except ApiError as exc:
+                if exc.status != 404:
+                    raise
+        event = {
+            "apiVersion": "v1",
+            "kind": "Event",
+            "metadata": {"generateName": f"{group}.", "namespace": namespace},
+            "involvedObject": {"apiVersion": "serving.knative.dev/v1", "kind": "Revision", "name": group, "namespace": namespace},
+            "reason": "PodGroupTimedOut",
+            "message": reason,
+            "type": "Warning",
+            "source": {"component": "inference-autoscaler"},
+            "firstTimestamp": _rfc3339(now),
+            "lastTimestamp": _rfc3339(now),
+            "count": 1,
+        }
+        await with_retries(lambda: self.kube.create(EVENTS, namespace, event), "pod group event")
+        isvc = ((pods[0].get("metadata") or {}).get("labels") or {}).get(ISVC_LABEL)
+        if isvc:
+            await self._isvc_condition(namespace, isvc, reason, now)
+        log.warning("%s/%s: %s", namespace, group, reason)
+
+    async def _isvc_condition(self, namespace: str, name: str, message: str, now: float) -> None:
+        wanted = {"type": CONDITION_TYPE, "status": "False", "reason": "ProgressDeadlineExceeded", "message": message}
+
+        async def attempt() -> None:
+            isvc = await self.kube.get(INFERENCE_SERVICES, namespace, name)
+            conditions = conditions_with((isvc.get("status") or {}).get("conditions") or [], wanted, _rfc3339(now))
+            if conditions is not None:
+                body = {
+                    "metadata": {"resourceVersion": isvc["metadata"]["resourceVersion"]},
+                    "status": {"conditions": conditions},
+                }
+                await self.kube.patch(INFERENCE_SERVICES, namespace, name, body, subresource="status")
+
+        try:
+            await with_retries(attempt, f"condition of {namespace}/{name}")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+
+    async def run(self, period_s: float = 2.0) -> None:
+        while True:
+            try:
+                await self.reconcile()
+            except ApiError as exc:
+                log.warning("gang admission pass failed (%s); next pass retries", exc)
+            await asyncio.sleep(period_s)
+
+
+def _wanted_products(pod: dict) -> set[str]:
+    spec = pod.get("spec") or {}
+    products = set()
+    if GPU_PRODUCT_LABEL in (spec.get("nodeSelector") or {}):
+        products.add(spec["nodeSelector"][GPU_PRODUCT_LABEL])
+    required = (
+        ((spec.get("affinity") or {}).get("nodeAffinity") or {}).get("requiredDuringSchedulingIgnoredDuringExecution")
+    ) or {}
+    for term in required.get("nodeSelectorTerms") or []:
+        for expression in term.get("matchExpressions") or []:
+            if expression.get("key") == GPU_PRODUCT_LABEL and expression.get("operator") == "In":
+                products.update(expression.get("values") or [])
+    return products
+
+
+def _rfc3339(now: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))

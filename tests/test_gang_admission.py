@@ -1,0 +1,261 @@
+"""Gang admission of revision pod groups: fit, no fit, incomplete groups, timeout, crash recovery.
+
+The cluster is the Kubernetes API emulator of tests/ (no kube-apiserver runs here): pods, nodes,
+the ledger ConfigMap, Events and ISVC status go through its real REST paths, JSON patches (with
+`test`) and resourceVersion checks. The scheduler is played by the test setting nodeName.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+
+from autoscaler import annotations as ann
+from autoscaler.controller.kube import NODES as NODE_RESOURCE
+from autoscaler.controller.kube import PODS as POD_RESOURCE
+from autoscaler.controller.kube import ApiError, Informer, Kube
+from autoscaler.gang.admission import LEDGER, GangAdmission, gated
+from autoscaler.gang.placement import first_fit, free_resources, pod_may_run_on
+from autoscaler.kserve import GPU_PRODUCT_LABEL, INITIAL_SCALE, ISVC_LABEL, MIN_SCALE
+from autoscaler.resources import Resources, pod_requests, quantity
+
+from .cluster_objects import CONFIGMAPS, ISVCS, NAMESPACE, NODES, PODS, gpu_pod, isvc, node
+from .kube_api_emulator import KubeApiEmulator
+from .test_metrics_adapter_https import serve
+
+NOW = 1_795_000_000.0
+
+
+class Killed(Exception):
+    """The controller process dying at this point (the test stops the pass there)."""
+
+
+def stamp(seconds: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
+
+
+def revision_pod(name: str, group: str = "chat-predictor-00002", gpus: int = 4, created: float = NOW - 10, **annotations) -> dict:
+    pod = gpu_pod(name, None, gpus, namespace="prod", labels={ann.POD_GROUP: group, ISVC_LABEL: "chat"})
+    pod["metadata"]["creationTimestamp"] = stamp(created)
+    pod["metadata"]["annotations"] = {k.replace("_", "-"): v for k, v in annotations.items()}
+    pod["spec"]["schedulingGates"] = [{"name": ann.POD_GROUP}]
+    pod["spec"]["containers"][0]["resources"]["requests"] = {"cpu": "4", "memory": "32Gi"}
+    return pod
+
+
+# --- pure placement ---
+
+
+def test_quantities_and_requests():
+    assert quantity("500m", milli=True) == 500 and quantity("2", milli=True) == 2000 and quantity("32Gi") == 32 * 2**30
+    pod = revision_pod("a")
+    pod["spec"]["initContainers"] = [{"name": "fetch", "resources": {"requests": {"cpu": "8", "memory": "1Gi"}}}]
+    assert pod_requests(pod) == Resources(gpu=4, cpu_m=8000, memory=32 * 2**30)
+
+
+def test_first_fit_places_the_whole_group_or_nothing():
+    nodes = {n["metadata"]["name"]: n for n in (node("a", "NVIDIA-H100", 8), node("b", "NVIDIA-H100", 8))}
+    busy = gpu_pod("training", "a", 6)
+    free = free_resources(nodes.values(), [busy], [])
+    three = [revision_pod(f"p{i}") for i in range(3)]
+    assert first_fit(three[:2], nodes, free) == {"p0": "b", "p1": "b"}
+    assert first_fit(three, nodes, free) is None  # a has 2 GPUs left: the third does not fit
+    assert first_fit(three, nodes, free_resources(nodes.values(), [], [])) is not None
+    assert first_fit(three, nodes, free_resources(nodes.values(), [], [("b", Resources(gpu=8))])) is None
+
+
+def test_selectors_affinity_and_taints_are_respected():
+    h100, l4 = node("h", "NVIDIA-H100", 8), node("l", "NVIDIA-L4", 8)
+    l4["spec"] = {"taints": [{"key": "nvidia.com/gpu", "value": "present", "effect": "NoSchedule"}]}
+    pod = revision_pod("p")
+    pod["spec"]["affinity"] = {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [
+                    {"matchExpressions": [{"key": GPU_PRODUCT_LABEL, "operator": "In", "values": ["NVIDIA-L4"]}]}
+                ]
+            }
+        }
+    }
+    assert not pod_may_run_on(pod, h100) and not pod_may_run_on(pod, l4)  # wrong product; untolerated taint
+    pod["spec"]["tolerations"] = [{"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}]
+    assert pod_may_run_on(pod, l4)
+
+
+# --- the admission controller against the API emulator ---
+
+
+class Gangs:
+    def __init__(self):
+        self.emulator = KubeApiEmulator()
+        self.store = self.emulator.store
+        self.store.put(NODES, node("gpu-a", "NVIDIA-H100-80GB-HBM3", 8))
+        self.store.put(NODES, node("gpu-b", "NVIDIA-H100-80GB-HBM3", 8))
+        self.store.put(ISVCS, isvc("chat", "llama_13b", raw=False))
+        self.now = NOW
+
+    async def __aenter__(self):
+        self.runner, port = await serve(self.emulator.app())
+        self.kube = Kube.at(f"http://127.0.0.1:{port}")
+        self.pods = Informer(self.kube, POD_RESOURCE)
+        self.nodes = Informer(self.kube, NODE_RESOURCE)
+        self.tasks = [asyncio.create_task(self.pods.run()), asyncio.create_task(self.nodes.run())]
+        await asyncio.gather(self.pods.synced.wait(), self.nodes.synced.wait())
+        return self
+
+    async def __aexit__(self, *exc):
+        for task in self.tasks:
+            task.cancel()
+        self.store.drop_watches()
+        await self.kube.close()
+        await self.runner.cleanup()
+
+    def admission(self) -> GangAdmission:
+        return GangAdmission(
+            self.kube,
+            self.pods,
+            self.nodes,
+            NAMESPACE,
+            clock=lambda: self.now,
+            node_types=lambda: {"gpu-a": "H100", "gpu-b": "H100"},
+        )
+
+    async def add(self, *pods: dict) -> None:
+        for pod in pods:
+            self.store.put(PODS, pod)
+        await self.caught_up()
+
+    async def caught_up(self) -> None:
+        for _ in range(250):
+            if {k: o["metadata"]["resourceVersion"] for k, o in self.pods.objects.items()} == {
+                (o["metadata"]["namespace"], o["metadata"]["name"]): o["metadata"]["resourceVersion"]
+                for o in self.store.items(PODS)
+            }:
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("pod informer did not catch up")
+
+    def gated(self) -> set[str]:
+        return {p["metadata"]["name"] for p in self.store.items(PODS) if gated(p)}
+
+    def ledger(self) -> dict:
+        return (self.store.get(CONFIGMAPS, NAMESPACE, LEDGER) or {}).get("data") or {}
+
+
+async def test_a_group_that_fits_is_ungated_together_and_the_ledger_settles():
+    async with Gangs() as cluster:
+        await cluster.add(*(revision_pod(f"chat-{i}", **{MIN_SCALE: "3"}) for i in range(3)))
+        gangs = cluster.admission()
+        outcome = await gangs.reconcile()
+        assert outcome.admitted == ["prod/chat-predictor-00002"] and cluster.gated() == set()
+        assert gangs.reserved_gpus() == {"H100": 12}  # admitted, not yet bound
+        for i, node_name in enumerate(("gpu-a", "gpu-a", "gpu-b")):  # the scheduler binds them
+            pod = cluster.store.get(PODS, "prod", f"chat-{i}")
+            pod["spec"]["nodeName"] = node_name
+            cluster.store.put(PODS, pod)
+        await cluster.caught_up()
+        await gangs.reconcile()
+        assert cluster.ledger() == {} and gangs.reserved_gpus() == {}
+
+
+async def test_an_incomplete_group_waits_for_its_minimum():
+    async with Gangs() as cluster:
+        await cluster.add(*(revision_pod(f"chat-{i}", **{INITIAL_SCALE: "3"}) for i in range(2)))
+        gangs = cluster.admission()
+        assert (await gangs.reconcile()).waiting == ["prod/chat-predictor-00002"]
+        assert cluster.gated() == {"chat-0", "chat-1"}
+        assert gangs.reserved_gpus() == {"H100": 8}  # the optimizer keeps them for the new revision
+        await cluster.add(revision_pod("chat-2", **{INITIAL_SCALE: "3"}))
+        assert (await gangs.reconcile()).admitted == ["prod/chat-predictor-00002"]
+        assert cluster.gated() == set()
+
+
+async def test_a_group_that_does_not_fit_holds_nothing_until_it_does():
+    async with Gangs() as cluster:
+        await cluster.add(gpu_pod("old-0", "gpu-a", 8, namespace="prod"), gpu_pod("old-1", "gpu-b", 4, namespace="prod"))
+        await cluster.add(*(revision_pod(f"chat-{i}", **{MIN_SCALE: "2"}) for i in range(2)))
+        gangs = cluster.admission()
+        assert (await gangs.reconcile()).waiting == ["prod/chat-predictor-00002"]
+        assert cluster.gated() == {"chat-0", "chat-1"}  # one would fit on gpu-b: none goes
+        cluster.store.remove(PODS, "prod", "old-0")  # the old revision scales down
+        await cluster.caught_up()
+        assert (await gangs.reconcile()).admitted == ["prod/chat-predictor-00002"]
+        assert cluster.gated() == set()
+
+
+async def test_a_group_past_its_deadline_fails_and_the_old_revision_keeps_serving():
+    async with Gangs() as cluster:
+        await cluster.add(gpu_pod("old-0", "gpu-a", 8, namespace="prod"), gpu_pod("old-1", "gpu-b", 8, namespace="prod"))
+        created = NOW - 10
+        await cluster.add(
+            *(revision_pod(f"chat-{i}", created=created, **{MIN_SCALE: "2", ann.PROGRESS_DEADLINE: "60"}) for i in range(2))
+        )
+        gangs = cluster.admission()
+        cluster.now = created + 61
+        outcome = await gangs.reconcile()
+        assert outcome.failed == ["prod/chat-predictor-00002"]
+        names = {p["metadata"]["name"] for p in cluster.store.items(PODS)}
+        assert names == {"old-0", "old-1"}  # gated pods deleted; the old revision's pods untouched
+        [event] = cluster.store.items("api/v1/events")
+        assert event["reason"] == "PodGroupTimedOut" and event["involvedObject"]["name"] == "chat-predictor-00002"
+        condition = cluster.store.get(ISVCS, "prod", "chat")["status"]["conditions"][0]
+        assert (condition["type"], condition["status"], condition["reason"]) == (
+            "PodGroupAdmitted",
+            "False",
+            "ProgressDeadlineExceeded",
+        )
+        # the ReplicaSet makes the pods again: they stay gated, holding nothing
+        await cluster.add(*(revision_pod(f"chat-again-{i}", created=cluster.now, **{MIN_SCALE: "2"}) for i in range(2)))
+        cluster.store.remove(PODS, "prod", "old-1")
+        await cluster.caught_up()
+        await gangs.reconcile()
+        assert cluster.gated() == {"chat-again-0", "chat-again-1"}
+
+
+@pytest.mark.parametrize("ungated_before_crash", [0, 1])
+async def test_a_crash_mid_admission_ends_all_admitted(ungated_before_crash):
+    async with Gangs() as cluster:
+        await cluster.add(*(revision_pod(f"chat-{i}", **{MIN_SCALE: "3"}) for i in range(3)))
+        crashing = cluster.admission()
+        calls = 0
+        real_ungate = crashing._ungate
+
+        async def ungate_then_crash(namespace, name):
+            nonlocal calls
+            calls += 1
+            if calls > ungated_before_crash:
+                raise Killed("controller killed")
+            await real_ungate(namespace, name)
+
+        crashing._ungate = ungate_then_crash
+        with pytest.raises(Killed):
+            await crashing.reconcile()
+        await asyncio.sleep(0.5)  # a request already on the wire when the process died still lands
+        assert len(cluster.gated()) == 3 - ungated_before_crash and "prod.chat-predictor-00002" in cluster.ledger()
+        await cluster.caught_up()
+        restarted = cluster.admission()
+        await restarted.reconcile()
+        assert cluster.gated() == set()
+
+
+async def test_a_crash_before_the_ledger_write_leaves_all_gated_and_a_restart_admits():
+    async with Gangs() as cluster:
+        await cluster.add(*(revision_pod(f"chat-{i}", **{MIN_SCALE: "2"}) for i in range(2)))
+        cluster.store.fail("PUT", f"/configmaps/{LEDGER}", 503, times=5)  # every retry of one pass
+        with pytest.raises(ApiError):
+            await cluster.admission().reconcile()
+        assert cluster.gated() == {"chat-0", "chat-1"}
+        await cluster.admission().reconcile()
+        assert cluster.gated() == set()
+
+
+async def test_scale_up_pods_of_a_running_group_join_one_by_one():
+    async with Gangs() as cluster:
+        running = revision_pod("chat-0")
+        running["spec"]["schedulingGates"] = []
+        running["spec"]["nodeName"] = "gpu-a"
+        await cluster.add(running, revision_pod("chat-1", **{MIN_SCALE: "3"}))
+        outcome = await cluster.admission().reconcile()
+        assert outcome.admitted == ["prod/chat-predictor-00002/chat-1"] and cluster.gated() == set()
