@@ -33,7 +33,7 @@ from aiohttp import web  # noqa: E402
 
 from autoscaler.controller.collector import CollectorSettings, PrometheusCollector  # noqa: E402
 from autoscaler.controller.controller import Controller, ControllerSettings  # noqa: E402
-from autoscaler.controller.kube import Kube  # noqa: E402
+from autoscaler.kube import Kube  # noqa: E402
 from autoscaler.decision_stream import DecisionHub  # noqa: E402
 from tests.cluster_objects import CONFIGMAPS, ISVCS, NAMESPACE, NODES, data_configmap, isvc, node  # noqa: E402
 from tests.kube_api_emulator import KubeApiEmulator  # noqa: E402

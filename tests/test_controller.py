@@ -21,7 +21,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from autoscaler import annotations as ann
 from autoscaler.controller.collector import CollectError, CollectorSettings, PrometheusCollector
 from autoscaler.controller.controller import Controller, ControllerSettings
-from autoscaler.controller.kube import Kube
+from autoscaler.kube import Kube
 from autoscaler.controller.server import build_app
 from autoscaler.decision_stream import DecisionHub
 

@@ -13,9 +13,9 @@ import time
 import pytest
 
 from autoscaler import annotations as ann
-from autoscaler.controller.kube import NODES as NODE_RESOURCE
-from autoscaler.controller.kube import PODS as POD_RESOURCE
-from autoscaler.controller.kube import ApiError, Informer, Kube
+from autoscaler.kube import NODES as NODE_RESOURCE
+from autoscaler.kube import PODS as POD_RESOURCE
+from autoscaler.kube import ApiError, Informer, Kube
 from autoscaler.gang.admission import LEDGER, GangAdmission, gated
 from autoscaler.gang.placement import first_fit, free_resources, pod_may_run_on
 from autoscaler.kserve import GPU_PRODUCT_LABEL, INITIAL_SCALE, ISVC_LABEL, MIN_SCALE

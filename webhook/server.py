@@ -19,9 +19,12 @@ from aiohttp import web
 
 from autoscaler import aio
 from autoscaler.errors import InputError
+from autoscaler.certificates import service_names
+from autoscaler.kube import Kube
 from autoscaler.tls import ReloadingTLS
 
 from autoscaler.annotations import ClassDefaults
+from .certificate_manager import CertificateManager, CertificateTarget
 from .review import MalformedReview, parse, review
 
 log = logging.getLogger(__name__)
@@ -90,15 +93,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tls-cert-file", type=Path, required=True)
     parser.add_argument("--tls-private-key-file", type=Path, required=True)
     parser.add_argument("--service-classes", type=Path, help="JSON of class -> {minReplicas, maxReplicas} (default: built in)")
+    certificates = parser.add_argument_group("self-managed certificates (leave out with cert-manager)")
+    certificates.add_argument(
+        "--manage-certificates",
+        metavar="NAMESPACE/SECRET",
+        help="keep a CA and serving certificate in this Secret, written to the TLS files",
+    )
+    certificates.add_argument(
+        "--services", default="", help="comma-separated Services the certificate covers (first: the webhook's)"
+    )
+    certificates.add_argument("--webhook-configuration", default="", help="MutatingWebhookConfiguration whose caBundle to keep")
+    certificates.add_argument("--api-service", default="", help="APIService whose caBundle to keep (the metrics adapter's)")
+    certificates.add_argument("--kubeconfig", help="kubeconfig file (default: in-cluster service account)")
+
+
+async def _certificates(args: argparse.Namespace) -> tuple[CertificateManager, Kube] | None:
+    """With --manage-certificates: the Secret made or renewed and the TLS files written before serving."""
+    if not args.manage_certificates:
+        return None
+    namespace, _, secret = args.manage_certificates.partition("/")
+    services = [s.strip() for s in args.services.split(",") if s.strip()]
+    if not (namespace and secret and services):
+        raise InputError("--manage-certificates", "", "expected NAMESPACE/SECRET and --services")
+    names = tuple(name for service in services for name in service_names(service, namespace))
+    kube = await Kube.connect(args.kubeconfig)
+    target = CertificateTarget(namespace, secret, names, args.webhook_configuration, args.api_service)
+    manager = CertificateManager(kube, target)
+    (await manager.reconcile()).write(args.tls_cert_file, args.tls_private_key_file)
+    return manager, kube
 
 
 async def serve(args: argparse.Namespace) -> int:
+    managed = await _certificates(args)
     for path in (args.tls_cert_file, args.tls_private_key_file):
         if not path.is_file():
             raise InputError(str(path), "", "file not found")
     classes = load_classes(args.service_classes)
     tls = ReloadingTLS(args.tls_cert_file, args.tls_private_key_file)
     watcher = asyncio.create_task(tls.watch())
+    renewer = asyncio.create_task(managed[0].run(args.tls_cert_file, args.tls_private_key_file)) if managed else None
     runner = web.AppRunner(build_app(classes), access_log=None)
     await runner.setup()
     await web.TCPSite(runner, args.bind_address, args.port, ssl_context=tls.front).start()
@@ -108,6 +141,9 @@ async def serve(args: argparse.Namespace) -> int:
         asyncio.get_running_loop().add_signal_handler(sig, stop.set)
     await stop.wait()
     watcher.cancel()
+    if managed:
+        renewer.cancel()
+        await managed[1].close()
     await runner.cleanup()
     return 0
 

@@ -18,12 +18,21 @@ from ..kserve import raw_predictor_deployment
 from ..optimizer.domain import Catalog
 from ..proto import decisions_pb2 as pb
 from . import knative
-from .kube import HPAS, INFERENCE_SERVICES, POD_AUTOSCALERS, SERVERLESS_SERVICES, ApiError, Informer, Kube, Resource, with_retries
+from ..kube import (
+    HPAS,
+    INFERENCE_SERVICES,
+    POD_AUTOSCALERS,
+    SERVERLESS_SERVICES,
+    ApiError,
+    Informer,
+    Kube,
+    DEPLOYMENTS,
+    with_retries,
+)
 from .manifests import condition, conditions_with, decision_message, hpa, hpa_differs, isvc_patch
 from .planner import Plan
 
 log = logging.getLogger(__name__)
-DEPLOYMENT_SCALE = Resource("apps", "v1", "deployments")
 
 
 @dataclass(frozen=True)
@@ -181,7 +190,7 @@ class Actuator:
             if target.get("kind") == "Deployment":
                 scale = {"spec": {"replicas": 0}}
                 await with_retries(
-                    lambda: self.kube.patch(DEPLOYMENT_SCALE, namespace, target["name"], scale, subresource="scale"),
+                    lambda: self.kube.patch(DEPLOYMENTS, namespace, target["name"], scale, subresource="scale"),
                     f"scale {name} to 0",
                 )
             report.writes += 2

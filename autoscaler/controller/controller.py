@@ -19,7 +19,7 @@ from ..kserve import GPU_PRODUCT_LABEL, ISVC_LABEL
 from .actuator import ActuationReport, Actuator, ActuatorSettings
 from .catalog import ClusterData, available_capacity, cluster_data, node_gpu_types
 from .collector import CollectError, Key, Observation
-from .kube import CONFIG_MAPS, HPAS, INFERENCE_SERVICES, NODES, POD_AUTOSCALERS, PODS, SERVERLESS_SERVICES, Informer, Kube
+from ..kube import CONFIG_MAPS, HPAS, INFERENCE_SERVICES, NODES, POD_AUTOSCALERS, PODS, SERVERLESS_SERVICES, Informer, Kube
 from .planner import PlannerSettings, PlannerState, plan
 from .services import read_services
 

@@ -18,7 +18,7 @@ from ..gang.admission import GangAdmission
 from .catalog import node_gpu_types
 from .collector import CollectorSettings, PrometheusCollector
 from .controller import Controller, ControllerSettings
-from .kube import Kube
+from ..kube import Kube
 from .planner import PlannerSettings
 
 log = logging.getLogger(__name__)

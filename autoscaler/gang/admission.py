@@ -29,7 +29,7 @@ from datetime import datetime
 from .. import annotations as ann
 from ..kserve import GPU_PRODUCT_LABEL, INITIAL_SCALE, ISVC_LABEL, MIN_SCALE
 from ..resources import Resources, pod_requests
-from ..controller.kube import CONFIG_MAPS, EVENTS, INFERENCE_SERVICES, PODS, ApiError, Informer, Kube, with_retries
+from ..kube import CONFIG_MAPS, EVENTS, INFERENCE_SERVICES, PODS, ApiError, Informer, Kube, with_retries
 from ..controller.manifests import conditions_with
 from .placement import first_fit, free_resources
 

@@ -58,6 +58,10 @@ CONFIG_MAPS = Resource("", "v1", "configmaps")
 NODES = Resource("", "v1", "nodes", namespaced=False)
 PODS = Resource("", "v1", "pods")
 EVENTS = Resource("", "v1", "events")
+SECRETS = Resource("", "v1", "secrets")
+DEPLOYMENTS = Resource("apps", "v1", "deployments")
+MUTATING_WEBHOOKS = Resource("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", namespaced=False)
+API_SERVICES = Resource("apiregistration.k8s.io", "v1", "apiservices", namespaced=False)
 
 
 class ApiError(Exception):
