@@ -45,8 +45,10 @@ def cluster_data(configmap: dict, source: str) -> ClusterData:
     products = {}
     if GPU_PRODUCTS_KEY in data:
         where = f"{source} data.{GPU_PRODUCTS_KEY}"
-        parsed = Node(json_object(data[GPU_PRODUCTS_KEY], where), where)
-        products = {product: parsed.string(product) for product in parsed.value}
+        products = json_object(data[GPU_PRODUCTS_KEY], where)
+        for product, gpu_type in products.items():
+            if not isinstance(gpu_type, str):
+                raise InputError(where, product, f"expected an accelerator type (a string), got {gpu_type!r}")
     return ClusterData(catalog_from_sections(sections), products)
 
 
