@@ -8,6 +8,7 @@ import argparse
 import asyncio
 import logging
 import os
+import signal
 
 from aiohttp import web
 
@@ -131,9 +132,14 @@ async def _serve(args: argparse.Namespace) -> int:
     host, _, port = args.listen.rpartition(":")
     await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
     log.info("controller ready: HTTP %s, decisions on gRPC port %d", args.listen, grpc_server.bound_port)
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    loop_task = asyncio.create_task(controller.run(), name="control loop")
     try:
-        await controller.run()
+        await stop.wait()
     finally:
+        loop_task.cancel()
         gang_task.cancel()
         await controller.stop()
         await grpc_server.stop(grace=2)

@@ -1,0 +1,68 @@
+"""`inference-autoscaler controller` as a real process: kubeconfig to the Kubernetes API emulator
+(tests/kube_api_emulator.py, as no kube-apiserver runs here), live vLLM load from a real
+Prometheus, the HPA written, decisions on its gRPC DecisionService, /invoke and /metrics over
+HTTP, a clean exit on SIGTERM."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import aiohttp
+import grpc
+
+from autoscaler.proto import decisions_pb2 as pb
+from autoscaler.proto import decisions_pb2_grpc as pb_grpc
+
+from .cluster_objects import HPAS, ISVCS, isvc
+from .prometheus_server import free_port
+from .test_controller import Cluster
+from .test_controller import vllm_and_prometheus  # noqa: F401 - the fixture
+
+
+async def test_controller_process_end_to_end(tmp_path, vllm_and_prometheus):  # noqa: F811
+    _, prometheus = vllm_and_prometheus
+    async with Cluster() as cluster:
+        cluster.store.put(ISVCS, isvc("chat", "llama_13b"))
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
+            f"clusters:\n- name: test\n  cluster:\n    server: {cluster.url}\n"
+            "users:\n- name: controller\n  user:\n    token: controller-token\n"
+            "contexts:\n- name: test\n  context:\n    cluster: test\n    user: controller\n"
+        )
+        http_port, grpc_port = free_port(), free_port()
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "autoscaler", "controller", "--kubeconfig", str(kubeconfig),
+            "--namespace", "inference-autoscaler", "--prometheus-url", prometheus.url, "--window", "5",
+            "--listen", f"127.0.0.1:{http_port}", "--decisions-address", f"127.0.0.1:{grpc_port}", "--period", "3600",
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        base = f"http://127.0.0.1:{http_port}"
+        try:
+            async with aiohttp.ClientSession() as session:
+                for _ in range(300):
+                    try:
+                        async with session.get(base + "/readyz") as response:
+                            if response.status == 200:
+                                break
+                    except aiohttp.ClientError:
+                        pass
+                    await asyncio.sleep(0.05)
+                async with session.post(base + "/invoke") as response:
+                    report = await response.json()
+                    assert response.status == 200 and report["services"] == 1 and report["stale"] == 0, report
+                async with session.get(base + "/metrics") as response:
+                    assert 'inference_autoscaler_desired_replicas{namespace="prod",isvc="chat"' in await response.text()
+            assert cluster.store.get(HPAS, "prod", "chat-optimizer") is not None
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
+                stream = pb_grpc.DecisionServiceStub(channel).WatchDecisions(pb.WatchRequest(client="test"))
+                first = await stream.read()
+                [decision] = first.snapshot.decisions
+                assert decision.isvc == "chat" and decision.desired_replicas >= 1 and decision.arrival_rate > 0
+                stream.cancel()
+        finally:
+            process.terminate()
+            _, stderr = await process.communicate()
+        assert process.returncode == 0, stderr.decode()[-2000:]
+        assert b"Traceback" not in stderr
