@@ -36,7 +36,6 @@ KNOWN = {ENABLED, SERVICE_CLASS, MODEL, ACCELERATORS, MIN_REPLICAS, MAX_REPLICAS
 
 KNATIVE_CLASS = "autoscaling.knative.dev/class"
 OUR_KNATIVE_CLASS = "optimizer.autoscaling.inference-autoscaler.io"
-KNATIVE_METRIC = "autoscaling.knative.dev/metric"
 DEFAULT_PROGRESS_DEADLINE_S = 600
 MAX_PROGRESS_DEADLINE_S = 3600
 NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")

@@ -34,10 +34,6 @@ class Resource:
     plural: str
     namespaced: bool = True
 
-    @property
-    def api_version(self) -> str:
-        return f"{self.group}/{self.version}" if self.group else self.version
-
     def path(self, namespace: str | None = None, name: str | None = None, subresource: str | None = None) -> str:
         parts = ["/api/v1" if not self.group else f"/apis/{self.group}/{self.version}"]
         if self.namespaced and namespace:
@@ -232,7 +228,7 @@ class Informer:
     """A watched cache of one resource: list, then watch from the list's resourceVersion.
 
     A 410 Gone (the watch fell too far behind) lists again; any other failure backs off and
-    resumes. `changed` is set on every change so that a consumer can wait for one.
+    resumes.
     """
 
     def __init__(self, kube: Kube, resource: Resource, namespace: str | None = None, label_selector: str = ""):
@@ -242,7 +238,6 @@ class Informer:
         self.label_selector = label_selector
         self.objects: dict[tuple[str, str], dict] = {}
         self.synced = asyncio.Event()
-        self.changed = asyncio.Event()
         self.relists = 0
 
     def _apply(self, event_type: str, obj: dict) -> None:
@@ -251,14 +246,12 @@ class Informer:
             self.objects.pop(key, None)
         else:
             self.objects[key] = obj
-        self.changed.set()
 
     async def _list(self) -> str:
         listing = await self.kube.list(self.resource, self.namespace, self.label_selector)
         self.objects = {object_key(item): item for item in listing.get("items") or []}
         self.relists += 1
         self.synced.set()
-        self.changed.set()
         return (listing.get("metadata") or {}).get("resourceVersion", "")
 
     async def run(self) -> None:

@@ -51,6 +51,12 @@ def only(plans):
     return plans[0]
 
 
+def plan_one(svc, rate: float | None = 5.0, state: PlannerState | None = None, capacity=CAPACITY, now: float = 1000.0, obs=None):
+    """The plan of one ISVC: at `rate` req/s (or `obs`), or with no data when rate is None."""
+    observed_now = {} if rate is None and obs is None else {("prod", "chat"): obs or observed(rate)}
+    return only(plan(DATA.catalog, capacity, [svc], observed_now, now, state or PlannerState()))
+
+
 def test_gpu_products_map_to_types_by_whole_words():
     types = ["L4", "L40S", "H100", "A100"]
     assert gpu_type_of("NVIDIA-H100-80GB-HBM3", types, {}) == "H100"
@@ -93,28 +99,27 @@ def test_isvcs_with_unknown_models_or_bad_annotations_are_rejected_with_the_reas
 
 
 def test_more_load_means_more_replicas():
-    low = only(plan(DATA.catalog, CAPACITY, [service()], {("prod", "chat"): observed(1.0)}, 1000.0, PlannerState()))
-    high = only(plan(DATA.catalog, CAPACITY, [service()], {("prod", "chat"): observed(20.0)}, 1000.0, PlannerState()))
+    low = plan_one(service(), 1.0)
+    high = plan_one(service(), 20.0)
     assert high.decision.replicas > low.decision.replicas >= 1
     assert not low.stale and low.decision.arrival_rate == 1.0
 
 
 def test_missing_data_keeps_the_last_decision_marked_stale_never_scaling_down():
     last = LastDecision("H100", 7, 64, 300.0, 30.0, 12.0, 525.0, decided_at=900.0, avg_in_tokens=512, avg_out_tokens=256)
-    result = only(plan(DATA.catalog, CAPACITY, [service(last=last)], {}, 1000.0, PlannerState()))
+    result = plan_one(service(last=last), None)
     assert result.stale and result.decision == last
 
 
 def test_a_new_isvc_without_data_gets_its_minimum():
-    result = only(plan(DATA.catalog, CAPACITY, [service(min_replicas="2")], {}, 1000.0, PlannerState()))
+    result = plan_one(service(min_replicas="2"), None)
     assert not result.stale and result.decision.replicas == 2
 
 
 def test_gpu_type_is_pinned_unless_spec_changes_are_allowed():
     last = LastDecision("L40S", 3, 16, 300.0, 30.0, 5.0, 96.0, decided_at=0.0, spec_changed_at=0.0)
-    load = {("prod", "chat"): observed(5.0)}
-    pinned = only(plan(DATA.catalog, CAPACITY, [service(last=last)], load, 1000.0, PlannerState()))
-    free = only(plan(DATA.catalog, CAPACITY, [service(last=last, spec_changes="true")], load, 1000.0, PlannerState()))
+    pinned = plan_one(service(last=last))
+    free = plan_one(service(last=last, spec_changes="true"))
     assert pinned.decision.accelerator == "L40S" and pinned.decision.max_batch == 16 and not pinned.roll_out
     assert free.roll_out and (free.decision.accelerator, free.decision.max_batch) != ("L40S", 16)
     assert free.decision.spec_changed_at == 1000.0
@@ -122,34 +127,23 @@ def test_gpu_type_is_pinned_unless_spec_changes_are_allowed():
 
 def test_spec_changes_wait_for_the_interval():
     last = LastDecision("L40S", 3, 16, 300.0, 30.0, 5.0, 96.0, decided_at=0.0, spec_changed_at=900.0)
-    result = only(
-        plan(
-            DATA.catalog,
-            CAPACITY,
-            [service(last=last, spec_changes="true")],
-            {("prod", "chat"): observed(5.0)},
-            1000.0,
-            PlannerState(),
-        )
-    )
+    result = plan_one(service(last=last, spec_changes="true"))
     assert not result.roll_out and result.decision.accelerator == "L40S" and result.decision.max_batch == 16
 
 
 def test_capacity_too_small_keeps_what_runs():
     last = LastDecision("H100", 2, 64, 300.0, 30.0, 2.0, 150.0, decided_at=0.0)
     tiny = {name: 0 for name in CAPACITY}
-    result = only(plan(DATA.catalog, tiny, [service(last=last)], {("prod", "chat"): observed(50.0)}, 1000.0, PlannerState()))
+    result = plan_one(service(last=last), 50.0, capacity=tiny)
     assert result.decision.replicas == 2 and result.decision.accelerator == "H100" and "capacity" in result.reason
 
 
 def test_missed_slo_tightens_the_target_and_the_scale_is_persisted():
     state = PlannerState()
     slow = observed(5.0, ttft_s=5.0)  # every request misses Premium's 1 s TTFT
-    first = only(plan(DATA.catalog, CAPACITY, [service()], {("prod", "chat"): slow}, 1000.0, state))
+    first = plan_one(service(), obs=slow, state=state)
     assert first.decision.ttft_scale < 1.0
-    restarted = only(
-        plan(DATA.catalog, CAPACITY, [service(last=first.decision)], {("prod", "chat"): slow}, 1030.0, PlannerState())
-    )
+    restarted = plan_one(service(last=first.decision), obs=slow, now=1030.0)
     assert restarted.decision.ttft_scale < first.decision.ttft_scale  # resumed from the annotation, tightened again
 
 
@@ -193,16 +187,7 @@ def test_roll_out_patch_sets_gpu_affinity_resources_and_max_num_seqs():
     last = LastDecision("L40S", 3, 16, 300.0, 30.0, 5.0, 96.0, decided_at=0.0)
     obj = isvc("chat", "llama_13b")
     obj["spec"]["predictor"]["model"]["args"] += ["--max-num-seqs=16"]
-    result = only(
-        plan(
-            DATA.catalog,
-            CAPACITY,
-            [service(last=last, spec_changes="true")],
-            {("prod", "chat"): observed(5.0)},
-            1000.0,
-            PlannerState(),
-        )
-    )
+    result = plan_one(service(last=last, spec_changes="true"))
     patch = isvc_patch(obj, result, {"NVIDIA-H100-80GB-HBM3"}, 2)
     predictor = patch["spec"]["predictor"]
     assert predictor["model"]["args"] == ["--model_name", "llama_13b", f"--max-num-seqs={result.decision.max_batch}"]

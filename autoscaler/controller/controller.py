@@ -53,6 +53,7 @@ class CycleReport:
 
     def as_dict(self) -> dict:
         return {
+            "started_at": self.started_at,
             "collect_s": round(self.collect_s, 4),
             "optimize_s": round(self.optimize_s, 4),
             "actuate_s": round(self.actuate_s, 4),
