@@ -2,10 +2,11 @@
 
 Run: python benchmarks/control_loop.py [--isvcs 1000] [--cycles 5]
 
-A child process (the other core) plays the cluster: the Kubernetes API emulator of tests/ over
+A child process pinned to core 1 plays the cluster: the Kubernetes API emulator of tests/ over
 HTTP with 1,000 managed RawDeployment ISVCs spread over the nine Inferno models and three service
 classes, 256 GPU nodes (8 GPUs each), and a vLLM /metrics endpoint for all of them that a real Prometheus
-scrapes every 5 s. The controller runs in this process as `inference-autoscaler controller`
+scrapes every 5 s (Prometheus, a server of its own in a cluster, may use both cores). The
+controller runs in this process, pinned to core 0, as `inference-autoscaler controller`
 does: informers, the 12 batched PromQL queries, the optimizer under the nodes' capacity, and
 actuation (HPA, decision annotation, status condition, decision stream).
 
@@ -142,7 +143,7 @@ async def measure(args: argparse.Namespace, prometheus_url: str, api_port: int, 
     )
     print(
         f"controller's own CPU per steady cycle, median: {statistics.median(cpu[1:]) * 1e3:.0f} ms; the rest of the wall time "
-        "is waiting on Prometheus and the API emulator, which share the other core"
+        "is waiting on Prometheus and the API emulator"
     )
     first, steady_writes = reports[0], statistics.median(r.writes for r in steady)
     print(f"first cycle / steady cycle: {first.total_s / total:.1f}x (writes: first {first.writes}, steady {steady_writes:.0f})")
@@ -161,9 +162,11 @@ def main() -> None:
     child = multiprocessing.Process(target=serve_cluster, args=(args.isvcs, api_port, metrics_port, ready), daemon=True)
     child.start()
     ready.wait(120)
-    os.sched_setaffinity(0, {0})
     with tempfile.TemporaryDirectory() as tmp:
+        # Prometheus is a server of its own in a cluster: here it may use both cores (it works while
+        # the controller waits for it); the controller stays on core 0, the API emulator on core 1
         prometheus = PrometheusServer(Path(tmp), metrics_port, SCRAPE_INTERVAL_S).start("vllm:request_success_total", args.isvcs)
+        os.sched_setaffinity(0, {0})
         try:
             time.sleep(2 * WINDOW_S + 1)  # two full windows (this one and the one before) of scrapes
             print(f"{args.isvcs} ISVCs, {NODES_COUNT} GPU nodes, controller on core 0, cluster emulator + Prometheus on core 1\n")

@@ -19,7 +19,7 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from autoscaler import annotations as ann
-from autoscaler.controller.collector import CollectError, CollectorSettings, PrometheusCollector
+from autoscaler.controller.collector import CollectError, CollectorSettings, PrometheusCollector, within
 from autoscaler.controller.controller import Controller, ControllerSettings
 from autoscaler.kube import Kube
 from autoscaler.controller.server import build_app
@@ -40,7 +40,7 @@ class StandInCollector:
         self.observations = observations or {}
         self.down = False
 
-    async def collect(self):
+    async def collect(self, slos_s=None):
         if self.down:
             raise CollectError("Prometheus query failed: ConnectionError: refused")
         return dict(self.observations)
@@ -342,16 +342,21 @@ async def test_collector_reads_live_vllm_load_from_a_real_prometheus(vllm_and_pr
     emulator, prometheus = vllm_and_prometheus
     collector = PrometheusCollector(prometheus.url, CollectorSettings(window_s=5))
     await asyncio.sleep(6)  # a full window of scrapes
+    slos = {"ttft": {1.0, 4.0}, "itl": {0.04}}
+    await collector.collect(slos)
+    assert r'le=~"0\\.75|1\\.0|2\\.5|5\\.0|\\+Inf"' in collector.queries["ttft_buckets"]  # around 1 s and 4 s
     growing = emulator.isvcs[2]
     for _ in range(5):  # a queue building by 2 requests/s on top of 1 completion/s
         await asyncio.sleep(1)
         growing.waiting += 2
-    observations = await collector.collect()
+    observations = await collector.collect(slos)
     chat, code, queued = observations[("prod", "chat")], observations[("prod", "code")], observations[("batch", "chat")]
     assert chat.arrival_rate == pytest.approx(4.0, rel=0.15) and code.arrival_rate == pytest.approx(10.0, rel=0.15)
     assert chat.avg_in_tokens == pytest.approx(700, rel=0.01) and chat.avg_out_tokens == pytest.approx(180, rel=0.01)
     assert code.ttft_ms == pytest.approx(2000, rel=0.01) and chat.itl_ms == pytest.approx(20, rel=0.01)
     assert queued.arrival_rate == pytest.approx(3.0, rel=0.3) and queued.waiting >= 8  # completions alone say 1
+    assert within(chat.ttft_buckets, 1.0)[0] == pytest.approx(within(chat.ttft_buckets, 1.0)[1])  # 0.2 s TTFT: all within 1 s
+    assert [b for b, _ in code.ttft_buckets] == [0.75, 1.0, 2.5, 5.0, float("inf")]
 
 
 async def test_controller_cycle_with_real_prometheus_load(vllm_and_prometheus):

@@ -6,10 +6,10 @@ import pytest
 
 from autoscaler import annotations as ann
 from autoscaler.controller.catalog import available_capacity, cluster_data, gpu_type_of
-from autoscaler.controller.collector import CollectorSettings, Observation, observations, queries, within
+from autoscaler.controller.collector import CollectorSettings, Observation, bracketing_bounds, observations, queries, within
 from autoscaler.controller.manifests import hpa, isvc_patch
 from autoscaler.controller.planner import PlannerState, plan
-from autoscaler.controller.services import LastDecision, read_services
+from autoscaler.controller.services import LastDecision, ServiceReader, read_services
 from autoscaler.errors import InputError
 
 from .cluster_objects import data_configmap, gpu_pod, isvc, node
@@ -160,8 +160,8 @@ def test_observations_from_query_results():
         "waiting": v(70),
         "prompt_tokens": v(600 * 100),
         "generation_tokens": v(600 * 50),
-        "ttft_mean": v(0.25),
-        "itl_mean": v("NaN"),
+        "ttft_sum": v(0.25 * 600),
+        "itl_sum": v("NaN"),
         "ttft_buckets": [
             {"metric": key | {"le": le}, "value": [0, c]} for le, c in (("0.5", "500"), ("1", "590"), ("+Inf", "600"))
         ],
@@ -172,6 +172,13 @@ def test_observations_from_query_results():
     assert within(obs.ttft_buckets, 0.8) == pytest.approx((554, 600))  # interpolated inside (0.5 s, 1 s]
     assert within(obs.ttft_buckets, 5.0) == (590, 600)  # beyond the last finite bound: only what is known
     assert len(queries(settings)) == 12  # one per figure, whatever the number of ISVCs
+
+
+def test_only_buckets_around_the_slos_are_asked_for():
+    bounds = ["0.001", "0.01", "0.04", "0.1", "0.25", "1.0", "2.5", "+Inf"]
+    assert bracketing_bounds(bounds, {0.08, 2.5}) == "0\\.04|0\\.1|1\\.0|2\\.5|\\+Inf"
+    assert bracketing_bounds(bounds, {0.0005}) == "0\\.001|\\+Inf"  # below every bound: the first (from 0)
+    assert r'le=~"1|\\+Inf"' in queries(CollectorSettings(), {"ttft": r"1|\+Inf"})["ttft_buckets"]  # PromQL string escapes
 
 
 def test_hpa_publishes_on_desired_replicas_with_zero_tolerance():
@@ -196,3 +203,16 @@ def test_roll_out_patch_sets_gpu_affinity_resources_and_max_num_seqs():
     assert expression["matchExpressions"] == [
         {"key": "nvidia.com/gpu.product", "operator": "In", "values": ["NVIDIA-H100-80GB-HBM3"]}
     ]
+
+
+def test_service_reader_reads_an_isvc_again_only_when_it_changed():
+    reader = ServiceReader()
+    obj = isvc("chat", "llama_13b")
+    obj["metadata"]["resourceVersion"] = "1"
+    [first], _ = reader.read([obj], DATA.catalog)
+    [again], _ = reader.read([obj], DATA.catalog)
+    assert again is first
+    obj = isvc("chat", "llama_13b", max_replicas="3")
+    obj["metadata"]["resourceVersion"] = "2"
+    [changed], _ = reader.read([obj], DATA.catalog)
+    assert changed.max_replicas == 3 and reader.read([], DATA.catalog) == ([], [])

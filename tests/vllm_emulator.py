@@ -15,7 +15,32 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# vLLM's own bucket bounds (vllm/engine/metrics.py)
+TTFT_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 
 
 @dataclass
@@ -63,11 +88,11 @@ class VllmEmulator:
                 f"vllm:num_requests_running{{{labels}}} {isvc.running}",
                 f"vllm:num_requests_waiting{{{labels}}} {isvc.waiting}",
             ]
-            for metric, value, count in (
-                ("vllm:time_to_first_token_seconds", isvc.ttft_s, done),
-                ("vllm:time_per_output_token_seconds", isvc.itl_s, done * (isvc.out_tokens - 1)),
+            for metric, value, count, bounds in (
+                ("vllm:time_to_first_token_seconds", isvc.ttft_s, done, TTFT_BUCKETS),
+                ("vllm:time_per_output_token_seconds", isvc.itl_s, done * (isvc.out_tokens - 1), TPOT_BUCKETS),
             ):
-                for bound in BUCKETS:
+                for bound in bounds:
                     lines.append(f'{metric}_bucket{{{labels},le="{bound}"}} {count if value <= bound else 0.0}')
                 lines.append(f'{metric}_bucket{{{labels},le="+Inf"}} {count}')
                 lines.append(f"{metric}_sum{{{labels}}} {count * value}")

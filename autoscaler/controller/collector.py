@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..estimation import LoadCounters, estimate_load
+from ..optimizer.domain import Catalog
 
 
 @dataclass(frozen=True)
@@ -42,9 +45,20 @@ class CollectError(Exception):
     """Prometheus could not be asked (down, timing out, refusing the query)."""
 
 
-def queries(settings: CollectorSettings) -> dict[str, str]:
+HISTOGRAMS = ("ttft", "itl")
+
+
+def histogram_metric(settings: CollectorSettings, histogram: str) -> str:
+    return "vllm:time_to_first_token_seconds" if histogram == "ttft" else settings.itl_metric
+
+
+def queries(settings: CollectorSettings, bucket_bounds: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The PromQL of each figure, each for all ISVCs. `bucket_bounds` limits a histogram's
+    buckets to the `le` values given as a regex (those around the SLOs: see bracketing_bounds);
+    the +Inf bucket doubles as the completion count for the mean."""
     by = f"namespace, {settings.isvc_label}"
     w = f"{settings.window_s}s"
+    bucket_bounds = bucket_bounds or {}
 
     def increase(metric: str, offset: str = "") -> str:
         return f"sum by ({by}) (increase({metric}[{w}]{offset}))"
@@ -52,8 +66,10 @@ def queries(settings: CollectorSettings) -> dict[str, str]:
     def growth(offset: str = "") -> str:
         return " + ".join(f"sum by ({by}) (delta(vllm:num_requests_{g}[{w}]{offset}))" for g in ("running", "waiting"))
 
-    def mean(histogram: str) -> str:
-        return f"{increase(histogram + '_sum')} / {increase(histogram + '_count')}"
+    def buckets(histogram: str) -> str:
+        literal = bucket_bounds.get(histogram, "").replace("\\", "\\\\")  # a PromQL string: backslashes doubled
+        matcher = f'{{le=~"{literal}"}}' if histogram in bucket_bounds else ""
+        return f"sum by ({by}, le) (increase({histogram_metric(settings, histogram)}_bucket{matcher}[{w}]))"
 
     return {
         "completed": increase("vllm:request_success_total"),
@@ -64,11 +80,30 @@ def queries(settings: CollectorSettings) -> dict[str, str]:
         "waiting": f"sum by ({by}) (vllm:num_requests_waiting)",
         "prompt_tokens": increase("vllm:prompt_tokens_total"),
         "generation_tokens": increase("vllm:generation_tokens_total"),
-        "ttft_mean": mean("vllm:time_to_first_token_seconds"),
-        "itl_mean": mean(settings.itl_metric),
-        "ttft_buckets": f"sum by ({by}, le) (increase(vllm:time_to_first_token_seconds_bucket[{w}]))",
-        "itl_buckets": f"sum by ({by}, le) (increase({settings.itl_metric}_bucket[{w}]))",
+        "ttft_sum": increase("vllm:time_to_first_token_seconds_sum"),
+        "itl_sum": increase(settings.itl_metric + "_sum"),
+        "ttft_buckets": buckets("ttft"),
+        "itl_buckets": buckets("itl"),
     }
+
+
+def slo_seconds(catalog: Catalog) -> dict[str, set[float]]:
+    """Every TTFT and ITL SLO of the service classes, in seconds (histogram units)."""
+    targets = [t for cls in catalog.classes.values() for t in cls.targets.values()]
+    return {"ttft": {t.ttft_ms / 1000.0 for t in targets if t.ttft_ms}, "itl": {t.itl_ms / 1000.0 for t in targets if t.itl_ms}}
+
+
+def bracketing_bounds(bounds: list[str], slos_s: set[float]) -> str:
+    """A regex of the bucket bounds that `within` needs for these SLOs: for each SLO the
+    largest bound below it and the smallest at or above it, and +Inf. A histogram of 20+
+    buckets then costs Prometheus a handful per ISVC."""
+    numeric = sorted((float(b), b) for b in bounds)
+    keep = {b for value, b in numeric if value == float("inf")}
+    for slo in slos_s:
+        below = [b for value, b in numeric if value < slo]
+        above = [b for value, b in numeric if value >= slo]
+        keep.update(below[-1:] + above[:1])
+    return "|".join(sorted(re.escape(b) for b in keep))
 
 
 Key = tuple[str, str]  # namespace, ISVC name
@@ -136,7 +171,7 @@ def _observation(key: Key, figures: dict[str, dict[Key, float]], ttft_buckets, i
         return estimate_load(earlier, later)
 
     now = estimate(figure("completed"), figure("growth"))
-    ttft, itl = figures["ttft_mean"].get(key), figures["itl_mean"].get(key)
+    ttft, itl = _mean(figures["ttft_sum"].get(key), ttft_buckets), _mean(figures["itl_sum"].get(key), itl_buckets)
     return Observation(
         arrival_rate=now.arrival_rate,
         previous_rate=estimate(figure("completed_before"), figure("growth_before")).arrival_rate,
@@ -151,30 +186,61 @@ def _observation(key: Key, figures: dict[str, dict[Key, float]], ttft_buckets, i
     )
 
 
-class PrometheusCollector:
-    """Runs the queries concurrently; prometheus-api-client blocks, so each goes to a thread."""
+def _mean(total: float | None, buckets: tuple[tuple[float, float], ...]) -> float | None:
+    count = buckets[-1][1] if buckets else 0.0
+    return total / count if total is not None and count > 0 else None
 
-    def __init__(self, url: str, settings: CollectorSettings = CollectorSettings(), timeout_s: float = 10.0):
+
+class PrometheusCollector:
+    """Runs the queries concurrently; prometheus-api-client blocks, so each goes to a thread.
+
+    The histograms' bucket bounds are read once (and again when the SLOs change or every
+    `relearn_s`), so that each cycle asks only for the buckets around the SLOs."""
+
+    def __init__(
+        self, url: str, settings: CollectorSettings = CollectorSettings(), timeout_s: float = 10.0, relearn_s: float = 600.0
+    ):
         from prometheus_api_client import PrometheusConnect
         from urllib3.util.retry import Retry
 
         self.settings = settings
         self.timeout_s = timeout_s
+        self.relearn_s = relearn_s
         # no client-side retries: a down Prometheus must fail the cycle's collection quickly
         self.client = PrometheusConnect(url=url, disable_ssl=not url.startswith("https"), retry=Retry(total=0), timeout=timeout_s)
         self.queries = queries(settings)
+        self._learned: tuple[dict[str, set[float]], float] | None = None
 
     def _query(self, promql: str) -> Samples:
         return self.client.custom_query(promql, params={"timeout": f"{self.timeout_s:g}s"})
 
-    async def collect(self) -> dict[Key, Observation]:
-        names = list(self.queries)
+    async def _ask(self, named: Mapping[str, str]) -> dict[str, Samples]:
+        names = list(named)
         try:
             answers = await asyncio.wait_for(
-                asyncio.gather(*(asyncio.to_thread(self._query, self.queries[n]) for n in names)), self.timeout_s + 2
+                asyncio.gather(*(asyncio.to_thread(self._query, named[n]) for n in names)), self.timeout_s + 2
             )
         except asyncio.TimeoutError:
             raise CollectError(f"Prometheus did not answer within {self.timeout_s:g} s") from None
         except Exception as exc:  # the client raises requests' and its own errors alike
             raise CollectError(f"Prometheus query failed: {exc.__class__.__name__}: {exc}") from None
-        return observations(dict(zip(names, answers, strict=True)), self.settings)
+        return dict(zip(names, answers, strict=True))
+
+    async def _learn_bounds(self, slos_s: dict[str, set[float]]) -> None:
+        now = time.monotonic()
+        if self._learned is not None and self._learned[0] == slos_s and now - self._learned[1] < self.relearn_s:
+            return
+        named = {h: f"count by (le) ({histogram_metric(self.settings, h)}_bucket)" for h in HISTOGRAMS if slos_s.get(h)}
+        found = await self._ask(named)
+        bounds = {
+            h: bracketing_bounds([s["metric"]["le"] for s in samples], slos_s[h]) for h, samples in found.items() if samples
+        }
+        self.queries = queries(self.settings, bounds)
+        self._learned = (slos_s, now) if len(bounds) == len(named) else None  # no series yet: ask again next cycle
+
+    async def collect(self, slos_s: dict[str, set[float]] | None = None) -> dict[Key, Observation]:
+        """Observations of every ISVC; `slos_s` ({"ttft": {...}, "itl": {...}} in seconds) lets
+        the histogram queries skip buckets no SLO needs."""
+        if slos_s:
+            await self._learn_bounds(slos_s)
+        return observations(await self._ask(self.queries), self.settings)

@@ -130,8 +130,7 @@ def material(decision: LastDecision | None) -> tuple | None:
 def isvc_patch(isvc: dict, plan: Plan, products: Iterable[str], gpus_per_replica: int) -> dict | None:
     """The merge patch recording the decision on the ISVC (and rolling out a new GPU type or
     batch size when the plan says so); None when nothing material changed."""
-    annotations = (isvc.get("metadata") or {}).get("annotations") or {}
-    recorded = LastDecision.from_json(annotations.get(ann.DECISION, ""))
+    recorded = plan.service.last  # read from this same copy of the ISVC
     if not plan.roll_out and (plan.stale or material(recorded) == material(plan.decision)):
         return None
     patch: dict = {"metadata": {"annotations": {ann.DECISION: plan.decision.to_json()}}}

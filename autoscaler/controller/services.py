@@ -70,43 +70,69 @@ class Rejected:
     problem: str
 
 
+def _read_one(isvc: dict, catalog: Catalog, classes: Mapping[str, ann.ClassDefaults]) -> ManagedService | Rejected | None:
+    meta = isvc.get("metadata") or {}
+    annotations = meta.get("annotations") or {}
+    if annotations.get(ann.ENABLED) != "true":
+        return None
+    namespace, name = meta.get("namespace", ""), meta.get("name", "")
+    findings = ann.check(annotations, classes)
+    if findings.errors:
+        return Rejected(namespace, name, "; ".join(findings.errors))
+    model = annotations.get(ann.MODEL, name)
+    if not any(m == model for m, _ in catalog.profiles):
+        return Rejected(namespace, name, f"unknown model {model!r}: no performance profile in the optimizer data")
+    service_class = annotations[ann.SERVICE_CLASS]
+    if model not in catalog.classes[service_class].targets:
+        return Rejected(namespace, name, f"service class {service_class!r} has no target for model {model!r}")
+    return ManagedService(
+        namespace=namespace,
+        name=name,
+        model=model,
+        service_class=service_class,
+        accelerators=frozenset(t.strip() for t in annotations.get(ann.ACCELERATORS, "").split(",") if t.strip()),
+        min_replicas=int(annotations.get(ann.MIN_REPLICAS, DEFAULT_BOUNDS.min_replicas)),
+        max_replicas=int(annotations.get(ann.MAX_REPLICAS, DEFAULT_BOUNDS.max_replicas)),
+        raw_deployment=is_raw_deployment(isvc),
+        spec_changes=annotations.get(ann.SPEC_CHANGES) == "true",
+        last=LastDecision.from_json(annotations[ann.DECISION]) if ann.DECISION in annotations else None,
+        uid=meta.get("uid", ""),
+    )
+
+
+def _split(results: Iterable[ManagedService | Rejected | None]) -> tuple[list[ManagedService], list[Rejected]]:
+    services, rejected = [], []
+    for result in results:
+        if isinstance(result, ManagedService):
+            services.append(result)
+        elif isinstance(result, Rejected):
+            rejected.append(result)
+    return services, rejected
+
+
 def read_services(isvcs: Iterable[dict], catalog: Catalog) -> tuple[list[ManagedService], list[Rejected]]:
     """The managed ISVCs, and those that opt in but cannot be managed (with the reason)."""
-    classes: Mapping[str, ann.ClassDefaults] = {name: DEFAULT_BOUNDS for name in catalog.classes}
-    models = {model for model, _ in catalog.profiles}
-    services, rejected = [], []
-    for isvc in isvcs:
-        meta = isvc.get("metadata") or {}
-        annotations = meta.get("annotations") or {}
-        if annotations.get(ann.ENABLED) != "true":
-            continue
-        namespace, name = meta.get("namespace", ""), meta.get("name", "")
-        findings = ann.check(annotations, classes)
-        if findings.errors:
-            rejected.append(Rejected(namespace, name, "; ".join(findings.errors)))
-            continue
-        model = annotations.get(ann.MODEL, name)
-        if model not in models:
-            rejected.append(Rejected(namespace, name, f"unknown model {model!r}: no performance profile in the optimizer data"))
-            continue
-        service_class = annotations[ann.SERVICE_CLASS]
-        if model not in catalog.classes[service_class].targets:
-            rejected.append(Rejected(namespace, name, f"service class {service_class!r} has no target for model {model!r}"))
-            continue
-        allowed = frozenset(t.strip() for t in annotations.get(ann.ACCELERATORS, "").split(",") if t.strip())
-        services.append(
-            ManagedService(
-                namespace=namespace,
-                name=name,
-                model=model,
-                service_class=service_class,
-                accelerators=allowed,
-                min_replicas=int(annotations.get(ann.MIN_REPLICAS, DEFAULT_BOUNDS.min_replicas)),
-                max_replicas=int(annotations.get(ann.MAX_REPLICAS, DEFAULT_BOUNDS.max_replicas)),
-                raw_deployment=is_raw_deployment(isvc),
-                spec_changes=annotations.get(ann.SPEC_CHANGES) == "true",
-                last=LastDecision.from_json(annotations[ann.DECISION]) if ann.DECISION in annotations else None,
-                uid=meta.get("uid", ""),
-            )
-        )
-    return services, rejected
+    classes = {name: DEFAULT_BOUNDS for name in catalog.classes}
+    return _split(_read_one(isvc, catalog, classes) for isvc in isvcs)
+
+
+class ServiceReader:
+    """read_services with a memory: an ISVC is read again only when its resourceVersion (or the
+    data) changed, so a steady cycle does not parse 1,000 decision annotations again."""
+
+    def __init__(self):
+        self._catalog: Catalog | None = None
+        self._memo: dict[tuple[str, str], tuple[str, ManagedService | Rejected | None]] = {}
+
+    def read(self, isvcs: Iterable[dict], catalog: Catalog) -> tuple[list[ManagedService], list[Rejected]]:
+        if catalog is not self._catalog:
+            self._catalog, self._memo = catalog, {}
+        classes = {name: DEFAULT_BOUNDS for name in catalog.classes}
+        memo = {}
+        for isvc in isvcs:
+            meta = isvc.get("metadata") or {}
+            key, version = (meta.get("namespace", ""), meta.get("name", "")), meta.get("resourceVersion", "")
+            known = self._memo.get(key)
+            memo[key] = known if known is not None and known[0] == version else (version, _read_one(isvc, catalog, classes))
+        self._memo = memo
+        return _split(result for _, result in memo.values())
