@@ -3,7 +3,7 @@
 Run: python benchmarks/control_loop.py [--isvcs 1000] [--cycles 5]
 
 A child process pinned to core 1 plays the cluster: the Kubernetes API emulator of tests/ over
-HTTP with 1,000 managed RawDeployment ISVCs spread over the nine Inferno models and three service
+HTTP with 1,000 managed RawDeployment ISVCs spread over five of the Inferno sample's models and three service
 classes, 256 GPU nodes (8 GPUs each), and a vLLM /metrics endpoint for all of them that a real Prometheus
 scrapes every 5 s (Prometheus, a server of its own in a cluster, may use both cores). The
 controller runs in this process, pinned to core 0, as `inference-autoscaler controller`
