@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -29,7 +28,8 @@ from ..kube import (
     DEPLOYMENTS,
     with_retries,
 )
-from .manifests import condition, conditions_with, decision_message, hpa, hpa_differs, isvc_patch
+from .conditions import write_condition
+from .manifests import condition, decision_message, hpa, hpa_differs, isvc_patch
 from .planner import Plan
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,6 @@ class ActuationReport:
     writes: int = 0
     failures: list[str] = field(default_factory=list)
     decisions: list[pb.Decision] = field(default_factory=list)
-
-
-def rfc3339(now: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
 
 
 class Actuator:
@@ -129,24 +125,7 @@ class Actuator:
                 report.decisions.append(decision_message(plan, slo, revision=revision, replicas=desired))
 
     async def _condition(self, isvc: dict, wanted: dict, now: float, report: ActuationReport, message_too: bool = True) -> None:
-        meta = isvc["metadata"]
-        if conditions_with((isvc.get("status") or {}).get("conditions") or [], wanted, rfc3339(now), message_too) is None:
-            return
-
-        known = [isvc]  # the watched copy first; after a 409, what the API server holds now
-
-        async def write() -> None:
-            fresh = known.pop() if known else await self.kube.get(INFERENCE_SERVICES, meta["namespace"], meta["name"])
-            conditions = conditions_with((fresh.get("status") or {}).get("conditions") or [], wanted, rfc3339(now), message_too)
-            if conditions is not None:  # the resourceVersion makes a concurrent status write a 409: re-read and retry
-                body = {
-                    "metadata": {"resourceVersion": fresh["metadata"]["resourceVersion"]},
-                    "status": {"conditions": conditions},
-                }
-                await self.kube.patch(INFERENCE_SERVICES, meta["namespace"], meta["name"], body, subresource="status")
-
-        await with_retries(write, f"condition of {meta['namespace']}/{meta['name']}")
-        report.writes += 1
+        report.writes += await write_condition(self.kube, isvc, wanted, now, message_too)
 
     async def _ensure_hpa(self, wanted: dict, report: ActuationReport) -> None:
         meta = wanted["metadata"]

@@ -159,16 +159,3 @@ def _predictor_patch(isvc: dict, max_batch: int, products: list[str], gpus: int)
     if GPU_PRODUCT_LABEL in (predictor.get("nodeSelector") or {}):
         patch["nodeSelector"] = {GPU_PRODUCT_LABEL: None}  # the affinity says it now
     return patch
-
-
-def conditions_with(existing: list[dict], new: dict, now_rfc3339: str, message_too: bool = True) -> list[dict] | None:
-    """The status conditions with ours replaced; None when ours is unchanged (in status and
-    reason; in its message too when `message_too`)."""
-    others = [c for c in existing if c.get("type") != new["type"]]
-    ours = next((c for c in existing if c.get("type") == new["type"]), None)
-    compared = new.keys() if message_too else ("status", "reason")
-    if ours is not None and all(ours.get(k) == new[k] for k in compared):
-        return None
-    changed = ours is None or ours.get("status") != new["status"]
-    stamped = {**new, "lastTransitionTime": now_rfc3339 if changed else ours.get("lastTransitionTime", now_rfc3339)}
-    return others + [stamped]

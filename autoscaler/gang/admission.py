@@ -30,7 +30,7 @@ from .. import annotations as ann
 from ..kserve import GPU_PRODUCT_LABEL, INITIAL_SCALE, ISVC_LABEL, MIN_SCALE
 from ..resources import Resources, pod_requests
 from ..kube import CONFIG_MAPS, EVENTS, INFERENCE_SERVICES, PODS, ApiError, Informer, Kube, with_retries
-from ..controller.manifests import conditions_with
+from ..controller.conditions import rfc3339, write_condition
 from .placement import first_fit, free_resources
 
 log = logging.getLogger(__name__)
@@ -309,8 +309,8 @@ class GangAdmission:
             "message": reason,
             "type": "Warning",
             "source": {"component": "inference-autoscaler"},
-            "firstTimestamp": _rfc3339(now),
-            "lastTimestamp": _rfc3339(now),
+            "firstTimestamp": rfc3339(now),
+            "lastTimestamp": rfc3339(now),
             "count": 1,
         }
         await with_retries(lambda: self.kube.create(EVENTS, namespace, event), "pod group event")
@@ -321,21 +321,10 @@ class GangAdmission:
 
     async def _isvc_condition(self, namespace: str, name: str, message: str, now: float) -> None:
         wanted = {"type": CONDITION_TYPE, "status": "False", "reason": "ProgressDeadlineExceeded", "message": message}
-
-        async def attempt() -> None:
-            isvc = await self.kube.get(INFERENCE_SERVICES, namespace, name)
-            conditions = conditions_with((isvc.get("status") or {}).get("conditions") or [], wanted, _rfc3339(now))
-            if conditions is not None:
-                body = {
-                    "metadata": {"resourceVersion": isvc["metadata"]["resourceVersion"]},
-                    "status": {"conditions": conditions},
-                }
-                await self.kube.patch(INFERENCE_SERVICES, namespace, name, body, subresource="status")
-
         try:
-            await with_retries(attempt, f"condition of {namespace}/{name}")
+            await write_condition(self.kube, await self.kube.get(INFERENCE_SERVICES, namespace, name), wanted, now)
         except ApiError as exc:
-            if exc.status != 404:
+            if exc.status != 404:  # the ISVC is gone: nobody to tell
                 raise
 
     async def run(self, period_s: float = 2.0) -> None:
@@ -360,7 +349,3 @@ def _wanted_products(pod: dict) -> set[str]:
             if expression.get("key") == GPU_PRODUCT_LABEL and expression.get("operator") == "In":
                 products.update(expression.get("values") or [])
     return products
-
-
-def _rfc3339(now: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))
