@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from autoscaler import annotations as ann
-from autoscaler.controller.catalog import available_capacity, cluster_data, gpu_type_of
+from autoscaler.controller.catalog import available_capacity, cluster_data, gpu_type_of, node_gpu_types
 from autoscaler.controller.collector import CollectorSettings, Observation, bracketing_bounds, observations, queries, within
 from autoscaler.controller.manifests import hpa, isvc_patch
 from autoscaler.controller.planner import PlannerState, plan
@@ -74,7 +74,7 @@ def test_capacity_counts_ready_nodes_minus_other_workloads_and_reservations():
     ]
     pods = [gpu_pod("training", "h1", 3), gpu_pod("ours", "h2", 4, labels={"mine": "yes"}), gpu_pod("pending", None, 8)]
     managed = lambda pod: pod["metadata"]["labels"].get("mine") == "yes"  # noqa: E731
-    assert available_capacity(nodes, pods, DATA, managed, {"H100": 2}) == {"H100": 8 + 8 - 3 - 2}
+    assert available_capacity(nodes, node_gpu_types(nodes, DATA), pods, managed, {"H100": 2}) == {"H100": 8 + 8 - 3 - 2}
 
 
 def test_bad_data_configmap_names_key_and_field():

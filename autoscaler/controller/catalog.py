@@ -88,19 +88,17 @@ def node_gpu_types(nodes: Iterable[dict], data: ClusterData) -> dict[str, str]:
 
 def available_capacity(
     nodes: Iterable[dict],
+    types: Mapping[str, str],
     pods: Iterable[dict],
-    data: ClusterData,
     managed: Callable[[dict], bool],
     reserved: Mapping[str, int],
 ) -> dict[str, int]:
-    """GPUs per accelerator type the optimizer may hand out.
+    """GPUs per accelerator type the optimizer may hand out; `types` is node_gpu_types(nodes).
 
     The optimizer places every managed ISVC afresh, so their own pods do not reduce capacity;
     pods of other workloads bound to a node do, and so do `reserved` GPUs (pod groups of new
     revisions being admitted, which run beside the old revision until it drains).
     """
-    nodes = list(nodes)
-    types = node_gpu_types(nodes, data)
     capacity: dict[str, int] = {}
     for node in nodes:
         name = node["metadata"]["name"]

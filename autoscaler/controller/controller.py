@@ -187,10 +187,12 @@ class Controller:
         services, rejected = self.services.read(self.informers["isvcs"].objects.values(), data.catalog)
         report.rejected = [f"{r.namespace}/{r.name}: {r.problem}" for r in rejected]
         managed = {(s.namespace, s.name) for s in services}
+        nodes = self.informers["nodes"].objects.values()
+        types = node_gpu_types(nodes, data)
         capacity = available_capacity(
-            self.informers["nodes"].objects.values(),
+            nodes,
+            types,
             self.informers["pods"].objects.values(),
-            data,
             lambda pod: (pod["metadata"].get("namespace"), (pod["metadata"].get("labels") or {}).get(ISVC_LABEL)) in managed,
             self.reserved_gpus(),
         )
@@ -201,8 +203,7 @@ class Controller:
 
         started = time.perf_counter()
         products: dict[str, set[str]] = {}
-        types = node_gpu_types(self.informers["nodes"].objects.values(), data)
-        for node in self.informers["nodes"].objects.values():
+        for node in nodes:
             name = node["metadata"]["name"]
             if name in types:
                 products.setdefault(types[name], set()).add(node["metadata"]["labels"][GPU_PRODUCT_LABEL])

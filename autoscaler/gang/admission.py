@@ -159,16 +159,19 @@ class GangAdmission:
             if entry.get("state") == "admitting"
             for name in entry.get("pods", [])
         }
-        nodes = self.nodes.objects.values()
+        # the type of each GPU product on a node of a known type, once for all pods
+        type_of_product = {
+            (n["metadata"].get("labels") or {}).get(GPU_PRODUCT_LABEL): types[n["metadata"]["name"]]
+            for n in self.nodes.objects.values()
+            if n["metadata"]["name"] in types
+        }
+        all_types = set(type_of_product.values())
         for pod in self.pods.objects.values():
             if (pod["metadata"].get("namespace"), pod["metadata"]["name"]) in admitting:
                 continue  # counted above, where it was placed
             if gated(pod) and (wanted := pod_requests(pod).gpu):
                 products = _wanted_products(pod)
-                candidates = {types[n["metadata"]["name"]] for n in nodes if n["metadata"]["name"] in types}
-                if products:
-                    labels = {n["metadata"]["name"]: (n["metadata"].get("labels") or {}).get(GPU_PRODUCT_LABEL) for n in nodes}
-                    candidates = {types[name] for name, product in labels.items() if product in products and name in types}
+                candidates = {type_of_product[p] for p in products if p in type_of_product} if products else set(all_types)
                 if len(candidates) == 1:
                     gpu_type = candidates.pop()
                     reserved[gpu_type] = reserved.get(gpu_type, 0) + wanted
