@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import itertools
 import json
 import uuid
 from dataclasses import dataclass, field
@@ -83,7 +82,6 @@ class ObjectStore:
     faults: list[Fault] = field(default_factory=list)
     requests: list[tuple[str, str]] = field(default_factory=list)  # (method, path) of every call
     compacted: int = 0  # watches from versions below this get 410
-    _versions: itertools.count = field(default_factory=lambda: itertools.count(1))
     _watchers: set[asyncio.Queue] = field(default_factory=set)
     _version: int = 0
 
@@ -106,6 +104,7 @@ class ObjectStore:
 
     def remove(self, collection: str, namespace: str, name: str) -> None:
         obj = self.objects.pop((collection, namespace or "", name))
+        self._version += 1  # a delete is a change too: a watch resuming from before it must see it
         self._notify("DELETED", collection, obj)
 
     def fail(self, method: str, path_contains: str, status: int, times: int = 1) -> None:
@@ -127,7 +126,7 @@ class ObjectStore:
     # --- internals ---
 
     def _write(self, key: Key, obj: dict, event: str) -> dict:
-        self._version = next(self._versions)
+        self._version += 1
         meta = obj["metadata"]
         meta["resourceVersion"] = str(self._version)
         meta.setdefault("uid", str(uuid.uuid4()))
