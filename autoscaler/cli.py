@@ -10,8 +10,10 @@ from importlib import resources
 from pathlib import Path
 
 from .errors import InputError
+from .kube import ApiError
 
 EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: a service it needs did not answer
 
 
 def embedded_problem() -> Path:
@@ -89,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         print(f"inference-autoscaler: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except ApiError as exc:  # a service could not start: the Kubernetes API refused or did not answer
+        print(f"inference-autoscaler: error: Kubernetes API: {exc}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     except BrokenPipeError:  # `... | head` closed the pipe: not an error worth a traceback
         sys.stderr.close()
         return 0

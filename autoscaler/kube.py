@@ -16,8 +16,11 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import aiohttp
+import yaml
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
+
+from .errors import InputError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,8 +97,16 @@ class Kube:
                 return cls(client.ApiClient(configuration))
             except config.ConfigException:
                 pass
-        await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        try:
+            await config.load_kube_config(config_file=kubeconfig, client_configuration=configuration)
+        except (config.ConfigException, OSError, yaml.YAMLError, TypeError, ValueError) as exc:
+            source = kubeconfig or "kubeconfig (KUBECONFIG or ~/.kube/config; not running in a cluster)"
+            raise InputError(source, "", f"cannot use it: {str(exc).splitlines()[0] or exc.__class__.__name__}") from None
         return cls(client.ApiClient(configuration))
+
+    @property
+    def host(self) -> str:
+        return self.api.configuration.host
 
     @classmethod
     def at(cls, host: str) -> "Kube":

@@ -11,6 +11,7 @@ import sys
 import aiohttp
 import grpc
 
+from autoscaler.cli import main
 from autoscaler.proto import decisions_pb2 as pb
 from autoscaler.proto import decisions_pb2_grpc as pb_grpc
 
@@ -66,3 +67,11 @@ async def test_controller_process_end_to_end(tmp_path, vllm_and_prometheus):  # 
             _, stderr = await process.communicate()
         assert process.returncode == 0, stderr.decode()[-2000:]
         assert b"Traceback" not in stderr
+
+
+def test_a_bad_kubeconfig_is_one_clear_line(tmp_path, capsys):
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text("clusters: [\n")
+    assert main(["controller", "--kubeconfig", str(kubeconfig)]) == 2
+    error = capsys.readouterr().err
+    assert f"inference-autoscaler: error: {kubeconfig}: cannot use it:" in error and "Traceback" not in error

@@ -20,7 +20,18 @@ from ..kserve import GPU_PRODUCT_LABEL, ISVC_LABEL
 from .actuator import ActuationReport, Actuator, ActuatorSettings
 from .catalog import ClusterData, available_capacity, cluster_data, node_gpu_types
 from .collector import CollectError, Key, Observation, slo_seconds
-from ..kube import CONFIG_MAPS, HPAS, INFERENCE_SERVICES, NODES, POD_AUTOSCALERS, PODS, SERVERLESS_SERVICES, Informer, Kube
+from ..kube import (
+    CONFIG_MAPS,
+    ApiError,
+    HPAS,
+    INFERENCE_SERVICES,
+    NODES,
+    POD_AUTOSCALERS,
+    PODS,
+    SERVERLESS_SERVICES,
+    Informer,
+    Kube,
+)
 from .planner import PlannerSettings, PlannerState, plan
 from .services import ServiceReader
 
@@ -115,7 +126,14 @@ class Controller:
 
     async def start(self, sync_timeout_s: float = 60.0) -> None:
         self._tasks = [asyncio.create_task(i.run(), name=f"watch {name}") for name, i in self.informers.items()]
-        await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in self.informers.values())), sync_timeout_s)
+        try:
+            await asyncio.wait_for(asyncio.gather(*(i.synced.wait() for i in self.informers.values())), sync_timeout_s)
+        except asyncio.TimeoutError:
+            await self.stop()
+            missing = sorted(name for name, i in self.informers.items() if not i.synced.is_set())
+            raise ApiError(
+                0, f"{self.kube.host} did not list {', '.join(missing)} within {sync_timeout_s:g} s (see the log)"
+            ) from None
 
     async def stop(self) -> None:
         for task in self._tasks:

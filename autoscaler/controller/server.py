@@ -124,25 +124,29 @@ async def _serve(args: argparse.Namespace) -> int:
         node_types=lambda: node_gpu_types(nodes.objects.values(), controller.data) if controller.data else {},
     )
     controller.reserved_gpus = gangs.reserved_gpus
-    grpc_server = await serve_decisions(hub, args.decisions_address)
-    await controller.start()
-    gang_task = asyncio.create_task(gangs.run(), name="gang admission")
-    runner = web.AppRunner(build_app(controller, hub))
-    await runner.setup()
-    host, _, port = args.listen.rpartition(":")
-    await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
-    log.info("controller ready: HTTP %s, decisions on gRPC port %d", args.listen, grpc_server.bound_port)
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-    loop_task = asyncio.create_task(controller.run(), name="control loop")
-    try:
+    grpc_server = runner = None
+    tasks: list[asyncio.Task] = []
+    try:  # whatever fails on the way up, everything started so far is stopped cleanly
+        grpc_server = await serve_decisions(hub, args.decisions_address)
+        await controller.start()
+        tasks.append(asyncio.create_task(gangs.run(), name="gang admission"))
+        runner = web.AppRunner(build_app(controller, hub))
+        await runner.setup()
+        host, _, port = args.listen.rpartition(":")
+        await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
+        log.info("controller ready: HTTP %s, decisions on gRPC port %d", args.listen, grpc_server.bound_port)
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+        tasks.append(asyncio.create_task(controller.run(), name="control loop"))
         await stop.wait()
     finally:
-        loop_task.cancel()
-        gang_task.cancel()
+        for task in tasks:
+            task.cancel()
         await controller.stop()
-        await grpc_server.stop(grace=2)
-        await runner.cleanup()
+        if grpc_server is not None:
+            await grpc_server.stop(grace=2)
+        if runner is not None:
+            await runner.cleanup()
         await kube.close()
     return 0
