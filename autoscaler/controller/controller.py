@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from ..decision_stream import DecisionHub
 from ..errors import InputError
@@ -80,11 +81,10 @@ class CycleReport:
         }
 
 
-class Collector:
+class Collector(Protocol):
     """What the controller needs of a collector (PrometheusCollector, or a stand-in in tests)."""
 
-    async def collect(self, slos_s: dict[str, set[float]] | None = None) -> dict[Key, Observation]:  # pragma: no cover
-        raise NotImplementedError
+    async def collect(self, slos_s: dict[str, set[float]] | None = None) -> dict[Key, Observation]: ...
 
 
 class Controller:
