@@ -125,7 +125,8 @@ class Actuator:
                 report.decisions.append(decision_message(plan, slo, revision=revision, replicas=desired))
 
     async def _condition(self, isvc: dict, wanted: dict, now: float, report: ActuationReport, message_too: bool = True) -> None:
-        report.writes += await write_condition(self.kube, isvc, wanted, now, message_too)
+        written = await write_condition(self.kube, isvc, wanted, now, message_too)
+        report.writes += written  # not `+= await ...`: that reads the count before the await and loses others' updates
 
     async def _ensure_hpa(self, wanted: dict, report: ActuationReport) -> None:
         meta = wanted["metadata"]
