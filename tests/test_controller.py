@@ -19,7 +19,8 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from autoscaler import annotations as ann
-from autoscaler.controller.collector import CollectError, CollectorSettings, PrometheusCollector, within
+from autoscaler.controller.collector import CollectError, CollectorSettings, PrometheusCollector
+from autoscaler.policy.observation import within
 from autoscaler.controller.controller import Controller, ControllerSettings
 from autoscaler.kube import Kube
 from autoscaler.controller.server import build_app

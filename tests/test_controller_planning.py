@@ -6,10 +6,12 @@ import pytest
 
 from autoscaler import annotations as ann
 from autoscaler.controller.catalog import available_capacity, cluster_data, gpu_type_of, node_gpu_types
-from autoscaler.controller.collector import CollectorSettings, Observation, bracketing_bounds, observations, queries, within
+from autoscaler.controller.collector import CollectorSettings, bracketing_bounds, observations, queries
+from autoscaler.policy.observation import Observation, within
 from autoscaler.controller.manifests import hpa, isvc_patch
-from autoscaler.controller.planner import PlannerState, plan
-from autoscaler.controller.services import LastDecision, ServiceReader, read_services
+from autoscaler.policy.planner import PlannerState, plan
+from autoscaler.controller.services import ServiceReader, read_services
+from autoscaler.policy.decisions import LastDecision
 from autoscaler.errors import InputError
 
 from .cluster_objects import data_configmap, gpu_pod, isvc, node

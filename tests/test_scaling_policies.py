@@ -4,8 +4,8 @@ from collections import deque
 
 import pytest
 
-from autoscaler.calibration import SloCalibration
-from autoscaler.estimation import LoadCounters, estimate_load
+from autoscaler.policy.calibration import SloCalibration
+from autoscaler.policy.estimation import LoadCounters, estimate_load
 from autoscaler.simulator.engine import IsvcView
 from autoscaler.simulator.policies.hpa import HorizontalPodAutoscaler
 from autoscaler.simulator.policies.kpa import KnativePodAutoscaler, window_average

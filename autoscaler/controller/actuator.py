@@ -30,7 +30,7 @@ from ..kube import (
 )
 from .conditions import write_condition
 from .manifests import condition, decision_message, hpa, hpa_differs, isvc_patch
-from .planner import Plan
+from ..policy.planner import Plan
 
 log = logging.getLogger(__name__)
 

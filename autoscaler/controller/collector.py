@@ -16,8 +16,9 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..estimation import LoadCounters, estimate_load
 from ..optimizer.domain import Catalog
+from ..policy.estimation import LoadCounters, estimate_load
+from ..policy.observation import Key, Observation
 
 
 @dataclass(frozen=True)
@@ -25,20 +26,6 @@ class CollectorSettings:
     window_s: int = 60
     isvc_label: str = "isvc"  # the label your scrape config puts the ISVC name in (see config/)
     itl_metric: str = "vllm:time_per_output_token_seconds"  # vLLM >= 0.10 also: vllm:inter_token_latency_seconds
-
-
-@dataclass(frozen=True)
-class Observation:
-    arrival_rate: float  # requests/second over the window
-    previous_rate: float  # requests/second over the window before
-    avg_in_tokens: float | None  # None: nothing completed in the window
-    avg_out_tokens: float | None
-    running: float
-    waiting: float
-    ttft_ms: float | None  # observed means, None without completions
-    itl_ms: float | None
-    ttft_buckets: tuple[tuple[float, float], ...]  # (upper bound s, cumulative count) over the window
-    itl_buckets: tuple[tuple[float, float], ...]
 
 
 class CollectError(Exception):
@@ -106,7 +93,6 @@ def bracketing_bounds(bounds: list[str], slos_s: set[float]) -> str:
     return "|".join(sorted(re.escape(b) for b in keep))
 
 
-Key = tuple[str, str]  # namespace, ISVC name
 Samples = list[dict]  # Prometheus instant-vector result: [{"metric": {...}, "value": [t, "v"]}]
 
 
@@ -127,24 +113,6 @@ def _buckets(samples: Samples, label: str) -> dict[Key, tuple[tuple[float, float
         key = (metric.get("namespace", ""), metric.get(label, ""))
         grouped.setdefault(key, []).append((float(metric.get("le", "inf")), float(sample["value"][1])))
     return {key: tuple(sorted(pairs)) for key, pairs in grouped.items()}
-
-
-def within(buckets: tuple[tuple[float, float], ...], limit_s: float) -> tuple[float, float]:
-    """(observations within `limit_s`, all observations), interpolating linearly inside the
-    bucket that holds the limit, as histogram_quantile() does (counting only whole buckets
-    would read "all within 20 ms" as "none within 40 ms" when the bounds are 10 ms and 50 ms)."""
-    if not buckets:
-        return 0.0, 0.0
-    total = buckets[-1][1]
-    lower_bound, lower_count = 0.0, 0.0
-    for bound, count in buckets:
-        if bound >= limit_s:
-            if bound == float("inf"):
-                return lower_count, total
-            share = (limit_s - lower_bound) / (bound - lower_bound)
-            return lower_count + (count - lower_count) * share, total
-        lower_bound, lower_count = bound, count
-    return total, total
 
 
 def observations(results: Mapping[str, Samples], settings: CollectorSettings) -> dict[Key, Observation]:

@@ -20,7 +20,8 @@ from ..errors import InputError
 from ..kserve import GPU_PRODUCT_LABEL, ISVC_LABEL
 from .actuator import ActuationReport, Actuator, ActuatorSettings
 from .catalog import ClusterData, available_capacity, cluster_data, node_gpu_types
-from .collector import CollectError, Key, Observation, slo_seconds
+from ..policy.observation import Key, Observation
+from .collector import CollectError, slo_seconds
 from ..kube import (
     CONFIG_MAPS,
     ApiError,
@@ -33,7 +34,7 @@ from ..kube import (
     Informer,
     Kube,
 )
-from .planner import PlannerSettings, PlannerState, plan
+from ..policy.planner import PlannerSettings, PlannerState, plan
 from .services import ServiceReader
 
 log = logging.getLogger(__name__)

@@ -10,8 +10,8 @@ from .. import annotations as ann
 from ..kserve import GPU_PRODUCT_LABEL, GPU_RESOURCE, MANAGED_BY
 from ..optimizer.domain import ServiceTarget
 from ..proto import decisions_pb2 as pb
-from .planner import Plan
-from .services import LastDecision
+from ..policy.planner import Plan
+from ..policy.decisions import LastDecision
 
 CONDITION_TYPE = "AutoscalerDecision"
 DESIRED_REPLICAS = "desired_replicas"

@@ -20,7 +20,7 @@ from .catalog import node_gpu_types
 from .collector import CollectorSettings, PrometheusCollector
 from .controller import Controller, ControllerSettings
 from ..kube import Kube
-from .planner import PlannerSettings
+from ..policy.planner import PlannerSettings
 
 log = logging.getLogger(__name__)
 

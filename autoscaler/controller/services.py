@@ -1,66 +1,17 @@
-"""InferenceServices that opt in, read into what the planner needs; and the controller's last
-decision, which lives on the ISVC itself (annotation) so that a restarted controller resumes
-from the cluster and holds nothing only in memory."""
+"""InferenceServices that opt in, read into what the planner needs (policy.decisions), with the
+last decision from the ISVC's annotation."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from .. import annotations as ann
 from ..kserve import is_raw_deployment
 from ..optimizer.domain import Catalog
+from ..policy.decisions import LastDecision, ManagedService
 
 DEFAULT_BOUNDS = ann.ClassDefaults()
-
-
-@dataclass(frozen=True)
-class LastDecision:
-    accelerator: str
-    replicas: int
-    max_batch: int
-    ttft_ms: float
-    itl_ms: float
-    arrival_rate: float  # requests/second measured
-    cost: float  # per hour
-    decided_at: float  # unix seconds of the last decision made from fresh data
-    avg_in_tokens: int = 0
-    avg_out_tokens: int = 0
-    ttft_scale: float = 1.0
-    itl_scale: float = 1.0
-    spec_changed_at: float = 0.0  # when the GPU type or batch size was last rolled out
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> "LastDecision | None":
-        """None for a missing or unreadable annotation (someone edited it): we decide afresh."""
-        try:
-            fields = json.loads(text)
-            return cls(**{k: fields[k] for k in cls.__dataclass_fields__ if k in fields})
-        except (ValueError, TypeError, KeyError):
-            return None
-
-
-@dataclass(frozen=True)
-class ManagedService:
-    namespace: str
-    name: str
-    model: str
-    service_class: str
-    accelerators: frozenset[str]
-    min_replicas: int
-    max_replicas: int
-    raw_deployment: bool
-    spec_changes: bool
-    last: LastDecision | None
-    uid: str = ""
-
-    @property
-    def key(self) -> str:
-        return f"{self.namespace}/{self.name}"
 
 
 @dataclass(frozen=True)

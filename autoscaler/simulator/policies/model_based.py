@@ -18,9 +18,9 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from ...calibration import SloCalibration
-from ...estimation import LoadCounters, estimate_load
-from ...guards import GuardSettings, planned_rate, wants_new_revision
+from ...policy.calibration import SloCalibration
+from ...policy.estimation import LoadCounters, estimate_load
+from ...policy.guards import GuardSettings, planned_rate, wants_new_revision
 from ...optimizer.domain import CurrentAllocation, Load
 from ...optimizer.solver import solve
 from ..engine import Decision, IsvcView

@@ -17,12 +17,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from ..calibration import SloCalibration
-from ..guards import GuardSettings, planned_rate, wants_new_revision
+from .calibration import SloCalibration
+from .guards import GuardSettings, planned_rate, wants_new_revision
 from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, Load, Server, ServiceClass, System
 from ..optimizer.solver import solve
-from .collector import Key, Observation, within
-from .services import LastDecision, ManagedService
+from .observation import Key, Observation, within
+from .decisions import LastDecision, ManagedService
 
 
 @dataclass(frozen=True)
