@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Iterable
 
+from .limits import MAX_MAGNITUDE, finite_problem, whole_problem
 from .proto import decisions_pb2 as pb
 
 PROMETHEUS_PREFIX = "inference_autoscaler_"
@@ -17,6 +18,27 @@ FIGURES = {
     "ttft_slo_headroom": ("1 - predicted TTFT / SLO at the desired allocation", lambda d: d.ttft_headroom),
     "itl_slo_headroom": ("1 - predicted ITL / SLO at the desired allocation", lambda d: d.itl_headroom),
 }
+
+
+WHOLE = ("desired_replicas", "max_batch")  # int32 on the wire: only the sign to check
+RANGES = {
+    "arrival_rate": (0.0, MAX_MAGNITUDE),
+    "cost_per_hour": (0.0, MAX_MAGNITUDE),
+    "ttft_headroom": (-MAX_MAGNITUDE, 1.0),  # 1 - predicted / SLO: at most 1
+    "itl_headroom": (-MAX_MAGNITUDE, 1.0),
+    "decided_at": (0.0, MAX_MAGNITUDE),
+}
+
+
+def decision_problem(decision: pb.Decision) -> str | None:
+    """Why a decision must not be published or served (a value not finite or out of range), or
+    None. Both ends of the stream check: the controller before publishing, the adapter on
+    receipt (its feed must survive whatever arrives)."""
+    if not decision.namespace or not decision.isvc:
+        return "no namespace or ISVC name"
+    problems = [(name, whole_problem(getattr(decision, name))) for name in WHOLE]
+    problems += [(name, finite_problem(getattr(decision, name), low, high)) for name, (low, high) in RANGES.items()]
+    return next((f"{name}: {problem}" for name, problem in problems if problem), None)
 
 
 def labels_of(decision: pb.Decision) -> dict[str, str]:

@@ -13,6 +13,7 @@ from typing import Iterable
 
 import grpc
 
+from .decision_metrics import decision_problem
 from .proto import decisions_pb2 as pb
 from .proto import decisions_pb2_grpc as pb_grpc
 
@@ -33,7 +34,13 @@ class DecisionHub(pb_grpc.DecisionServiceServicer):
         return list(self._current.values())
 
     def publish(self, decisions: Iterable[pb.Decision]) -> None:
-        fresh = {decision_key(d): d for d in decisions}
+        fresh = {}
+        for decision in decisions:
+            problem = decision_problem(decision)
+            if problem:  # the planner checks what it decides; this keeps any slip off the wire
+                log.error("decision for %s/%s not published: %s", decision.namespace, decision.isvc, problem)
+                continue
+            fresh[decision_key(decision)] = decision
         events = [pb.DecisionEvent(upsert=d) for d in fresh.values()]
         events += [
             pb.DecisionEvent(removed=pb.DecisionKey(namespace=k[0], isvc=k[1], revision=k[2]))

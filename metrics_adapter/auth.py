@@ -9,12 +9,19 @@ extension API server.
 - Otherwise a bearer token is checked with a TokenReview.
 - Every request is then authorised with a SubjectAccessReview: verb "list" on the metric as a
   resource of external.metrics.k8s.io in the namespace, or "get" on the path for discovery.
-Both reviews are cached for 10 s. No identity: 401. Not allowed: 403. Review API down: 503.
+Both reviews are cached for 10 s. No identity: 401. Not allowed: 403. Review API down, slow,
+answering nonsense or too busy: 503.
+
+Each review times out, and token and access reviews each have a bounded number in flight (a
+review beyond it is refused at once, not queued): a hanging API server and a flood of random
+tokens then fill neither the API client's connection pool nor the event loop, and the HPA's own
+request (a front-proxy identity: an access review only, usually cached) still gets through.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -22,12 +29,15 @@ import time
 from dataclasses import dataclass, field
 from typing import Awaitable, Callable, Mapping, Protocol
 
+import aiohttp
 from aiohttp import web
 
 from .api import GROUP, VERSION, status
 
 log = logging.getLogger(__name__)
 CACHE_TTL_S = 10.0
+REVIEW_TIMEOUT_S = 5.0  # the HPA's own request gives up after ~30 s: well within it, with a retry
+REVIEWS_IN_FLIGHT = 16  # per kind; both kinds together stay below the API client's pool (100)
 
 
 @dataclass(frozen=True)
@@ -181,29 +191,41 @@ class Gatekeeper:
 class KubernetesReviews:
     """Reviews and the request-header ConfigMap through the Kubernetes API (kubernetes_asyncio)."""
 
-    def __init__(self, api_client):
+    def __init__(self, api_client, timeout_s: float = REVIEW_TIMEOUT_S, in_flight: int = REVIEWS_IN_FLIGHT):
         from kubernetes_asyncio import client
 
+        self.api_client = api_client
+        self.timeout_s = timeout_s
         self._client = client
         self._authn = client.AuthenticationV1Api(api_client)
         self._authz = client.AuthorizationV1Api(api_client)
         self._core = client.CoreV1Api(api_client)
+        self._slots = {"token": asyncio.Semaphore(in_flight), "access": asyncio.Semaphore(in_flight)}
 
-    async def _call(self, coroutine):
+    async def _call(self, call: Callable[..., Awaitable], *args, kind: str = ""):
+        """`call(*args)` with a timeout, within its kind's slots; every failure to get a
+        readable answer is a ReviewUnavailable (a 503), never an exception of the client's."""
         from kubernetes_asyncio.client.exceptions import ApiException
 
+        slots = self._slots.get(kind)
+        if slots is not None and slots.locked():
+            raise ReviewUnavailable(f"too many {kind} reviews in flight")
         try:
-            return await coroutine
+            async with slots or contextlib.nullcontext():
+                return await asyncio.wait_for(call(*args, _request_timeout=self.timeout_s), self.timeout_s)
         except ApiException as exc:
             raise ReviewUnavailable(f"HTTP {exc.status} {exc.reason}") from None
-        except OSError as exc:
-            raise ReviewUnavailable(str(exc)) from None
+        except (asyncio.TimeoutError, aiohttp.ClientError, OSError) as exc:
+            raise ReviewUnavailable(f"no answer within {self.timeout_s:g} s: {exc.__class__.__name__} {exc}".strip()) from None
+        except (ValueError, TypeError, AttributeError) as exc:  # the client's models refuse what is not a review
+            raise ReviewUnavailable(f"unreadable answer: {exc}") from None
 
     async def token_review(self, token: str) -> UserInfo | None:
         c = self._client
-        review = await self._call(self._authn.create_token_review(c.V1TokenReview(spec=c.V1TokenReviewSpec(token=token))))
-        result = review.status
-        if not result or not result.authenticated or not result.user:
+        body = c.V1TokenReview(spec=c.V1TokenReviewSpec(token=token))
+        review = await self._call(self._authn.create_token_review, body, kind="token")
+        result = getattr(review, "status", None)
+        if not result or result.authenticated is not True or not result.user or not isinstance(result.user.username, str):
             return None
         extra = {k: tuple(v) for k, v in (result.user.extra or {}).items()}
         return UserInfo(result.user.username, tuple(result.user.groups or ()), extra)
@@ -221,9 +243,10 @@ class KubernetesReviews:
         spec = c.V1SubjectAccessReviewSpec(
             user=user.name, groups=list(user.groups), extra={k: list(v) for k, v in user.extra.items()}, **attributes
         )
-        review = await self._call(self._authz.create_subject_access_review(c.V1SubjectAccessReview(spec=spec)))
-        return bool(review.status and review.status.allowed), (review.status.reason or "") if review.status else ""
+        review = await self._call(self._authz.create_subject_access_review, c.V1SubjectAccessReview(spec=spec), kind="access")
+        result = getattr(review, "status", None)
+        return bool(result and result.allowed is True), str(result.reason or "") if result else ""
 
     async def requestheader_config(self) -> RequestHeaderConfig:
-        configmap = await self._call(self._core.read_namespaced_config_map("extension-apiserver-authentication", "kube-system"))
+        configmap = await self._call(self._core.read_namespaced_config_map, "extension-apiserver-authentication", "kube-system")
         return RequestHeaderConfig.from_configmap(configmap.data or {})

@@ -3,6 +3,9 @@
 On a drop the store keeps what it has (values age into 'stale', then out of service, by their
 decision time), and the feed reconnects with exponential backoff and jitter; the next snapshot
 replaces everything, so nothing missed while disconnected survives.
+
+Each decision is checked on receipt: one with a value not finite or out of range is dropped with
+an error line (the ISVC's last good values stay, aging as usual) and the feed goes on.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import random
 
 import grpc
 
-from autoscaler.decision_metrics import figures_of, labels_of
+from autoscaler.decision_metrics import decision_problem, figures_of, labels_of
 from autoscaler.decision_stream import decision_key
 from autoscaler.proto import decisions_pb2 as pb
 from autoscaler.proto import decisions_pb2_grpc as pb_grpc
@@ -37,7 +40,18 @@ class DecisionFeed:
         self.max_backoff_s = max_backoff_s
         self.synced = asyncio.Event()  # set once a snapshot has arrived: the adapter is ready
         self.connected = False
+        self.running = False
         self._series: dict[tuple, list[Series]] = {}
+
+    def ready(self) -> bool:
+        """A snapshot has arrived and the feed still runs (reconnecting counts as running)."""
+        return self.synced.is_set() and self.running
+
+    def _usable(self, decision: pb.Decision) -> bool:
+        problem = decision_problem(decision)
+        if problem:
+            log.error("decision for %s/%s dropped: %s", decision.namespace, decision.isvc, problem)
+        return problem is None
 
     def _upsert(self, decision: pb.Decision) -> None:
         key = decision_key(decision)
@@ -54,19 +68,26 @@ class DecisionFeed:
     def apply(self, event: pb.DecisionEvent) -> None:
         kind = event.WhichOneof("event")
         if kind == "snapshot":
-            self._series = {decision_key(d): series_of(d) for d in event.snapshot.decisions}
+            self._series = {decision_key(d): series_of(d) for d in event.snapshot.decisions if self._usable(d)}
             self.store.replace_all(s for group in self._series.values() for s in group)
             # the store's objects live until the next snapshot: keep the cyclic collector from
             # walking all of them on every full collection (pauses that showed up in p99)
             gc.collect()
             gc.freeze()
             self.synced.set()
-        elif kind == "upsert":
+        elif kind == "upsert" and self._usable(event.upsert):
             self._upsert(event.upsert)
         elif kind == "removed":
             self._remove((event.removed.namespace, event.removed.isvc, event.removed.revision))
 
     async def run(self) -> None:
+        self.running = True
+        try:
+            await self._watch()
+        finally:
+            self.running = False  # readyz now says so: values would only age from here
+
+    async def _watch(self) -> None:
         backoff = self.initial_backoff_s
         while True:
             try:
@@ -80,6 +101,8 @@ class DecisionFeed:
                     log.warning("decision stream from %s ended", self.target)
             except grpc.aio.AioRpcError as exc:
                 log.warning("decision stream from %s failed: %s; serving the last values", self.target, exc.code().name)
+            except Exception:  # a bug on one message must not end the feed: reconnect for a snapshot
+                log.exception("decision stream from %s: an event could not be applied; reconnecting", self.target)
             self.connected = False
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, self.max_backoff_s)

@@ -75,7 +75,7 @@ async def serve(args: argparse.Namespace) -> int:
         source = MetricStore(args.stale_after, args.max_age)
         feed = DecisionFeed(args.decisions, source)
         tasks.append(asyncio.create_task(feed.run()))
-        ready = feed.synced.is_set
+        ready = feed.ready
 
     async def refresh_requestheader() -> None:
         while True:

@@ -3,7 +3,7 @@ our Knative PodAutoscalers (HPA, ServerlessService, status), and the decision st
 
 Writes happen only where the watched copy differs from what is wanted, so a steady cycle of
 1,000 ISVCs costs a handful of calls; each write retries on conflicts and server errors, and one
-ISVC's failure does not stop the others'.
+ISVC's failure (an API error, or a bug on its plan) does not stop the others'.
 """
 
 from __future__ import annotations
@@ -69,6 +69,9 @@ class Actuator:
                 except ApiError as exc:
                     report.failures.append(f"{plan.service.key}: {exc}")
                     log.warning("actuating %s failed: %s", plan.service.key, exc)
+                except Exception as exc:  # a bug on one ISVC's plan must not leave the others unactuated
+                    report.failures.append(f"{plan.service.key}: {exc.__class__.__name__}: {exc}")
+                    log.exception("actuating %s failed", plan.service.key)
 
         await asyncio.gather(*(one(p) for p in plans))
         return report

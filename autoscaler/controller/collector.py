@@ -10,15 +10,21 @@ system (running + waiting): completions alone lag a building queue.
 from __future__ import annotations
 
 import asyncio
-import math
+import itertools
+import logging
 import re
 import time
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+from ..limits import MAX_MAGNITUDE, finite_problem
 from ..optimizer.domain import Catalog
 from ..policy.estimation import LoadCounters, estimate_load
 from ..policy.observation import Key, Observation
+
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -84,7 +90,13 @@ def bracketing_bounds(bounds: list[str], slos_s: set[float]) -> str:
     """A regex of the bucket bounds that `within` needs for these SLOs: for each SLO the
     largest bound below it and the smallest at or above it, and +Inf. A histogram of 20+
     buckets then costs Prometheus a handful per ISVC."""
-    numeric = sorted((float(b), b) for b in bounds)
+    numeric = []
+    for b in bounds:
+        try:
+            numeric.append((float("inf") if b == "+Inf" else _number(b, 0.0), b))
+        except Unusable:
+            continue  # a bound no bucket can be read with (le="abc"): never asked for
+    numeric.sort()
     keep = {b for value, b in numeric if value == float("inf")}
     for slo in slos_s:
         below = [b for value, b in numeric if value < slo]
@@ -94,39 +106,117 @@ def bracketing_bounds(bounds: list[str], slos_s: set[float]) -> str:
 
 
 Samples = list[dict]  # Prometheus instant-vector result: [{"metric": {...}, "value": [t, "v"]}]
+OPTIONAL = ("ttft_sum", "itl_sum")  # only for the means: one unusable leaves the mean unknown
 
 
-def _by_key(samples: Samples, label: str) -> dict[Key, float]:
+class Unusable(ValueError):
+    """A sample no decision may be made from: not a number, not finite, or out of range."""
+
+
+def _key(sample: object, label: str) -> Key:
+    metric = sample.get("metric") if isinstance(sample, dict) else None
+    if not isinstance(metric, dict):
+        raise Unusable(f"a sample without labels: {sample!r:.80}")
+    return (str(metric.get("namespace", "")), str(metric.get(label, "")))
+
+
+def _number(text: object, low: float = -MAX_MAGNITUDE) -> float:
+    """A sample value as Prometheus writes it ("12.5", "NaN", "+Inf"), refused unless finite and
+    within range: vLLM can export NaN, increase() turns an Inf into NaN, and 1e308 overflows
+    the products the planner forms from it."""
+    try:
+        value = float(text)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise Unusable(f"{text!r:.40} is not a number") from None
+    problem = finite_problem(value, low)
+    if problem:
+        raise Unusable(problem)
+    return value
+
+
+def _le(sample: object) -> object:
+    metric = sample.get("metric") if isinstance(sample, dict) else None
+    return metric.get("le") if isinstance(metric, dict) else None
+
+
+def _value(sample: dict) -> object:
+    value = sample.get("value")
+    return value[1] if isinstance(value, (list, tuple)) and len(value) == 2 else None
+
+
+def _by_key(samples: Samples, label: str, name: str, broken: dict[Key, str]) -> dict[Key, float]:
     result = {}
     for sample in samples:
-        metric = sample.get("metric") or {}
-        value = float(sample["value"][1])
-        if math.isfinite(value):
-            result[(metric.get("namespace", ""), metric.get(label, ""))] = value
+        try:
+            key = _key(sample, label)
+        except Unusable as exc:
+            log.error("Prometheus answer to %s: %s; sample skipped", name, exc)
+            continue
+        try:
+            result[key] = _number(_value(sample))
+        except Unusable as exc:
+            if name not in OPTIONAL:
+                broken.setdefault(key, f"{name}: {exc}")
     return result
 
 
-def _buckets(samples: Samples, label: str) -> dict[Key, tuple[tuple[float, float], ...]]:
+def _buckets(samples: Samples, label: str, name: str, broken: dict[Key, str]) -> dict[Key, tuple[tuple[float, float], ...]]:
     grouped: dict[Key, list[tuple[float, float]]] = {}
     for sample in samples:
-        metric = sample.get("metric") or {}
-        key = (metric.get("namespace", ""), metric.get(label, ""))
-        grouped.setdefault(key, []).append((float(metric.get("le", "inf")), float(sample["value"][1])))
-    return {key: tuple(sorted(pairs)) for key, pairs in grouped.items()}
+        try:
+            key = _key(sample, label)
+        except Unusable as exc:
+            log.error("Prometheus answer to %s: %s; sample skipped", name, exc)
+            continue
+        try:
+            bound = float("inf") if sample["metric"].get("le", "+Inf") == "+Inf" else _number(sample["metric"]["le"], 0.0)
+            grouped.setdefault(key, []).append((bound, _number(_value(sample), 0.0)))
+        except Unusable as exc:
+            broken.setdefault(key, f"{name} (le={sample['metric'].get('le')!r:.40}): {exc}")
+    result = {}
+    for key, pairs in grouped.items():
+        if key in broken:
+            continue
+        ordered = sorted(pairs)
+        # increase() extrapolates each bucket alone, so neighbours can come slightly out of
+        # order; cumulative counts never fall (histogram_quantile() corrects them the same way)
+        counts = itertools.accumulate((c for _, c in ordered), max)
+        result[key] = tuple(zip((b for b, _ in ordered), counts, strict=True))
+    return result
 
 
 def observations(results: Mapping[str, Samples], settings: CollectorSettings) -> dict[Key, Observation]:
     """One Observation per ISVC that has its completion counter in Prometheus; an ISVC absent
-    here has no data this cycle (the planner keeps its last decision)."""
+    here has no data this cycle (the planner keeps its last decision).
+
+    A sample that is not a finite number in range is the fault of its ISVC alone, logged once
+    per cycle: an unusable load figure leaves the ISVC out (its last decision kept), an unusable
+    histogram leaves that histogram out (no calibration step this cycle)."""
     label = settings.isvc_label
-    figures = {name: _by_key(results.get(name, []), label) for name in queries(settings) if not name.endswith("buckets")}
-    ttft_buckets = _buckets(results.get("ttft_buckets", []), label)
-    itl_buckets = _buckets(results.get("itl_buckets", []), label)
-    window = float(settings.window_s)
-    return {
-        key: _observation(key, figures, ttft_buckets.get(key, ()), itl_buckets.get(key, ()), window)
-        for key in figures["completed"]
+    unusable: dict[Key, str] = {}
+    figures = {
+        name: _by_key(results.get(name) or [], label, name, unusable)
+        for name in queries(settings)
+        if not name.endswith("buckets")
     }
+    bad_histograms: dict[Key, str] = {}
+    ttft_buckets = _buckets(results.get("ttft_buckets") or [], label, "ttft_buckets", bad_histograms)
+    itl_buckets = _buckets(results.get("itl_buckets") or [], label, "itl_buckets", bad_histograms)
+    window = float(settings.window_s)
+    observed = {}
+    for key in figures["completed"].keys() - unusable.keys():
+        obs = _observation(key, figures, ttft_buckets.get(key, ()), itl_buckets.get(key, ()), window)
+        problem = obs.problem()
+        if problem:
+            unusable[key] = problem
+        else:
+            observed[key] = obs
+    for key, problem in unusable.items():
+        log.error("%s/%s: unusable Prometheus data (%s): no load data this cycle, last decision kept", *key, problem)
+    for key, problem in bad_histograms.items():
+        if key not in unusable:
+            log.error("%s/%s: unusable histogram (%s): left out this cycle", *key, problem)
+    return observed
 
 
 def _observation(key: Key, figures: dict[str, dict[Key, float]], ttft_buckets, itl_buckets, window: float) -> Observation:
@@ -160,7 +250,10 @@ def _mean(total: float | None, buckets: tuple[tuple[float, float], ...]) -> floa
 
 
 class PrometheusCollector:
-    """Runs the queries concurrently; prometheus-api-client blocks, so each goes to a thread.
+    """Runs the queries concurrently; prometheus-api-client blocks, so each goes to a thread of
+    the collector's own pool, one per query: never the loop's default executor, which the
+    Kubernetes client's DNS lookups use (a slow Prometheus would hold every thread there and
+    stall all Kubernetes I/O). Each query times out on the HTTP client and in Prometheus.
 
     The histograms' bucket bounds are read once (and again when the SLOs change or every
     `relearn_s`), so that each cycle asks only for the buckets around the SLOs."""
@@ -178,15 +271,19 @@ class PrometheusCollector:
         self.client = PrometheusConnect(url=url, disable_ssl=not url.startswith("https"), retry=Retry(total=0), timeout=timeout_s)
         self.queries = queries(settings)
         self._learned: tuple[dict[str, set[float]], float] | None = None
+        # a cycle's queries all at once; a hung one times out before the next cycle asks again
+        self._executor = ThreadPoolExecutor(max_workers=len(self.queries), thread_name_prefix="prometheus")
 
     def _query(self, promql: str) -> Samples:
         return self.client.custom_query(promql, params={"timeout": f"{self.timeout_s:g}s"})
 
     async def _ask(self, named: Mapping[str, str]) -> dict[str, Samples]:
         names = list(named)
+        loop = asyncio.get_running_loop()
         try:
             answers = await asyncio.wait_for(
-                asyncio.gather(*(asyncio.to_thread(self._query, named[n]) for n in names)), self.timeout_s + 2
+                asyncio.gather(*(loop.run_in_executor(self._executor, self._query, named[n]) for n in names)),
+                self.timeout_s + 2,
             )
         except asyncio.TimeoutError:
             raise CollectError(f"Prometheus did not answer within {self.timeout_s:g} s") from None
@@ -201,7 +298,9 @@ class PrometheusCollector:
         named = {h: f"count by (le) ({histogram_metric(self.settings, h)}_bucket)" for h in HISTOGRAMS if slos_s.get(h)}
         found = await self._ask(named)
         bounds = {
-            h: bracketing_bounds([s["metric"]["le"] for s in samples], slos_s[h]) for h, samples in found.items() if samples
+            h: bracketing_bounds([le for s in samples if isinstance(le := _le(s), str)], slos_s[h])
+            for h, samples in found.items()
+            if samples
         }
         self.queries = queries(self.settings, bounds)
         self._learned = (slos_s, now) if len(bounds) == len(named) else None  # no series yet: ask again next cycle

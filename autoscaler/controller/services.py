@@ -3,14 +3,16 @@ last decision from the ISVC's annotation."""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from .. import annotations as ann
 from ..kserve import is_raw_deployment
 from ..optimizer.domain import Catalog
 from ..policy.decisions import LastDecision, ManagedService
 
+log = logging.getLogger(__name__)
 DEFAULT_BOUNDS = ann.ClassDefaults()
 
 
@@ -36,19 +38,45 @@ def _read_one(isvc: dict, catalog: Catalog, classes: Mapping[str, ann.ClassDefau
     service_class = annotations[ann.SERVICE_CLASS]
     if model not in catalog.classes[service_class].targets:
         return Rejected(namespace, name, f"service class {service_class!r} has no target for model {model!r}")
+    bounds = (
+        int(annotations.get(ann.MIN_REPLICAS, DEFAULT_BOUNDS.min_replicas)),
+        int(annotations.get(ann.MAX_REPLICAS, DEFAULT_BOUNDS.max_replicas)),
+    )
+    last = None
+    if ann.DECISION in annotations:
+        try:
+            last = _last_decision(annotations[ann.DECISION], model, bounds, catalog)
+        except ValueError as exc:
+            log.error("%s/%s: annotation %s ignored (%s): deciding afresh", namespace, name, ann.DECISION, exc)
     return ManagedService(
         namespace=namespace,
         name=name,
         model=model,
         service_class=service_class,
         accelerators=frozenset(t.strip() for t in annotations.get(ann.ACCELERATORS, "").split(",") if t.strip()),
-        min_replicas=int(annotations.get(ann.MIN_REPLICAS, DEFAULT_BOUNDS.min_replicas)),
-        max_replicas=int(annotations.get(ann.MAX_REPLICAS, DEFAULT_BOUNDS.max_replicas)),
+        min_replicas=bounds[0],
+        max_replicas=bounds[1],
         raw_deployment=is_raw_deployment(isvc),
         spec_changes=annotations.get(ann.SPEC_CHANGES) == "true",
-        last=LastDecision.from_json(annotations[ann.DECISION]) if ann.DECISION in annotations else None,
+        last=last,
         uid=meta.get("uid", ""),
     )
+
+
+def _last_decision(text: str, model: str, bounds: tuple[int, int], catalog: Catalog) -> LastDecision:
+    """The remembered decision, checked against the data: anyone who may edit the ISVC can write
+    the annotation, so it is believed only within what the controller itself could decide."""
+    last = LastDecision.from_json(text)
+    profile = catalog.profiles.get((model, last.accelerator))
+    if profile is None:
+        raise ValueError(f"accelerator: no profile of model {model!r} on {last.accelerator!r} in the optimizer data")
+    largest = profile.batch_limit(0, 1)  # the largest batch the planner could decide, for the shortest requests
+    if last.max_batch > largest:
+        raise ValueError(f"max_batch: {last.max_batch} exceeds the largest the profile allows ({largest})")
+    low, high = bounds
+    if not low <= last.replicas <= high:  # the bounds were edited since: what runs is brought within them
+        last = replace(last, replicas=min(max(last.replicas, low), high))
+    return last
 
 
 def _split(results: Iterable[ManagedService | Rejected | None]) -> tuple[list[ManagedService], list[Rejected]]:

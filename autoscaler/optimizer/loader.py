@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
+from ..limits import MAX_MAGNITUDE
 from .domain import (
     DEFAULT_CLASS_NAME,
     LOWEST_PRIORITY,
@@ -34,6 +35,9 @@ from .domain import (
 )
 
 SYSTEM_FILE = "system-data.json"
+# far above any engine's limit on concurrent sequences (vLLM's max-num-seqs defaults to 256-1024);
+# the sizing holds arrays as wide as the batch, so a typo here must not reach it
+MAX_BATCH = 65536
 # section key inside system-data.json -> file name in a directory
 SECTIONS = {
     "acceleratordata": "accelerator-data.json",
@@ -95,7 +99,11 @@ class Node:
             raise node.fail(f"expected a string, got {_describe(node.value)}")
         return node.value
 
-    def number(self, key: str, default: float | None = None, minimum: float | None = 0.0) -> float:
+    def number(
+        self, key: str, default: float | None = None, minimum: float | None = 0.0, maximum: float = MAX_MAGNITUDE
+    ) -> float:
+        """A finite number within [minimum, maximum]: beyond MAX_MAGNITUDE a cost, rate or
+        coefficient is a typo that would overflow the model's products to infinity."""
         node = self._member(key, required=default is None)
         if node is None:
             return default  # type: ignore[return-value]
@@ -104,10 +112,12 @@ class Node:
             raise node.fail(f"expected a number, got {_describe(value)}")
         if minimum is not None and value < minimum:
             raise node.fail(f"must be >= {minimum:g}, got {value:g}")
+        if value > maximum:
+            raise node.fail(f"must be <= {maximum:g}, got {value:g}")
         return float(value)
 
-    def integer(self, key: str, default: int | None = None, minimum: int | None = 0) -> int:
-        value = self.number(key, None if default is None else float(default), minimum)
+    def integer(self, key: str, default: int | None = None, minimum: int | None = 0, maximum: float = MAX_MAGNITUDE) -> int:
+        value = self.number(key, None if default is None else float(default), minimum, maximum)
         if value != int(value):
             raise self.child(key).fail(f"expected a whole number, got {value:g}")
         return int(value)
@@ -252,7 +262,7 @@ def _profiles(doc: Node, accelerators: dict[str, Accelerator]) -> dict[tuple[str
             model=model,
             accelerator=acc,
             acc_count=max(acc_count, 1),  # Inferno counts accCount <= 0 as one card
-            max_batch_size=node.integer("maxBatchSize", minimum=1),
+            max_batch_size=node.integer("maxBatchSize", minimum=1, maximum=MAX_BATCH),
             at_tokens=node.integer("atTokens", default=0),
             params=_perf_params(node),
             kv_cache_tokens=node.integer("kvCacheTokens", default=0),

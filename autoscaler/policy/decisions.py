@@ -4,7 +4,13 @@ controller keeps on the ISVC itself, so a restarted controller resumes from the 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import MISSING, asdict, dataclass, fields
+
+from ..limits import MAX_MAGNITUDE, finite_problem, whole_problem
+
+WHOLE_FIELDS = {"replicas", "max_batch", "avg_in_tokens", "avg_out_tokens"}
+# the calibration only tightens a target (scale < 1) and relaxes it back to at most 1
+SCALE_FIELDS = {"ttft_scale", "itl_scale"}
 
 
 @dataclass(frozen=True)
@@ -26,14 +32,42 @@ class LastDecision:
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
 
+    def problem(self) -> str | None:
+        """Why this decision must not be acted on or published (a value of the wrong type, not
+        finite, or out of range), or None. The annotation is written by anyone who may edit the
+        ISVC, and every decision the planner makes is checked the same way before it leaves."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "accelerator":
+                problem = None if isinstance(value, str) and value else f"expected a GPU type name, got {value!r}"
+            elif f.name in WHOLE_FIELDS:
+                problem = whole_problem(value)
+            elif f.name in SCALE_FIELDS:
+                problem = finite_problem(value, 1.0 / MAX_MAGNITUDE, 1.0)
+            else:
+                problem = finite_problem(value)
+            if problem:
+                return f"{f.name}: {problem}"
+        return None
+
     @classmethod
-    def from_json(cls, text: str) -> "LastDecision | None":
-        """None for a missing or unreadable annotation (someone edited it): we decide afresh."""
+    def from_json(cls, text: str) -> "LastDecision":
+        """The decision an annotation holds; a ValueError names the field at fault (someone
+        edited it, or an older controller wrote it)."""
         try:
-            fields = json.loads(text)
-            return cls(**{k: fields[k] for k in cls.__dataclass_fields__ if k in fields})
-        except (ValueError, TypeError, KeyError):
-            return None
+            document = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"not JSON: {exc}") from None
+        if not isinstance(document, dict):
+            raise ValueError("expected a JSON object")
+        missing = [f.name for f in fields(cls) if f.name not in document and f.default is MISSING]
+        if missing:
+            raise ValueError(f"missing {', '.join(missing)}")
+        decision = cls(**{k: document[k] for k in cls.__dataclass_fields__ if k in document})
+        problem = decision.problem()
+        if problem:
+            raise ValueError(problem)
+        return decision
 
 
 @dataclass(frozen=True)

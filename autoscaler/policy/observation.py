@@ -3,7 +3,10 @@ Prometheus, the simulator from its own replicas, the same way."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
+
+from ..limits import finite_problem
 
 Key = tuple[str, str]  # namespace, ISVC name
 
@@ -20,6 +23,23 @@ class Observation:
     itl_ms: float | None
     ttft_buckets: tuple[tuple[float, float], ...]  # (upper bound s, cumulative count) over the window
     itl_buckets: tuple[tuple[float, float], ...]
+
+    def problem(self) -> str | None:
+        """Why no decision may be made from this observation (a figure not finite, negative or
+        out of range), or None. The collector checks each sample; this checks what it built."""
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name.endswith("buckets"):
+                problem = next((_bucket_problem(b, c) for b, c in value if _bucket_problem(b, c)), None)
+            else:
+                problem = None if value is None and f.name.startswith(("avg_", "ttft", "itl")) else finite_problem(value)
+            if problem:
+                return f"{f.name}: {problem}"
+        return None
+
+
+def _bucket_problem(bound: float, count: float) -> str | None:
+    return (None if bound == math.inf else finite_problem(bound)) or finite_problem(count)
 
 
 def within(buckets: tuple[tuple[float, float], ...], limit_s: float) -> tuple[float, float]:

@@ -9,7 +9,10 @@ Rules on top of the optimizer, each for a failure seen in practice:
 - the GPU type and batch size change only where the ISVC allows spec changes, only when the
   change is large enough (guards.wants_new_revision) and not more often than once per
   `spec_change_interval_s`; otherwise the ISVC is pinned to what it runs and sized again;
-- an ISVC the optimizer cannot place under the capacity keeps its last decision.
+- an ISVC the optimizer cannot place under the capacity keeps its last decision;
+- an observation or remembered decision with a value not finite or out of range is the fault of
+  its ISVC alone: it is left out (with the reason), and a decision that would carry such a value
+  is withheld (the last one kept), so nothing non-finite or out of range is ever decided.
 """
 
 from __future__ import annotations
@@ -119,8 +122,12 @@ def plan(
     settings: PlannerSettings = PlannerSettings(),
 ) -> list[Plan]:
     fresh: dict[str, tuple[Load, float, tuple[float, float]]] = {}
+    services = [_believed(s) for s in services]
+    refused: dict[str, str] = {}
     for service in services:
         obs = observed.get((service.namespace, service.name))
+        if obs is not None and (problem := obs.problem()):
+            refused[service.key], obs = f"unusable observation ({problem})", None
         if obs is None and service.last is None:
             obs = Observation(0.0, 0.0, None, None, 0.0, 0.0, None, None, (), ())
         if obs is not None:
@@ -153,7 +160,8 @@ def plan(
     plans = []
     for service in services:
         if service.key not in fresh:
-            plans.append(Plan(service, service.last, stale=True, reason="no load data this cycle: last decision kept"))
+            reason = refused.get(service.key, "no load data this cycle")
+            plans.append(Plan(service, service.last, stale=True, reason=f"{reason}: last decision kept"))
             continue
         load, measured, scales = fresh[service.key]
         alloc = allocations.get(service.key)
@@ -178,9 +186,20 @@ def plan(
             itl_scale=scales[1],
             spec_changed_at=now if rolled else (last.spec_changed_at if last else now),
         )
+        if problem := decision.problem():
+            plans.append(Plan(service, last, stale=True, reason=f"decision withheld ({problem}): last decision kept"))
+            continue
         reason = "best effort: SLOs not met within capacity" if alloc.best_effort else ""
         plans.append(Plan(service, decision, roll_out=rolled, reason=reason))
     return plans
+
+
+def _believed(service: ManagedService) -> ManagedService:
+    """The service without its last decision when that fails its checks (the controller reads
+    annotations through them already; a caller building these types itself may not)."""
+    if service.last is None or service.last.problem() is None:
+        return service
+    return replace(service, last=None)
 
 
 def _rolls_out(service: ManagedService, alloc: Allocation | None, now: float, settings: PlannerSettings) -> bool:
