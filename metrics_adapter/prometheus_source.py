@@ -3,21 +3,27 @@
 External metric `desired_replicas` in namespace `ns` with a selector becomes
 `inference_autoscaler_desired_replicas{namespace="ns", ...}`; selector requirements Prometheus
 can express become matchers, and every answer is filtered by the full selector as well.
-The client library is blocking, so each query runs in a worker thread.
+The client library is blocking, so each query runs in a thread of the source's own bounded pool
+(never the loop's default executor, which the review client's DNS lookups need), and times out.
+A sample that is not a finite number in range is skipped with an error line.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import re
+from concurrent.futures import ThreadPoolExecutor
 
 from autoscaler.decision_metrics import FIGURES, PROMETHEUS_PREFIX
+from autoscaler.limits import MAX_MAGNITUDE, finite_problem
 
 from .api import SourceUnavailable
 from .selectors import Operator, Requirement, Selector
 from .store import Series, render_value
 
+log = logging.getLogger(__name__)
 PROMETHEUS_LABEL = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
 SCRAPE_LABELS = {"__name__", "namespace", "job", "instance"}
 
@@ -46,27 +52,53 @@ def promql(metric: str, namespace: str, selector: Selector) -> str:
 
 
 class PrometheusSource:
-    def __init__(self, url: str):
+    def __init__(self, url: str, timeout_s: float = 5.0, concurrency: int = 8):
         from prometheus_api_client import PrometheusConnect
+        from urllib3.util.retry import Retry
 
         self.url = url
-        self._prometheus = PrometheusConnect(url=url, disable_ssl=True)
+        self.timeout_s = timeout_s
+        # no client-side retries: the HPA asks again, and a slow Prometheus must answer 503 quickly
+        self._prometheus = PrometheusConnect(url=url, disable_ssl=True, retry=Retry(total=0), timeout=timeout_s)
+        self._executor = ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="prometheus")
 
     async def items(self, namespace: str, metric: str, selector: Selector) -> list[str]:
         if metric not in FIGURES:
             return []
+        query = promql(metric, namespace, selector)
+        loop = asyncio.get_running_loop()
         try:
-            result = await asyncio.to_thread(self._prometheus.custom_query, promql(metric, namespace, selector))
+            # the wait for a free thread counts too: a backlog behind a slow Prometheus is a 503
+            result = await asyncio.wait_for(
+                loop.run_in_executor(self._executor, self._prometheus.custom_query, query), self.timeout_s
+            )
+        except asyncio.TimeoutError:
+            raise SourceUnavailable(f"{self.url}: no answer within {self.timeout_s:g} s") from None
         except Exception as exc:  # the client raises its own and requests' errors alike
             raise SourceUnavailable(f"{self.url}: {exc}") from exc
-        items = []
-        for sample in result:
-            labels = {k: v for k, v in sample["metric"].items() if k not in SCRAPE_LABELS}
-            if not selector.matches(labels):
-                continue
-            at, value = sample["value"]
-            items.append(render_value(Series(metric, namespace, labels, float(value), float(at))))
+        items, unusable = [], 0
+        for sample in result if isinstance(result, list) else ():
+            series = _series(sample, metric, namespace)
+            if series is None:
+                unusable += 1
+            elif selector.matches(series.labels):
+                items.append(render_value(series))
+        if unusable:
+            log.error("%s: %d unusable samples for %s skipped (not finite or out of range)", self.url, unusable, query)
         return items
 
     def metric_names(self) -> set[str]:
         return set(FIGURES)
+
+
+def _series(sample: object, metric: str, namespace: str) -> Series | None:
+    """The sample as a series, or None when it is malformed or its value or time is not finite
+    and in range (a NaN would otherwise end the request in a 500)."""
+    try:
+        labels = {k: str(v) for k, v in sample["metric"].items() if k not in SCRAPE_LABELS}  # type: ignore[index]
+        at, value = (float(x) for x in sample["value"])  # type: ignore[index]
+    except (TypeError, ValueError, KeyError, AttributeError):
+        return None
+    if finite_problem(value, -MAX_MAGNITUDE) or finite_problem(at):
+        return None
+    return Series(metric, namespace, labels, value, at)

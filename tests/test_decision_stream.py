@@ -68,7 +68,8 @@ async def test_snapshot_then_updates(wired):
 async def test_revisions_are_series_of_their_own(wired):
     hub, _, store, _, _ = wired
     hub.publish([decision(revision="chat-00001", replicas=2), decision(revision="chat-00002", replicas=4)])
-    await wait_for(lambda: len(values(store, selector="isvc=chat")) == 2)
+    # upserts arrive before the removal of the ISVC-wide series: wait for the final state, not a count
+    await wait_for(lambda: values(store, selector="isvc=chat") == [("H100", "2"), ("H100", "4")])
     assert values(store, selector="revision=chat-00002") == [("H100", "4")]
 
 

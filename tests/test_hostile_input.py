@@ -445,3 +445,61 @@ def test_out_of_range_numbers_in_the_data_configmap_are_refused_naming_the_field
     with pytest.raises(InputError) as error:
         cluster_data(configmap, "ConfigMap x")
     assert file_name in str(error.value) and new.split(":")[0].strip('"') in str(error.value)
+
+
+# -- the adapter's Prometheus source ------------------------------------------------------------
+
+
+async def fake_prometheus(answer) -> tuple[web.AppRunner, str]:
+    async def query(request):
+        return await answer(request)
+
+    app = web.Application()
+    app.router.add_route("*", "/api/v1/query", query)
+    runner, port = await serve(app)
+    return runner, f"http://127.0.0.1:{port}"
+
+
+async def test_the_adapters_prometheus_source_skips_non_finite_samples(caplog):
+    from metrics_adapter.prometheus_source import PrometheusSource
+
+    def sample(isvc, value):
+        return {"metric": {"namespace": "prod", "isvc": isvc}, "value": [T0, value]}
+
+    async def answer(request):
+        result = [sample("chat", "3"), sample("nan", "NaN"), sample("inf", "+Inf"), sample("abc", "abc"), {"metric": None}]
+        return web.json_response({"status": "success", "data": {"resultType": "vector", "result": result}})
+
+    runner, url = await fake_prometheus(answer)
+    try:
+        with caplog.at_level(logging.ERROR):
+            items = await PrometheusSource(url).items("prod", "desired_replicas", parse_selector(""))
+        assert [json.loads(i)["metricLabels"]["isvc"] for i in items] == ["chat"]
+        assert "4 unusable samples" in caplog.text
+    finally:
+        await runner.cleanup()
+
+
+async def test_the_adapters_prometheus_source_times_out_on_its_own_threads():
+    from metrics_adapter.api import SourceUnavailable
+    from metrics_adapter.prometheus_source import PrometheusSource
+
+    release = asyncio.Event()
+
+    async def answer(request):
+        await release.wait()
+        return web.json_response({})
+
+    runner, url = await fake_prometheus(answer)
+    loop = asyncio.get_running_loop()
+    loop.set_default_executor(ThreadPoolExecutor(max_workers=2))
+    source = PrometheusSource(url, timeout_s=1)
+    asking = [asyncio.create_task(source.items("prod", "desired_replicas", parse_selector(""))) for _ in range(4)]
+    try:
+        await asyncio.sleep(0.3)
+        assert await asyncio.wait_for(loop.run_in_executor(None, lambda: "looked up"), 1.0) == "looked up"
+        for outcome in await asyncio.wait_for(asyncio.gather(*asking, return_exceptions=True), 5):
+            assert isinstance(outcome, SourceUnavailable)
+    finally:
+        release.set()
+        await runner.cleanup()
