@@ -11,6 +11,9 @@ from __future__ import annotations
 # s), and far enough below float's range (~1.8e308) that products and sums of them stay finite.
 MAX_MAGNITUDE = 1e12
 MAX_REPLICAS = 2**31 - 1  # Kubernetes' replica counts, and the decision stream's, are int32
+# a profile's maxBatchSize: far above any engine's limit on concurrent sequences (vLLM's
+# max-num-seqs defaults to 256-1024); the sizing's work grows with the batch, a typo must not
+MAX_BATCH = 65536
 
 
 def finite_problem(value: object, low: float = 0.0, high: float = MAX_MAGNITUDE) -> str | None:

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -93,7 +94,7 @@ def bracketing_bounds(bounds: list[str], slos_s: set[float]) -> str:
     numeric = []
     for b in bounds:
         try:
-            numeric.append((float("inf") if b == "+Inf" else _number(b, 0.0), b))
+            numeric.append((math.inf if b == "+Inf" else _number(b, 0.0), b))
         except Unusable:
             continue  # a bound no bucket can be read with (le="abc"): never asked for
     numeric.sort()
@@ -144,14 +145,19 @@ def _value(sample: dict) -> object:
     return value[1] if isinstance(value, (list, tuple)) and len(value) == 2 else None
 
 
-def _by_key(samples: Samples, label: str, name: str, broken: dict[Key, str]) -> dict[Key, float]:
-    result = {}
-    for sample in samples:
+def _attributed(samples: Samples, label: str, name: str) -> Iterator[tuple[Key, dict]]:
+    """Each sample with the ISVC it belongs to; one without labels belongs to none and is
+    skipped with an error line."""
+    for sample in samples if isinstance(samples, list) else ():
         try:
-            key = _key(sample, label)
+            yield _key(sample, label), sample
         except Unusable as exc:
             log.error("Prometheus answer to %s: %s; sample skipped", name, exc)
-            continue
+
+
+def _by_key(samples: Samples, label: str, name: str, broken: dict[Key, str]) -> dict[Key, float]:
+    result = {}
+    for key, sample in _attributed(samples, label, name):
         try:
             result[key] = _number(_value(sample))
         except Unusable as exc:
@@ -162,20 +168,18 @@ def _by_key(samples: Samples, label: str, name: str, broken: dict[Key, str]) -> 
 
 def _buckets(samples: Samples, label: str, name: str, broken: dict[Key, str]) -> dict[Key, tuple[tuple[float, float], ...]]:
     grouped: dict[Key, list[tuple[float, float]]] = {}
-    for sample in samples:
+    bad: set[Key] = set()
+    for key, sample in _attributed(samples, label, name):
+        le = _le(sample)
         try:
-            key = _key(sample, label)
-        except Unusable as exc:
-            log.error("Prometheus answer to %s: %s; sample skipped", name, exc)
-            continue
-        try:
-            bound = float("inf") if sample["metric"].get("le", "+Inf") == "+Inf" else _number(sample["metric"]["le"], 0.0)
+            bound = math.inf if le in (None, "+Inf") else _number(le, 0.0)
             grouped.setdefault(key, []).append((bound, _number(_value(sample), 0.0)))
         except Unusable as exc:
-            broken.setdefault(key, f"{name} (le={sample['metric'].get('le')!r:.40}): {exc}")
+            bad.add(key)
+            broken.setdefault(key, f"{name} (le={le!r:.40}): {exc}")
     result = {}
     for key, pairs in grouped.items():
-        if key in broken:
+        if key in bad:
             continue
         ordered = sorted(pairs)
         # increase() extrapolates each bucket alone, so neighbours can come slightly out of

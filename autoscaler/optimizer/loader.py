@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import InputError
-from ..limits import MAX_MAGNITUDE
+from ..limits import MAX_BATCH, MAX_MAGNITUDE
 from .domain import (
     DEFAULT_CLASS_NAME,
     LOWEST_PRIORITY,
@@ -35,9 +35,6 @@ from .domain import (
 )
 
 SYSTEM_FILE = "system-data.json"
-# far above any engine's limit on concurrent sequences (vLLM's max-num-seqs defaults to 256-1024);
-# the sizing holds arrays as wide as the batch, so a typo here must not reach it
-MAX_BATCH = 65536
 # section key inside system-data.json -> file name in a directory
 SECTIONS = {
     "acceleratordata": "accelerator-data.json",
