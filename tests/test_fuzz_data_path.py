@@ -250,3 +250,52 @@ async def _ask(batch) -> list[int]:
 def test_no_request_to_the_adapter_gets_a_5xx(batch):
     codes = asyncio.run(_ask(batch))
     assert all(code < 500 for code in codes), list(zip(batch, codes, strict=True))
+
+
+# -- the data ConfigMap -------------------------------------------------------------------------
+
+
+def _leaves(node, path=()):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, (*path, key))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from _leaves(value, (*path, i))
+    else:
+        yield path
+
+
+@st.composite
+def edited_configmaps(draw):
+    from .cluster_objects import data_configmap
+
+    configmap = data_configmap()
+    file_name = draw(st.sampled_from(sorted(configmap["data"])))
+    document = json.loads(configmap["data"][file_name])
+    leaves = list(_leaves(document))
+    for path in draw(st.lists(st.sampled_from(leaves), min_size=1, max_size=3)):
+        parent = document
+        for step in path[:-1]:
+            parent = parent[step]
+        parent[path[-1]] = draw(st.one_of(wild_floats, st.integers(), any_json))
+    configmap["data"][file_name] = json.dumps(document)
+    return configmap
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(edited_configmaps())
+def test_any_data_configmap_edit_is_refused_with_an_input_error_or_decides_sanely(configmap):
+    from autoscaler.controller.catalog import cluster_data
+    from autoscaler.errors import InputError
+
+    from .test_controller_planning import observed as observation
+
+    try:
+        data = cluster_data(configmap, "ConfigMap x")
+    except InputError:
+        return
+    services, _ = read_services([isvc(name, MODELS[name]) for name in ISVCS], data.catalog)
+    observed = {("prod", s.name): observation(5.0) for s in services}
+    for p in plan(data.catalog, CAPACITY, services, observed, 1000.0, PlannerState()):
+        assert_sane(p.decision)
