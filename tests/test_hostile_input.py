@@ -179,6 +179,27 @@ def test_the_planner_never_emits_a_decision_from_bad_state_or_observations():
     assert code.decision is None or code.decision.problem() is None
 
 
+def test_the_optimizer_failing_on_one_isvcs_figures_leaves_the_others_decided(monkeypatch, caplog):
+    import autoscaler.policy.planner as planner
+
+    real = planner.solve
+
+    def failing_on_code(system):  # as the optimizer once did on a denormal rate: 5e-324 req/s
+        if any(s.name == "prod/code" for s in system.servers):
+            raise ZeroDivisionError("float division by zero")
+        return real(system)
+
+    monkeypatch.setattr(planner, "solve", failing_on_code)
+    good = isvc("chat", "llama_13b")
+    services, _ = read_services([good, isvc("code", "llama_7b", decision=GOOD.to_json())], DATA.catalog)
+    observed_now = {("prod", "chat"): observed(5.0), ("prod", "code"): observed(5.0)}
+    with caplog.at_level(logging.ERROR):
+        chat, code = plan(DATA.catalog, CAPACITY, services, observed_now, 1000.0, PlannerState())
+    assert chat.decision is not None and not chat.stale
+    assert code.stale and code.decision == GOOD and "optimizer failed" in code.reason
+    assert "prod/code" in caplog.text and "prod/chat" not in caplog.text
+
+
 async def test_bad_annotations_never_stop_the_cycle_nor_reach_the_stream_or_metrics():
     async with Cluster() as cluster:
         cluster.store.put(ISVCS, isvc("chat", "llama_13b", decision=GOOD.to_json()))

@@ -12,11 +12,13 @@ Rules on top of the optimizer, each for a failure seen in practice:
 - an ISVC the optimizer cannot place under the capacity keeps its last decision;
 - an observation or remembered decision with a value not finite or out of range is the fault of
   its ISVC alone: it is left out (with the reason), and a decision that would carry such a value
-  is withheld (the last one kept), so nothing non-finite or out of range is ever decided.
+  is withheld (the last one kept), so nothing non-finite or out of range is ever decided; should
+  the optimizer itself fail on one ISVC's figures, that ISVC alone keeps its last decision.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -26,6 +28,8 @@ from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, Load, Ser
 from ..optimizer.solver import solve
 from .observation import Key, Observation, within
 from .decisions import LastDecision, ManagedService
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -135,15 +139,39 @@ def plan(
             scales = _calibrate(state, service, target, obs, settings.attainment_goal)
             load, measured = _load(service, obs, catalog, settings)
             fresh[service.key] = (load, measured, scales)
-    deciding = [s for s in services if s.key in fresh]
 
-    def solve_for(pinned: set[str]) -> Mapping[str, Allocation]:
-        classes = {s.key: _scaled_class(catalog, s, fresh[s.key][2]) for s in deciding}
-        servers = tuple(_server(s, fresh[s.key][0], s.key in pinned) for s in deciding)
+    def solve_among(among: list[ManagedService], pinned: set[str]) -> Mapping[str, Allocation]:
+        classes = {s.key: _scaled_class(catalog, s, fresh[s.key][2]) for s in among}
+        servers = tuple(_server(s, fresh[s.key][0], s.key in pinned) for s in among)
         system = System(catalog.accelerators, capacity, catalog.profiles, classes, servers, catalog.optimizer)
         return solve(system).allocations
 
+    def solve_for(pinned: set[str]) -> Mapping[str, Allocation]:
+        """The joint solve. Should the optimizer fail on it (a bug meeting one ISVC's figures),
+        each ISVC is tried alone and those it fails on are left out, their last decision kept:
+        one ISVC never stops the others' decisions."""
+        try:
+            return solve_among([s for s in services if s.key in fresh], pinned)
+        except Exception as exc:  # isolated below, reported with the ISVC
+            joint = f"{exc.__class__.__name__}: {exc}"
+        for service in [s for s in services if s.key in fresh]:
+            try:
+                solve_among([service], pinned)
+            except Exception as exc:  # this ISVC's figures: it keeps its last decision
+                refused[service.key] = f"the optimizer failed on its figures ({exc.__class__.__name__}: {exc})"
+                del fresh[service.key]
+                log.error("%s: %s", service.key, refused[service.key])
+        try:
+            return solve_among([s for s in services if s.key in fresh], pinned)
+        except Exception:  # only together do they fail: none decided this cycle
+            for key in list(fresh):
+                refused[key] = f"the optimizer failed on this cycle's figures ({joint})"
+                del fresh[key]
+            log.error("the optimizer failed on this cycle's figures (%s): every ISVC keeps its last decision", joint)
+            return {}
+
     allocations = solve_for(set())
+    deciding = [s for s in services if s.key in fresh]
     roll_outs = {s.key for s in deciding if _rolls_out(s, allocations.get(s.key), now, settings)}
     pinned = {
         s.key
