@@ -15,32 +15,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-# vLLM's own bucket bounds (vllm/engine/metrics.py)
-TTFT_BUCKETS = (
-    0.001,
-    0.005,
-    0.01,
-    0.02,
-    0.04,
-    0.06,
-    0.08,
-    0.1,
-    0.25,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    7.5,
-    10.0,
-    20.0,
-    40.0,
-    80.0,
-    160.0,
-    640.0,
-    2560.0,
-)
-TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+from autoscaler.simulator.observe import ITL_BOUNDS as TPOT_BUCKETS, TTFT_BOUNDS as TTFT_BUCKETS
 
 
 @dataclass
