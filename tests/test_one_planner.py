@@ -153,7 +153,7 @@ def test_ours_applies_the_plan_as_the_controller_would(monkeypatch):
 
     monkeypatch.setattr(model_based, "plan", fake_plan)
     names = [spec.name for spec in scenario.world.isvcs]
-    views = [IsvcView(n, "H100", 64, 4, 4, 0, None, 0, 0, 0, 0, 0) for n in names]
+    views = [IsvcView(n, "H100", 64, 4, 4, 0, None) for n in names]
     wanted.update({n: (9, False) for n in names} | {names[0]: (3, True)})
     first = policy.decide(30.0, views)
     assert first[0] == Decision(3, "H100", 64)  # a roll-out: a new revision at the planned count

@@ -17,12 +17,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from ..optimizer.domain import Catalog
-from ..policy.observation import Key, Observation, WindowFigures, observe
+from ..policy.observation import WINDOW_S, Key, Observation, WindowFigures, observe
 
 
 @dataclass(frozen=True)
 class CollectorSettings:
-    window_s: int = 60
+    window_s: int = WINDOW_S
     isvc_label: str = "isvc"  # the label your scrape config puts the ISVC name in (see config/)
     itl_metric: str = "vllm:time_per_output_token_seconds"  # vLLM >= 0.10 also: vllm:inter_token_latency_seconds
 

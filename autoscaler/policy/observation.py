@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from .estimation import LoadCounters, estimate_load
 
 Key = tuple[str, str]  # namespace, ISVC name
+WINDOW_S = 60  # the trailing window rates are measured over, unless configured otherwise
 Buckets = tuple[tuple[float, float], ...]  # (upper bound s, cumulative count), +Inf last
 
 
@@ -27,7 +28,7 @@ class Observation:
     itl_ms: float | None
     ttft_buckets: Buckets  # over the window
     itl_buckets: Buckets
-    window_s: float = 60.0  # what the rates were measured over (and how far apart the two are)
+    window_s: float = WINDOW_S  # what the rates were measured over (and how far apart the two are)
 
 
 @dataclass(frozen=True)

@@ -55,11 +55,6 @@ class IsvcView:
     ready: int
     in_flight: int  # running + waiting + buffered
     samples: deque  # in-flight count every SAMPLE_PERIOD_S, newest last
-    arrivals: int  # counters since the start
-    completions: int
-    drops: int
-    in_tokens_sum: int  # of completed requests
-    out_tokens_sum: int
 
 
 class Policy(Protocol):
@@ -133,11 +128,6 @@ class IsvcState:
     revisions: list[Revision]
     buffer: deque = field(default_factory=deque)  # requests held while no replica is ready
     samples: deque = field(default_factory=lambda: deque(maxlen=600))
-    arrivals: int = 0
-    completions: int = 0
-    drops: int = 0
-    in_tokens_sum: int = 0
-    out_tokens_sum: int = 0
     in_flight: int = 0
     actions: int = 0
 
@@ -248,7 +238,6 @@ class Simulation:
     # --------------------------------------------------------------- requests
     def _arrive(self, request: int) -> None:
         state = self.isvcs[self.req_isvc[request]]
-        state.arrivals += 1
         state.in_flight += 1
         replica = self._route(state)
         if replica is None:
@@ -331,10 +320,7 @@ class Simulation:
             replica.kv_used -= self.req_in[request] + self.req_out[request]
             replica.sum_in -= self.req_in[request]
             replica.sum_start -= start
-            state.completions += 1
             state.in_flight -= 1
-            state.in_tokens_sum += self.req_in[request]
-            state.out_tokens_sum += self.req_out[request]
         if not self._admit(replica):
             self._reschedule(replica)
         if not heap and replica.state == DRAINING and not replica.waiting:
@@ -342,9 +328,7 @@ class Simulation:
 
     def _drop(self, request: int) -> None:
         self.dropped[request] = True
-        state = self.isvcs[self.req_isvc[request]]
-        state.drops += 1
-        state.in_flight -= 1
+        self.isvcs[self.req_isvc[request]].in_flight -= 1
 
     # --------------------------------------------------------------- replicas
     def _all_replicas(self, state: IsvcState):
@@ -471,11 +455,6 @@ class Simulation:
                     ready=sum(1 for r in self._all_replicas(state) if r.state == READY),
                     in_flight=state.in_flight,
                     samples=state.samples,
-                    arrivals=state.arrivals,
-                    completions=state.completions,
-                    drops=state.drops,
-                    in_tokens_sum=state.in_tokens_sum,
-                    out_tokens_sum=state.out_tokens_sum,
                 )
             )
         return result

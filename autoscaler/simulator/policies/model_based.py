@@ -7,7 +7,7 @@ records (LastDecision, rewritten only when the controller would write it); the c
 are the capacity; plan() decides. What the controller leaves to Kubernetes is played here too:
 a roll-out (GPU type or batch size) starts a new revision, and replica counts go through the HPA
 the controller writes per revision (scale-down after a 300 s stabilisation, the HPA's default
-scale-up limits; its metric is the desired count itself, so no tolerance applies).
+scale-up limits; its metric is the desired count itself, at zero tolerance).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from ...optimizer.domain import Load
 from ...policy.decisions import LastDecision, ManagedService
-from ...policy.observation import Key, Observation
+from ...policy.observation import WINDOW_S, Key, Observation
 from ...policy.planner import Plan, PlannerSettings, PlannerState, plan
 from ..engine import Decision, IsvcView
 from ..observe import Observer, RequestRecords
@@ -30,8 +30,8 @@ NAMESPACE = "simulation"
 @dataclass(frozen=True)
 class ModelBasedSettings:
     period_s: float = 30.0
-    window_s: float = 60.0  # the collector's default window (CollectorSettings.window_s)
-    hpa: HpaSettings = HpaSettings(tolerance=0.0)
+    window_s: float = WINDOW_S  # the collector's default
+    hpa: HpaSettings = HpaSettings()  # its sync, stabilisation and scale-up limits (HpaBehavior has no tolerance)
 
 
 class ModelBasedPolicy:
