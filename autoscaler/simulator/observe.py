@@ -178,7 +178,7 @@ class Observer:
             history.append(scrape)
             times = [s.time for s in history]
             start = history[max(bisect.bisect_right(times, now - self.window_s + 1e-9) - 1, 0)]
-            earlier = bisect.bisect_right(times, start.time - self.window_s + 1e-9) - 1
+            earlier = bisect.bisect_right(times, 2 * start.time - now + 1e-9) - 1  # as long again before it
             before = history[earlier] if earlier >= 0 else None
             result.append(observe(_figures(scrape, start, before)))
             del history[: max(earlier, 0)]  # nothing older is reached again
