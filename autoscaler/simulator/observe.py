@@ -10,8 +10,9 @@ last tick and moves the metrics the way the server's would have moved:
   request's decode progress, not every step);
 - running = admitted and unfinished (prefilling included, as vLLM's gauge), waiting = arrived and
   not admitted; requests held by the activator while no replica is ready count as waiting;
-- a request its client gave up on leaves the gauges and counts nowhere (vLLM counts aborted
-  requests in no counter: vllm-project/vllm#55634), so drops go unseen, as in a cluster.
+- a request its client gave up on leaves the gauges and counts nowhere, so drops go unseen, as
+  in a cluster: vLLM records no statistics for aborted requests (vllm-project/vllm#55634, open;
+  were it fixed, they would count in request_success_total{finished_reason="abort"}).
 
 The window's figures are differences between the ticks' scrapes, as increase() and delta() take
 them between Prometheus's samples: a window reaches back to the last tick at least `window_s`
