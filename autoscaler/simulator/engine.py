@@ -24,6 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .observe import RequestRecords
 from .world import Scenario, ServingOption
 
 SAMPLE_PERIOD_S = 1.0  # how often in-flight counts are sampled (KPA's scrape interval)
@@ -54,16 +55,12 @@ class IsvcView:
     ready: int
     in_flight: int  # running + waiting + buffered
     samples: deque  # in-flight count every SAMPLE_PERIOD_S, newest last
-    arrivals: int  # counters since the start
-    completions: int
-    drops: int
-    in_tokens_sum: int  # of completed requests
-    out_tokens_sum: int
-    ttft_met: int  # completed requests within the TTFT SLO (a histogram bucket count in vLLM terms)
-    itl_met: int  # completed requests whose mean ITL is within the ITL SLO
 
 
 class Policy(Protocol):
+    """Decides from views; a policy with an `attach(records)` method (ours) is also given the
+    per-request records (observe.RequestRecords) that vLLM's metrics are read from."""
+
     name: str
     period_s: float
 
@@ -131,17 +128,8 @@ class IsvcState:
     revisions: list[Revision]
     buffer: deque = field(default_factory=deque)  # requests held while no replica is ready
     samples: deque = field(default_factory=lambda: deque(maxlen=600))
-    arrivals: int = 0
-    completions: int = 0
-    drops: int = 0
-    in_tokens_sum: int = 0
-    out_tokens_sum: int = 0
-    ttft_met: int = 0
-    itl_met: int = 0
     in_flight: int = 0
     actions: int = 0
-    ttft_slo_s: float = 0.0
-    itl_slo_s: float = 0.0
 
 
 @dataclass
@@ -171,6 +159,12 @@ class Simulation:
         self.first_token = [math.nan] * n
         self.finish = [math.nan] * n
         self.dropped = [False] * n
+        if hasattr(policy, "attach"):
+            policy.attach(
+                RequestRecords(
+                    self.arrival, self.req_isvc, self.req_in, self.req_out, self.first_token, self.finish, self.dropped
+                )
+            )
         self.events: list = []
         self.seq = 0
         self.now = 0.0
@@ -181,9 +175,7 @@ class Simulation:
             decision = initial[index]
             acc = decision.accelerator or spec.default_accelerator
             batch = decision.max_batch or spec.options[acc].max_num_seqs
-            cls = self.world.classes[spec.service_class]
-            first = Revision(acc, batch, 0, promoted=True)
-            self.isvcs.append(IsvcState(index, [first], ttft_slo_s=cls.ttft_ms / 1000, itl_slo_s=cls.itl_ms / 1000))
+            self.isvcs.append(IsvcState(index, [Revision(acc, batch, 0, promoted=True)]))
         self.gpu_seconds = [0.0] * len(self.isvcs)
         self.cost = [0.0] * len(self.isvcs)
         self.series_time: list[float] = []
@@ -246,7 +238,6 @@ class Simulation:
     # --------------------------------------------------------------- requests
     def _arrive(self, request: int) -> None:
         state = self.isvcs[self.req_isvc[request]]
-        state.arrivals += 1
         state.in_flight += 1
         replica = self._route(state)
         if replica is None:
@@ -326,16 +317,10 @@ class Simulation:
         while heap and heap[0][0] <= limit:
             _, request, start = heapq.heappop(heap)
             self.finish[request] = self.now
-            first = self.first_token[request]
-            state.ttft_met += first - self.arrival[request] <= state.ttft_slo_s
-            state.itl_met += self.now - first <= state.itl_slo_s * max(self.req_out[request] - 1, 1)
             replica.kv_used -= self.req_in[request] + self.req_out[request]
             replica.sum_in -= self.req_in[request]
             replica.sum_start -= start
-            state.completions += 1
             state.in_flight -= 1
-            state.in_tokens_sum += self.req_in[request]
-            state.out_tokens_sum += self.req_out[request]
         if not self._admit(replica):
             self._reschedule(replica)
         if not heap and replica.state == DRAINING and not replica.waiting:
@@ -343,9 +328,7 @@ class Simulation:
 
     def _drop(self, request: int) -> None:
         self.dropped[request] = True
-        state = self.isvcs[self.req_isvc[request]]
-        state.drops += 1
-        state.in_flight -= 1
+        self.isvcs[self.req_isvc[request]].in_flight -= 1
 
     # --------------------------------------------------------------- replicas
     def _all_replicas(self, state: IsvcState):
@@ -472,13 +455,6 @@ class Simulation:
                     ready=sum(1 for r in self._all_replicas(state) if r.state == READY),
                     in_flight=state.in_flight,
                     samples=state.samples,
-                    arrivals=state.arrivals,
-                    completions=state.completions,
-                    drops=state.drops,
-                    in_tokens_sum=state.in_tokens_sum,
-                    out_tokens_sum=state.out_tokens_sum,
-                    ttft_met=state.ttft_met,
-                    itl_met=state.itl_met,
                 )
             )
         return result
