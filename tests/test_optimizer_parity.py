@@ -189,10 +189,11 @@ def test_bounded_width_sizes_moderate_batches_as_the_whole_chain(monkeypatch):
 def test_a_batch_limit_of_156672_is_sized_in_bounded_memory(monkeypatch):
     """One output token: mistral_7b on MI300X holds 306 x 512 / 1 = 156,672 requests a batch.
 
-    Stored whole, the chain matrix of Inferno's large sample with this server was rows x 156,672
-    wide: 3.5 GB peak. Stored 4,096 wide and streamed beyond, `python benchmarks/optimize.py`
-    measures 64 MB peak (tracemalloc) for that whole problem. Here one row, small enough to also
-    store whole, shows the streamed sizing gives the same answer.
+    For Inferno's large sample with this server, `python benchmarks/optimize.py --whole-chain`
+    measures the peak memory (tracemalloc) of the solve: 19.1 MiB with the chain stored 1,024
+    states wide and streamed beyond, 2.9 GiB with it stored whole (rows x 156,672; the code
+    before the bound peaked at 3.4 GiB). Here one row, small enough to also store whole, shows
+    the streamed sizing gives the same answer.
     """
     base = load_system(embedded_problem())
     mistral = next(s for s in base.servers if s.model == "mistral_7b")

@@ -20,9 +20,9 @@ from dataclasses import dataclass
 import numpy as np
 
 QUEUE_TO_BATCH_RATIO = 10
-# states per stored or streamed block: 4096 x 8 bytes = 32 KiB a row; batch limits of real
-# profiles (a few hundred) fit in one block, only extreme request shapes stream
-MAX_WIDTH = 4096
+# states per stored or streamed block, 8 KiB a row: most batch limits (a few hundred) fit in one
+# block; a wider chain costs a pass over its rates per solve instead of rows x N memory
+MAX_WIDTH = 1024
 
 # mu(n) in requests/ms for row indices (a column) at batch sizes n >= 1 (a row); broadcasts
 RateFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]
