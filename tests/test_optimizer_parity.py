@@ -12,6 +12,7 @@ import pytest
 
 from autoscaler.cli import embedded_problem
 from autoscaler.optimizer import queueing, reference
+from autoscaler.optimizer.allocation import transition_value
 from autoscaler.optimizer.domain import (
     Accelerator,
     CurrentAllocation,
@@ -105,6 +106,17 @@ def test_a_server_without_allocation_pays_the_gpu_type_change_penalty():
     assert (newcomer.accelerator, incumbent.accelerator) == ("A", "B1")
     assert newcomer.value == pytest.approx(1.1 * newcomer.cost)
     assert incumbent.value == pytest.approx(0.1 * (50.0 + incumbent.cost) + incumbent.cost - 50.0)
+
+
+def test_a_current_allocation_without_accelerator_is_read_as_inferno_does():
+    """Inferno keeps currentAlloc as given: with no accelerator, a move from it is a GPU-type
+    change from its stated cost, and keepAccelerator has no type to keep."""
+    current = CurrentAllocation("", 0, cost=10.0)
+    candidates = size_candidates(system([server("s", 600, current=current, keep_accelerator=True)]))["s"]
+    assert {a.accelerator for a in candidates} == {"A", "B", "2xB"}
+    assert transition_value(candidates[0], current) == pytest.approx(
+        0.1 * (10.0 + candidates[0].cost) + candidates[0].cost - 10.0
+    )
 
 
 def test_unlimited_json_lists_idle_servers_as_inferno_does():

@@ -176,7 +176,7 @@ def _candidate_rows(system: System):
 
 def allowed_accelerators(system: System, server: Server) -> list[str]:
     """The accelerators a server may be placed on that have a profile for its model."""
-    if server.keep_accelerator and server.current is not None:
+    if server.keep_accelerator and server.current is not None and server.current.accelerator:
         allowed = [server.current.accelerator]
     else:
         allowed = [acc for acc in system.accelerators if not server.accelerators or acc in server.accelerators]
