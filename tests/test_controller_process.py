@@ -16,6 +16,7 @@ from autoscaler.proto import decisions_pb2 as pb
 from autoscaler.proto import decisions_pb2_grpc as pb_grpc
 
 from .cluster_objects import HPAS, ISVCS, isvc
+from .kube_api_emulator import Grant
 from .prometheus_server import free_port
 from .test_controller import Cluster
 from .test_controller import vllm_and_prometheus  # noqa: F401 - the fixture
@@ -25,6 +26,9 @@ async def test_controller_process_end_to_end(tmp_path, vllm_and_prometheus):  # 
     _, prometheus = vllm_and_prometheus
     async with Cluster() as cluster:
         cluster.store.put(ISVCS, isvc("chat", "llama_13b"))
+        cluster.emulator.tokens["ops-token"] = {"username": "ops"}
+        cluster.emulator.grants.append(Grant("ops", resource="", paths=("get /metrics", "post /invoke")))
+        ops = {"Authorization": "Bearer ops-token"}
         kubeconfig = tmp_path / "kubeconfig"
         kubeconfig.write_text(
             "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
@@ -37,6 +41,7 @@ async def test_controller_process_end_to_end(tmp_path, vllm_and_prometheus):  # 
             sys.executable, "-m", "autoscaler", "controller", "--kubeconfig", str(kubeconfig),
             "--namespace", "inference-autoscaler", "--prometheus-url", prometheus.url, "--window", "5",
             "--listen", f"127.0.0.1:{http_port}", "--decisions-address", f"127.0.0.1:{grpc_port}", "--period", "3600",
+            "--invoke-min-interval", "0", "--retry-period", "0.2", "--renew-deadline", "1", "--lease-duration", "2",
             stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
         base = f"http://127.0.0.1:{http_port}"
@@ -50,10 +55,10 @@ async def test_controller_process_end_to_end(tmp_path, vllm_and_prometheus):  # 
                     except aiohttp.ClientError:
                         pass
                     await asyncio.sleep(0.05)
-                async with session.post(base + "/invoke") as response:
+                async with session.post(base + "/invoke", headers=ops) as response:
                     report = await response.json()
                     assert response.status == 200 and report["services"] == 1 and report["stale"] == 0, report
-                async with session.get(base + "/metrics") as response:
+                async with session.get(base + "/metrics", headers=ops) as response:
                     assert 'inference_autoscaler_desired_replicas{namespace="prod",isvc="chat"' in await response.text()
             assert cluster.store.get(HPAS, "prod", "chat-optimizer") is not None
             async with grpc.aio.insecure_channel(f"127.0.0.1:{grpc_port}") as channel:
@@ -72,6 +77,7 @@ async def test_controller_process_end_to_end(tmp_path, vllm_and_prometheus):  # 
 def test_a_bad_kubeconfig_is_one_clear_line(tmp_path, capsys):
     kubeconfig = tmp_path / "kubeconfig"
     kubeconfig.write_text("clusters: [\n")
-    assert main(["controller", "--kubeconfig", str(kubeconfig)]) == 2
+    loopback = ["--listen", "127.0.0.1:0", "--decisions-address", "127.0.0.1:0"]
+    assert main(["controller", "--kubeconfig", str(kubeconfig), *loopback]) == 2
     error = capsys.readouterr().err
     assert f"inference-autoscaler: error: {kubeconfig}: cannot use it:" in error and "Traceback" not in error

@@ -162,12 +162,15 @@ def test_one_certificate_covers_both_https_services(default):
     webhook = one(default, "Deployment", "webhook")["spec"]["template"]["spec"]
     args = dict(a.split("=", 1) for a in webhook["containers"][0]["args"] if "=" in a)
     secret = args["--manage-certificates"].split("/")[1]
-    assert set(args["--services"].split(",")) == {"webhook", "metrics-adapter"}
+    assert set(args["--services"].split(",")) == {"webhook", "metrics-adapter", "controller"}
     assert args["--webhook-configuration"] == "inference-autoscaler"
     assert args["--api-service"] == one(default, "APIService", "v1beta1.external.metrics.k8s.io")["metadata"]["name"]
-    adapter = one(default, "Deployment", "metrics-adapter")["spec"]["template"]["spec"]
-    assert adapter["volumes"][0]["secret"]["secretName"] == secret
-    assert {i["key"] for i in adapter["volumes"][0]["secret"]["items"]} == {"tls.crt", "tls.key"}
+    for component in ("metrics-adapter", "controller"):
+        pod = one(default, "Deployment", component)["spec"]["template"]["spec"]
+        assert pod["volumes"][0]["secret"]["secretName"] == secret
+        assert {i["key"] for i in pod["volumes"][0]["secret"]["items"]} == {"tls.crt", "tls.key", "ca.crt"}
+        mounted = {a.split("=", 1)[1] for a in pod["containers"][0]["args"] if a.endswith((".crt", ".key"))}
+        assert mounted <= {f"/var/run/serving-cert/{i}" for i in ("tls.crt", "tls.key", "ca.crt")} and len(mounted) == 3
 
 
 def test_rbac_covers_what_each_component_calls(default):

@@ -73,7 +73,7 @@ class CertificateManager:
         self.writes = 0
 
     def _secret(self, ca: Authority, version: str = "") -> dict:
-        cert, key = ca.issue(self.target.names[0], list(self.target.names), now=self.clock())
+        cert, key = ca.issue(self.target.names[0], list(self.target.names), now=self.clock(), peer=True)
         metadata = {"name": self.target.secret, "namespace": self.target.namespace}
         if version:
             metadata["resourceVersion"] = version

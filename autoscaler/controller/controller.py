@@ -157,8 +157,13 @@ class Controller:
                 log.error("%s", self.data_error)
         return self.data
 
-    async def cycle(self) -> CycleReport:
+    async def cycle(self, unless_within_s: float = 0.0) -> CycleReport | None:
+        """Run one cycle; None (nothing run) when the last one started less than `unless_within_s`
+        ago, checked under the lock so that concurrent callers cannot slip in one after another."""
         async with self._lock:
+            last = self.last_report
+            if last is not None and self.clock() - last.started_at < unless_within_s:
+                return None
             report = await self._cycle()
             self._settle_heap()
             self.cycles += 1
