@@ -13,8 +13,10 @@ The protocol is client-go's (tools/leaderelection), which every Kubernetes contr
   so that nothing of the old term runs on (a restarted replica resumes from the cluster);
 - on a clean shutdown the leader releases the Lease (empty holder, 1 s) for an instant handover.
 
-Defaults: lease 15 s, renew deadline 10 s, retry 2 s (client-go's controller-manager values):
-a crashed leader is replaced within lease + retry = 17 s, a shut-down one within one retry.
+Defaults: lease 15 s, renew deadline 10 s, retry 2 s (kube-controller-manager's values): a
+crashed leader is replaced within lease + two retries (a follower sees the last renewal within
+one, then waits the lease, then notices within one more): at most 15 + 2 x 2.4 = 19.8 s with
+jitter; a shut-down one (Lease released) within one retry.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -87,7 +90,8 @@ class LeaderElector:
         now = micro_time(self.wall())
         return {
             "holderIdentity": self.identity if holder is None else holder,
-            "leaseDurationSeconds": round(self.settings.lease_s) if duration_s is None else duration_s,
+            # whole seconds in the API: rounded up, never shorter than the renew deadline allows for
+            "leaseDurationSeconds": math.ceil(self.settings.lease_s) if duration_s is None else duration_s,
             "acquireTime": acquire_time or now,
             "renewTime": now,
             "leaseTransitions": transitions,

@@ -242,3 +242,15 @@ def test_cert_manager_overlay_hands_the_secret_to_cert_manager():
     certificate = one(documents, "Certificate", "inference-autoscaler-tls")
     assert "webhook.inference-autoscaler.svc" in certificate["spec"]["dnsNames"]
     assert [e for d in documents if d["apiVersion"].split("/")[0] not in CRD_GROUPS for e in validate(d)] == []
+
+
+def test_two_controllers_elect_a_leader_on_a_lease_they_may_write(default):
+    deployment = one(default, "Deployment", "controller")
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    role = one(default, "Role", "controller")["rules"]
+    lease = [r for r in role if r["apiGroups"] == ["coordination.k8s.io"]]
+    assert {v for r in lease for v in r["verbs"]} >= {"get", "create", "update"}
+    named = [r for r in lease if "update" in r["verbs"]]
+    assert named and all(r["resourceNames"] == ["inference-autoscaler-controller"] for r in named)
