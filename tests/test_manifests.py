@@ -254,3 +254,19 @@ def test_two_controllers_elect_a_leader_on_a_lease_they_may_write(default):
     assert {v for r in lease for v in r["verbs"]} >= {"get", "create", "update"}
     named = [r for r in lease if "update" in r["verbs"]]
     assert named and all(r["resourceNames"] == ["inference-autoscaler-controller"] for r in named)
+
+
+def test_only_the_webhook_may_read_the_ca_key(default):
+    readers = {
+        (d["metadata"]["name"], tuple(r.get("resourceNames", ["*"])))
+        for d in default
+        if d["kind"] in ("Role", "ClusterRole")
+        for r in d["rules"]
+        if "secrets" in r.get("resources", ()) and {"get", "list", "watch"} & set(r["verbs"])
+    }
+    assert readers == {("webhook-certificates", ("inference-autoscaler-tls", "inference-autoscaler-tls-ca"))}
+    for deployment in (d for d in default if d["kind"] == "Deployment"):
+        for volume in deployment["spec"]["template"]["spec"].get("volumes", []):
+            if "secret" in volume:  # named keys only: a whole-Secret mount would carry whatever is added to it
+                keys = {i["key"] for i in volume["secret"].get("items", [])}
+                assert keys and "ca.key" not in keys, deployment["metadata"]["name"]
