@@ -173,33 +173,62 @@ def test_one_certificate_covers_both_https_services(default):
         assert mounted <= {f"/var/run/serving-cert/{i}" for i in ("tls.crt", "tls.key", "ca.crt")} and len(mounted) == 3
 
 
+WRITES = {"create", "update", "patch", "delete", "deletecollection", "*"}
+CONTROLLER_CALLS = [  # (API group, resource, verb) of every call the controller makes
+    ("serving.kserve.io", "inferenceservices", "watch"),
+    ("serving.kserve.io", "inferenceservices", "patch"),
+    ("serving.kserve.io", "inferenceservices/status", "patch"),
+    ("autoscaling", "horizontalpodautoscalers", "watch"),
+    ("autoscaling", "horizontalpodautoscalers", "create"),
+    ("autoscaling", "horizontalpodautoscalers", "patch"),
+    ("autoscaling", "horizontalpodautoscalers", "delete"),
+    ("autoscaling.internal.knative.dev", "podautoscalers", "watch"),
+    ("autoscaling.internal.knative.dev", "podautoscalers/status", "patch"),
+    ("networking.internal.knative.dev", "serverlessservices", "watch"),
+    ("networking.internal.knative.dev", "serverlessservices", "create"),
+    ("apps", "deployments/scale", "patch"),
+    ("", "pods", "watch"),
+    ("", "pods", "get"),
+    ("", "pods", "patch"),
+    ("", "pods", "delete"),
+    ("", "events", "create"),
+    ("", "nodes", "watch"),
+]
+
+
+def _allows(rules, group, resource, verb):
+    return any(group in r.get("apiGroups", ()) and resource in r.get("resources", ()) and verb in r["verbs"] for r in rules)
+
+
 def test_rbac_covers_what_each_component_calls(default):
     rules = {r["metadata"]["name"]: r["rules"] for r in default if r["kind"] in ("ClusterRole", "Role")}
-
-    def allowed(role, group, resource, verb):
-        return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules[role])
-
-    controller = "inference-autoscaler-controller"
-    for group, resource, verb in [
-        ("serving.kserve.io", "inferenceservices", "watch"),
-        ("serving.kserve.io", "inferenceservices/status", "patch"),
-        ("autoscaling", "horizontalpodautoscalers", "create"),
-        ("autoscaling.internal.knative.dev", "podautoscalers/status", "patch"),
-        ("networking.internal.knative.dev", "serverlessservices", "create"),
-        ("apps", "deployments/scale", "patch"),
-        ("", "pods", "patch"),
-        ("", "pods", "delete"),
-        ("", "events", "create"),
-        ("", "nodes", "watch"),
-    ]:
-        assert allowed(controller, group, resource, verb), (group, resource, verb)
-    assert allowed("controller", "", "configmaps", "update")
-    assert allowed(
-        "inference-autoscaler-webhook-ca-injection", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "update"
+    cluster_wide = rules["inference-autoscaler-controller"]
+    per_namespace = rules["inference-autoscaler-controller-namespace"]
+    for group, resource, verb in CONTROLLER_CALLS:
+        granted = _allows(cluster_wide, group, resource, verb) or _allows(per_namespace, group, resource, verb)
+        assert granted, (group, resource, verb)
+    assert _allows(rules["controller"], "", "configmaps", "update")
+    assert _allows(
+        rules["inference-autoscaler-webhook-ca-injection"], "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "update"
     )
     refs = {(d["kind"], d["roleRef"]["name"]) for d in default if "roleRef" in d}
     assert ("ClusterRoleBinding", "system:auth-delegator") in refs
     assert ("RoleBinding", "extension-apiserver-authentication-reader") in refs
+
+
+def test_the_controller_writes_only_in_namespaces_bound_to_it(default):
+    """Cluster-wide the controller reads; its writes (pods, scale, HPAs, ISVCs...) are in a
+    ClusterRole that only a RoleBinding in an opted-in namespace grants."""
+    cluster_wide = one(default, "ClusterRole", "inference-autoscaler-controller")["rules"]
+    assert [r for r in cluster_wide if WRITES & set(r["verbs"])] == []
+    bound = {(d["kind"], d["roleRef"]["name"]) for d in default if "roleRef" in d}
+    assert ("ClusterRoleBinding", "inference-autoscaler-controller-namespace") not in bound
+    sample = [d for d in render(CONFIG / "samples") if d["kind"] == "RoleBinding"]
+    assert [(d["metadata"]["namespace"], d["roleRef"]["name"]) for d in sample] == [
+        ("llm", "inference-autoscaler-controller-namespace")
+    ]
+    assert sample[0]["subjects"] == [{"kind": "ServiceAccount", "name": "controller", "namespace": "inference-autoscaler"}]
+    assert validate(sample[0]) == []
 
 
 def test_services_and_probes_match_the_containers(default):
