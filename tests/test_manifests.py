@@ -299,3 +299,41 @@ def test_only_the_webhook_may_read_the_ca_key(default):
             if "secret" in volume:  # named keys only: a whole-Secret mount would carry whatever is added to it
                 keys = {i["key"] for i in volume["secret"].get("items", [])}
                 assert keys and "ca.key" not in keys, deployment["metadata"]["name"]
+
+
+def _policy_for(default, component: str) -> dict:
+    pod = one(default, "Deployment", component)["spec"]["template"]
+    policies = [
+        d
+        for d in default
+        if d["kind"] == "NetworkPolicy"
+        and d["spec"]["podSelector"].get("matchLabels")
+        and d["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    ]
+    assert len(policies) == 1, (component, [p["metadata"]["name"] for p in policies])
+    return policies[0]
+
+
+def _ingress(policy: dict) -> dict[str, list[dict]]:
+    """port name -> the peers allowed to reach it."""
+    return {port["port"]: rule.get("from", []) for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+
+
+def test_network_policies_let_in_only_who_must_come(default):
+    deny = [d for d in default if d["kind"] == "NetworkPolicy" and d["spec"]["podSelector"] == {}]
+    assert len(deny) == 1 and deny[0]["spec"]["policyTypes"] == ["Ingress"] and not deny[0]["spec"].get("ingress")
+    adapter_pods = one(default, "Deployment", "metrics-adapter")["spec"]["template"]["metadata"]["labels"]
+    for component in ("controller", "webhook", "metrics-adapter"):
+        policy = _policy_for(default, component)
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        container = one(default, "Deployment", component)["spec"]["template"]["spec"]["containers"][0]
+        assert set(_ingress(policy)) == {p["name"] for p in container["ports"]}  # every port has its sources, no more
+    controller = _ingress(_policy_for(default, "controller"))
+    [stream] = controller["grpc"]
+    assert stream == {"podSelector": {"matchLabels": adapter_pods}}  # the decision stream: the adapter, in our namespace
+    [prometheus] = controller["https"]
+    assert prometheus["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    assert prometheus["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+    for component in ("webhook", "metrics-adapter"):  # the API server: not a pod, so addresses
+        [api_server] = _ingress(_policy_for(default, component))["https"]
+        assert set(api_server) == {"ipBlock"}
