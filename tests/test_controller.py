@@ -27,7 +27,8 @@ from autoscaler.controller.server import build_app
 from autoscaler.decision_stream import DecisionHub
 from autoscaler.kube_auth import KubernetesReviews, PathGate
 
-from .cluster_objects import CONFIGMAPS, HPAS, ISVCS, NAMESPACE, NODES, PAS, SKSS, data_configmap, isvc, node, pod_autoscaler
+from .cluster_objects import CONFIGMAPS, HPAS, ISVCS, NAMESPACE, NODES, PAS, SIGNER, SKSS, data_configmap, isvc, node
+from .cluster_objects import pod_autoscaler
 from .kube_api_emulator import Grant, KubeApiEmulator
 from .prometheus_server import PrometheusServer, free_port
 from .test_controller_planning import observed
@@ -69,7 +70,8 @@ class Cluster:
         await self.runner.cleanup()
 
     async def controller(self, collector) -> Controller:
-        controller = Controller(Kube.at(self.url), collector, DecisionHub(), ControllerSettings(namespace=NAMESPACE))
+        settings = ControllerSettings(namespace=NAMESPACE)
+        controller = Controller(Kube.at(self.url), collector, DecisionHub(), settings, signer=SIGNER)
         await controller.start(sync_timeout_s=10)
         return controller
 

@@ -25,7 +25,7 @@ from metrics_adapter.api import BASE, build_app
 from metrics_adapter.feed import DecisionFeed
 from metrics_adapter.store import MetricStore
 
-from .cluster_objects import HPAS, ISVCS, NAMESPACE, isvc
+from .cluster_objects import HPAS, ISVCS, NAMESPACE, SIGNER, isvc
 from .kube_objects import Fault
 from .test_controller import Cluster, StandInCollector, stop
 from .test_controller_planning import observed
@@ -134,7 +134,7 @@ async def test_failover_of_two_controllers_loses_and_repeats_no_decision():
         settings = ControllerSettings(namespace=NAMESPACE, planner=PlannerSettings(period_s=0.5))
         replicas = []
         for name in ("a", "b"):
-            controller = Controller(Kube.at(cluster.url), collector, DecisionHub(), settings)
+            controller = Controller(Kube.at(cluster.url), collector, DecisionHub(), settings, signer=SIGNER)
             controller.hub.leading = False
             await controller.start(sync_timeout_s=10)
             election = elector(cluster, name)

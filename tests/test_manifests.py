@@ -208,9 +208,8 @@ def test_rbac_covers_what_each_component_calls(default):
         granted = _allows(cluster_wide, group, resource, verb) or _allows(per_namespace, group, resource, verb)
         assert granted, (group, resource, verb)
     assert _allows(rules["controller"], "", "configmaps", "update")
-    assert _allows(
-        rules["inference-autoscaler-webhook-ca-injection"], "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "update"
-    )
+    webhook = rules["inference-autoscaler-webhook-ca-injection"]
+    assert _allows(webhook, "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "update")
     refs = {(d["kind"], d["roleRef"]["name"]) for d in default if "roleRef" in d}
     assert ("ClusterRoleBinding", "system:auth-delegator") in refs
     assert ("RoleBinding", "extension-apiserver-authentication-reader") in refs
@@ -285,7 +284,7 @@ def test_two_controllers_elect_a_leader_on_a_lease_they_may_write(default):
     assert named and all(r["resourceNames"] == ["inference-autoscaler-controller"] for r in named)
 
 
-def test_only_the_webhook_may_read_the_ca_key(default):
+def test_secrets_are_read_by_name_and_only_the_webhook_reads_the_ca_key(default):
     readers = {
         (d["metadata"]["name"], tuple(r.get("resourceNames", ["*"])))
         for d in default
@@ -293,7 +292,10 @@ def test_only_the_webhook_may_read_the_ca_key(default):
         for r in d["rules"]
         if "secrets" in r.get("resources", ()) and {"get", "list", "watch"} & set(r["verbs"])
     }
-    assert readers == {("webhook-certificates", ("inference-autoscaler-tls", "inference-autoscaler-tls-ca"))}
+    assert readers == {
+        ("webhook-certificates", ("inference-autoscaler-tls", "inference-autoscaler-tls-ca")),
+        ("controller", ("inference-autoscaler-decision-key",)),  # signs its decisions
+    }
     for deployment in (d for d in default if d["kind"] == "Deployment"):
         for volume in deployment["spec"]["template"]["spec"].get("volumes", []):
             if "secret" in volume:  # named keys only: a whole-Secret mount would carry whatever is added to it

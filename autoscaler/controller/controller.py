@@ -36,6 +36,7 @@ from ..kube import (
 )
 from ..policy.planner import PlannerSettings, PlannerState, plan
 from .services import ServiceReader
+from .signing import DecisionSigner
 
 log = logging.getLogger(__name__)
 REFREEZE_CYCLES = 20  # 10 minutes at the default period
@@ -97,6 +98,8 @@ class Controller:
         settings: ControllerSettings = ControllerSettings(),
         reserved_gpus: Callable[[], Mapping[str, int]] = dict,
         clock: Callable[[], float] = time.time,
+        *,
+        signer: DecisionSigner,
     ):
         self.kube = kube
         self.collector = collector
@@ -113,9 +116,9 @@ class Controller:
             "hpas": Informer(kube, HPAS, label_selector="app.kubernetes.io/managed-by=inference-autoscaler"),
             "data": Informer(kube, CONFIG_MAPS, namespace=settings.namespace),
         }
-        self.actuator = Actuator(kube, self.informers, settings.actuator)
+        self.actuator = Actuator(kube, self.informers, signer, settings.actuator)
         self.state = PlannerState()
-        self.services = ServiceReader()
+        self.services = ServiceReader(signer)
         self.data: ClusterData | None = None
         self._data_version = ""
         self.data_error = ""
