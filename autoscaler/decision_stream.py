@@ -7,8 +7,9 @@ off (it reconnects and starts again from a snapshot) rather than letting its que
 The stream carries every namespace's traffic and cost, so it runs over mutual TLS: both ends
 present a certificate signed by our CA (autoscaler/certificates.py), anything else fails the
 handshake. Certificates are read again when their files change (a renewal needs no restart).
-Only the leading controller serves it (`DecisionHub.leading`): a follower's answer is
-UNAVAILABLE, and the adapter retries until it reaches the leader.
+Only the leading controller serves it (`DecisionHub.leading`), and only once it has published
+its first decisions (a snapshot before that would be empty and wipe the adapter's values): until
+then the answer is UNAVAILABLE, and the adapter keeps its values and retries.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ class DecisionHub(pb_grpc.DecisionServiceServicer):
         self._current: dict[tuple[str, str, str], pb.Decision] = {}
         self._watchers: set[asyncio.Queue] = set()
         self.leading = True  # a follower (see autoscaler/leader.py) serves no decisions
+        self._published = False
 
     def step_down(self) -> None:
-        """Stop serving: watchers are cut off and new ones refused until leading again."""
+        """Stop serving: watchers are cut off and new ones refused until leading and published again."""
         self.leading = False
+        self._published = False
         self._current = {}
         for queue in list(self._watchers):
             self._watchers.discard(queue)
@@ -58,6 +61,7 @@ class DecisionHub(pb_grpc.DecisionServiceServicer):
             for k in self._current.keys() - fresh.keys()
         ]
         self._current = fresh
+        self._published = True
         for queue in list(self._watchers):
             if queue.qsize() + len(events) > WATCHER_QUEUE_LIMIT:
                 self._watchers.discard(queue)
@@ -69,6 +73,8 @@ class DecisionHub(pb_grpc.DecisionServiceServicer):
     async def WatchDecisions(self, request: pb.WatchRequest, context) -> None:  # noqa: N802 - gRPC method name
         if not self.leading:
             await context.abort(grpc.StatusCode.UNAVAILABLE, "this controller replica is not the leader")
+        if not self._published:
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "no decisions yet: the first cycle has not finished")
         queue: asyncio.Queue = asyncio.Queue()
         self._watchers.add(queue)
         log.info("decision watcher %r connected", request.client or context.peer())

@@ -82,6 +82,12 @@ async def test_a_follower_serves_no_decisions(controller, tmp_path):
     with pytest.raises(grpc.aio.AioRpcError) as refused:
         await first_event(target, tls.channel_credentials())
     assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "not the leader" in refused.value.details()
+    hub.leading = True  # elected again: still nothing until its first cycle has published
+    with pytest.raises(grpc.aio.AioRpcError) as refused:
+        await first_event(target, tls.channel_credentials())
+    assert "no decisions yet" in refused.value.details()
+    hub.publish([])  # a leader with nothing to manage serves an empty snapshot
+    assert list((await first_event(target, tls.channel_credentials())).snapshot.decisions) == []
 
 
 def test_the_adapter_refuses_a_plaintext_stream_off_loopback(tmp_path, capsys):
