@@ -107,11 +107,8 @@ class LeaderElector:
             return False
 
     async def _attempt(self) -> bool:
-        try:
-            lease = await self.kube.get(LEASES, self.namespace, self.name)
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
+        lease = await self.kube.find(LEASES, self.namespace, self.name)
+        if lease is None:
             body = {
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
@@ -126,11 +123,7 @@ class LeaderElector:
         if holder and not mine and self._valid(self.monotonic()):
             return False  # held by another and not expired
         transitions = int(self._observed.get("leaseTransitions") or 0)
-        spec = (
-            self._spec(self._observed.get("acquireTime", ""), transitions)
-            if mine
-            else self._spec("", transitions + 1)
-        )
+        spec = self._spec(self._observed.get("acquireTime", ""), transitions) if mine else self._spec("", transitions + 1)
         lease["spec"] = spec
         lease["metadata"]["resourceVersion"] = self._observed_version  # optimistic: 409 if it moved
         self._observe(await self.kube.replace(LEASES, self.namespace, self.name, lease))

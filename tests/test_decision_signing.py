@@ -36,8 +36,10 @@ async def test_a_forged_decision_sets_neither_gpu_type_nor_replicas():
                 cluster.store.put(ISVCS, edited)  # the tenant's edit
                 await cluster.settle(
                     controller,
-                    lambda: controller.informers["isvcs"].objects[("prod", "chat")]["metadata"]["annotations"][ann.DECISION]
-                    == json.dumps(forged),
+                    lambda: (
+                        controller.informers["isvcs"].objects[("prod", "chat")]["metadata"]["annotations"][ann.DECISION]
+                        == json.dumps(forged)
+                    ),
                 )
                 await controller.cycle()
                 [published] = controller.hub.current()

@@ -7,6 +7,7 @@ two replicas fed by one controller answer the same."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 
@@ -47,6 +48,17 @@ def elector(cluster: Cluster, identity: str, settings=FAST, clock=time.monotonic
     return LeaderElector(Kube.at(cluster.url), NAMESPACE, "controller", identity, settings, monotonic=clock)
 
 
+@contextlib.asynccontextmanager
+async def electors(cluster: Cluster, names: str, clocks: list | None = None):
+    """One elector per letter of `names`, each with its own API client (and clock, if given)."""
+    made = [elector(cluster, n, clock=c) for n, c in zip(names, clocks or [time.monotonic] * len(names), strict=True)]
+    try:
+        yield made
+    finally:
+        for e in made:
+            await e.kube.close()
+
+
 def spec(cluster: Cluster) -> dict:
     return cluster.store.get(LEASE, NAMESPACE, "controller")["spec"]
 
@@ -54,8 +66,7 @@ def spec(cluster: Cluster) -> dict:
 async def test_the_lease_record_follows_client_go():
     async with Cluster() as cluster:
         a_clock, b_clock = Clock(), Clock()
-        a, b = elector(cluster, "a", clock=a_clock), elector(cluster, "b", clock=b_clock)
-        try:
+        async with electors(cluster, "ab", [a_clock, b_clock]) as (a, b):
             assert await a.try_acquire_or_renew()
             first = spec(cluster)
             assert first["holderIdentity"] == "a" and first["leaseDurationSeconds"] == 2 and first["leaseTransitions"] == 0
@@ -73,17 +84,12 @@ async def test_the_lease_record_follows_client_go():
             assert taken["holderIdentity"] == "b" and taken["leaseTransitions"] == 1
             assert taken["acquireTime"] > first["acquireTime"]
             assert not await a.try_acquire_or_renew()  # a's clock has not run: b's record is fresh to it
-        finally:
-            await a.kube.close()
-            await b.kube.close()
 
 
 async def test_of_two_candidates_for_an_expired_lease_one_wins():
     async with Cluster() as cluster:
-        old = elector(cluster, "old")
         clocks = [Clock(), Clock()]
-        candidates = [elector(cluster, name, clock=clock) for name, clock in zip("bc", clocks, strict=True)]
-        try:
+        async with electors(cluster, "a") as (old,), electors(cluster, "bc", clocks) as candidates:
             assert await old.try_acquire_or_renew()
             for candidate, clock in zip(candidates, clocks, strict=True):
                 assert not await candidate.try_acquire_or_renew()
@@ -91,29 +97,21 @@ async def test_of_two_candidates_for_an_expired_lease_one_wins():
             won = await asyncio.gather(*(c.try_acquire_or_renew() for c in candidates))
             assert sorted(won) == [False, True]  # the loser's write carried a stale resourceVersion: 409
             assert spec(cluster)["leaseTransitions"] == 1
-        finally:
-            for e in (old, *candidates):
-                await e.kube.close()
 
 
 async def test_a_released_lease_passes_at_once():
     async with Cluster() as cluster:
-        a, b = elector(cluster, "a"), elector(cluster, "b")
-        try:
+        async with electors(cluster, "ab") as (a, b):
             await a.acquire()
             assert not await b.try_acquire_or_renew()
             await a.release()
             assert spec(cluster)["holderIdentity"] == "" and spec(cluster)["leaseDurationSeconds"] == 1
             assert await b.try_acquire_or_renew() and not a.is_leader
-        finally:
-            await a.kube.close()
-            await b.kube.close()
 
 
 async def test_a_leader_that_cannot_renew_steps_down_before_the_lease_ends():
     async with Cluster() as cluster:
-        a = elector(cluster, "a")
-        try:
+        async with electors(cluster, "a") as (a,):
             await a.acquire()
             keeping = asyncio.create_task(a.keep())
             cluster.store.faults.append(Fault("", "/leases/", 500, times=1000))  # the API cannot answer a
@@ -121,8 +119,6 @@ async def test_a_leader_that_cannot_renew_steps_down_before_the_lease_ends():
             await asyncio.wait_for(keeping, 5)
             stepped_down = time.monotonic() - started
             assert not a.is_leader and FAST.renew_deadline_s <= stepped_down < FAST.lease_s
-        finally:
-            await a.kube.close()
 
 
 async def test_failover_of_two_controllers_loses_and_repeats_no_decision():

@@ -103,12 +103,7 @@ class CertificateManager:
         return Authority.create(f"inference-autoscaler-ca.{self.target.namespace}", now=self.clock())
 
     async def _get(self, name: str) -> dict | None:
-        try:
-            return await self.kube.get(SECRETS, self.target.namespace, name)
-        except ApiError as exc:
-            if exc.status != 404:
-                raise
-            return None
+        return await self.kube.find(SECRETS, self.target.namespace, name)
 
     async def ensure_ca(self) -> Authority:
         """The CA from its Secret; made when missing, from the serving Secret's ca.key when an

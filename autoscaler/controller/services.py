@@ -78,9 +78,7 @@ def _split(results: Iterable[ManagedService | Rejected | None]) -> tuple[list[Ma
     return services, rejected
 
 
-def read_services(
-    isvcs: Iterable[dict], catalog: Catalog, signer: DecisionSigner
-) -> tuple[list[ManagedService], list[Rejected]]:
+def read_services(isvcs: Iterable[dict], catalog: Catalog, signer: DecisionSigner) -> tuple[list[ManagedService], list[Rejected]]:
     """The managed ISVCs, and those that opt in but cannot be managed (with the reason)."""
     classes = {name: DEFAULT_BOUNDS for name in catalog.classes}
     return _split(_read_one(isvc, catalog, classes, signer) for isvc in isvcs)

@@ -22,7 +22,7 @@ import logging
 import secrets
 
 from ..errors import InputError
-from ..kube import SECRETS, ApiError, Kube, with_retries
+from ..kube import SECRETS, Kube, with_retries
 
 log = logging.getLogger(__name__)
 KEY_BYTES = 32
@@ -51,11 +51,8 @@ class DecisionSigner:
         get a 409 and read the winner's)."""
 
         async def attempt() -> bytes:
-            try:
-                secret = await kube.get(SECRETS, namespace, name)
-            except ApiError as exc:
-                if exc.status != 404:
-                    raise
+            secret = await kube.find(SECRETS, namespace, name)
+            if secret is None:
                 key = secrets.token_bytes(KEY_BYTES)
                 body = {
                     "apiVersion": "v1",
