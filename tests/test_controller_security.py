@@ -87,6 +87,12 @@ async def test_a_follower_runs_nothing_and_is_not_ready(served):
     assert controller.cycles == 0
 
 
+def test_a_negative_invoke_interval_is_refused(capsys):
+    loopback = ["--listen", "127.0.0.1:0", "--decisions-address", "127.0.0.1:0"]
+    assert main(["controller", *loopback, "--invoke-min-interval", "-1"]) == 2
+    assert "--invoke-min-interval: must be 0 or more seconds" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     "flags",
     [

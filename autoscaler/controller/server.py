@@ -201,6 +201,8 @@ async def _serve(args: argparse.Namespace) -> int:
         election = ElectionSettings(args.lease_duration, args.renew_deadline, args.retry_period)
     except ValueError as exc:
         raise InputError("command line", "--lease-duration", str(exc)) from None
+    if not args.invoke_min_interval >= 0:
+        raise InputError("command line", "--invoke-min-interval", "must be 0 or more seconds")
     kube = await Kube.connect(args.kubeconfig)
     collector = PrometheusCollector(args.prometheus_url, CollectorSettings(window_s=args.window, isvc_label=args.isvc_label))
     settings = ControllerSettings(
@@ -251,7 +253,11 @@ async def _serve(args: argparse.Namespace) -> int:
         tasks.append(stopping)
         await asyncio.wait([leading, stopping], return_when=asyncio.FIRST_COMPLETED)
         if not stop.is_set():
-            log.error("lost the leader Lease: exiting so that a fresh replica resumes from the cluster")
+            failure = leading.exception()
+            if failure is not None:  # a bug, not the Lease: say so, with its traceback
+                log.error("leader election failed: exiting", exc_info=failure)
+            else:
+                log.error("lost the leader Lease: exiting so that a fresh replica resumes from the cluster")
             return 1
         leading.cancel()  # the workers stop before the Lease is handed over
         await asyncio.gather(leading, return_exceptions=True)
