@@ -98,3 +98,26 @@ def test_the_adapter_refuses_a_plaintext_stream_off_loopback(tmp_path, capsys):
     assert main([*args, "--decisions", "controller.inference-autoscaler.svc:9090"]) == 2
     error = capsys.readouterr().err
     assert "--decisions-ca-file" in error and "plaintext only to a loopback address" in error and "Traceback" not in error
+
+
+async def test_a_renewed_certificate_serves_new_connections_without_a_restart(tmp_path):
+    old_ca, new_ca = Authority.create("old-ca"), Authority.create("new-ca")
+    served = peer(old_ca, "controller", tmp_path / "controller", server=True)
+    hub = DecisionHub()
+    hub.publish([decision()])
+    server = await serve_decisions(hub, "127.0.0.1:0", served)
+    target = f"127.0.0.1:{server.bound_port}"
+    try:
+        client = peer(old_ca, "metrics-adapter", tmp_path / "old-client", server=False)
+        assert (await first_event(target, client.channel_credentials())).snapshot.decisions
+        # the CA and the serving pair rotate on disk (as a renewal rewrites the mounted files)
+        renewed = peer(new_ca, "controller", tmp_path / "renewed", server=True)
+        for source, target_file in ((renewed.cert_file, served.cert_file), (renewed.key_file, served.key_file)):
+            target_file.write_bytes(source.read_bytes())
+        served.ca_file.write_text(new_ca.pem)
+        new_client = peer(new_ca, "metrics-adapter", tmp_path / "new-client", server=False)
+        assert (await first_event(target, new_client.channel_credentials())).snapshot.decisions
+        with pytest.raises(grpc.aio.AioRpcError):  # the old CA's clients are no longer trusted
+            await first_event(target, client.channel_credentials())
+    finally:
+        await server.stop(None)
