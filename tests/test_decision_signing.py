@@ -73,3 +73,31 @@ async def test_replicas_share_one_key_made_on_first_start():
         finally:
             for k in kubes:
                 await k.close()
+
+
+async def test_an_older_signed_decision_put_back_is_not_believed_either():
+    async with Cluster() as cluster:
+        cluster.store.put(ISVCS, isvc("chat", "llama_13b"))
+        collector = StandInCollector({("prod", "chat"): observed(4.0)})
+        controller = await cluster.controller(collector)
+        try:
+            await controller.cycle()
+            old = dict(cluster.isvc("chat")["metadata"]["annotations"])
+            collector.observations = {("prod", "chat"): observed(40.0)}  # ten times the load: more replicas
+            await cluster.settle(controller, lambda: controller.informers["isvcs"].objects[("prod", "chat")]["metadata"]
+                                 ["annotations"].get(ann.DECISION) == old[ann.DECISION])  # fmt: skip
+            await controller.cycle()
+            newer = decision_of(cluster, "chat")
+            assert newer["replicas"] > json.loads(old[ann.DECISION])["replicas"]
+            replayed = cluster.isvc("chat")
+            for key in (ann.DECISION, ann.DECISION_SIGNATURE):  # the tenant restores the older, genuinely signed pair
+                replayed["metadata"]["annotations"][key] = old[key]
+            cluster.store.put(ISVCS, replayed)
+            await cluster.settle(controller, lambda: controller.informers["isvcs"].objects[("prod", "chat")]["metadata"]
+                                 ["annotations"][ann.DECISION] == old[ann.DECISION])  # fmt: skip
+            collector.down = True  # no load data: the controller keeps what it believes it decided last
+            await controller.cycle()
+            [published] = controller.hub.current()
+            assert published.desired_replicas == newer["replicas"]
+        finally:
+            await stop(controller)

@@ -235,6 +235,7 @@ class Controller:
             if name in types:
                 products.setdefault(types[name], set()).add(node["metadata"]["labels"][GPU_PRODUCT_LABEL])
         actuation: ActuationReport = await self.actuator.apply(plans, data.catalog, products, now)
+        self.services.remember((p.service.uid, p.decision) for p in plans if p.decision is not None and not p.stale)
         self.hub.publish(actuation.decisions)
         report.writes = actuation.writes
         report.failures = actuation.failures

@@ -3,6 +3,7 @@ last decision from the ISVC's annotation when its signature verifies (signing.py
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -86,12 +87,29 @@ def read_services(isvcs: Iterable[dict], catalog: Catalog, signer: DecisionSigne
 
 class ServiceReader:
     """read_services with a memory: an ISVC is read again only when its resourceVersion (or the
-    data) changed, so a steady cycle does not parse 1,000 decision annotations again."""
+    data) changed, so a steady cycle does not parse 1,000 decision annotations again. It also
+    remembers the newest decision made or read for each ISVC (by uid): an older one, though
+    signed, is one put back by hand (a replay), and the newer one stands."""
 
     def __init__(self, signer: DecisionSigner):
         self.signer = signer
         self._catalog: Catalog | None = None
         self._memo: dict[tuple[str, str], tuple[str, ManagedService | Rejected | None]] = {}
+        self._newest: dict[str, LastDecision] = {}
+
+    def _not_older(self, result: ManagedService | Rejected | None) -> ManagedService | Rejected | None:
+        if not isinstance(result, ManagedService) or result.last is None:
+            return result
+        newest = self._newest.get(result.uid)
+        if newest is not None and result.last.decided_at < newest.decided_at:
+            log.warning("%s: the decision annotation is older than one already read: ignored", result.key)
+            return dataclasses.replace(result, last=newest)
+        self._newest[result.uid] = result.last
+        return result
+
+    def remember(self, decided: Iterable[tuple[str, LastDecision]]) -> None:
+        """The decisions just made (uid, decision): what an annotation must not be older than."""
+        self._newest.update(decided)
 
     def read(self, isvcs: Iterable[dict], catalog: Catalog) -> tuple[list[ManagedService], list[Rejected]]:
         if catalog is not self._catalog:
@@ -103,6 +121,8 @@ class ServiceReader:
             key, version = (meta.get("namespace", ""), meta.get("name", "")), meta.get("resourceVersion", "")
             known = self._memo.get(key)
             fresh = known is not None and known[0] == version
-            memo[key] = known if fresh else (version, _read_one(isvc, catalog, classes, self.signer))
+            memo[key] = known if fresh else (version, self._not_older(_read_one(isvc, catalog, classes, self.signer)))
         self._memo = memo
+        live = {result.uid for _, result in memo.values() if isinstance(result, ManagedService)}
+        self._newest = {uid: last for uid, last in self._newest.items() if uid in live}  # deleted ISVCs forgotten
         return _split(result for _, result in memo.values())

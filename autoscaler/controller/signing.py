@@ -9,8 +9,9 @@ another ISVC, or written before signing existed) is ignored as if absent: the co
 afresh and writes a signed one, which gives a tenant no more than deleting the annotation
 already did. Why not move the state out of the ISVC: the decision and a rollout of a new GPU
 type go into one patch, atomically; split across two objects, a crash between the writes would
-lose or repeat the rollout. Left open: a tenant may put back an older decision of the same ISVC,
-signed in its day (see the README).
+lose or repeat the rollout. An older decision of the same ISVC put back (signed in its day) is
+caught by the reader, which remembers the newest decision made or read (services.py); left
+open: such a replay made while no controller has seen the newer one (right after a failover).
 """
 
 from __future__ import annotations
