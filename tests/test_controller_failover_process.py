@@ -25,6 +25,7 @@ from autoscaler.proto import decisions_pb2_grpc as pb_grpc
 from .cluster_objects import ISVCS, NAMESPACE, isvc
 from .prometheus_server import free_port
 from .test_controller import Cluster
+from .test_controller_process import write_kubeconfig
 from .test_leader import LEASE
 
 KEY = b"the cluster's decision signing key"
@@ -75,13 +76,7 @@ async def test_the_standby_takes_over_a_killed_leader_and_resumes_from_the_clust
         chat["metadata"]["annotations"][ann.DECISION] = decided.to_json()
         chat["metadata"]["annotations"][ann.DECISION_SIGNATURE] = signer.sign("uid-chat", "prod", "chat", decided.to_json())
         cluster.store.put(ISVCS, chat)
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(
-            "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
-            f"clusters:\n- name: test\n  cluster:\n    server: {cluster.url}\n"
-            "users:\n- name: controller\n  user:\n    token: controller-token\n"
-            "contexts:\n- name: test\n  context:\n    cluster: test\n    user: controller\n"
-        )
+        kubeconfig = write_kubeconfig(tmp_path, cluster.url)
         replicas = {name: await start(cluster, kubeconfig, name) for name in ("a", "b")}
         try:
             async with aiohttp.ClientSession() as session:

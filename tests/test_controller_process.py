@@ -25,6 +25,18 @@ from .test_leader import LEASE
 from .test_controller import vllm_and_prometheus  # noqa: F401 - the fixture
 
 
+def write_kubeconfig(directory, server: str):
+    """A kubeconfig for the API emulator at `server` (it takes any token)."""
+    path = directory / "kubeconfig"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
+        f"clusters:\n- name: test\n  cluster:\n    server: {server}\n"
+        "users:\n- name: controller\n  user:\n    token: controller-token\n"
+        "contexts:\n- name: test\n  context:\n    cluster: test\n    user: controller\n"
+    )
+    return path
+
+
 async def test_controller_process_end_to_end(tmp_path, vllm_and_prometheus):  # noqa: F811
     _, prometheus = vllm_and_prometheus
     async with Cluster() as cluster:
@@ -32,13 +44,7 @@ async def test_controller_process_end_to_end(tmp_path, vllm_and_prometheus):  # 
         cluster.emulator.tokens["ops-token"] = {"username": "ops"}
         cluster.emulator.grants.append(Grant("ops", resource="", paths=("get /metrics", "post /invoke")))
         ops = {"Authorization": "Bearer ops-token"}
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(
-            "apiVersion: v1\nkind: Config\ncurrent-context: test\n"
-            f"clusters:\n- name: test\n  cluster:\n    server: {cluster.url}\n"
-            "users:\n- name: controller\n  user:\n    token: controller-token\n"
-            "contexts:\n- name: test\n  context:\n    cluster: test\n    user: controller\n"
-        )
+        kubeconfig = write_kubeconfig(tmp_path, cluster.url)
         ca = Authority.create("inference-autoscaler-ca")
         cert, key = ca.issue("localhost", tmp_path / "controller", server=True)
         client_cert, client_key = ca.issue("metrics-adapter", tmp_path / "adapter")

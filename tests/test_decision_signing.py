@@ -19,6 +19,11 @@ from .test_controller_planning import observed
 KEY_SECRET = "api/v1/secrets"
 
 
+def seen_decision(controller) -> str | None:
+    """The decision annotation of prod/chat as the controller's cache has it."""
+    return controller.informers["isvcs"].objects[("prod", "chat")]["metadata"]["annotations"].get(ann.DECISION)
+
+
 async def test_a_forged_decision_sets_neither_gpu_type_nor_replicas():
     async with Cluster() as cluster:
         cluster.store.put(ISVCS, isvc("chat", "llama_13b"))
@@ -34,13 +39,7 @@ async def test_a_forged_decision_sets_neither_gpu_type_nor_replicas():
                 edited["metadata"]["annotations"][ann.DECISION] = json.dumps(forged)
                 edited["metadata"]["annotations"][ann.DECISION_SIGNATURE] = signature
                 cluster.store.put(ISVCS, edited)  # the tenant's edit
-                await cluster.settle(
-                    controller,
-                    lambda: (
-                        controller.informers["isvcs"].objects[("prod", "chat")]["metadata"]["annotations"][ann.DECISION]
-                        == json.dumps(forged)
-                    ),
-                )
+                await cluster.settle(controller, lambda: seen_decision(controller) == json.dumps(forged))
                 await controller.cycle()
                 [published] = controller.hub.current()
                 assert (published.accelerator, published.desired_replicas) == (genuine["accelerator"], genuine["replicas"])
@@ -84,8 +83,7 @@ async def test_an_older_signed_decision_put_back_is_not_believed_either():
             await controller.cycle()
             old = dict(cluster.isvc("chat")["metadata"]["annotations"])
             collector.observations = {("prod", "chat"): observed(40.0)}  # ten times the load: more replicas
-            await cluster.settle(controller, lambda: controller.informers["isvcs"].objects[("prod", "chat")]["metadata"]
-                                 ["annotations"].get(ann.DECISION) == old[ann.DECISION])  # fmt: skip
+            await cluster.settle(controller, lambda: seen_decision(controller) == old[ann.DECISION])
             await controller.cycle()
             newer = decision_of(cluster, "chat")
             assert newer["replicas"] > json.loads(old[ann.DECISION])["replicas"]
@@ -93,8 +91,7 @@ async def test_an_older_signed_decision_put_back_is_not_believed_either():
             for key in (ann.DECISION, ann.DECISION_SIGNATURE):  # the tenant restores the older, genuinely signed pair
                 replayed["metadata"]["annotations"][key] = old[key]
             cluster.store.put(ISVCS, replayed)
-            await cluster.settle(controller, lambda: controller.informers["isvcs"].objects[("prod", "chat")]["metadata"]
-                                 ["annotations"][ann.DECISION] == old[ann.DECISION])  # fmt: skip
+            await cluster.settle(controller, lambda: seen_decision(controller) == old[ann.DECISION])
             collector.down = True  # no load data: the controller keeps what it believes it decided last
             await controller.cycle()
             [published] = controller.hub.current()
