@@ -44,8 +44,13 @@ def main() -> int:
         cells = [f"{s:8.1f} /{p:7.1f} {e:+4.0%}" for s, p, e in zip(simulated[n], published.points[n], errors[n], strict=True)]
         print(f"{n:>5} " + " ".join(f"{c:>22}" for c in cells))
     table = np.abs(np.array([errors[n] for n in sorted(errors)]))
-    print(f"{'|err|':>5} " + " ".join(f"{'median ' + format(m, '.0%') + ' max ' + format(x, '.0%'):>22}" for m, x in zip(
-        np.median(table, axis=0), table.max(axis=0), strict=True)))
+    print(
+        f"{'|err|':>5} "
+        + " ".join(
+            f"{'median ' + format(m, '.0%') + ' max ' + format(x, '.0%'):>22}"
+            for m, x in zip(np.median(table, axis=0), table.max(axis=0), strict=True)
+        )
+    )
     residuals = np.concatenate([errors[n] for n in sorted(errors)])
     print(f"sum of squared relative errors {residuals @ residuals:.3f}; cells within 10%: {(table <= 0.10).sum()}/{table.size}")
     print("cells: simulated / published relative error; req/s, then ms")

@@ -142,7 +142,9 @@ class Simulation:
         self.first_token = [math.nan] * n
         self.finish = [math.nan] * n
         self.dropped = [False] * n
-        self.ledger = Ledger(self.arrival, self.req_in, self.req_out, self.first_token, self._finish, self._drop, CLIENT_TIMEOUT_S)
+        self.ledger = Ledger(
+            self.arrival, self.req_in, self.req_out, self.first_token, self._finish, self._drop, CLIENT_TIMEOUT_S
+        )
         self.events: list = []
         self.seq = 0
         self.now = 0.0

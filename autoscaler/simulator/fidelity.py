@@ -45,7 +45,8 @@ class Published:
 def load_published(directory: Path) -> Published:
     lens = json.loads((directory / "lambda_sharegpt_lens.json").read_text())
     points = {}
-    row = re.compile(r"^\|\s*(\d+)\s*\|\s*([\d.]+)\s*\|\s*([\d.]+) / ([\d.]+) / ([\d.]+)\s*\|\s*([\d.]+) / ([\d.]+) / ([\d.]+)\s*\|")
+    triple = r"\s*([\d.]+) / ([\d.]+) / ([\d.]+)\s*\|"  # mean / p50 / p99
+    row = re.compile(r"^\|\s*(\d+)\s*\|\s*([\d.]+)\s*\|" + triple + triple)
     for line in (directory / "README.md").read_text().splitlines():
         match = row.match(line)
         if match:
@@ -114,7 +115,7 @@ def relative_errors(published: Published, simulated: dict[int, np.ndarray]) -> d
     return {n: simulated[n] / published.points[n] - 1.0 for n in simulated}
 
 
-def fit_overheads(published: Published, start: Overheads = Overheads(), iterations: int = 12) -> Overheads:
+def fit_overheads(published: Published, start: Overheads | None = None, iterations: int = 12) -> Overheads:
     """Levenberg-Marquardt over (step_ms, seq_ms, request_ms, frontend_ms), kept >= 0: minimises the sum of
     squared relative errors of every statistic at every point. Jacobian by finite differences."""
 
@@ -122,6 +123,7 @@ def fit_overheads(published: Published, start: Overheads = Overheads(), iteratio
         errors = relative_errors(published, replay_all(published, Overheads(*x)))
         return np.concatenate([errors[n] for n in sorted(errors)])
 
+    start = start or Overheads()
     x = np.array([start.step_ms, start.seq_ms, start.request_ms, start.frontend_ms], dtype=float)
     steps = np.array([0.1, 0.001, 0.1, 0.1])  # finite-difference steps, about 1% of plausible values
     r = residuals(x)
