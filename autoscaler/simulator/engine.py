@@ -69,16 +69,25 @@ class Policy(Protocol):
 
 
 class Replica:
-    __slots__ = ("billed_from", "isvc", "option", "revision", "server", "state", "version")
+    __slots__ = (
+        "billed_from",
+        "cards",
+        "isvc",
+        "option",
+        "revision",
+        "server",
+        "state",
+        "version",
+    )
 
-    def __init__(self, isvc: int, revision: Revision, option: ServingOption, server):
+    def __init__(self, isvc: int, revision: Revision, option: ServingOption, now: float, server):
         self.isvc = isvc
         self.revision = revision
         self.option = option
-        self.server = server  # server.VllmServer or StallServer
+        self.server = server  # server.VllmServer or StallServer: its scheduler and KV cache
         self.state = STARTING
         self.version = 0
-        self.billed_from = 0.0
+        self.billed_from = now
 
     @property
     def load(self) -> int:
@@ -281,8 +290,7 @@ class Simulation:
         server = make_server(
             self.world.engine, option.truth, self.ledger, accelerator=revision.accelerator, max_num_seqs=revision.max_batch
         )
-        replica = Replica(state.index, revision, option, server)
-        replica.billed_from = self.now
+        replica = Replica(state.index, revision, option, self.now, server)
         revision.replicas.append(replica)
         if self.free[revision.accelerator] > 0:
             self._assign_gpu(replica)

@@ -144,12 +144,9 @@ class VllmServer:
         self.base_ms = 0.0  # span: per-step cost at zero context
         self.context0 = 0  # span: context summed over decodes at its first step
         self.preemptions = 0
+        self.load = 0  # requests running or waiting (the router reads it on every arrival)
 
     # ------------------------------------------------------------------ engine
-    @property
-    def load(self) -> int:
-        return len(self.running) + len(self.waiting)
-
     @property
     def idle(self) -> bool:
         return not self.running and not self.waiting
@@ -161,6 +158,7 @@ class VllmServer:
             ledger.on_drop(request)  # longer than the cache: vLLM rejects it (max_model_len)
             return False
         self.waiting.append(request)
+        self.load += 1
         self.api_free = max(now, self.api_free) + self.frontend_s
         if self.next_event == math.inf:  # idle: a step starts now (after same-time arrivals)
             self.start = self.next_event = now
@@ -180,7 +178,8 @@ class VllmServer:
             self._commit_span(now)
         elif self.chunks or self.decoding:
             self._commit_step(now)
-        self._finish(now)
+        if self.finishes and self.finishes[0][0] <= self.counter:
+            self._finish(now)
         self._build(now)
 
     # ------------------------------------------------------------- committing
@@ -227,6 +226,7 @@ class VllmServer:
             self.free += blocks(ledger.in_tokens[request] + ledger.out_tokens[request] - 1)
             del self.running[request]
             del self.known[request]
+            self.load -= 1
             ledger.on_finish(request, max(self.api_free, now))
 
     def _remove_decode(self, request: int) -> None:
@@ -316,6 +316,7 @@ class VllmServer:
             request = waiting[0]
             if now - ledger.arrival[request] > ledger.timeout_s and ledger.first_token[request] != ledger.first_token[request]:
                 waiting.popleft()
+                self.load -= 1
                 ledger.on_drop(request)
                 continue
             known = self.known.get(request) or ledger.in_tokens[request]
