@@ -174,7 +174,8 @@ class Simulation:
         for index, decision in initial.items():
             self.apply(index, decision, initial=True)
             for replica in self._all_replicas(self.isvcs[index]):
-                if replica.state == STARTING:  # the initial fleet is warm at time zero
+                # the initial fleet is warm at time zero; replicas beyond the GPUs wait for one
+                if replica.state == STARTING and not math.isnan(replica.billed_from):
                     self._become_ready(replica)
 
     # ----------------------------------------------------------------- events
