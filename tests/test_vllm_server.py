@@ -156,6 +156,25 @@ def test_a_request_never_fitting_in_free_blocks_waits_at_the_head():
     assert run.first[1] > run.finish[0] - 0.0001 and run.first[2] >= run.first[1]
 
 
+@pytest.mark.parametrize("mode", ["v1-chunked", "v0-prefill-first"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_under_kv_pressure_blocks_are_conserved_and_every_request_finishes(mode, seed):
+    rng = np.random.default_rng(seed)
+    n, total = 300, 120
+    sizes = zip(np.sort(rng.uniform(0, 3, n)), rng.integers(1, 400, n), rng.integers(1, 200, n), strict=True)
+    requests = [(float(t), int(i), int(o)) for t, i, o in sizes]
+    run = Run(requests, mode=mode, budget=256, max_num_seqs=32, kv_tokens=total * BLOCK_SIZE)
+
+    def check(now, server):
+        assert 0 <= server.free <= total and len(server.running) <= 32
+
+    run.until(after_wake=check)
+    assert run.server.preemptions > 0  # the cache was short
+    finish, first = np.array(run.finish), np.array(run.first)
+    assert not np.isnan(finish).any() and np.all(finish >= first) and np.all(first >= np.array(run.arrival))
+    assert run.server.free == total and run.server.idle
+
+
 def test_stall_mode_is_the_earlier_model():
     # A prefills alone (5 + 1 ms) and decodes; B's prefill (5.5 ms) stalls A's second step part-way
     run = Run([(0.0, 100, 3), (0.015, 50, 2)], stall=True).until()
