@@ -21,15 +21,14 @@ blocks that are not free, the newest running request is preempted: its blocks ar
 goes back to the front of the queue to be recomputed (prompt plus the output so far), as vLLM
 does by default. A step costs `linear_ms(tokens in the step) + kv_read_ms * context read` on
 the GPU (profiles.py) plus the engine's CPU costs (`Overheads`), fitted to published vLLM
-measurements (benchmarks/published_vllm.py). The API server takes requests one at a time,
-`frontend_ms` each, before they reach the engine queue, and streams every generated token to its
-client, `token_ms` each, in the same single thread: under a large batch it falls behind, which
-delays new requests and the tokens clients see.
+measurements (benchmarks/published_vllm.py): per step, per sequence in a step, per request in
+the step that starts it, and per request in the API server, one thread whose streamed tokens
+wait behind the requests it is still taking in (a burst's first tokens reach clients late).
 
 Cost: most steps are decode steps of an unchanged batch, so a run of them is one span computed
 in closed form (the context grows by the batch size per step, and the step time is linear in
-it), ending at the next completion, at the first step whose KV allocation would fail, or at a
-waiting request's readiness; an arrival mid-span cuts it at the step in progress. Decodes run in
+it), ending at the next completion or at the first step whose KV allocation would fail; an
+arrival mid-span cuts it at the step in progress. Decodes run in
 lock step, so a decode's block boundaries recur every 16 steps at a fixed phase: per-phase
 counts give the blocks a span allocates without visiting requests.
 """
@@ -51,8 +50,8 @@ V0_WATERMARK = 0.01  # V0's block manager keeps 1% of blocks free when admitting
 
 @dataclass(frozen=True)
 class Overheads:
-    """The engine's CPU costs per step and per sequence in a step; the API server's per request
-    taken in and per token streamed out (one thread does both, first come first served)."""
+    """The engine's CPU costs per step, per sequence in a step and per new request; the API
+    server's per request (one thread: what it streams waits behind the requests it takes in)."""
 
     step_ms: float = 0.0
     seq_ms: float = 0.0
