@@ -9,8 +9,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
-from .errors import InputError
-from .kube import ApiError
+from .errors import ApiError, InputError
 
 EXIT_BAD_INPUT = 2
 EXIT_UNAVAILABLE = 69  # sysexits EX_UNAVAILABLE: a service it needs did not answer
@@ -60,7 +59,12 @@ SERVICES = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The parser; only `command`'s service module is imported, to add its arguments.
+
+    Every service is listed by name and help text, but importing one pulls in aiohttp, gRPC or
+    kubernetes_asyncio (about half a second), which `optimize` and the other commands never use.
+    """
     parser = argparse.ArgumentParser(
         prog="inference-autoscaler",
         description="Model-based autoscaling of LLM inference services on KServe/Knative.",
@@ -77,15 +81,23 @@ def build_parser() -> argparse.ArgumentParser:
     optimize.add_argument("--json", action="store_true", help="print solution-data.json instead of a table")
     optimize.set_defaults(run=_optimize)
     for name, (module_name, help_text, description) in SERVICES.items():
-        module = importlib.import_module(module_name)
-        command = commands.add_parser(name, help=help_text, description=description)
-        module.add_arguments(command)
-        command.set_defaults(run=module.run)
+        service = commands.add_parser(name, help=help_text, description=description)
+        if name == command:
+            module = importlib.import_module(module_name)
+            module.add_arguments(service)
+            service.set_defaults(run=module.run)
     return parser
 
 
+def _command(argv: Sequence[str]) -> str | None:
+    """The subcommand named on the command line: the first word that is not an option (the
+    top-level parser has no options taking a value)."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    args = build_parser(_command(argv)).parse_args(argv)
     try:
         return args.run(args)
     except InputError as exc:

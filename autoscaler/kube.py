@@ -20,14 +20,13 @@ import yaml
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from .errors import InputError
+from .errors import ApiError, InputError
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MERGE_PATCH = "application/merge-patch+json"
 JSON_PATCH = "application/json-patch+json"
-RETRIED_STATUSES = {409, 429, 500, 502, 503, 504}
 
 
 @dataclass(frozen=True)
@@ -61,18 +60,6 @@ SECRETS = Resource("", "v1", "secrets")
 DEPLOYMENTS = Resource("apps", "v1", "deployments")
 MUTATING_WEBHOOKS = Resource("admissionregistration.k8s.io", "v1", "mutatingwebhookconfigurations", namespaced=False)
 API_SERVICES = Resource("apiregistration.k8s.io", "v1", "apiservices", namespaced=False)
-
-
-class ApiError(Exception):
-    """A failed API call, with the HTTP status (0 when the server could not be reached)."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(f"{status}: {message}" if status else message)
-        self.status = status
-
-    @property
-    def retriable(self) -> bool:
-        return self.status == 0 or self.status in RETRIED_STATUSES
 
 
 def _api_error(exc: ApiException) -> ApiError:
@@ -145,6 +132,15 @@ class Kube:
 
     async def get(self, resource: Resource, namespace: str | None, name: str) -> dict:
         return await self.request("GET", resource.path(namespace, name))
+
+    async def find(self, resource: Resource, namespace: str | None, name: str) -> dict | None:
+        """get, with None for an object that does not exist (yet)."""
+        try:
+            return await self.get(resource, namespace, name)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            return None
 
     async def list(self, resource: Resource, namespace: str | None = None, label_selector: str = "") -> dict:
         query = {"labelSelector": label_selector} if label_selector else None

@@ -8,6 +8,11 @@ Run: python benchmarks/optimize.py [--copies 40] [--naive-servers 27]
 3. The naive baseline (autoscaler.optimizer.reference: one candidate at a time, every state of
    the chain in Python, bisection) timed on the unreplicated sample, beside our optimizer on
    that same sample; the ratio is printed, and the naive time for case 1 extrapolated per candidate.
+4. Large batch: the unreplicated sample with one server's requests cut to one output token, so
+   its batch limit is maxBatchSize x atTokens (156,672 for mistral_7b on MI300X). Time and peak
+   memory (tracemalloc: Python and numpy allocations during the solve) are printed; with
+   --whole-chain also for the chain stored whole (MAX_WIDTH raised to the batch limit, as before
+   the width was bounded: several GB).
 Pinned to one core (BLAS threads = 1) as the goal is stated for one core.
 """
 
@@ -23,10 +28,11 @@ import dataclasses
 import random
 import sys
 import time
+import tracemalloc
 from pathlib import Path
 
 from autoscaler.cli import embedded_problem
-from autoscaler.optimizer import reference
+from autoscaler.optimizer import queueing, reference
 from autoscaler.optimizer.domain import System
 from autoscaler.optimizer.loader import load_system
 from autoscaler.optimizer.sizing import size_candidates
@@ -55,12 +61,30 @@ def distinct_shapes(system: System, seed: int = 7) -> System:
     return dataclasses.replace(system, servers=servers)
 
 
-def best_time(fn, repeats: int) -> float:
+def one_output_token(system: System, model: str = "mistral_7b") -> System:
+    """The first server of `model` asks for one output token: the largest batch limit there is."""
+    index = next(i for i, s in enumerate(system.servers) if s.model == model)
+    servers = list(system.servers)
+    servers[index] = dataclasses.replace(servers[index], load=dataclasses.replace(servers[index].load, avg_out_tokens=1))
+    return dataclasses.replace(system, servers=tuple(servers))
+
+
+def peak_memory(fn) -> int:
+    """Peak bytes allocated (Python and numpy) while fn runs."""
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def best_time(fn, repeats: int, clock=time.perf_counter) -> float:
     best = float("inf")
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = clock()
         fn()
-        best = min(best, time.perf_counter() - start)
+        best = min(best, clock() - start)
     return best
 
 
@@ -96,6 +120,7 @@ def main() -> int:
     parser.add_argument("--problem", type=Path, default=embedded_problem(), help="Inferno problem to replicate")
     parser.add_argument("--copies", type=int, default=40)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--whole-chain", action="store_true", help="also solve the large batch with the chain stored whole")
     args = parser.parse_args()
 
     base = load_system(args.problem)
@@ -127,6 +152,19 @@ def main() -> int:
     goal = 1.0
     verdict = "meets" if seconds < goal else "MISSES"
     print(f"goal: {servers} servers in under {goal:.0f} s on one core: {seconds:.3f} s, {verdict} it")
+
+    large = one_output_token(base)
+    limit = max(a.max_batch for allocs in size_candidates(large).values() for a in allocs)
+    print()
+    print(f"large batch: {len(large.servers)} servers, one with batch limit {limit:,}")
+    bounded = queueing.MAX_WIDTH
+    for label, width in [("bounded", bounded)] + ([("whole chain", limit)] if args.whole_chain else []):
+        queueing.MAX_WIDTH = width
+        seconds = best_time(lambda: solve(large), min(args.repeats, 3))
+        cpu = best_time(lambda: solve(large), min(args.repeats, 3), clock=time.process_time)
+        peak = peak_memory(lambda: solve(large))
+        print(f"  {label:<12} stored width {width:>7,}: {seconds:6.2f} s ({cpu:.2f} s CPU), peak memory {peak / 2**20:8.1f} MiB")
+    queueing.MAX_WIDTH = bounded
     return 0
 
 

@@ -1,11 +1,14 @@
 """A real Prometheus server (Debian's `prometheus` package) for tests and benchmarks.
 
 It scrapes an exporter on loopback every second; `start` returns once the first scrape's
-series are queryable. CI installs the package (see .ci/run).
+series are queryable. Or it serves series written beforehand with timestamps (`backfill`, by
+the package's promtool), queried at a chosen time: a window of simulated time read exactly,
+without waiting for it. CI installs the package (see .ci/run).
 """
 
 from __future__ import annotations
 
+import json
 import shutil
 import socket
 import subprocess
@@ -15,6 +18,7 @@ import urllib.request
 from pathlib import Path
 
 BINARY = shutil.which("prometheus") or "/usr/bin/prometheus"
+PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
 
 
 def free_port() -> int:
@@ -63,11 +67,26 @@ class PrometheusServer:
         self.stop()
         raise RuntimeError(f"prometheus did not scrape {expect_count} series of {expect_query} in {timeout_s:g} s")
 
+    def backfill(self, openmetrics: str) -> "PrometheusServer":
+        """Write timestamped samples (OpenMetrics text ending in `# EOF`) into the storage, before `start`."""
+        source = self.directory / "backfill.om"
+        source.write_text(openmetrics)
+        subprocess.run(
+            [PROMTOOL, "tsdb", "create-blocks-from", "openmetrics", str(source), str(self.directory / "data")],
+            check=True,
+            capture_output=True,
+        )
+        return self
+
+    def query(self, promql: str, at: float) -> list[dict]:
+        """An instant query's result vector at unix time `at`."""
+        url = f"{self.url}/api/v1/query?" + urllib.parse.urlencode({"query": promql, "time": f"{at:.3f}"})
+        with urllib.request.urlopen(url, timeout=10) as response:
+            return json.load(response)["data"]["result"]
+
     def count(self, query: str) -> int:
         url = f"{self.url}/api/v1/query?query=" + urllib.parse.quote(f"count({query})")
         with urllib.request.urlopen(url, timeout=2) as response:
-            import json
-
             result = json.load(response)["data"]["result"]
             return int(result[0]["value"][1]) if result else 0
 

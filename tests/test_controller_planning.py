@@ -7,14 +7,15 @@ import pytest
 from autoscaler import annotations as ann
 from autoscaler.controller.catalog import available_capacity, cluster_data, gpu_type_of, node_gpu_types
 from autoscaler.controller.collector import CollectorSettings, bracketing_bounds, observations, queries
-from autoscaler.policy.observation import Observation, within
+from autoscaler.policy.guards import GuardSettings, planned_rate
+from autoscaler.policy.observation import Observation, WindowFigures, observe, within
 from autoscaler.controller.manifests import hpa, isvc_patch
 from autoscaler.policy.planner import PlannerState, plan
 from autoscaler.controller.services import ServiceReader, read_services
 from autoscaler.policy.decisions import LastDecision
 from autoscaler.errors import InputError
 
-from .cluster_objects import data_configmap, gpu_pod, isvc, node
+from .cluster_objects import SIGNER, data_configmap, gpu_pod, isvc, node
 
 DATA = cluster_data(data_configmap(), "test")
 CAPACITY = {"L4": 64, "L40S": 64, "A100": 64, "H100": 64, "AIU2": 0, "G2": 0, "MI210": 0, "MI250": 0, "MI300X": 0}
@@ -43,7 +44,8 @@ def service(name="chat", model="llama_13b", last: LastDecision | None = None, **
     obj = isvc(name, model, **extra)
     if last is not None:
         obj["metadata"]["annotations"][ann.DECISION] = last.to_json()
-    services, rejected = read_services([obj], DATA.catalog)
+        obj["metadata"]["annotations"][ann.DECISION_SIGNATURE] = SIGNER.sign("", "prod", name, last.to_json())
+    services, rejected = read_services([obj], DATA.catalog, SIGNER)
     assert not rejected, rejected
     return services[0]
 
@@ -94,7 +96,7 @@ def test_isvcs_with_unknown_models_or_bad_annotations_are_rejected_with_the_reas
     unknown = isvc("mystery", "gpt-17")
     bad = isvc("broken", "llama_13b", min_replicas="five")
     other = {"metadata": {"name": "plain", "namespace": "prod"}}
-    services, rejected = read_services([good, unknown, bad, other], DATA.catalog)
+    services, rejected = read_services([good, unknown, bad, other], DATA.catalog, SIGNER)
     assert [s.name for s in services] == ["chat"]
     assert {r.name: r.problem for r in rejected}.keys() == {"mystery", "broken"}
     assert "unknown model 'gpt-17'" in rejected[0].problem and "min-replicas" in rejected[1].problem
@@ -208,7 +210,7 @@ def test_roll_out_patch_sets_gpu_affinity_resources_and_max_num_seqs():
 
 
 def test_service_reader_reads_an_isvc_again_only_when_it_changed():
-    reader = ServiceReader()
+    reader = ServiceReader(SIGNER)
     obj = isvc("chat", "llama_13b")
     obj["metadata"]["resourceVersion"] = "1"
     [first], _ = reader.read([obj], DATA.catalog)
@@ -218,3 +220,26 @@ def test_service_reader_reads_an_isvc_again_only_when_it_changed():
     obj["metadata"]["resourceVersion"] = "2"
     [changed], _ = reader.read([obj], DATA.catalog)
     assert changed.max_replicas == 3 and reader.read([], DATA.catalog) == ([], [])
+
+
+def test_a_rise_is_planned_for_the_startup_at_the_pace_measured_between_windows():
+    guards = GuardSettings()
+
+    def planned(window_s: float, previous: float = 8.0, backlog: float = 0.0) -> float:
+        return planned_rate(10.0, previous, window_s=window_s, period_s=30.0, startup_s=90.0, backlog=backlog, settings=guards)
+
+    assert planned(60.0) == pytest.approx(10.0 + 2.0 * 120 / 60)  # +2 req/s per minute, for the 2 minutes to a new replica
+    assert planned(30.0) == pytest.approx(10.0 + 2.0 * 120 / 30)  # the same rise in half the time: twice as steep
+    assert planned(60.0, previous=9.8) == 10.0  # within a Poisson deviation of 9.8 req/s over a minute: noise
+    assert planned(60.0, previous=10.0, backlog=120.0) == pytest.approx(12.0)  # a queue is worked off within a minute
+
+
+def test_no_data_for_the_window_before_is_no_rise_from_zero():
+    buckets = ((1.0, 60.0), (float("inf"), 60.0))
+    figures = dict(
+        window_s=60.0, completed=60.0, growth=0.0, growth_before=0.0, running=2.0, waiting=0.0, prompt_tokens=6000.0,
+        generation_tokens=3000.0, ttft_sum=12.0, itl_sum=None, ttft_buckets=buckets, itl_buckets=(),
+    )  # fmt: skip
+    fresh = observe(WindowFigures(completed_before=None, **figures))
+    assert fresh.previous_rate == fresh.arrival_rate == 1.0 and fresh.ttft_ms == pytest.approx(200.0) and fresh.itl_ms is None
+    assert observe(WindowFigures(completed_before=30.0, **figures)).previous_rate == 0.5

@@ -21,13 +21,15 @@ from autoscaler.decision_stream import DecisionHub
 from autoscaler.policy.decisions import LastDecision
 from autoscaler.policy.planner import PlannerState, plan
 from autoscaler.proto import decisions_pb2 as pb
+from autoscaler.kube_auth import Access
 from metrics_adapter.api import BASE, build_app
 from metrics_adapter.auth import Gatekeeper, RequestHeaderConfig, UserInfo
 from metrics_adapter.feed import DecisionFeed
 from metrics_adapter.selectors import parse_selector
 from metrics_adapter.store import MetricStore
 
-from .cluster_objects import isvc
+from .cluster_objects import SIGNER, isvc
+from .test_hostile_input import signed
 from .test_controller_planning import CAPACITY, DATA
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -87,7 +89,7 @@ def query_results(draw):
 def test_any_prometheus_answer_yields_only_sane_observations_and_decisions(results):
     observed = observations(results, CollectorSettings())
     assert all(obs.problem() is None for obs in observed.values())
-    services, _ = read_services([isvc(name, MODELS[name]) for name in ISVCS], DATA.catalog)
+    services, _ = read_services([isvc(name, MODELS[name]) for name in ISVCS], DATA.catalog, SIGNER)
     for p in plan(DATA.catalog, CAPACITY, services, observed, 1000.0, PlannerState()):
         assert_sane(p.decision, p.service)
 
@@ -117,8 +119,8 @@ def annotations(draw):
 def test_any_decision_annotation_yields_only_sane_decisions(text, rate, bounds):
     from .test_controller_planning import observed as observation
 
-    obj = isvc("chat", "llama_13b", decision=text, min_replicas=bounds[0], max_replicas=bounds[1])
-    [service], rejected = read_services([obj], DATA.catalog)
+    obj = signed(isvc("chat", "llama_13b", decision=text, min_replicas=bounds[0], max_replicas=bounds[1]))
+    [service], rejected = read_services([obj], DATA.catalog, SIGNER)
     assert not rejected
     assert_sane(service.last, service)
     observed = {} if rate is None else {("prod", "chat"): observation(rate)}
@@ -196,8 +198,8 @@ class InMemoryReviews:
     async def token_review(self, token: str) -> UserInfo | None:
         return UserInfo("hpa") if token == "good" else None
 
-    async def access_review(self, user: UserInfo, namespace: str, metric: str, path: str) -> tuple[bool, str]:
-        return namespace in ("prod", ""), ""
+    async def access_review(self, user: UserInfo, access: Access) -> tuple[bool, str]:
+        return access.namespace in ("prod", ""), ""
 
 
 printable = st.text(st.characters(min_codepoint=32, max_codepoint=126), max_size=40)
@@ -295,7 +297,7 @@ def test_any_data_configmap_edit_is_refused_with_an_input_error_or_decides_sanel
         data = cluster_data(configmap, "ConfigMap x")
     except InputError:
         return
-    services, _ = read_services([isvc(name, MODELS[name]) for name in ISVCS], data.catalog)
+    services, _ = read_services([isvc(name, MODELS[name]) for name in ISVCS], data.catalog, SIGNER)
     observed = {("prod", s.name): observation(5.0) for s in services}
     for p in plan(data.catalog, CAPACITY, services, observed, 1000.0, PlannerState()):
         assert_sane(p.decision)

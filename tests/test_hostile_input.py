@@ -15,6 +15,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from autoscaler import annotations as ann
 from autoscaler.controller.catalog import cluster_data
 from autoscaler.controller.collector import CollectorSettings, PrometheusCollector, bracketing_bounds, observations
 from autoscaler.decision_metrics import decision_problem, exposition
@@ -26,13 +27,14 @@ from autoscaler.policy.planner import Plan, PlannerState, plan
 from autoscaler.controller.services import read_services
 from autoscaler.proto import decisions_pb2 as pb
 from autoscaler.proto import decisions_pb2_grpc as pb_grpc
+from autoscaler.kube_auth import Access
 from metrics_adapter.api import build_app
 from metrics_adapter.auth import Gatekeeper, KubernetesReviews, RequestHeaderConfig, ReviewUnavailable, UserInfo
 from metrics_adapter.feed import DecisionFeed
 from metrics_adapter.selectors import parse_selector
 from metrics_adapter.store import MetricStore
 
-from .cluster_objects import ISVCS, data_configmap, isvc
+from .cluster_objects import ISVCS, SIGNER, data_configmap, isvc
 from .test_controller import Cluster, StandInCollector, stop
 from .test_controller_planning import CAPACITY, DATA, observed
 from .test_decision_stream import T0, decision
@@ -54,6 +56,16 @@ BAD_VALUES = [
     ("decided_at", float("inf")),
     ("avg_out_tokens", 1e300),
 ]
+
+
+def signed(obj: dict) -> dict:
+    """The ISVC with its decision annotation signed as the controller signs it: the values are
+    what is under test here, not the signature."""
+    meta = obj["metadata"]
+    meta.setdefault("uid", f"uid-of-{meta['name']}")  # signed with it: the API emulator keeps one given
+    text = meta["annotations"][ann.DECISION]
+    meta["annotations"][ann.DECISION_SIGNATURE] = SIGNER.sign(meta["uid"], meta["namespace"], meta["name"], text)
+    return obj
 
 
 def annotation(field: str, value) -> str:
@@ -130,7 +142,7 @@ def test_one_isvcs_broken_samples_never_stop_the_others(bad, caplog):
     assert observed_now[("prod", "chat")].ttft_buckets[-1] == (math.inf, 600.0)
     assert all(finite_observation(o) for o in observed_now.values())
     assert "prod/code" in caplog.text and "prod/chat" not in caplog.text  # one clear line, naming the offender
-    services, _ = read_services([isvc("chat", "llama_13b"), isvc("code", "llama_7b")], DATA.catalog)
+    services, _ = read_services([isvc("chat", "llama_13b"), isvc("code", "llama_7b")], DATA.catalog, SIGNER)
     plans = plan(DATA.catalog, CAPACITY, services, observed_now, 1000.0, PlannerState())
     assert {p.service.name for p in plans if p.decision is not None} >= {"chat"}
     for p in plans:
@@ -146,10 +158,10 @@ def test_unparsable_bucket_bounds_are_skipped_when_learning_them():
 
 @pytest.mark.parametrize("field, value", BAD_VALUES, ids=lambda v: repr(v))
 def test_a_decision_annotation_with_bad_values_is_refused_with_one_clear_error(field, value, caplog):
-    good = isvc("chat", "llama_13b", decision=GOOD.to_json())
-    bad = isvc("code", "llama_7b", decision=annotation(field, value))
+    good = signed(isvc("chat", "llama_13b", decision=GOOD.to_json()))
+    bad = signed(isvc("code", "llama_7b", decision=annotation(field, value)))
     with caplog.at_level(logging.ERROR):
-        services, rejected = read_services([good, bad], DATA.catalog)
+        services, rejected = read_services([good, bad], DATA.catalog, SIGNER)
     by_name = {s.name: s for s in services}
     assert not rejected and by_name["chat"].last == GOOD and by_name["code"].last is None
     [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -157,13 +169,13 @@ def test_a_decision_annotation_with_bad_values_is_refused_with_one_clear_error(f
 
 
 def test_a_remembered_replica_count_outside_the_isvcs_bounds_is_brought_within_them():
-    services, _ = read_services([isvc("chat", "llama_13b", decision=annotation("replicas", 50))], DATA.catalog)
+    services, _ = read_services([signed(isvc("chat", "llama_13b", decision=annotation("replicas", 50)))], DATA.catalog, SIGNER)
     assert services[0].last.replicas == 20  # max-replicas of the ISVC
 
 
 def test_the_planner_never_emits_a_decision_from_bad_state_or_observations():
     """Whatever slips past the boundaries (the simulator builds these types itself) stays with its ISVC."""
-    services, _ = read_services([isvc("chat", "llama_13b"), isvc("code", "llama_7b")], DATA.catalog)
+    services, _ = read_services([isvc("chat", "llama_13b"), isvc("code", "llama_7b")], DATA.catalog, SIGNER)
     from dataclasses import replace
 
     nan = float("nan")
@@ -191,7 +203,7 @@ def test_the_optimizer_failing_on_one_isvcs_figures_leaves_the_others_decided(mo
 
     monkeypatch.setattr(planner, "solve", failing_on_code)
     good = isvc("chat", "llama_13b")
-    services, _ = read_services([good, isvc("code", "llama_7b", decision=GOOD.to_json())], DATA.catalog)
+    services, _ = read_services([good, signed(isvc("code", "llama_7b", decision=GOOD.to_json()))], DATA.catalog, SIGNER)
     observed_now = {("prod", "chat"): observed(5.0), ("prod", "code"): observed(5.0)}
     with caplog.at_level(logging.ERROR):
         chat, code = plan(DATA.catalog, CAPACITY, services, observed_now, 1000.0, PlannerState())
@@ -202,9 +214,9 @@ def test_the_optimizer_failing_on_one_isvcs_figures_leaves_the_others_decided(mo
 
 async def test_bad_annotations_never_stop_the_cycle_nor_reach_the_stream_or_metrics():
     async with Cluster() as cluster:
-        cluster.store.put(ISVCS, isvc("chat", "llama_13b", decision=GOOD.to_json()))
+        cluster.store.put(ISVCS, signed(isvc("chat", "llama_13b", decision=GOOD.to_json())))
         for i, (field, value) in enumerate(BAD_VALUES):
-            cluster.store.put(ISVCS, isvc(f"bad{i}", "llama_7b", decision=annotation(field, value)))
+            cluster.store.put(ISVCS, signed(isvc(f"bad{i}", "llama_7b", decision=annotation(field, value))))
         collector = StandInCollector()
         collector.down = True  # every plan is the remembered decision, published as it is
         controller = await cluster.controller(collector)
@@ -232,7 +244,7 @@ async def test_one_isvcs_actuation_bug_leaves_the_others_actuated():
         controller = await cluster.controller(StandInCollector({("prod", "chat"): observed(8.0)}))
         try:
             await controller.cycle()
-            services, _ = read_services(controller.informers["isvcs"].objects.values(), controller.data.catalog)
+            services, _ = read_services(controller.informers["isvcs"].objects.values(), controller.data.catalog, SIGNER)
             from dataclasses import replace
 
             plans = [Plan(s, replace(GOOD, accelerator="NOPE") if s.name == "code" else GOOD) for s in services]
@@ -429,13 +441,16 @@ async def test_reviews_time_out():
         await api.close(reviews)
 
 
+HPA_ACCESS = Access("list", group="external.metrics.k8s.io", version="v1beta1", resource="desired_replicas", namespace="prod")
+
+
 async def test_a_hanging_api_server_and_random_tokens_never_starve_the_hpas_access_review():
     api = ReviewApi("hang")
     reviews = await api.reviews(timeout_s=30)
     flood = [asyncio.create_task(reviews.token_review(f"random-{i}")) for i in range(300)]
     try:
         await asyncio.sleep(0.5)
-        allowed, _ = await asyncio.wait_for(reviews.access_review(UserInfo("hpa"), "prod", "desired_replicas", ""), 3)
+        allowed, _ = await asyncio.wait_for(reviews.access_review(UserInfo("hpa"), HPA_ACCESS), 3)
         assert allowed
         # beyond the bound, random tokens are turned away at once (503), not queued
         assert sum(t.done() and isinstance(t.exception(), ReviewUnavailable) for t in flood) >= 200

@@ -62,9 +62,8 @@ params_2026 = st.builds(IterationParams, alpha=st.floats(1, 200), beta=st.floats
 )
 def test_vectorised_model_equals_state_by_state_reference(params, inp, out, max_batch, load):
     model = ServiceModel.from_rows([params], [inp], [out], [max_batch])
-    rates = model.service_rates()
-    lam = load * rates[0, max_batch - 1]
-    chains = ChainBatch(rates, model.max_batch)
+    chains = ChainBatch(model.service_rates, model.max_batch)
+    lam = load * chains.mu_full[0]
     stats = chains.solve(np.array([0]), np.array([lam]))
     itl, ttft = model.latencies(np.array([0]), stats)
     ref_itl, ref_ttft, ref_x = reference.analyze(params, inp, out, max_batch, lam)

@@ -20,13 +20,6 @@ def view(in_flight=0, samples=(), ready=2, replicas=2):
         ready=ready,
         in_flight=in_flight,
         samples=deque(samples),
-        arrivals=0,
-        completions=0,
-        drops=0,
-        in_tokens_sum=0,
-        out_tokens_sum=0,
-        ttft_met=0,
-        itl_met=0,
     )
 
 

@@ -13,34 +13,10 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 from aiohttp import web
 
-# vLLM's own bucket bounds (vllm/engine/metrics.py)
-TTFT_BUCKETS = (
-    0.001,
-    0.005,
-    0.01,
-    0.02,
-    0.04,
-    0.06,
-    0.08,
-    0.1,
-    0.25,
-    0.5,
-    0.75,
-    1.0,
-    2.5,
-    5.0,
-    7.5,
-    10.0,
-    20.0,
-    40.0,
-    80.0,
-    160.0,
-    640.0,
-    2560.0,
-)
-TPOT_BUCKETS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+from autoscaler.simulator.observe import ITL_BOUNDS as TPOT_BUCKETS, TTFT_BOUNDS as TTFT_BUCKETS
 
 
 @dataclass
@@ -98,3 +74,58 @@ class VllmEmulator:
                 lines.append(f"{metric}_sum{{{labels}}} {count * value}")
                 lines.append(f"{metric}_count{{{labels}}} {count}")
         return web.Response(text="\n".join(lines) + "\n", content_type="text/plain")
+
+
+@dataclass(frozen=True)
+class RequestStream:
+    """One ISVC's requests with their timelines (s; inf: not yet, or never): the vLLM metrics
+    they give at any moment, for a Prometheus backfilled with a stream's whole history.
+
+    As vLLM counts them: running from admission to finish, waiting from arrival to admission
+    unless the client gave up first (an aborted request counts in no counter); the first token
+    observes TTFT and counts the prompt. Generated tokens and ITL gaps (each at the request's
+    mean gap) count when the request finishes, as the simulator's observer counts them: it
+    knows a request's decode time only then (simulator/observe.py)."""
+
+    namespace: str
+    name: str
+    model: str
+    arrival: np.ndarray
+    admitted: np.ndarray
+    first: np.ndarray
+    finish: np.ndarray
+    dropped_at: np.ndarray
+    in_tokens: np.ndarray
+    out_tokens: np.ndarray
+
+    def series(self, t: float) -> list[tuple[str, float]]:
+        labels = f'namespace="{self.namespace}",isvc="{self.name}",model_name="{self.model}"'
+        done, started = self.finish <= t, self.first <= t
+        running = (self.admitted <= t) & ~done
+        waiting = (self.arrival <= t) & (self.admitted > t) & (self.dropped_at > t)
+        gaps = self.out_tokens - 1
+        ttft = self.first - self.arrival
+        itl = np.zeros(len(self.arrival))
+        itl[done] = (self.finish[done] - self.first[done]) / np.maximum(gaps[done], 1)
+        result = [
+            (f'vllm:request_success_total{{{labels},finished_reason="stop"}}', done.sum()),
+            (f"vllm:prompt_tokens_total{{{labels}}}", self.in_tokens[started].sum()),
+            (f"vllm:generation_tokens_total{{{labels}}}", self.out_tokens[done].sum()),
+            (f"vllm:num_requests_running{{{labels}}}", running.sum()),
+            (f"vllm:num_requests_waiting{{{labels}}}", waiting.sum()),
+        ]
+        for metric, values, weights, bounds in (
+            ("vllm:time_to_first_token_seconds", ttft[started], np.ones(started.sum()), TTFT_BUCKETS),
+            ("vllm:time_per_output_token_seconds", itl[done], gaps[done], TPOT_BUCKETS),
+        ):
+            for bound in bounds:
+                result.append((f'{metric}_bucket{{{labels},le="{bound}"}}', weights[values <= bound].sum()))
+            result.append((f'{metric}_bucket{{{labels},le="+Inf"}}', weights.sum()))
+            result.append((f"{metric}_sum{{{labels}}}", (values * weights).sum()))
+        return [(name, float(value)) for name, value in result]
+
+
+def openmetrics(streams: list[RequestStream], times: list[float], base: float) -> str:
+    """The streams' series at each of `times`, stamped base + time: what a backfill takes."""
+    lines = [f"{name} {value} {base + t:.3f}" for t in times for stream in streams for name, value in stream.series(t)]
+    return "\n".join(lines) + "\n# EOF\n"

@@ -3,8 +3,8 @@ all ISVCs at once, grouped by namespace and the ISVC label.
 
 Everything is computed by Prometheus over a trailing window (counter resets of restarted pods
 handled by increase()), so the collector keeps no state between cycles and a restarted
-controller reads the same figures. Arrivals are completions plus the growth of requests in the
-system (running + waiting): completions alone lag a building queue.
+controller reads the same figures. What is computed from the figures (arrivals, means) is
+policy.observation.observe, which the simulator's observations go through too.
 """
 
 from __future__ import annotations
@@ -21,8 +21,7 @@ from dataclasses import dataclass
 
 from ..limits import MAX_MAGNITUDE, finite_problem
 from ..optimizer.domain import Catalog
-from ..policy.estimation import LoadCounters, estimate_load
-from ..policy.observation import Key, Observation
+from ..policy.observation import WINDOW_S, Key, Observation, WindowFigures, observe
 
 
 log = logging.getLogger(__name__)
@@ -30,7 +29,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class CollectorSettings:
-    window_s: int = 60
+    window_s: int = WINDOW_S
     isvc_label: str = "isvc"  # the label your scrape config puts the ISVC name in (see config/)
     itl_metric: str = "vllm:time_per_output_token_seconds"  # vLLM >= 0.10 also: vllm:inter_token_latency_seconds
 
@@ -227,30 +226,23 @@ def _observation(key: Key, figures: dict[str, dict[Key, float]], ttft_buckets, i
     def figure(name: str) -> float:
         return figures[name].get(key, 0.0)
 
-    def estimate(done: float, growth: float):
-        earlier = LoadCounters(0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
-        later = LoadCounters(window, done, 0.0, growth, figure("prompt_tokens"), figure("generation_tokens"))
-        return estimate_load(earlier, later)
-
-    now = estimate(figure("completed"), figure("growth"))
-    ttft, itl = _mean(figures["ttft_sum"].get(key), ttft_buckets), _mean(figures["itl_sum"].get(key), itl_buckets)
-    return Observation(
-        arrival_rate=now.arrival_rate,
-        previous_rate=estimate(figure("completed_before"), figure("growth_before")).arrival_rate,
-        avg_in_tokens=now.avg_in_tokens,
-        avg_out_tokens=now.avg_out_tokens,
-        running=figure("running"),
-        waiting=figure("waiting"),
-        ttft_ms=None if ttft is None else ttft * 1000.0,
-        itl_ms=None if itl is None else itl * 1000.0,
-        ttft_buckets=ttft_buckets,
-        itl_buckets=itl_buckets,
+    return observe(
+        WindowFigures(
+            window_s=window,
+            completed=figure("completed"),
+            growth=figure("growth"),
+            completed_before=figures["completed_before"].get(key),
+            growth_before=figure("growth_before"),
+            running=figure("running"),
+            waiting=figure("waiting"),
+            prompt_tokens=figure("prompt_tokens"),
+            generation_tokens=figure("generation_tokens"),
+            ttft_sum=figures["ttft_sum"].get(key),
+            itl_sum=figures["itl_sum"].get(key),
+            ttft_buckets=ttft_buckets,
+            itl_buckets=itl_buckets,
+        )
     )
-
-
-def _mean(total: float | None, buckets: tuple[tuple[float, float], ...]) -> float | None:
-    count = buckets[-1][1] if buckets else 0.0
-    return total / count if total is not None and count > 0 else None
 
 
 class PrometheusCollector:

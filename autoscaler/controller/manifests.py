@@ -11,7 +11,6 @@ from ..kserve import GPU_PRODUCT_LABEL, GPU_RESOURCE, MANAGED_BY
 from ..optimizer.domain import ServiceTarget
 from ..proto import decisions_pb2 as pb
 from ..policy.planner import Plan
-from ..policy.decisions import LastDecision
 
 CONDITION_TYPE = "AutoscalerDecision"
 DESIRED_REPLICAS = "desired_replicas"
@@ -111,27 +110,10 @@ def condition(plan: Plan) -> dict:
     return {"type": CONDITION_TYPE, "status": status, "reason": reason, "message": message}
 
 
-def material(decision: LastDecision | None) -> tuple | None:
-    """The parts of a decision whose change is worth a write. Predicted latencies and measured
-    rates move a little every cycle; rewriting 1,000 ISVCs for that would load the API server
-    for nothing, so they are recorded when the decision itself changes."""
-    if decision is None:
-        return None
-    return (
-        decision.accelerator,
-        decision.replicas,
-        decision.max_batch,
-        decision.ttft_scale,
-        decision.itl_scale,
-        decision.spec_changed_at,
-    )
-
-
 def isvc_patch(isvc: dict, plan: Plan, products: Iterable[str], gpus_per_replica: int) -> dict | None:
     """The merge patch recording the decision on the ISVC (and rolling out a new GPU type or
     batch size when the plan says so); None when nothing material changed."""
-    recorded = plan.service.last  # read from this same copy of the ISVC
-    if not plan.roll_out and (plan.stale or material(recorded) == material(plan.decision)):
+    if not plan.records_decision:
         return None
     patch: dict = {"metadata": {"annotations": {ann.DECISION: plan.decision.to_json()}}}
     if plan.roll_out:

@@ -13,12 +13,15 @@ from itertools import groupby
 from .domain import Allocation, CurrentAllocation, SaturationPolicy, System
 
 ACCELERATOR_CHANGE_PENALTY = 0.1  # share of old+new cost charged for moving to another GPU type
+# Inferno's reading of a server with no current allocation: an empty one (no GPU type, no
+# replicas, no cost), so starting it is a GPU-type change and costs 1.1 x its cost
+NO_ALLOCATION = CurrentAllocation(accelerator="", num_replicas=0)
 
 
 def transition_value(candidate: Allocation, current: CurrentAllocation | None) -> float:
-    """What a move from the current allocation to `candidate` is worth paying for."""
+    """What a move from the current allocation (None: none yet) to `candidate` is worth paying for."""
     if current is None:
-        return candidate.cost
+        current = NO_ALLOCATION
     if current.accelerator == candidate.accelerator:
         return 0.0 if current.num_replicas == candidate.num_replicas else candidate.cost - current.cost
     return ACCELERATOR_CHANGE_PENALTY * (current.cost + candidate.cost) + candidate.cost - current.cost

@@ -122,7 +122,7 @@ class Server:
     min_replicas: int = 0
     max_batch_size: int = 0
     keep_accelerator: bool = False
-    current: CurrentAllocation | None = None
+    current: CurrentAllocation | None = None  # None: as one with no accelerator, replicas or cost
     accelerators: frozenset[str] = frozenset()  # the types it may run on; empty: any
 
 

@@ -323,17 +323,16 @@ def _servers(
             avg_in_tokens=load_node.integer("avgInTokens", default=0),
             avg_out_tokens=load_node.integer("avgOutTokens", default=0),
         )
-        current = None
         current_acc = current_node.string("accelerator", default="")
-        if current_acc:
-            if current_acc not in accelerators:
-                raise current_node.child("accelerator").fail(f"unknown accelerator {current_acc!r}")
-            current = CurrentAllocation(
-                accelerator=current_acc,
-                num_replicas=current_node.integer("numReplicas", default=0),
-                max_batch=current_node.integer("maxBatch", default=0),
-                cost=current_node.number("cost", default=0.0),
-            )
+        if current_acc and current_acc not in accelerators:
+            raise current_node.child("accelerator").fail(f"unknown accelerator {current_acc!r}")
+        # kept even without an accelerator: Inferno values moves from it, cost included
+        current = CurrentAllocation(
+            accelerator=current_acc,
+            num_replicas=current_node.integer("numReplicas", default=0),
+            max_batch=current_node.integer("maxBatch", default=0),
+            cost=current_node.number("cost", default=0.0),
+        )
         result.append(
             Server(
                 name=name,

@@ -68,13 +68,11 @@ class ServiceModel:
         )
         return np.where(self.iteration_schema[rows], iteration, legacy)
 
-    def service_rates(self) -> np.ndarray:
-        """mu(n) for n = 1..max(N) as a (rows, max N) matrix, requests/ms."""
-        as_column = np.s_[:, None]  # each row's parameters against a row of batch sizes
-        batch = np.arange(1, int(self.max_batch.max()) + 1, dtype=np.float64)[None, :]
-        out = self.out_tokens[as_column]
-        decode_steps = np.where(self.iteration_schema[as_column], out, out - 1.0)
-        service_time = self.prefill_time(batch, as_column) + decode_steps * self.decode_time(batch, as_column)
+    def service_rates(self, rows: np.ndarray, batch: np.ndarray) -> np.ndarray:
+        """mu(n) in requests/ms of rows `rows` at batch sizes `batch` (integers >= 1; broadcasts)."""
+        out = self.out_tokens[rows]
+        decode_steps = np.where(self.iteration_schema[rows], out, out - 1.0)
+        service_time = self.prefill_time(batch, rows) + decode_steps * self.decode_time(batch, rows)
         return batch / service_time
 
     def latencies(self, rows: np.ndarray, stats: QueueStats) -> tuple[np.ndarray, np.ndarray]:

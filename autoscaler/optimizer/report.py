@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from collections import defaultdict
 
-from .domain import Solution, System
+from .domain import Server, Solution, System
+from .sizing import allowed_accelerators
 
 
 def _number(value: float) -> float | int:
@@ -13,12 +14,30 @@ def _number(value: float) -> float | int:
     return int(value) if float(value).is_integer() else value
 
 
+def _load_document(server: Server) -> dict:
+    load = server.load
+    return {
+        "arrivalRate": _number(load.arrival_rate_rpm),
+        "avgInTokens": load.avg_in_tokens,
+        "avgOutTokens": load.avg_out_tokens,
+    }
+
+
+def _listed_idle(system: System, solution: Solution) -> list[str]:
+    """Idle servers Inferno lists in unlimited mode: there its zero-load option, an empty
+    allocation of value 0, is every such server's cheapest. Without capacity limits it is chosen
+    for each server with a profile it may run on; the greedy (limited) solve never places it."""
+    if not system.optimizer.unlimited:
+        return []
+    servers = {s.name: s for s in system.servers}
+    return [name for name in solution.idle if allowed_accelerators(system, servers[name])]
+
+
 def solution_document(system: System, solution: Solution) -> dict:
     servers = {s.name: s for s in system.servers}
     allocations = {}
-    for name in sorted(solution.allocations):
+    for name in solution.allocations:
         alloc = solution.allocations[name]
-        load = servers[name].load
         allocations[name] = {
             "accelerator": alloc.accelerator,
             "numReplicas": alloc.num_replicas,
@@ -26,13 +45,20 @@ def solution_document(system: System, solution: Solution) -> dict:
             "cost": _number(alloc.cost),
             "itlAverage": _number(alloc.itl_ms),
             "ttftAverage": _number(alloc.ttft_ms),
-            "load": {
-                "arrivalRate": _number(load.arrival_rate_rpm),
-                "avgInTokens": load.avg_in_tokens,
-                "avgOutTokens": load.avg_out_tokens,
-            },
+            "load": _load_document(servers[name]),
         }
-    return {"allocations": allocations}
+    for name in _listed_idle(system, solution):
+        allocations[name] = {
+            "accelerator": "",
+            "numReplicas": 0,
+            "maxBatch": 0,
+            "cost": 0,
+            "itlAverage": 0,
+            "ttftAverage": 0,
+            "load": _load_document(servers[name]),
+        }
+    # Go's encoder writes map keys sorted
+    return {"allocations": dict(sorted(allocations.items()))}
 
 
 def solution_json(system: System, solution: Solution) -> str:

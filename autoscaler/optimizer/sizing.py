@@ -98,11 +98,9 @@ class CandidateBatch:
     def __init__(self, model: ServiceModel, ttft: np.ndarray, itl: np.ndarray, tps: np.ndarray):
         self.model = model
         self.target_ttft, self.target_itl, self.target_tps = ttft, itl, tps
-        rates = model.service_rates()
-        self.valid = np.all(np.isfinite(rates) & (rates > 0), axis=1, where=np.arange(rates.shape[1]) < model.max_batch[:, None])
-        safe_rates = np.where(self.valid[:, None], rates, 1.0)
-        self.chains = ChainBatch(safe_rates, model.max_batch)
-        self.rate_min = safe_rates[:, 0] * RATE_RANGE_MARGIN
+        self.chains = ChainBatch(model.service_rates, model.max_batch)
+        self.valid = self.chains.valid  # rows with a finite, positive rate at every batch size
+        self.rate_min = self.chains.mu_first * RATE_RANGE_MARGIN
         self.rate_max = self.chains.mu_full * (1.0 - RATE_RANGE_MARGIN)
 
     def latencies(self, rows: np.ndarray, rate: np.ndarray):
@@ -147,7 +145,7 @@ def _candidate_rows(system: System):
         if zero_load and server.min_replicas == 0:
             continue  # nothing to serve and nothing to keep warm
         target = system.classes[server.class_name].targets[server.model]
-        for accelerator in _allowed_accelerators(system, server):
+        for accelerator in allowed_accelerators(system, server):
             profile = system.profiles[(server.model, accelerator)]
             if server.max_batch_size > 0:
                 max_batch = server.max_batch_size
@@ -176,8 +174,9 @@ def _candidate_rows(system: System):
     return candidates, CandidateBatch(model, np.array(ttft), np.array(itl), np.array(tps))
 
 
-def _allowed_accelerators(system: System, server: Server) -> list[str]:
-    if server.keep_accelerator and server.current is not None:
+def allowed_accelerators(system: System, server: Server) -> list[str]:
+    """The accelerators a server may be placed on that have a profile for its model."""
+    if server.keep_accelerator and server.current is not None and server.current.accelerator:
         allowed = [server.current.accelerator]
     else:
         allowed = [acc for acc in system.accelerators if not server.accelerators or acc in server.accelerators]

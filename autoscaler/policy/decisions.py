@@ -70,6 +70,22 @@ class LastDecision:
         return decision
 
 
+def material(decision: LastDecision | None) -> tuple | None:
+    """The parts of a decision whose change is worth recording. Predicted latencies and measured
+    rates move a little every cycle; rewriting 1,000 ISVCs for that would load the API server
+    for nothing, so they are recorded when the decision itself changes."""
+    if decision is None:
+        return None
+    return (
+        decision.accelerator,
+        decision.replicas,
+        decision.max_batch,
+        decision.ttft_scale,
+        decision.itl_scale,
+        decision.spec_changed_at,
+    )
+
+
 @dataclass(frozen=True)
 class ManagedService:
     namespace: str

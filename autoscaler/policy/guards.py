@@ -21,14 +21,25 @@ class GuardSettings:
 
 
 def planned_rate(
-    rate: float, previous_rate: float, period_s: float, startup_s: float, backlog: float, settings: GuardSettings
+    rate: float,
+    previous_rate: float,
+    *,
+    window_s: float,
+    period_s: float,
+    startup_s: float,
+    backlog: float,
+    settings: GuardSettings,
 ) -> float:
-    """Requests/second to size for, from the measured rate of this period and the one before."""
+    """Requests/second to size for, from the rates measured over this window and the one before.
+
+    The two windows are `window_s` apart, so a rise is per `window_s` and a count over one window
+    varies by its Poisson deviation; replicas asked for now serve after `startup_s`, and the next
+    decision comes `period_s` later."""
     rise = rate - previous_rate
-    noise = settings.trend_sigmas * math.sqrt(max(previous_rate, 1e-9) * period_s) / period_s
+    noise = settings.trend_sigmas * math.sqrt(max(previous_rate, 1e-9) * window_s) / window_s
     if rise > noise:
         # new replicas serve only after they start: plan for where the load will be by then
-        lead = (startup_s + period_s) / period_s
+        lead = (startup_s + period_s) / window_s
         rate = min(rate + rise * lead, rate * settings.max_trend_factor)
     return rate + max(backlog, 0.0) / settings.backlog_drain_s
 

@@ -1,5 +1,9 @@
-"""What the planner sees of one ISVC's live load: the collector builds it from vLLM's metrics in
-Prometheus, the simulator from its own replicas, the same way."""
+"""What the planner sees of one ISVC's live load. Pure.
+
+The collector asks Prometheus for vLLM's metrics over a trailing window, the simulator reads
+the same metrics off its own replicas (simulator/observe.py); both hand the window's figures to
+`observe`, so the planner gets one kind of Observation whichever body runs it.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,11 @@ from dataclasses import dataclass, fields
 
 from ..limits import finite_problem
 
+from .estimation import LoadCounters, estimate_load
+
 Key = tuple[str, str]  # namespace, ISVC name
+WINDOW_S = 60  # the trailing window rates are measured over, unless configured otherwise
+Buckets = tuple[tuple[float, float], ...]  # (upper bound s, cumulative count), +Inf last
 
 
 @dataclass(frozen=True)
@@ -21,8 +29,9 @@ class Observation:
     waiting: float
     ttft_ms: float | None  # observed means, None without completions
     itl_ms: float | None
-    ttft_buckets: tuple[tuple[float, float], ...]  # (upper bound s, cumulative count) over the window
-    itl_buckets: tuple[tuple[float, float], ...]
+    ttft_buckets: Buckets  # over the window
+    itl_buckets: Buckets
+    window_s: float = WINDOW_S  # what the rates were measured over (and how far apart the two are)
 
     def problem(self) -> str | None:
         """Why no decision may be made from this observation (a figure not finite, negative or
@@ -42,7 +51,61 @@ def _bucket_problem(bound: float, count: float) -> str | None:
     return (None if bound == math.inf else finite_problem(bound)) or finite_problem(count)
 
 
-def within(buckets: tuple[tuple[float, float], ...], limit_s: float) -> tuple[float, float]:
+@dataclass(frozen=True)
+class WindowFigures:
+    """One ISVC's vLLM figures over a trailing window (and the window before it), as Prometheus
+    computes them: increases of the counters, the change of running + waiting, the gauges now."""
+
+    window_s: float
+    completed: float  # vllm:request_success_total
+    growth: float  # change of vllm:num_requests_running + vllm:num_requests_waiting
+    completed_before: float | None  # None: no data for the window before (not "no requests")
+    growth_before: float
+    running: float
+    waiting: float
+    prompt_tokens: float
+    generation_tokens: float
+    ttft_sum: float | None  # None: the histogram's sum has no data
+    itl_sum: float | None
+    ttft_buckets: Buckets
+    itl_buckets: Buckets
+
+
+def observe(figures: WindowFigures) -> Observation:
+    """The Observation of one window's figures. Arrivals are completions plus the growth of
+    requests in the system (completions alone lag a building queue); with no data for the
+    window before, the previous rate is taken as this one: a missing series is no rise from zero."""
+    f = figures
+
+    def estimate(done: float, growth: float):
+        later = LoadCounters(f.window_s, done, 0.0, growth, f.prompt_tokens, f.generation_tokens)
+        return estimate_load(LoadCounters(0.0, 0.0, 0.0, 0.0, 0.0, 0.0), later)
+
+    now = estimate(f.completed, f.growth)
+    before = now if f.completed_before is None else estimate(f.completed_before, f.growth_before)
+    ttft, itl = mean(f.ttft_sum, f.ttft_buckets), mean(f.itl_sum, f.itl_buckets)
+    return Observation(
+        arrival_rate=now.arrival_rate,
+        previous_rate=before.arrival_rate,
+        avg_in_tokens=now.avg_in_tokens,
+        avg_out_tokens=now.avg_out_tokens,
+        running=f.running,
+        waiting=f.waiting,
+        ttft_ms=None if ttft is None else ttft * 1000.0,
+        itl_ms=None if itl is None else itl * 1000.0,
+        ttft_buckets=f.ttft_buckets,
+        itl_buckets=f.itl_buckets,
+        window_s=f.window_s,
+    )
+
+
+def mean(total: float | None, buckets: Buckets) -> float | None:
+    """A histogram's mean over the window: its sum over its count (the +Inf bucket)."""
+    count = buckets[-1][1] if buckets else 0.0
+    return total / count if total is not None and count > 0 else None
+
+
+def within(buckets: Buckets, limit_s: float) -> tuple[float, float]:
     """(observations within `limit_s`, all observations), interpolating linearly inside the
     bucket that holds the limit, as histogram_quantile() does (counting only whole buckets
     would read "all within 20 ms" as "none within 40 ms" when the bounds are 10 ms and 50 ms)."""

@@ -27,7 +27,7 @@ from .guards import GuardSettings, planned_rate, wants_new_revision
 from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, Load, Server, ServiceClass, System
 from ..optimizer.solver import solve
 from .observation import Key, Observation, within
-from .decisions import LastDecision, ManagedService
+from .decisions import LastDecision, ManagedService, material
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,14 @@ class Plan:
     stale: bool = False  # no data this cycle: the last decision, kept
     roll_out: bool = False  # apply a new GPU type / batch size to the spec (a new revision)
     reason: str = ""
+
+    @property
+    def records_decision(self) -> bool:
+        """Whether the ISVC's decision annotation (what the next cycle reads as `last`) is
+        rewritten: on a roll-out, or when fresh data changed something material."""
+        if self.decision is None:
+            return False
+        return self.roll_out or (not self.stale and material(self.service.last) != material(self.decision))
 
 
 @dataclass
@@ -79,7 +87,15 @@ def _share(buckets: tuple[tuple[float, float], ...], slo_ms: float) -> float:
 
 
 def _load(service: ManagedService, obs: Observation, catalog: Catalog, settings: PlannerSettings) -> tuple[Load, float]:
-    rate = planned_rate(obs.arrival_rate, obs.previous_rate, settings.period_s, settings.startup_s, obs.waiting, settings.guards)
+    rate = planned_rate(
+        obs.arrival_rate,
+        obs.previous_rate,
+        window_s=obs.window_s,
+        period_s=settings.period_s,
+        startup_s=settings.startup_s,
+        backlog=obs.waiting,
+        settings=settings.guards,
+    )
     last = service.last
     if obs.avg_in_tokens is not None and obs.avg_out_tokens:
         avg_in, avg_out = round(obs.avg_in_tokens), max(round(obs.avg_out_tokens), 1)

@@ -1,66 +1,41 @@
-"""The bridge from a simulated world to the optimizer: the world as an optimizer problem."""
+"""Pure: the simulated world as the controller's data, the Catalog its ConfigMap would hold.
+
+Each GPU type is an accelerator of one card; each ISVC's serving options are profiles with the
+perfParms the optimizer is given (fitted, not the simulator's ground truth); each class holds
+the SLOs of the models its ISVCs serve. The saturation policy is this cluster's configuration
+(Inferno's optimizer-data.json): capacity left after the SLO-meeting allocations goes round robin
+by priority, so an overloaded cluster still gives every ISVC some replicas.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 from ..optimizer.domain import (
     Accelerator,
-    CurrentAllocation,
-    Load,
+    Catalog,
     ModelProfile,
     OptimizerSpec,
     SaturationPolicy,
-    Server,
     ServiceClass,
     ServiceTarget,
-    System,
 )
 from .world import World
 
 
-def optimizer_system(
-    world: World,
-    loads: Mapping[int, Load],
-    current: Mapping[int, CurrentAllocation] | None = None,
-    slo_scale: Mapping[int, tuple[float, float]] | None = None,
-) -> System:
-    """The world as an optimizer problem.
-
-    `slo_scale` sizes an ISVC for (TTFT, ITL) targets tighter than its class's SLOs. Each ISVC
-    gets a class of its own (same priority) so that its targets can differ from another ISVC's
-    of the same class and model.
-    """
-    current = current or {}
-    slo_scale = slo_scale or {}
+def world_catalog(world: World) -> Catalog:
     accelerators = {name: Accelerator(name, name, 1, gpu.cost_per_hour) for name, gpu in world.gpus.items()}
     profiles = {}
-    classes = {}
-    servers = []
-    for index, spec in enumerate(world.isvcs):
+    targets: dict[str, dict[str, ServiceTarget]] = {name: {} for name in world.classes}
+    for spec in world.isvcs:
         cls = world.classes[spec.service_class]
-        ttft_scale, itl_scale = slo_scale.get(index, (1.0, 1.0))
-        target = ServiceTarget(itl_ms=cls.itl_ms * itl_scale, ttft_ms=cls.ttft_ms * ttft_scale)
-        classes[spec.name] = ServiceClass(spec.name, cls.priority, {spec.model: target})
+        targets[cls.name][spec.model] = ServiceTarget(itl_ms=cls.itl_ms, ttft_ms=cls.ttft_ms)
         for acc, option in spec.options.items():
             profiles[(spec.model, acc)] = ModelProfile(
                 spec.model, acc, 1, option.max_num_seqs, 0, option.params, kv_cache_tokens=option.kv_cache_tokens
             )
-        servers.append(
-            Server(
-                name=spec.name,
-                class_name=spec.name,
-                model=spec.model,
-                load=loads[index],
-                min_replicas=spec.min_replicas,
-                current=current.get(index),
-            )
-        )
-    return System(
-        accelerators=accelerators,
-        capacity={name: gpu.capacity for name, gpu in world.gpus.items()},
-        profiles=profiles,
-        classes=classes,
-        servers=tuple(servers),
-        optimizer=OptimizerSpec(saturation_policy=SaturationPolicy.PRIORITY_ROUND_ROBIN),
-    )
+    classes = {name: ServiceClass(name, cls.priority, targets[name]) for name, cls in world.classes.items()}
+    return Catalog(accelerators, profiles, classes, OptimizerSpec(saturation_policy=SaturationPolicy.PRIORITY_ROUND_ROBIN))
+
+
+def capacity(world: World) -> dict[str, int]:
+    """Every card of the cluster: all its workloads are managed ISVCs, which the planner places anew."""
+    return {name: gpu.capacity for name, gpu in world.gpus.items()}

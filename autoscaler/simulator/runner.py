@@ -14,7 +14,7 @@ from .engine import Decision, SimulationResult, simulate
 from .load_test import ReplicaCapacity, replica_capacity
 from .policies.hpa import HorizontalPodAutoscaler
 from .policies.kpa import KnativePodAutoscaler, KpaSettings
-from .policies.model_based import ModelBasedPolicy, ModelBasedSettings, initial_decisions
+from .policies.model_based import ModelBasedPolicy, ModelBasedSettings
 from .policies.static import StaticPolicy
 from .world import Scenario
 
@@ -68,7 +68,7 @@ def build_policy(name: str, scenario: Scenario, settings: RunSettings, capacitie
     opening = _loads(scenario, 0.0, PLANNING_WINDOW_S)
     if name == "ours":
         policy = ModelBasedPolicy(world, opening, ModelBasedSettings(period_s=settings.control_period_s))
-        return policy, initial_decisions(world, opening)
+        return policy, policy.initial
     if name == "static-peak":
         return StaticPolicy(), _on_default(scenario, _replicas_for(peak_loads(scenario), capacities))
     initial = _on_default(scenario, _replicas_for(opening, capacities))

@@ -24,6 +24,26 @@ class HpaSettings:
     scale_up_pods: int = 4
 
 
+class HpaBehavior:
+    """What an HPA does with one target's recommendations, whatever computes them: scale-down
+    follows the highest recommendation of the stabilisation window, scale-up is limited per
+    sync. Ours in the simulator plays the HPA the controller writes through this too."""
+
+    def __init__(self, settings: HpaSettings = HpaSettings()):
+        self.settings = settings
+        self._history: deque[tuple[float, int]] = deque()
+
+    def replicas(self, now: float, current: int, recommended: int) -> int:
+        s = self.settings
+        self._history.append((now, recommended))
+        while self._history[0][0] < now - s.scale_down_stabilization_s:
+            self._history.popleft()
+        if recommended < current:
+            recommended = min(current, max(r for _, r in self._history))
+        up_limit = max(math.floor(current * (1 + s.scale_up_percent / 100.0)), current + s.scale_up_pods)
+        return min(recommended, up_limit)
+
+
 class HorizontalPodAutoscaler:
     name = "hpa"
 
@@ -31,24 +51,16 @@ class HorizontalPodAutoscaler:
         self.targets = metric_targets
         self.settings = settings
         self.period_s = settings.sync_period_s
-        self._recommendations: dict[int, deque] = {}
+        self._behavior: dict[int, HpaBehavior] = {}
 
     def decide(self, now: float, views: list[IsvcView]) -> dict[int, Decision]:
-        s = self.settings
         decisions = {}
         for index, view in enumerate(views):
-            current = view.replicas
             ratio = (view.in_flight / max(view.ready, 1)) / self.targets[index]
-            if view.ready == 0 or abs(ratio - 1.0) <= s.tolerance:
-                desired = current
+            if view.ready == 0 or abs(ratio - 1.0) <= self.settings.tolerance:
+                desired = view.replicas
             else:
                 desired = math.ceil(view.ready * ratio)
-            history = self._recommendations.setdefault(index, deque())
-            history.append((now, desired))
-            while history[0][0] < now - s.scale_down_stabilization_s:
-                history.popleft()
-            if desired < current:
-                desired = min(current, max(r for _, r in history))
-            up_limit = max(math.floor(current * (1 + s.scale_up_percent / 100.0)), current + s.scale_up_pods)
-            decisions[index] = Decision(min(desired, up_limit))
+            behavior = self._behavior.setdefault(index, HpaBehavior(self.settings))
+            decisions[index] = Decision(behavior.replicas(now, view.replicas, desired))
         return decisions

@@ -1,119 +1,121 @@
-"""Our policy: estimate each ISVC's load, run the optimizer over all of them under the cluster's
-GPU capacity, and apply GPU type, replicas and batch size.
+"""Ours: the controller's planner (policy.planner.plan) driving the simulated cluster. An adapter
+with no sizing of its own, so that what the simulator evaluates is what the controller ships.
 
-The queueing model sizes for mean latencies and leaves out effects such as other requests'
-prefills stalling a batch, while SLO attainment counts requests. So measured attainment (what
-vLLM's TTFT and ITL histogram buckets give a collector) calibrates the target the model sizes
-for: tighter while an ISVC misses its attainment goal, back toward the SLO while it beats it.
-
-Guards a controller needs: a rise in load beyond Poisson noise is planned for the time new
-replicas take to come up; scale-down follows the highest decision of the last five minutes; a
-batch-size change alone (a new revision, so a cold start) waits until it moves by more than
-50%; an ISVC the optimizer cannot place keeps what it has; requests queued beyond the running
-batches count as load to be worked off within a minute.
+Each tick is a controller cycle: vLLM's metrics over the collector's window become each ISVC's
+Observation (observe.py); each ISVC is a ManagedService carrying the decision its annotation
+records (LastDecision, rewritten only when the controller would write it); the cluster's GPUs
+are the capacity; plan() decides. What the controller leaves to Kubernetes is played here too:
+a roll-out (GPU type or batch size) starts a new revision, and replica counts go through the HPA
+the controller writes per revision (scale-down after a 300 s stabilisation, the HPA's default
+scale-up limits; its metric is the desired count itself, at zero tolerance).
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
-from ...policy.calibration import SloCalibration
-from ...policy.estimation import LoadCounters, estimate_load
-from ...policy.guards import GuardSettings, planned_rate, wants_new_revision
-from ...optimizer.domain import CurrentAllocation, Load
-from ...optimizer.solver import solve
+from ...optimizer.domain import Load
+from ...policy.decisions import LastDecision, ManagedService
+from ...policy.observation import WINDOW_S, Key, Observation
+from ...policy.planner import Plan, PlannerSettings, PlannerState, plan
 from ..engine import Decision, IsvcView
-from ..planning import optimizer_system
+from ..observe import Observer, RequestRecords
+from ..planning import capacity, world_catalog
 from ..world import World
+from .hpa import HpaBehavior, HpaSettings
+
+NAMESPACE = "simulation"
 
 
 @dataclass(frozen=True)
 class ModelBasedSettings:
     period_s: float = 30.0
-    scale_down_window_s: float = 300.0  # as the HPA's default stabilisation
-    attainment_goal: float = 0.95
-    guards: GuardSettings = GuardSettings()
+    window_s: float = WINDOW_S  # the collector's default
+    hpa: HpaSettings = HpaSettings()  # its sync, stabilisation and scale-up limits (HpaBehavior has no tolerance)
 
 
 class ModelBasedPolicy:
     name = "ours"
 
-    def __init__(self, world: World, nominal: dict[int, Load], settings: ModelBasedSettings = ModelBasedSettings()):
+    def __init__(self, world: World, opening: dict[int, Load], settings: ModelBasedSettings = ModelBasedSettings()):
+        """Decides the deployment at time zero from the opening load, as a controller that had
+        watched it for a window would."""
         self.world = world
         self.settings = settings
         self.period_s = settings.period_s
-        self._counters: dict[int, LoadCounters] = {}
-        self._slo: dict[int, tuple[int, int, int]] = {}  # completed, ttft met, itl met
-        self._rate: dict[int, float] = {}
-        self._tokens = {i: (load.avg_in_tokens, load.avg_out_tokens) for i, load in nominal.items()}
-        self._history: dict[int, deque] = {}
-        self._calibration = {i: SloCalibration(goal=settings.attainment_goal) for i in nominal}
+        self.catalog = world_catalog(world)
+        self.capacity = capacity(world)
+        # the operator sets the planner's startup time to the cluster's cold start
+        self.planner = PlannerSettings(period_s=settings.period_s, startup_s=world.cold_start_s)
+        self.state = PlannerState()
+        self.last: list[LastDecision | None] = [None] * len(world.isvcs)
+        self.hpas = [HpaBehavior(settings.hpa) for _ in world.isvcs]
+        self.observer: Observer | None = None
+        self._syncs = max(round(settings.period_s / settings.hpa.sync_period_s), 1)  # HPA syncs per decision
+        observed = {self._key(i): _opening(load, settings.window_s) for i, load in opening.items()}
+        self.initial = {i: self._initial(i, p) for i, p in enumerate(self._plan(0.0, observed))}
 
-    def _observe(self, now: float, index: int, view: IsvcView) -> Load:
-        reading = LoadCounters(now, view.completions, view.drops, view.in_flight, view.in_tokens_sum, view.out_tokens_sum)
-        earlier = self._counters.get(index)
-        self._counters[index] = reading
-        if earlier is None:
-            rate = view.arrivals / max(now, 1e-9)
-        else:
-            estimate = estimate_load(earlier, reading)
-            rate = estimate.arrival_rate
-            if estimate.avg_in_tokens is not None:
-                self._tokens[index] = (round(estimate.avg_in_tokens), max(round(estimate.avg_out_tokens), 1))
-        previous = self._rate.get(index, rate)
-        self._rate[index] = rate
-        backlog = view.in_flight - view.ready * view.max_batch  # waiting beyond the running batches
-        rate = planned_rate(rate, previous, self.period_s, self.world.cold_start_s, backlog, self.settings.guards)
-        avg_in, avg_out = self._tokens[index]
-        return Load(rate * 60.0, avg_in, avg_out)
+    def attach(self, records: RequestRecords) -> None:
+        """The engine hands over its request records: what vLLM's metrics are read from."""
+        self.observer = Observer(records, len(self.world.isvcs), self.settings.window_s)
 
-    def _calibrate(self, index: int, view: IsvcView) -> tuple[float, float]:
-        done, ttft_met, itl_met = self._slo.get(index, (0, 0, 0))
-        self._slo[index] = (view.completions, view.ttft_met, view.itl_met)
-        return self._calibration[index].update(view.completions - done, view.ttft_met - ttft_met, view.itl_met - itl_met)
+    def _key(self, index: int) -> Key:
+        return (NAMESPACE, self.world.isvcs[index].name)
+
+    def _services(self) -> list[ManagedService]:
+        return [
+            ManagedService(
+                namespace=NAMESPACE,
+                name=spec.name,
+                model=spec.model,
+                service_class=spec.service_class,
+                accelerators=frozenset(spec.options),
+                min_replicas=spec.min_replicas,
+                max_replicas=spec.max_replicas,
+                raw_deployment=False,
+                spec_changes=True,
+                last=self.last[index],
+            )
+            for index, spec in enumerate(self.world.isvcs)
+        ]
+
+    def _plan(self, now: float, observed: dict[Key, Observation]) -> list[Plan]:
+        plans = plan(self.catalog, self.capacity, self._services(), observed, now, self.state, self.planner)
+        for index, p in enumerate(plans):
+            if p.records_decision:
+                self.last[index] = p.decision
+        return plans
 
     def decide(self, now: float, views: list[IsvcView]) -> dict[int, Decision]:
-        loads = {i: self._observe(now, i, view) for i, view in enumerate(views)}
-        scales = {i: self._calibrate(i, view) for i, view in enumerate(views)}
-        current = {
-            i: CurrentAllocation(
-                view.accelerator, view.replicas, view.max_batch, view.replicas * self.world.gpus[view.accelerator].cost_per_hour
-            )
-            for i, view in enumerate(views)
-        }
-        solution = solve(optimizer_system(self.world, loads, current, slo_scale=scales))
+        if self.observer is None:
+            raise RuntimeError("ours reads vLLM's metrics off the request records: attach() them first")
+        observed = {self._key(i): obs for i, obs in enumerate(self.observer.observe(now))}
         decisions = {}
-        for index, view in enumerate(views):
-            alloc = solution.allocations.get(self.world.isvcs[index].name)
-            if alloc is None:
+        for index, p in enumerate(self._plan(now, observed)):  # plans come in the services' order
+            if p.decision is None:
+                continue  # nothing placeable: what runs stays
+            if p.roll_out:
+                decisions[index] = self._new_revision(index, p.decision)
                 continue
-            replicas = self._stabilized(now, index, alloc.num_replicas, view.replicas, alloc.accelerator == view.accelerator)
-            if wants_new_revision(alloc.accelerator, alloc.max_batch, view.accelerator, view.max_batch, self.settings.guards):
-                decisions[index] = Decision(replicas, alloc.accelerator, alloc.max_batch)
-            else:
-                decisions[index] = Decision(replicas)
+            replicas = views[index].replicas
+            for _ in range(self._syncs):
+                replicas = self.hpas[index].replicas(now, replicas, p.decision.replicas)
+            decisions[index] = Decision(replicas)
         return decisions
 
-    def _stabilized(self, now: float, index: int, wanted: int, current: int, same_gpu: bool) -> int:
-        history = self._history.setdefault(index, deque())
-        if not same_gpu:
-            history.clear()
-        history.append((now, wanted))
-        while history[0][0] < now - self.settings.scale_down_window_s:
-            history.popleft()
-        return wanted if wanted >= current else max(r for _, r in history)
+    def _new_revision(self, index: int, d: LastDecision) -> Decision:
+        """A new revision starts at the decided count, under an HPA of its own."""
+        self.hpas[index] = HpaBehavior(self.settings.hpa)
+        return Decision(max(d.replicas, 1), d.accelerator, d.max_batch)
+
+    def _initial(self, index: int, p: Plan) -> Decision:
+        if p.decision is not None:
+            return self._new_revision(index, p.decision)
+        spec = self.world.isvcs[index]  # nothing placeable: the baselines' deployment
+        return Decision(spec.min_replicas, spec.default_accelerator, spec.options[spec.default_accelerator].max_num_seqs)
 
 
-def initial_decisions(world: World, loads: dict[int, Load]) -> dict[int, Decision]:
-    """What our policy deploys at time zero for the opening load."""
-    solution = solve(optimizer_system(world, loads))
-    result = {}
-    for index, spec in enumerate(world.isvcs):
-        alloc = solution.allocations.get(spec.name)
-        if alloc is None:
-            option = spec.options[spec.default_accelerator]
-            result[index] = Decision(spec.min_replicas, spec.default_accelerator, option.max_num_seqs)
-        else:
-            result[index] = Decision(max(alloc.num_replicas, 1), alloc.accelerator, alloc.max_batch)
-    return result
+def _opening(load: Load, window_s: float) -> Observation:
+    """The opening minute's load as a collector would have seen it: its rate now and before."""
+    rate = load.arrival_rate_rpm / 60.0
+    return Observation(rate, rate, load.avg_in_tokens, load.avg_out_tokens, 0.0, 0.0, None, None, (), (), window_s=window_s)

@@ -1,0 +1,204 @@
+"""What a collector would observe of each simulated ISVC: vLLM's Prometheus metrics, read off
+the simulation's request records, and the Observation the collector builds from them.
+
+A scrape of a vLLM server shows cumulative counters, two gauges and cumulative histograms with
+vLLM's own bucket bounds. At each control tick this reads the requests that moved since the
+last tick and moves the metrics the way the server's would have moved:
+- a request's first token observes its TTFT and counts its prompt tokens;
+- a finished request counts in request_success_total with its generated tokens and gives the
+  ITL histogram its (output - 1) gaps, each at the request's mean gap (the simulator tracks a
+  request's decode progress, not every step);
+- running = admitted and unfinished (prefilling included, as vLLM's gauge), waiting = arrived and
+  not admitted; requests held by the activator while no replica is ready count as waiting;
+- a request its client gave up on leaves the gauges and counts nowhere, so drops go unseen, as
+  in a cluster: vLLM records no statistics for aborted requests (vllm-project/vllm#55634, open;
+  were it fixed, they would count in request_success_total{finished_reason="abort"}).
+
+The window's figures are differences between the ticks' scrapes, as increase() and delta() take
+them between Prometheus's samples: a window reaches back to the last tick at least `window_s`
+old, the window before it as far again. From there policy.observation.observe computes the
+Observation, the same function the controller's collector calls.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..policy.observation import Buckets, Observation, WindowFigures, observe
+
+# vLLM's bucket bounds in seconds (code v1/metrics/loggers.py; ../shared/VLLM.md section 2)
+TTFT_BOUNDS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+    160.0,
+    640.0,
+    2560.0,
+)
+ITL_BOUNDS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+
+
+@dataclass(frozen=True)
+class RequestRecords:
+    """The simulation's per-request lists, indexed by request and sorted by arrival; the
+    engine fills in first_token and finish (nan until known) and dropped as requests move."""
+
+    arrival: list[float]
+    isvc: list[int]
+    in_tokens: list[int]
+    out_tokens: list[int]
+    first_token: list[float]  # set on admission (to when its prefill ends)
+    finish: list[float]
+    dropped: list[bool]
+
+
+@dataclass(frozen=True)
+class Scrape:
+    """One ISVC's cumulative metrics at one moment (bucket counts per bucket, +Inf last)."""
+
+    time: float
+    completed: int
+    prompt_tokens: int
+    generation_tokens: int
+    in_system: int  # running + waiting
+    running: int
+    waiting: int
+    ttft_sum: float
+    itl_sum: float
+    ttft_counts: np.ndarray
+    itl_counts: np.ndarray
+
+
+class _Counters:
+    __slots__ = ("completed", "generation_tokens", "itl_counts", "itl_sum", "prompt_tokens", "ttft_counts", "ttft_sum")
+
+    def __init__(self) -> None:
+        self.completed = self.prompt_tokens = self.generation_tokens = 0
+        self.ttft_sum = self.itl_sum = 0.0
+        self.ttft_counts = np.zeros(len(TTFT_BOUNDS) + 1, dtype=np.int64)
+        self.itl_counts = np.zeros(len(ITL_BOUNDS) + 1, dtype=np.int64)
+
+
+class VllmMetrics:
+    """The metrics every simulated ISVC's vLLM servers export together, scraped at each tick."""
+
+    def __init__(self, records: RequestRecords, isvcs: int):
+        self.records = records
+        self._next = 0  # first request not yet arrived
+        self._open: list[list[int]] = [[] for _ in range(isvcs)]  # arrived, neither finished nor dropped
+        self._first_seen = bytearray(len(records.arrival))
+        self._counters = [_Counters() for _ in range(isvcs)]
+
+    def scrape(self, now: float) -> list[Scrape]:
+        r = self.records
+        while self._next < len(r.arrival) and r.arrival[self._next] <= now:
+            self._open[r.isvc[self._next]].append(self._next)
+            self._next += 1
+        return [self._scrape_one(now, index) for index in range(len(self._open))]
+
+    def _scrape_one(self, now: float, index: int) -> Scrape:
+        r, c, seen = self.records, self._counters[index], self._first_seen
+        still, running = [], 0
+        for request in self._open[index]:
+            if r.dropped[request]:
+                continue
+            first = r.first_token[request]
+            if math.isnan(first):
+                still.append(request)
+                continue
+            if first <= now and not seen[request]:
+                seen[request] = 1
+                ttft = first - r.arrival[request]
+                c.ttft_sum += ttft
+                c.ttft_counts[bisect.bisect_left(TTFT_BOUNDS, ttft)] += 1
+                c.prompt_tokens += r.in_tokens[request]
+            if r.finish[request] <= now:  # False while nan: not finished
+                out = r.out_tokens[request]
+                c.completed += 1
+                c.generation_tokens += out
+                if out > 1:
+                    decode = r.finish[request] - first
+                    c.itl_sum += decode
+                    c.itl_counts[bisect.bisect_left(ITL_BOUNDS, decode / (out - 1))] += out - 1
+                continue
+            running += 1
+            still.append(request)
+        self._open[index] = still
+        return Scrape(
+            now,
+            c.completed,
+            c.prompt_tokens,
+            c.generation_tokens,
+            len(still),
+            running,
+            len(still) - running,
+            c.ttft_sum,
+            c.itl_sum,
+            c.ttft_counts.copy(),
+            c.itl_counts.copy(),
+        )
+
+
+def _increase(later: np.ndarray, earlier: np.ndarray, bounds: tuple[float, ...]) -> Buckets:
+    cumulative = np.cumsum(later - earlier)
+    return tuple(zip((*bounds, math.inf), cumulative.astype(float).tolist(), strict=True))
+
+
+class Observer:
+    """Scrapes at every tick and keeps the scrapes its windows reach back to."""
+
+    def __init__(self, records: RequestRecords, isvcs: int, window_s: float, start: float = 0.0):
+        self.metrics = VllmMetrics(records, isvcs)
+        self.window_s = window_s
+        self.history: list[list[Scrape]] = [[s] for s in self.metrics.scrape(start)]
+
+    def observe(self, now: float) -> list[Observation]:
+        """One Observation per ISVC (in the world's order) over the trailing window."""
+        result = []
+        for history, scrape in zip(self.history, self.metrics.scrape(now), strict=True):
+            history.append(scrape)
+            times = [s.time for s in history]
+            start = history[max(bisect.bisect_right(times, now - self.window_s + 1e-9) - 1, 0)]
+            earlier = bisect.bisect_right(times, 2 * start.time - now + 1e-9) - 1  # as long again before it
+            before = history[earlier] if earlier >= 0 else None
+            result.append(observe(_figures(scrape, start, before)))
+            del history[: max(earlier, 0)]  # nothing older is reached again
+        return result
+
+
+def _figures(now: Scrape, start: Scrape, before: Scrape | None) -> WindowFigures:
+    return WindowFigures(
+        window_s=now.time - start.time,
+        completed=now.completed - start.completed,
+        growth=now.in_system - start.in_system,
+        completed_before=None if before is None else start.completed - before.completed,
+        growth_before=0.0 if before is None else start.in_system - before.in_system,
+        running=now.running,
+        waiting=now.waiting,
+        prompt_tokens=now.prompt_tokens - start.prompt_tokens,
+        generation_tokens=now.generation_tokens - start.generation_tokens,
+        ttft_sum=now.ttft_sum - start.ttft_sum,
+        itl_sum=now.itl_sum - start.itl_sum,
+        ttft_buckets=_increase(now.ttft_counts, start.ttft_counts, TTFT_BOUNDS),
+        itl_buckets=_increase(now.itl_counts, start.itl_counts, ITL_BOUNDS),
+    )

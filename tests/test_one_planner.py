@@ -1,0 +1,164 @@
+"""One planner, two bodies: the simulator's "ours" is the controller's planner fed with what
+the controller's collector would observe.
+
+- The observation the simulator builds from its request records equals what the collector's
+  PromQL computes in a real Prometheus holding the vLLM series of the same requests.
+- The simulator's policy applies what policy.planner.plan decides and has no sizing of its own.
+"""
+
+from __future__ import annotations
+
+import ast
+import math
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import autoscaler
+from autoscaler.controller import controller
+from autoscaler.controller.collector import CollectorSettings, observations, queries
+from autoscaler.policy.decisions import LastDecision
+from autoscaler.policy.observation import within
+from autoscaler.policy.planner import Plan
+from autoscaler.simulator.engine import Decision, IsvcView
+from autoscaler.simulator.observe import Observer, RequestRecords
+from autoscaler.simulator.policies import model_based
+from autoscaler.simulator.policies.model_based import ModelBasedPolicy
+from autoscaler.simulator.runner import _loads
+from autoscaler.simulator.scenarios import build_scenario
+
+from .prometheus_server import PrometheusServer, free_port
+from .vllm_emulator import RequestStream, openmetrics
+
+BASE = 1_700_000_000.0  # unix time of the streams' zero
+END = 240.0
+
+
+def stream(namespace: str, name: str, rate_before: float, rate_after: float, seed: int) -> RequestStream:
+    """Poisson arrivals whose rate steps up at 150 s; queueing, prefill and decode times spread
+    over several histogram buckets; one request in twenty abandoned while waiting."""
+    rng = np.random.default_rng(seed)
+    before = rng.exponential(1 / rate_before, int(rate_before * 150))
+    gaps = np.concatenate([before[np.cumsum(before) < 150], rng.exponential(1 / rate_after, int(rate_after * END))])
+    arrival = np.cumsum(gaps)
+    arrival = arrival[arrival < END]
+    n = len(arrival)
+    out = rng.integers(1, 200, n)
+    admitted = arrival + rng.exponential(0.5, n)
+    first = admitted + rng.uniform(0.05, 1.5, n)
+    finish = first + (out - 1) * rng.uniform(0.01, 0.09, n)
+    dropped = rng.random(n) < 0.05
+    dropped_at = np.where(dropped, arrival + 0.4 * rng.random(n), math.inf)
+    admitted[dropped] = first[dropped] = finish[dropped] = math.inf
+    return RequestStream(namespace, name, "m", arrival, admitted, first, finish, dropped_at, rng.integers(10, 3000, n), out)
+
+
+def records_at(streams: list[RequestStream]) -> tuple[RequestRecords, Callable[[float], None]]:
+    """The streams merged into the engine's request records and a function that reveals what
+    the engine would have recorded by a given time."""
+    order = np.argsort(np.concatenate([s.arrival for s in streams]), kind="stable")
+
+    def merged(field: str) -> np.ndarray:
+        return np.concatenate([getattr(s, field) for s in streams])[order]
+
+    isvc = np.concatenate([np.full(len(s.arrival), i) for i, s in enumerate(streams)])[order]
+    admitted, first, finish, dropped_at = merged("admitted"), merged("first"), merged("finish"), merged("dropped_at")
+    n = len(order)
+    records = RequestRecords(
+        merged("arrival").tolist(),
+        isvc.tolist(),
+        merged("in_tokens").tolist(),
+        merged("out_tokens").tolist(),
+        [math.nan] * n,
+        [math.nan] * n,
+        [False] * n,
+    )
+
+    def reveal(t: float) -> None:
+        records.first_token[:] = np.where(admitted <= t, first, math.nan).tolist()
+        records.finish[:] = np.where(finish <= t, finish, math.nan).tolist()
+        records.dropped[:] = (dropped_at <= t).tolist()
+
+    return records, reveal
+
+
+def test_observer_matches_the_collectors_promql_over_the_same_requests(tmp_path):
+    streams = [stream("sim", "chat", 8.0, 14.0, seed=1), stream("sim", "code", 3.0, 3.0, seed=2)]
+    records, reveal = records_at(streams)
+    observer = Observer(records, len(streams), window_s=60.0)
+    for tick in np.arange(30.0, END + 1, 30.0):  # the policy's ticks
+        reveal(tick)
+        simulated = observer.observe(tick)
+
+    settings = CollectorSettings(window_s=60)
+    prometheus = PrometheusServer(tmp_path / "prometheus", free_port())
+    prometheus.backfill(openmetrics(streams, [float(t) for t in range(int(END) + 1)], BASE)).start("up", 0)
+    try:
+        results = {name: prometheus.query(promql, BASE + END) for name, promql in queries(settings).items()}
+    finally:
+        prometheus.stop()
+    collected = observations(results, settings)
+
+    for stream_, sim in zip(streams, simulated, strict=True):
+        prom = collected[(stream_.namespace, stream_.name)]
+        # Prometheus 2.x reads a [60s] range inclusively and exactly; 3.x leaves its start out
+        # and extrapolates the 59 s it has (1.7%)
+        close = dict(rel=0.03, abs=1e-6)
+        for figure in ("arrival_rate", "previous_rate", "avg_in_tokens", "avg_out_tokens", "ttft_ms", "itl_ms"):
+            assert getattr(sim, figure) == pytest.approx(getattr(prom, figure), **close), figure
+        assert (sim.running, sim.waiting) == (prom.running, prom.waiting)
+        for histogram, slos in (("ttft_buckets", (0.3, 1.0, 2.0)), ("itl_buckets", (0.03, 0.08))):
+            sim_buckets, prom_buckets = getattr(sim, histogram), getattr(prom, histogram)
+            assert [b for b, _ in sim_buckets] == [b for b, _ in prom_buckets]
+            assert [c for _, c in sim_buckets] == pytest.approx([c for _, c in prom_buckets], **close)
+            for slo in slos:
+                assert within(sim_buckets, slo) == pytest.approx(within(prom_buckets, slo), **close)
+    chat = simulated[0]
+    assert chat.arrival_rate > chat.previous_rate * 1.3 and chat.waiting > 0  # the step up is seen
+
+
+def test_the_simulator_and_the_controller_run_one_planner():
+    assert model_based.plan is controller.plan  # the very function, not a copy
+    sizing = {"solve", "SloCalibration", "planned_rate", "wants_new_revision", "estimate_load"}
+    simulator = Path(autoscaler.__file__).parent / "simulator"
+    for path in simulator.rglob("*.py"):
+        names = {
+            alias.asname or alias.name
+            for node in ast.walk(ast.parse(path.read_text()))
+            if isinstance(node, ast.ImportFrom)
+            for alias in node.names
+        }
+        if path.name != "load_test.py":  # the baselines' load test sizes nothing for ours
+            assert not names & sizing, f"{path.name} imports {names & sizing}: sizing belongs to policy.planner"
+
+
+def test_ours_applies_the_plan_as_the_controller_would(monkeypatch):
+    """Whatever plan() returns is what the simulator does: a roll-out is a new revision, a replica
+    count goes through the HPA (up at once, down only after its stabilisation window)."""
+    scenario = build_scenario("steady", duration_s=600.0, seed=1)
+    policy = ModelBasedPolicy(scenario.world, _loads(scenario, 0.0, 60.0))
+    records, _ = records_at([stream("simulation", spec.name, 1.0, 1.0, seed=i) for i, spec in enumerate(scenario.world.isvcs)])
+    policy.attach(records)
+    wanted: dict[str, tuple[int, bool]] = {}
+    seen = []
+
+    def fake_plan(catalog, capacity, services, observed, now, state, settings):
+        seen.append({s.name: s.last for s in services})
+        return [
+            Plan(s, LastDecision("H100", wanted[s.name][0], 64, 1.0, 1.0, 1.0, 1.0, now), roll_out=wanted[s.name][1])
+            for s in services
+        ]
+
+    monkeypatch.setattr(model_based, "plan", fake_plan)
+    names = [spec.name for spec in scenario.world.isvcs]
+    views = [IsvcView(n, "H100", 64, 4, 4, 0, None) for n in names]
+    wanted.update({n: (9, False) for n in names} | {names[0]: (3, True)})
+    first = policy.decide(30.0, views)
+    assert first[0] == Decision(3, "H100", 64)  # a roll-out: a new revision at the planned count
+    assert first[1] == Decision(9)  # a scale-up: at once
+    wanted.update({n: (2, False) for n in names})
+    assert policy.decide(60.0, views)[1] == Decision(4)  # a scale-down waits for the HPA's window
+    assert policy.decide(400.0, views)[1] == Decision(2)
+    assert seen[1][names[1]].replicas == 9  # the next cycle reads the decision the annotation records
