@@ -28,6 +28,8 @@ from autoscaler.annotations import (
 )
 from autoscaler.kserve import DEPLOYMENT_MODE, KSERVE_AUTOSCALER_CLASS, REVISION_LABEL
 
+from . import bounded_json
+
 GROUP_LABEL = POD_GROUP
 SCHEDULING_GATE = POD_GROUP
 
@@ -70,8 +72,10 @@ def _string_map(value: Any, where: str) -> dict[str, str]:
 def parse(body: bytes) -> dict:
     """The `request` of an AdmissionReview v1, checked enough to answer it safely."""
     try:
-        review = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        review = bounded_json.loads(body)
+    except bounded_json.TooComplex as exc:
+        raise MalformedReview(f"body refused unparsed: {exc}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
         raise MalformedReview(f"body is not JSON: {exc}") from None
     if not isinstance(review, dict) or review.get("kind") != "AdmissionReview":
         raise MalformedReview("body is not an AdmissionReview")

@@ -1,0 +1,60 @@
+"""Hostile bodies for the webhook: nesting, digit runs and value counts past the bounds are
+refused with a 400 and the reason before the json module sees them (webhook/bounded_json.py)."""
+
+import json
+
+import pytest
+
+from webhook import bounded_json
+from webhook.server import DEFAULT_CLASSES, answer
+
+from .test_webhook import MANAGED, REVISION_POD, admission, isvc, pod
+
+
+def with_field(value: bytes) -> bytes:
+    """An otherwise valid Pod review whose object carries `value` as raw JSON."""
+    return json.dumps(admission(pod(*REVISION_POD) | {"x": "@@"}, kind="Pod")).encode().replace(b'"@@"', value)
+
+
+@pytest.mark.parametrize(
+    "body, reason",
+    [
+        (b'{"a":' * 10_000 + b"1" + b"}" * 10_000, "nested deeper than 100 levels"),
+        (b"[" * 10_000 + b"]" * 10_000, "nested deeper than 100 levels"),
+        (with_field(b"[" * 101 + b"]" * 101), "nested deeper than 100 levels"),
+        (with_field(b"9" * 5_000), "more than 40 digits"),
+        (with_field(b"1." + b"0" * 4_300), "more than 40 digits"),
+        (with_field(b"1e" + b"9" * 41), "more than 40 digits"),
+        (with_field(b"[" + b"{}," * 200_000 + b"{}]"), "more than 200,000 values"),
+    ],
+)
+def test_bodies_past_a_bound_are_400_with_the_reason(body, reason):
+    status, document = answer(body, DEFAULT_CLASSES)
+    assert status == 400 and reason in document["error"]
+
+
+@pytest.mark.parametrize("constant", [b"NaN", b"Infinity", b"-Infinity"])
+def test_non_json_constants_are_400(constant):
+    status, document = answer(with_field(constant), DEFAULT_CLASSES)
+    assert status == 400 and "is not JSON" in document["error"]
+
+
+def test_brackets_and_digits_inside_strings_do_not_count():
+    obj = isvc(MANAGED | {"note": "[" * 500 + "9" * 500 + '\\"{' * 100, "braces": "}" * 50})
+    status, review = answer(json.dumps(admission(obj)).encode(), DEFAULT_CLASSES)
+    assert status == 200 and review["response"]["allowed"]
+
+
+def test_the_bounds_leave_room_for_real_objects():
+    deep = {}
+    for _ in range(bounded_json.MAX_DEPTH - 5):
+        deep = {"d": deep}
+    obj = pod(*REVISION_POD) | {"x": deep, "n": [2**63 - 1, -(2**63), 1.7976931348623157e308, 5e-324]}
+    status, review = answer(json.dumps(admission(obj, kind="Pod")).encode(), DEFAULT_CLASSES)
+    assert status == 200 and review["response"]["allowed"] and "patch" in review["response"]
+
+
+def test_unterminated_strings_and_stray_quotes_are_just_not_json():
+    for body in (b'{"a": "[[[[', b'"', b'{"a\\', b"\xff\xfe{}"):
+        status, document = answer(body, DEFAULT_CLASSES)
+        assert status == 400
