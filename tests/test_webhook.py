@@ -102,7 +102,7 @@ def test_dry_run_gets_the_same_answer():
     [
         ({PREFIX + "service-class": "Gold"}, "unknown service class 'Gold' (one of: Bronze, Free, Premium)"),
         ({PREFIX + "min-replicas": "5", PREFIX + "max-replicas": "2"}, "min-replicas (5) must not exceed"),
-        ({PREFIX + "max-replicas": "many"}, "max-replicas: expected a whole number, got 'many'"),
+        ({PREFIX + "max-replicas": "many"}, "max-replicas: expected a whole number (ASCII digits), got 'many'"),
         ({PREFIX + "max-replicas": "0"}, "max-replicas: must be >= 1, got 0"),
         ({PREFIX + "accelerators": "H100,,A100"}, "expected comma-separated GPU types"),
         ({PREFIX + "progress-deadline": "7200"}, "at most 3600 seconds, got 7200"),

@@ -5,8 +5,10 @@ import json
 
 import pytest
 
+from autoscaler.annotations import PREFIX
+from autoscaler.errors import InputError
 from webhook import bounded_json
-from webhook.server import DEFAULT_CLASSES, answer
+from webhook.server import DEFAULT_CLASSES, answer, load_classes
 
 from .test_webhook import MANAGED, REVISION_POD, admission, isvc, pod
 
@@ -58,3 +60,37 @@ def test_unterminated_strings_and_stray_quotes_are_just_not_json():
     for body in (b'{"a": "[[[[', b'"', b'{"a\\', b"\xff\xfe{}"):
         status, document = answer(body, DEFAULT_CLASSES)
         assert status == 400
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({PREFIX + "max-replicas": "9" * 4_300}, "max-replicas: at most 1000, got a number of 4300 digits"),
+        ({PREFIX + "max-replicas": "1001"}, "max-replicas: at most 1000, got 1001"),
+        ({PREFIX + "min-replicas": "２"}, "min-replicas: expected a whole number (ASCII digits), got '２'"),
+        ({PREFIX + "max-replicas": "٣"}, "max-replicas: expected a whole number (ASCII digits), got '٣'"),
+        ({PREFIX + "progress-deadline": "６００"}, "progress-deadline: expected a whole number (ASCII digits)"),
+        ({PREFIX + "progress-deadline": "9" * 100}, "progress-deadline: at most 3600 seconds, got a number of 100 digits"),
+    ],
+)
+def test_annotation_numbers_are_ascii_and_bounded(extra, message):
+    status, review = answer(json.dumps(admission(isvc(MANAGED | extra))).encode(), DEFAULT_CLASSES)
+    response = review["response"]
+    assert status == 200 and response["allowed"] is False and "patch" not in response
+    assert message in response["status"]["message"]
+
+
+def test_the_replica_bound_itself_is_accepted():
+    obj = isvc(MANAGED | {PREFIX + "max-replicas": "1000", PREFIX + "min-replicas": " 0 "})
+    _, review = answer(json.dumps(admission(obj)).encode(), DEFAULT_CLASSES)
+    assert review["response"]["allowed"] and "patch" in review["response"]
+
+
+@pytest.mark.parametrize(
+    "classes", [{"A": {"maxReplicas": True}}, {"A": {"maxReplicas": 10**4000}}, {"A": {"minReplicas": 2, "maxReplicas": 1001}}]
+)
+def test_service_class_bounds_are_whole_and_bounded(tmp_path, classes):
+    path = tmp_path / "classes.json"
+    path.write_text(json.dumps(classes) if "10**" not in repr(classes) else '{"A": {"maxReplicas": ' + "9" * 4000 + "}}")
+    with pytest.raises(InputError, match="need whole minReplicas <= maxReplicas <= 1000"):
+        load_classes(path)

@@ -23,7 +23,7 @@ from autoscaler.certificates import service_names
 from autoscaler.kube import Kube
 from autoscaler.tls import ReloadingTLS
 
-from autoscaler.annotations import ClassDefaults
+from autoscaler.annotations import REPLICAS_BOUND, ClassDefaults
 from .certificate_manager import CertificateManager, CertificateTarget
 from .review import MalformedReview, parse, review
 
@@ -75,14 +75,20 @@ def load_classes(path: Path | None) -> dict[str, ClassDefaults]:
         raise InputError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:
         raise InputError(str(path), f"line {exc.lineno} column {exc.colno}", f"malformed JSON: {exc.msg}") from None
+    except ValueError as exc:  # a number past Python's 4,300-digit guard, or not UTF-8
+        raise InputError(str(path), "", f"malformed JSON: {exc}") from None
     if not isinstance(document, dict) or not document:
         raise InputError(str(path), "", "expected an object of service classes")
     classes = {}
     for name, spec in document.items():
         bounds = spec if isinstance(spec, dict) else {}
         low, high = bounds.get("minReplicas", 1), bounds.get("maxReplicas", 10)
-        if not (isinstance(low, int) and isinstance(high, int) and 0 <= low <= high and high >= 1):
-            raise InputError(str(path), name, f"need whole minReplicas <= maxReplicas, maxReplicas >= 1; got {spec!r}")
+        whole = all(type(n) is int for n in (low, high))  # not bool, which is an int to Python
+        if not (whole and 0 <= low <= high <= REPLICAS_BOUND and high >= 1):
+            shown = repr(spec) if len(repr(spec)) < 200 else repr(spec)[:200] + "..."
+            raise InputError(
+                str(path), name, f"need whole minReplicas <= maxReplicas <= {REPLICAS_BOUND}, maxReplicas >= 1; got {shown}"
+            )
         classes[name] = ClassDefaults(low, high)
     return classes
 
