@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping
 
@@ -19,6 +20,7 @@ from aiohttp import web
 
 from autoscaler import aio
 from autoscaler.errors import InputError
+from autoscaler.https_server import HttpLimits, serve_https
 from autoscaler.certificates import service_names
 from autoscaler.kube import Kube
 from autoscaler.tls import ReloadingTLS
@@ -28,6 +30,12 @@ from .certificate_manager import CertificateManager, CertificateTarget
 from .review import MalformedReview, parse, review
 
 log = logging.getLogger(__name__)
+# The API server accepts a request body of up to 3 MiB (MaxRequestBodyBytes in
+# k8s.io/apiserver/pkg/server/config.go: twice etcd's 1.5 MiB, as JSON is larger than the stored
+# protobuf); an UPDATE's review carries the object and the old object, so 2 x 3 MiB and 1 MiB
+# for the envelope and the metadata the API server adds.
+MAX_REVIEW_BYTES = 7 * 1024 * 1024
+LIMITS = HttpLimits(max_body_bytes=MAX_REVIEW_BYTES)
 DEFAULT_CLASSES = {"Premium": ClassDefaults(1, 10), "Bronze": ClassDefaults(1, 10), "Free": ClassDefaults(0, 5)}
 
 
@@ -51,15 +59,27 @@ def answer(body: bytes, classes: Mapping[str, ClassDefaults]) -> tuple[int, dict
     return 200, {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
 
 
-def build_app(classes: Mapping[str, ClassDefaults]) -> web.Application:
+def build_app(classes: Mapping[str, ClassDefaults], limits: HttpLimits = LIMITS) -> web.Application:
+    # one thread: a large body is parsed beside the loop, never several at once (json holds the
+    # GIL while it parses, so this bounds the stall and the memory rather than removing them)
+    parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook-parse")
+
     async def mutate(request: web.Request) -> web.Response:
-        status, document = answer(await request.read(), classes)
+        body = await request.read()
+        if len(body) > limits.large_body_bytes:
+            status, document = await asyncio.get_running_loop().run_in_executor(parser, answer, body, classes)
+        else:
+            status, document = answer(body, classes)
         return web.Response(status=status, body=json.dumps(document).encode(), headers={"Content-Type": "application/json"})
 
     async def health(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    app = web.Application(client_max_size=8 * 1024 * 1024)
+    async def stop_parser(_: web.Application) -> None:
+        parser.shutdown(wait=False, cancel_futures=True)
+
+    app = web.Application(client_max_size=limits.max_body_bytes)
+    app.on_cleanup.append(stop_parser)
     app.router.add_post("/mutate", mutate)
     app.router.add_get("/healthz", health)
     return app
@@ -138,9 +158,7 @@ async def serve(args: argparse.Namespace) -> int:
     tls = ReloadingTLS(args.tls_cert_file, args.tls_private_key_file)
     watcher = asyncio.create_task(tls.watch())
     renewer = asyncio.create_task(managed[0].run(args.tls_cert_file, args.tls_private_key_file)) if managed else None
-    runner = web.AppRunner(build_app(classes), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, args.bind_address, args.port, ssl_context=tls.front).start()
+    runner, _ = await serve_https(build_app(classes), args.bind_address, args.port, tls.front, LIMITS)
     log.info("admission webhook on https://%s:%d/mutate (classes: %s)", args.bind_address, args.port, ", ".join(sorted(classes)))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
