@@ -17,12 +17,20 @@ log = logging.getLogger(__name__)
 
 
 class ReloadingTLS:
-    def __init__(self, cert_file: Path, key_file: Path, client_ca_pem: str = ""):
+    def __init__(self, cert_file: Path, key_file: Path, client_ca_pem: str = "", ask_client_certificate: bool = False):
         self.cert_file, self.key_file = Path(cert_file), Path(key_file)
         self._client_ca_pem = client_ca_pem
+        self._ask = ask_client_certificate or bool(client_ca_pem)
         self._stamp = self._file_stamp()
         self._current = self._build()
         self.front = self._build()
+        # Whether a client certificate is asked for is fixed when a handshake starts, from this
+        # context (OpenSSL does not take the verify mode from the one the SNI callback swaps in);
+        # the trusted CAs are the swapped-in context's. So a server that may trust a client CA
+        # later (the metrics adapter before the request-header CA is published) asks from the
+        # start; until a CA is known, a certificate offered is refused in the handshake.
+        if self._ask:
+            self.front.verify_mode = ssl.CERT_OPTIONAL
         self.front.sni_callback = self._select
 
     def _file_stamp(self) -> tuple:
@@ -32,9 +40,10 @@ class ReloadingTLS:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(self.cert_file, self.key_file)
-        if self._client_ca_pem:
+        if self._client_ca_pem or self._ask:
             # a client certificate is asked for, not required: token clients present none
             context.verify_mode = ssl.CERT_OPTIONAL
+        if self._client_ca_pem:
             context.load_verify_locations(cadata=self._client_ca_pem)
         return context
 

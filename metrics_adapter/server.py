@@ -9,17 +9,20 @@ import os
 import signal
 from pathlib import Path
 
-from aiohttp import web
-
 from autoscaler import aio
 from autoscaler.errors import InputError
 
 from .api import build_app
 from .auth import Gatekeeper, KubernetesReviews, ReviewUnavailable
+from autoscaler.https_server import HttpLimits, serve_https
 from autoscaler.tls import ReloadingTLS
 
 log = logging.getLogger(__name__)
-REQUESTHEADER_REFRESH_S = 300.0
+# The front proxy's CA may be published after we start (a control plane being set up) or
+# rotated; re-reading the ConfigMap every 30 s (one small GET) uses a new one within that time.
+REQUESTHEADER_REFRESH_S = 30.0
+# GETs only: no body is read, so the default 64 KiB bound is plenty
+LIMITS = HttpLimits()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,6 +52,23 @@ async def _kube_client(kubeconfig: Path | None):
     return client.ApiClient()
 
 
+async def follow_requestheader(
+    reviews: KubernetesReviews, gate: Gatekeeper, tls: ReloadingTLS, every_s: float = REQUESTHEADER_REFRESH_S
+) -> None:
+    """Re-read the request-header configuration; a new or changed CA applies to new handshakes."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            requestheader = await reviews.requestheader_config()
+        except ReviewUnavailable as exc:
+            log.warning("keeping the request-header configuration: %s", exc)
+            continue
+        if requestheader.client_ca_pem != gate.requestheader.client_ca_pem:
+            log.info("request-header client CA %s", "changed" if gate.requestheader.client_ca_pem else "published")
+        gate.requestheader = requestheader
+        tls.set_client_ca(requestheader.client_ca_pem)
+
+
 async def serve(args: argparse.Namespace) -> int:
     for path in (args.tls_cert_file, args.tls_private_key_file):
         if not path.is_file():
@@ -61,7 +81,7 @@ async def serve(args: argparse.Namespace) -> int:
         requestheader = await reviews.requestheader_config()
     except ReviewUnavailable as exc:
         raise InputError("kube-system/extension-apiserver-authentication", "", f"cannot read the ConfigMap: {exc}") from None
-    tls = ReloadingTLS(args.tls_cert_file, args.tls_private_key_file, requestheader.client_ca_pem)
+    tls = ReloadingTLS(args.tls_cert_file, args.tls_private_key_file, requestheader.client_ca_pem, ask_client_certificate=True)
     gate = Gatekeeper(requestheader, reviews)
     tasks = [asyncio.create_task(tls.watch())]
     if args.source == "prometheus":
@@ -77,19 +97,8 @@ async def serve(args: argparse.Namespace) -> int:
         tasks.append(asyncio.create_task(feed.run()))
         ready = feed.synced.is_set
 
-    async def refresh_requestheader() -> None:
-        while True:
-            await asyncio.sleep(REQUESTHEADER_REFRESH_S)
-            try:
-                gate.requestheader = await reviews.requestheader_config()
-                tls.set_client_ca(gate.requestheader.client_ca_pem)
-            except ReviewUnavailable as exc:
-                log.warning("keeping the request-header configuration: %s", exc)
-
-    tasks.append(asyncio.create_task(refresh_requestheader()))
-    runner = web.AppRunner(build_app(source, gate.authorize, ready), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, args.bind_address, args.secure_port, ssl_context=tls.front).start()
+    tasks.append(asyncio.create_task(follow_requestheader(reviews, gate, tls)))
+    runner, _ = await serve_https(build_app(source, gate.authorize, ready), args.bind_address, args.secure_port, tls.front, LIMITS)
     log.info(
         "serving external.metrics.k8s.io/v1beta1 on https://%s:%d (source: %s)", args.bind_address, args.secure_port, args.source
     )
