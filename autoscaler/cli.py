@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from . import __version__
 from .errors import InputError
 from .kube import ApiError
 
@@ -65,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="inference-autoscaler",
         description="Model-based autoscaling of LLM inference services on KServe/Knative.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     optimize = commands.add_parser(
         "optimize",

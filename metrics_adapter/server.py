@@ -5,12 +5,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 from pathlib import Path
 
 from autoscaler import aio
 from autoscaler.errors import InputError
+from autoscaler.kube import ApiError, Kube
 
 from .api import build_app
 from .auth import Gatekeeper, KubernetesReviews, ReviewUnavailable
@@ -42,16 +42,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", type=Path, help="outside a cluster: kubeconfig for the reviews (default: in-cluster)")
 
 
-async def _kube_client(kubeconfig: Path | None):
-    from kubernetes_asyncio import client, config
-
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()
-    else:
-        await config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None)
-    return client.ApiClient()
-
-
 async def follow_requestheader(
     reviews: KubernetesReviews, gate: Gatekeeper, tls: ReloadingTLS, every_s: float = REQUESTHEADER_REFRESH_S
 ) -> None:
@@ -70,18 +60,18 @@ async def follow_requestheader(
 
 
 async def serve(args: argparse.Namespace) -> int:
-    for path in (args.tls_cert_file, args.tls_private_key_file):
-        if not path.is_file():
-            raise InputError(str(path), "", "file not found")
     if not 0 < args.stale_after <= args.max_age:
         raise InputError("command line", "--stale-after", "must be > 0 and at most --max-age")
-    api_client = await _kube_client(args.kubeconfig)
+    # local files first: a bad certificate is reported without waiting for the API server
+    tls = ReloadingTLS(args.tls_cert_file, args.tls_private_key_file, ask_client_certificate=True)
+    api_client = (await Kube.connect(str(args.kubeconfig) if args.kubeconfig else None)).api
     reviews = KubernetesReviews(api_client)
     try:
         requestheader = await reviews.requestheader_config()
     except ReviewUnavailable as exc:
-        raise InputError("kube-system/extension-apiserver-authentication", "", f"cannot read the ConfigMap: {exc}") from None
-    tls = ReloadingTLS(args.tls_cert_file, args.tls_private_key_file, requestheader.client_ca_pem, ask_client_certificate=True)
+        await api_client.close()
+        raise ApiError(0, f"cannot read kube-system/extension-apiserver-authentication: {exc}") from None
+    tls.set_client_ca(requestheader.client_ca_pem)
     gate = Gatekeeper(requestheader, reviews)
     tasks = [asyncio.create_task(tls.watch())]
     if args.source == "prometheus":

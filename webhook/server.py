@@ -145,17 +145,23 @@ async def _certificates(args: argparse.Namespace) -> tuple[CertificateManager, K
     kube = await Kube.connect(args.kubeconfig)
     target = CertificateTarget(namespace, secret, names, args.webhook_configuration, args.api_service)
     manager = CertificateManager(kube, target)
-    (await manager.reconcile()).write(args.tls_cert_file, args.tls_private_key_file)
+    try:
+        (await manager.reconcile()).write(args.tls_cert_file, args.tls_private_key_file)
+    except BaseException:
+        await kube.close()
+        raise
     return manager, kube
 
 
 async def serve(args: argparse.Namespace) -> int:
     managed = await _certificates(args)
-    for path in (args.tls_cert_file, args.tls_private_key_file):
-        if not path.is_file():
-            raise InputError(str(path), "", "file not found")
-    classes = load_classes(args.service_classes)
-    tls = ReloadingTLS(args.tls_cert_file, args.tls_private_key_file)
+    try:
+        classes = load_classes(args.service_classes)
+        tls = ReloadingTLS(args.tls_cert_file, args.tls_private_key_file)
+    except InputError:
+        if managed:
+            await managed[1].close()
+        raise
     watcher = asyncio.create_task(tls.watch())
     renewer = asyncio.create_task(managed[0].run(args.tls_cert_file, args.tls_private_key_file)) if managed else None
     runner, _ = await serve_https(build_app(classes), args.bind_address, args.port, tls.front, LIMITS)
