@@ -3,9 +3,10 @@
 aiohttp alone waits for a TLS handshake up to 60 s, for request headers and for a keep-alive
 request up to its keep-alive timeout (3,630 s), and for a body without end; every stalled peer
 holds a file descriptor, so a few hundred of them exhaust a 256-descriptor limit and real
-requests fail. Here we accept each socket ourselves, one at a time, as a `_Connection` that shakes hands
-(`loop.connect_accepted_socket`) and feeds the decrypted bytes to aiohttp's own request handler, so one timer
-covers every phase: handshake, request headers, body, keep-alive idle. When `max_connections`
+requests fail. Here we accept each socket ourselves, one at a time, as a `_Connection` that
+shakes hands (`loop.connect_accepted_socket`) and feeds the decrypted bytes to aiohttp's own
+request handler, so one timer covers every phase: handshake, request headers, body, keep-alive
+idle. When `max_connections`
 are open, a new one evicts the oldest connection that is not running a request (a peer still in
 its handshake or headers first, an idle keep-alive one next), so stalled peers cannot lock out
 the API server; only when all are busy is the newcomer closed.
@@ -46,6 +47,10 @@ class HttpLimits:
     body_timeout_s: float = 10.0
     idle_timeout_s: float = 120.0
     max_connections: int = 1000
+    # request line and each header at most 8 KiB, at most 100 headers (aiohttp answers 400 past
+    # them): a review or an aggregator request carries a dozen short headers
+    max_line_bytes: int = 8190
+    max_headers: int = 100
     max_body_bytes: int = 64 * 1024
     # bodies above this wait for one of `large_body_slots` before they are read, so memory holds
     # at most that many large bodies (and their parses) however many arrive together
@@ -175,7 +180,15 @@ class Guard:
     def runner(self, app: web.Application) -> web.AppRunner:
         """A runner for `app` under these limits (aiohttp's keep-alive timer agrees with ours)."""
         app.middlewares.append(self._middleware)
-        return web.AppRunner(app, access_log=None, keepalive_timeout=self.limits.idle_timeout_s)
+        limits = self.limits
+        return web.AppRunner(
+            app,
+            access_log=None,
+            keepalive_timeout=limits.idle_timeout_s,
+            max_line_size=limits.max_line_bytes,
+            max_field_size=limits.max_line_bytes,
+            max_headers=limits.max_headers,
+        )
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler):

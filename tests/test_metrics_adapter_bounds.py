@@ -30,6 +30,13 @@ async def test_a_request_line_past_aiohttps_limit_is_a_400_not_a_crash(cluster):
             assert response.status in (400, 414)
 
 
+@pytest.mark.parametrize("headers", [{"X-Big": "a" * 10_000}, {f"X-H{i}": "v" for i in range(150)}])
+async def test_oversized_headers_are_a_400(cluster, headers):  # noqa: F811
+    async with aiohttp.ClientSession() as session:
+        async with session.get(cluster.url + "/healthz", ssl=cluster.client_context(), headers=headers) as response:
+            assert response.status in (400, 431)
+
+
 async def test_a_request_header_ca_published_after_start_is_followed(tmp_path):
     cluster = Cluster(tmp_path)
     ca = cluster.emulator.configmap.pop("requestheader-client-ca-file")
