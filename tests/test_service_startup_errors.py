@@ -64,13 +64,14 @@ def adapter(cert, key, *extra) -> list[str]:
     "cert, key, message",
     [
         ("missing", "key", "missing.pem: file not found"),
+        ("cert", "directory", "cannot read: Is a directory"),  # unreadable (root reads any file)
         ("garbage", "key", "garbage.pem: not a PEM certificate"),
         ("cert", "garbage", "garbage.pem: not a PEM private key (or an encrypted one)"),
         ("cert", "other_key", "does not match the certificate"),
     ],
 )
 def test_tls_file_problems_are_one_line_and_exit_2(files, tmp_path, service, cert, key, message):
-    paths = files | {"missing": tmp_path / "missing.pem"}
+    paths = files | {"missing": tmp_path / "missing.pem", "directory": tmp_path}
     code, lines = run(*service(paths[cert], paths[key], "--kubeconfig", str(files["unreachable"])))
     assert code == 2 and message in one_line(lines) and one_line(lines).startswith("inference-autoscaler: error: ")
 
