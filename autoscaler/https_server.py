@@ -220,10 +220,12 @@ class Guard:
             self._slots.release()
 
     async def _read_then(self, request: web.Request, handler) -> web.StreamResponse:
-        try:
-            await asyncio.wait_for(request.read(), self.limits.body_timeout_s)
-        except asyncio.TimeoutError:
-            return web.Response(status=408, text="request body not received in time", headers={"Connection": "close"})
+        if not request.content.is_eof():  # usually the whole body came with the headers
+            try:
+                async with asyncio.timeout(self.limits.body_timeout_s):
+                    await request.read()
+            except TimeoutError:
+                return web.Response(status=408, text="request body not received in time", headers={"Connection": "close"})
         return await handler(request)
 
 
