@@ -88,7 +88,9 @@ async def serve(args: argparse.Namespace) -> int:
         ready = feed.synced.is_set
 
     tasks.append(asyncio.create_task(follow_requestheader(reviews, gate, tls)))
-    runner, _ = await serve_https(build_app(source, gate.authorize, ready), args.bind_address, args.secure_port, tls.front, LIMITS)
+    runner, _ = await serve_https(
+        build_app(source, gate.authorize, ready), args.bind_address, args.secure_port, tls.front, LIMITS
+    )
     log.info(
         "serving external.metrics.k8s.io/v1beta1 on https://%s:%d (source: %s)", args.bind_address, args.secure_port, args.source
     )

@@ -38,7 +38,7 @@ async def test_oversized_headers_are_a_400(cluster, headers):  # noqa: F811
 
 
 async def test_a_request_header_ca_published_after_start_is_followed(tmp_path):
-    cluster = Cluster(tmp_path)
+    cluster = Cluster(tmp_path)  # noqa: F811 - not the fixture: this one starts without a CA
     ca = cluster.emulator.configmap.pop("requestheader-client-ca-file")
     api_runner, api_port = await serve(cluster.emulator.app())
     api_client = kube.ApiClient(kube.Configuration(host=f"http://127.0.0.1:{api_port}"))
@@ -72,7 +72,9 @@ async def test_a_request_header_ca_published_after_start_is_followed(tmp_path):
         with pytest.raises(aiohttp.ClientError):
             await cluster.as_hpa(BASE)  # signed by the retired CA: refused in the handshake
         proxy = cluster.client_context("front-proxy-client", authority=rotated)
-        code, _, _ = await cluster.get(BASE, proxy, {"X-Remote-User": "system:serviceaccount:kube-system:horizontal-pod-autoscaler"})
+        code, _, _ = await cluster.get(
+            BASE, proxy, {"X-Remote-User": "system:serviceaccount:kube-system:horizontal-pod-autoscaler"}
+        )
         assert code == 200
     finally:
         follower.cancel()
@@ -82,4 +84,6 @@ async def test_a_request_header_ca_published_after_start_is_followed(tmp_path):
 
 
 def test_requestheader_config_keeps_defaults_for_missing_keys():
-    assert RequestHeaderConfig.from_configmap({"requestheader-allowed-names": json.dumps([])}).username_headers == ("X-Remote-User",)
+    assert RequestHeaderConfig.from_configmap({"requestheader-allowed-names": json.dumps([])}).username_headers == (
+        "X-Remote-User",
+    )

@@ -52,11 +52,33 @@ def files(tmp_path_factory):
 
 
 def webhook(cert, key, *extra) -> list[str]:
-    return ["webhook", "--port", str(free_port()), "--bind-address", "127.0.0.1", "--tls-cert-file", str(cert), "--tls-private-key-file", str(key), *extra]
+    return [
+        "webhook",
+        "--port",
+        str(free_port()),
+        "--bind-address",
+        "127.0.0.1",
+        "--tls-cert-file",
+        str(cert),
+        "--tls-private-key-file",
+        str(key),
+        *extra,
+    ]
 
 
 def adapter(cert, key, *extra) -> list[str]:
-    return ["metrics-adapter", "--secure-port", str(free_port()), "--bind-address", "127.0.0.1", "--tls-cert-file", str(cert), "--tls-private-key-file", str(key), *extra]
+    return [
+        "metrics-adapter",
+        "--secure-port",
+        str(free_port()),
+        "--bind-address",
+        "127.0.0.1",
+        "--tls-cert-file",
+        str(cert),
+        "--tls-private-key-file",
+        str(key),
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("service", [webhook, adapter])
@@ -80,7 +102,9 @@ def test_tls_file_problems_are_one_line_and_exit_2(files, tmp_path, service, cer
     "args",
     [
         lambda f: adapter(f["cert"], f["key"], "--kubeconfig", str(f["broken"])),
-        lambda f: webhook(f["cert"], f["key"], "--manage-certificates", "ns/s", "--services", "w", "--kubeconfig", str(f["broken"])),
+        lambda f: webhook(
+            f["cert"], f["key"], "--manage-certificates", "ns/s", "--services", "w", "--kubeconfig", str(f["broken"])
+        ),
         lambda f: ["controller", "--kubeconfig", str(f["broken"]), "--listen", f"127.0.0.1:{free_port()}"],
     ],
 )
@@ -93,7 +117,9 @@ def test_a_bad_kubeconfig_is_one_line_and_exit_2(files, args):
     "args",
     [
         lambda f: adapter(f["cert"], f["key"], "--kubeconfig", str(f["unreachable"])),
-        lambda f: webhook(f["cert"], f["key"], "--manage-certificates", "ns/s", "--services", "w", "--kubeconfig", str(f["unreachable"])),
+        lambda f: webhook(
+            f["cert"], f["key"], "--manage-certificates", "ns/s", "--services", "w", "--kubeconfig", str(f["unreachable"])
+        ),
     ],
 )  # the controller ends the same way after its 60 s informer sync timeout (Controller.start): a minute, not run here
 def test_an_unreachable_api_server_is_one_line_and_exit_69(files, args):

@@ -28,7 +28,9 @@ json_values = st.recursive(
     lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=12), children, max_size=4),
     max_leaves=25,
 )
-digit_text = st.sampled_from(["0", "1", "10", "1000", "1001", "３", "٣", "１０", "9" * 50, "9" * 4400, " 7 ", "-1", "+2", "1e3", "0x10", "", "07"])
+digit_text = st.sampled_from(
+    ["0", "1", "10", "1000", "1001", "３", "٣", "１０", "9" * 50, "9" * 4400, " 7 ", "-1", "+2", "1e3", "0x10", "", "07"]
+)
 annotation_values = digit_text | st.text(max_size=10) | st.sampled_from(["true", "false", "Premium", "Gold", "H100,A100", ",,"])
 annotation_keys = st.sampled_from(
     sorted(MANAGED)
@@ -45,7 +47,9 @@ def reviews(draw) -> tuple[bytes, dict | None]:
     annotations = draw(st.dictionaries(annotation_keys, annotation_values, max_size=6))
     obj = pod(*REVISION_POD) if kind == "Pod" else isvc({})
     obj["metadata"]["annotations"] = annotations | (draw(st.sampled_from([{}, MANAGED])) if kind != "Pod" else {})
-    for key, value in draw(st.dictionaries(st.sampled_from(["metadata", "spec", "status", "apiVersion"]), json_values, max_size=2)).items():
+    for key, value in draw(
+        st.dictionaries(st.sampled_from(["metadata", "spec", "status", "apiVersion"]), json_values, max_size=2)
+    ).items():
         obj[key] = value
     review = admission(obj, kind=kind, operation=draw(st.sampled_from(["CREATE", "UPDATE", "DELETE", "CONNECT"])))
     for field, value in draw(st.dictionaries(st.sampled_from(REQUEST_FIELDS), json_values, max_size=2)).items():
@@ -105,7 +109,9 @@ class ServerThread:
 
     def __enter__(self):
         self.thread.start()
-        future = asyncio.run_coroutine_threadsafe(serve_https(build_app(DEFAULT_CLASSES), "127.0.0.1", 0, self.context, LIMITS), self.loop)
+        future = asyncio.run_coroutine_threadsafe(
+            serve_https(build_app(DEFAULT_CLASSES), "127.0.0.1", 0, self.context, LIMITS), self.loop
+        )
         self.runner, site = future.result(30)
         self.port = site.bound_port
         self.connection = http.client.HTTPSConnection("127.0.0.1", self.port, context=self.client, timeout=30)
@@ -130,7 +136,11 @@ def server(tmp_path_factory):
         yield running
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large])
+@settings(
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture, HealthCheck.data_too_large],
+)
 @given(reviews())
 def test_over_https_never_a_5xx(server, case):
     body, obj = case

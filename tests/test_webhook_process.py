@@ -2,13 +2,11 @@
 stalled sockets beyond its descriptor limit, and many large bodies at once."""
 
 import asyncio
-import json
 import resource
 import sys
 from pathlib import Path
 
 import aiohttp
-import pytest
 
 from .prometheus_server import free_port
 from .test_https_limits import REVIEW
