@@ -1,6 +1,7 @@
 """Hostile bodies for the webhook: nesting, digit runs and value counts past the bounds are
 refused with a 400 and the reason before the json module sees them (webhook/bounded_json.py)."""
 
+import base64
 import json
 
 import pytest
@@ -8,8 +9,10 @@ import pytest
 from autoscaler.annotations import PREFIX
 from autoscaler.errors import InputError
 from webhook import bounded_json
+from webhook.review import SCHEDULING_GATE
 from webhook.server import DEFAULT_CLASSES, answer, load_classes
 
+from .jsonpatch import apply_patch
 from .test_webhook import MANAGED, REVISION_POD, admission, isvc, pod
 
 
@@ -94,3 +97,18 @@ def test_service_class_bounds_are_whole_and_bounded(tmp_path, classes):
     path.write_text(json.dumps(classes) if "10**" not in repr(classes) else '{"A": {"maxReplicas": ' + "9" * 4000 + "}}")
     with pytest.raises(InputError, match="need whole minReplicas <= maxReplicas <= 1000"):
         load_classes(path)
+
+
+@pytest.mark.parametrize(
+    "kind, field, expected",
+    [
+        ("InferenceService", {"spec": None}, lambda o: o["spec"]["predictor"]["maxReplicas"] == 10),
+        ("InferenceService", {"spec": {"predictor": None}}, lambda o: o["spec"]["predictor"]["minReplicas"] == 1),
+        ("Pod", {"spec": None}, lambda o: o["spec"]["schedulingGates"] == [{"name": SCHEDULING_GATE}]),
+        ("Pod", {"spec": {"containers": [], "schedulingGates": []}}, lambda o: len(o["spec"]["schedulingGates"]) == 1),
+    ],
+)
+def test_null_or_empty_members_are_replaced_so_the_patch_applies(kind, field, expected):
+    obj = (isvc(MANAGED) if kind == "InferenceService" else pod(*REVISION_POD)) | field
+    status, review = answer(json.dumps(admission(obj, kind=kind)).encode(), DEFAULT_CLASSES)
+    assert status == 200 and expected(apply_patch(obj, json.loads(base64.b64decode(review["response"]["patch"]))))
