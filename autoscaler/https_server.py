@@ -36,6 +36,8 @@ from dataclasses import dataclass
 from aiohttp import web
 from aiohttp.web_runner import BaseSite
 
+from .errors import InputError
+
 log = logging.getLogger(__name__)
 FD_HEADROOM = 64
 
@@ -257,7 +259,10 @@ class GuardedSite(BaseSite):
 
     async def start(self) -> None:
         await super().start()
-        self._listener = socket.create_server((self.host, self.port), backlog=self._backlog)
+        try:
+            self._listener = socket.create_server((self.host, self.port), backlog=self._backlog)
+        except OSError as exc:  # port taken, address not ours: the command line's problem
+            raise InputError(f"{self.host}:{self.port}", "", f"cannot listen: {exc.strerror or exc}") from None
         self._listener.setblocking(False)
         self._accepting = asyncio.get_running_loop().create_task(self._accept())
 

@@ -1,6 +1,7 @@
 """Each service's configuration problems end in one line on stderr and exit code 2 (usage or
 configuration) or 69 (a service it needs is unavailable), run as real processes."""
 
+import socket
 import subprocess
 import sys
 
@@ -125,6 +126,15 @@ def test_a_bad_kubeconfig_is_one_line_and_exit_2(files, args):
 def test_an_unreachable_api_server_is_one_line_and_exit_69(files, args):
     code, lines = run(*args(files))
     assert code == 69 and "Kubernetes API" in last_line(lines)
+
+
+def test_a_port_in_use_is_one_line_and_exit_2(files):
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        args = webhook(files["cert"], files["key"])
+        args[args.index("--port") + 1] = str(port)
+        code, lines = run(*args)
+    assert code == 2 and f"127.0.0.1:{port}: cannot listen: Address already in use" in one_line(lines)
 
 
 def test_version():
