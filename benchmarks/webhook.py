@@ -8,7 +8,8 @@ Starts `inference-autoscaler webhook` pinned to CPU 0 and sends real AdmissionRe
 keep-alive HTTPS connections from CPU 1, open-loop, after a warm-up. With --slow-clients N, N
 hostile peers run beside the load from the start: half open TCP and never start TLS, half finish
 the handshake and drip one byte of a request line per second; each reconnects as soon as the
-webhook drops it (handshake and header timeouts, 10 s). Prints p50/p99, the achieved rate and
+webhook drops it (handshake and header timeouts, 10 s). They run in a process of their own, so
+their reconnecting never delays the load generator's schedule. Prints p50/p99, the achieved rate and
 how often the slow clients were dropped; --runs repeats the whole measurement on a fresh process.
 """
 
@@ -20,6 +21,7 @@ import gc
 import json
 import os
 import random
+import signal
 import ssl
 import sys
 import tempfile
@@ -72,6 +74,16 @@ async def slow_client(port: int, context: ssl.SSLContext | None, stop: asyncio.E
                 writer.close()
 
 
+async def hold(port: int, count: int, ca_file: Path) -> int:
+    """The slow clients' process: hold connections until SIGTERM, then print the drop count."""
+    context = ssl.create_default_context(cafile=ca_file)
+    stop, drops = asyncio.Event(), [0]
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    await asyncio.gather(*(slow_client(port, context if i % 2 else None, stop, drops) for i in range(count)))
+    print(drops[0])
+    return 0
+
+
 async def main(rate: float, seconds: float, slow_clients: int = 0) -> dict:
     os.sched_setaffinity(0, {1})
     workdir = Path(tempfile.mkdtemp(prefix="webhook-bench-"))
@@ -87,7 +99,9 @@ async def main(rate: float, seconds: float, slow_clients: int = 0) -> dict:
     context = ssl.create_default_context(cadata=authority.pem)
     url = f"https://127.0.0.1:{port}/mutate"
     gc.freeze()
-    stop, drops, slow = asyncio.Event(), [0], []
+    ca_file = workdir / "ca.crt"
+    ca_file.write_text(authority.pem)
+    holder = None
     try:
         connector = aiohttp.TCPConnector(limit=CONNECTIONS, ssl=context)
         async with aiohttp.ClientSession(connector=connector, headers={"Content-Type": "application/json"}) as session:
@@ -98,7 +112,13 @@ async def main(rate: float, seconds: float, slow_clients: int = 0) -> dict:
                             break
                 except aiohttp.ClientError:
                     await asyncio.sleep(0.05)
-            slow = [asyncio.create_task(slow_client(port, context if i % 2 else None, stop, drops)) for i in range(slow_clients)]
+            if slow_clients:
+                holder = await asyncio.create_subprocess_exec(
+                    sys.executable, __file__, "--hold", str(port), str(slow_clients), str(ca_file),
+                    stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                os.sched_setaffinity(holder.pid, {1})
+                await asyncio.sleep(1.0)  # all connected before the warm-up starts
 
             async def one() -> bool:
                 sent[0] += 1
@@ -115,12 +135,14 @@ async def main(rate: float, seconds: float, slow_clients: int = 0) -> dict:
             # inflated by other processes on a shared machine
             cpu_us = (cpu_seconds(process.pid) - cpu_before) / sent[0] * 1e6
     finally:
-        stop.set()
-        await asyncio.gather(*slow, return_exceptions=True)
+        drops = 0
+        if holder is not None:
+            holder.terminate()
+            drops = int((await holder.communicate())[0] or 0)
         process.terminate()
         await process.wait()
     p50, p99 = np.percentile(latencies, 50) * 1000, np.percentile(latencies, 99) * 1000
-    hostile = f", {slow_clients} slow clients (dropped {drops[0]} times)" if slow_clients else ""
+    hostile = f", {slow_clients} slow clients (dropped {drops} times)" if slow_clients else ""
     where = f"webhook pinned to CPU 0, load from CPU 1{hostile}"
     print(f"AdmissionReviews over HTTPS, {where}, {seconds:g} s after {WARM_UP_S:g} s warm-up")
     print(f"offered {rate:,.0f}/s, achieved {achieved:,.0f}/s, failures {failures}, p50 {p50:.2f} ms, p99 {p99:.2f} ms")
@@ -145,5 +167,8 @@ if __name__ == "__main__":
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--slow-clients", type=int, default=0, help="hostile peers holding connections beside the load")
     parser.add_argument("--runs", type=int, default=1, help="repeat the measurement on a fresh webhook process")
+    parser.add_argument("--hold", nargs=3, metavar=("PORT", "COUNT", "CA_FILE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.hold:
+        sys.exit(aio.run(hold(int(args.hold[0]), int(args.hold[1]), Path(args.hold[2]))))
     sys.exit(aio.run(runs(args.rate, args.seconds, args.slow_clients, args.runs)))
