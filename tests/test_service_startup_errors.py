@@ -52,34 +52,17 @@ def files(tmp_path_factory):
     return {"cert": cert, "key": key, "other_key": other_key, "garbage": garbage, "unreachable": unreachable, "broken": broken}
 
 
+def service_args(command: str, port_flag: str, cert, key, *extra) -> list[str]:
+    tls = ["--tls-cert-file", str(cert), "--tls-private-key-file", str(key)]
+    return [command, port_flag, str(free_port()), "--bind-address", "127.0.0.1", *tls, *extra]
+
+
 def webhook(cert, key, *extra) -> list[str]:
-    return [
-        "webhook",
-        "--port",
-        str(free_port()),
-        "--bind-address",
-        "127.0.0.1",
-        "--tls-cert-file",
-        str(cert),
-        "--tls-private-key-file",
-        str(key),
-        *extra,
-    ]
+    return service_args("webhook", "--port", cert, key, *extra)
 
 
 def adapter(cert, key, *extra) -> list[str]:
-    return [
-        "metrics-adapter",
-        "--secure-port",
-        str(free_port()),
-        "--bind-address",
-        "127.0.0.1",
-        "--tls-cert-file",
-        str(cert),
-        "--tls-private-key-file",
-        str(key),
-        *extra,
-    ]
+    return service_args("metrics-adapter", "--secure-port", cert, key, *extra)
 
 
 @pytest.mark.parametrize("service", [webhook, adapter])
