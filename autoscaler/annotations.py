@@ -8,12 +8,17 @@ All live under the prefix `autoscaling.inference-autoscaler.io/`:
 | `service-class` | a service class name from the optimizer's data (required when enabled) |
 | `model` | the model name in the performance profiles (default: the ISVC name) |
 | `accelerators` | comma-separated GPU types the optimizer may choose from (default: any) |
-| `min-replicas`, `max-replicas` | bounds, whole numbers, 0 <= min <= max (default: the class's) |
-| `progress-deadline` | seconds a new revision's pod group may wait for GPUs (default 600) |
+| `min-replicas`, `max-replicas` | bounds, whole numbers, 0 <= min <= max <= 1000 (default: the class's) |
+| `progress-deadline` | seconds a new revision's pod group may wait for GPUs, 1 to 3600 (default 600) |
 | `spec-changes` | `"true"` lets the controller roll out a new GPU type or batch size (default `"false"`) |
 
 The controller owns `decision` (its last decision, JSON: what a restarted controller resumes from)
 and `decision-signature` (its HMAC, without which the decision is ignored: autoscaler/controller/signing.py).
+
+Numbers are ASCII digits only (Python's `int()` and regex digit class also take "３" or "٣").
+1000 replicas is a sanity bound, not a capacity plan: no cluster lends one model a thousand GPU
+servers, and a bound keeps a typo (or a 4,300-digit value) from reaching the HPA, the planner or
+a JSONPatch.
 """
 
 from __future__ import annotations
@@ -51,6 +56,8 @@ KNATIVE_CLASS = "autoscaling.knative.dev/class"
 OUR_KNATIVE_CLASS = "optimizer.autoscaling.inference-autoscaler.io"
 DEFAULT_PROGRESS_DEADLINE_S = 600
 MAX_PROGRESS_DEADLINE_S = 3600
+REPLICAS_BOUND = 1000
+WHOLE = re.compile(r"[0-9]+", re.ASCII)
 NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 
 
@@ -68,11 +75,19 @@ class Findings:
     warnings: list[str] = field(default_factory=list)
 
 
-def _whole(value: str, key: str, findings: Findings, minimum: int = 0) -> int | None:
-    if not re.fullmatch(r"\d+", value.strip()):
-        findings.errors.append(f"annotation {key}: expected a whole number, got {value!r}")
+def _whole(value: str, key: str, findings: Findings, minimum: int, maximum: int, unit: str = "") -> int | None:
+    digits = value.strip()
+    if not WHOLE.fullmatch(digits):
+        findings.errors.append(f"annotation {key}: expected a whole number (ASCII digits), got {value[:40]!r}")
         return None
-    number = int(value)
+    digits = digits.lstrip("0") or "0"
+    if len(digits) > len(str(maximum)):  # compared as text: int() of thousands of digits is slow
+        findings.errors.append(f"annotation {key}: at most {maximum}{unit}, got a number of {len(digits)} digits")
+        return None
+    number = int(digits)
+    if number > maximum:
+        findings.errors.append(f"annotation {key}: at most {maximum}{unit}, got {number}")
+        return None
     if number < minimum:
         findings.errors.append(f"annotation {key}: must be >= {minimum}, got {number}")
         return None
@@ -112,16 +127,14 @@ def check(annotations: Mapping[str, str], classes: Mapping[str, ClassDefaults]) 
         bad = [t for t in types if not NAME.match(t)]
         if bad or not types:
             findings.errors.append(f"annotation {ACCELERATORS}: expected comma-separated GPU types, got {ours[ACCELERATORS]!r}")
-    low = _whole(ours[MIN_REPLICAS], MIN_REPLICAS, findings) if MIN_REPLICAS in ours else None
-    high = _whole(ours[MAX_REPLICAS], MAX_REPLICAS, findings, minimum=1) if MAX_REPLICAS in ours else None
+    low = _whole(ours[MIN_REPLICAS], MIN_REPLICAS, findings, 0, REPLICAS_BOUND) if MIN_REPLICAS in ours else None
+    high = _whole(ours[MAX_REPLICAS], MAX_REPLICAS, findings, 1, REPLICAS_BOUND) if MAX_REPLICAS in ours else None
     if low is not None and high is not None and low > high:
         findings.errors.append(f"annotations {MIN_REPLICAS} ({low}) must not exceed {MAX_REPLICAS} ({high})")
     if low == 0:
         findings.warnings.append(f"{MIN_REPLICAS} 0 allows scale to zero: the first request after idle waits for a cold start")
     if PROGRESS_DEADLINE in ours:
-        deadline = _whole(ours[PROGRESS_DEADLINE], PROGRESS_DEADLINE, findings, minimum=1)
-        if deadline is not None and deadline > MAX_PROGRESS_DEADLINE_S:
-            findings.errors.append(f"annotation {PROGRESS_DEADLINE}: at most {MAX_PROGRESS_DEADLINE_S} seconds, got {deadline}")
+        _whole(ours[PROGRESS_DEADLINE], PROGRESS_DEADLINE, findings, 1, MAX_PROGRESS_DEADLINE_S, " seconds")
     knative_class = annotations.get(KNATIVE_CLASS)
     if knative_class and knative_class != OUR_KNATIVE_CLASS:
         findings.warnings.append(f"{KNATIVE_CLASS} {knative_class!r} is replaced by {OUR_KNATIVE_CLASS!r} for a managed ISVC")

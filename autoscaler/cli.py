@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from importlib import resources
 from pathlib import Path
 
+from . import __version__
 from .errors import ApiError, InputError
 
 EXIT_BAD_INPUT = 2
@@ -69,6 +70,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="inference-autoscaler",
         description="Model-based autoscaling of LLM inference services on KServe/Knative.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     optimize = commands.add_parser(
         "optimize",

@@ -14,16 +14,54 @@ import os
 import ssl
 from pathlib import Path
 
+from .errors import InputError
+
 log = logging.getLogger(__name__)
 
 
+def tls_files_problem(cert_file: Path, key_file: Path, exc: Exception) -> InputError:
+    """What is wrong with a certificate and key OpenSSL would not load, said for a person."""
+    if isinstance(exc, OSError) and not isinstance(exc, ssl.SSLError):
+        path = exc.filename or cert_file
+        problem = "file not found" if isinstance(exc, FileNotFoundError) else f"cannot read: {exc.strerror or exc}"
+        return InputError(str(path), "", problem)
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        certificate = x509.load_pem_x509_certificates(cert_file.read_bytes())[0]
+    except (ValueError, IndexError):
+        return InputError(str(cert_file), "", "not a PEM certificate")
+    try:
+        key = serialization.load_pem_private_key(key_file.read_bytes(), password=None)
+    except (ValueError, TypeError):
+        return InputError(str(key_file), "", "not a PEM private key (or an encrypted one)")
+    public = serialization.PublicFormat.SubjectPublicKeyInfo
+    if key.public_key().public_bytes(serialization.Encoding.DER, public) != certificate.public_key().public_bytes(
+        serialization.Encoding.DER, public
+    ):
+        return InputError(str(key_file), "", f"the private key does not match the certificate {cert_file}")
+    return InputError(f"{cert_file} / {key_file}", "", f"cannot serve with them: {exc}")
+
+
 class ReloadingTLS:
-    def __init__(self, cert_file: Path, key_file: Path, client_ca_pem: str = ""):
+    def __init__(self, cert_file: Path, key_file: Path, client_ca_pem: str = "", ask_client_certificate: bool = False):
         self.cert_file, self.key_file = Path(cert_file), Path(key_file)
         self._client_ca_pem = client_ca_pem
-        self._stamp = self._file_stamp()
-        self._current = self._build()
+        self._ask = ask_client_certificate or bool(client_ca_pem)
+        try:
+            self._stamp = self._file_stamp()
+            self._current = self._build()
+        except (OSError, ssl.SSLError) as exc:
+            raise tls_files_problem(self.cert_file, self.key_file, exc) from None
         self.front = self._build()
+        # Whether a client certificate is asked for is fixed when a handshake starts, from this
+        # context (OpenSSL does not take the verify mode from the one the SNI callback swaps in);
+        # the trusted CAs are the swapped-in context's. So a server that may trust a client CA
+        # later (the metrics adapter before the request-header CA is published) asks from the
+        # start; until a CA is known, a certificate offered is refused in the handshake.
+        if self._ask:
+            self.front.verify_mode = ssl.CERT_OPTIONAL
         self.front.sni_callback = self._select
 
     def _file_stamp(self) -> tuple:
@@ -33,9 +71,10 @@ class ReloadingTLS:
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         context.load_cert_chain(self.cert_file, self.key_file)
-        if self._client_ca_pem:
+        if self._client_ca_pem or self._ask:
             # a client certificate is asked for, not required: token clients present none
             context.verify_mode = ssl.CERT_OPTIONAL
+        if self._client_ca_pem:
             context.load_verify_locations(cadata=self._client_ca_pem)
         return context
 

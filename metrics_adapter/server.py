@@ -5,22 +5,25 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import signal
 from pathlib import Path
 
-from aiohttp import web
-
 from autoscaler import aio
 from autoscaler.errors import InputError
+from autoscaler.kube import ApiError, Kube
 
 from .api import build_app
 from .auth import Gatekeeper, KubernetesReviews, ReviewUnavailable
 from autoscaler.decision_stream import MutualTLS
+from autoscaler.https_server import HttpLimits, serve_https
 from autoscaler.tls import ReloadingTLS, is_loopback
 
 log = logging.getLogger(__name__)
-REQUESTHEADER_REFRESH_S = 300.0
+# The front proxy's CA may be published after we start (a control plane being set up) or
+# rotated; re-reading the ConfigMap every 30 s (one small GET) uses a new one within that time.
+REQUESTHEADER_REFRESH_S = 30.0
+# GETs only: no body is read, so the default 64 KiB bound is plenty
+LIMITS = HttpLimits()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,31 +49,38 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--kubeconfig", type=Path, help="outside a cluster: kubeconfig for the reviews (default: in-cluster)")
 
 
-async def _kube_client(kubeconfig: Path | None):
-    from kubernetes_asyncio import client, config
-
-    if kubeconfig is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()
-    else:
-        await config.load_kube_config(config_file=str(kubeconfig) if kubeconfig else None)
-    return client.ApiClient()
+async def follow_requestheader(
+    reviews: KubernetesReviews, gate: Gatekeeper, tls: ReloadingTLS, every_s: float = REQUESTHEADER_REFRESH_S
+) -> None:
+    """Re-read the request-header configuration; a new or changed CA applies to new handshakes."""
+    while True:
+        await asyncio.sleep(every_s)
+        try:
+            requestheader = await reviews.requestheader_config()
+        except ReviewUnavailable as exc:
+            log.warning("keeping the request-header configuration: %s", exc)
+            continue
+        if requestheader.client_ca_pem != gate.requestheader.client_ca_pem:
+            log.info("request-header client CA %s", "changed" if gate.requestheader.client_ca_pem else "published")
+        gate.requestheader = requestheader
+        tls.set_client_ca(requestheader.client_ca_pem)
 
 
 async def serve(args: argparse.Namespace) -> int:
-    for path in (args.tls_cert_file, args.tls_private_key_file):
-        if not path.is_file():
-            raise InputError(str(path), "", "file not found")
     if args.source == "store" and args.decisions_ca_file is None and not is_loopback(args.decisions):
         raise InputError("command line", "--decisions-ca-file", "the decision stream is plaintext only to a loopback address")
     if not 0 < args.stale_after <= args.max_age:
         raise InputError("command line", "--stale-after", "must be > 0 and at most --max-age")
-    api_client = await _kube_client(args.kubeconfig)
+    # local files first: a bad certificate is reported without waiting for the API server
+    tls = ReloadingTLS(args.tls_cert_file, args.tls_private_key_file, ask_client_certificate=True)
+    api_client = (await Kube.connect(str(args.kubeconfig) if args.kubeconfig else None)).api
     reviews = KubernetesReviews(api_client)
     try:
         requestheader = await reviews.requestheader_config()
     except ReviewUnavailable as exc:
-        raise InputError("kube-system/extension-apiserver-authentication", "", f"cannot read the ConfigMap: {exc}") from None
-    tls = ReloadingTLS(args.tls_cert_file, args.tls_private_key_file, requestheader.client_ca_pem)
+        await api_client.close()
+        raise ApiError(0, f"cannot read kube-system/extension-apiserver-authentication: {exc}") from None
+    tls.set_client_ca(requestheader.client_ca_pem)
     gate = Gatekeeper(requestheader, reviews)
     tasks = [asyncio.create_task(tls.watch())]
     if args.source == "prometheus":
@@ -89,19 +99,10 @@ async def serve(args: argparse.Namespace) -> int:
         tasks.append(asyncio.create_task(feed.run()))
         ready = feed.ready
 
-    async def refresh_requestheader() -> None:
-        while True:
-            await asyncio.sleep(REQUESTHEADER_REFRESH_S)
-            try:
-                gate.requestheader = await reviews.requestheader_config()
-                tls.set_client_ca(gate.requestheader.client_ca_pem)
-            except ReviewUnavailable as exc:
-                log.warning("keeping the request-header configuration: %s", exc)
-
-    tasks.append(asyncio.create_task(refresh_requestheader()))
-    runner = web.AppRunner(build_app(source, gate.authorize, ready), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, args.bind_address, args.secure_port, ssl_context=tls.front).start()
+    tasks.append(asyncio.create_task(follow_requestheader(reviews, gate, tls)))
+    runner, _ = await serve_https(
+        build_app(source, gate.authorize, ready), args.bind_address, args.secure_port, tls.front, LIMITS
+    )
     log.info(
         "serving external.metrics.k8s.io/v1beta1 on https://%s:%d (source: %s)", args.bind_address, args.secure_port, args.source
     )

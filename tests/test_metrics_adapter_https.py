@@ -17,6 +17,8 @@ from kubernetes_asyncio import client as kube
 from metrics_adapter.api import BASE, build_app
 from metrics_adapter.auth import Gatekeeper, KubernetesReviews
 from metrics_adapter.store import MetricStore, Series
+from metrics_adapter.server import LIMITS
+from autoscaler.https_server import serve_https
 from autoscaler.tls import ReloadingTLS
 
 from .certs import Authority
@@ -65,8 +67,8 @@ class Cluster:
         self.tls = ReloadingTLS(self.cert, self.key, requestheader.client_ca_pem)
         self.gate = Gatekeeper(requestheader, reviews, clock=lambda: self.monotonic[0])
         app = build_app(self.store, self.gate.authorize)
-        self.runner, port = await serve(app, self.tls.front)
-        self.url = f"https://127.0.0.1:{port}"
+        self.runner, site = await serve_https(app, "127.0.0.1", 0, self.tls.front, LIMITS)
+        self.url = f"https://127.0.0.1:{site.bound_port}"
         return self
 
     async def stop(self):

@@ -12,11 +12,11 @@ from hypothesis import strategies as st
 
 from autoscaler.annotations import KNATIVE_CLASS, OUR_KNATIVE_CLASS, PREFIX
 from webhook.review import GROUP_LABEL, SCHEDULING_GATE
-from webhook.server import DEFAULT_CLASSES, answer, build_app
+from autoscaler.https_server import serve_https
+from webhook.server import DEFAULT_CLASSES, LIMITS, answer, build_app
 
 from .certs import Authority
 from .jsonpatch import apply_patch
-from .test_metrics_adapter_https import serve
 
 
 def admission(obj: dict, kind: str = "InferenceService", operation: str = "CREATE", dry_run: bool = False) -> dict:
@@ -102,7 +102,7 @@ def test_dry_run_gets_the_same_answer():
     [
         ({PREFIX + "service-class": "Gold"}, "unknown service class 'Gold' (one of: Bronze, Free, Premium)"),
         ({PREFIX + "min-replicas": "5", PREFIX + "max-replicas": "2"}, "min-replicas (5) must not exceed"),
-        ({PREFIX + "max-replicas": "many"}, "max-replicas: expected a whole number, got 'many'"),
+        ({PREFIX + "max-replicas": "many"}, "max-replicas: expected a whole number (ASCII digits), got 'many'"),
         ({PREFIX + "max-replicas": "0"}, "max-replicas: must be >= 1, got 0"),
         ({PREFIX + "accelerators": "H100,,A100"}, "expected comma-separated GPU types"),
         ({PREFIX + "progress-deadline": "7200"}, "at most 3600 seconds, got 7200"),
@@ -252,7 +252,8 @@ async def test_over_https(tmp_path):
     cert, key = authority.issue("localhost", tmp_path, server=True)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert, key)
-    runner, port = await serve(build_app(DEFAULT_CLASSES), context)
+    runner, site = await serve_https(build_app(DEFAULT_CLASSES), "127.0.0.1", 0, context, LIMITS)
+    port = site.bound_port
     client = ssl.create_default_context(cadata=authority.pem)
     try:
         async with aiohttp.ClientSession() as session:

@@ -28,6 +28,8 @@ from autoscaler.annotations import (
 )
 from autoscaler.kserve import DEPLOYMENT_MODE, KSERVE_AUTOSCALER_CLASS, REVISION_LABEL
 
+from . import bounded_json
+
 GROUP_LABEL = POD_GROUP
 SCHEDULING_GATE = POD_GROUP
 
@@ -38,6 +40,11 @@ class MalformedReview(ValueError):
 
 def _pointer(*parts: str) -> str:
     return "/" + "/".join(p.replace("~", "~0").replace("/", "~1") for p in parts)
+
+
+def _set(parent: dict, key: str) -> str:
+    """The JSONPatch op that sets `key` of `parent`, whether or not it is there (null, empty)."""
+    return "replace" if key in parent else "add"
 
 
 def _response(uid: str, allowed: bool, patch: list | None = None, warnings=(), message: str = "", code: int = 200) -> dict:
@@ -70,8 +77,10 @@ def _string_map(value: Any, where: str) -> dict[str, str]:
 def parse(body: bytes) -> dict:
     """The `request` of an AdmissionReview v1, checked enough to answer it safely."""
     try:
-        review = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        review = bounded_json.loads(body)
+    except bounded_json.TooComplex as exc:
+        raise MalformedReview(f"body refused unparsed: {exc}") from None
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, NaN/Infinity
         raise MalformedReview(f"body is not JSON: {exc}") from None
     if not isinstance(review, dict) or review.get("kind") != "AdmissionReview":
         raise MalformedReview("body is not an AdmissionReview")
@@ -99,25 +108,22 @@ def _isvc_patch(isvc: dict, annotations: Mapping[str, str], defaults: ClassDefau
         del desired[MODEL]  # generateName without a name: the controller falls back to the ISVC name
     # an ISVC that opted in has annotations already: each key is added or replaced on its own
     patch = [
-        {"op": "replace" if key in annotations else "add", "path": _pointer("metadata", "annotations", key), "value": value}
+        {"op": _set(annotations, key), "path": _pointer("metadata", "annotations", key), "value": value}
         for key, value in desired.items()
         if annotations.get(key) != value
     ]
     spec = _object(isvc.get("spec"), "spec")
     predictor = _object(spec.get("predictor"), "spec.predictor")
     bounds = {"minReplicas": int(desired[MIN_REPLICAS]), "maxReplicas": int(desired[MAX_REPLICAS])}
-    if "predictor" not in spec:
-        patch.append(
-            {"op": "add", "path": "/spec/predictor", "value": bounds}
-            if "spec" in isvc
-            else {"op": "add", "path": "/spec", "value": {"predictor": bounds}}
-        )
+    # a member that is there but null is replaced whole: a patch below it would have no parent
+    if isvc.get("spec") is None:
+        patch.append({"op": _set(isvc, "spec"), "path": "/spec", "value": {"predictor": bounds}})
+    elif spec.get("predictor") is None:
+        patch.append({"op": _set(spec, "predictor"), "path": "/spec/predictor", "value": bounds})
     else:
         for key, value in bounds.items():
             if predictor.get(key) != value:
-                patch.append(
-                    {"op": "replace" if key in predictor else "add", "path": _pointer("spec", "predictor", key), "value": value}
-                )
+                patch.append({"op": _set(predictor, key), "path": _pointer("spec", "predictor", key), "value": value})
     return patch
 
 
@@ -148,17 +154,19 @@ def review_pod(request: dict) -> dict:
         return _response(uid, True)
     patch = []
     if labels.get(GROUP_LABEL) != revision:  # the revision label is there, so labels exist
-        op = "replace" if GROUP_LABEL in labels else "add"
-        patch.append({"op": op, "path": _pointer("metadata", "labels", GROUP_LABEL), "value": revision})
+        patch.append({"op": _set(labels, GROUP_LABEL), "path": _pointer("metadata", "labels", GROUP_LABEL), "value": revision})
     spec = _object(pod.get("spec"), "request.object.spec")
     gates = spec.get("schedulingGates") or []
     if not isinstance(gates, list):
         raise MalformedReview("spec.schedulingGates must be a list")
     if not any(isinstance(g, dict) and g.get("name") == SCHEDULING_GATE for g in gates):
+        gate = {"name": SCHEDULING_GATE}
         if gates:
-            patch.append({"op": "add", "path": "/spec/schedulingGates/-", "value": {"name": SCHEDULING_GATE}})
+            patch.append({"op": "add", "path": "/spec/schedulingGates/-", "value": gate})
+        elif pod.get("spec") is None:
+            patch.append({"op": _set(pod, "spec"), "path": "/spec", "value": {"schedulingGates": [gate]}})
         else:
-            patch.append({"op": "add", "path": "/spec/schedulingGates", "value": [{"name": SCHEDULING_GATE}]})
+            patch.append({"op": _set(spec, "schedulingGates"), "path": "/spec/schedulingGates", "value": [gate]})
     return _response(uid, True, patch)
 
 

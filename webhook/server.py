@@ -12,6 +12,7 @@ import asyncio
 import json
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Mapping
 
@@ -19,15 +20,22 @@ from aiohttp import web
 
 from autoscaler import aio
 from autoscaler.errors import InputError
+from autoscaler.https_server import HttpLimits, serve_https
 from autoscaler.certificates import service_names
 from autoscaler.kube import Kube
 from autoscaler.tls import ReloadingTLS
 
-from autoscaler.annotations import ClassDefaults
+from autoscaler.annotations import REPLICAS_BOUND, ClassDefaults
 from .certificate_manager import CertificateManager, CertificateTarget
 from .review import MalformedReview, parse, review
 
 log = logging.getLogger(__name__)
+# The API server accepts a request body of up to 3 MiB (MaxRequestBodyBytes in
+# k8s.io/apiserver/pkg/server/config.go: twice etcd's 1.5 MiB, as JSON is larger than the stored
+# protobuf); an UPDATE's review carries the object and the old object, so 2 x 3 MiB and 1 MiB
+# for the envelope and the metadata the API server adds.
+MAX_REVIEW_BYTES = 7 * 1024 * 1024
+LIMITS = HttpLimits(max_body_bytes=MAX_REVIEW_BYTES)
 DEFAULT_CLASSES = {"Premium": ClassDefaults(1, 10), "Bronze": ClassDefaults(1, 10), "Free": ClassDefaults(0, 5)}
 
 
@@ -51,15 +59,27 @@ def answer(body: bytes, classes: Mapping[str, ClassDefaults]) -> tuple[int, dict
     return 200, {"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "response": response}
 
 
-def build_app(classes: Mapping[str, ClassDefaults]) -> web.Application:
+def build_app(classes: Mapping[str, ClassDefaults], limits: HttpLimits = LIMITS) -> web.Application:
+    # one thread: a large body is parsed beside the loop, never several at once (json holds the
+    # GIL while it parses, so this bounds the stall and the memory rather than removing them)
+    parser = ThreadPoolExecutor(max_workers=1, thread_name_prefix="webhook-parse")
+
     async def mutate(request: web.Request) -> web.Response:
-        status, document = answer(await request.read(), classes)
+        body = await request.read()
+        if len(body) > limits.large_body_bytes:
+            status, document = await asyncio.get_running_loop().run_in_executor(parser, answer, body, classes)
+        else:
+            status, document = answer(body, classes)
         return web.Response(status=status, body=json.dumps(document).encode(), headers={"Content-Type": "application/json"})
 
     async def health(request: web.Request) -> web.Response:
         return web.Response(text="ok")
 
-    app = web.Application(client_max_size=8 * 1024 * 1024)
+    async def stop_parser(_: web.Application) -> None:
+        parser.shutdown(wait=False, cancel_futures=True)
+
+    app = web.Application(client_max_size=limits.max_body_bytes)
+    app.on_cleanup.append(stop_parser)
     app.router.add_post("/mutate", mutate)
     app.router.add_get("/healthz", health)
     return app
@@ -75,14 +95,20 @@ def load_classes(path: Path | None) -> dict[str, ClassDefaults]:
         raise InputError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
     except json.JSONDecodeError as exc:
         raise InputError(str(path), f"line {exc.lineno} column {exc.colno}", f"malformed JSON: {exc.msg}") from None
+    except ValueError as exc:  # a number past Python's 4,300-digit guard, or not UTF-8
+        raise InputError(str(path), "", f"malformed JSON: {exc}") from None
     if not isinstance(document, dict) or not document:
         raise InputError(str(path), "", "expected an object of service classes")
     classes = {}
     for name, spec in document.items():
         bounds = spec if isinstance(spec, dict) else {}
         low, high = bounds.get("minReplicas", 1), bounds.get("maxReplicas", 10)
-        if not (isinstance(low, int) and isinstance(high, int) and 0 <= low <= high and high >= 1):
-            raise InputError(str(path), name, f"need whole minReplicas <= maxReplicas, maxReplicas >= 1; got {spec!r}")
+        whole = all(type(n) is int for n in (low, high))  # not bool, which is an int to Python
+        if not (whole and 0 <= low <= high <= REPLICAS_BOUND and high >= 1):
+            shown = repr(spec) if len(repr(spec)) < 200 else repr(spec)[:200] + "..."
+            raise InputError(
+                str(path), name, f"need whole minReplicas <= maxReplicas <= {REPLICAS_BOUND}, maxReplicas >= 1; got {shown}"
+            )
         classes[name] = ClassDefaults(low, high)
     return classes
 
@@ -119,22 +145,26 @@ async def _certificates(args: argparse.Namespace) -> tuple[CertificateManager, K
     kube = await Kube.connect(args.kubeconfig)
     target = CertificateTarget(namespace, secret, names, args.webhook_configuration, args.api_service)
     manager = CertificateManager(kube, target)
-    (await manager.reconcile()).write(args.tls_cert_file, args.tls_private_key_file)
+    try:
+        (await manager.reconcile()).write(args.tls_cert_file, args.tls_private_key_file)
+    except BaseException:
+        await kube.close()
+        raise
     return manager, kube
 
 
 async def serve(args: argparse.Namespace) -> int:
     managed = await _certificates(args)
-    for path in (args.tls_cert_file, args.tls_private_key_file):
-        if not path.is_file():
-            raise InputError(str(path), "", "file not found")
-    classes = load_classes(args.service_classes)
-    tls = ReloadingTLS(args.tls_cert_file, args.tls_private_key_file)
+    try:
+        classes = load_classes(args.service_classes)
+        tls = ReloadingTLS(args.tls_cert_file, args.tls_private_key_file)
+    except InputError:
+        if managed:
+            await managed[1].close()
+        raise
     watcher = asyncio.create_task(tls.watch())
     renewer = asyncio.create_task(managed[0].run(args.tls_cert_file, args.tls_private_key_file)) if managed else None
-    runner = web.AppRunner(build_app(classes), access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, args.bind_address, args.port, ssl_context=tls.front).start()
+    runner, _ = await serve_https(build_app(classes), args.bind_address, args.port, tls.front, LIMITS)
     log.info("admission webhook on https://%s:%d/mutate (classes: %s)", args.bind_address, args.port, ", ".join(sorted(classes)))
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
