@@ -67,12 +67,12 @@ async def follow_requestheader(
 
 
 async def serve(args: argparse.Namespace) -> int:
-    if args.source == "store" and args.decisions_ca_file is None and not is_loopback(args.decisions):
-        raise InputError("command line", "--decisions-ca-file", "the decision stream is plaintext only to a loopback address")
     if not 0 < args.stale_after <= args.max_age:
         raise InputError("command line", "--stale-after", "must be > 0 and at most --max-age")
     # local files first: a bad certificate is reported without waiting for the API server
     tls = ReloadingTLS(args.tls_cert_file, args.tls_private_key_file, ask_client_certificate=True)
+    if args.source == "store" and args.decisions_ca_file is None and not is_loopback(args.decisions):
+        raise InputError("command line", "--decisions-ca-file", "the decision stream is plaintext only to a loopback address")
     api_client = (await Kube.connect(str(args.kubeconfig) if args.kubeconfig else None)).api
     reviews = KubernetesReviews(api_client)
     try:

@@ -1,6 +1,8 @@
 """The batched chain against closed forms and against a state-by-state reference."""
 
+import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -10,7 +12,11 @@ from hypothesis import strategies as st
 from autoscaler.optimizer import reference
 from autoscaler.optimizer.domain import DecodePrefillParams, IterationParams
 from autoscaler.optimizer.performance import ServiceModel
+from autoscaler.optimizer.loader import load_system
 from autoscaler.optimizer.queueing import ChainBatch
+from autoscaler.optimizer.solver import solve
+
+from .samples import SAMPLES
 
 
 def mm1k_mean_in_system(rho: float, capacity: int) -> float:
@@ -71,3 +77,16 @@ def test_vectorised_model_equals_state_by_state_reference(params, inp, out, max_
     assert itl[0] == pytest.approx(ref_itl, rel=1e-8, abs=1e-9)
     assert ttft[0] == pytest.approx(ref_ttft, rel=1e-8, abs=1e-9)
     assert math.isfinite(itl[0]) and math.isfinite(ttft[0])
+
+
+def test_a_denormal_arrival_rate_gives_the_zero_load_latencies_not_nan(tmp_path):
+    """5e-324 req/s underflowed the state probabilities to 0/0: NaN TTFT in a decision."""
+    sample = SAMPLES / "849e1e8" / "small"
+    for name in ("accelerator", "capacity", "model", "optimizer", "server", "serviceclass"):
+        shutil.copy(sample / f"{name}-data.json", tmp_path)
+    servers = json.loads((tmp_path / "server-data.json").read_text())
+    for server in servers["servers"]:
+        server["currentAlloc"]["load"]["arrivalRate"] = 5e-324
+    (tmp_path / "server-data.json").write_text(json.dumps(servers))
+    allocations = solve(load_system(tmp_path)).allocations
+    assert allocations and all(math.isfinite(a.ttft_ms) and math.isfinite(a.itl_ms) for a in allocations.values())

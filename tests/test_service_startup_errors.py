@@ -62,7 +62,8 @@ def webhook(cert, key, *extra) -> list[str]:
 
 
 def adapter(cert, key, *extra) -> list[str]:
-    return service_args("metrics-adapter", "--secure-port", cert, key, *extra)
+    # a plaintext decision stream is allowed on loopback only: these runs are about other settings
+    return service_args("metrics-adapter", "--secure-port", cert, key, "--decisions", "127.0.0.1:9090", *extra)
 
 
 @pytest.mark.parametrize("service", [webhook, adapter])
@@ -89,7 +90,15 @@ def test_tls_file_problems_are_one_line_and_exit_2(files, tmp_path, service, cer
         lambda f: webhook(
             f["cert"], f["key"], "--manage-certificates", "ns/s", "--services", "w", "--kubeconfig", str(f["broken"])
         ),
-        lambda f: ["controller", "--kubeconfig", str(f["broken"]), "--listen", f"127.0.0.1:{free_port()}"],
+        lambda f: [
+            "controller",
+            "--kubeconfig",
+            str(f["broken"]),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--decisions-address",
+            f"127.0.0.1:{free_port()}",
+        ],
     ],
 )
 def test_a_bad_kubeconfig_is_one_line_and_exit_2(files, args):

@@ -23,6 +23,8 @@ QUEUE_TO_BATCH_RATIO = 10
 # states per stored or streamed block, 8 KiB a row: most batch limits (a few hundred) fit in one
 # block; a wider chain costs a pass over its rates per solve instead of rows x N memory
 MAX_WIDTH = 1024
+# requests/ms (one request in ~30 years): latencies here equal the zero-load limit to ~1e-9
+MIN_ARRIVAL_RATE = 1e-12
 
 # mu(n) in requests/ms for row indices (a column) at batch sizes n >= 1 (a row); broadcasts
 RateFunction = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -126,7 +128,9 @@ class ChainBatch:
     def solve(self, rows: np.ndarray, arrival_rate: np.ndarray) -> QueueStats:
         """Solve rows `rows` at arrival rates (requests/ms) below their full-batch service rate."""
         rows = np.asarray(rows)
-        lam = np.broadcast_to(np.asarray(arrival_rate, dtype=np.float64), rows.shape)
+        # Below MIN_ARRIVAL_RATE the figures are the zero-load limit to double precision; a
+        # denormal rate would underflow the state probabilities to 0/0 (NaN latencies).
+        lam = np.broadcast_to(np.maximum(np.asarray(arrival_rate, dtype=np.float64), MIN_ARRIVAL_RATE), rows.shape)
         # rows are solved in blocks of similar N so small batches do not pay for the widest one
         buckets = self._bucket[rows]
         figures = np.empty((6, len(rows)))

@@ -210,7 +210,8 @@ def size_candidates(system: System) -> dict[str, list[Allocation]]:
             if not row_ok[cand.row]:
                 continue
             total_rate = _demand(system, server)
-            replicas = max(math.ceil(total_rate / capacity_per_replica[cand.row]), server.min_replicas)
+            # a load too small for the quotient to round up still needs one replica
+            replicas = max(math.ceil(total_rate / capacity_per_replica[cand.row]), server.min_replicas, 1)
             rates.append(total_rate / replicas / 1000.0)
         kept.append((cand, replicas))
     if not kept:
