@@ -15,6 +15,7 @@ every statistic of every point (relative errors), the same values for all points
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -31,6 +32,7 @@ PUBLISHED_MODEL = "llama-3-8b"
 PUBLISHED_UTILIZATION = 0.95  # --gpu-memory-utilization of the published runs
 PUBLISHED_MAX_NUM_SEQS = 1024
 PUBLISHED_MAX_MODEL_LEN = 2048  # V0 without chunked prefill: token budget max(max_model_len, 2048)
+PUBLISHED_SCHEDULER_STEPS = 10  # vLLM 0.6.0 with multi-step scheduling (LambdaLabs' report)
 
 
 @dataclass(frozen=True)
@@ -77,7 +79,10 @@ def replay_burst(
     def dropped(request: int) -> None:
         raise AssertionError(f"request {request} dropped in a burst replay")
 
-    ledger = Ledger([0.0] * n, in_tokens.tolist(), out_tokens.tolist(), first, finished, dropped, math.inf)
+    # An output length of 0 (the client re-tokenises the text it received) is a request whose
+    # only token was the end of sequence: the engine still computes that one token.
+    generated = np.maximum(out_tokens, 1)
+    ledger = Ledger([0.0] * n, in_tokens.tolist(), generated.tolist(), first, finished, dropped, math.inf)
     server = VllmServer(settings, profile, ledger, max_num_seqs=PUBLISHED_MAX_NUM_SEQS, budget=budget)
     for request in range(n):
         server.submit(request, 0.0)
@@ -85,7 +90,9 @@ def replay_burst(
         clock[0] = server.next_event
         server.wake(clock[0])
     finish_s, first_s = np.array(finish), np.array(first)
-    ttft = first_s * 1000.0
+    # the client sets TTFT on the first chunk with text: a request that streamed none keeps 0,
+    # which still counts in the TTFT statistics (benchmark_serving.py of September 2024)
+    ttft = np.where(out_tokens > 0, first_s * 1000.0, 0.0)
     several = out_tokens > 1
     tpot = (finish_s - first_s)[several] / (out_tokens[several] - 1) * 1000.0
     return np.array(
@@ -102,7 +109,8 @@ def replay_burst(
 
 
 def replay_all(published: Published, overheads: Overheads, mode: str = "v0-prefill-first") -> dict[int, np.ndarray]:
-    settings = EngineSettings(mode=mode, overheads=overheads)
+    steps = PUBLISHED_SCHEDULER_STEPS if mode == "v0-prefill-first" else 1
+    settings = EngineSettings(mode=mode, overheads=overheads, num_scheduler_steps=steps)
     profile = published_profile()
     budget = max(PUBLISHED_MAX_MODEL_LEN, 2048) if mode == "v0-prefill-first" else token_budget("H100")
     return {
@@ -124,7 +132,7 @@ def fit_overheads(published: Published, start: Overheads | None = None, iteratio
         return np.concatenate([errors[n] for n in sorted(errors)])
 
     start = start or Overheads()
-    x = np.array([start.step_ms, start.seq_ms, start.request_ms, start.frontend_ms], dtype=float)
+    x = np.array(dataclasses.astuple(start), dtype=float)
     steps = np.array([0.1, 0.001, 0.1, 0.1])  # finite-difference steps, about 1% of plausible values
     r = residuals(x)
     damping = 1e-2
