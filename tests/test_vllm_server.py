@@ -20,6 +20,7 @@ from autoscaler.simulator.server import (
 )
 
 STEP_MS = 10.0
+NONE = Overheads()  # no CPU costs: steps cost only what the step times say
 PUBLISHED = Path(__file__).resolve().parents[1].parent / "shared" / "published-vllm"
 
 
@@ -47,7 +48,7 @@ class Run:
     """Drives one server as the engine does: arrivals and the server's own wake-ups in time order."""
 
     def __init__(
-        self, requests, *, mode="v1-chunked", budget=8192, max_num_seqs=256, kv_tokens=10**6, stall=False, steps=1, overheads=Overheads()
+        self, requests, *, mode="v1-chunked", budget=8192, max_num_seqs=256, kv_tokens=10**6, stall=False, steps=1, overheads=NONE
     ):
         self.arrival = [float(a) for a, _, _ in requests]
         self.first = [math.nan] * len(requests)

@@ -3,14 +3,19 @@
 The published points (../shared/published-vllm/) are LambdaLabs' runs of vLLM's
 `benchmark_serving.py` against Llama-3-8B-Instruct on one H100 in September 2024 (V0 engine,
 `--max-model-len 2048 --gpu-memory-utilization 0.95 --max-num-seqs 1024`): N ShareGPT requests
-sent at once, N = 10 ... 1280. We replay the same request sizes into one `VllmServer` with the
-measured H100 profile and compare the client's statistics: TTFT and TPOT (mean, median, p99;
-TPOT over requests with more than one output token, as the client computes it) and requests/s
-(N over the time the last request finished).
+sent at once, N = 10 ... 1280. Their report (LambdaLabsML/vllm-benchmark, benchmark_v0.md) ran
+vLLM 0.6.0 with `--num-scheduler-steps 10`, which the per-request results confirm: tokens
+arrive in chunks of 10, one chunk per 10 decode steps. We replay the same request sizes into
+one `VllmServer` in V0 multi-step mode with the measured H100 profile and compare the client's
+statistics as `benchmark_serving.py` computes them: TTFT at the first chunk with text (a request
+whose text is empty keeps TTFT 0, which counts), TPOT = (latency - TTFT) / (output length - 1)
+over requests with more than one output token, the output length being the text re-tokenised,
+and requests/s (N over the time the last request finished).
 
-The engine overheads (per step, per sequence in a step, per request in the front end) are the
-only free parameters; `fit_overheads` finds them by one Levenberg-Marquardt least squares over
-every statistic of every point (relative errors), the same values for all points.
+The overheads (per step, per sequence in a step, per new request in the engine, per request in
+the API server) are the only free parameters; `fit_overheads` finds them by one
+Levenberg-Marquardt least squares over every statistic of every point (relative errors), the
+same values for all points.
 """
 
 from __future__ import annotations

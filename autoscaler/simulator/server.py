@@ -12,7 +12,11 @@ Modes (`EngineSettings.mode`):
 - `v0-prefill-first` (vLLM V0 without chunked prefill, `vllm/core/scheduler.py`
   `_schedule_default`): if waiting prompts fit (whole prompts within the token budget, the seat
   limit, and their blocks plus a 1% watermark free), the step prefills them and the running
-  batch waits; otherwise it is a decode step of the whole running batch.
+  batch waits; otherwise it is a decode step of the whole running batch. With
+  `num_scheduler_steps` k > 1 (V0's multi-step scheduling, `--num-scheduler-steps`): a prefill
+  is one step, but decodes run in groups of k steps with the blocks for all k reserved at the
+  group's start (vLLM's lookahead slots); the scheduler runs, and the group's tokens stream to
+  clients, only when the group ends, so a request finishing inside a group runs to its end.
 - `stall`: the simulator's earlier model, kept for comparison: a prefill of everything admitted
   stalls the batch, KV reserved for prompt + output on admission.
 
@@ -21,9 +25,12 @@ blocks that are not free, the newest running request is preempted: its blocks ar
 goes back to the front of the queue to be recomputed (prompt plus the output so far), as vLLM
 does by default. A step costs `linear_ms(tokens in the step) + kv_read_ms * context read` on
 the GPU (profiles.py) plus the engine's CPU costs (`Overheads`), fitted to published vLLM
-measurements (benchmarks/published_vllm.py): per step, per sequence in a step, per request in
-the step that starts it, and per request in the API server, one thread whose streamed tokens
-wait behind the requests it is still taking in (a burst's first tokens reach clients late).
+measurements (benchmarks/published_vllm.py): per step, per sequence in a step and per request
+in the step that starts it. Before any of that, the API server (one asyncio thread) takes each
+request in (parsing, tokenising) at a cost per request, and hands what it took in to the engine
+once it is through its queue: the engine starts on a burst only when the whole burst is in (in
+the published runs the first token of a burst of 1,280 came 3.3 s after it was sent). Streamed
+tokens wait behind the intake too, on the same thread.
 
 Cost: most steps are decode steps of an unchanged batch, so a run of them is one span computed
 in closed form (the context grows by the batch size per step, and the step time is linear in
