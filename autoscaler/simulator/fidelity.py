@@ -3,18 +3,24 @@
 The published points (../shared/published-vllm/) are LambdaLabs' runs of vLLM's
 `benchmark_serving.py` against Llama-3-8B-Instruct on one H100 in September 2024 (V0 engine,
 `--max-model-len 2048 --gpu-memory-utilization 0.95 --max-num-seqs 1024`): N ShareGPT requests
-sent at once, N = 10 ... 1280. We replay the same request sizes into one `VllmServer` with the
-measured H100 profile and compare the client's statistics: TTFT and TPOT (mean, median, p99;
-TPOT over requests with more than one output token, as the client computes it) and requests/s
-(N over the time the last request finished).
+sent at once, N = 10 ... 1280. Their report (LambdaLabsML/vllm-benchmark, benchmark_v0.md) ran
+vLLM 0.6.0 with `--num-scheduler-steps 10`, which the per-request results confirm: tokens
+arrive in chunks of 10, one chunk per 10 decode steps. We replay the same request sizes into
+one `VllmServer` in V0 multi-step mode with the measured H100 profile and compare the client's
+statistics as `benchmark_serving.py` computes them: TTFT at the first chunk with text (a request
+whose text is empty keeps TTFT 0, which counts), TPOT = (latency - TTFT) / (output length - 1)
+over requests with more than one output token, the output length being the text re-tokenised,
+and requests/s (N over the time the last request finished).
 
-The engine overheads (per step, per sequence in a step, per request in the front end) are the
-only free parameters; `fit_overheads` finds them by one Levenberg-Marquardt least squares over
-every statistic of every point (relative errors), the same values for all points.
+The overheads (per step, per sequence in a step, per new request in the engine, per request in
+the API server) are the only free parameters; `fit_overheads` finds them by one
+Levenberg-Marquardt least squares over every statistic of every point (relative errors), the
+same values for all points.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import re
@@ -31,6 +37,7 @@ PUBLISHED_MODEL = "llama-3-8b"
 PUBLISHED_UTILIZATION = 0.95  # --gpu-memory-utilization of the published runs
 PUBLISHED_MAX_NUM_SEQS = 1024
 PUBLISHED_MAX_MODEL_LEN = 2048  # V0 without chunked prefill: token budget max(max_model_len, 2048)
+PUBLISHED_SCHEDULER_STEPS = 10  # vLLM 0.6.0 with multi-step scheduling (LambdaLabs' report)
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,10 @@ def replay_burst(
     def dropped(request: int) -> None:
         raise AssertionError(f"request {request} dropped in a burst replay")
 
-    ledger = Ledger([0.0] * n, in_tokens.tolist(), out_tokens.tolist(), first, finished, dropped, math.inf)
+    # An output length of 0 (the client re-tokenises the text it received) is a request whose
+    # only token was the end of sequence: the engine still computes that one token.
+    generated = np.maximum(out_tokens, 1)
+    ledger = Ledger([0.0] * n, in_tokens.tolist(), generated.tolist(), first, finished, dropped, math.inf)
     server = VllmServer(settings, profile, ledger, max_num_seqs=PUBLISHED_MAX_NUM_SEQS, budget=budget)
     for request in range(n):
         server.submit(request, 0.0)
@@ -85,7 +95,9 @@ def replay_burst(
         clock[0] = server.next_event
         server.wake(clock[0])
     finish_s, first_s = np.array(finish), np.array(first)
-    ttft = first_s * 1000.0
+    # the client sets TTFT on the first chunk with text: a request that streamed none keeps 0,
+    # which still counts in the TTFT statistics (benchmark_serving.py of September 2024)
+    ttft = np.where(out_tokens > 0, first_s * 1000.0, 0.0)
     several = out_tokens > 1
     tpot = (finish_s - first_s)[several] / (out_tokens[several] - 1) * 1000.0
     return np.array(
@@ -102,7 +114,8 @@ def replay_burst(
 
 
 def replay_all(published: Published, overheads: Overheads, mode: str = "v0-prefill-first") -> dict[int, np.ndarray]:
-    settings = EngineSettings(mode=mode, overheads=overheads)
+    steps = PUBLISHED_SCHEDULER_STEPS if mode == "v0-prefill-first" else 1
+    settings = EngineSettings(mode=mode, overheads=overheads, num_scheduler_steps=steps)
     profile = published_profile()
     budget = max(PUBLISHED_MAX_MODEL_LEN, 2048) if mode == "v0-prefill-first" else token_budget("H100")
     return {
@@ -124,7 +137,7 @@ def fit_overheads(published: Published, start: Overheads | None = None, iteratio
         return np.concatenate([errors[n] for n in sorted(errors)])
 
     start = start or Overheads()
-    x = np.array([start.step_ms, start.seq_ms, start.request_ms, start.frontend_ms], dtype=float)
+    x = np.array(dataclasses.astuple(start), dtype=float)
     steps = np.array([0.1, 0.001, 0.1, 0.1])  # finite-difference steps, about 1% of plausible values
     r = residuals(x)
     damping = 1e-2

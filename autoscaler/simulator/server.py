@@ -12,7 +12,11 @@ Modes (`EngineSettings.mode`):
 - `v0-prefill-first` (vLLM V0 without chunked prefill, `vllm/core/scheduler.py`
   `_schedule_default`): if waiting prompts fit (whole prompts within the token budget, the seat
   limit, and their blocks plus a 1% watermark free), the step prefills them and the running
-  batch waits; otherwise it is a decode step of the whole running batch.
+  batch waits; otherwise it is a decode step of the whole running batch. With
+  `num_scheduler_steps` k > 1 (V0's multi-step scheduling, `--num-scheduler-steps`): a prefill
+  is one step, but decodes run in groups of k steps with the blocks for all k reserved at the
+  group's start (vLLM's lookahead slots); the scheduler runs, and the group's tokens stream to
+  clients, only when the group ends, so a request finishing inside a group runs to its end.
 - `stall`: the simulator's earlier model, kept for comparison: a prefill of everything admitted
   stalls the batch, KV reserved for prompt + output on admission.
 
@@ -21,9 +25,12 @@ blocks that are not free, the newest running request is preempted: its blocks ar
 goes back to the front of the queue to be recomputed (prompt plus the output so far), as vLLM
 does by default. A step costs `linear_ms(tokens in the step) + kv_read_ms * context read` on
 the GPU (profiles.py) plus the engine's CPU costs (`Overheads`), fitted to published vLLM
-measurements (benchmarks/published_vllm.py): per step, per sequence in a step, per request in
-the step that starts it, and per request in the API server, one thread whose streamed tokens
-wait behind the requests it is still taking in (a burst's first tokens reach clients late).
+measurements (benchmarks/published_vllm.py): per step, per sequence in a step and per request
+in the step that starts it. Before any of that, the API server (one asyncio thread) takes each
+request in (parsing, tokenising) at a cost per request, and hands what it took in to the engine
+once it is through its queue: the engine starts on a burst only when the whole burst is in (in
+the published runs the first token of a burst of 1,280 came 3.3 s after it was sent). Streamed
+tokens wait behind the intake too, on the same thread.
 
 Cost: most steps are decode steps of an unchanged batch, so a run of them is one span computed
 in closed form (the context grows by the batch size per step, and the step time is linear in
@@ -56,15 +63,17 @@ class Overheads:
     step_ms: float = 0.0
     seq_ms: float = 0.0
     request_ms: float = 0.0  # the engine's cost to take in a request, paid in the step that starts it
-    frontend_ms: float = 0.0  # the API server's per request: what it streams waits behind it
+    frontend_ms: float = 0.0  # the API server's intake per request, before the engine sees it
 
 
 # One least-squares fit over every statistic of all seven published points
-# (`python benchmarks/published_vllm.py --fit`: vLLM V0 of September 2024, Llama-3-8B, H100;
-# sum of squared relative errors 1.38 over 49 cells). V1 (separate engine core, async
-# scheduling, persistent batch) spends less CPU per step and request, so for the V1 default
-# these are an upper bound.
-FITTED_OVERHEADS = Overheads(step_ms=0.417, seq_ms=0.0178, request_ms=3.32, frontend_ms=4.73)
+# (`python benchmarks/published_vllm.py --fit`: vLLM 0.6.0, V0 with 10 scheduler steps,
+# Llama-3-8B, H100; sum of squared relative errors 0.57 over 49 cells). The per-step and
+# per-new-request engine costs fit to zero there: multi-step scheduling hides them, and the
+# API server's intake is what delays a burst. V1 (separate engine core, async scheduling,
+# persistent batch) spends less CPU per step and request, so for the V1 default these are
+# an upper bound.
+FITTED_OVERHEADS = Overheads(step_ms=0.0, seq_ms=0.0193, request_ms=0.0, frontend_ms=3.0)
 
 
 @dataclass(frozen=True)
@@ -74,10 +83,15 @@ class EngineSettings:
     mode: str = "v1-chunked"
     overheads: Overheads = FITTED_OVERHEADS
     max_num_batched_tokens: int | None = None  # None: vLLM's default for the GPU (token_budget)
+    # V0's multi-step scheduling (`--num-scheduler-steps`, vLLM 0.5.5-0.10): decodes run in
+    # groups of this many steps; the scheduler runs, and tokens stream, only between groups
+    num_scheduler_steps: int = 1
 
     def __post_init__(self):
         if self.mode not in MODES:
             raise ValueError(f"unknown server mode {self.mode!r} (one of {', '.join(MODES)})")
+        if self.num_scheduler_steps < 1 or (self.num_scheduler_steps > 1 and self.mode != "v0-prefill-first"):
+            raise ValueError("num_scheduler_steps: a positive count, above 1 only in v0-prefill-first mode (V0's multi-step)")
 
 
 def token_budget(accelerator: str) -> int:
@@ -121,9 +135,11 @@ class VllmServer:
         self.free = self.total_blocks
         self.watermark = 0 if self.v1 else int(V0_WATERMARK * self.total_blocks)
         over = settings.overheads
+        self.group = settings.num_scheduler_steps  # decode steps per scheduling (V0 multi-step)
         self.step_ms, self.seq_ms = over.step_ms, over.seq_ms
         self.request_ms, self.frontend_s = over.request_ms, over.frontend_ms / 1000.0
         self.api_free = -math.inf  # when the API server's thread is through its queued work
+        self.intake: list[int] = []  # requests the API server has not yet handed to the engine
         self.waiting: deque[int] = deque()
         self.running: dict[int, None] = {}  # admission order; the last is preempted first
         self.known: dict[int, int] = {}  # tokens to prefill: prompt, plus the output so far after a preemption
@@ -148,7 +164,7 @@ class VllmServer:
     # ------------------------------------------------------------------ engine
     @property
     def idle(self) -> bool:
-        return not self.running and not self.waiting
+        return not self.running and not self.waiting and not self.intake
 
     def submit(self, request: int, now: float) -> bool:
         """Queue a request; True if the next event moved (the engine reschedules)."""
@@ -156,15 +172,17 @@ class VllmServer:
         if blocks(ledger.in_tokens[request] + ledger.out_tokens[request]) > self.total_blocks:
             ledger.on_drop(request)  # longer than the cache: vLLM rejects it (max_model_len)
             return False
-        self.waiting.append(request)
+        # The API server (one asyncio thread) parses and tokenises each request; the engine gets
+        # what it took in once the thread is through its queue (a burst reaches it all at once).
+        self.intake.append(request)
         self.load += 1
         self.api_free = max(now, self.api_free) + self.frontend_s
-        if self.next_event == math.inf:  # idle: a step starts now (after same-time arrivals)
-            self.start = self.next_event = now
+        if self.next_event == math.inf:  # idle: a step starts once the request is in
+            self.start = self.next_event = self.api_free
             return True
-        if self.span and len(self.waiting) == 1 and len(self.running) < self.max_num_seqs:
-            # cut the span after the step in progress: the request may join the next one
-            steps = self._steps_until(now)
+        if self.span and not self.waiting and len(self.running) < self.max_num_seqs:
+            # cut the span after the group in progress when the request is in: it may join the next step
+            steps = self._group_steps(self._steps_until(self.api_free))
             if steps < self.span:
                 self.span = steps
                 self.next_event = self.start + self._span_s(steps)
@@ -183,12 +201,15 @@ class VllmServer:
 
     # ------------------------------------------------------------- committing
     def _commit_span(self, now: float) -> None:
-        steps, counter, phases = self.span, self.counter, self.phases
-        cycles, rest = divmod(steps, BLOCK_SIZE)
-        allocated = cycles * len(self.offset) + sum(phases[(1 - counter - i) % BLOCK_SIZE] for i in range(rest))
-        self.free -= allocated
-        self.counter += steps
+        self.free -= self._decode_blocks(self.span)
+        self.counter += self.span
         self.span = 0
+
+    def _decode_blocks(self, steps: int) -> int:
+        """Blocks the running decodes allocate over their next `steps` steps."""
+        cycles, rest = divmod(steps, BLOCK_SIZE)
+        counter, phases = self.counter, self.phases
+        return cycles * len(self.offset) + sum(phases[(1 - counter - i) % BLOCK_SIZE] for i in range(rest))
 
     def _commit_step(self, now: float) -> None:
         if self.decoding:
@@ -220,9 +241,10 @@ class VllmServer:
             offset = offsets.get(request)
             if offset is None or at != offset + ledger.in_tokens[request] + ledger.out_tokens[request]:
                 continue  # preempted since; its entry is stale
+            # KV held: the context less the last sampled token, which was never computed (with
+            # multi-step, the steps to the group's end ran on and hold their tokens too)
+            self.free += blocks(self.counter - offset - 1)
             self._remove_decode(request)
-            # KV held: the context less the last sampled token, which was never computed
-            self.free += blocks(ledger.in_tokens[request] + ledger.out_tokens[request] - 1)
             del self.running[request]
             del self.known[request]
             self.load -= 1
@@ -236,11 +258,17 @@ class VllmServer:
     # --------------------------------------------------------------- building
     def _build(self, now: float) -> None:
         self.start = now
+        if self.intake and now >= self.api_free:
+            self.waiting.extend(self.intake)
+            self.intake.clear()
         if not self.v1 and self.waiting:  # V0: waiting prompts first; that step carries no decodes
             admitted, fresh = self._admit(now, self.budget, prefill_first=True)
             if admitted:
                 self._run_step(now, admitted, 0, fresh)
                 return
+        if self.group > 1 and self.offset:
+            self._build_group(now)
+            return
         counter, offsets, n = self.counter, self.offset, len(self.offset)
         # decodes whose context reaches a new block this step (context = 16m + 1)
         need = self.phases[(1 - counter) % BLOCK_SIZE] if n else 0
@@ -294,7 +322,29 @@ class VllmServer:
             self._run_step(now, chunks, n, fresh)
         else:
             self.chunks, self.decoding = [], False
-            self.next_event = math.inf  # idle (or a queue head that fits in no free cache)
+            # idle until the API server hands over what it is taking in (or a queue head that
+            # fits in no free cache waits for ever)
+            self.next_event = self.api_free if self.intake else math.inf
+
+    def _build_group(self, now: float) -> None:
+        """V0 multi-step: the scheduler reserves every decode's slots for the whole group (its
+        lookahead slots), preempting the newest while they do not fit, then the group runs."""
+        group, counter, offsets = self.group, self.counter, self.offset
+        need = self._decode_blocks(group)
+        while need > self.free:
+            victim = next(reversed(self.running))
+            context = counter - offsets[victim]
+            need -= blocks(context - 1 + group) - blocks(context - 1)
+            self._remove_decode(victim)
+            self.known[victim] = context  # recomputed: the prompt and the output so far
+            self.preemptions += 1
+            self.free += blocks(context - 1)
+            del self.running[victim]
+            self.waiting.appendleft(victim)
+        if offsets:
+            self._start_span(now, len(offsets))
+        else:
+            self._build(now)  # every decode was preempted: their prompts are recomputed
 
     def _run_step(self, now: float, chunks: list[tuple[int, int]], decodes: int, new_requests: int) -> None:
         self.chunks, self.decoding = chunks, decodes > 0
@@ -341,10 +391,11 @@ class VllmServer:
 
     # ------------------------------------------------------------------ spans
     def _start_span(self, now: float, n: int) -> None:
-        """Decode steps of an unchanged batch until the next event that could change it."""
+        """Decode steps of an unchanged batch until the next event that could change it: whole
+        groups of steps, to the end of the one in which the first request finishes."""
         counter = self.counter
         steps = self.finishes[0][0] - counter if self.finishes else 1
-        steps = max(steps, 1)
+        steps = self._group_steps(max(steps, 1))
         # the first step whose block allocation would fail is built alone (it preempts)
         cycles = self.free // n
         safe = cycles * BLOCK_SIZE
@@ -354,11 +405,19 @@ class VllmServer:
             if left < 0:
                 break
             safe += 1
-        steps = min(steps, max(safe, 1))
+        # a single step: the first whose allocation fails is built alone (it preempts); a group
+        # was checked to fit whole before it started
+        steps = min(steps, max(safe // self.group * self.group, self.group))
         self.base_ms = self.times.linear_ms(n) + self.step_ms + self.seq_ms * n
         self.context0 = n * counter - self.offset_sum
+        if self.intake:  # the requests being taken in may start after the group in progress
+            steps = min(steps, self._group_steps(self._steps_until(self.api_free)))
         self.span = steps
         self.next_event = now + self._span_s(steps)
+
+    def _group_steps(self, steps: int) -> int:
+        """`steps` rounded up to whole groups."""
+        return -(-steps // self.group) * self.group
 
     def _span_s(self, steps: int) -> float:
         """Duration of the span's first `steps` steps: the context grows by the batch per step."""
