@@ -37,6 +37,9 @@ BUILD = ROOT / "hack" / "control-plane" / "build.sh"
 UPSTREAM_CRDS = ROOT.parent / "shared" / "upstream-crds"
 FAKE_NODE = ("kwok.x-k8s.io/node", "fake")  # the annotation kwok manages nodes by
 SERVICE_CIDR = "10.96.0.0/16"
+# HPA behavior.*.tolerance as on Kubernetes 1.33-1.34 (alpha, off): the server drops the field we
+# write, which a controller must not take for a difference to write again every cycle
+FEATURE_GATES = "--feature-gates=HPAConfigurableTolerance=false"
 
 
 class ControlPlaneUnavailable(RuntimeError):
@@ -225,6 +228,7 @@ class ControlPlane:
             f"--proxy-client-cert-file={p('front-proxy-client.crt')}",
             f"--proxy-client-key-file={p('front-proxy-client.key')}",
             "--profiling=false",
+            FEATURE_GATES,
             "--v=1",
         )
         self._wait("kube-apiserver", lambda: self._http_ok(self.url + "/readyz"), 120)
@@ -248,6 +252,7 @@ class ControlPlane:
             f"--root-ca-file={self.pki.path('ca.crt')}",
             f"--service-account-private-key-file={self.pki.path('sa.key')}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
+            FEATURE_GATES,
             "--v=1",
         )
         self._spawn(
