@@ -214,6 +214,9 @@ class ControlPlane:
             f"--tls-private-key-file={p('apiserver.key')}",
             f"--client-ca-file={p('ca.crt')}",
             "--authorization-mode=RBAC",
+            # it taints every new Node not-ready, which only the node lifecycle controller (off:
+            # kwok's nodes have no kubelet heartbeat worth judging) would lift
+            "--disable-admission-plugins=TaintNodesByCondition",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={p('sa.pub')}",
