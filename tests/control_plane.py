@@ -286,7 +286,7 @@ class ControlPlane:
                 process.terminate()
         for process in self.processes.values():
             try:
-                process.wait(timeout=15)
+                process.wait(timeout=5)  # throw-away state: no need to wait out graceful shutdowns
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
