@@ -99,6 +99,19 @@ knative() {
     go mod edit -require "knative.dev/serving@$KNATIVE_SERVING_VERSION"
     go build -mod=mod -ldflags "-s -w" -o out/knative-serving-controller knative.dev/serving/cmd/controller
     go build -mod=mod -ldflags "-s -w" -o out/knative-serving-webhook knative.dev/serving/cmd/webhook
+    # what the controller needs in the cluster, from the very module versions it was built from:
+    # its CRDs and those of knative.dev/networking and knative.dev/caching, and its ConfigMaps
+    local serving networking caching file
+    serving=$(go list -mod=mod -m -f '{{.Dir}}' knative.dev/serving)
+    networking=$(go list -mod=mod -m -f '{{.Dir}}' knative.dev/networking)
+    caching=$(go list -mod=mod -m -f '{{.Dir}}' knative.dev/caching)
+    for file in "$serving"/config/core/300-resources/*.yaml "$networking"/config/{certificate,domain-claim,ingress,serverlessservice}.yaml \
+        "$caching"/config/image.yaml; do
+        printf -- '---\n' && cat "$file"
+    done > out/knative-serving-crds.yaml
+    for file in "$serving"/config/core/100-namespace.yaml "$serving"/config/core/configmaps/*.yaml "$networking"/config/config-network.yaml; do
+        printf -- '---\n' && cat "$file"
+    done > out/knative-serving-config.yaml
 }
 
 # KServe's go.mod pins versions by replace directives (k8s.io/* v0.34, controller-runtime), which
