@@ -76,3 +76,9 @@ def test_builtin_azure_traces_match_their_published_summary():
     assert len(code.time) == 8819 and len(conv.time) == 19366
     assert 56 * 60 < code.time[-1] < 58 * 60
     assert conv.in_tokens.mean() == pytest.approx(1155, abs=2) and conv.out_tokens.mean() == pytest.approx(211, abs=1)
+
+
+def test_runs_shorter_than_two_minutes_work():
+    result = run_cli("--duration", "60", "--scenario", "bursty", "--json", "--policies", "ours,hpa")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["duration_s"] == 60

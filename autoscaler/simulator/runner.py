@@ -65,7 +65,7 @@ def build_policy(name: str, scenario: Scenario, settings: RunSettings, capacitie
     minute, the reactive autoscalers target the concurrency one replica holds within the SLOs.
     """
     world = scenario.world
-    opening = _loads(scenario, 0.0, PLANNING_WINDOW_S)
+    opening = _loads(scenario, 0.0, min(PLANNING_WINDOW_S, scenario.duration_s))
     if name == "ours":
         policy = ModelBasedPolicy(world, opening, ModelBasedSettings(period_s=settings.control_period_s))
         return policy, initial_decisions(world, opening)
