@@ -53,8 +53,13 @@ def peak_loads(scenario: Scenario) -> dict[int, Load]:
     return loads
 
 
-def baseline_capacities(scenario: Scenario) -> dict[int, ReplicaCapacity]:
-    return {index: replica_capacity(scenario, index) for index in range(len(scenario.world.isvcs))}
+def baseline_capacities(scenario: Scenario, jobs: int = 1) -> dict[int, ReplicaCapacity]:
+    """The load test of every ISVC, in `jobs` processes."""
+    indices = range(len(scenario.world.isvcs))
+    if jobs <= 1:
+        return {index: replica_capacity(scenario, index) for index in indices}
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return dict(zip(indices, pool.map(replica_capacity, [scenario] * len(indices), indices), strict=True))
 
 
 def build_policy(name: str, scenario: Scenario, settings: RunSettings, capacities: dict[int, ReplicaCapacity]):
@@ -113,7 +118,7 @@ def run_all(
     on_progress: Callable[[str, float], None] | None = None,
 ) -> list[SimulationResult]:
     """Every policy on the same traffic; `jobs` > 1 runs policies in parallel processes."""
-    capacities = baseline_capacities(scenario)
+    capacities = baseline_capacities(scenario, settings.jobs)
     if settings.jobs <= 1:
         results = []
         for name in policies:
