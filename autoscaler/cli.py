@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
 from .errors import InputError
@@ -30,6 +30,13 @@ def _optimize(args: argparse.Namespace) -> int:
     solution = solve(system)
     print(solution_json(system, solution) if args.json else solution_table(system, solution))
     return 0
+
+
+def _version() -> str:
+    try:
+        return metadata.version("inference-autoscaler")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
 
 
 # subcommands served by other modules, each with add_arguments(parser) and run(args) -> exit code
@@ -65,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="inference-autoscaler",
         description="Model-based autoscaling of LLM inference services on KServe/Knative.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     optimize = commands.add_parser(
         "optimize",

@@ -141,8 +141,8 @@ class Scripted:
         self.script = dict(script)
 
     def decide(self, now, views):
-        due = [t for t in self.script if t <= now]
-        return {0: self.script.pop(t) for t in sorted(due)}
+        due = sorted(t for t in self.script if t <= now)
+        return {0: self.script.pop(due[-1])} if due else {}
 
 
 def two_gpu_world(g: int, h: int, cold_start_s: float = 5.0) -> World:

@@ -475,10 +475,7 @@ class Simulation:
         if not self.series_time or self.now - self.series_time[-1] >= SERIES_PERIOD_S - 1e-9:
             self.series_time.append(self.now)
             self.series_replicas.append(
-                [
-                    sum(1 for r in self._all_replicas(s) if r.has_gpu and r.state != STOPPED)
-                    for s in self.isvcs
-                ]
+                [sum(1 for r in self._all_replicas(s) if r.has_gpu and r.state != STOPPED) for s in self.isvcs]
             )
 
     def views(self) -> list[IsvcView]:

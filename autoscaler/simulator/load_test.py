@@ -19,7 +19,7 @@ import numpy as np
 from .engine import CLIENT_TIMEOUT_S, Decision, Simulation
 from .policies.static import StaticPolicy
 from .report import slo_met
-from .traffic import Requests, poisson_arrivals
+from .traffic import Requests
 from .world import Scenario
 
 COARSE_REQUESTS = 2_000  # per rate tried while bracketing the capacity to 10%
