@@ -37,7 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 MAX_DURATION_S = 7 * 24 * 3600.0  # a week of traffic is tens of millions of requests
 
 
-def _positive(value: float, flag: str, most: float = math.inf) -> float:
+def positive(value: float, flag: str, most: float = math.inf) -> float:
     if not 0 < value < math.inf:
         raise InputError("command line", flag, f"must be a finite number > 0, got {value:g}")
     if value > most:
@@ -45,7 +45,7 @@ def _positive(value: float, flag: str, most: float = math.inf) -> float:
     return value
 
 
-def _jobs(value: int) -> int:
+def check_jobs(value: int) -> int:
     if value < 1:
         raise InputError("command line", "--jobs", f"must be >= 1, got {value}")
     return value
@@ -90,10 +90,10 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             "command line", "--policies", f"unknown policy {', '.join(unknown) or '(none)'} (choose from {', '.join(POLICIES)})"
         )
-    duration = _positive(args.duration, "--duration", MAX_DURATION_S)
+    duration = positive(args.duration, "--duration", MAX_DURATION_S)
     plot = writable_plot_path(args.plot)
-    settings = RunSettings(control_period_s=_positive(args.period, "--period"), jobs=_jobs(args.jobs))
-    cold_start = _positive(args.cold_start, "--cold-start")
+    settings = RunSettings(control_period_s=positive(args.period, "--period"), jobs=check_jobs(args.jobs))
+    cold_start = positive(args.cold_start, "--cold-start")
     scenario = build_scenario(args.scenario, 1 if args.seed is None else args.seed, duration, cold_start)
     if args.trace:
         scenario = _with_trace(scenario, args.trace, args.trace_isvc, duration)
