@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, ProcessPoolExecutor
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 
 from .engine import simulate
@@ -104,8 +104,6 @@ class _Inline(Executor):
     """Runs tasks in this process (--jobs 1): the same code path as the pool."""
 
     def submit(self, fn, /, *args, **kwargs):
-        from concurrent.futures import Future
-
         future: Future = Future()
         future.set_result(fn(*args, **kwargs))
         return future

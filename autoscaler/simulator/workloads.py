@@ -6,7 +6,7 @@ sizes from its Azure trace:
 
 - flash-crowd: a quarter of the peak, rising to the peak within 60 s a third into the run,
   held 10 minutes, back down within 60 s (x4);
-- slow-ramp: 0.1 -> 1 of the peak over the whole run (0.2x -> 2x of the mean);
+- slow-ramp: 0.1 -> 1 of the peak over the whole run (0.2x -> 2x of a base rate);
 - square-5m, square-2.5m: the peak and a quarter of it, alternating every 5 or 2.5 minutes;
 - mmpp: a two-state Markov-modulated Poisson process, levels a quarter and all of the peak
   (0.5x / 2x of the mean of the two), exponential sojourns of 3 minutes on average, each ISVC
