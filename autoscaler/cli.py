@@ -47,6 +47,13 @@ SERVICES = {
         "Simulate vLLM-like servers, cold starts and limited GPUs under each autoscaling policy on the same "
         "traffic and compare SLO attainment and cost. Needs no cluster.",
     ),
+    "evaluate": (
+        "autoscaler.simulator.evaluate_command",
+        "compare our autoscaler with every baseline's tuning frontier over a suite of workloads",
+        "Run HPA, KPA and static provisioning over a grid of their tuning knob, a hindsight oracle and ours on "
+        "each workload and cold start, and report where ours stands against each frontier of SLO attainment "
+        "against GPU-hours. Needs no cluster.",
+    ),
     "metrics-adapter": (
         "metrics_adapter.server",
         "serve the optimizer's decisions as external.metrics.k8s.io/v1beta1 for HPAs",
