@@ -12,7 +12,8 @@ All live under the prefix `autoscaling.inference-autoscaler.io/`:
 | `progress-deadline` | seconds a new revision's pod group may wait for GPUs (default 600) |
 | `spec-changes` | `"true"` lets the controller roll out a new GPU type or batch size (default `"false"`) |
 
-The controller owns `decision` (its last decision, JSON: what a restarted controller resumes from).
+The controller owns `decision` (its last decision, JSON: what a restarted controller resumes from)
+and `decision-signature` (its HMAC, without which the decision is ignored: autoscaler/controller/signing.py).
 """
 
 from __future__ import annotations
@@ -31,8 +32,20 @@ MAX_REPLICAS = PREFIX + "max-replicas"
 PROGRESS_DEADLINE = PREFIX + "progress-deadline"
 SPEC_CHANGES = PREFIX + "spec-changes"
 DECISION = PREFIX + "decision"
+DECISION_SIGNATURE = PREFIX + "decision-signature"
 POD_GROUP = PREFIX + "pod-group"  # scheduling gate and pod label naming a revision's gang
-KNOWN = {ENABLED, SERVICE_CLASS, MODEL, ACCELERATORS, MIN_REPLICAS, MAX_REPLICAS, PROGRESS_DEADLINE, SPEC_CHANGES, DECISION}
+KNOWN = {
+    ENABLED,
+    SERVICE_CLASS,
+    MODEL,
+    ACCELERATORS,
+    MIN_REPLICAS,
+    MAX_REPLICAS,
+    PROGRESS_DEADLINE,
+    SPEC_CHANGES,
+    DECISION,
+    DECISION_SIGNATURE,
+}
 
 KNATIVE_CLASS = "autoscaling.knative.dev/class"
 OUR_KNATIVE_CLASS = "optimizer.autoscaling.inference-autoscaler.io"

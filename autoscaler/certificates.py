@@ -72,10 +72,17 @@ class Authority:
         return Authority(key, x509.load_pem_x509_certificate(cert_pem.encode()))
 
     def issue(
-        self, cn: str, names: list[str], client: bool = False, days: float = SERVING_DAYS, now: datetime.datetime | None = None
+        self,
+        cn: str,
+        names: list[str],
+        client: bool = False,
+        days: float = SERVING_DAYS,
+        now: datetime.datetime | None = None,
+        peer: bool = False,
     ) -> tuple[str, str]:
         """(certificate PEM, key PEM) for `cn`: a server certificate for DNS names / IPs in
-        `names`, or a client certificate when `client`."""
+        `names`, a client certificate when `client`, or both when `peer` (our components
+        authenticate each other with it: the decision stream's mutual TLS)."""
         key = ec.generate_private_key(ec.SECP256R1())
         start = now or _now()
         builder = (
@@ -89,8 +96,10 @@ class Authority:
         )
         if names:
             builder = builder.add_extension(x509.SubjectAlternativeName([_san(n) for n in names]), critical=False)
-        usage = ExtendedKeyUsageOID.CLIENT_AUTH if client else ExtendedKeyUsageOID.SERVER_AUTH
-        cert = builder.add_extension(x509.ExtendedKeyUsage([usage]), critical=False).sign(self.key, hashes.SHA256())
+        usages = [ExtendedKeyUsageOID.CLIENT_AUTH] if client else [ExtendedKeyUsageOID.SERVER_AUTH]
+        if peer:
+            usages = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+        cert = builder.add_extension(x509.ExtendedKeyUsage(usages), critical=False).sign(self.key, hashes.SHA256())
         return pem(cert), key_pem(key)
 
 
@@ -123,6 +132,12 @@ def needs_renewal(cert_pem: str, ca_pem: str, names: list[str], now: datetime.da
         covered = set()
     if not set(names) <= covered:
         return f"does not cover {sorted(set(names) - covered)}"
+    try:
+        usages = set(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value)
+    except x509.ExtensionNotFound:
+        usages = set()
+    if ExtendedKeyUsageOID.CLIENT_AUTH not in usages:  # issued before the decision stream's mutual TLS
+        return "cannot authenticate as a client"
     now = now or _now()
     life = cert.not_valid_after_utc - cert.not_valid_before_utc
     if cert.not_valid_after_utc - now < life * RENEW_WHEN_LEFT:

@@ -146,6 +146,15 @@ class Kube:
     async def get(self, resource: Resource, namespace: str | None, name: str) -> dict:
         return await self.request("GET", resource.path(namespace, name))
 
+    async def find(self, resource: Resource, namespace: str | None, name: str) -> dict | None:
+        """get, with None for an object that does not exist (yet)."""
+        try:
+            return await self.get(resource, namespace, name)
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+            return None
+
     async def list(self, resource: Resource, namespace: str | None = None, label_selector: str = "") -> dict:
         query = {"labelSelector": label_selector} if label_selector else None
         return await self.request("GET", resource.path(namespace), query=query)

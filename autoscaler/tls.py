@@ -8,6 +8,7 @@ soon as it has been read. A file that fails to load leaves the previous context 
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import os
 import ssl
@@ -65,3 +66,12 @@ class ReloadingTLS:
                 continue  # mid-rotation: files briefly missing
             if changed and self.reload():
                 log.info("reloaded serving certificate from %s", self.cert_file)
+
+
+def is_loopback(address: str) -> bool:
+    """Whether host:port names this machine only: where we allow plaintext (tests, local runs)."""
+    host = address.rpartition(":")[0].strip("[]")
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

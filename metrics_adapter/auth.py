@@ -9,32 +9,27 @@ extension API server.
 - Otherwise a bearer token is checked with a TokenReview.
 - Every request is then authorised with a SubjectAccessReview: verb "list" on the metric as a
   resource of external.metrics.k8s.io in the namespace, or "get" on the path for discovery.
-Both reviews are cached for 10 s. No identity: 401. Not allowed: 403. Review API down: 503.
+The reviews and their caches are shared with the controller (autoscaler/kube_auth.py). No
+identity: 401. Not allowed: 403. Review API down: 503.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 import json
 import logging
 import time
-from dataclasses import dataclass, field
-from typing import Awaitable, Callable, Mapping, Protocol
+from dataclasses import dataclass
+from typing import Callable, Mapping
 
 from aiohttp import web
+
+from autoscaler import kube_auth
+from autoscaler.kube_auth import CACHE_TTL_S, Access, ReviewCaches, Reviews, ReviewUnavailable, UserInfo
 
 from .api import GROUP, VERSION, status
 
 log = logging.getLogger(__name__)
-CACHE_TTL_S = 10.0
-
-
-@dataclass(frozen=True)
-class UserInfo:
-    name: str
-    groups: tuple[str, ...] = ()
-    extra: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+__all__ = ["Gatekeeper", "KubernetesReviews", "RequestHeaderConfig", "ReviewUnavailable", "UserInfo"]
 
 
 @dataclass(frozen=True)
@@ -60,44 +55,6 @@ class RequestHeaderConfig:
         )
 
 
-class ReviewUnavailable(Exception):
-    """The Kubernetes API could not answer a review."""
-
-
-class Reviews(Protocol):
-    async def token_review(self, token: str) -> UserInfo | None: ...
-
-    async def access_review(self, user: UserInfo, namespace: str, metric: str, path: str) -> tuple[bool, str]: ...
-
-
-class TtlCache:
-    """Answers kept for `ttl_s`; concurrent misses of one key share a single lookup, so an entry
-    expiring under load costs one review, not one per request in flight (a thundering herd)."""
-
-    def __init__(self, ttl_s: float = CACHE_TTL_S, clock: Callable[[], float] = time.monotonic, limit: int = 10_000):
-        self.ttl_s, self.clock, self.limit = ttl_s, clock, limit
-        self._entries: dict = {}
-        self._loading: dict[object, asyncio.Future] = {}
-
-    async def get_or_load(self, key, load: Callable[[], Awaitable]):
-        entry = self._entries.get(key)
-        if entry is not None and self.clock() - entry[0] <= self.ttl_s:
-            return entry[1]
-        pending = self._loading.get(key)
-        if pending is None:
-            pending = self._loading[key] = asyncio.ensure_future(load())
-            pending.add_done_callback(lambda done: self._finish(key, done))
-        return await asyncio.shield(pending)
-
-    def _finish(self, key, done: asyncio.Future) -> None:
-        self._loading.pop(key, None)
-        if done.cancelled() or done.exception() is not None:
-            return  # failures are not cached: the next request asks again
-        if len(self._entries) >= self.limit:
-            self._entries.clear()  # crude but bounded: a burst of distinct callers cannot grow it
-        self._entries[key] = (self.clock(), done.result())
-
-
 def _common_name(peercert: dict | None) -> str | None:
     for rdn in (peercert or {}).get("subject", ()):
         for name, value in rdn:
@@ -115,9 +72,7 @@ class Gatekeeper:
         clock: Callable[[], float] = time.monotonic,
     ):
         self.requestheader = requestheader
-        self.reviews = reviews
-        self._tokens = TtlCache(cache_ttl_s, clock)
-        self._access = TtlCache(cache_ttl_s, clock)
+        self.caches = ReviewCaches(reviews, cache_ttl_s, clock)
 
     def _front_proxy_user(self, request: web.Request) -> UserInfo | None:
         transport = request.transport
@@ -140,32 +95,19 @@ class Gatekeeper:
                     extra.setdefault(key[len(prefix) :].lower(), tuple(headers.getall(key)))
         return UserInfo(user, groups, extra)
 
-    async def _token_user(self, request: web.Request) -> UserInfo | None:
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            return None
-        key = hashlib.sha256(token.strip().encode()).hexdigest()
-        return await self._tokens.get_or_load(key, lambda: self.reviews.token_review(token.strip()))
-
     async def authorize(self, request: web.Request, namespace: str, metric: str) -> web.Response | None:
         try:
             try:
-                user = self._front_proxy_user(request) or await self._token_user(request)
+                user = self._front_proxy_user(request) or await self.caches.token_user(request)
             except web.HTTPForbidden as exc:
                 return status(403, "Forbidden", exc.reason)
             if user is None:
                 return status(401, "Unauthorized", "Unauthorized: no trusted client certificate and no valid bearer token")
-            key = (
-                user.name,
-                user.groups,
-                tuple(sorted(user.extra.items())),
-                namespace,
-                metric,
-                request.path if not metric else "",
-            )
-            allowed, reason = await self._access.get_or_load(
-                key, lambda: self.reviews.access_review(user, namespace, metric, request.path)
-            )
+            if metric:
+                access = Access("list", group=GROUP, version=VERSION, resource=metric, namespace=namespace)
+            else:
+                access = Access("get", path=request.path)
+            allowed, reason = await self.caches.allowed(user, access)
         except ReviewUnavailable as exc:
             log.warning("review failed: %s", exc)
             return status(503, "ServiceUnavailable", f"cannot check access with the Kubernetes API: {exc}")
@@ -178,51 +120,8 @@ class Gatekeeper:
         return status(403, "Forbidden", f"{user.name} cannot {what}" + (f": {reason}" if reason else ""))
 
 
-class KubernetesReviews:
-    """Reviews and the request-header ConfigMap through the Kubernetes API (kubernetes_asyncio)."""
-
-    def __init__(self, api_client):
-        from kubernetes_asyncio import client
-
-        self._client = client
-        self._authn = client.AuthenticationV1Api(api_client)
-        self._authz = client.AuthorizationV1Api(api_client)
-        self._core = client.CoreV1Api(api_client)
-
-    async def _call(self, coroutine):
-        from kubernetes_asyncio.client.exceptions import ApiException
-
-        try:
-            return await coroutine
-        except ApiException as exc:
-            raise ReviewUnavailable(f"HTTP {exc.status} {exc.reason}") from None
-        except OSError as exc:
-            raise ReviewUnavailable(str(exc)) from None
-
-    async def token_review(self, token: str) -> UserInfo | None:
-        c = self._client
-        review = await self._call(self._authn.create_token_review(c.V1TokenReview(spec=c.V1TokenReviewSpec(token=token))))
-        result = review.status
-        if not result or not result.authenticated or not result.user:
-            return None
-        extra = {k: tuple(v) for k, v in (result.user.extra or {}).items()}
-        return UserInfo(result.user.username, tuple(result.user.groups or ()), extra)
-
-    async def access_review(self, user: UserInfo, namespace: str, metric: str, path: str) -> tuple[bool, str]:
-        c = self._client
-        if metric:
-            attributes = {
-                "resource_attributes": c.V1ResourceAttributes(
-                    group=GROUP, version=VERSION, resource=metric, namespace=namespace, verb="list"
-                )
-            }
-        else:
-            attributes = {"non_resource_attributes": c.V1NonResourceAttributes(path=path, verb="get")}
-        spec = c.V1SubjectAccessReviewSpec(
-            user=user.name, groups=list(user.groups), extra={k: list(v) for k, v in user.extra.items()}, **attributes
-        )
-        review = await self._call(self._authz.create_subject_access_review(c.V1SubjectAccessReview(spec=spec)))
-        return bool(review.status and review.status.allowed), (review.status.reason or "") if review.status else ""
+class KubernetesReviews(kube_auth.KubernetesReviews):
+    """The reviews, and the request-header ConfigMap, through the Kubernetes API."""
 
     async def requestheader_config(self) -> RequestHeaderConfig:
         configmap = await self._call(self._core.read_namespaced_config_map("extension-apiserver-authentication", "kube-system"))

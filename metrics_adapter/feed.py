@@ -15,7 +15,7 @@ import random
 import grpc
 
 from autoscaler.decision_metrics import figures_of, labels_of
-from autoscaler.decision_stream import decision_key
+from autoscaler.decision_stream import MutualTLS, decision_key
 from autoscaler.proto import decisions_pb2 as pb
 from autoscaler.proto import decisions_pb2_grpc as pb_grpc
 
@@ -30,8 +30,18 @@ def series_of(decision: pb.Decision) -> list[Series]:
 
 
 class DecisionFeed:
-    def __init__(self, target: str, store: MetricStore, initial_backoff_s: float = 0.5, max_backoff_s: float = 30.0):
+    def __init__(
+        self,
+        target: str,
+        store: MetricStore,
+        initial_backoff_s: float = 0.5,
+        max_backoff_s: float = 30.0,
+        tls: MutualTLS | None = None,
+        server_name: str = "",
+    ):
         self.target = target
+        self.tls = tls  # None: plaintext, for a controller on loopback only
+        self.server_name = server_name  # the name the controller's certificate must cover, if not the target's host
         self.store = store
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
@@ -66,11 +76,17 @@ class DecisionFeed:
         elif kind == "removed":
             self._remove((event.removed.namespace, event.removed.isvc, event.removed.revision))
 
+    def _channel(self) -> grpc.aio.Channel:
+        if self.tls is None:
+            return grpc.aio.insecure_channel(self.target)
+        options = [("grpc.ssl_target_name_override", self.server_name)] if self.server_name else []
+        return grpc.aio.secure_channel(self.target, self.tls.channel_credentials(), options)
+
     async def run(self) -> None:
         backoff = self.initial_backoff_s
         while True:
             try:
-                async with grpc.aio.insecure_channel(self.target) as channel:
+                async with self._channel() as channel:
                     stream = pb_grpc.DecisionServiceStub(channel).WatchDecisions(pb.WatchRequest(client="metrics-adapter"))
                     async for event in stream:
                         if not self.connected:
@@ -80,6 +96,8 @@ class DecisionFeed:
                     log.warning("decision stream from %s ended", self.target)
             except grpc.aio.AioRpcError as exc:
                 log.warning("decision stream from %s failed: %s; serving the last values", self.target, exc.code().name)
+            except OSError as exc:  # our certificate files unreadable (mid-rotation): try again later
+                log.warning("decision stream: cannot read the client certificate: %s", exc)
             self.connected = False
             await asyncio.sleep(backoff * random.uniform(0.8, 1.2))
             backoff = min(backoff * 2, self.max_backoff_s)

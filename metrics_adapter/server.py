@@ -16,7 +16,8 @@ from autoscaler.errors import InputError
 
 from .api import build_app
 from .auth import Gatekeeper, KubernetesReviews, ReviewUnavailable
-from autoscaler.tls import ReloadingTLS
+from autoscaler.decision_stream import MutualTLS
+from autoscaler.tls import ReloadingTLS, is_loopback
 
 log = logging.getLogger(__name__)
 REQUESTHEADER_REFRESH_S = 300.0
@@ -32,6 +33,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--decisions", default="inference-autoscaler-controller:9090", help="controller's DecisionService host:port"
+    )
+    parser.add_argument(
+        "--decisions-ca-file",
+        type=Path,
+        help="CA of the controller's certificate: the stream then runs over mutual TLS with our serving pair as the "
+        "client certificate (without it: plaintext, to a loopback address only)",
     )
     parser.add_argument("--prometheus-url", default="http://prometheus:9090")
     parser.add_argument("--stale-after", type=float, default=90.0, help="seconds after which values are labelled stale")
@@ -53,6 +60,8 @@ async def serve(args: argparse.Namespace) -> int:
     for path in (args.tls_cert_file, args.tls_private_key_file):
         if not path.is_file():
             raise InputError(str(path), "", "file not found")
+    if args.source == "store" and args.decisions_ca_file is None and not is_loopback(args.decisions):
+        raise InputError("command line", "--decisions-ca-file", "the decision stream is plaintext only to a loopback address")
     if not 0 < args.stale_after <= args.max_age:
         raise InputError("command line", "--stale-after", "must be > 0 and at most --max-age")
     api_client = await _kube_client(args.kubeconfig)
@@ -73,7 +82,10 @@ async def serve(args: argparse.Namespace) -> int:
         from .store import MetricStore
 
         source = MetricStore(args.stale_after, args.max_age)
-        feed = DecisionFeed(args.decisions, source)
+        stream_tls = None
+        if args.decisions_ca_file:
+            stream_tls = MutualTLS(args.tls_cert_file, args.tls_private_key_file, args.decisions_ca_file)
+        feed = DecisionFeed(args.decisions, source, tls=stream_tls)
         tasks.append(asyncio.create_task(feed.run()))
         ready = feed.synced.is_set
 

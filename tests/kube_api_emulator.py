@@ -22,7 +22,7 @@ class Grant:
     subject: str  # a user name, or "group:NAME"
     resource: str = "*"  # a metric name, or "*"
     namespace: str = "*"
-    paths: bool = True  # may also get non-resource paths (discovery)
+    paths: bool | tuple[str, ...] = True  # non-resource paths: all, none, or these "verb /path" pairs
 
 
 @dataclass
@@ -74,7 +74,9 @@ class KubeApiEmulator:
             if grant.subject not in subjects:
                 continue
             if resource is None:
-                allowed = allowed or grant.paths
+                asked = spec.get("nonResourceAttributes") or {}
+                pairs = grant.paths if isinstance(grant.paths, tuple) else ()
+                allowed = allowed or grant.paths is True or f"{asked.get('verb')} {asked.get('path')}" in pairs
             elif (
                 resource.get("verb") == "list"
                 and resource.get("group") == "external.metrics.k8s.io"

@@ -64,11 +64,11 @@ async def test_secret_created_ca_injected_and_a_second_pass_writes_nothing():
         manager = CertificateManager(kube, TARGET)
         material = await manager.reconcile()
         secret = store.get(SECRETS, NAMESPACE, "inference-autoscaler-tls")
-        assert secret["type"] == "kubernetes.io/tls" and set(secret["data"]) == {"tls.crt", "tls.key", "ca.crt", "ca.key"}
+        assert secret["type"] == "kubernetes.io/tls" and set(secret["data"]) == {"tls.crt", "tls.key", "ca.crt"}
         assert bundles(store) == {base64.b64encode(material.ca.encode()).decode()}
-        assert manager.writes == 3
+        assert manager.writes == 4  # the CA's Secret, the serving Secret, two bundles
         await manager.reconcile()
-        assert manager.writes == 3
+        assert manager.writes == 4
     finally:
         await kube.close()
         await runner.cleanup()
@@ -85,7 +85,7 @@ async def test_renewal_before_expiry_keeps_the_ca_and_the_bundles():
         clock.now += datetime.timedelta(days=2)  # under a third left: renew
         renewed = await manager.reconcile()
         assert renewed.cert != first.cert and renewed.ca == first.ca
-        assert manager.writes == 4  # create, 2 bundles, 1 renewal: the bundles did not change
+        assert manager.writes == 5  # 2 Secrets, 2 bundles, 1 renewal: the bundles did not change
         wider = CertificateManager(
             kube, CertificateTarget(**{**TARGET.__dict__, "names": NAMES + ("extra.example",)}), clock=clock
         )

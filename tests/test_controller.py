@@ -25,9 +25,11 @@ from autoscaler.controller.controller import Controller, ControllerSettings
 from autoscaler.kube import Kube
 from autoscaler.controller.server import build_app
 from autoscaler.decision_stream import DecisionHub
+from autoscaler.kube_auth import KubernetesReviews, PathGate
 
-from .cluster_objects import CONFIGMAPS, HPAS, ISVCS, NAMESPACE, NODES, PAS, SKSS, data_configmap, isvc, node, pod_autoscaler
-from .kube_api_emulator import KubeApiEmulator
+from .cluster_objects import CONFIGMAPS, HPAS, ISVCS, NAMESPACE, NODES, PAS, SIGNER, SKSS, data_configmap, isvc, node
+from .cluster_objects import pod_autoscaler
+from .kube_api_emulator import Grant, KubeApiEmulator
 from .prometheus_server import PrometheusServer, free_port
 from .test_controller_planning import observed
 from .test_metrics_adapter_https import serve
@@ -68,7 +70,8 @@ class Cluster:
         await self.runner.cleanup()
 
     async def controller(self, collector) -> Controller:
-        controller = Controller(Kube.at(self.url), collector, DecisionHub(), ControllerSettings(namespace=NAMESPACE))
+        settings = ControllerSettings(namespace=NAMESPACE)
+        controller = Controller(Kube.at(self.url), collector, DecisionHub(), settings, signer=SIGNER)
         await controller.start(sync_timeout_s=10)
         return controller
 
@@ -306,14 +309,18 @@ async def test_invoke_and_metrics_endpoints():
     async with Cluster() as cluster:
         cluster.store.put(ISVCS, isvc("chat", "llama_13b"))
         controller = await cluster.controller(StandInCollector({("prod", "chat"): observed(8.0)}))
-        client = TestClient(TestServer(build_app(controller, controller.hub)))
+        cluster.emulator.tokens["ops-token"] = {"username": "ops"}
+        cluster.emulator.grants.append(Grant("ops"))
+        gate = PathGate(KubernetesReviews(controller.kube.api))
+        client = TestClient(TestServer(build_app(controller, controller.hub, gate.authorize, 15.0)))
         await client.start_server()
+        ops = {"Authorization": "Bearer ops-token"}
         try:
             assert (await client.get("/readyz")).status == 503
-            response = await client.post("/invoke")
+            response = await client.post("/invoke", headers=ops)
             body = await response.json()
             assert response.status == 200 and body["services"] == 1 and set(body) >= {"collect_s", "optimize_s", "actuate_s"}
-            text = await (await client.get("/metrics")).text()
+            text = await (await client.get("/metrics", headers=ops)).text()
             assert 'inference_autoscaler_desired_replicas{namespace="prod",isvc="chat"' in text
             assert 'inference_autoscaler_cycle_phase_seconds{phase="optimize"}' in text
             assert "inference_autoscaler_cycles_total 1" in text

@@ -15,7 +15,7 @@ from autoscaler.controller.services import ServiceReader, read_services
 from autoscaler.policy.decisions import LastDecision
 from autoscaler.errors import InputError
 
-from .cluster_objects import data_configmap, gpu_pod, isvc, node
+from .cluster_objects import SIGNER, data_configmap, gpu_pod, isvc, node
 
 DATA = cluster_data(data_configmap(), "test")
 CAPACITY = {"L4": 64, "L40S": 64, "A100": 64, "H100": 64, "AIU2": 0, "G2": 0, "MI210": 0, "MI250": 0, "MI300X": 0}
@@ -44,7 +44,8 @@ def service(name="chat", model="llama_13b", last: LastDecision | None = None, **
     obj = isvc(name, model, **extra)
     if last is not None:
         obj["metadata"]["annotations"][ann.DECISION] = last.to_json()
-    services, rejected = read_services([obj], DATA.catalog)
+        obj["metadata"]["annotations"][ann.DECISION_SIGNATURE] = SIGNER.sign("", "prod", name, last.to_json())
+    services, rejected = read_services([obj], DATA.catalog, SIGNER)
     assert not rejected, rejected
     return services[0]
 
@@ -95,7 +96,7 @@ def test_isvcs_with_unknown_models_or_bad_annotations_are_rejected_with_the_reas
     unknown = isvc("mystery", "gpt-17")
     bad = isvc("broken", "llama_13b", min_replicas="five")
     other = {"metadata": {"name": "plain", "namespace": "prod"}}
-    services, rejected = read_services([good, unknown, bad, other], DATA.catalog)
+    services, rejected = read_services([good, unknown, bad, other], DATA.catalog, SIGNER)
     assert [s.name for s in services] == ["chat"]
     assert {r.name: r.problem for r in rejected}.keys() == {"mystery", "broken"}
     assert "unknown model 'gpt-17'" in rejected[0].problem and "min-replicas" in rejected[1].problem
@@ -209,7 +210,7 @@ def test_roll_out_patch_sets_gpu_affinity_resources_and_max_num_seqs():
 
 
 def test_service_reader_reads_an_isvc_again_only_when_it_changed():
-    reader = ServiceReader()
+    reader = ServiceReader(SIGNER)
     obj = isvc("chat", "llama_13b")
     obj["metadata"]["resourceVersion"] = "1"
     [first], _ = reader.read([obj], DATA.catalog)

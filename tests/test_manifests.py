@@ -162,41 +162,72 @@ def test_one_certificate_covers_both_https_services(default):
     webhook = one(default, "Deployment", "webhook")["spec"]["template"]["spec"]
     args = dict(a.split("=", 1) for a in webhook["containers"][0]["args"] if "=" in a)
     secret = args["--manage-certificates"].split("/")[1]
-    assert set(args["--services"].split(",")) == {"webhook", "metrics-adapter"}
+    assert set(args["--services"].split(",")) == {"webhook", "metrics-adapter", "controller"}
     assert args["--webhook-configuration"] == "inference-autoscaler"
     assert args["--api-service"] == one(default, "APIService", "v1beta1.external.metrics.k8s.io")["metadata"]["name"]
-    adapter = one(default, "Deployment", "metrics-adapter")["spec"]["template"]["spec"]
-    assert adapter["volumes"][0]["secret"]["secretName"] == secret
-    assert {i["key"] for i in adapter["volumes"][0]["secret"]["items"]} == {"tls.crt", "tls.key"}
+    for component in ("metrics-adapter", "controller"):
+        pod = one(default, "Deployment", component)["spec"]["template"]["spec"]
+        assert pod["volumes"][0]["secret"]["secretName"] == secret
+        assert {i["key"] for i in pod["volumes"][0]["secret"]["items"]} == {"tls.crt", "tls.key", "ca.crt"}
+        mounted = {a.split("=", 1)[1] for a in pod["containers"][0]["args"] if a.endswith((".crt", ".key"))}
+        assert mounted <= {f"/var/run/serving-cert/{i}" for i in ("tls.crt", "tls.key", "ca.crt")} and len(mounted) == 3
+
+
+WRITES = {"create", "update", "patch", "delete", "deletecollection", "*"}
+CONTROLLER_CALLS = [  # (API group, resource, verb) of every call the controller makes
+    ("serving.kserve.io", "inferenceservices", "watch"),
+    ("serving.kserve.io", "inferenceservices", "patch"),
+    ("serving.kserve.io", "inferenceservices/status", "patch"),
+    ("autoscaling", "horizontalpodautoscalers", "watch"),
+    ("autoscaling", "horizontalpodautoscalers", "create"),
+    ("autoscaling", "horizontalpodautoscalers", "patch"),
+    ("autoscaling", "horizontalpodautoscalers", "delete"),
+    ("autoscaling.internal.knative.dev", "podautoscalers", "watch"),
+    ("autoscaling.internal.knative.dev", "podautoscalers/status", "patch"),
+    ("networking.internal.knative.dev", "serverlessservices", "watch"),
+    ("networking.internal.knative.dev", "serverlessservices", "create"),
+    ("apps", "deployments/scale", "patch"),
+    ("", "pods", "watch"),
+    ("", "pods", "get"),
+    ("", "pods", "patch"),
+    ("", "pods", "delete"),
+    ("", "events", "create"),
+    ("", "nodes", "watch"),
+]
+
+
+def _allows(rules, group, resource, verb):
+    return any(group in r.get("apiGroups", ()) and resource in r.get("resources", ()) and verb in r["verbs"] for r in rules)
 
 
 def test_rbac_covers_what_each_component_calls(default):
     rules = {r["metadata"]["name"]: r["rules"] for r in default if r["kind"] in ("ClusterRole", "Role")}
-
-    def allowed(role, group, resource, verb):
-        return any(group in r["apiGroups"] and resource in r["resources"] and verb in r["verbs"] for r in rules[role])
-
-    controller = "inference-autoscaler-controller"
-    for group, resource, verb in [
-        ("serving.kserve.io", "inferenceservices", "watch"),
-        ("serving.kserve.io", "inferenceservices/status", "patch"),
-        ("autoscaling", "horizontalpodautoscalers", "create"),
-        ("autoscaling.internal.knative.dev", "podautoscalers/status", "patch"),
-        ("networking.internal.knative.dev", "serverlessservices", "create"),
-        ("apps", "deployments/scale", "patch"),
-        ("", "pods", "patch"),
-        ("", "pods", "delete"),
-        ("", "events", "create"),
-        ("", "nodes", "watch"),
-    ]:
-        assert allowed(controller, group, resource, verb), (group, resource, verb)
-    assert allowed("controller", "", "configmaps", "update")
-    assert allowed(
-        "inference-autoscaler-webhook-ca-injection", "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "update"
-    )
+    cluster_wide = rules["inference-autoscaler-controller"]
+    per_namespace = rules["inference-autoscaler-controller-namespace"]
+    for group, resource, verb in CONTROLLER_CALLS:
+        granted = _allows(cluster_wide, group, resource, verb) or _allows(per_namespace, group, resource, verb)
+        assert granted, (group, resource, verb)
+    assert _allows(rules["controller"], "", "configmaps", "update")
+    webhook = rules["inference-autoscaler-webhook-ca-injection"]
+    assert _allows(webhook, "admissionregistration.k8s.io", "mutatingwebhookconfigurations", "update")
     refs = {(d["kind"], d["roleRef"]["name"]) for d in default if "roleRef" in d}
     assert ("ClusterRoleBinding", "system:auth-delegator") in refs
     assert ("RoleBinding", "extension-apiserver-authentication-reader") in refs
+
+
+def test_the_controller_writes_only_in_namespaces_bound_to_it(default):
+    """Cluster-wide the controller reads; its writes (pods, scale, HPAs, ISVCs...) are in a
+    ClusterRole that only a RoleBinding in an opted-in namespace grants."""
+    cluster_wide = one(default, "ClusterRole", "inference-autoscaler-controller")["rules"]
+    assert [r for r in cluster_wide if WRITES & set(r["verbs"])] == []
+    bound = {(d["kind"], d["roleRef"]["name"]) for d in default if "roleRef" in d}
+    assert ("ClusterRoleBinding", "inference-autoscaler-controller-namespace") not in bound
+    sample = [d for d in render(CONFIG / "samples") if d["kind"] == "RoleBinding"]
+    assert [(d["metadata"]["namespace"], d["roleRef"]["name"]) for d in sample] == [
+        ("llm", "inference-autoscaler-controller-namespace")
+    ]
+    assert sample[0]["subjects"] == [{"kind": "ServiceAccount", "name": "controller", "namespace": "inference-autoscaler"}]
+    assert validate(sample[0]) == []
 
 
 def test_services_and_probes_match_the_containers(default):
@@ -239,3 +270,72 @@ def test_cert_manager_overlay_hands_the_secret_to_cert_manager():
     certificate = one(documents, "Certificate", "inference-autoscaler-tls")
     assert "webhook.inference-autoscaler.svc" in certificate["spec"]["dnsNames"]
     assert [e for d in documents if d["apiVersion"].split("/")[0] not in CRD_GROUPS for e in validate(d)] == []
+
+
+def test_two_controllers_elect_a_leader_on_a_lease_they_may_write(default):
+    deployment = one(default, "Deployment", "controller")
+    assert deployment["spec"]["replicas"] == 2 and deployment["spec"]["strategy"]["type"] == "Recreate"
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}} in container["env"]
+    role = one(default, "Role", "controller")["rules"]
+    lease = [r for r in role if r["apiGroups"] == ["coordination.k8s.io"]]
+    assert {v for r in lease for v in r["verbs"]} >= {"get", "create", "update"}
+    named = [r for r in lease if "update" in r["verbs"]]
+    assert named and all(r["resourceNames"] == ["inference-autoscaler-controller"] for r in named)
+
+
+def test_secrets_are_read_by_name_and_only_the_webhook_reads_the_ca_key(default):
+    readers = {
+        (d["metadata"]["name"], tuple(r.get("resourceNames", ["*"])))
+        for d in default
+        if d["kind"] in ("Role", "ClusterRole")
+        for r in d["rules"]
+        if "secrets" in r.get("resources", ()) and {"get", "list", "watch"} & set(r["verbs"])
+    }
+    assert readers == {
+        ("webhook-certificates", ("inference-autoscaler-tls", "inference-autoscaler-tls-ca")),
+        ("controller", ("inference-autoscaler-decision-key",)),  # signs its decisions
+    }
+    for deployment in (d for d in default if d["kind"] == "Deployment"):
+        for volume in deployment["spec"]["template"]["spec"].get("volumes", []):
+            if "secret" in volume:  # named keys only: a whole-Secret mount would carry whatever is added to it
+                keys = {i["key"] for i in volume["secret"].get("items", [])}
+                assert keys and "ca.key" not in keys, deployment["metadata"]["name"]
+
+
+def _policy_for(default, component: str) -> dict:
+    pod = one(default, "Deployment", component)["spec"]["template"]
+    policies = [
+        d
+        for d in default
+        if d["kind"] == "NetworkPolicy"
+        and d["spec"]["podSelector"].get("matchLabels")
+        and d["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    ]
+    assert len(policies) == 1, (component, [p["metadata"]["name"] for p in policies])
+    return policies[0]
+
+
+def _ingress(policy: dict) -> dict[str, list[dict]]:
+    """port name -> the peers allowed to reach it."""
+    return {port["port"]: rule.get("from", []) for rule in policy["spec"]["ingress"] for port in rule["ports"]}
+
+
+def test_network_policies_let_in_only_who_must_come(default):
+    deny = [d for d in default if d["kind"] == "NetworkPolicy" and d["spec"]["podSelector"] == {}]
+    assert len(deny) == 1 and deny[0]["spec"]["policyTypes"] == ["Ingress"] and not deny[0]["spec"].get("ingress")
+    adapter_pods = one(default, "Deployment", "metrics-adapter")["spec"]["template"]["metadata"]["labels"]
+    for component in ("controller", "webhook", "metrics-adapter"):
+        policy = _policy_for(default, component)
+        assert policy["spec"]["policyTypes"] == ["Ingress"]
+        container = one(default, "Deployment", component)["spec"]["template"]["spec"]["containers"][0]
+        assert set(_ingress(policy)) == {p["name"] for p in container["ports"]}  # every port has its sources, no more
+    controller = _ingress(_policy_for(default, "controller"))
+    [stream] = controller["grpc"]
+    assert stream == {"podSelector": {"matchLabels": adapter_pods}}  # the decision stream: the adapter, in our namespace
+    [prometheus] = controller["https"]
+    assert prometheus["namespaceSelector"] == {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}
+    assert prometheus["podSelector"] == {"matchLabels": {"app.kubernetes.io/name": "prometheus"}}
+    for component in ("webhook", "metrics-adapter"):  # the API server: not a pod, so addresses
+        [api_server] = _ingress(_policy_for(default, component))["https"]
+        assert set(api_server) == {"ipBlock"}

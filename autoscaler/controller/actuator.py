@@ -13,6 +13,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from .. import annotations as ann
 from ..kserve import raw_predictor_deployment
 from ..optimizer.domain import Catalog
 from ..proto import decisions_pb2 as pb
@@ -30,6 +31,7 @@ from ..kube import (
 )
 from .conditions import write_condition
 from .manifests import condition, decision_message, hpa, hpa_differs, isvc_patch
+from .signing import DecisionSigner
 from ..policy.planner import Plan
 
 log = logging.getLogger(__name__)
@@ -49,8 +51,15 @@ class ActuationReport:
 
 
 class Actuator:
-    def __init__(self, kube: Kube, informers: Mapping[str, Informer], settings: ActuatorSettings = ActuatorSettings()):
+    def __init__(
+        self,
+        kube: Kube,
+        informers: Mapping[str, Informer],
+        signer: DecisionSigner,
+        settings: ActuatorSettings = ActuatorSettings(),
+    ):
         self.kube = kube
+        self.signer = signer
         self.informers = informers
         self.settings = settings
 
@@ -90,6 +99,10 @@ class Actuator:
         patch = isvc_patch(isvc, plan, products.get(accelerator.type, {accelerator.type}), gpus)
         written = None
         if patch is not None:
+            annotations, meta = patch["metadata"]["annotations"], isvc["metadata"]
+            annotations[ann.DECISION_SIGNATURE] = self.signer.sign(
+                meta.get("uid", ""), service.namespace, service.name, annotations[ann.DECISION]
+            )
             written = await with_retries(
                 lambda: self.kube.patch(INFERENCE_SERVICES, service.namespace, service.name, patch), f"annotate {service.key}"
             )

@@ -36,6 +36,7 @@ from ..kube import (
 )
 from ..policy.planner import PlannerSettings, PlannerState, plan
 from .services import ServiceReader
+from .signing import DecisionSigner
 
 log = logging.getLogger(__name__)
 REFREEZE_CYCLES = 20  # 10 minutes at the default period
@@ -97,6 +98,8 @@ class Controller:
         settings: ControllerSettings = ControllerSettings(),
         reserved_gpus: Callable[[], Mapping[str, int]] = dict,
         clock: Callable[[], float] = time.time,
+        *,
+        signer: DecisionSigner,
     ):
         self.kube = kube
         self.collector = collector
@@ -113,9 +116,9 @@ class Controller:
             "hpas": Informer(kube, HPAS, label_selector="app.kubernetes.io/managed-by=inference-autoscaler"),
             "data": Informer(kube, CONFIG_MAPS, namespace=settings.namespace),
         }
-        self.actuator = Actuator(kube, self.informers, settings.actuator)
+        self.actuator = Actuator(kube, self.informers, signer, settings.actuator)
         self.state = PlannerState()
-        self.services = ServiceReader()
+        self.services = ServiceReader(signer)
         self.data: ClusterData | None = None
         self._data_version = ""
         self.data_error = ""
@@ -157,8 +160,13 @@ class Controller:
                 log.error("%s", self.data_error)
         return self.data
 
-    async def cycle(self) -> CycleReport:
+    async def cycle(self, unless_within_s: float = 0.0) -> CycleReport | None:
+        """Run one cycle; None (nothing run) when the last one started less than `unless_within_s`
+        ago, checked under the lock so that concurrent callers cannot slip in one after another."""
         async with self._lock:
+            last = self.last_report
+            if last is not None and self.clock() - last.started_at < unless_within_s:
+                return None
             report = await self._cycle()
             self._settle_heap()
             self.cycles += 1

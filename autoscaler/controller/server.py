@@ -1,24 +1,51 @@
 """`inference-autoscaler controller`: the control loop with its HTTP endpoints (POST /invoke for
 one cycle now, /metrics, /healthz, /readyz), the gRPC DecisionService for the adapter, and gang
-admission of new revisions' pod groups (whose reserved GPUs the optimizer leaves alone)."""
+admission of new revisions' pod groups (whose reserved GPUs the optimizer leaves alone).
+
+Security: /metrics and /invoke carry every namespace's traffic and cost, and /invoke changes
+state, so both need a bearer token that a TokenReview accepts and a SubjectAccessReview allowing
+the path and method as a non-resource URL (autoscaler/kube_auth.py) - the same delegated checks
+as the metrics adapter, so Prometheus and operators are granted with ordinary RBAC
+(`nonResourceURLs`). A network policy alone would let any pod of an allowed namespace in, and
+is enforced only by some CNIs; loopback would keep Prometheus out. HTTPS serves with the
+certificate the webhook manages; the decision stream runs over mutual TLS. Without certificate
+files both listeners must be on loopback (a local run, tests). /invoke runs at most one cycle
+per --invoke-min-interval (429 and Retry-After otherwise): every cycle is a control period to
+the SLO calibration and the guards, so cycles on demand must not come faster than new load data.
+
+High availability: replicas elect a leader on a Lease (autoscaler/leader.py); only the leader
+runs cycles and gang admission and serves decisions, and only it is ready (so the Services route
+to it). A replica that loses the Lease exits: a restarted one resumes from the cluster.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import logging
+import math
 import os
 import signal
+import socket
+import ssl
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from aiohttp import web
 
 from .. import aio
 from ..decision_metrics import PROMETHEUS_PREFIX, exposition
-from ..decision_stream import DecisionHub, serve_decisions
+from ..decision_stream import DecisionHub, MutualTLS, serve_decisions
+from ..errors import InputError
+from ..kube_auth import KubernetesReviews, PathGate
+from ..leader import ElectionSettings, LeaderElector
+from ..tls import ReloadingTLS, is_loopback
 from ..gang.admission import GangAdmission
 from .catalog import node_gpu_types
 from .collector import CollectorSettings, PrometheusCollector
 from .controller import Controller, ControllerSettings
+from .signing import DecisionSigner
 from ..kube import Kube
 from ..policy.planner import PlannerSettings
 
@@ -55,12 +82,26 @@ def own_metrics(controller: Controller) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_app(controller: Controller, hub: DecisionHub) -> web.Application:
-    async def invoke(_: web.Request) -> web.Response:
-        report = await controller.cycle()
+Authorize = Callable[[web.Request], Awaitable[web.Response | None]]
+
+
+def build_app(controller: Controller, hub: DecisionHub, authorize: Authorize, invoke_min_interval_s: float) -> web.Application:
+    async def invoke(request: web.Request) -> web.Response:
+        if (denied := await authorize(request)) is not None:
+            return denied
+        if not hub.leading:
+            return web.Response(status=503, text="this controller replica is not the leader\n")
+        report = await controller.cycle(unless_within_s=invoke_min_interval_s)
+        if report is None:  # too soon after the last cycle: nothing run, nothing changed
+            last = controller.last_report
+            wait_s = max(1, math.ceil(invoke_min_interval_s - (controller.clock() - last.started_at))) if last else 1
+            body = {"error": f"the last cycle ran less than {invoke_min_interval_s:g} s ago; retry in {wait_s} s"}
+            return web.json_response(body, status=429, headers={"Retry-After": str(wait_s)})
         return web.json_response(report.as_dict(), status=200 if not report.error else 503)
 
-    async def metrics(_: web.Request) -> web.Response:
+    async def metrics(request: web.Request) -> web.Response:
+        if (denied := await authorize(request)) is not None:
+            return denied
         body = own_metrics(controller) + exposition(hub.current())
         return web.Response(text=body, content_type="text/plain", charset="utf-8")
 
@@ -68,6 +109,8 @@ def build_app(controller: Controller, hub: DecisionHub) -> web.Application:
         return web.Response(text="ok")
 
     async def readyz(_: web.Request) -> web.Response:
+        if not hub.leading:
+            return web.Response(text="standing by: not the leader", status=503)
         ready = controller.last_report is not None and controller.data is not None
         return web.Response(text="ok" if ready else "no cycle yet", status=200 if ready else 503)
 
@@ -92,8 +135,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--period", type=float, default=30.0, help="seconds between cycles")
     parser.add_argument("--window", type=int, default=60, help="seconds of history behind each rate")
     parser.add_argument("--startup-seconds", type=float, default=120.0, help="time from scale-up to a serving replica")
-    parser.add_argument("--listen", default="0.0.0.0:8080", help="HTTP address for /invoke, /metrics, /healthz")
+    parser.add_argument("--listen", default="0.0.0.0:8443", help="HTTPS address for /invoke, /metrics, /healthz")
     parser.add_argument("--decisions-address", default="0.0.0.0:9090", help="gRPC address of the DecisionService")
+    parser.add_argument("--tls-cert-file", type=Path, help="serving certificate (PEM) for HTTPS and gRPC, reloaded on change")
+    parser.add_argument("--tls-private-key-file", type=Path)
+    parser.add_argument("--client-ca-file", type=Path, help="CA that signs the decision stream's clients (PEM)")
+    parser.add_argument(
+        "--invoke-min-interval", type=float, default=15.0, help="seconds after a cycle before /invoke runs another"
+    )
+    parser.add_argument(
+        "--decision-key-secret", default="inference-autoscaler-decision-key", help="Secret with the key signing decisions"
+    )
+    parser.add_argument("--lease-name", default="inference-autoscaler-controller", help="Lease for leader election")
+    parser.add_argument("--lease-duration", type=float, default=15.0, help="seconds a follower waits on a silent leader")
+    parser.add_argument("--renew-deadline", type=float, default=10.0, help="seconds the leader may fail to renew")
+    parser.add_argument("--retry-period", type=float, default=2.0, help="seconds between election attempts")
     parser.add_argument("--no-hpa-tolerance", action="store_true", help="omit behavior tolerance (Kubernetes < 1.33 rejects it)")
 
 
@@ -102,9 +158,49 @@ def run(args: argparse.Namespace) -> int:
     return aio.run(_serve(args))
 
 
+def _transport(args: argparse.Namespace) -> tuple[ReloadingTLS | None, MutualTLS | None]:
+    files = (args.tls_cert_file, args.tls_private_key_file, args.client_ca_file)
+    if not any(files):
+        for flag, address in (("--listen", args.listen), ("--decisions-address", args.decisions_address)):
+            if not is_loopback(address):
+                need = "--tls-cert-file, --tls-private-key-file and --client-ca-file"
+                raise InputError("command line", flag, f"plaintext only on loopback: give {need}")
+        return None, None
+    if not all(files):
+        raise InputError("command line", "--tls-cert-file", "needs --tls-private-key-file and --client-ca-file too")
+    for path in files:
+        if not path.is_file():
+            raise InputError(str(path), "", "file not found")
+    try:
+        https = ReloadingTLS(args.tls_cert_file, args.tls_private_key_file)
+    except (OSError, ssl.SSLError) as exc:
+        raise InputError(str(args.tls_cert_file), "", f"cannot load the certificate: {exc}") from None
+    return https, MutualTLS(args.tls_cert_file, args.tls_private_key_file, args.client_ca_file)
+
+
+async def lead(elector: LeaderElector, hub: DecisionHub, workers: list[Callable[[], Awaitable]]) -> None:
+    """Run `workers` while this replica holds the Lease; returns once it has lost it (they are
+    stopped and the hub stops serving before the Lease can pass to another replica)."""
+    await elector.acquire()
+    hub.leading = True
+    tasks = [asyncio.create_task(work()) for work in workers]
+    try:
+        await elector.keep()
+    finally:
+        for task in tasks:
+            task.cancel()
+        hub.step_down()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     from .actuator import ActuatorSettings
 
+    https, mutual = _transport(args)
+    try:
+        election = ElectionSettings(args.lease_duration, args.renew_deadline, args.retry_period)
+    except ValueError as exc:
+        raise InputError("command line", "--lease-duration", str(exc)) from None
     kube = await Kube.connect(args.kubeconfig)
     collector = PrometheusCollector(args.prometheus_url, CollectorSettings(window_s=args.window, isvc_label=args.isvc_label))
     settings = ControllerSettings(
@@ -114,7 +210,13 @@ async def _serve(args: argparse.Namespace) -> int:
         actuator=ActuatorSettings(hpa_tolerance=not args.no_hpa_tolerance),
     )
     hub = DecisionHub()
-    controller = Controller(kube, collector, hub, settings)
+    hub.leading = False  # until elected
+    try:
+        signer = await DecisionSigner.from_secret(kube, args.namespace, args.decision_key_secret)
+    except BaseException:
+        await kube.close()
+        raise
+    controller = Controller(kube, collector, hub, settings, signer=signer)
     nodes = controller.informers["nodes"]
     gangs = GangAdmission(
         kube,
@@ -124,22 +226,36 @@ async def _serve(args: argparse.Namespace) -> int:
         node_types=lambda: node_gpu_types(nodes.objects.values(), controller.data) if controller.data else {},
     )
     controller.reserved_gpus = gangs.reserved_gpus
+    identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}_{uuid.uuid4()}"
+    elector = LeaderElector(kube, args.namespace, args.lease_name, identity, election)
+    gate = PathGate(KubernetesReviews(kube.api))
     grpc_server = runner = None
     tasks: list[asyncio.Task] = []
     try:  # whatever fails on the way up, everything started so far is stopped cleanly
-        grpc_server = await serve_decisions(hub, args.decisions_address)
-        await controller.start()
-        tasks.append(asyncio.create_task(gangs.run(), name="gang admission"))
-        runner = web.AppRunner(build_app(controller, hub))
+        grpc_server = await serve_decisions(hub, args.decisions_address, mutual)
+        await controller.start()  # followers keep warm caches too: a takeover starts at once
+        runner = web.AppRunner(build_app(controller, hub, gate.authorize, args.invoke_min_interval))
         await runner.setup()
         host, _, port = args.listen.rpartition(":")
-        await web.TCPSite(runner, host or "0.0.0.0", int(port)).start()
-        log.info("controller ready: HTTP %s, decisions on gRPC port %d", args.listen, grpc_server.bound_port)
+        await web.TCPSite(runner, host or "0.0.0.0", int(port), ssl_context=https.front if https else None).start()
+        if https:
+            tasks.append(asyncio.create_task(https.watch(), name="certificate reload"))
+        scheme = "HTTPS" if https else "HTTP"
+        log.info("controller up as %s: %s %s, decisions on gRPC port %d", identity, scheme, args.listen, grpc_server.bound_port)
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             asyncio.get_running_loop().add_signal_handler(sig, stop.set)
-        tasks.append(asyncio.create_task(controller.run(), name="control loop"))
-        await stop.wait()
+        leading = asyncio.create_task(lead(elector, hub, [controller.run, gangs.run]), name="leader election")
+        tasks.append(leading)
+        stopping = asyncio.create_task(stop.wait())
+        tasks.append(stopping)
+        await asyncio.wait([leading, stopping], return_when=asyncio.FIRST_COMPLETED)
+        if not stop.is_set():
+            log.error("lost the leader Lease: exiting so that a fresh replica resumes from the cluster")
+            return 1
+        leading.cancel()  # the workers stop before the Lease is handed over
+        await asyncio.gather(leading, return_exceptions=True)
+        await elector.release()  # a clean shutdown hands over at once
     finally:
         for task in tasks:
             task.cancel()
