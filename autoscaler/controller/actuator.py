@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ActuatorSettings:
-    hpa_tolerance: bool = True  # Kubernetes >= 1.33 honours behavior.*.tolerance
+    hpa_tolerance: bool = True  # honoured from Kubernetes 1.35 (1.33-1.34: alpha gate), else dropped
     concurrency: int = 32
 
 
@@ -62,6 +62,10 @@ class Actuator:
         self.signer = signer
         self.informers = informers
         self.settings = settings
+        # per HPA: (the spec we last sent, the spec the API server stored from it). The server
+        # defaults fields (behavior policies, selectPolicy) and drops those behind a disabled
+        # feature gate (behavior tolerance before 1.35), so what we send never reads back equal.
+        self._hpa_written: dict[tuple[str, str], tuple[dict, dict]] = {}
 
     async def apply(self, plans: list[Plan], catalog: Catalog, products: Mapping[str, set[str]], now: float) -> ActuationReport:
         report = ActuationReport()
@@ -143,21 +147,24 @@ class Actuator:
 
     async def _ensure_hpa(self, wanted: dict, report: ActuationReport) -> None:
         meta = wanted["metadata"]
-        current = self.informers["hpas"].objects.get((meta["namespace"], meta["name"]))
+        key = (meta["namespace"], meta["name"])
+        current = self.informers["hpas"].objects.get(key)
+        if current is not None and self._hpa_written.get(key) == (wanted["spec"], current.get("spec")):
+            return  # what the server made of our last write, untouched since
         if not hpa_differs(wanted, current):
             return
 
-        async def write() -> None:
+        async def write() -> dict:
             try:
                 if current is None:
-                    await self.kube.create(HPAS, meta["namespace"], wanted)
-                    return
+                    return await self.kube.create(HPAS, meta["namespace"], wanted)
             except ApiError as exc:
                 if exc.status != 409:  # created meanwhile (our own earlier attempt): update it instead
                     raise
-            await self.kube.patch(HPAS, meta["namespace"], meta["name"], {"spec": wanted["spec"]})
+            return await self.kube.patch(HPAS, meta["namespace"], meta["name"], {"spec": wanted["spec"]})
 
-        await with_retries(write, f"HPA {meta['namespace']}/{meta['name']}")
+        stored = await with_retries(write, f"HPA {meta['namespace']}/{meta['name']}")
+        self._hpa_written[key] = (wanted["spec"], stored.get("spec"))
         report.writes += 1
 
     async def _reconcile_pa(self, pa: dict, service, desired: int, bounds: tuple[int, int], report: ActuationReport) -> None:

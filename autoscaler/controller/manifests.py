@@ -53,8 +53,9 @@ def hpa(
     name: str, namespace: str, target: dict, selector: dict[str, str], bounds: tuple[int, int], owner: dict, tolerance: bool
 ) -> dict:
     """An autoscaling/v2 HPA on our desired-replicas figure: with averageValue 1 the HPA's
-    desired count is the published figure itself; tolerance 0 (Kubernetes >= 1.33, dropped by
-    older API servers) keeps it from ignoring +-1 steps at ten replicas and more."""
+    desired count is the published figure itself; tolerance 0 (HPAConfigurableTolerance: beta and
+    on from Kubernetes 1.35, alpha and off in 1.33-1.34; dropped by a server without it) keeps it
+    from ignoring +-1 steps at ten replicas and more."""
     behavior = {
         "scaleUp": {"stabilizationWindowSeconds": 0},
         "scaleDown": {"stabilizationWindowSeconds": SCALE_DOWN_WINDOW_S},

@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Builds the real Kubernetes control plane the e2e tests run against (tests/e2e/), from the Go
+# module proxy, into a cache outside the repository keyed by component and version, so only the
+# first run on a machine pays. Prints, on stdout, the one directory holding every binary.
+#
+#   hack/control-plane/build.sh            build what is missing, print the bin directory
+#
+# Components: kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from
+# k8s.io/kubernetes; etcd from go.etcd.io/etcd/server/v3; kwok (fake kubelet) from sigs.k8s.io/kwok.
+# Needs Go (go.mod of each component says which) and the module proxy; no cgo, no C toolchain.
+#
+# k8s.io/kubernetes cannot be `go install`ed: its go.mod replaces every k8s.io/* staging module with
+# ./staging/src/..., which the module zip does not contain. A throw-away consumer module requires
+# k8s.io/kubernetes and replaces each of those staging modules with its published v0.X.Y instead;
+# etcd's server module has the same problem (replaces ../api etc.) and the same cure, since a
+# dependency's replace directives are ignored and its requirements are the published versions.
+set -euo pipefail
+
+KUBERNETES_VERSION=${KUBERNETES_VERSION:-v1.36.3}
+ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
+KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
+CACHE=${CONTROL_PLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/inference-autoscaler/control-plane}
+
+export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--p=2} -trimpath" GOTOOLCHAIN=${GOTOOLCHAIN:-local}
+log() { echo "control-plane build: $*" >&2; }
+
+mkdir -p "$CACHE"
+exec 9>"$CACHE/.lock"
+flock 9  # one build at a time per machine; a second caller waits, then finds the cache filled
+
+# build_into NAME VERSION BODY...: runs BODY in a fresh consumer module and moves the result to
+# $CACHE/NAME-VERSION only when it succeeded, so a half-built component is never taken for done.
+build_into() {
+    local name=$1 version=$2 final="$CACHE/$1-$2"; shift 2
+    [ -d "$final" ] && return 0
+    command -v go >/dev/null || { log "cannot build $name $version: go is not installed (needs Go >= 1.26)"; exit 69; }
+    local work; work=$(mktemp -d "$CACHE/.build-$name-XXXX")
+    local start=$SECONDS
+    log "building $name $version (first run on this machine; see README for time and disk)"
+    ( cd "$work" && mkdir out && "$@" ) || { rm -rf "$work"; log "$name $version failed to build"; exit 1; }
+    mv "$work/out" "$final" && rm -rf "$work"
+    log "$name $version built in $((SECONDS - start)) s"
+}
+
+kubernetes() {
+    local minor=${KUBERNETES_VERSION#v1.} && minor=${minor%%.*}
+    local staging=v0.${KUBERNETES_VERSION#v1.}
+    go mod init consumer >/dev/null 2>&1
+    go mod edit -require "k8s.io/kubernetes@$KUBERNETES_VERSION"
+    local gomod; gomod=$(go mod download -json "k8s.io/kubernetes@$KUBERNETES_VERSION" |
+        sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')
+    local module
+    for module in $(sed -n 's#^\s*\(k8s\.io/[A-Za-z0-9._-]*\) => \./staging/.*#\1#p' "$gomod"); do
+        go mod edit -replace "$module=$module@$staging"
+    done
+    local pkg ldflags="-s -w" key val
+    for key in gitVersion gitMajor gitMinor gitTreeState buildDate; do
+        case $key in
+            gitVersion) val=$KUBERNETES_VERSION ;; gitMajor) val=1 ;; gitMinor) val=$minor ;;
+            gitTreeState) val=clean ;; buildDate) val=$(date -u +%Y-%m-%dT%H:%M:%SZ) ;;
+        esac
+        ldflags+=" -X k8s.io/component-base/version.$key=$val -X k8s.io/client-go/pkg/version.$key=$val"
+    done
+    # -mod=mod fills go.sum from the proxy (checked against sum.golang.org) as the build needs it;
+    # the published v0.X.Y of a staging module the graph lists but nothing imports (sample-cli-plugin)
+    # is never fetched.
+    for pkg in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
+        go build -mod=mod -ldflags "$ldflags" -o "out/$pkg" "k8s.io/kubernetes/cmd/$pkg"
+    done
+}
+
+etcd() {
+    go mod init consumer >/dev/null 2>&1
+    go mod edit -require "go.etcd.io/etcd/server/v3@$ETCD_VERSION"
+    go build -mod=mod -ldflags "-s -w" -o out/etcd go.etcd.io/etcd/server/v3
+}
+
+# kwok acts only by Stages: its own "fast" ones (node initialised Ready; pods Ready once bound,
+# deletions finished), taken from the module source so they match the binary.
+kwok() {
+    GOBIN="$PWD/out" go install -ldflags "-s -w" "sigs.k8s.io/kwok/cmd/kwok@$KWOK_VERSION"
+    local source; source=$(go mod download -json "sigs.k8s.io/kwok@$KWOK_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')
+    local stage
+    for stage in "$source"/kustomize/stage/node/fast/node-*.yaml "$source"/kustomize/stage/pod/fast/pod-*.yaml; do
+        printf -- '---\n' && cat "$stage"
+    done > out/kwok-stages.yaml
+}
+
+build_into etcd "$ETCD_VERSION" etcd
+build_into kwok "$KWOK_VERSION" kwok
+build_into kubernetes "$KUBERNETES_VERSION" kubernetes
+
+# One directory of links, named by the three versions, so callers need a single path.
+bin="$CACHE/bin-kubernetes-$KUBERNETES_VERSION-etcd-$ETCD_VERSION-kwok-$KWOK_VERSION"
+if [ ! -d "$bin" ]; then
+    tmp=$(mktemp -d "$CACHE/.bin-XXXX")
+    ln -s "$CACHE"/kubernetes-"$KUBERNETES_VERSION"/* "$CACHE/etcd-$ETCD_VERSION/etcd" \
+        "$CACHE/kwok-$KWOK_VERSION"/* "$tmp/"
+    mv "$tmp" "$bin"
+fi
+echo "$bin"

@@ -1,0 +1,209 @@
+"""The metrics adapter as the real v1beta1.external.metrics.k8s.io APIService, and the real HPA
+controller scaling on it.
+
+What the emulator cannot show: the kube-aggregator finding our server through an APIService and
+a Service (ExternalName: no kube-proxy here), verifying our certificate by the caBundle for the
+name <service>.<namespace>.svc, and proxying with its front-proxy client certificate and
+X-Remote-* headers, which our adapter must believe only from that CA (published by the real
+API server in kube-system/extension-apiserver-authentication); TokenReviews and
+SubjectAccessReviews answered by the real server under config/'s RBAC (auth-delegator, the
+authentication reader, the HPA's reader binding); and the real HPA controller (its own
+ServiceAccount, --use-service-account-credentials) turning our desired_replicas into a Deployment's
+replicas, then holding them when the adapter withholds data that is too old.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import ssl
+import threading
+import time
+import urllib.error
+import urllib.request
+
+import pytest
+import yaml
+
+from autoscaler import certificates
+from autoscaler.controller.manifests import hpa
+from autoscaler.decision_stream import DecisionHub, serve_decisions
+from autoscaler.proto import decisions_pb2 as pb
+
+from ..control_plane import ROOT
+from ..prometheus_server import free_port
+from .conftest import NAMESPACE, Process, kubectl_json
+
+HPA_NAMESPACE = "e2e-hpa"
+METRIC = f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{HPA_NAMESPACE}/desired_replicas?labelSelector=isvc%3Dchat"
+STALE_AFTER_S, MAX_AGE_S = 3, 6
+SCALE_WITHIN_S = 30  # HPA sync period 1 s; the adapter answers at once
+
+
+class DecisionFeed:
+    """The controller's DecisionService, republishing its decisions every second as the
+    controller does every cycle, on an event loop of its own (the fixtures are synchronous)."""
+
+    def __init__(self):
+        self.loop = asyncio.new_event_loop()
+        self.hub = DecisionHub()
+        self.replicas: dict[str, int] = {}
+        self.port = free_port()
+        self.server = None
+        started = threading.Event()
+        self.thread = threading.Thread(target=self._run, args=(started,), daemon=True)
+        self.thread.start()
+        started.wait(10)
+
+    def _run(self, started: threading.Event) -> None:
+        asyncio.set_event_loop(self.loop)
+
+        async def main() -> None:
+            self.server = await serve_decisions(self.hub, f"127.0.0.1:{self.port}")
+            started.set()
+            while True:
+                now = time.time()
+                self.hub.publish(
+                    pb.Decision(namespace=HPA_NAMESPACE, isvc=isvc, accelerator="H100", desired_replicas=n, decided_at=now)
+                    for isvc, n in self.replicas.items()
+                )
+                await asyncio.sleep(1)
+
+        self.task = self.loop.create_task(main())
+        try:
+            self.loop.run_until_complete(self.task)
+        except asyncio.CancelledError:
+            pass
+
+    def stop(self) -> None:
+        """The controller gone: the stream drops and nothing more is published."""
+
+        async def shutdown() -> None:
+            if self.server is not None:
+                await self.server.stop(None)
+            self.task.cancel()  # last: its end stops the loop this runs on
+
+        if self.thread.is_alive():
+            asyncio.run_coroutine_threadsafe(shutdown(), self.loop).result(10)
+            self.thread.join(10)
+
+
+@pytest.fixture(scope="module")
+def adapter(deployed, tmp_path_factory):
+    plane = deployed
+    directory = tmp_path_factory.mktemp("metrics-adapter")
+    ca = certificates.Authority.create("metrics-adapter-ca", days=1)
+    names = certificates.service_names("metrics-adapter", NAMESPACE) + ["localhost", "127.0.0.1"]
+    cert, key = ca.issue("metrics-adapter", names, days=1)
+    (directory / "tls.crt").write_text(cert)
+    (directory / "tls.key").write_text(key)
+    feed = DecisionFeed()
+    feed.replicas["chat"] = 3
+    port = free_port()
+    process = Process.start(
+        directory / "adapter.log", "metrics-adapter", f"--secure-port={port}", "--bind-address=127.0.0.1",
+        f"--tls-cert-file={directory / 'tls.crt'}", f"--tls-private-key-file={directory / 'tls.key'}",
+        f"--decisions=127.0.0.1:{feed.port}", f"--stale-after={STALE_AFTER_S}", f"--max-age={MAX_AGE_S}",
+        f"--kubeconfig={plane.service_account_kubeconfig(NAMESPACE, 'metrics-adapter')}",
+    )  # fmt: skip
+    context = ssl.create_default_context(cadata=ca.pem)
+    process.wait_ready(f"https://127.0.0.1:{port}/readyz", context)
+    # the Service the APIService names: ExternalName to this host, as there is no kube-proxy
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "metrics-adapter", "namespace": NAMESPACE},
+        "spec": {"type": "ExternalName", "externalName": "localhost", "ports": [{"port": port, "name": "https"}]},
+    }
+    api_service = yaml.safe_load((ROOT / "config" / "metrics-adapter" / "apiservice.yaml").read_text())
+    api_service["spec"]["service"]["port"] = port
+    api_service["spec"]["caBundle"] = base64.b64encode(ca.pem.encode()).decode()
+    plane.kubectl(
+        "apply",
+        "--server-side",
+        "--force-conflicts",
+        "--filename=-",
+        input=json.dumps({"apiVersion": "v1", "kind": "List", "items": [service, api_service]}),
+    )
+    plane.kubectl("wait", "--for=condition=Available", f"apiservice/{api_service['metadata']['name']}", "--timeout=60s")
+    plane.kubectl("create", "namespace", HPA_NAMESPACE)
+    yield plane, feed, port, context
+    plane.kubectl("delete", "apiservice", api_service["metadata"]["name"], check=False)
+    plane.kubectl("delete", "namespace", HPA_NAMESPACE, "--wait=false", check=False)
+    feed.stop()
+    log = process.stop()
+    assert "Traceback" not in log, log[-3000:]
+
+
+def direct(port: int, context: ssl.SSLContext, token: str) -> int:
+    """The adapter asked directly with a bearer token, as a client other than the aggregator."""
+    request = urllib.request.Request(f"https://127.0.0.1:{port}{METRIC}", headers={"Authorization": f"Bearer {token}"})
+    try:
+        with urllib.request.urlopen(request, context=context, timeout=10) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_external_metrics_through_the_aggregator_with_real_reviews(adapter):
+    plane, _, port, context = adapter
+    values = json.loads(plane.kubectl("get", "--raw", METRIC).stdout)
+    assert [(i["metricName"], i["value"]) for i in values["items"]] == [("desired_replicas", "3")]
+    assert values["items"][0]["metricLabels"]["isvc"] == "chat"
+
+    plane.kubectl("create", "serviceaccount", "nobody", f"--namespace={HPA_NAMESPACE}")
+    nobody = plane.service_account_kubeconfig(HPA_NAMESPACE, "nobody")
+    refused = plane.kubectl("get", "--raw", METRIC, kubeconfig=nobody, check=False)
+    assert refused.returncode != 0 and "forbidden" in refused.stderr.lower(), refused.stderr
+
+    # straight to the adapter: a TokenReview, then a SubjectAccessReview, both by the real server
+    assert direct(port, context, plane.service_account_token("kube-system", "horizontal-pod-autoscaler")) == 200
+    assert direct(port, context, plane.service_account_token(HPA_NAMESPACE, "nobody")) == 403
+    assert direct(port, context, "not-a-token") == 401
+
+
+def test_the_real_hpa_scales_to_desired_replicas_and_holds_when_data_is_withheld(adapter):
+    plane, feed, _, _ = adapter
+    labels = {"app": "chat-predictor"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "chat-predictor", "namespace": HPA_NAMESPACE},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "main", "image": "vllm", "resources": {"requests": {"cpu": "100m"}}}]},
+            },
+        },
+    }
+    plane.kubectl("apply", "--filename=-", input=json.dumps(deployment))
+    owner = kubectl_json(plane, "get", "deployment", "chat-predictor", f"--namespace={HPA_NAMESPACE}")
+    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat-predictor"}
+    autoscaler = hpa("chat-optimizer", HPA_NAMESPACE, target, {"isvc": "chat"}, (1, 10), owner, tolerance=True)
+    started = time.monotonic()
+    plane.kubectl("apply", "--filename=-", input=json.dumps(autoscaler))
+
+    def replicas() -> int:
+        return kubectl_json(plane, "get", "deployment", "chat-predictor", f"--namespace={HPA_NAMESPACE}")["spec"]["replicas"]
+
+    while replicas() != 3:
+        assert time.monotonic() - started < SCALE_WITHIN_S, kubectl_json(
+            plane, "get", "hpa", "chat-optimizer", f"--namespace={HPA_NAMESPACE}"
+        )["status"]
+        time.sleep(0.5)
+
+    feed.stop()  # the controller is gone: past --max-age the adapter serves nothing for chat
+
+    def scaling_active() -> str:
+        status = kubectl_json(plane, "get", "hpa", "chat-optimizer", f"--namespace={HPA_NAMESPACE}").get("status", {})
+        return next((c["status"] for c in status.get("conditions", []) if c["type"] == "ScalingActive"), "")
+
+    deadline = time.monotonic() + MAX_AGE_S + 20
+    while scaling_active() != "False":
+        assert time.monotonic() < deadline, "the HPA never lost its metric"
+        time.sleep(0.5)
+    time.sleep(3)  # several HPA syncs without data
+    assert replicas() == 3  # held, not scaled to minReplicas
