@@ -12,8 +12,11 @@ All live under the prefix `autoscaling.inference-autoscaler.io/`:
 | `progress-deadline` | seconds a new revision's pod group may wait for GPUs (default 600) |
 | `spec-changes` | `"true"` lets the controller roll out a new GPU type or batch size (default `"false"`) |
 
-The controller owns `decision` (its last decision, JSON: what a restarted controller resumes from)
-and `decision-signature` (its HMAC, without which the decision is ignored: autoscaler/controller/signing.py).
+The controller writes nothing on the ISVC's metadata or spec for a replica change: KServe copies
+ISVC annotations into the revision template and pod template, so a write there would be a
+rollout. Its last decision lives in its own namespace (autoscaler/controller/decision_store.py).
+`decision` is what versions before that wrote; it is ignored, and left in place since removing it
+would itself be one more rollout.
 """
 
 from __future__ import annotations
@@ -31,8 +34,7 @@ MIN_REPLICAS = PREFIX + "min-replicas"
 MAX_REPLICAS = PREFIX + "max-replicas"
 PROGRESS_DEADLINE = PREFIX + "progress-deadline"
 SPEC_CHANGES = PREFIX + "spec-changes"
-DECISION = PREFIX + "decision"
-DECISION_SIGNATURE = PREFIX + "decision-signature"
+LEGACY_DECISION = PREFIX + "decision"
 POD_GROUP = PREFIX + "pod-group"  # scheduling gate and pod label naming a revision's gang
 KNOWN = {
     ENABLED,
@@ -43,8 +45,7 @@ KNOWN = {
     MAX_REPLICAS,
     PROGRESS_DEADLINE,
     SPEC_CHANGES,
-    DECISION,
-    DECISION_SIGNATURE,
+    LEGACY_DECISION,
 }
 
 KNATIVE_CLASS = "autoscaling.knative.dev/class"

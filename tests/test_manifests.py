@@ -294,7 +294,6 @@ def test_secrets_are_read_by_name_and_only_the_webhook_reads_the_ca_key(default)
     }
     assert readers == {
         ("webhook-certificates", ("inference-autoscaler-tls", "inference-autoscaler-tls-ca")),
-        ("controller", ("inference-autoscaler-decision-key",)),  # signs its decisions
     }
     for deployment in (d for d in default if d["kind"] == "Deployment"):
         for volume in deployment["spec"]["template"]["spec"].get("volumes", []):

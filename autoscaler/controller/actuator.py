@@ -1,5 +1,7 @@
-"""Sends plans to the cluster: decision annotation and status condition on each ISVC, HPAs,
-our Knative PodAutoscalers (HPA, ServerlessService, status), and the decision stream.
+"""Sends plans to the cluster: the stored decision (decision_store.py) and a status condition of
+each ISVC, HPAs, our Knative PodAutoscalers (HPA, ServerlessService, status), and the decision
+stream. A replica change writes nothing KServe propagates into a revision or pod template: only
+a roll-out (a new GPU type or batch size, when the ISVC allows spec changes) patches the spec.
 
 Writes happen only where the watched copy differs from what is wanted, so a steady cycle of
 1,000 ISVCs costs a handful of calls; each write retries on conflicts and server errors, and one
@@ -13,7 +15,6 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from .. import annotations as ann
 from ..kserve import raw_predictor_deployment
 from ..optimizer.domain import Catalog
 from ..proto import decisions_pb2 as pb
@@ -30,8 +31,8 @@ from ..kube import (
     with_retries,
 )
 from .conditions import write_condition
-from .manifests import condition, decision_message, hpa, hpa_differs, isvc_patch
-from .signing import DecisionSigner
+from .decision_store import DecisionStore
+from .manifests import condition, decision_message, hpa, hpa_differs, spec_patch
 from ..policy.planner import Plan
 
 log = logging.getLogger(__name__)
@@ -55,11 +56,11 @@ class Actuator:
         self,
         kube: Kube,
         informers: Mapping[str, Informer],
-        signer: DecisionSigner,
+        decisions: DecisionStore,
         settings: ActuatorSettings = ActuatorSettings(),
     ):
         self.kube = kube
-        self.signer = signer
+        self.decisions = decisions
         self.informers = informers
         self.settings = settings
         # per HPA: (the spec we last sent, the spec the API server stored from it). The server
@@ -100,19 +101,20 @@ class Actuator:
             )
         accelerator = catalog.accelerators[plan.decision.accelerator]
         gpus = catalog.profiles[(service.model, accelerator.name)].acc_count * accelerator.multiplicity
-        patch = isvc_patch(isvc, plan, products.get(accelerator.type, {accelerator.type}), gpus)
+        patch = spec_patch(isvc, plan, products.get(accelerator.type, {accelerator.type}), gpus)
         written = None
         if patch is not None:
-            annotations, meta = patch["metadata"]["annotations"], isvc["metadata"]
-            annotations[ann.DECISION_SIGNATURE] = self.signer.sign(
-                meta.get("uid", ""), service.namespace, service.name, annotations[ann.DECISION]
-            )
+            # the spec first: a crash before the decision is stored makes the next cycle send the
+            # same spec again, which KServe takes as no change (no second rollout)
             written = await with_retries(
-                lambda: self.kube.patch(INFERENCE_SERVICES, service.namespace, service.name, patch), f"annotate {service.key}"
+                lambda: self.kube.patch(INFERENCE_SERVICES, service.namespace, service.name, patch), f"roll out {service.key}"
             )
             report.writes += 1
+        if plan.records_decision:
+            await self.decisions.write(isvc["metadata"], plan.decision.to_json())
+            report.writes += 1
         # the message (predicted latencies) is rewritten with the decision, not for every small move
-        await self._condition(written or isvc, condition(plan), now, report, message_too=patch is not None)
+        await self._condition(written or isvc, condition(plan), now, report, message_too=plan.records_decision)
         slo = catalog.classes[service.service_class].targets[service.model]
         bounds = (service.min_replicas, service.max_replicas)
         if service.raw_deployment:

@@ -35,8 +35,9 @@ from ..kube import (
     Kube,
 )
 from ..policy.planner import PlannerSettings, PlannerState, plan
+from . import decision_store
+from .decision_store import DecisionStore
 from .services import ServiceReader
-from .signing import DecisionSigner
 
 log = logging.getLogger(__name__)
 REFREEZE_CYCLES = 20  # 10 minutes at the default period
@@ -98,8 +99,6 @@ class Controller:
         settings: ControllerSettings = ControllerSettings(),
         reserved_gpus: Callable[[], Mapping[str, int]] = dict,
         clock: Callable[[], float] = time.time,
-        *,
-        signer: DecisionSigner,
     ):
         self.kube = kube
         self.collector = collector
@@ -114,11 +113,13 @@ class Controller:
             "pas": Informer(kube, POD_AUTOSCALERS),
             "sks": Informer(kube, SERVERLESS_SERVICES, label_selector="app.kubernetes.io/managed-by=inference-autoscaler"),
             "hpas": Informer(kube, HPAS, label_selector="app.kubernetes.io/managed-by=inference-autoscaler"),
-            "data": Informer(kube, CONFIG_MAPS, namespace=settings.namespace),
+            "data": Informer(kube, CONFIG_MAPS, namespace=settings.namespace, label_selector=decision_store.NOT_DECISIONS),
+            "decisions": Informer(kube, CONFIG_MAPS, namespace=settings.namespace, label_selector=decision_store.SELECTOR),
         }
-        self.actuator = Actuator(kube, self.informers, signer, settings.actuator)
+        self.decisions = DecisionStore(kube, self.informers["decisions"], settings.namespace)
+        self.actuator = Actuator(kube, self.informers, self.decisions, settings.actuator)
         self.state = PlannerState()
-        self.services = ServiceReader(signer)
+        self.services = ServiceReader(self.decisions.read)
         self.data: ClusterData | None = None
         self._data_version = ""
         self.data_error = ""
@@ -236,7 +237,8 @@ class Controller:
                 products.setdefault(types[name], set()).add(node["metadata"]["labels"][GPU_PRODUCT_LABEL])
         actuation: ActuationReport = await self.actuator.apply(plans, data.catalog, products, now)
         self.hub.publish(actuation.decisions)
-        report.writes = actuation.writes
+        live = (isvc["metadata"].get("uid", "") for isvc in self.informers["isvcs"].objects.values())
+        report.writes = actuation.writes + await self.decisions.collect_garbage(live)
         report.failures = actuation.failures
         report.actuate_s = time.perf_counter() - started
         return report

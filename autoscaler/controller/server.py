@@ -45,7 +45,6 @@ from ..gang.admission import GangAdmission
 from .catalog import node_gpu_types
 from .collector import CollectorSettings, PrometheusCollector
 from .controller import Controller, ControllerSettings
-from .signing import DecisionSigner
 from ..kube import Kube
 from ..policy.planner import PlannerSettings
 
@@ -143,9 +142,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--invoke-min-interval", type=float, default=15.0, help="seconds after a cycle before /invoke runs another"
     )
-    parser.add_argument(
-        "--decision-key-secret", default="inference-autoscaler-decision-key", help="Secret with the key signing decisions"
-    )
     parser.add_argument("--lease-name", default="inference-autoscaler-controller", help="Lease for leader election")
     parser.add_argument("--lease-duration", type=float, default=15.0, help="seconds a follower waits on a silent leader")
     parser.add_argument("--renew-deadline", type=float, default=10.0, help="seconds the leader may fail to renew")
@@ -211,12 +207,7 @@ async def _serve(args: argparse.Namespace) -> int:
     )
     hub = DecisionHub()
     hub.leading = False  # until elected
-    try:
-        signer = await DecisionSigner.from_secret(kube, args.namespace, args.decision_key_secret)
-    except BaseException:
-        await kube.close()
-        raise
-    controller = Controller(kube, collector, hub, settings, signer=signer)
+    controller = Controller(kube, collector, hub, settings)
     nodes = controller.informers["nodes"]
     gangs = GangAdmission(
         kube,

@@ -1,20 +1,24 @@
 """InferenceServices that opt in, read into what the planner needs (policy.decisions), with the
-last decision from the ISVC's annotation when its signature verifies (signing.py)."""
+last decision the controller stored for each (decision_store.py)."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from .. import annotations as ann
 from ..kserve import is_raw_deployment
 from ..optimizer.domain import Catalog
 from ..policy.decisions import LastDecision, ManagedService
-from .signing import DecisionSigner
 
 log = logging.getLogger(__name__)
 DEFAULT_BOUNDS = ann.ClassDefaults()
+Decisions = Callable[[str], "tuple[str, str] | None"]  # ISVC uid -> (stored decision, its version), None if none
+
+
+def no_decisions(uid: str) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -24,20 +28,8 @@ class Rejected:
     problem: str
 
 
-def _last_decision(meta: dict, annotations: Mapping[str, str], signer: DecisionSigner) -> LastDecision | None:
-    """The decision the controller signed; None (decide afresh) for none, or one it did not sign."""
-    text = annotations.get(ann.DECISION)
-    if text is None:
-        return None
-    uid, namespace, name = meta.get("uid", ""), meta.get("namespace", ""), meta.get("name", "")
-    if not signer.verify(uid, namespace, name, text, annotations.get(ann.DECISION_SIGNATURE, "")):
-        log.warning("%s/%s: the decision annotation is not signed by this controller: ignored", namespace, name)
-        return None
-    return LastDecision.from_json(text)
-
-
 def _read_one(
-    isvc: dict, catalog: Catalog, classes: Mapping[str, ann.ClassDefaults], signer: DecisionSigner
+    isvc: dict, catalog: Catalog, classes: Mapping[str, ann.ClassDefaults], decisions: Decisions
 ) -> ManagedService | Rejected | None:
     meta = isvc.get("metadata") or {}
     annotations = meta.get("annotations") or {}
@@ -63,7 +55,7 @@ def _read_one(
         max_replicas=int(annotations.get(ann.MAX_REPLICAS, DEFAULT_BOUNDS.max_replicas)),
         raw_deployment=is_raw_deployment(isvc),
         spec_changes=annotations.get(ann.SPEC_CHANGES) == "true",
-        last=_last_decision(meta, annotations, signer),
+        last=LastDecision.from_json(stored[0]) if (stored := decisions(meta.get("uid", ""))) else None,
         uid=meta.get("uid", ""),
     )
 
@@ -78,20 +70,22 @@ def _split(results: Iterable[ManagedService | Rejected | None]) -> tuple[list[Ma
     return services, rejected
 
 
-def read_services(isvcs: Iterable[dict], catalog: Catalog, signer: DecisionSigner) -> tuple[list[ManagedService], list[Rejected]]:
+def read_services(
+    isvcs: Iterable[dict], catalog: Catalog, decisions: Decisions = no_decisions
+) -> tuple[list[ManagedService], list[Rejected]]:
     """The managed ISVCs, and those that opt in but cannot be managed (with the reason)."""
     classes = {name: DEFAULT_BOUNDS for name in catalog.classes}
-    return _split(_read_one(isvc, catalog, classes, signer) for isvc in isvcs)
+    return _split(_read_one(isvc, catalog, classes, decisions) for isvc in isvcs)
 
 
 class ServiceReader:
-    """read_services with a memory: an ISVC is read again only when its resourceVersion (or the
-    data) changed, so a steady cycle does not parse 1,000 decision annotations again."""
+    """read_services with a memory: an ISVC is read again only when its resourceVersion, its
+    stored decision's or the data changed, so a steady cycle does not parse 1,000 decisions again."""
 
-    def __init__(self, signer: DecisionSigner):
-        self.signer = signer
+    def __init__(self, decisions: Decisions):
+        self.decisions = decisions
         self._catalog: Catalog | None = None
-        self._memo: dict[tuple[str, str], tuple[str, ManagedService | Rejected | None]] = {}
+        self._memo: dict[tuple[str, str], tuple[tuple[str, str], ManagedService | Rejected | None]] = {}
 
     def read(self, isvcs: Iterable[dict], catalog: Catalog) -> tuple[list[ManagedService], list[Rejected]]:
         if catalog is not self._catalog:
@@ -100,9 +94,11 @@ class ServiceReader:
         memo = {}
         for isvc in isvcs:
             meta = isvc.get("metadata") or {}
-            key, version = (meta.get("namespace", ""), meta.get("name", "")), meta.get("resourceVersion", "")
+            stored = self.decisions(meta.get("uid", ""))
+            key = (meta.get("namespace", ""), meta.get("name", ""))
+            version = (meta.get("resourceVersion", ""), stored[1] if stored else "")
             known = self._memo.get(key)
             fresh = known is not None and known[0] == version
-            memo[key] = known if fresh else (version, _read_one(isvc, catalog, classes, self.signer))
+            memo[key] = known if fresh else (version, _read_one(isvc, catalog, classes, self.decisions))
         self._memo = memo
         return _split(result for _, result in memo.values())

@@ -50,7 +50,10 @@ async def test_controller_under_its_service_account_decides_and_then_writes_noth
         assert hpa["spec"]["scaleTargetRef"]["name"] == "chat-predictor"
         assert hpa["spec"]["metrics"][0]["external"]["metric"]["name"] == "desired_replicas"
         stored = kubectl_json(plane, "get", "inferenceservice", "chat", f"--namespace={ISVC_NAMESPACE}")
-        decision = json.loads(stored["metadata"]["annotations"][ann.DECISION])
+        # the decision is in our namespace, nowhere KServe copies into a revision or pod template
+        assert not any(k.startswith(ann.PREFIX + "decision") for k in stored["metadata"]["annotations"])
+        kept = kubectl_json(plane, "get", "configmap", f"decision-{stored['metadata']['uid']}", f"--namespace={NAMESPACE}")
+        decision = json.loads(kept["data"]["decision"])
         assert decision["replicas"] >= 1 and decision["arrival_rate"] == 8.0
         # the condition survived the real CRD schema's pruning, every field we wrote
         [condition] = [c for c in stored["status"]["conditions"] if c["type"] == "AutoscalerDecision"]
@@ -58,7 +61,7 @@ async def test_controller_under_its_service_account_decides_and_then_writes_noth
 
         await settled(
             controller,
-            lambda: ann.DECISION in controller.informers["isvcs"].objects[(ISVC_NAMESPACE, "chat")]["metadata"]["annotations"],
+            lambda: controller.decisions.read(stored["metadata"]["uid"]) is not None,
         )
         await settled(controller, lambda: (ISVC_NAMESPACE, "chat-optimizer") in controller.informers["hpas"].objects)
         await settled(controller, lambda: "status" in controller.informers["isvcs"].objects[(ISVC_NAMESPACE, "chat")])
