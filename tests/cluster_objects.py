@@ -8,7 +8,15 @@ from autoscaler import annotations as ann
 from autoscaler.cli import embedded_problem
 from autoscaler.controller.catalog import GPU_PRODUCTS_KEY
 from autoscaler.controller.decision_store import DECISION_KEY, name_for
-from autoscaler.kserve import DEPLOYMENT_MODE, GPU_PRODUCT_LABEL, GPU_RESOURCE, ISVC_LABEL, RAW_DEPLOYMENT, REVISION_LABEL
+from autoscaler.kserve import (
+    DEPLOYMENT_MODE,
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    ISVC_LABEL,
+    KSERVE_AUTOSCALER_CLASS,
+    RAW_DEPLOYMENT,
+    REVISION_LABEL,
+)
 from autoscaler.optimizer.loader import SECTIONS
 
 
@@ -64,8 +72,9 @@ def isvc(name: str, model: str, service_class: str = "Premium", raw: bool = True
         ann.MIN_REPLICAS: "1",
         ann.MAX_REPLICAS: "20",
     }
-    if raw:
+    if raw:  # as our webhook leaves it
         annotations[DEPLOYMENT_MODE] = RAW_DEPLOYMENT
+        annotations[KSERVE_AUTOSCALER_CLASS] = "external"
     annotations.update({ann.PREFIX + k.replace("_", "-"): v for k, v in extra.items()})
     return {
         "apiVersion": "serving.kserve.io/v1beta1",

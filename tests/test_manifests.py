@@ -249,7 +249,7 @@ def test_the_optimizer_data_configmap_loads(default):
     assert set(data.catalog.accelerators) == {"H100", "A100", "L40S"} and data.gpu_products["NVIDIA-H100-80GB-HBM3"] == "H100"
 
 
-@pytest.mark.parametrize("sample", ["isvc-serverless.yaml", "isvc-rawdeployment.yaml"])
+@pytest.mark.parametrize("sample", ["isvc-knative.yaml", "isvc-standard.yaml"])
 def test_sample_isvcs_pass_our_admission_webhook(sample):
     isvc = yaml.safe_load((CONFIG / "samples" / sample).read_text())
     status, body = answer(json.dumps(admission(isvc)).encode(), DEFAULT_CLASSES)

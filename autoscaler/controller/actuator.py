@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..kserve import raw_predictor_deployment
+from ..kserve import predictor_deployment
 from ..optimizer.domain import Catalog
 from ..proto import decisions_pb2 as pb
 from . import knative
@@ -118,7 +118,7 @@ class Actuator:
         slo = catalog.classes[service.service_class].targets[service.model]
         bounds = (service.min_replicas, service.max_replicas)
         if service.raw_deployment:
-            target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": raw_predictor_deployment(service.name)}
+            target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": predictor_deployment(isvc)}
             wanted = hpa(
                 f"{service.name}-optimizer",
                 service.namespace,

@@ -17,7 +17,7 @@ from typing import Protocol
 
 from ..decision_stream import DecisionHub
 from ..errors import InputError
-from ..kserve import GPU_PRODUCT_LABEL, ISVC_LABEL
+from ..kserve import DEFAULT_MODE, GPU_PRODUCT_LABEL, ISVC_LABEL
 from .actuator import ActuationReport, Actuator, ActuatorSettings
 from .catalog import ClusterData, available_capacity, cluster_data, node_gpu_types
 from ..policy.observation import Key, Observation
@@ -47,6 +47,7 @@ REFREEZE_CYCLES = 20  # 10 minutes at the default period
 class ControllerSettings:
     namespace: str = "inference-autoscaler"  # where the data ConfigMap lives
     data_configmap: str = "inference-autoscaler-data"
+    default_deployment_mode: str = DEFAULT_MODE  # the cluster's KServe `deploy.defaultDeploymentMode`
     planner: PlannerSettings = PlannerSettings()
     actuator: ActuatorSettings = ActuatorSettings()
 
@@ -119,7 +120,7 @@ class Controller:
         self.decisions = DecisionStore(kube, self.informers["decisions"], settings.namespace)
         self.actuator = Actuator(kube, self.informers, self.decisions, settings.actuator)
         self.state = PlannerState()
-        self.services = ServiceReader(self.decisions.read)
+        self.services = ServiceReader(self.decisions.read, settings.default_deployment_mode)
         self.data: ClusterData | None = None
         self._data_version = ""
         self.data_error = ""

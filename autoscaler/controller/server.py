@@ -45,6 +45,7 @@ from ..gang.admission import GangAdmission
 from .catalog import node_gpu_types
 from .collector import CollectorSettings, PrometheusCollector
 from .controller import Controller, ControllerSettings
+from ..kserve import DEFAULT_MODE, MODES
 from ..kube import Kube
 from ..policy.planner import PlannerSettings
 
@@ -129,6 +130,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-configmap", default="inference-autoscaler-data", help="ConfigMap with the optimizer's static data"
     )
+    parser.add_argument(
+        "--default-deployment-mode",
+        choices=sorted(MODES),
+        default=DEFAULT_MODE,
+        help="KServe's deploy.defaultDeploymentMode in this cluster: the mode of an ISVC that names none",
+    )
     parser.add_argument("--prometheus-url", default="http://prometheus-operated.monitoring:9090")
     parser.add_argument("--isvc-label", default="isvc", help="label holding the ISVC name on vLLM series")
     parser.add_argument("--period", type=float, default=30.0, help="seconds between cycles")
@@ -202,6 +209,7 @@ async def _serve(args: argparse.Namespace) -> int:
     settings = ControllerSettings(
         namespace=args.namespace,
         data_configmap=args.data_configmap,
+        default_deployment_mode=MODES[args.default_deployment_mode],
         planner=PlannerSettings(period_s=args.period, startup_s=args.startup_seconds),
         actuator=ActuatorSettings(hpa_tolerance=not args.no_hpa_tolerance),
     )

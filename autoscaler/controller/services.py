@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from .. import annotations as ann
-from ..kserve import is_raw_deployment
+from ..kserve import DEFAULT_MODE, KNATIVE, KSERVE_AUTOSCALER_CLASS, STANDARD, deployment_mode
 from ..optimizer.domain import Catalog
 from ..policy.decisions import LastDecision, ManagedService
 
@@ -29,7 +29,7 @@ class Rejected:
 
 
 def _read_one(
-    isvc: dict, catalog: Catalog, classes: Mapping[str, ann.ClassDefaults], decisions: Decisions
+    isvc: dict, catalog: Catalog, classes: Mapping[str, ann.ClassDefaults], decisions: Decisions, default_mode: str
 ) -> ManagedService | Rejected | None:
     meta = isvc.get("metadata") or {}
     annotations = meta.get("annotations") or {}
@@ -42,6 +42,18 @@ def _read_one(
     model = annotations.get(ann.MODEL, name)
     if not any(m == model for m, _ in catalog.profiles):
         return Rejected(namespace, name, f"unknown model {model!r}: no performance profile in the optimizer data")
+    mode = deployment_mode(isvc, default_mode)
+    if mode not in (STANDARD, KNATIVE):
+        return Rejected(
+            namespace, name, f"deployment mode {mode!r}: only Standard (RawDeployment) and Knative (Serverless) are managed"
+        )
+    if mode == STANDARD and annotations.get(KSERVE_AUTOSCALER_CLASS) not in ("external", "keda"):
+        return Rejected(
+            namespace,
+            name,
+            f"Standard mode with KServe's own HPA: set {KSERVE_AUTOSCALER_CLASS} to external (our webhook does when "
+            "serving.kserve.io/deploymentMode says Standard) or keda, or two HPAs would fight over the Deployment",
+        )
     service_class = annotations[ann.SERVICE_CLASS]
     if model not in catalog.classes[service_class].targets:
         return Rejected(namespace, name, f"service class {service_class!r} has no target for model {model!r}")
@@ -53,7 +65,7 @@ def _read_one(
         accelerators=frozenset(t.strip() for t in annotations.get(ann.ACCELERATORS, "").split(",") if t.strip()),
         min_replicas=int(annotations.get(ann.MIN_REPLICAS, DEFAULT_BOUNDS.min_replicas)),
         max_replicas=int(annotations.get(ann.MAX_REPLICAS, DEFAULT_BOUNDS.max_replicas)),
-        raw_deployment=is_raw_deployment(isvc),
+        raw_deployment=mode == STANDARD,
         spec_changes=annotations.get(ann.SPEC_CHANGES) == "true",
         last=LastDecision.from_json(stored[0]) if (stored := decisions(meta.get("uid", ""))) else None,
         uid=meta.get("uid", ""),
@@ -71,19 +83,20 @@ def _split(results: Iterable[ManagedService | Rejected | None]) -> tuple[list[Ma
 
 
 def read_services(
-    isvcs: Iterable[dict], catalog: Catalog, decisions: Decisions = no_decisions
+    isvcs: Iterable[dict], catalog: Catalog, decisions: Decisions = no_decisions, default_mode: str = DEFAULT_MODE
 ) -> tuple[list[ManagedService], list[Rejected]]:
     """The managed ISVCs, and those that opt in but cannot be managed (with the reason)."""
     classes = {name: DEFAULT_BOUNDS for name in catalog.classes}
-    return _split(_read_one(isvc, catalog, classes, decisions) for isvc in isvcs)
+    return _split(_read_one(isvc, catalog, classes, decisions, default_mode) for isvc in isvcs)
 
 
 class ServiceReader:
     """read_services with a memory: an ISVC is read again only when its resourceVersion, its
     stored decision's or the data changed, so a steady cycle does not parse 1,000 decisions again."""
 
-    def __init__(self, decisions: Decisions):
+    def __init__(self, decisions: Decisions, default_mode: str = DEFAULT_MODE):
         self.decisions = decisions
+        self.default_mode = default_mode
         self._catalog: Catalog | None = None
         self._memo: dict[tuple[str, str], tuple[tuple[str, str], ManagedService | Rejected | None]] = {}
 
@@ -99,6 +112,6 @@ class ServiceReader:
             version = (meta.get("resourceVersion", ""), stored[1] if stored else "")
             known = self._memo.get(key)
             fresh = known is not None and known[0] == version
-            memo[key] = known if fresh else (version, _read_one(isvc, catalog, classes, self.decisions))
+            memo[key] = known if fresh else (version, _read_one(isvc, catalog, classes, self.decisions, self.default_mode))
         self._memo = memo
         return _split(result for _, result in memo.values())

@@ -60,6 +60,15 @@ def kubectl_json(plane: ControlPlane, *args: str) -> dict:
     return json.loads(plane.kubectl(*args, "--output=json").stdout)
 
 
+def opt_in_namespace(plane: ControlPlane, namespace: str) -> None:
+    """A namespace whose ISVCs opt in: created, with config/samples' RoleBinding that lets the
+    controller write there (without it the controller only reads)."""
+    plane.kubectl("create", "namespace", namespace)
+    binding = yaml.safe_load((ROOT / "config" / "samples" / "namespace-rolebinding.yaml").read_text())
+    binding["metadata"]["namespace"] = namespace
+    plane.kubectl("apply", "--filename=-", input=json.dumps(binding))
+
+
 # the session's fake GPU nodes (kwok keeps them Ready): 2 x 8 H100 and 1 x 4 L40S
 GPU_NODES = (
     ("gpu-h100-0", "NVIDIA-H100-80GB-HBM3", 8),

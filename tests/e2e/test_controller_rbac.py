@@ -21,7 +21,7 @@ from autoscaler.kube import Kube
 from ..cluster_objects import isvc
 from ..test_controller import StandInCollector
 from ..test_controller_planning import observed
-from .conftest import NAMESPACE, kubectl_json
+from .conftest import NAMESPACE, kubectl_json, opt_in_namespace
 
 ISVC_NAMESPACE = "e2e-controller"
 
@@ -36,7 +36,7 @@ async def settled(controller: Controller, predicate, timeout_s: float = 20.0) ->
 
 async def test_controller_under_its_service_account_decides_and_then_writes_nothing(deployed, gpu_nodes):
     plane = deployed
-    plane.kubectl("create", "namespace", ISVC_NAMESPACE)
+    opt_in_namespace(plane, ISVC_NAMESPACE)
     plane.kubectl("apply", "--filename=-", input=json.dumps(isvc("chat", "llama-3-8b", namespace=ISVC_NAMESPACE)))
     kube = await Kube.connect(str(plane.service_account_kubeconfig(NAMESPACE, "controller")))
     collector = StandInCollector({(ISVC_NAMESPACE, "chat"): observed(8.0)})
