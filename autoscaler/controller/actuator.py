@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..kserve import predictor_deployment
+from ..kserve import REVISION_LABEL, predictor_deployment
 from ..optimizer.domain import Catalog
 from ..proto import decisions_pb2 as pb
 from . import knative
@@ -30,7 +30,7 @@ from ..kube import (
     DEPLOYMENTS,
     with_retries,
 )
-from .conditions import write_condition
+from .conditions import rfc3339, write_condition
 from .decision_store import DecisionStore
 from .manifests import condition, decision_message, hpa, hpa_differs, spec_patch
 from ..policy.planner import Plan
@@ -67,6 +67,7 @@ class Actuator:
         # defaults fields (behavior policies, selectPolicy) and drops those behind a disabled
         # feature gate (behavior tolerance before 1.35), so what we send never reads back equal.
         self._hpa_written: dict[tuple[str, str], tuple[dict, dict]] = {}
+        self._ready_pods: dict[tuple[str, str], int] = {}
 
     async def apply(self, plans: list[Plan], catalog: Catalog, products: Mapping[str, set[str]], now: float) -> ActuationReport:
         report = ActuationReport()
@@ -75,6 +76,7 @@ class Actuator:
         for pa in self.informers["pas"].objects.values():
             if knative.is_ours(pa) and knative.isvc_of(pa):
                 pas_by_isvc.setdefault((pa["metadata"]["namespace"], knative.isvc_of(pa)), []).append(pa)
+        self._ready_pods = self._count_ready_pods() if pas_by_isvc else {}
 
         async def one(plan: Plan) -> None:
             async with gate:
@@ -86,6 +88,17 @@ class Actuator:
 
         await asyncio.gather(*(one(p) for p in plans))
         return report
+
+    def _count_ready_pods(self) -> dict[tuple[str, str], int]:
+        """Ready pods per (namespace, revision), counted once per cycle."""
+        counts: dict[tuple[str, str], int] = {}
+        for pod in self.informers["pods"].objects.values():
+            meta = pod["metadata"]
+            revision = (meta.get("labels") or {}).get(REVISION_LABEL)
+            if revision and knative.is_ready_pod(pod):
+                key = (meta.get("namespace", ""), revision)
+                counts[key] = counts.get(key, 0) + 1
+        return counts
 
     async def _apply_one(self, plan, catalog, products, pas_by_isvc, now, report: ActuationReport) -> None:
         service = plan.service
@@ -139,7 +152,7 @@ class Actuator:
         for pa in pas:
             revision = knative.revision_of(pa)
             desired = plan.decision.replicas if revision in serving else 0
-            await self._reconcile_pa(pa, service, desired, bounds, report)
+            await self._reconcile_pa(pa, service, desired, bounds, now, report)
             if desired:
                 report.decisions.append(decision_message(plan, slo, revision=revision, replicas=desired))
 
@@ -169,19 +182,25 @@ class Actuator:
         self._hpa_written[key] = (wanted["spec"], stored.get("spec"))
         report.writes += 1
 
-    async def _reconcile_pa(self, pa: dict, service, desired: int, bounds: tuple[int, int], report: ActuationReport) -> None:
+    async def _reconcile_pa(
+        self, pa: dict, service, desired: int, bounds: tuple[int, int], now: float, report: ActuationReport
+    ) -> None:
         meta = pa["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         sks = self.informers["sks"].objects.get((namespace, name))
+        wanted_sks = knative.serverless_service(pa)
         if sks is None:
             try:
-                await with_retries(
-                    lambda: self.kube.create(SERVERLESS_SERVICES, namespace, knative.serverless_service(pa)), f"SKS {name}"
-                )
+                await with_retries(lambda: self.kube.create(SERVERLESS_SERVICES, namespace, wanted_sks), f"SKS {name}")
                 report.writes += 1
             except ApiError as exc:
                 if exc.status != 409:
                     raise
+        elif knative.sks_drifted(sks, wanted_sks):
+            await with_retries(
+                lambda: self.kube.patch(SERVERLESS_SERVICES, namespace, name, {"spec": wanted_sks["spec"]}), f"SKS {name}"
+            )
+            report.writes += 1
         target = (pa.get("spec") or {}).get("scaleTargetRef") or {}
         hpa_now = self.informers["hpas"].objects.get((namespace, name))
         if desired:
@@ -196,8 +215,10 @@ class Actuator:
                     f"scale {name} to 0",
                 )
             report.writes += 2
-        status = knative.pa_status(pa, desired, hpa_now, sks)
+        ready = self._ready_pods.get((namespace, knative.revision_of(pa)), 0)
+        status = knative.pa_status(pa, desired, ready, sks)
         if knative.status_differs(pa, status):
+            status = knative.with_transition_times(pa, status, rfc3339(now))
             await with_retries(
                 lambda: self.kube.patch(POD_AUTOSCALERS, namespace, name, {"status": status}, subresource="status"),
                 f"PA status {name}",

@@ -11,8 +11,11 @@ ready); any other revision is retired: no HPA, scaled to zero.
 from __future__ import annotations
 
 from ..annotations import KNATIVE_CLASS, OUR_KNATIVE_CLASS
-from ..kserve import ISVC_LABEL, MANAGED_BY, REVISION_LABEL
+from ..kserve import INITIAL_SCALE, ISVC_LABEL, MANAGED_BY, MIN_SCALE, REVISION_LABEL
 from .manifests import owner_reference
+
+SCALE_TARGET_INITIALIZED = "ScaleTargetInitialized"
+DEFAULT_INITIAL_SCALE = 1  # config-autoscaler's initial-scale
 
 
 def is_ours(pa: dict) -> bool:
@@ -55,33 +58,83 @@ def serverless_service(pa: dict) -> dict:
     }
 
 
-def _ready(obj: dict | None) -> str:
+def _condition(obj: dict | None, kind: str) -> str:
     for c in ((obj or {}).get("status") or {}).get("conditions") or []:
-        if c.get("type") == "Ready":
+        if c.get("type") == kind:
             return c.get("status", "Unknown")
     return "Unknown"
 
 
-def pa_status(pa: dict, desired: int, hpa: dict | None, sks: dict | None) -> dict:
-    """The PA status Knative's revision reconciler reads."""
-    actual = ((hpa or {}).get("status") or {}).get("currentReplicas")
-    sks_ready = _ready(sks)
-    active = "True" if desired > 0 else "False"
-    ready = sks_ready if desired > 0 else "True"  # a retired revision is ready at zero
-    status = {
+def _scale_annotation(pa: dict, key: str, default: int) -> int:
+    """A PA scale annotation; Knative's webhook validated it, a bad value reads as the default."""
+    value = ((pa.get("metadata") or {}).get("annotations") or {}).get(key, "")
+    return int(value) if value.isdigit() else default
+
+
+def initial_scale_target(pa: dict) -> int:
+    """How many ready pods a new revision needs before its scale target counts as initialized:
+    max(min-scale, initial-scale) from the PA's annotations (initial-scale defaulting to 1, as
+    config-autoscaler's; min-scale ignored for an unreachable revision, as Knative's ScaleBounds)."""
+    reachable = ((pa.get("spec") or {}).get("reachability")) != "Unreachable"
+    min_scale = _scale_annotation(pa, MIN_SCALE, 0) if reachable else 0
+    return max(min_scale, _scale_annotation(pa, INITIAL_SCALE, DEFAULT_INITIAL_SCALE))
+
+
+def is_ready_pod(pod: dict) -> bool:
+    meta = pod.get("metadata") or {}
+    if meta.get("deletionTimestamp"):
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True" for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def pa_status(pa: dict, desired: int, ready_pods: int, sks: dict | None) -> dict:
+    """The PA status Knative's revision reconciler reads, by the PodAutoscaler contract: service
+    names from the SKS; ScaleTargetInitialized once the SKS is Ready and enough pods are
+    (initial_scale_target), and never reset after; Active when wanted and serving; Ready the AND
+    of Active, ScaleTargetInitialized and SKSReady (Knative's living condition set)."""
+    sks_ready = _condition(sks, "Ready")
+    enough = sks_ready == "True" and ready_pods >= initial_scale_target(pa)
+    initialized = "True" if enough or _condition(pa, SCALE_TARGET_INITIALIZED) == "True" else "Unknown"
+    if desired == 0:
+        active, active_reason = "False", "NoTraffic"
+    elif ready_pods == 0:
+        active, active_reason = "Unknown", "Queued"
+    else:
+        active, active_reason = "True", ""
+    statuses = (active, initialized, sks_ready)
+    ready = "True" if all(s == "True" for s in statuses) else "False" if "False" in statuses else "Unknown"
+    sks_status = (sks or {}).get("status") or {}
+    return {
         "observedGeneration": (pa.get("metadata") or {}).get("generation", 0),
         "desiredScale": desired,
-        "actualScale": actual if actual is not None else 0,
-        "serviceName": ((sks or {}).get("status") or {}).get("serviceName", ""),
-        "metricsServiceName": "",
+        "actualScale": ready_pods,
+        "serviceName": sks_status.get("serviceName", ""),
+        "metricsServiceName": sks_status.get("privateServiceName", ""),
         "conditions": [
-            {"type": "Active", "status": active, "reason": "" if desired else "Retired"},
-            {"type": "SKSReady", "status": sks_ready},
-            {"type": "ScaleTargetInitialized", "status": "True" if actual else "Unknown"},
-            {"type": "Ready", "status": ready},
+            {"type": "Active", "status": active, "reason": active_reason},
+            {"type": "SKSReady", "status": sks_ready, "reason": "" if sks_ready == "True" else "NotReady"},
+            {"type": SCALE_TARGET_INITIALIZED, "status": initialized, "reason": "" if initialized == "True" else "Initializing"},
+            {"type": "Ready", "status": ready, "reason": ""},
         ],
     }
+
+
+def with_transition_times(pa: dict, status: dict, now_rfc3339: str) -> dict:
+    """`status` with each condition's lastTransitionTime: kept where the status did not change."""
+    before = {c.get("type"): c for c in (pa.get("status") or {}).get("conditions") or []}
+    for c in status["conditions"]:
+        old = before.get(c["type"])
+        c["lastTransitionTime"] = (
+            old["lastTransitionTime"]
+            if old and old.get("status") == c["status"] and old.get("lastTransitionTime")
+            else now_rfc3339
+        )
     return status
+
+
+def sks_drifted(sks: dict, wanted: dict) -> bool:
+    """Whether someone changed what we set in the SKS spec (Knative adds nothing there)."""
+    return any((sks.get("spec") or {}).get(k) != v for k, v in wanted["spec"].items())
 
 
 def status_differs(pa: dict, wanted: dict) -> bool:
