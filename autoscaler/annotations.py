@@ -11,6 +11,7 @@ All live under the prefix `autoscaling.inference-autoscaler.io/`:
 | `min-replicas`, `max-replicas` | bounds, whole numbers, 0 <= min <= max (default: the class's) |
 | `progress-deadline` | seconds a new revision's pod group may wait for GPUs (default 600) |
 | `spec-changes` | `"true"` lets the controller roll out a new GPU type or batch size (default `"false"`) |
+| `scaler` | Standard mode: `hpa` (default: our HPA scales the Deployment) or `keda` (a ScaledObject does) |
 
 The controller writes nothing on the ISVC's metadata or spec for a replica change: KServe copies
 ISVC annotations into the revision template and pod template, so a write there would be a
@@ -34,6 +35,8 @@ MIN_REPLICAS = PREFIX + "min-replicas"
 MAX_REPLICAS = PREFIX + "max-replicas"
 PROGRESS_DEADLINE = PREFIX + "progress-deadline"
 SPEC_CHANGES = PREFIX + "spec-changes"
+SCALER = PREFIX + "scaler"
+SCALERS = ("hpa", "keda")
 LEGACY_DECISION = PREFIX + "decision"
 POD_GROUP = PREFIX + "pod-group"  # scheduling gate and pod label naming a revision's gang
 KNOWN = {
@@ -45,6 +48,7 @@ KNOWN = {
     MAX_REPLICAS,
     PROGRESS_DEADLINE,
     SPEC_CHANGES,
+    SCALER,
     LEGACY_DECISION,
 }
 
@@ -92,6 +96,8 @@ def check(annotations: Mapping[str, str], classes: Mapping[str, ClassDefaults]) 
         return findings
     if ours.get(SPEC_CHANGES, "false") not in ("true", "false"):
         findings.errors.append(f'annotation {SPEC_CHANGES}: expected "true" or "false", got {ours[SPEC_CHANGES]!r}')
+    if ours.get(SCALER, "hpa") not in SCALERS:
+        findings.errors.append(f"annotation {SCALER}: expected one of {', '.join(SCALERS)}, got {ours[SCALER]!r}")
     if enabled != "true":
         if set(ours) - {ENABLED}:
             findings.warnings.append(f'annotations under {PREFIX} have no effect unless {ENABLED} is "true"')

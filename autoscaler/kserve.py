@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from .annotations import SCALER
+
 DEPLOYMENT_MODE = "serving.kserve.io/deploymentMode"
 # KServe >= 0.16 names the modes Standard and Knative; its defaulting webhook rewrites the old
 # names, which older releases (and ISVCs stored before an upgrade) still carry
@@ -30,6 +32,13 @@ def deployment_mode(isvc: dict, default: str = DEFAULT_MODE) -> str:
     if annotated:
         return MODES.get(annotated, annotated)
     return MODES.get(default, default)
+
+
+def scaled_by_keda(isvc: dict) -> bool:
+    """Whether a KEDA ScaledObject scales this Standard ISVC's Deployment: KServe's own (autoscalerClass
+    keda) or one of the cluster's (our `scaler: keda`). Our HPA would then fight KEDA's."""
+    annotations = (isvc.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(KSERVE_AUTOSCALER_CLASS) == "keda" or annotations.get(SCALER) == "keda"
 
 
 def predictor_deployment(isvc: dict) -> str:

@@ -40,6 +40,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CA of the controller's certificate: the stream then runs over mutual TLS with our serving pair as the "
         "client certificate (without it: plaintext, to a loopback address only)",
     )
+    parser.add_argument(
+        "--keda-address",
+        default="",
+        help="also serve KEDA's External Scaler gRPC service on host:port (for a cluster whose external metrics "
+        "APIService is KEDA's; see the README); off when empty",
+    )
+    parser.add_argument(
+        "--keda-client-ca-file",
+        type=Path,
+        help="CA of KEDA's client certificate (TriggerAuthentication tlsClientCert): the scaler then runs over "
+        "mutual TLS with our serving pair (without it: plaintext, to a loopback address only)",
+    )
     parser.add_argument("--prometheus-url", default="http://prometheus:9090")
     parser.add_argument("--stale-after", type=float, default=90.0, help="seconds after which values are labelled stale")
     parser.add_argument("--max-age", type=float, default=300.0, help="seconds after which values are no longer served")
@@ -62,6 +74,10 @@ async def serve(args: argparse.Namespace) -> int:
             raise InputError(str(path), "", "file not found")
     if args.source == "store" and args.decisions_ca_file is None and not is_loopback(args.decisions):
         raise InputError("command line", "--decisions-ca-file", "the decision stream is plaintext only to a loopback address")
+    if args.keda_address and args.source != "store":
+        raise InputError("command line", "--keda-address", "the KEDA scaler serves the decision stream's values: --source store")
+    if args.keda_address and args.keda_client_ca_file is None and not is_loopback(args.keda_address):
+        raise InputError("command line", "--keda-client-ca-file", "the KEDA scaler is plaintext only on a loopback address")
     if not 0 < args.stale_after <= args.max_age:
         raise InputError("command line", "--stale-after", "must be > 0 and at most --max-age")
     api_client = await _kube_client(args.kubeconfig)
@@ -73,6 +89,7 @@ async def serve(args: argparse.Namespace) -> int:
     tls = ReloadingTLS(args.tls_cert_file, args.tls_private_key_file, requestheader.client_ca_pem)
     gate = Gatekeeper(requestheader, reviews)
     tasks = [asyncio.create_task(tls.watch())]
+    keda = None
     if args.source == "prometheus":
         from .prometheus_source import PrometheusSource
 
@@ -88,6 +105,13 @@ async def serve(args: argparse.Namespace) -> int:
         feed = DecisionFeed(args.decisions, source, tls=stream_tls)
         tasks.append(asyncio.create_task(feed.run()))
         ready = feed.synced.is_set
+        if args.keda_address:
+            from .keda import serve_keda
+
+            keda_tls = None
+            if args.keda_client_ca_file:
+                keda_tls = MutualTLS(args.tls_cert_file, args.tls_private_key_file, args.keda_client_ca_file)
+            keda = await serve_keda(source, args.keda_address, keda_tls)
 
     async def refresh_requestheader() -> None:
         while True:
@@ -113,6 +137,8 @@ async def serve(args: argparse.Namespace) -> int:
     for task in tasks:
         task.cancel()
     await runner.cleanup()
+    if keda is not None:
+        await keda.stop(grace=2)
     await api_client.close()
     return 0
 

@@ -93,7 +93,8 @@ def _isvc_patch(isvc: dict, annotations: Mapping[str, str], defaults: ClassDefau
         MAX_REPLICAS: annotations.get(MAX_REPLICAS, str(defaults.max_replicas)).strip(),
     }
     if deployment_mode(isvc) == STANDARD:
-        desired[KSERVE_AUTOSCALER_CLASS] = "external"  # KServe makes no HPA: the controller does
+        if annotations.get(KSERVE_AUTOSCALER_CLASS) != "keda":  # KServe's ScaledObject scales on our figures
+            desired[KSERVE_AUTOSCALER_CLASS] = "external"  # KServe makes no HPA: the controller (or KEDA) does
     else:
         desired[KNATIVE_CLASS] = OUR_KNATIVE_CLASS
     if not desired[MODEL]:

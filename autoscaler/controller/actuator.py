@@ -15,7 +15,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from ..kserve import REVISION_LABEL, predictor_deployment
+from ..kserve import REVISION_LABEL, predictor_deployment, scaled_by_keda
 from ..optimizer.domain import Catalog
 from ..proto import decisions_pb2 as pb
 from . import knative
@@ -130,6 +130,10 @@ class Actuator:
         await self._condition(written or isvc, condition(plan), now, report, message_too=plan.records_decision)
         slo = catalog.classes[service.service_class].targets[service.model]
         bounds = (service.min_replicas, service.max_replicas)
+        if service.raw_deployment and scaled_by_keda(isvc):  # KEDA's HPA scales on our figures
+            await self._retire_hpa(service.namespace, f"{service.name}-optimizer", report)
+            report.decisions.append(decision_message(plan, slo))
+            return
         if service.raw_deployment:
             target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": predictor_deployment(isvc)}
             wanted = hpa(
@@ -181,6 +185,19 @@ class Actuator:
         stored = await with_retries(write, f"HPA {meta['namespace']}/{meta['name']}")
         self._hpa_written[key] = (wanted["spec"], stored.get("spec"))
         report.writes += 1
+
+    async def _retire_hpa(self, namespace: str, name: str, report: ActuationReport) -> bool:
+        """Delete our HPA `name` if there is one; returns whether there was."""
+        if (namespace, name) not in self.informers["hpas"].objects:
+            return False
+        try:
+            await with_retries(lambda: self.kube.delete(HPAS, namespace, name), f"retire HPA {name}")
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+        self._hpa_written.pop((namespace, name), None)
+        report.writes += 1
+        return True
 
     async def _reconcile_pa(
         self, pa: dict, service, desired: int, bounds: tuple[int, int], now: float, report: ActuationReport
