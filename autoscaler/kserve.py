@@ -14,6 +14,7 @@ DEFAULT_MODE = KNATIVE  # `deploy.defaultDeploymentMode` of KServe's shipped inf
 KSERVE_AUTOSCALER_CLASS = "serving.kserve.io/autoscalerClass"
 ISVC_LABEL = "serving.kserve.io/inferenceservice"
 REVISION_LABEL = "serving.knative.dev/revision"
+COMPONENT_LABEL, PREDICTOR = "component", "predictor"  # KServe's label on each component's revisions
 MIN_SCALE = "autoscaling.knative.dev/min-scale"
 INITIAL_SCALE = "autoscaling.knative.dev/initial-scale"
 GPU_RESOURCE = "nvidia.com/gpu"

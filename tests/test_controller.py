@@ -132,7 +132,9 @@ async def test_knative_revisions_get_hpas_serverless_services_and_status():
         }
         cluster.store.put(ISVCS, obj)
         for revision in ("chat-predictor-00001", "chat-predictor-00002", "chat-predictor-00003"):
-            cluster.store.put(PAS, pod_autoscaler("chat", revision))
+            pa = pod_autoscaler("chat", revision)
+            pa["spec"]["reachability"] = "Unreachable" if revision.endswith("1") else "Reachable"  # routes' targets
+            cluster.store.put(PAS, pa)
             cluster.store.put(
                 "apis/apps/v1/deployments",
                 {"metadata": {"name": f"{revision}-deployment", "namespace": "prod"}, "spec": {"replicas": 2}},

@@ -67,40 +67,71 @@ class Actuator:
         # defaults fields (behavior policies, selectPolicy) and drops those behind a disabled
         # feature gate (behavior tolerance before 1.35), so what we send never reads back equal.
         self._hpa_written: dict[tuple[str, str], tuple[dict, dict]] = {}
-        self._ready_pods: dict[tuple[str, str], int] = {}
+        self._pods: dict[tuple[str, str], tuple[int, int]] = {}
+        self._retired: set[tuple[str, str]] = set()  # PAs this process scaled to zero (once each, then on pods seen)
 
     async def apply(self, plans: list[Plan], catalog: Catalog, products: Mapping[str, set[str]], now: float) -> ActuationReport:
         report = ActuationReport()
         gate = asyncio.Semaphore(self.settings.concurrency)
-        pas_by_isvc: dict[tuple[str, str], list[dict]] = {}
-        for pa in self.informers["pas"].objects.values():
-            if knative.is_ours(pa) and knative.isvc_of(pa):
-                pas_by_isvc.setdefault((pa["metadata"]["namespace"], knative.isvc_of(pa)), []).append(pa)
-        self._ready_pods = self._count_ready_pods() if pas_by_isvc else {}
 
         async def one(plan: Plan) -> None:
             async with gate:
                 try:
-                    await self._apply_one(plan, catalog, products, pas_by_isvc, now, report)
+                    await self._apply_one(plan, catalog, products, now, report)
                 except ApiError as exc:
                     report.failures.append(f"{plan.service.key}: {exc}")
                     log.warning("actuating %s failed: %s", plan.service.key, exc)
 
         await asyncio.gather(*(one(p) for p in plans))
+        await self.reconcile_revisions(plans, catalog, now, report)
         return report
 
-    def _count_ready_pods(self) -> dict[tuple[str, str], int]:
-        """Ready pods per (namespace, revision), counted once per cycle."""
-        counts: dict[tuple[str, str], int] = {}
+    async def reconcile_revisions(
+        self, plans: list[Plan], catalog: Catalog, now: float, report: ActuationReport | None = None
+    ) -> ActuationReport:
+        """Every PodAutoscaler of our class, whoever's it is (knative.py says how each is scaled).
+        Run by every cycle, and on PA, SKS, HPA and pod events in between (the controller's reactor)."""
+        report = report or ActuationReport()
+        gate = asyncio.Semaphore(self.settings.concurrency)
+        deciding = {(p.service.namespace, p.service.name): p for p in plans if not p.service.raw_deployment}
+        self._pods = self._count_pods()
+        with_revisions = set()
+
+        async def one(pa: dict) -> None:
+            meta = pa["metadata"]
+            plan = deciding.get((meta["namespace"], knative.isvc_of(pa) or "")) if knative.is_predictor(pa) else None
+            if plan is not None:
+                with_revisions.add(plan.service.key)
+            async with gate:
+                try:
+                    await self._reconcile_pa(pa, plan, catalog, now, report)
+                except ApiError as exc:
+                    report.failures.append(f"PodAutoscaler {meta['namespace']}/{meta['name']}: {exc}")
+                    log.warning("reconciling PodAutoscaler %s/%s failed: %s", meta["namespace"], meta["name"], exc)
+
+        pas = [pa for pa in list(self.informers["pas"].objects.values()) if knative.is_ours(pa)]
+        self._retired &= {(pa["metadata"]["namespace"], pa["metadata"]["name"]) for pa in pas}
+        await asyncio.gather(*(one(pa) for pa in pas))
+        for plan in deciding.values():  # no revision yet: the decision still reaches the adapter
+            if plan.decision is not None and plan.service.key not in with_revisions:
+                report.decisions.append(
+                    decision_message(plan, catalog.classes[plan.service.service_class].targets[plan.service.model])
+                )
+        return report
+
+    def _count_pods(self) -> dict[tuple[str, str], tuple[int, int]]:
+        """(ready, all) pods per (namespace, revision), counted once per pass."""
+        counts: dict[tuple[str, str], tuple[int, int]] = {}
         for pod in self.informers["pods"].objects.values():
             meta = pod["metadata"]
             revision = (meta.get("labels") or {}).get(REVISION_LABEL)
-            if revision and knative.is_ready_pod(pod):
+            if revision:
                 key = (meta.get("namespace", ""), revision)
-                counts[key] = counts.get(key, 0) + 1
+                ready, total = counts.get(key, (0, 0))
+                counts[key] = (ready + knative.is_ready_pod(pod), total + 1)
         return counts
 
-    async def _apply_one(self, plan, catalog, products, pas_by_isvc, now, report: ActuationReport) -> None:
+    async def _apply_one(self, plan, catalog, products, now, report: ActuationReport) -> None:
         service = plan.service
         isvc = self.informers["isvcs"].objects.get((service.namespace, service.name))
         if isvc is None:
@@ -147,18 +178,6 @@ class Actuator:
             )
             await self._ensure_hpa(wanted, report)
             report.decisions.append(decision_message(plan, slo))
-            return
-        pas = pas_by_isvc.get((service.namespace, service.name), [])
-        if not pas:  # no revision yet: the decision still reaches the adapter
-            report.decisions.append(decision_message(plan, slo))
-            return
-        serving = knative.serving_revisions(isvc) or {knative.revision_of(max(pas, key=lambda p: p["metadata"]["name"]))}
-        for pa in pas:
-            revision = knative.revision_of(pa)
-            desired = plan.decision.replicas if revision in serving else 0
-            await self._reconcile_pa(pa, service, desired, bounds, now, report)
-            if desired:
-                report.decisions.append(decision_message(plan, slo, revision=revision, replicas=desired))
 
     async def _condition(self, isvc: dict, wanted: dict, now: float, report: ActuationReport, message_too: bool = True) -> None:
         written = await write_condition(self.kube, isvc, wanted, now, message_too)
@@ -199,11 +218,9 @@ class Actuator:
         report.writes += 1
         return True
 
-    async def _reconcile_pa(
-        self, pa: dict, service, desired: int, bounds: tuple[int, int], now: float, report: ActuationReport
-    ) -> None:
+    async def _reconcile_pa(self, pa: dict, plan: Plan | None, catalog: Catalog, now: float, report: ActuationReport) -> None:
         meta = pa["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
+        namespace, name, revision = meta["namespace"], meta["name"], knative.revision_of(pa)
         sks = self.informers["sks"].objects.get((namespace, name))
         wanted_sks = knative.serverless_service(pa)
         if sks is None:
@@ -219,20 +236,30 @@ class Actuator:
             )
             report.writes += 1
         target = (pa.get("spec") or {}).get("scaleTargetRef") or {}
-        hpa_now = self.informers["hpas"].objects.get((namespace, name))
-        if desired:
-            selector = {"isvc": service.name, "revision": knative.revision_of(pa)}
+        ready, pods = self._pods.get((namespace, revision), (0, 0))
+        decision = plan.decision if plan is not None else None
+        if not knative.is_reachable(pa):  # no route sends it traffic: retired, as Knative scales it to zero
+            desired = 0
+            retired_before = (namespace, name) in self._retired
+            if await self._retire_hpa(namespace, name, report) or pods or not retired_before:
+                await self._scale(namespace, target, 0, report)
+                self._retired.add((namespace, name))
+        elif decision is not None:
+            # at least one: our class keeps no activator in the path to wake a revision at zero
+            desired = max(decision.replicas, 1)
+            service = plan.service
+            bounds = (service.min_replicas, service.max_replicas)
+            selector = {"isvc": service.name, "revision": revision}
             await self._ensure_hpa(hpa(name, namespace, target, selector, bounds, pa, self.settings.hpa_tolerance), report)
-        elif hpa_now is not None:
-            await with_retries(lambda: self.kube.delete(HPAS, namespace, name), f"retire HPA {name}")
-            if target.get("kind") == "Deployment":
-                scale = {"spec": {"replicas": 0}}
-                await with_retries(
-                    lambda: self.kube.patch(DEPLOYMENTS, namespace, target["name"], scale, subresource="scale"),
-                    f"scale {name} to 0",
-                )
-            report.writes += 2
-        ready = self._ready_pods.get((namespace, knative.revision_of(pa)), 0)
+            slo = catalog.classes[service.service_class].targets[service.model]
+            report.decisions.append(decision_message(plan, slo, revision=revision, replicas=desired))
+        else:
+            # not under a decision (a transformer or explainer, an ISVC not decided yet or not
+            # managed, that still has our class): at least its floor, never scaled down by us
+            floor = knative.initial_scale_target(pa) or 1
+            desired = max(floor, pods)
+            if pods < floor and (namespace, name) not in self.informers["hpas"].objects:
+                await self._scale_up_to(namespace, target, floor, report)
         status = knative.pa_status(pa, desired, ready, sks)
         if knative.status_differs(pa, status):
             status = knative.with_transition_times(pa, status, rfc3339(now))
@@ -241,3 +268,21 @@ class Actuator:
                 f"PA status {name}",
             )
             report.writes += 1
+
+    async def _scale_up_to(self, namespace: str, target: dict, floor: int, report: ActuationReport) -> None:
+        """At least `floor` replicas; more are left as they are (pods not seen yet, someone's choice)."""
+        if target.get("kind") != "Deployment" or not target.get("name"):
+            return
+        scale = await self.kube.request("GET", DEPLOYMENTS.path(namespace, target["name"], "scale"))
+        if ((scale.get("spec") or {}).get("replicas") or 0) < floor:
+            await self._scale(namespace, target, floor, report)
+
+    async def _scale(self, namespace: str, target: dict, replicas: int, report: ActuationReport) -> None:
+        if target.get("kind") != "Deployment" or not target.get("name"):
+            return
+        body = {"spec": {"replicas": replicas}}
+        await with_retries(
+            lambda: self.kube.patch(DEPLOYMENTS, namespace, target["name"], body, subresource="scale"),
+            f"scale {namespace}/{target['name']} to {replicas}",
+        )
+        report.writes += 1

@@ -3,15 +3,17 @@
 HPA for the revision, a ServerlessService in Serve mode (traffic straight to the pods, no
 activator), and PA status (desired/actual scale, Active/Ready/SKSReady conditions). Pure builders.
 
-Revisions of one ISVC play roles: the latest created and the latest ready share the ISVC's
-decision (during a rollout the old revision keeps serving at full size until the new one is
-ready); any other revision is retired: no HPA, scaled to zero.
+Revisions are scaled by their PA's `spec.reachability` (Knative sets it from the routes): a
+reachable predictor revision of a managed ISVC carries the ISVC's decision (a canary's previous
+revision and, during a rollout, the old one keep serving at full size); an unreachable one is
+retired (no HPA, zero replicas); any other revision of our class (transformer, explainer, an ISVC
+not decided yet or no longer managed) is kept at least at its initial scale.
 """
 
 from __future__ import annotations
 
 from ..annotations import KNATIVE_CLASS, OUR_KNATIVE_CLASS
-from ..kserve import INITIAL_SCALE, ISVC_LABEL, MANAGED_BY, MIN_SCALE, REVISION_LABEL
+from ..kserve import COMPONENT_LABEL, INITIAL_SCALE, ISVC_LABEL, MANAGED_BY, MIN_SCALE, PREDICTOR, REVISION_LABEL
 from .manifests import owner_reference
 
 SCALE_TARGET_INITIALIZED = "ScaleTargetInitialized"
@@ -31,10 +33,16 @@ def revision_of(pa: dict) -> str:
     return (meta.get("labels") or {}).get(REVISION_LABEL) or meta["name"]
 
 
-def serving_revisions(isvc: dict) -> set[str]:
-    """The revisions that carry the decision: latest created and latest ready of the predictor."""
-    predictor = ((isvc.get("status") or {}).get("components") or {}).get("predictor") or {}
-    return {r for r in (predictor.get("latestCreatedRevision"), predictor.get("latestReadyRevision")) if r}
+def is_predictor(pa: dict) -> bool:
+    """A predictor's revision (KServe labels each component's; no label: a plain revision)."""
+    return ((pa.get("metadata") or {}).get("labels") or {}).get(COMPONENT_LABEL, PREDICTOR) == PREDICTOR
+
+
+def is_reachable(pa: dict) -> bool:
+    """Whether a route may send the revision traffic: Knative's `spec.reachability`, set from the
+    route's traffic targets (a canary's previous revision too); Unknown (a new revision not yet
+    routed) counts as reachable, as in Knative's own scale bounds."""
+    return (pa.get("spec") or {}).get("reachability") != "Unreachable"
 
 
 def serverless_service(pa: dict) -> dict:
