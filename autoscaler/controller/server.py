@@ -136,6 +136,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_MODE,
         help="KServe's deploy.defaultDeploymentMode in this cluster: the mode of an ISVC that names none",
     )
+    parser.add_argument(
+        "--provision-unfit-groups-after",
+        type=float,
+        metavar="SECONDS",
+        help="with the Cluster Autoscaler (which ignores gated pods): ungate a pod group that has not fitted for this "
+        "long, so that its Pending pods get nodes added; off by default (a group waits gated until it fits)",
+    )
     parser.add_argument("--prometheus-url", default="http://prometheus-operated.monitoring:9090")
     parser.add_argument("--isvc-label", default="isvc", help="label holding the ISVC name on vLLM series")
     parser.add_argument("--period", type=float, default=30.0, help="seconds between cycles")
@@ -223,6 +230,8 @@ async def _serve(args: argparse.Namespace) -> int:
         nodes,
         args.namespace,
         node_types=lambda: node_gpu_types(nodes.objects.values(), controller.data) if controller.data else {},
+        pas=controller.informers["pas"],
+        provision_after_s=args.provision_unfit_groups_after,
     )
     controller.reserved_gpus = gangs.reserved_gpus
     identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}_{uuid.uuid4()}"
