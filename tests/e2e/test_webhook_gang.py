@@ -31,7 +31,7 @@ from autoscaler.kserve import (
 from autoscaler.kube import NODES, PODS, Informer, Kube
 
 from ..cluster_objects import isvc
-from .conftest import NAMESPACE, kubectl_json
+from .conftest import NAMESPACE, kubectl_json, opt_in_namespace
 
 GANG_NAMESPACE = "e2e-gang"
 H100 = "NVIDIA-H100-80GB-HBM3"
@@ -101,7 +101,7 @@ def bound_and_ready(plane, revision: str) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def gang_namespace(deployed, webhook):
-    deployed.kubectl("create", "namespace", GANG_NAMESPACE)
+    opt_in_namespace(deployed, GANG_NAMESPACE)  # the controller writes pods there under config/'s RBAC
     yield deployed
     deployed.kubectl("delete", "namespace", GANG_NAMESPACE, "--wait=false")
 
