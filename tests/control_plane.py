@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import os
 import ssl
 import subprocess
 import time
@@ -46,11 +47,11 @@ class ControlPlaneUnavailable(RuntimeError):
     """The control plane could not be built or started: one line saying why."""
 
 
-def build() -> Path:
-    """The directory of the control-plane binaries, built on first use (see the README for the
-    time and disk this takes)."""
+def build(*extras: str) -> Path:
+    """The directory of the control-plane binaries (or of `extras`: knative), built on first use
+    (see the README for the time and disk this takes)."""
     try:
-        result = subprocess.run([str(BUILD)], capture_output=True, text=True, timeout=3600)
+        result = subprocess.run([str(BUILD), *extras], capture_output=True, text=True, timeout=3600)
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise ControlPlaneUnavailable(f"{BUILD} did not run: {exc}") from None
     if result.returncode != 0:
@@ -150,9 +151,10 @@ class ControlPlane:
 
     # processes -----------------------------------------------------------------------------
 
-    def _spawn(self, name: str, *args: str) -> None:
+    def _spawn(self, name: str, *args: str, directory: Path | None = None, env: dict | None = None) -> None:
         log = open(self.logs / f"{name}.log", "wb")
-        self.processes[name] = subprocess.Popen([str(self.bin / name), *args], stdout=log, stderr=subprocess.STDOUT)
+        binary = (directory or self.bin) / name
+        self.processes[name] = subprocess.Popen([str(binary), *args], stdout=log, stderr=subprocess.STDOUT, env=env)
         log.close()
 
     def log_tail(self, name: str, lines: int = 5) -> str:
@@ -238,14 +240,18 @@ class ControlPlane:
 
     def _start_controllers(self) -> None:
         admin = str(self.admin_kubeconfig)
-        self._spawn(
-            "kube-controller-manager",
+        # both as the admin, serving their own HTTPS endpoints on loopback, alone (no election)
+        common = (
             f"--kubeconfig={admin}",
             f"--authentication-kubeconfig={admin}",
             f"--authorization-kubeconfig={admin}",
             "--bind-address=127.0.0.1",
-            f"--secure-port={free_port()}",
             "--leader-elect=false",
+        )
+        self._spawn(
+            "kube-controller-manager",
+            *common,
+            f"--secure-port={free_port()}",
             # fake nodes have no kubelet heartbeat worth judging and no pod CIDRs to hand out
             "--controllers=*,-node-lifecycle-controller,-node-ipam-controller",
             "--horizontal-pod-autoscaler-sync-period=1s",
@@ -258,16 +264,7 @@ class ControlPlane:
             FEATURE_GATES,
             "--v=1",
         )
-        self._spawn(
-            "kube-scheduler",
-            f"--kubeconfig={admin}",
-            f"--authentication-kubeconfig={admin}",
-            f"--authorization-kubeconfig={admin}",
-            "--bind-address=127.0.0.1",
-            f"--secure-port={free_port()}",
-            "--leader-elect=false",
-            "--v=1",
-        )
+        self._spawn("kube-scheduler", *common, f"--secure-port={free_port()}", "--v=1")
         self._spawn(
             "kwok",
             f"--kubeconfig={admin}",
@@ -280,13 +277,29 @@ class ControlPlane:
         # the default ServiceAccount every namespace needs before pods can be created there
         self._wait("kube-controller-manager", lambda: self._exists("/api/v1/namespaces/default/serviceaccounts/default"), 90)
 
+    def start_knative_serving(self, directory: Path) -> None:
+        """The Knative Serving controller (built by `build.sh knative` into `directory`, with the
+        CRDs and ConfigMaps of the same module versions), as the admin."""
+        self.kubectl("apply", "--server-side", "--force-conflicts", f"--filename={directory / 'knative-serving-crds.yaml'}")
+        self.kubectl("wait", "--for=condition=Established", "--all", "crd", "--timeout=60s")
+        self.kubectl("apply", "--server-side", "--force-conflicts", f"--filename={directory / 'knative-serving-config.yaml'}")
+        # the activator's Endpoints, which the SKS reconciler reads; empty: no activator runs, so
+        # every SKS is served by its pods (Serve mode)
+        self.request(
+            "POST",
+            "/api/v1/namespaces/knative-serving/endpoints",
+            {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "activator-service", "namespace": "knative-serving"}},
+        )
+        env = dict(os.environ, SYSTEM_NAMESPACE="knative-serving", POD_NAME="knative-serving-controller")
+        self._spawn("knative-serving-controller", f"--kubeconfig={self.admin_kubeconfig}", directory=directory, env=env)
+
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
             if process.poll() is None:
                 process.terminate()
         for process in self.processes.values():
             try:
-                process.wait(timeout=15)
+                process.wait(timeout=5)  # throw-away state: no need to wait out graceful shutdowns
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()

@@ -4,6 +4,9 @@
 # first run on a machine pays. Prints, on stdout, the one directory holding every binary.
 #
 #   hack/control-plane/build.sh            build what is missing, print the bin directory
+#   hack/control-plane/build.sh knative kserve
+#                                          the Knative Serving controller and webhook and KServe's
+#                                          manager instead (not needed by the tests; README says why)
 #
 # Components: kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from
 # k8s.io/kubernetes; etcd from go.etcd.io/etcd/server/v3; kwok (fake kubelet) from sigs.k8s.io/kwok.
@@ -19,26 +22,31 @@ set -euo pipefail
 KUBERNETES_VERSION=${KUBERNETES_VERSION:-v1.36.3}
 ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
+KNATIVE_SERVING_VERSION=${KNATIVE_SERVING_VERSION:-v0.50.0}  # knative-v1.23
+KSERVE_VERSION=${KSERVE_VERSION:-v0.20.0}
 CACHE=${CONTROL_PLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/inference-autoscaler/control-plane}
 
 export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--p=2} -trimpath" GOTOOLCHAIN=${GOTOOLCHAIN:-local}
 log() { echo "control-plane build: $*" >&2; }
 
 mkdir -p "$CACHE"
-exec 9>"$CACHE/.lock"
-flock 9  # one build at a time per machine; a second caller waits, then finds the cache filled
 
 # build_into NAME VERSION BODY...: runs BODY in a fresh consumer module and moves the result to
 # $CACHE/NAME-VERSION only when it succeeded, so a half-built component is never taken for done.
 build_into() {
     local name=$1 version=$2 final="$CACHE/$1-$2"; shift 2
     [ -d "$final" ] && return 0
+    # one build of a component at a time per machine: a second caller waits, then finds it built
+    exec 9>"$CACHE/.lock-$name-$version"
+    flock 9
+    [ -d "$final" ] && { exec 9>&-; return 0; }
     command -v go >/dev/null || { log "cannot build $name $version: go is not installed (needs Go >= 1.26)"; exit 69; }
     local work; work=$(mktemp -d "$CACHE/.build-$name-XXXX")
     local start=$SECONDS
     log "building $name $version (first run on this machine; see README for time and disk)"
     ( cd "$work" && mkdir out && "$@" ) || { rm -rf "$work"; log "$name $version failed to build"; exit 1; }
     mv "$work/out" "$final" && rm -rf "$work"
+    exec 9>&-
     log "$name $version built in $((SECONDS - start)) s"
 }
 
@@ -86,6 +94,55 @@ kwok() {
     done > out/kwok-stages.yaml
 }
 
+knative() {
+    go mod init consumer >/dev/null 2>&1
+    go mod edit -require "knative.dev/serving@$KNATIVE_SERVING_VERSION"
+    go build -mod=mod -ldflags "-s -w" -o out/knative-serving-controller knative.dev/serving/cmd/controller
+    go build -mod=mod -ldflags "-s -w" -o out/knative-serving-webhook knative.dev/serving/cmd/webhook
+    # what the controller needs in the cluster, from the very module versions it was built from:
+    # its CRDs and those of knative.dev/networking and knative.dev/caching, and its ConfigMaps
+    local serving networking caching file
+    serving=$(go list -mod=mod -m -f '{{.Dir}}' knative.dev/serving)
+    networking=$(go list -mod=mod -m -f '{{.Dir}}' knative.dev/networking)
+    caching=$(go list -mod=mod -m -f '{{.Dir}}' knative.dev/caching)
+    for file in "$serving"/config/core/300-resources/*.yaml "$networking"/config/{certificate,domain-claim,ingress,serverlessservice}.yaml \
+        "$caching"/config/image.yaml; do
+        printf -- '---\n' && cat "$file"
+    done > out/knative-serving-crds.yaml
+    for file in "$serving"/config/core/100-namespace.yaml "$serving"/config/core/configmaps/*.yaml "$networking"/config/config-network.yaml; do
+        printf -- '---\n' && cat "$file"
+    done > out/knative-serving-config.yaml
+}
+
+# KServe's go.mod pins versions by replace directives (k8s.io/* v0.34, controller-runtime), which
+# a dependency's go.mod cannot impose: the consumer module repeats them.
+kserve() {
+    go mod init consumer >/dev/null 2>&1
+    go mod edit -require "github.com/kserve/kserve@$KSERVE_VERSION"
+    local gomod replacement
+    gomod=$(go mod download -json "github.com/kserve/kserve@$KSERVE_VERSION" | sed -n 's/^\s*"GoMod": "\(.*\)",$/\1/p')
+    for replacement in $(go mod edit -json "$gomod" | python3 -c "
+import json, sys
+for r in json.load(sys.stdin).get('Replace') or []:
+    if r['New'].get('Version'):
+        print(r['Old']['Path'] + '=' + r['New']['Path'] + '@' + r['New']['Version'])
+"); do
+        go mod edit -replace "$replacement"
+    done
+    go build -mod=mod -ldflags "-s -w" -o out/kserve-manager github.com/kserve/kserve/cmd/manager
+}
+
+if [ $# -gt 0 ]; then
+    for extra in "$@"; do
+        case $extra in
+            knative) build_into knative-serving "$KNATIVE_SERVING_VERSION" knative && echo "$CACHE/knative-serving-$KNATIVE_SERVING_VERSION" ;;
+            kserve) build_into kserve "$KSERVE_VERSION" kserve && echo "$CACHE/kserve-$KSERVE_VERSION" ;;
+            *) log "unknown component $extra (knative, kserve)"; exit 2 ;;
+        esac
+    done
+    exit 0
+fi
+
 build_into etcd "$ETCD_VERSION" etcd
 build_into kwok "$KWOK_VERSION" kwok
 build_into kubernetes "$KUBERNETES_VERSION" kubernetes
@@ -96,6 +153,6 @@ if [ ! -d "$bin" ]; then
     tmp=$(mktemp -d "$CACHE/.bin-XXXX")
     ln -s "$CACHE"/kubernetes-"$KUBERNETES_VERSION"/* "$CACHE/etcd-$ETCD_VERSION/etcd" \
         "$CACHE/kwok-$KWOK_VERSION"/* "$tmp/"
-    mv "$tmp" "$bin"
+    mv -T "$tmp" "$bin" 2>/dev/null || rm -rf "$tmp"  # made meanwhile by another caller
 fi
 echo "$bin"

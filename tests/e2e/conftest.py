@@ -126,10 +126,11 @@ class Process:
         return self.log.read_text()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def webhook(control_plane, tmp_path_factory):
     """Our admission webhook as a process, registered by config/webhook's MutatingWebhookConfiguration
-    with clientConfig.url on 127.0.0.1 and the caBundle of a CA from autoscaler.certificates."""
+    with clientConfig.url on 127.0.0.1 and the caBundle of a CA from autoscaler.certificates; per
+    module, so that tests applying config/ itself find no configuration of that name."""
     directory = tmp_path_factory.mktemp("webhook")
     ca = Authority.create("webhook-ca")
     cert, key = ca.issue("webhook", directory, server=True)
