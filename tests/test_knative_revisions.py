@@ -136,3 +136,25 @@ async def test_knative_events_are_followed_within_seconds_not_at_the_next_cycle(
             runner.cancel()
             await asyncio.gather(runner, return_exceptions=True)
             await stop(controller)
+
+
+async def test_a_revision_routed_again_is_woken_from_zero():
+    """An HPA does not scale a target at zero replicas: the controller takes it to one first."""
+    async with Cluster() as cluster:
+        cluster.store.put(ISVCS, canary_isvc())
+        revision(cluster, "chat-predictor-3", "Unreachable")
+        controller = await cluster.controller(StandInCollector({("prod", "chat"): observed(8.0)}))
+        try:
+            await controller.cycle()
+            assert replicas(cluster, "chat-predictor-3") == 0
+            pa = cluster.store.get(PAS, "prod", "chat-predictor-3")
+            pa["spec"]["reachability"] = "Reachable"  # traffic is routed to it again
+            cluster.store.put(PAS, pa)
+            await cluster.settle(
+                controller,
+                lambda: controller.informers["pas"].objects[("prod", "chat-predictor-3")]["spec"]["reachability"] == "Reachable",
+            )
+            await controller.cycle()
+            assert replicas(cluster, "chat-predictor-3") == 1 and cluster.store.get(HPAS, "prod", "chat-predictor-3") is not None
+        finally:
+            await stop(controller)

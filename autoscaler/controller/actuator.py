@@ -251,6 +251,8 @@ class Actuator:
             bounds = (service.min_replicas, service.max_replicas)
             selector = {"isvc": service.name, "revision": revision}
             await self._ensure_hpa(hpa(name, namespace, target, selector, bounds, pa, self.settings.hpa_tolerance), report)
+            if pods == 0:  # at zero (retired before, or made so): an HPA never scales up from there
+                await self._scale_up_to(namespace, target, 1, report)
             slo = catalog.classes[service.service_class].targets[service.model]
             report.decisions.append(decision_message(plan, slo, revision=revision, replicas=desired))
         else:
