@@ -23,7 +23,7 @@ from ..test_controller_planning import observed
 from .conftest import NAMESPACE, kubectl_json, opt_in_namespace, problems_in
 from .test_controller_rbac import settled
 
-ISVC_NAMESPACE = "e2e-knative"
+ISVC_NAMESPACE = "e2e-pa-class"
 REVISION = "chat-predictor-00001"
 
 
