@@ -275,7 +275,12 @@ class Actuator:
         """At least `floor` replicas; more are left as they are (pods not seen yet, someone's choice)."""
         if target.get("kind") != "Deployment" or not target.get("name"):
             return
-        scale = await self.kube.request("GET", DEPLOYMENTS.path(namespace, target["name"], "scale"))
+        try:
+            scale = await self.kube.request("GET", DEPLOYMENTS.path(namespace, target["name"], "scale"))
+        except ApiError as exc:
+            if exc.status == 404:  # not made yet (Knative makes the PA first): nothing to scale
+                return
+            raise
         if ((scale.get("spec") or {}).get("replicas") or 0) < floor:
             await self._scale(namespace, target, floor, report)
 
