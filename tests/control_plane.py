@@ -293,6 +293,25 @@ class ControlPlane:
         env = dict(os.environ, SYSTEM_NAMESPACE="knative-serving", POD_NAME="knative-serving-controller")
         self._spawn("knative-serving-controller", f"--kubeconfig={self.admin_kubeconfig}", directory=directory, env=env)
 
+    def start_kserve(self, directory: Path) -> None:
+        """KServe's manager (built by `build.sh kserve` into `directory`, with its CRDs) as the
+        admin, configured by ../shared's inferenceservice-config; its own webhooks are not
+        registered (their server still needs a certificate to start)."""
+        self.kubectl("create", "namespace", "kserve")
+        self.kubectl("apply", "--server-side", "--force-conflicts", f"--filename={directory / 'kserve-crds.yaml'}")
+        self.kubectl("wait", "--for=condition=Established", "--all", "crd", "--timeout=60s")
+        config = UPSTREAM_CRDS / "kserve-v0.20.0" / "inferenceservice-config.yaml"
+        self.kubectl("apply", "--server-side", f"--filename={config}")
+        tmp = self.directory / "kserve-tmp"  # controller-runtime's certificate folder is under TMPDIR
+        certs = tmp / "k8s-webhook-server" / "serving-certs"
+        certs.mkdir(parents=True)
+        cert, key = self.pki.ca.issue("kserve-webhook", ["localhost", "127.0.0.1"], days=2)
+        (certs / "tls.crt").write_text(cert)
+        (certs / "tls.key").write_text(key)
+        env = dict(os.environ, KUBECONFIG=str(self.admin_kubeconfig), TMPDIR=str(tmp), POD_NAMESPACE="kserve")
+        probes = [f"--metrics-addr=127.0.0.1:{free_port()}", f"--health-probe-addr=127.0.0.1:{free_port()}"]
+        self._spawn("kserve-manager", *probes, f"--webhook-port={free_port()}", directory=directory, env=env)
+
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):
             if process.poll() is None:

@@ -130,6 +130,12 @@ for r in json.load(sys.stdin).get('Replace') or []:
         go mod edit -replace "$replacement"
     done
     go build -mod=mod -ldflags "-s -w" -o out/kserve-manager github.com/kserve/kserve/cmd/manager
+    # its CRDs from the same version (the top-level ones; the subfolders are kustomize patches)
+    local source file
+    source=$(go list -mod=mod -m -f '{{.Dir}}' github.com/kserve/kserve)
+    for file in "$source"/config/crd/full/serving.kserve.io_*.yaml; do
+        printf -- '---\n' && cat "$file"
+    done > out/kserve-crds.yaml
 }
 
 if [ $# -gt 0 ]; then

@@ -39,7 +39,9 @@ H100 = "NVIDIA-H100-80GB-HBM3"
 
 def revision_deployment(isvc_name: str, revision: str, pods: int, gpus: int, deadline_s: int = 600) -> dict:
     """A revision's Deployment as Knative makes it: the ISVC's annotations copied to the pod
-    template, the revision and ISVC labels; the real ReplicaSet controller then makes the pods."""
+    template, the revision and ISVC labels; the real ReplicaSet controller then makes the pods.
+    Named after no ISVC of this module: where KServe and Knative run (test_knative_serving.py)
+    they make the real revisions of those."""
     labels = {REVISION_LABEL: revision, ISVC_LABEL: isvc_name}
     return {
         "apiVersion": "apps/v1",
@@ -144,10 +146,10 @@ async def test_a_group_is_gated_then_admitted_whole_and_bound_and_one_that_never
         await asyncio.wait_for(asyncio.gather(pods.synced.wait(), nodes.synced.wait()), 30)
         gangs = GangAdmission(kube, pods, nodes, NAMESPACE)
 
-        plane.kubectl("apply", "--filename=-", input=json.dumps(revision_deployment("chat", "chat-predictor-00001", 2, 4)))
-        created = until(lambda: len(p := pods_of(plane, "chat-predictor-00001")) == 2 and p, "two pods of the ReplicaSet")
-        assert all(gated(p) and p["metadata"]["labels"][ann.POD_GROUP] == "chat-predictor-00001" for p in created)
-        until(lambda: all(scheduling_gated(p) for p in pods_of(plane, "chat-predictor-00001")), "the scheduler's SchedulingGated")
+        plane.kubectl("apply", "--filename=-", input=json.dumps(revision_deployment("gang", "gang-predictor-00001", 2, 4)))
+        created = until(lambda: len(p := pods_of(plane, "gang-predictor-00001")) == 2 and p, "two pods of the ReplicaSet")
+        assert all(gated(p) and p["metadata"]["labels"][ann.POD_GROUP] == "gang-predictor-00001" for p in created)
+        until(lambda: all(scheduling_gated(p) for p in pods_of(plane, "gang-predictor-00001")), "the scheduler's SchedulingGated")
 
         async def admitted() -> list[str]:
             await asyncio.sleep(0.5)  # the informer sees the pods the ReplicaSet made
@@ -158,7 +160,7 @@ async def test_a_group_is_gated_then_admitted_whole_and_bound_and_one_that_never
                 break
         else:
             pytest.fail("the group that fits was never admitted")
-        running = until(lambda: bound_and_ready(plane, "chat-predictor-00001"), "the admitted group bound and Ready")
+        running = until(lambda: bound_and_ready(plane, "gang-predictor-00001"), "the admitted group bound and Ready")
         assert not any(gated(p) for p in running) and {p["spec"]["nodeName"] for p in running} <= set(gpu_nodes)
 
         # 3 x 8 H100 GPUs: more than the 16 the cluster has, let alone the 8 left
