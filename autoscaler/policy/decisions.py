@@ -1,5 +1,5 @@
 """The planner's view of a managed ISVC and of the last decision made for it (which the
-controller keeps on the ISVC itself, so a restarted controller resumes from the cluster)."""
+controller keeps in its own namespace, so a restarted controller resumes from the cluster)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ class LastDecision:
 
     @classmethod
     def from_json(cls, text: str) -> "LastDecision | None":
-        """None for a missing or unreadable annotation (someone edited it): we decide afresh."""
+        """None for a missing or unreadable decision (someone edited it): we decide afresh."""
         try:
             fields = json.loads(text)
             return cls(**{k: fields[k] for k in cls.__dataclass_fields__ if k in fields})
