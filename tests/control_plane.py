@@ -362,6 +362,8 @@ class ControlPlane:
             d for path in sorted(UPSTREAM_CRDS.rglob("*.yaml")) for d in yaml.safe_load_all(path.read_text())
             if d and d.get("kind") == "CustomResourceDefinition"
         ]  # fmt: skip
+        if not crds:
+            raise ControlPlaneUnavailable(f"no CustomResourceDefinitions under {UPSTREAM_CRDS} (../shared beside the checkout)")
         self.kubectl("apply", "--server-side", "--filename=-", input=yaml.safe_dump_all(crds))
         deadline = time.monotonic() + 60
         # a CRD just created has no conditions yet, which `kubectl wait` takes for an error
