@@ -11,9 +11,13 @@ All live under the prefix `autoscaling.inference-autoscaler.io/`:
 | `min-replicas`, `max-replicas` | bounds, whole numbers, 0 <= min <= max <= 1000 (default: the class's) |
 | `progress-deadline` | seconds a new revision's pod group may wait for GPUs, 1 to 3600 (default 600) |
 | `spec-changes` | `"true"` lets the controller roll out a new GPU type or batch size (default `"false"`) |
+| `scaler` | Standard mode: `hpa` (default: our HPA scales the Deployment) or `keda` (a ScaledObject does) |
 
-The controller owns `decision` (its last decision, JSON: what a restarted controller resumes from)
-and `decision-signature` (its HMAC, without which the decision is ignored: autoscaler/controller/signing.py).
+The controller writes nothing on the ISVC's metadata or spec for a replica change: KServe copies
+ISVC annotations into the revision template and pod template, so a write there would be a
+rollout. Its last decision lives in its own namespace (autoscaler/controller/decision_store.py).
+`decision` is what versions before that wrote; it is ignored, and left in place since removing it
+would itself be one more rollout.
 
 Numbers are ASCII digits only (Python's `int()` and regex digit class also take "３" or "٣").
 1000 replicas is a sanity bound, not a capacity plan: no cluster lends one model a thousand GPU
@@ -36,8 +40,9 @@ MIN_REPLICAS = PREFIX + "min-replicas"
 MAX_REPLICAS = PREFIX + "max-replicas"
 PROGRESS_DEADLINE = PREFIX + "progress-deadline"
 SPEC_CHANGES = PREFIX + "spec-changes"
-DECISION = PREFIX + "decision"
-DECISION_SIGNATURE = PREFIX + "decision-signature"
+SCALER = PREFIX + "scaler"
+SCALERS = ("hpa", "keda")
+LEGACY_DECISION = PREFIX + "decision"
 POD_GROUP = PREFIX + "pod-group"  # scheduling gate and pod label naming a revision's gang
 KNOWN = {
     ENABLED,
@@ -48,8 +53,8 @@ KNOWN = {
     MAX_REPLICAS,
     PROGRESS_DEADLINE,
     SPEC_CHANGES,
-    DECISION,
-    DECISION_SIGNATURE,
+    SCALER,
+    LEGACY_DECISION,
 }
 
 KNATIVE_CLASS = "autoscaling.knative.dev/class"
@@ -106,6 +111,8 @@ def check(annotations: Mapping[str, str], classes: Mapping[str, ClassDefaults]) 
         return findings
     if ours.get(SPEC_CHANGES, "false") not in ("true", "false"):
         findings.errors.append(f'annotation {SPEC_CHANGES}: expected "true" or "false", got {ours[SPEC_CHANGES]!r}')
+    if ours.get(SCALER, "hpa") not in SCALERS:
+        findings.errors.append(f"annotation {SCALER}: expected one of {', '.join(SCALERS)}, got {ours[SCALER]!r}")
     if enabled != "true":
         if set(ours) - {ENABLED}:
             findings.warnings.append(f'annotations under {PREFIX} have no effect unless {ENABLED} is "true"')

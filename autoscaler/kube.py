@@ -246,6 +246,7 @@ class Informer:
         self.objects: dict[tuple[str, str], dict] = {}
         self.synced = asyncio.Event()
         self.relists = 0
+        self.listeners: list[Callable[[str, dict], None]] = []  # called with each watch event (type, object)
 
     def _apply(self, event_type: str, obj: dict) -> None:
         key = object_key(obj)
@@ -253,6 +254,8 @@ class Informer:
             self.objects.pop(key, None)
         else:
             self.objects[key] = obj
+        for listener in self.listeners:
+            listener(event_type, obj)
 
     async def _list(self) -> str:
         listing = await self.kube.list(self.resource, self.namespace, self.label_selector)

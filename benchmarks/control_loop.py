@@ -37,7 +37,7 @@ from autoscaler.controller.collector import CollectorSettings, PrometheusCollect
 from autoscaler.controller.controller import Controller, ControllerSettings  # noqa: E402
 from autoscaler.kube import Kube  # noqa: E402
 from autoscaler.decision_stream import DecisionHub  # noqa: E402
-from tests.cluster_objects import CONFIGMAPS, ISVCS, NAMESPACE, NODES, SIGNER, data_configmap, isvc, node  # noqa: E402
+from tests.cluster_objects import CONFIGMAPS, ISVCS, NAMESPACE, NODES, data_configmap, isvc, node  # noqa: E402
 from tests.kube_api_emulator import KubeApiEmulator  # noqa: E402
 from tests.prometheus_server import PrometheusServer, free_port  # noqa: E402
 from tests.vllm_emulator import EmulatedIsvc, VllmEmulator  # noqa: E402
@@ -115,7 +115,7 @@ async def measure(args: argparse.Namespace, prometheus_url: str, api_port: int, 
 
     kube = Kube.at(f"http://127.0.0.1:{api_port}")
     collector = PrometheusCollector(prometheus_url, CollectorSettings(window_s=WINDOW_S))
-    controller = Controller(kube, collector, DecisionHub(), ControllerSettings(namespace=NAMESPACE), signer=SIGNER)
+    controller = Controller(kube, collector, DecisionHub(), ControllerSettings(namespace=NAMESPACE))
     await controller.start(sync_timeout_s=60)
     reports, cpu = [], []
     async with aiohttp.ClientSession() as session:

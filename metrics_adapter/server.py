@@ -43,6 +43,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="CA of the controller's certificate: the stream then runs over mutual TLS with our serving pair as the "
         "client certificate (without it: plaintext, to a loopback address only)",
     )
+    parser.add_argument(
+        "--keda-address",
+        default="",
+        help="also serve KEDA's External Scaler gRPC service on host:port (for a cluster whose external metrics "
+        "APIService is KEDA's; see the README); off when empty",
+    )
+    parser.add_argument(
+        "--keda-client-ca-file",
+        type=Path,
+        help="CA of KEDA's client certificate (TriggerAuthentication tlsClientCert): the scaler then runs over "
+        "mutual TLS with our serving pair (without it: plaintext, to a loopback address only)",
+    )
     parser.add_argument("--prometheus-url", default="http://prometheus:9090")
     parser.add_argument("--stale-after", type=float, default=90.0, help="seconds after which values are labelled stale")
     parser.add_argument("--max-age", type=float, default=300.0, help="seconds after which values are no longer served")
@@ -67,6 +79,10 @@ async def follow_requestheader(
 
 
 async def serve(args: argparse.Namespace) -> int:
+    if args.keda_address and args.source != "store":
+        raise InputError("command line", "--keda-address", "the KEDA scaler serves the decision stream's values: --source store")
+    if args.keda_address and args.keda_client_ca_file is None and not is_loopback(args.keda_address):
+        raise InputError("command line", "--keda-client-ca-file", "the KEDA scaler is plaintext only on a loopback address")
     if not 0 < args.stale_after <= args.max_age:
         raise InputError("command line", "--stale-after", "must be > 0 and at most --max-age")
     # local files first: a bad certificate is reported without waiting for the API server
@@ -83,6 +99,7 @@ async def serve(args: argparse.Namespace) -> int:
     tls.set_client_ca(requestheader.client_ca_pem)
     gate = Gatekeeper(requestheader, reviews)
     tasks = [asyncio.create_task(tls.watch())]
+    keda = None
     if args.source == "prometheus":
         from .prometheus_source import PrometheusSource
 
@@ -98,6 +115,13 @@ async def serve(args: argparse.Namespace) -> int:
         feed = DecisionFeed(args.decisions, source, tls=stream_tls)
         tasks.append(asyncio.create_task(feed.run()))
         ready = feed.ready
+        if args.keda_address:
+            from .keda import serve_keda
+
+            keda_tls = None
+            if args.keda_client_ca_file:
+                keda_tls = MutualTLS(args.tls_cert_file, args.tls_private_key_file, args.keda_client_ca_file)
+            keda = await serve_keda(source, args.keda_address, keda_tls)
 
     tasks.append(asyncio.create_task(follow_requestheader(reviews, gate, tls)))
     runner, _ = await serve_https(
@@ -114,6 +138,8 @@ async def serve(args: argparse.Namespace) -> int:
     for task in tasks:
         task.cancel()
     await runner.cleanup()
+    if keda is not None:
+        await keda.stop(grace=2)
     await api_client.close()
     return 0
 

@@ -12,7 +12,7 @@ import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Callable, Iterable, Mapping
+from typing import Callable, Iterable, Iterator, Mapping
 
 from .quantity import format_quantity
 from .selectors import Operator, Selector
@@ -114,20 +114,25 @@ class MetricStore:
         narrowing.sort(key=len)
         return narrowing[0].intersection(*narrowing[1:])
 
-    def query(self, namespace: str, metric: str, selector: Selector) -> list[str]:
-        """Rendered ExternalMetricValue JSON objects of the matching series young enough to serve."""
+    def _served(self, namespace: str, metric: str, selector: Selector) -> Iterator[tuple[_Entry, bool]]:
+        """The matching entries young enough to serve, each with whether it is stale."""
         table = self._tables.get((metric, namespace))
         if table is None:
-            return []
+            return
         now = self.clock()
-        items = []
         for key in self._candidates(table, selector):
             entry = table.entries[key]
             age = now - entry.series.timestamp
-            if age > self.max_age_s or not selector.matches(entry.series.labels):
-                continue
-            items.append(entry.stale_json if age > self.stale_after_s else entry.fresh_json)
-        return items
+            if age <= self.max_age_s and selector.matches(entry.series.labels):
+                yield entry, age > self.stale_after_s
+
+    def query(self, namespace: str, metric: str, selector: Selector) -> list[str]:
+        """Rendered ExternalMetricValue JSON objects of the matching series young enough to serve."""
+        return [entry.stale_json if stale else entry.fresh_json for entry, stale in self._served(namespace, metric, selector)]
+
+    def series(self, namespace: str, metric: str, selector: Selector) -> list[Series]:
+        """The matching series young enough to serve (stale ones too, as query serves them)."""
+        return [entry.series for entry, _ in self._served(namespace, metric, selector)]
 
     async def items(self, namespace: str, metric: str, selector: Selector) -> list[str]:
         return self.query(namespace, metric, selector)

@@ -7,8 +7,16 @@ import json
 from autoscaler import annotations as ann
 from autoscaler.cli import embedded_problem
 from autoscaler.controller.catalog import GPU_PRODUCTS_KEY
-from autoscaler.controller.signing import DecisionSigner
-from autoscaler.kserve import DEPLOYMENT_MODE, GPU_PRODUCT_LABEL, GPU_RESOURCE, ISVC_LABEL, RAW_DEPLOYMENT, REVISION_LABEL
+from autoscaler.controller.decision_store import DECISION_KEY, name_for
+from autoscaler.kserve import (
+    DEPLOYMENT_MODE,
+    GPU_PRODUCT_LABEL,
+    GPU_RESOURCE,
+    ISVC_LABEL,
+    KSERVE_AUTOSCALER_CLASS,
+    RAW_DEPLOYMENT,
+    REVISION_LABEL,
+)
 from autoscaler.optimizer.loader import SECTIONS
 
 
@@ -20,7 +28,12 @@ CONFIGMAPS = "api/v1/configmaps"
 NODES = "api/v1/nodes"
 PODS = "api/v1/pods"
 NAMESPACE = "inference-autoscaler"
-SIGNER = DecisionSigner(b"test decision signing key, 32 B+")  # as every replica reads it from the Secret
+
+
+def stored_decision(store, isvc_obj: dict) -> dict | None:
+    """The decision the controller stored for this ISVC (in our namespace, by the ISVC's uid)."""
+    found = store.get(CONFIGMAPS, NAMESPACE, name_for(isvc_obj["metadata"]["uid"]))
+    return None if found is None else json.loads(found["data"][DECISION_KEY])
 
 
 def data_configmap(products: dict[str, str] | None = None) -> dict:
@@ -59,8 +72,9 @@ def isvc(name: str, model: str, service_class: str = "Premium", raw: bool = True
         ann.MIN_REPLICAS: "1",
         ann.MAX_REPLICAS: "20",
     }
-    if raw:
+    if raw:  # as our webhook leaves it
         annotations[DEPLOYMENT_MODE] = RAW_DEPLOYMENT
+        annotations[KSERVE_AUTOSCALER_CLASS] = "external"
     annotations.update({ann.PREFIX + k.replace("_", "-"): v for k, v in extra.items()})
     return {
         "apiVersion": "serving.kserve.io/v1beta1",

@@ -12,13 +12,11 @@ exact figures.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from autoscaler import annotations as ann
 from autoscaler.controller.collector import CollectError, CollectorSettings, PrometheusCollector
 from autoscaler.policy.observation import within
 from autoscaler.controller.controller import Controller, ControllerSettings
@@ -27,7 +25,7 @@ from autoscaler.controller.server import build_app
 from autoscaler.decision_stream import DecisionHub
 from autoscaler.kube_auth import KubernetesReviews, PathGate
 
-from .cluster_objects import CONFIGMAPS, HPAS, ISVCS, NAMESPACE, NODES, PAS, SIGNER, SKSS, data_configmap, isvc, node
+from .cluster_objects import CONFIGMAPS, HPAS, ISVCS, NAMESPACE, NODES, PAS, SKSS, data_configmap, isvc, node, stored_decision
 from .cluster_objects import pod_autoscaler
 from .kube_api_emulator import Grant, KubeApiEmulator
 from .prometheus_server import PrometheusServer, free_port
@@ -71,7 +69,7 @@ class Cluster:
 
     async def controller(self, collector) -> Controller:
         settings = ControllerSettings(namespace=NAMESPACE)
-        controller = Controller(Kube.at(self.url), collector, DecisionHub(), settings, signer=SIGNER)
+        controller = Controller(Kube.at(self.url), collector, DecisionHub(), settings)
         await controller.start(sync_timeout_s=10)
         return controller
 
@@ -91,7 +89,7 @@ async def stop(controller: Controller) -> None:
 
 
 def decision_of(cluster: Cluster, name: str) -> dict:
-    return json.loads(cluster.isvc(name)["metadata"]["annotations"][ann.DECISION])
+    return stored_decision(cluster.store, cluster.isvc(name))
 
 
 async def test_raw_deployment_isvc_gets_decision_hpa_condition_and_stream():
@@ -115,7 +113,7 @@ async def test_raw_deployment_isvc_gets_decision_hpa_condition_and_stream():
 
             await cluster.settle(
                 controller,
-                lambda: ann.DECISION in controller.informers["isvcs"].objects[("prod", "chat")]["metadata"]["annotations"],
+                lambda: controller.decisions.read(cluster.isvc("chat")["metadata"]["uid"]) is not None,
             )
             await cluster.settle(controller, lambda: ("prod", "chat-optimizer") in controller.informers["hpas"].objects)
             steady = await controller.cycle()
@@ -134,7 +132,9 @@ async def test_knative_revisions_get_hpas_serverless_services_and_status():
         }
         cluster.store.put(ISVCS, obj)
         for revision in ("chat-predictor-00001", "chat-predictor-00002", "chat-predictor-00003"):
-            cluster.store.put(PAS, pod_autoscaler("chat", revision))
+            pa = pod_autoscaler("chat", revision)
+            pa["spec"]["reachability"] = "Unreachable" if revision.endswith("1") else "Reachable"  # routes' targets
+            cluster.store.put(PAS, pa)
             cluster.store.put(
                 "apis/apps/v1/deployments",
                 {"metadata": {"name": f"{revision}-deployment", "namespace": "prod"}, "spec": {"replicas": 2}},

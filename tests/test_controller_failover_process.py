@@ -1,13 +1,12 @@
 """Two `inference-autoscaler controller` processes against the Kubernetes API emulator (a real
 kube-apiserver fixture is to follow): one leads, the other stands by (not ready); the leader is
 killed with SIGKILL (no chance to release its Lease); the standby takes over within the lease
-and resumes from the decision in the cluster, signed with the key both read from the Secret:
-the same decision served, nothing written again."""
+and resumes from the decision stored in the cluster (decision_store.py): the same decision
+served, nothing written again."""
 
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import signal
 import sys
@@ -16,19 +15,17 @@ import time
 import aiohttp
 import grpc
 
-from autoscaler import annotations as ann
-from autoscaler.controller.signing import DecisionSigner
+from autoscaler.controller.decision_store import configmap
 from autoscaler.policy.decisions import LastDecision
 from autoscaler.proto import decisions_pb2 as pb
 from autoscaler.proto import decisions_pb2_grpc as pb_grpc
 
-from .cluster_objects import ISVCS, NAMESPACE, isvc
+from .cluster_objects import CONFIGMAPS, ISVCS, NAMESPACE, isvc
 from .prometheus_server import free_port
 from .test_controller import Cluster
 from .test_controller_process import write_kubeconfig
 from .test_leader import LEASE
 
-KEY = b"the cluster's decision signing key"
 LEASE_S, RETRY_S = 2, 0.2
 
 
@@ -64,17 +61,10 @@ async def served(stream: str) -> list[pb.Decision]:
 
 async def test_the_standby_takes_over_a_killed_leader_and_resumes_from_the_cluster(tmp_path):
     async with Cluster() as cluster:
-        signer = DecisionSigner(KEY)
-        cluster.store.put(
-            "api/v1/secrets",
-            {"metadata": {"name": "inference-autoscaler-decision-key", "namespace": NAMESPACE}, "type": "Opaque",
-             "data": {"key": base64.b64encode(KEY).decode()}},
-        )  # fmt: skip
         decided = LastDecision("H100", 5, 64, 300.0, 20.0, 7.5, 60.0, decided_at=time.time())
         chat = isvc("chat", "llama_13b")
         chat["metadata"]["uid"] = "uid-chat"
-        chat["metadata"]["annotations"][ann.DECISION] = decided.to_json()
-        chat["metadata"]["annotations"][ann.DECISION_SIGNATURE] = signer.sign("uid-chat", "prod", "chat", decided.to_json())
+        cluster.store.put(CONFIGMAPS, configmap(NAMESPACE, chat["metadata"], decided.to_json()))
         cluster.store.put(ISVCS, chat)
         kubeconfig = write_kubeconfig(tmp_path, cluster.url)
         replicas = {name: await start(cluster, kubeconfig, name) for name in ("a", "b")}

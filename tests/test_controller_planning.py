@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from autoscaler import annotations as ann
 from autoscaler.controller.catalog import available_capacity, cluster_data, gpu_type_of, node_gpu_types
 from autoscaler.controller.collector import CollectorSettings, bracketing_bounds, observations, queries
 from autoscaler.policy.guards import GuardSettings, planned_rate
 from autoscaler.policy.observation import Observation, WindowFigures, observe, within
-from autoscaler.controller.manifests import hpa, isvc_patch
+from autoscaler.controller.manifests import hpa, spec_patch
 from autoscaler.policy.planner import PlannerState, plan
 from autoscaler.controller.services import ServiceReader, read_services
 from autoscaler.policy.decisions import LastDecision
 from autoscaler.errors import InputError
 
-from .cluster_objects import SIGNER, data_configmap, gpu_pod, isvc, node
+from .cluster_objects import data_configmap, gpu_pod, isvc, node
 
 DATA = cluster_data(data_configmap(), "test")
 CAPACITY = {"L4": 64, "L40S": 64, "A100": 64, "H100": 64, "AIU2": 0, "G2": 0, "MI210": 0, "MI250": 0, "MI300X": 0}
@@ -43,9 +42,10 @@ def observed(
 def service(name="chat", model="llama_13b", last: LastDecision | None = None, **extra):
     obj = isvc(name, model, **extra)
     if last is not None:
-        obj["metadata"]["annotations"][ann.DECISION] = last.to_json()
-        obj["metadata"]["annotations"][ann.DECISION_SIGNATURE] = SIGNER.sign("", "prod", name, last.to_json())
-    services, rejected = read_services([obj], DATA.catalog, SIGNER)
+        obj["metadata"]["uid"] = f"uid-{name}"
+    services, rejected = read_services(
+        [obj], DATA.catalog, lambda uid: (last.to_json(), "1") if last and uid == f"uid-{name}" else None
+    )
     assert not rejected, rejected
     return services[0]
 
@@ -96,7 +96,7 @@ def test_isvcs_with_unknown_models_or_bad_annotations_are_rejected_with_the_reas
     unknown = isvc("mystery", "gpt-17")
     bad = isvc("broken", "llama_13b", min_replicas="five")
     other = {"metadata": {"name": "plain", "namespace": "prod"}}
-    services, rejected = read_services([good, unknown, bad, other], DATA.catalog, SIGNER)
+    services, rejected = read_services([good, unknown, bad, other], DATA.catalog)
     assert [s.name for s in services] == ["chat"]
     assert {r.name: r.problem for r in rejected}.keys() == {"mystery", "broken"}
     assert "unknown model 'gpt-17'" in rejected[0].problem and "min-replicas" in rejected[1].problem
@@ -199,7 +199,7 @@ def test_roll_out_patch_sets_gpu_affinity_resources_and_max_num_seqs():
     obj = isvc("chat", "llama_13b")
     obj["spec"]["predictor"]["model"]["args"] += ["--max-num-seqs=16"]
     result = plan_one(service(last=last, spec_changes="true"))
-    patch = isvc_patch(obj, result, {"NVIDIA-H100-80GB-HBM3"}, 2)
+    patch = spec_patch(obj, result, {"NVIDIA-H100-80GB-HBM3"}, 2)
     predictor = patch["spec"]["predictor"]
     assert predictor["model"]["args"] == ["--model_name", "llama_13b", f"--max-num-seqs={result.decision.max_batch}"]
     assert predictor["model"]["resources"]["limits"]["nvidia.com/gpu"] == "2"
@@ -210,7 +210,7 @@ def test_roll_out_patch_sets_gpu_affinity_resources_and_max_num_seqs():
 
 
 def test_service_reader_reads_an_isvc_again_only_when_it_changed():
-    reader = ServiceReader(SIGNER)
+    reader = ServiceReader(lambda uid: None)
     obj = isvc("chat", "llama_13b")
     obj["metadata"]["resourceVersion"] = "1"
     [first], _ = reader.read([obj], DATA.catalog)

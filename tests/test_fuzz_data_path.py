@@ -28,8 +28,8 @@ from metrics_adapter.feed import DecisionFeed
 from metrics_adapter.selectors import parse_selector
 from metrics_adapter.store import MetricStore
 
-from .cluster_objects import SIGNER, isvc
-from .test_hostile_input import signed
+from .cluster_objects import isvc
+from .test_hostile_input import StoredDecisions
 from .test_controller_planning import CAPACITY, DATA
 
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -89,7 +89,7 @@ def query_results(draw):
 def test_any_prometheus_answer_yields_only_sane_observations_and_decisions(results):
     observed = observations(results, CollectorSettings())
     assert all(obs.problem() is None for obs in observed.values())
-    services, _ = read_services([isvc(name, MODELS[name]) for name in ISVCS], DATA.catalog, SIGNER)
+    services, _ = read_services([isvc(name, MODELS[name]) for name in ISVCS], DATA.catalog)
     for p in plan(DATA.catalog, CAPACITY, services, observed, 1000.0, PlannerState()):
         assert_sane(p.decision, p.service)
 
@@ -116,11 +116,14 @@ def annotations(draw):
 
 @FUZZ
 @given(annotations(), st.one_of(st.none(), st.floats(0, 50)), st.sampled_from([("0", "4"), ("1", "20"), ("2", "2")]))
-def test_any_decision_annotation_yields_only_sane_decisions(text, rate, bounds):
+def test_any_stored_decision_yields_only_sane_decisions(text, rate, bounds):
     from .test_controller_planning import observed as observation
 
-    obj = signed(isvc("chat", "llama_13b", decision=text, min_replicas=bounds[0], max_replicas=bounds[1]))
-    [service], rejected = read_services([obj], DATA.catalog, SIGNER)
+    decisions = StoredDecisions()
+    obj = isvc("chat", "llama_13b", min_replicas=bounds[0], max_replicas=bounds[1])
+    obj["metadata"]["uid"] = "uid-chat"
+    decisions["uid-chat"] = text
+    [service], rejected = read_services([obj], DATA.catalog, decisions)
     assert not rejected
     assert_sane(service.last, service)
     observed = {} if rate is None else {("prod", "chat"): observation(rate)}
@@ -297,7 +300,7 @@ def test_any_data_configmap_edit_is_refused_with_an_input_error_or_decides_sanel
         data = cluster_data(configmap, "ConfigMap x")
     except InputError:
         return
-    services, _ = read_services([isvc(name, MODELS[name]) for name in ISVCS], data.catalog, SIGNER)
+    services, _ = read_services([isvc(name, MODELS[name]) for name in ISVCS], data.catalog)
     observed = {("prod", s.name): observation(5.0) for s in services}
     for p in plan(data.catalog, CAPACITY, services, observed, 1000.0, PlannerState()):
         assert_sane(p.decision)

@@ -206,12 +206,13 @@ async def test_a_group_past_its_deadline_fails_and_the_old_revision_keeps_servin
             "False",
             "ProgressDeadlineExceeded",
         )
-        # the ReplicaSet makes the pods again: they stay gated, holding nothing
+        # the ReplicaSet makes the pods again: they stay gated, holding nothing, until the group fits
         await cluster.add(*(revision_pod(f"chat-again-{i}", created=cluster.now, **{MIN_SCALE: "2"}) for i in range(2)))
-        cluster.store.remove(PODS, "prod", "old-1")
-        await cluster.caught_up()
         await gangs.reconcile()
         assert cluster.gated() == {"chat-again-0", "chat-again-1"}
+        cluster.store.remove(PODS, "prod", "old-1")
+        await cluster.caught_up()
+        assert (await gangs.reconcile()).admitted == ["prod/chat-predictor-00002"]
 
 
 @pytest.mark.parametrize("ungated_before_crash", [0, 1])

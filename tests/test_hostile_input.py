@@ -15,7 +15,6 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from autoscaler import annotations as ann
 from autoscaler.controller.catalog import cluster_data
 from autoscaler.controller.collector import CollectorSettings, PrometheusCollector, bracketing_bounds, observations
 from autoscaler.decision_metrics import decision_problem, exposition
@@ -34,7 +33,9 @@ from metrics_adapter.feed import DecisionFeed
 from metrics_adapter.selectors import parse_selector
 from metrics_adapter.store import MetricStore
 
-from .cluster_objects import ISVCS, SIGNER, data_configmap, isvc
+from autoscaler.controller.decision_store import configmap
+
+from .cluster_objects import CONFIGMAPS, ISVCS, NAMESPACE, data_configmap, isvc
 from .test_controller import Cluster, StandInCollector, stop
 from .test_controller_planning import CAPACITY, DATA, observed
 from .test_decision_stream import T0, decision
@@ -58,13 +59,33 @@ BAD_VALUES = [
 ]
 
 
-def signed(obj: dict) -> dict:
-    """The ISVC with its decision annotation signed as the controller signs it: the values are
-    what is under test here, not the signature."""
+class StoredDecisions(dict):
+    """Decision texts by ISVC uid, answered as the controller's DecisionStore.read answers."""
+
+    def __call__(self, uid: str) -> tuple[str, str] | None:
+        return (self[uid], "1") if uid in self else None
+
+
+STORED = StoredDecisions()
+
+
+@pytest.fixture(autouse=True)
+def _no_stored_decisions():
+    STORED.clear()
+
+
+def put_with_decision(cluster, obj: dict, decision: str) -> None:
+    """The ISVC in the API emulator, with its decision ConfigMap where the controller keeps it."""
+    cluster.store.put(ISVCS, stored(obj, decision))
+    cluster.store.put(CONFIGMAPS, configmap(NAMESPACE, obj["metadata"], decision))
+
+
+def stored(obj: dict, decision: str) -> dict:
+    """The ISVC, with `decision` as the controller's stored decision for it (in STORED): the
+    values are what is under test here."""
     meta = obj["metadata"]
-    meta.setdefault("uid", f"uid-of-{meta['name']}")  # signed with it: the API emulator keeps one given
-    text = meta["annotations"][ann.DECISION]
-    meta["annotations"][ann.DECISION_SIGNATURE] = SIGNER.sign(meta["uid"], meta["namespace"], meta["name"], text)
+    meta.setdefault("uid", f"uid-of-{meta['name']}")  # the API emulator keeps one given
+    STORED[meta["uid"]] = decision
     return obj
 
 
@@ -142,7 +163,7 @@ def test_one_isvcs_broken_samples_never_stop_the_others(bad, caplog):
     assert observed_now[("prod", "chat")].ttft_buckets[-1] == (math.inf, 600.0)
     assert all(finite_observation(o) for o in observed_now.values())
     assert "prod/code" in caplog.text and "prod/chat" not in caplog.text  # one clear line, naming the offender
-    services, _ = read_services([isvc("chat", "llama_13b"), isvc("code", "llama_7b")], DATA.catalog, SIGNER)
+    services, _ = read_services([isvc("chat", "llama_13b"), isvc("code", "llama_7b")], DATA.catalog, STORED)
     plans = plan(DATA.catalog, CAPACITY, services, observed_now, 1000.0, PlannerState())
     assert {p.service.name for p in plans if p.decision is not None} >= {"chat"}
     for p in plans:
@@ -158,10 +179,10 @@ def test_unparsable_bucket_bounds_are_skipped_when_learning_them():
 
 @pytest.mark.parametrize("field, value", BAD_VALUES, ids=lambda v: repr(v))
 def test_a_decision_annotation_with_bad_values_is_refused_with_one_clear_error(field, value, caplog):
-    good = signed(isvc("chat", "llama_13b", decision=GOOD.to_json()))
-    bad = signed(isvc("code", "llama_7b", decision=annotation(field, value)))
+    good = stored(isvc("chat", "llama_13b"), GOOD.to_json())
+    bad = stored(isvc("code", "llama_7b"), annotation(field, value))
     with caplog.at_level(logging.ERROR):
-        services, rejected = read_services([good, bad], DATA.catalog, SIGNER)
+        services, rejected = read_services([good, bad], DATA.catalog, STORED)
     by_name = {s.name: s for s in services}
     assert not rejected and by_name["chat"].last == GOOD and by_name["code"].last is None
     [line] = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
@@ -169,13 +190,13 @@ def test_a_decision_annotation_with_bad_values_is_refused_with_one_clear_error(f
 
 
 def test_a_remembered_replica_count_outside_the_isvcs_bounds_is_brought_within_them():
-    services, _ = read_services([signed(isvc("chat", "llama_13b", decision=annotation("replicas", 50)))], DATA.catalog, SIGNER)
+    services, _ = read_services([stored(isvc("chat", "llama_13b"), annotation("replicas", 50))], DATA.catalog, STORED)
     assert services[0].last.replicas == 20  # max-replicas of the ISVC
 
 
 def test_the_planner_never_emits_a_decision_from_bad_state_or_observations():
     """Whatever slips past the boundaries (the simulator builds these types itself) stays with its ISVC."""
-    services, _ = read_services([isvc("chat", "llama_13b"), isvc("code", "llama_7b")], DATA.catalog, SIGNER)
+    services, _ = read_services([isvc("chat", "llama_13b"), isvc("code", "llama_7b")], DATA.catalog, STORED)
     from dataclasses import replace
 
     nan = float("nan")
@@ -203,7 +224,7 @@ def test_the_optimizer_failing_on_one_isvcs_figures_leaves_the_others_decided(mo
 
     monkeypatch.setattr(planner, "solve", failing_on_code)
     good = isvc("chat", "llama_13b")
-    services, _ = read_services([good, signed(isvc("code", "llama_7b", decision=GOOD.to_json()))], DATA.catalog, SIGNER)
+    services, _ = read_services([good, stored(isvc("code", "llama_7b"), GOOD.to_json())], DATA.catalog, STORED)
     observed_now = {("prod", "chat"): observed(5.0), ("prod", "code"): observed(5.0)}
     with caplog.at_level(logging.ERROR):
         chat, code = plan(DATA.catalog, CAPACITY, services, observed_now, 1000.0, PlannerState())
@@ -214,9 +235,9 @@ def test_the_optimizer_failing_on_one_isvcs_figures_leaves_the_others_decided(mo
 
 async def test_bad_annotations_never_stop_the_cycle_nor_reach_the_stream_or_metrics():
     async with Cluster() as cluster:
-        cluster.store.put(ISVCS, signed(isvc("chat", "llama_13b", decision=GOOD.to_json())))
+        put_with_decision(cluster, isvc("chat", "llama_13b"), GOOD.to_json())
         for i, (field, value) in enumerate(BAD_VALUES):
-            cluster.store.put(ISVCS, signed(isvc(f"bad{i}", "llama_7b", decision=annotation(field, value))))
+            put_with_decision(cluster, isvc(f"bad{i}", "llama_7b"), annotation(field, value))
         collector = StandInCollector()
         collector.down = True  # every plan is the remembered decision, published as it is
         controller = await cluster.controller(collector)
@@ -244,7 +265,7 @@ async def test_one_isvcs_actuation_bug_leaves_the_others_actuated():
         controller = await cluster.controller(StandInCollector({("prod", "chat"): observed(8.0)}))
         try:
             await controller.cycle()
-            services, _ = read_services(controller.informers["isvcs"].objects.values(), controller.data.catalog, SIGNER)
+            services, _ = read_services(controller.informers["isvcs"].objects.values(), controller.data.catalog, STORED)
             from dataclasses import replace
 
             plans = [Plan(s, replace(GOOD, accelerator="NOPE") if s.name == "code" else GOOD) for s in services]

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import time
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from autoscaler import annotations as ann
 from autoscaler.controller.controller import Controller, ControllerSettings
 from autoscaler.controller.server import lead
 from autoscaler.decision_stream import DecisionHub, serve_decisions
@@ -26,7 +24,7 @@ from metrics_adapter.api import BASE, build_app
 from metrics_adapter.feed import DecisionFeed
 from metrics_adapter.store import MetricStore
 
-from .cluster_objects import HPAS, ISVCS, NAMESPACE, SIGNER, isvc
+from .cluster_objects import HPAS, ISVCS, NAMESPACE, isvc, stored_decision
 from .kube_objects import Fault
 from .test_controller import Cluster, StandInCollector, stop
 from .test_controller_planning import observed
@@ -130,7 +128,7 @@ async def test_failover_of_two_controllers_loses_and_repeats_no_decision():
         settings = ControllerSettings(namespace=NAMESPACE, planner=PlannerSettings(period_s=0.5))
         replicas = []
         for name in ("a", "b"):
-            controller = Controller(Kube.at(cluster.url), collector, DecisionHub(), settings, signer=SIGNER)
+            controller = Controller(Kube.at(cluster.url), collector, DecisionHub(), settings)
             controller.hub.leading = False
             await controller.start(sync_timeout_s=10)
             election = elector(cluster, name)
@@ -161,7 +159,7 @@ async def test_failover_of_two_controllers_loses_and_repeats_no_decision():
             assert takeover_s <= FAST.lease_s + 2 * FAST.retry_s * JITTER + 1.0  # 1 s for a shared, loaded machine
             assert not any(both_led)
             cycles = leader[0].cycles + follower[0].cycles
-            decided = json.loads(cluster.isvc("chat")["metadata"]["annotations"][ann.DECISION])
+            decided = stored_decision(cluster.store, cluster.isvc("chat"))
             calibration = SloCalibration()
             assert decided["ttft_scale"] == pytest.approx(max(calibration.tighten**cycles, calibration.floor))
             assert spec(cluster)["leaseTransitions"] == 1

@@ -249,7 +249,7 @@ def test_the_optimizer_data_configmap_loads(default):
     assert set(data.catalog.accelerators) == {"H100", "A100", "L40S"} and data.gpu_products["NVIDIA-H100-80GB-HBM3"] == "H100"
 
 
-@pytest.mark.parametrize("sample", ["isvc-serverless.yaml", "isvc-rawdeployment.yaml"])
+@pytest.mark.parametrize("sample", ["isvc-knative.yaml", "isvc-standard.yaml"])
 def test_sample_isvcs_pass_our_admission_webhook(sample):
     isvc = yaml.safe_load((CONFIG / "samples" / sample).read_text())
     status, body = answer(json.dumps(admission(isvc)).encode(), DEFAULT_CLASSES)
@@ -294,7 +294,6 @@ def test_secrets_are_read_by_name_and_only_the_webhook_reads_the_ca_key(default)
     }
     assert readers == {
         ("webhook-certificates", ("inference-autoscaler-tls", "inference-autoscaler-tls-ca")),
-        ("controller", ("inference-autoscaler-decision-key",)),  # signs its decisions
     }
     for deployment in (d for d in default if d["kind"] == "Deployment"):
         for volume in deployment["spec"]["template"]["spec"].get("volumes", []):

@@ -81,15 +81,25 @@ def test_managed_isvc_gets_our_class_defaults_and_reinvocation_changes_nothing()
     assert again["response"]["allowed"] and "patch" not in again["response"]  # idempotent under reinvocation
 
 
-def test_explicit_bounds_win_and_raw_deployment_uses_an_external_autoscaler():
-    obj = isvc(
-        MANAGED
-        | {PREFIX + "min-replicas": "2", PREFIX + "max-replicas": "6", "serving.kserve.io/deploymentMode": "RawDeployment"}
-    )
+@pytest.mark.parametrize("mode", ["RawDeployment", "Standard"])
+def test_explicit_bounds_win_and_standard_mode_uses_an_external_autoscaler(mode):
+    obj = isvc(MANAGED | {PREFIX + "min-replicas": "2", PREFIX + "max-replicas": "6", "serving.kserve.io/deploymentMode": mode})
     result = patched(obj, respond(admission(obj))[1])
     assert result["spec"]["predictor"]["minReplicas"] == 2 and result["spec"]["predictor"]["maxReplicas"] == 6
     assert result["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "external"
     assert KNATIVE_CLASS not in result["metadata"]["annotations"]
+
+
+def test_the_mode_kserve_recorded_in_status_decides_and_a_mode_left_unsaid_is_warned_of():
+    recorded = isvc(MANAGED) | {"status": {"deploymentMode": "Standard"}}
+    _, answered = respond(admission(recorded, operation="UPDATE"))
+    result = patched(recorded, answered)
+    assert result["metadata"]["annotations"]["serving.kserve.io/autoscalerClass"] == "external"
+    assert not any("deploymentMode" in w for w in answered["response"].get("warnings", []))
+    _, unsaid = respond(admission(isvc(MANAGED)))
+    assert any("deploymentMode not set: taken as Knative" in w for w in unsaid["response"]["warnings"])
+    knative = isvc(MANAGED | {"serving.kserve.io/deploymentMode": "Knative"})
+    assert patched(knative, respond(admission(knative))[1])["metadata"]["annotations"][KNATIVE_CLASS] == OUR_KNATIVE_CLASS
 
 
 def test_dry_run_gets_the_same_answer():

@@ -2,7 +2,8 @@
 
 InferenceServices that opt in (annotations.py) are validated, then defaulted with the smallest
 JSONPatch that reaches the desired state, so a second pass (reinvocation) patches nothing:
-our Knative autoscaler class (or KServe's "external" autoscaler for RawDeployment), the model
+our Knative autoscaler class (or KServe's "external" autoscaler in Standard mode, formerly
+RawDeployment: KServe then makes no HPA and leaves replicas to the controller's), the model
 name, replica bounds from the service class on the annotations and on spec.predictor.
 Pods of a revision of a managed ISVC get, at creation, a scheduling gate and a pod-group label
 (the revision), so no GPU is taken until the gang admission controller lifts the gate.
@@ -26,7 +27,7 @@ from autoscaler.annotations import (
     ClassDefaults,
     check,
 )
-from autoscaler.kserve import DEPLOYMENT_MODE, KSERVE_AUTOSCALER_CLASS, REVISION_LABEL
+from autoscaler.kserve import DEFAULT_MODE, DEPLOYMENT_MODE, KSERVE_AUTOSCALER_CLASS, REVISION_LABEL, STANDARD, deployment_mode
 
 from . import bounded_json
 
@@ -100,8 +101,9 @@ def _isvc_patch(isvc: dict, annotations: Mapping[str, str], defaults: ClassDefau
         MIN_REPLICAS: annotations.get(MIN_REPLICAS, str(defaults.min_replicas)).strip(),
         MAX_REPLICAS: annotations.get(MAX_REPLICAS, str(defaults.max_replicas)).strip(),
     }
-    if annotations.get(DEPLOYMENT_MODE) == "RawDeployment":
-        desired[KSERVE_AUTOSCALER_CLASS] = "external"  # KServe makes no HPA: the controller does
+    if deployment_mode(isvc) == STANDARD:
+        if annotations.get(KSERVE_AUTOSCALER_CLASS) != "keda":  # KServe's ScaledObject scales on our figures
+            desired[KSERVE_AUTOSCALER_CLASS] = "external"  # KServe makes no HPA: the controller (or KEDA) does
     else:
         desired[KNATIVE_CLASS] = OUR_KNATIVE_CLASS
     if not desired[MODEL]:
@@ -139,7 +141,13 @@ def review_isvc(request: dict, classes: Mapping[str, ClassDefaults]) -> dict:
     if annotations.get(ENABLED) != "true":
         return _response(uid, True, warnings=findings.warnings)
     defaults = classes[annotations[SERVICE_CLASS]]
-    return _response(uid, True, _isvc_patch(isvc, annotations, defaults), findings.warnings)
+    warnings = list(findings.warnings)
+    if DEPLOYMENT_MODE not in annotations and not (_object(isvc.get("status"), "status")).get("deploymentMode"):
+        warnings.append(
+            f"{DEPLOYMENT_MODE} not set: taken as {DEFAULT_MODE} (KServe's shipped default); "
+            f"set it to Standard or Knative if this cluster's default differs"
+        )
+    return _response(uid, True, _isvc_patch(isvc, annotations, defaults), warnings)
 
 
 def review_pod(request: dict) -> dict:

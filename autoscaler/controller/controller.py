@@ -17,7 +17,8 @@ from typing import Protocol
 
 from ..decision_stream import DecisionHub
 from ..errors import InputError
-from ..kserve import GPU_PRODUCT_LABEL, ISVC_LABEL
+from ..kserve import DEFAULT_MODE, GPU_PRODUCT_LABEL, ISVC_LABEL, REVISION_LABEL
+from . import knative
 from .actuator import ActuationReport, Actuator, ActuatorSettings
 from .catalog import ClusterData, available_capacity, cluster_data, node_gpu_types
 from ..policy.observation import Key, Observation
@@ -35,17 +36,20 @@ from ..kube import (
     Kube,
 )
 from ..policy.planner import PlannerSettings, PlannerState, plan
+from . import decision_store
+from .decision_store import DecisionStore
 from .services import ServiceReader
-from .signing import DecisionSigner
 
 log = logging.getLogger(__name__)
 REFREEZE_CYCLES = 20  # 10 minutes at the default period
+REACT_DELAY_S = 0.5  # events of a burst (a rollout's pods) gathered into one pass
 
 
 @dataclass(frozen=True)
 class ControllerSettings:
     namespace: str = "inference-autoscaler"  # where the data ConfigMap lives
     data_configmap: str = "inference-autoscaler-data"
+    default_deployment_mode: str = DEFAULT_MODE  # the cluster's KServe `deploy.defaultDeploymentMode`
     planner: PlannerSettings = PlannerSettings()
     actuator: ActuatorSettings = ActuatorSettings()
 
@@ -98,8 +102,6 @@ class Controller:
         settings: ControllerSettings = ControllerSettings(),
         reserved_gpus: Callable[[], Mapping[str, int]] = dict,
         clock: Callable[[], float] = time.time,
-        *,
-        signer: DecisionSigner,
     ):
         self.kube = kube
         self.collector = collector
@@ -114,11 +116,13 @@ class Controller:
             "pas": Informer(kube, POD_AUTOSCALERS),
             "sks": Informer(kube, SERVERLESS_SERVICES, label_selector="app.kubernetes.io/managed-by=inference-autoscaler"),
             "hpas": Informer(kube, HPAS, label_selector="app.kubernetes.io/managed-by=inference-autoscaler"),
-            "data": Informer(kube, CONFIG_MAPS, namespace=settings.namespace),
+            "data": Informer(kube, CONFIG_MAPS, namespace=settings.namespace, label_selector=decision_store.NOT_DECISIONS),
+            "decisions": Informer(kube, CONFIG_MAPS, namespace=settings.namespace, label_selector=decision_store.SELECTOR),
         }
-        self.actuator = Actuator(kube, self.informers, signer, settings.actuator)
+        self.decisions = DecisionStore(kube, self.informers["decisions"], settings.namespace)
+        self.actuator = Actuator(kube, self.informers, self.decisions, settings.actuator)
         self.state = PlannerState()
-        self.services = ServiceReader(signer)
+        self.services = ServiceReader(self.decisions.read, settings.default_deployment_mode)
         self.data: ClusterData | None = None
         self._data_version = ""
         self.data_error = ""
@@ -127,6 +131,37 @@ class Controller:
         self.failed_cycles = 0
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
+        self._plans: list | None = None  # the last cycle's, which the reactor applies again
+        self._kick = asyncio.Event()
+        self.reactions = 0
+        # changes the Knative side must follow within seconds, not at the next cycle: our PAs,
+        # SKSs and HPAs (both informers hold only ours), pods of our PAs' revisions
+        self.informers["pas"].listeners.append(lambda _, pa: knative.is_ours(pa) and self._kick.set())
+        self.informers["sks"].listeners.append(lambda _, __: self._kick.set())
+        self.informers["hpas"].listeners.append(lambda _, __: self._kick.set())
+        self.informers["pods"].listeners.append(self._on_pod)
+
+    def _on_pod(self, _: str, pod: dict) -> None:
+        meta = pod.get("metadata") or {}
+        revision = (meta.get("labels") or {}).get(REVISION_LABEL)
+        pa = self.informers["pas"].objects.get((meta.get("namespace", ""), revision)) if revision else None
+        if pa is not None and knative.is_ours(pa):
+            self._kick.set()
+
+    async def react(self) -> None:
+        """Apply the last cycle's plans to the Knative side again whenever _on_event kicks."""
+        while True:
+            await self._kick.wait()
+            await asyncio.sleep(REACT_DELAY_S)
+            self._kick.clear()
+            if self._plans is None or self.data is None:  # before the first cycle nothing is known to apply
+                continue
+            try:
+                async with self._lock:
+                    await self.actuator.reconcile_revisions(self._plans, self.data.catalog, self.clock())
+                self.reactions += 1
+            except Exception:  # as in run(): the next event or cycle tries again
+                log.exception("reacting to Knative events failed")
 
     async def start(self, sync_timeout_s: float = 60.0) -> None:
         self._tasks = [asyncio.create_task(i.run(), name=f"watch {name}") for name, i in self.informers.items()]
@@ -235,19 +270,26 @@ class Controller:
             if name in types:
                 products.setdefault(types[name], set()).add(node["metadata"]["labels"][GPU_PRODUCT_LABEL])
         actuation: ActuationReport = await self.actuator.apply(plans, data.catalog, products, now)
-        self.services.remember((p.service.uid, p.decision) for p in plans if p.decision is not None and not p.stale)
+        self._plans = plans
         self.hub.publish(actuation.decisions)
-        report.writes = actuation.writes
+        live = (isvc["metadata"].get("uid", "") for isvc in self.informers["isvcs"].objects.values())
+        report.writes = actuation.writes + await self.decisions.collect_garbage(live)
         report.failures = actuation.failures
         report.actuate_s = time.perf_counter() - started
         return report
 
     async def run(self) -> None:
-        """Cycle every period; /invoke runs extra cycles in between (the lock serialises them)."""
-        while True:
-            try:
-                await self.cycle()
-            except Exception:  # a bug in one cycle must not end the loop; the next one retries
-                log.exception("control cycle failed")
-                self.failed_cycles += 1
-            await asyncio.sleep(self.settings.planner.period_s)
+        """Cycle every period; /invoke runs extra cycles in between and the reactor passes over the
+        Knative side on its events (the lock serialises them)."""
+        reactor = asyncio.create_task(self.react(), name="react to Knative events")
+        try:
+            while True:
+                try:
+                    await self.cycle()
+                except Exception:  # a bug in one cycle must not end the loop; the next one retries
+                    log.exception("control cycle failed")
+                    self.failed_cycles += 1
+                await asyncio.sleep(self.settings.planner.period_s)
+        finally:
+            reactor.cancel()
+            await asyncio.gather(reactor, return_exceptions=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import copy
 from collections.abc import Iterable
 
-from .. import annotations as ann
 from ..kserve import GPU_PRODUCT_LABEL, GPU_RESOURCE, MANAGED_BY
 from ..optimizer.domain import ServiceTarget
 from ..proto import decisions_pb2 as pb
@@ -111,15 +110,12 @@ def condition(plan: Plan) -> dict:
     return {"type": CONDITION_TYPE, "status": status, "reason": reason, "message": message}
 
 
-def isvc_patch(isvc: dict, plan: Plan, products: Iterable[str], gpus_per_replica: int) -> dict | None:
-    """The merge patch recording the decision on the ISVC (and rolling out a new GPU type or
-    batch size when the plan says so); None when nothing material changed."""
-    if not plan.records_decision:
+def spec_patch(isvc: dict, plan: Plan, products: Iterable[str], gpus_per_replica: int) -> dict | None:
+    """The merge patch rolling out a new GPU type or batch size (a new revision); None when the
+    plan does not roll out. The decision itself is never written on the ISVC (decision_store.py)."""
+    if plan.decision is None or not plan.roll_out:
         return None
-    patch: dict = {"metadata": {"annotations": {ann.DECISION: plan.decision.to_json()}}}
-    if plan.roll_out:
-        patch["spec"] = {"predictor": _predictor_patch(isvc, plan.decision.max_batch, sorted(products), gpus_per_replica)}
-    return patch
+    return {"spec": {"predictor": _predictor_patch(isvc, plan.decision.max_batch, sorted(products), gpus_per_replica)}}
 
 
 def _predictor_patch(isvc: dict, max_batch: int, products: list[str], gpus: int) -> dict:

@@ -45,7 +45,7 @@ from ..gang.admission import GangAdmission
 from .catalog import node_gpu_types
 from .collector import CollectorSettings, PrometheusCollector
 from .controller import Controller, ControllerSettings
-from .signing import DecisionSigner
+from ..kserve import DEFAULT_MODE, MODES
 from ..kube import Kube
 from ..policy.planner import PlannerSettings
 
@@ -130,6 +130,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--data-configmap", default="inference-autoscaler-data", help="ConfigMap with the optimizer's static data"
     )
+    parser.add_argument(
+        "--default-deployment-mode",
+        choices=sorted(MODES),
+        default=DEFAULT_MODE,
+        help="KServe's deploy.defaultDeploymentMode in this cluster: the mode of an ISVC that names none",
+    )
+    parser.add_argument(
+        "--provision-unfit-groups-after",
+        type=float,
+        metavar="SECONDS",
+        help="with the Cluster Autoscaler (which ignores gated pods): ungate a pod group that has not fitted for this "
+        "long, so that its Pending pods get nodes added; off by default (a group waits gated until it fits)",
+    )
     parser.add_argument("--prometheus-url", default="http://prometheus-operated.monitoring:9090")
     parser.add_argument("--isvc-label", default="isvc", help="label holding the ISVC name on vLLM series")
     parser.add_argument("--period", type=float, default=30.0, help="seconds between cycles")
@@ -142,9 +155,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--client-ca-file", type=Path, help="CA that signs the decision stream's clients (PEM)")
     parser.add_argument(
         "--invoke-min-interval", type=float, default=15.0, help="seconds after a cycle before /invoke runs another"
-    )
-    parser.add_argument(
-        "--decision-key-secret", default="inference-autoscaler-decision-key", help="Secret with the key signing decisions"
     )
     parser.add_argument("--lease-name", default="inference-autoscaler-controller", help="Lease for leader election")
     parser.add_argument("--lease-duration", type=float, default=15.0, help="seconds a follower waits on a silent leader")
@@ -208,17 +218,13 @@ async def _serve(args: argparse.Namespace) -> int:
     settings = ControllerSettings(
         namespace=args.namespace,
         data_configmap=args.data_configmap,
+        default_deployment_mode=MODES[args.default_deployment_mode],
         planner=PlannerSettings(period_s=args.period, startup_s=args.startup_seconds),
         actuator=ActuatorSettings(hpa_tolerance=not args.no_hpa_tolerance),
     )
     hub = DecisionHub()
     hub.leading = False  # until elected
-    try:
-        signer = await DecisionSigner.from_secret(kube, args.namespace, args.decision_key_secret)
-    except BaseException:
-        await kube.close()
-        raise
-    controller = Controller(kube, collector, hub, settings, signer=signer)
+    controller = Controller(kube, collector, hub, settings)
     nodes = controller.informers["nodes"]
     gangs = GangAdmission(
         kube,
@@ -226,6 +232,8 @@ async def _serve(args: argparse.Namespace) -> int:
         nodes,
         args.namespace,
         node_types=lambda: node_gpu_types(nodes.objects.values(), controller.data) if controller.data else {},
+        pas=controller.informers["pas"],
+        provision_after_s=args.provision_unfit_groups_after,
     )
     controller.reserved_gpus = gangs.reserved_gpus
     identity = os.environ.get("POD_NAME") or f"{socket.gethostname()}_{uuid.uuid4()}"

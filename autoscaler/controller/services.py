@@ -1,22 +1,25 @@
 """InferenceServices that opt in, read into what the planner needs (policy.decisions), with the
-last decision from the ISVC's annotation when its signature verifies (signing.py) and its values
-are within what the controller could decide itself."""
+last decision the controller stored for each (decision_store.py)."""
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from .. import annotations as ann
-from ..kserve import is_raw_deployment
+from ..kserve import DEFAULT_MODE, KNATIVE, KSERVE_AUTOSCALER_CLASS, STANDARD, deployment_mode
 from ..optimizer.domain import Catalog
 from ..policy.decisions import LastDecision, ManagedService
-from .signing import DecisionSigner
 
 log = logging.getLogger(__name__)
 DEFAULT_BOUNDS = ann.ClassDefaults()
+Decisions = Callable[[str], "tuple[str, str] | None"]  # ISVC uid -> (stored decision, its version), None if none
+
+
+def no_decisions(uid: str) -> None:
+    return None
 
 
 @dataclass(frozen=True)
@@ -26,21 +29,8 @@ class Rejected:
     problem: str
 
 
-def _signed_text(meta: dict, annotations: Mapping[str, str], signer: DecisionSigner) -> str | None:
-    """The decision annotation the controller signed; None (decide afresh) for none, or one it
-    did not sign."""
-    text = annotations.get(ann.DECISION)
-    if text is None:
-        return None
-    uid, namespace, name = meta.get("uid", ""), meta.get("namespace", ""), meta.get("name", "")
-    if not signer.verify(uid, namespace, name, text, annotations.get(ann.DECISION_SIGNATURE, "")):
-        log.warning("%s/%s: the decision annotation is not signed by this controller: ignored", namespace, name)
-        return None
-    return text
-
-
 def _read_one(
-    isvc: dict, catalog: Catalog, classes: Mapping[str, ann.ClassDefaults], signer: DecisionSigner
+    isvc: dict, catalog: Catalog, classes: Mapping[str, ann.ClassDefaults], decisions: Decisions, default_mode: str
 ) -> ManagedService | Rejected | None:
     meta = isvc.get("metadata") or {}
     annotations = meta.get("annotations") or {}
@@ -53,6 +43,18 @@ def _read_one(
     model = annotations.get(ann.MODEL, name)
     if not any(m == model for m, _ in catalog.profiles):
         return Rejected(namespace, name, f"unknown model {model!r}: no performance profile in the optimizer data")
+    mode = deployment_mode(isvc, default_mode)
+    if mode not in (STANDARD, KNATIVE):
+        return Rejected(
+            namespace, name, f"deployment mode {mode!r}: only Standard (RawDeployment) and Knative (Serverless) are managed"
+        )
+    if mode == STANDARD and annotations.get(KSERVE_AUTOSCALER_CLASS) not in ("external", "keda"):
+        return Rejected(
+            namespace,
+            name,
+            f"Standard mode with KServe's own HPA: set {KSERVE_AUTOSCALER_CLASS} to external (our webhook does when "
+            "serving.kserve.io/deploymentMode says Standard) or keda, or two HPAs would fight over the Deployment",
+        )
     service_class = annotations[ann.SERVICE_CLASS]
     if model not in catalog.classes[service_class].targets:
         return Rejected(namespace, name, f"service class {service_class!r} has no target for model {model!r}")
@@ -60,12 +62,12 @@ def _read_one(
         int(annotations.get(ann.MIN_REPLICAS, DEFAULT_BOUNDS.min_replicas)),
         int(annotations.get(ann.MAX_REPLICAS, DEFAULT_BOUNDS.max_replicas)),
     )
-    last, text = None, _signed_text(meta, annotations, signer)
-    if text is not None:
+    last = None
+    if stored := decisions(meta.get("uid", "")):
         try:
-            last = _last_decision(text, model, bounds, catalog)
+            last = _last_decision(stored[0], model, bounds, catalog)
         except ValueError as exc:
-            log.error("%s/%s: annotation %s ignored (%s): deciding afresh", namespace, name, ann.DECISION, exc)
+            log.error("%s/%s: stored decision ignored (%s): deciding afresh", namespace, name, exc)
     return ManagedService(
         namespace=namespace,
         name=name,
@@ -74,7 +76,7 @@ def _read_one(
         accelerators=frozenset(t.strip() for t in annotations.get(ann.ACCELERATORS, "").split(",") if t.strip()),
         min_replicas=bounds[0],
         max_replicas=bounds[1],
-        raw_deployment=is_raw_deployment(isvc),
+        raw_deployment=mode == STANDARD,
         spec_changes=annotations.get(ann.SPEC_CHANGES) == "true",
         last=last,
         uid=meta.get("uid", ""),
@@ -82,8 +84,9 @@ def _read_one(
 
 
 def _last_decision(text: str, model: str, bounds: tuple[int, int], catalog: Catalog) -> LastDecision:
-    """The remembered decision, checked against the data: anyone who may edit the ISVC can write
-    the annotation, so it is believed only within what the controller itself could decide."""
+    """The remembered decision, checked against the data: it is believed only within what the
+    controller itself could decide now (the data or the ISVC's bounds may have changed since, or
+    someone with access to our namespace edited it)."""
     last = LastDecision.from_json(text)
     profile = catalog.profiles.get((model, last.accelerator))
     if profile is None:
@@ -107,37 +110,23 @@ def _split(results: Iterable[ManagedService | Rejected | None]) -> tuple[list[Ma
     return services, rejected
 
 
-def read_services(isvcs: Iterable[dict], catalog: Catalog, signer: DecisionSigner) -> tuple[list[ManagedService], list[Rejected]]:
+def read_services(
+    isvcs: Iterable[dict], catalog: Catalog, decisions: Decisions = no_decisions, default_mode: str = DEFAULT_MODE
+) -> tuple[list[ManagedService], list[Rejected]]:
     """The managed ISVCs, and those that opt in but cannot be managed (with the reason)."""
     classes = {name: DEFAULT_BOUNDS for name in catalog.classes}
-    return _split(_read_one(isvc, catalog, classes, signer) for isvc in isvcs)
+    return _split(_read_one(isvc, catalog, classes, decisions, default_mode) for isvc in isvcs)
 
 
 class ServiceReader:
-    """read_services with a memory: an ISVC is read again only when its resourceVersion (or the
-    data) changed, so a steady cycle does not parse 1,000 decision annotations again. It also
-    remembers the newest decision made or read for each ISVC (by uid): an older one, though
-    signed, is one put back by hand (a replay), and the newer one stands."""
+    """read_services with a memory: an ISVC is read again only when its resourceVersion, its
+    stored decision's or the data changed, so a steady cycle does not parse 1,000 decisions again."""
 
-    def __init__(self, signer: DecisionSigner):
-        self.signer = signer
+    def __init__(self, decisions: Decisions, default_mode: str = DEFAULT_MODE):
+        self.decisions = decisions
+        self.default_mode = default_mode
         self._catalog: Catalog | None = None
-        self._memo: dict[tuple[str, str], tuple[str, ManagedService | Rejected | None]] = {}
-        self._newest: dict[str, LastDecision] = {}
-
-    def _not_older(self, result: ManagedService | Rejected | None) -> ManagedService | Rejected | None:
-        if not isinstance(result, ManagedService) or result.last is None:
-            return result
-        newest = self._newest.get(result.uid)
-        if newest is not None and result.last.decided_at < newest.decided_at:
-            log.warning("%s: the decision annotation is older than one already read: ignored", result.key)
-            return dataclasses.replace(result, last=newest)
-        self._newest[result.uid] = result.last
-        return result
-
-    def remember(self, decided: Iterable[tuple[str, LastDecision]]) -> None:
-        """The decisions just made (uid, decision): what an annotation must not be older than."""
-        self._newest.update(decided)
+        self._memo: dict[tuple[str, str], tuple[tuple[str, str], ManagedService | Rejected | None]] = {}
 
     def read(self, isvcs: Iterable[dict], catalog: Catalog) -> tuple[list[ManagedService], list[Rejected]]:
         if catalog is not self._catalog:
@@ -146,11 +135,11 @@ class ServiceReader:
         memo = {}
         for isvc in isvcs:
             meta = isvc.get("metadata") or {}
-            key, version = (meta.get("namespace", ""), meta.get("name", "")), meta.get("resourceVersion", "")
+            stored = self.decisions(meta.get("uid", ""))
+            key = (meta.get("namespace", ""), meta.get("name", ""))
+            version = (meta.get("resourceVersion", ""), stored[1] if stored else "")
             known = self._memo.get(key)
             fresh = known is not None and known[0] == version
-            memo[key] = known if fresh else (version, self._not_older(_read_one(isvc, catalog, classes, self.signer)))
+            memo[key] = known if fresh else (version, _read_one(isvc, catalog, classes, self.decisions, self.default_mode))
         self._memo = memo
-        live = {result.uid for _, result in memo.values() if isinstance(result, ManagedService)}
-        self._newest = {uid: last for uid, last in self._newest.items() if uid in live}  # deleted ISVCs forgotten
         return _split(result for _, result in memo.values())

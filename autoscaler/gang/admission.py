@@ -4,16 +4,23 @@ the whole minimum group fits, or the group fails at its progress deadline.
 Pods gated by the webhook carry the pod-group label (their revision). Each pass:
 1. groups that were being admitted (ledger entry "admitting") have every gate still on removed:
    this finishes an admission a crash interrupted, so a group ends all admitted or all gated;
-2. a group with at least its minimum pods (max of Knative's min-scale and initial-scale) that
-   fits now (placement.first_fit over what nodes have left after bound pods and the groups
-   admitted but not yet bound) is written to the ledger first, then ungated;
-3. a group still gated past its deadline (progress-deadline annotation, default 600 s, counted
-   from its oldest pod's creation) fails: its gated pods are deleted, an Event is recorded, the
-   ISVC gets a PodGroupAdmitted=False condition, and the ledger remembers the failure so that
-   pods the ReplicaSet makes again stay gated (holding nothing) while the old revision serves.
+2. a group with at least its minimum pods (max of Knative's min-scale and initial-scale, read
+   from the revision's PodAutoscaler: Knative >= 1.21 no longer copies them to pods) that fits
+   now (placement.first_fit over what nodes have left after bound pods and the groups admitted
+   but not yet bound) is written to the ledger first, then ungated;
+3. with `provision_after_s` set (a cluster with the Cluster Autoscaler, which ignores gated pods
+   and so never adds nodes for them): a complete group that has not fitted for that long is
+   ungated anyway ("provisioning"), its Pending pods being what the autoscaler scales up for;
+4. a group not running past its deadline (the lower of our progress-deadline annotation and
+   Knative's, so Knative never fails the revision first; counted from its oldest pod's creation)
+   fails: its unbound pods are deleted, an Event is recorded, the ISVC gets a
+   PodGroupAdmitted=False condition, and the ledger remembers the failure: pods the ReplicaSet
+   makes again stay gated (holding nothing) while the old revision serves, and are admitted if
+   the group fits later, never failed again.
 
 The ledger is one ConfigMap (our namespace), updated with its resourceVersion so two writers
-never both win; entries leave it once all the group's pods are bound (or an hour after a failure).
+never both win; entries leave it once all the group's pods are bound, or (failed) once the group
+has no pods left.
 """
 
 from __future__ import annotations
@@ -31,12 +38,15 @@ from ..kserve import GPU_PRODUCT_LABEL, INITIAL_SCALE, ISVC_LABEL, MIN_SCALE
 from ..resources import Resources, pod_requests
 from ..kube import CONFIG_MAPS, EVENTS, INFERENCE_SERVICES, PODS, ApiError, Informer, Kube, with_retries
 from ..controller.conditions import rfc3339, write_condition
+from ..controller.knative import initial_scale_target
+from . import knative_config
+from .knative_config import KnativeDeploymentConfig, duration_s
 from .placement import first_fit, free_resources
 
 log = logging.getLogger(__name__)
 LEDGER = "inference-autoscaler-pod-groups"
-FAILED_RETENTION_S = 3600
 CONDITION_TYPE = "PodGroupAdmitted"
+CONFIG_REFRESH_S = 60.0
 
 
 def gated(pod: dict) -> bool:
@@ -62,13 +72,22 @@ def _int_annotation(pod: dict, key: str, default: int) -> int:
         return default
 
 
-def minimum_size(pods: list[dict]) -> int:
-    """Knative starts a revision with max(initial-scale (default 1), min-scale) pods."""
+def minimum_size(pods: list[dict], pa: dict | None) -> int:
+    """Knative starts a revision with max(initial-scale (default 1), min-scale) pods: read from its
+    PodAutoscaler; from the pods' annotations without one (Knative before 1.21 copied them there)."""
+    if pa is not None:
+        return initial_scale_target(pa)
     return max(max(_int_annotation(p, INITIAL_SCALE, 1), _int_annotation(p, MIN_SCALE, 0)) for p in pods)
 
 
-def deadline_s(pods: list[dict]) -> int:
-    return max(_int_annotation(p, ann.PROGRESS_DEADLINE, ann.DEFAULT_PROGRESS_DEADLINE_S) for p in pods)
+def deadline_s(pods: list[dict], pa: dict | None, knative: KnativeDeploymentConfig) -> float:
+    """Ours (the ISVC's progress-deadline annotation, on its pods), capped by Knative's for a
+    Knative revision (its PA's serving.knative.dev/progress-deadline, else config-deployment's)."""
+    ours = max(_int_annotation(p, ann.PROGRESS_DEADLINE, ann.DEFAULT_PROGRESS_DEADLINE_S) for p in pods)
+    if pa is None:
+        return ours
+    annotated = ((pa.get("metadata") or {}).get("annotations") or {}).get(knative_config.REVISION_PROGRESS_DEADLINE, "")
+    return min(ours, duration_s(annotated) or knative.progress_deadline_s)
 
 
 @dataclass
@@ -76,6 +95,7 @@ class Outcome:
     admitted: list[str] = field(default_factory=list)  # "namespace/group"
     waiting: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    provisioning: list[str] = field(default_factory=list)
 
 
 def _ledger_key(namespace: str, group: str) -> str:
@@ -91,6 +111,8 @@ class GangAdmission:
         namespace: str,
         clock: Callable[[], float] = time.time,
         node_types: Callable[[], Mapping[str, str]] = dict,
+        pas: Informer | None = None,
+        provision_after_s: float | None = None,
     ):
         self.kube = kube
         self.pods = pods
@@ -98,7 +120,29 @@ class GangAdmission:
         self.namespace = namespace
         self.clock = clock
         self.node_types = node_types  # node name -> accelerator type, for the optimizer's reservation
+        self.pas = pas  # the revisions' PodAutoscalers (Knative), keyed like the groups
+        self.provision_after_s = provision_after_s
         self.ledger: dict[str, dict] = {}
+        self.knative = KnativeDeploymentConfig()
+        self._knative_read_at = -CONFIG_REFRESH_S
+
+    async def _read_knative_config(self) -> None:
+        """config-deployment, every CONFIG_REFRESH_S; its problem logged when it changes."""
+        now = self.clock()
+        if now - self._knative_read_at < CONFIG_REFRESH_S:
+            return
+        self._knative_read_at = now
+        try:
+            found = await self.kube.find(CONFIG_MAPS, knative_config.NAMESPACE, knative_config.NAME)
+        except ApiError as exc:
+            log.warning("cannot read %s/%s (%s): Knative defaults assumed", knative_config.NAMESPACE, knative_config.NAME, exc)
+            return
+        config = (
+            KnativeDeploymentConfig.from_configmap(found) if found else KnativeDeploymentConfig(pod_is_always_schedulable=True)
+        )
+        if config.problem and config != self.knative:
+            log.error("%s", config.problem)
+        self.knative = config  # no ConfigMap: no Knative here, nothing to check
 
     # --- the ledger ---
 
@@ -179,6 +223,7 @@ class GangAdmission:
 
     async def reconcile(self) -> Outcome:
         outcome = Outcome()
+        await self._read_knative_config()
         self.ledger, _ = await self._read_ledger()
         groups: dict[tuple[str, str], list[dict]] = {}
         for pod in self.pods.objects.values():
@@ -201,23 +246,38 @@ class GangAdmission:
         for (namespace, group), pods in sorted(groups.items(), key=lambda item: min(_created(p) for p in item[1])):
             waiting = [p for p in pods if gated(p)]
             entry = self.ledger.get(_ledger_key(namespace, group))
-            if not waiting or (entry and entry.get("state") in ("admitting", "failed")):
-                continue
+            state = (entry or {}).get("state")
+            pa = self.pas.objects.get((namespace, group)) if self.pas is not None else None
             name = f"{namespace}/{group}"
-            if len(waiting) < len(pods):  # the group already runs: a scale-up pod joins alone when it fits
+            if state == "provisioning":
+                unbound = [p for p in pods if not (p.get("spec") or {}).get("nodeName")]
+                if unbound and now - min(_created(p) for p in pods) > deadline_s(pods, pa, self.knative):
+                    await self._fail(namespace, group, unbound, deadline_s(pods, pa, self.knative), now)
+                    outcome.failed.append(name)
+                continue
+            if not waiting or state == "admitting":
+                continue
+            if len(waiting) < len(pods) and state != "failed":  # the group runs: a scale-up pod joins alone when it fits
                 for pod in waiting:
                     if (spot := first_fit([pod], nodes, free)) is not None:
                         await self._ungate(namespace, pod["metadata"]["name"])
                         free[spot[pod["metadata"]["name"]]] -= pod_requests(pod)
                         outcome.admitted.append(f"{name}/{pod['metadata']['name']}")
                 continue
-            if now - min(_created(p) for p in waiting) > deadline_s(waiting):
-                await self._fail(namespace, group, waiting, now)
+            deadline = deadline_s(waiting, pa, self.knative)
+            waited = now - min(_created(p) for p in waiting)
+            if state != "failed" and waited > deadline:
+                await self._fail(namespace, group, waiting, deadline, now)
                 outcome.failed.append(name)
                 continue
-            placement = first_fit(waiting, nodes, free) if len(waiting) >= minimum_size(waiting) else None
+            complete = len(waiting) >= minimum_size(waiting, pa)
+            placement = first_fit(waiting, nodes, free) if complete else None
             if placement is None:
-                outcome.waiting.append(name)
+                if complete and state != "failed" and self.provision_after_s is not None and waited > self.provision_after_s:
+                    await self._provision(namespace, group, waiting, now)
+                    outcome.provisioning.append(name)
+                else:
+                    outcome.waiting.append(name)
                 continue
             await self._admit(namespace, group, waiting, placement, now)
             for pod in waiting:
@@ -225,6 +285,15 @@ class GangAdmission:
                 free[node_name] = free[node_name] - pod_requests(pod)
             outcome.admitted.append(name)
         return outcome
+
+    async def _provision(self, namespace: str, group: str, pods: list[dict], now: float) -> None:
+        """Ungate a group that does not fit, so that its Pending pods make the Cluster Autoscaler
+        add nodes (it ignores gated pods); the group may run partly meanwhile, and fails at its
+        deadline if it still is not all bound."""
+        entry = {"state": "provisioning", "pods": sorted(p["metadata"]["name"] for p in pods), "at": now}
+        await self._update_ledger(lambda entries: entries.__setitem__(_ledger_key(namespace, group), entry))
+        await asyncio.gather(*(self._ungate(namespace, p["metadata"]["name"]) for p in pods))
+        log.info("pod group %s/%s does not fit: ungated for the cluster autoscaler to add nodes", namespace, group)
 
     async def _admit(self, namespace: str, group: str, pods: list[dict], placement: dict[str, str], now: float) -> None:
         held: dict[str, Resources] = {}
@@ -265,7 +334,7 @@ class GangAdmission:
 
     async def _finish_interrupted(self, groups: dict[tuple[str, str], list[dict]], outcome: Outcome) -> None:
         for key, entry in self.ledger.items():
-            if entry.get("state") != "admitting":
+            if entry.get("state") not in ("admitting", "provisioning"):
                 continue
             namespace, _, group = key.partition(".")
             still_gated = [p for p in groups.get((namespace, group), []) if gated(p)]
@@ -274,25 +343,27 @@ class GangAdmission:
                 outcome.admitted.append(f"{namespace}/{group}")
 
     async def _forget_settled(self, groups: dict[tuple[str, str], list[dict]]) -> None:
-        now = self.clock()
         settled = []
         for key, entry in self.ledger.items():
             namespace, _, group = key.partition(".")
             pods = groups.get((namespace, group), [])
-            if entry.get("state") == "admitting" and all((p.get("spec") or {}).get("nodeName") for p in pods if not gated(p)):
+            if entry.get("state") in ("admitting", "provisioning") and all(
+                (p.get("spec") or {}).get("nodeName") for p in pods if not gated(p)
+            ):
                 listed = set(entry.get("pods", []))
                 if not any(gated(p) and p["metadata"]["name"] in listed for p in pods):
                     settled.append(key)
-            elif entry.get("state") == "failed" and now - entry.get("at", now) > FAILED_RETENTION_S:
+            elif entry.get("state") == "failed" and not pods:  # the revision is gone (or at zero)
                 settled.append(key)
         if settled:
             await self._update_ledger(lambda entries: [entries.pop(k, None) for k in settled])
 
-    async def _fail(self, namespace: str, group: str, pods: list[dict], now: float) -> None:
+    async def _fail(self, namespace: str, group: str, pods: list[dict], deadline: float, now: float) -> None:
         reason = (
-            f"pod group {group} did not fit within its progress deadline ({deadline_s(pods)} s): "
-            "the previous revision keeps serving"
+            f"pod group {group} did not fit within its progress deadline ({deadline:g} s): the previous revision keeps serving"
         )
+        if self.knative.problem:
+            reason += f"; {self.knative.problem}"
         entry = {"state": "failed", "at": now, "reason": reason}
         await self._update_ledger(lambda entries: entries.__setitem__(_ledger_key(namespace, group), entry))
         for pod in pods:

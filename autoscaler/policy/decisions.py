@@ -1,5 +1,5 @@
 """The planner's view of a managed ISVC and of the last decision made for it (which the
-controller keeps on the ISVC itself, so a restarted controller resumes from the cluster)."""
+controller keeps in its own namespace, so a restarted controller resumes from the cluster)."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ class LastDecision:
 
     @classmethod
     def from_json(cls, text: str) -> "LastDecision":
-        """The decision an annotation holds; a ValueError names the field at fault (someone
+        """The decision the stored document holds; a ValueError names the field at fault (someone
         edited it, or an older controller wrote it)."""
         try:
             document = json.loads(text)

@@ -51,7 +51,7 @@ class Plan:
 
     @property
     def records_decision(self) -> bool:
-        """Whether the ISVC's decision annotation (what the next cycle reads as `last`) is
+        """Whether the ISVC's stored decision (what the next cycle reads as `last`) is
         rewritten: on a roll-out, or when fresh data changed something material."""
         if self.decision is None:
             return False
@@ -61,7 +61,7 @@ class Plan:
 @dataclass
 class PlannerState:
     """What the planner keeps between cycles beyond the cluster: calibration streaks only (a
-    restart resumes the scales from the ISVC annotation and restarts the streaks at zero, which
+    restart resumes the scales from the stored decision and restarts the streaks at zero, which
     only delays a relaxation)."""
 
     calibrations: dict[str, SloCalibration] = field(default_factory=dict)

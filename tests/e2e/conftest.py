@@ -60,6 +60,21 @@ def kubectl_json(plane: ControlPlane, *args: str) -> dict:
     return json.loads(plane.kubectl(*args, "--output=json").stdout)
 
 
+def problems_in(namespace: str, problems: list[str]) -> list[str]:
+    """A cycle report's problems of one test's namespace: ISVCs other tests left behind may still
+    be going away (their RoleBinding first), which is not this test's concern."""
+    return [p for p in problems if p.startswith(f"{namespace}/") or f" {namespace}/" in p]
+
+
+def opt_in_namespace(plane: ControlPlane, namespace: str) -> None:
+    """A namespace whose ISVCs opt in: created, with config/samples' RoleBinding that lets the
+    controller write there (without it the controller only reads)."""
+    plane.kubectl("create", "namespace", namespace)
+    binding = yaml.safe_load((ROOT / "config" / "samples" / "namespace-rolebinding.yaml").read_text())
+    binding["metadata"]["namespace"] = namespace
+    plane.kubectl("apply", "--filename=-", input=json.dumps(binding))
+
+
 # the session's fake GPU nodes (kwok keeps them Ready): 2 x 8 H100 and 1 x 4 L40S
 GPU_NODES = (
     ("gpu-h100-0", "NVIDIA-H100-80GB-HBM3", 8),
@@ -134,12 +149,3 @@ def webhook(control_plane, tmp_path_factory):
     control_plane.kubectl("delete", "mutatingwebhookconfiguration", configuration["metadata"]["name"], check=False)
     log = process.stop()
     assert "Traceback" not in log, log[-3000:]
-
-
-def opt_in_namespace(plane: ControlPlane, namespace: str) -> None:
-    """A namespace whose ISVCs opt in: created, with config/samples' RoleBinding that grants the
-    controller its writes there."""
-    plane.kubectl("create", "namespace", namespace)
-    binding = yaml.safe_load((ROOT / "config" / "samples" / "namespace-rolebinding.yaml").read_text())
-    binding["metadata"]["namespace"] = namespace
-    plane.kubectl("apply", "--filename=-", input=json.dumps(binding))

@@ -18,7 +18,7 @@ from autoscaler.controller.controller import Controller, ControllerSettings
 from autoscaler.decision_stream import DecisionHub
 from autoscaler.kube import Kube
 
-from ..cluster_objects import SIGNER, isvc
+from ..cluster_objects import isvc
 from ..test_controller import StandInCollector
 from ..test_controller_planning import observed
 from .conftest import NAMESPACE, kubectl_json, opt_in_namespace
@@ -40,7 +40,7 @@ async def test_controller_under_its_service_account_decides_and_then_writes_noth
     plane.kubectl("apply", "--filename=-", input=json.dumps(isvc("chat", "llama-3-8b", namespace=ISVC_NAMESPACE)))
     kube = await Kube.connect(str(plane.service_account_kubeconfig(NAMESPACE, "controller")))
     collector = StandInCollector({(ISVC_NAMESPACE, "chat"): observed(8.0)})
-    controller = Controller(kube, collector, DecisionHub(), ControllerSettings(namespace=NAMESPACE), signer=SIGNER)
+    controller = Controller(kube, collector, DecisionHub(), ControllerSettings(namespace=NAMESPACE))
     try:
         await controller.start(sync_timeout_s=30)  # every watch allowed by RBAC, else it times out
         report = await controller.cycle()
@@ -50,7 +50,10 @@ async def test_controller_under_its_service_account_decides_and_then_writes_noth
         assert hpa["spec"]["scaleTargetRef"]["name"] == "chat-predictor"
         assert hpa["spec"]["metrics"][0]["external"]["metric"]["name"] == "desired_replicas"
         stored = kubectl_json(plane, "get", "inferenceservice", "chat", f"--namespace={ISVC_NAMESPACE}")
-        decision = json.loads(stored["metadata"]["annotations"][ann.DECISION])
+        # the decision is in our namespace, nowhere KServe copies into a revision or pod template
+        assert not any(k.startswith(ann.PREFIX + "decision") for k in stored["metadata"]["annotations"])
+        kept = kubectl_json(plane, "get", "configmap", f"decision-{stored['metadata']['uid']}", f"--namespace={NAMESPACE}")
+        decision = json.loads(kept["data"]["decision"])
         assert decision["replicas"] >= 1 and decision["arrival_rate"] == 8.0
         # the condition survived the real CRD schema's pruning, every field we wrote
         [condition] = [c for c in stored["status"]["conditions"] if c["type"] == "AutoscalerDecision"]
@@ -58,7 +61,7 @@ async def test_controller_under_its_service_account_decides_and_then_writes_noth
 
         await settled(
             controller,
-            lambda: ann.DECISION in controller.informers["isvcs"].objects[(ISVC_NAMESPACE, "chat")]["metadata"]["annotations"],
+            lambda: controller.decisions.read(stored["metadata"]["uid"]) is not None,
         )
         await settled(controller, lambda: (ISVC_NAMESPACE, "chat-optimizer") in controller.informers["hpas"].objects)
         await settled(controller, lambda: "status" in controller.informers["isvcs"].objects[(ISVC_NAMESPACE, "chat")])
