@@ -70,9 +70,14 @@ async def test_controller_process_end_to_end(tmp_path, vllm_and_prometheus):  # 
                     except aiohttp.ClientError:
                         pass
                     await asyncio.sleep(0.05)
-                async with session.post(base + "/invoke", headers=ops) as response:
-                    report = await response.json()
-                    assert response.status == 200 and report["services"] == 1 and report["stale"] == 0, report
+                for _ in range(40):  # until Prometheus has scraped two samples in the 5 s window
+                    async with session.post(base + "/invoke", headers=ops) as response:
+                        report = await response.json()
+                        assert response.status == 200 and report["services"] == 1, report
+                    if report["stale"] == 0:
+                        break
+                    await asyncio.sleep(0.5)
+                assert report["stale"] == 0, report
                 async with session.get(base + "/metrics", headers=ops) as response:
                     assert 'inference_autoscaler_desired_replicas{namespace="prod",isvc="chat"' in await response.text()
             assert cluster.store.get(HPAS, "prod", "chat-optimizer") is not None

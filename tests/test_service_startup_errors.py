@@ -113,8 +113,17 @@ def test_a_bad_kubeconfig_is_one_line_and_exit_2(files, args):
         lambda f: webhook(
             f["cert"], f["key"], "--manage-certificates", "ns/s", "--services", "w", "--kubeconfig", str(f["unreachable"])
         ),
+        lambda f: [
+            "controller",
+            "--kubeconfig",
+            str(f["unreachable"]),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--decisions-address",
+            f"127.0.0.1:{free_port()}",
+        ],
     ],
-)  # the controller ends the same way after its 60 s informer sync timeout (Controller.start): a minute, not run here
+)
 def test_an_unreachable_api_server_is_one_line_and_exit_69(files, args):
     code, lines = run(*args(files))
     assert code == 69 and "Kubernetes API" in last_line(lines)

@@ -37,7 +37,7 @@ from aiohttp import web
 from .. import aio
 from ..decision_metrics import PROMETHEUS_PREFIX, exposition
 from ..decision_stream import DecisionHub, MutualTLS, serve_decisions
-from ..errors import InputError
+from ..errors import ApiError, InputError
 from ..kube_auth import KubernetesReviews, PathGate
 from ..leader import ElectionSettings, LeaderElector
 from ..tls import ReloadingTLS, is_loopback
@@ -214,6 +214,12 @@ async def _serve(args: argparse.Namespace) -> int:
     if not args.invoke_min_interval >= 0:
         raise InputError("command line", "--invoke-min-interval", "must be 0 or more seconds")
     kube = await Kube.connect(args.kubeconfig)
+    try:  # an unreachable API server is said at once, not after the informers' sync timeout
+        await kube.request("GET", "/version", timeout_s=10)
+    except ApiError as exc:
+        if exc.status == 0:
+            await kube.close()
+            raise
     collector = PrometheusCollector(args.prometheus_url, CollectorSettings(window_s=args.window, isvc_label=args.isvc_label))
     settings = ControllerSettings(
         namespace=args.namespace,
