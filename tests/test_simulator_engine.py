@@ -13,6 +13,7 @@ from autoscaler.simulator.policies.static import StaticPolicy
 from autoscaler.simulator.report import request_latencies
 from autoscaler.simulator.runner import RunSettings, run_all
 from autoscaler.simulator.scenarios import build_scenario
+from autoscaler.simulator.server import EngineSettings
 from autoscaler.simulator.traffic import Requests, poisson_arrivals
 from autoscaler.simulator.world import ClassSpec, GpuType, IsvcSpec, Scenario, ServingOption, World
 
@@ -37,7 +38,11 @@ class ConstantSteps:
 def queue_world(max_batch: int) -> World:
     option = ServingOption("G", ConstantSteps(), IterationParams(STEP_MS, 0.0, 0.0), max_batch)
     spec = IsvcSpec("q", "m", "c", {"G": option}, "G", min_replicas=1, max_replicas=1)
-    return World({"G": GpuType("G", 1.0, 1)}, {"c": ClassSpec("c", 1, 1e9, 1e9)}, (spec,), cold_start_s=1.0)
+    # the earlier stall model: its decode steps are exactly STEP_MS and prefill free, so queueing
+    # theory holds exactly (vLLM's engine adds a prefill step and its overheads to every request)
+    return World(
+        {"G": GpuType("G", 1.0, 1)}, {"c": ClassSpec("c", 1, 1e9, 1e9)}, (spec,), cold_start_s=1.0, engine=EngineSettings("stall")
+    )
 
 
 def run_queue(max_batch: int, rate: float, mean_tokens: float, seconds: float, seed: int = 3):

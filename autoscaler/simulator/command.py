@@ -12,6 +12,7 @@ from ..errors import InputError
 from .report import ALL_CLASSES, TABLE_HEADER, as_json, outcomes, table_rows
 from .runner import POLICIES, RunSettings, run_all
 from .scenarios import DEFAULT_DURATION_S, SCENARIOS, build_scenario
+from .server import MODES, EngineSettings
 from .traffic import Requests, read_azure_trace, read_simple_trace, replayed
 from .world import Scenario
 
@@ -30,6 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--plot", type=Path, help="write a PNG of GPUs, p95 TTFT and SLO attainment over time")
     parser.add_argument("--jobs", type=int, default=1, help="policies simulated in parallel processes (default: 1)")
+    parser.add_argument(
+        "--server",
+        choices=MODES,
+        default=EngineSettings.mode,
+        help="how replicas run vLLM: V1 chunked prefill (default), V0 prefill-first, or the earlier stall model",
+    )
 
 
 def _positive(value: float, flag: str) -> float:
@@ -69,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
         )
     duration = _positive(args.duration, "--duration")
     scenario = build_scenario(args.scenario, args.seed, duration, _positive(args.cold_start, "--cold-start"))
+    scenario = dataclasses.replace(scenario, world=dataclasses.replace(scenario.world, engine=EngineSettings(args.server)))
     if args.trace:
         scenario = _with_trace(scenario, args.trace, args.trace_isvc, duration)
     settings = RunSettings(control_period_s=_positive(args.period, "--period"), jobs=max(args.jobs, 1))

@@ -1,11 +1,8 @@
 """Discrete-event simulation of vLLM-like replicas under an autoscaling policy.
 
-A replica runs continuous batching: all running requests advance one token per decode step,
-whose time depends on the batch size and mean context (the measured profile); a new request is
-prefilled in a step that stalls the batch; admission is bounded by the max batch and the KV
-cache (prompt + output tokens reserved on admission); the rest wait in the replica's queue.
-Between events the batch is fixed, so a replica's progress is tracked in fractional decode steps
-and only arrivals, admissions, completions and readiness are events.
+Each replica runs a model of vLLM's engine (server.py: its scheduler, KV blocks and step
+clock, by default V1 with chunked prefill); the engine routes requests to it and wakes it when
+its step, or run of identical decode steps, ends.
 
 Replicas are billed from the moment a GPU is assigned, start serving after the cold start, and
 when scaled down stop taking requests and finish what they hold. Requests that wait longer than
@@ -25,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from .observe import RequestRecords
+from .server import Ledger, make_server
 from .world import Scenario, ServingOption
 
 SAMPLE_PERIOD_S = 1.0  # how often in-flight counts are sampled (KPA's scrape interval)
@@ -71,44 +69,26 @@ class Replica:
     __slots__ = (
         "billed_from",
         "cards",
-        "dt",
-        "heap",
         "isvc",
-        "kv_cap",
-        "kv_used",
-        "max_batch",
         "option",
         "revision",
+        "server",
         "state",
-        "steps",
-        "sum_in",
-        "sum_start",
-        "t0",
         "version",
-        "waiting",
     )
 
-    def __init__(self, isvc: int, revision: Revision, option: ServingOption, now: float):
+    def __init__(self, isvc: int, revision: Revision, option: ServingOption, now: float, server):
         self.isvc = isvc
         self.revision = revision
         self.option = option
-        self.max_batch = revision.max_batch
-        self.kv_cap = option.kv_cache_tokens
+        self.server = server  # server.VllmServer or StallServer: its scheduler and KV cache
         self.state = STARTING
-        self.waiting: deque[int] = deque()
-        self.heap: list[tuple[float, int, float]] = []  # (finish step, request, start step)
-        self.kv_used = 0
-        self.t0 = now  # decode progress is known up to t0 (later than now while a prefill runs)
-        self.steps = 0.0
-        self.dt = 0.0
-        self.sum_in = 0
-        self.sum_start = 0.0
         self.version = 0
         self.billed_from = now
 
     @property
     def load(self) -> int:
-        return len(self.heap) + len(self.waiting)
+        return self.server.load
 
 
 @dataclass
@@ -165,6 +145,9 @@ class Simulation:
                     self.arrival, self.req_isvc, self.req_in, self.req_out, self.first_token, self.finish, self.dropped
                 )
             )
+        self.ledger = Ledger(
+            self.arrival, self.req_in, self.req_out, self.first_token, self._finish, self._drop, CLIENT_TIMEOUT_S
+        )
         self.events: list = []
         self.seq = 0
         self.now = 0.0
@@ -183,7 +166,8 @@ class Simulation:
         for index, decision in initial.items():
             self.apply(index, decision, initial=True)
             for replica in self._all_replicas(self.isvcs[index]):
-                if replica.state == STARTING:  # the initial fleet is warm at time zero
+                # the initial fleet is warm at time zero; replicas beyond the GPUs wait for one
+                if replica.state == STARTING and not math.isnan(replica.billed_from):
                     self._become_ready(replica)
 
     # ----------------------------------------------------------------- events
@@ -210,7 +194,7 @@ class Simulation:
                 self.now = time
                 if kind == EVENT_COMPLETION:
                     if version == payload.version:
-                        self._complete(payload)
+                        self._wake(payload)
                 elif kind == EVENT_READY:
                     if payload.state == STARTING:
                         self._become_ready(payload)
@@ -242,9 +226,8 @@ class Simulation:
         replica = self._route(state)
         if replica is None:
             state.buffer.append(request)
-        else:
-            replica.waiting.append(request)
-            self._admit(replica)
+        elif replica.server.submit(request, self.now):
+            self._schedule(replica)
 
     def _route(self, state: IsvcState) -> Replica | None:
         """Least outstanding requests among the ready replicas of the newest promoted revision
@@ -260,71 +243,28 @@ class Simulation:
                     return best
         return None
 
-    def _advance(self, replica: Replica) -> None:
-        now = self.now
-        if now > replica.t0:
-            if replica.heap:
-                replica.steps += (now - replica.t0) / replica.dt
-            replica.t0 = now
-
-    def _admit(self, replica: Replica) -> bool:
-        """Start what fits, prefill it (stalling the batch) and reschedule the next completion."""
-        waiting = replica.waiting
-        if not waiting:
-            return False
-        heap, req_in, req_out = replica.heap, self.req_in, self.req_out
-        now, admitted_tokens, admitted = self.now, 0, []
-        while waiting and len(heap) + len(admitted) < replica.max_batch:
-            request = waiting[0]
-            need = req_in[request] + req_out[request]
-            if now - self.arrival[request] > CLIENT_TIMEOUT_S:
-                waiting.popleft()
-                self._drop(request)
-                continue
-            if replica.kv_used + need > replica.kv_cap and (heap or admitted):
-                break  # a request larger than the whole cache still runs alone
-            waiting.popleft()
-            replica.kv_used += need
-            admitted_tokens += req_in[request]
-            admitted.append(request)
-        if not admitted:
-            return False
-        self._advance(replica)
-        replica.t0 = max(replica.t0, now) + replica.option.truth.prefill_ms(admitted_tokens) / 1000.0
-        steps = replica.steps
-        for request in admitted:
-            self.first_token[request] = replica.t0
-            heapq.heappush(heap, (steps + req_out[request] - 1, request, steps))
-            replica.sum_in += req_in[request]
-            replica.sum_start += steps
-        self._reschedule(replica)
-        return True
-
-    def _reschedule(self, replica: Replica) -> None:
+    def _schedule(self, replica: Replica) -> None:
+        """Wake the replica's server when its step ends (an earlier pending wake goes stale)."""
         replica.version += 1
-        heap = replica.heap
-        if not heap:
-            return
-        n = len(heap)
-        context = (replica.sum_in + n * replica.steps - replica.sum_start) / n
-        replica.dt = replica.option.truth.decode_step_ms(n, context) / 1000.0
-        self._push(replica.t0 + max(heap[0][0] - replica.steps, 0.0) * replica.dt, EVENT_COMPLETION, replica, replica.version)
+        if replica.server.next_event < math.inf:
+            self._push(replica.server.next_event, EVENT_COMPLETION, replica, replica.version)
 
-    def _complete(self, replica: Replica) -> None:
-        self._advance(replica)
-        heap, state = replica.heap, self.isvcs[replica.isvc]
-        limit = replica.steps + 1e-9
-        while heap and heap[0][0] <= limit:
-            _, request, start = heapq.heappop(heap)
-            self.finish[request] = self.now
-            replica.kv_used -= self.req_in[request] + self.req_out[request]
-            replica.sum_in -= self.req_in[request]
-            replica.sum_start -= start
-            state.in_flight -= 1
-        if not self._admit(replica):
-            self._reschedule(replica)
-        if not heap and replica.state == DRAINING and not replica.waiting:
+    def _wake(self, replica: Replica) -> None:
+        replica.server.wake(self.now)
+        self._schedule(replica)
+        if replica.state == DRAINING and replica.server.idle:
             self._stop(replica)
+
+    def _finish(self, request: int, time: float) -> None:
+        self.finish[request] = time
+        state = self.isvcs[self.req_isvc[request]]
+        first = self.first_token[request]
+        state.ttft_met += first - self.arrival[request] <= state.ttft_slo_s
+        state.itl_met += time - first <= state.itl_slo_s * max(self.req_out[request] - 1, 1)
+        state.completions += 1
+        state.in_flight -= 1
+        state.in_tokens_sum += self.req_in[request]
+        state.out_tokens_sum += self.req_out[request]
 
     def _drop(self, request: int) -> None:
         self.dropped[request] = True
@@ -337,7 +277,10 @@ class Simulation:
 
     def _start(self, state: IsvcState, revision: Revision) -> None:
         option = self.world.isvcs[state.index].options[revision.accelerator]
-        replica = Replica(state.index, revision, option, self.now)
+        server = make_server(
+            self.world.engine, option.truth, self.ledger, accelerator=revision.accelerator, max_num_seqs=revision.max_batch
+        )
+        replica = Replica(state.index, revision, option, self.now, server)
         revision.replicas.append(replica)
         if self.free[revision.accelerator] > 0:
             self._assign_gpu(replica)
@@ -359,8 +302,8 @@ class Simulation:
                 self._drop(request)
                 continue
             target = self._route(state)
-            target.waiting.append(request)
-            self._admit(target)
+            if target.server.submit(request, self.now):
+                self._schedule(target)
         self._retire_old_revisions(state)
 
     def _retire_old_revisions(self, state: IsvcState) -> None:
@@ -388,7 +331,7 @@ class Simulation:
             return
         if replica.state == READY:
             replica.state = DRAINING
-            if not replica.heap and not replica.waiting:
+            if replica.server.idle:
                 self._stop(replica)
 
     def _stop(self, replica: Replica) -> None:

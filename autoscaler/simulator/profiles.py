@@ -1,8 +1,17 @@
-"""Ground truth for simulated servers: how long a decode step and a prefill take.
+"""Ground truth for simulated servers: how long an engine step takes.
 
 Two sources: step-time tables measured on an H100 (interpolated; the optimizer only ever sees a
 model fitted to them, so its model error shows in the results), and Inferno's perfParms read
 physically (alpha per iteration, beta per token computed, gamma per token of KV read).
+
+A vLLM step (decodes and prefill chunks together) costs what its tokens cost in the weight
+matmuls, which are memory-bound up to a few hundred tokens and compute-bound beyond, plus the
+attention's read of every decode's KV context, which is linear in the context summed over the
+batch: `linear_ms(tokens) + kv_read_ms * context_sum`. Both come from the same tables:
+`kv_read_ms` from the step's growth between the two measured contexts, `linear_ms` from the
+decode steps less that read (up to the largest measured batch, 256) and from the prefills above
+(a prefill of t tokens is t tokens through the same matmuls). The per-step CPU costs of the
+engine are not in these GPU profiles; `server.py` adds them.
 """
 
 from __future__ import annotations
@@ -28,6 +37,12 @@ class StepTimes(Protocol):
 
     kv_cache_tokens: int
 
+    kv_read_ms: float  # per token of KV context a decode reads in a step
+
+    def linear_ms(self, tokens: int) -> float:
+        """A step's cost apart from the attention's KV read: `tokens` through the weights."""
+        ...
+
     def decode_step_ms(self, batch: int, mean_context: float) -> float: ...
 
     def prefill_ms(self, tokens: int) -> float: ...
@@ -42,10 +57,10 @@ class ModelShape:
     kv_heads: int
     head_dim: int
 
-    def kv_cache_tokens(self) -> int:
+    def kv_cache_tokens(self, utilization: float = GPU_MEMORY_UTILIZATION) -> int:
         weights = 2 * self.parameters  # bf16
         per_token = 2 * self.layers * self.kv_heads * self.head_dim * 2  # K and V, bf16
-        free = GPU_MEMORY_BYTES * GPU_MEMORY_UTILIZATION - weights - ACTIVATION_RESERVE_BYTES
+        free = GPU_MEMORY_BYTES * utilization - weights - ACTIVATION_RESERVE_BYTES
         return int(free // per_token)
 
 
@@ -90,6 +105,17 @@ class MeasuredProfile:
         )
         self._decode_rows = [(row["batch"], row["ctx"], row["step_ms"]) for row in decode]
         self._prefill_rows = single
+        self.kv_read_ms, tokens, linear = _step_model(decode, document["prefill"])
+        # a table by token count: the simulator asks for one every engine step
+        self._linear = np.interp(np.arange(int(tokens[-1]) + 1), tokens, linear).tolist()
+        self._linear_slope = (linear[-1] - linear[-2]) / (tokens[-1] - tokens[-2])
+
+    def linear_ms(self, tokens: int) -> float:
+        table = self._linear
+        if tokens < len(table):
+            return table[tokens]
+        # compute-bound beyond the largest measured step: linear in tokens
+        return table[-1] + self._linear_slope * (tokens - len(table) + 1)
 
     def decode_step_ms(self, batch: int, mean_context: float) -> float:
         index = min(batch, MAX_SIMULATED_BATCH) - 1
@@ -116,6 +142,41 @@ class MeasuredProfile:
         return IterationParams(alpha, beta, gamma)
 
 
+def _step_model(decode: list[dict], prefill: list[dict]) -> tuple[float, np.ndarray, np.ndarray]:
+    """(kv_read_ms, tokens, linear_ms) from a profile's decode and prefill rows.
+
+    kv_read_ms: least squares over the batches measured at both contexts, where a step grows by
+    kv_read_ms * batch * (context difference). linear_ms: the decode steps less their KV read up
+    to the largest measured batch; above it, a line fitted to the prefills of more tokens than
+    that batch (the compute-bound regime; small prefills run without CUDA graphs and are
+    launch-bound, so their absolute times are not a decode step's), never below the largest
+    batch's step. Tables are evaluated at the listed token counts and interpolated between.
+    """
+    by_batch: dict[int, dict[int, float]] = {}
+    for row in decode:
+        by_batch.setdefault(row["batch"], {})[row["ctx"]] = row["step_ms"]
+    x, y = [], []
+    for batch, steps in by_batch.items():
+        if len(steps) >= 2:
+            low, high = min(steps), max(steps)
+            x.append(batch * (high - low))
+            y.append(steps[high] - steps[low])
+    kv_read_ms = max(float(np.dot(x, y) / np.dot(x, x)), 0.0) if x else 0.0
+    largest = max(by_batch)
+    batches = sorted(by_batch)
+    # a batch measured at two contexts gives two estimates of its linear part: average them
+    linear = [float(np.mean([ms - kv_read_ms * b * ctx for ctx, ms in by_batch[b].items()])) for b in batches]
+    compute_bound = [(row["total_tokens"], row["ms"]) for row in prefill if row["total_tokens"] > largest]
+    tokens = [float(b) for b in batches]
+    if len(compute_bound) >= 2:
+        t, ms = np.array(compute_bound, dtype=float).T
+        slope, intercept = np.polyfit(t, ms, 1)
+        for extra in (2 * largest, 4 * largest, 2 * float(t.max())):
+            tokens.append(extra)
+            linear.append(intercept + slope * extra)
+    return kv_read_ms, np.array(tokens), np.maximum.accumulate(linear)  # more tokens never cost less
+
+
 @dataclass(frozen=True)
 class FormulaProfile:
     """Inferno perfParms as physics: a decode iteration computes n tokens and reads n*context
@@ -123,6 +184,13 @@ class FormulaProfile:
 
     params: IterationParams
     kv_cache_tokens: int
+
+    @property
+    def kv_read_ms(self) -> float:
+        return self.params.gamma
+
+    def linear_ms(self, tokens: int) -> float:
+        return self.params.alpha + self.params.beta * tokens
 
     def decode_step_ms(self, batch: int, mean_context: float) -> float:
         p = self.params

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 from ..optimizer.domain import PerfParams
 from .profiles import StepTimes
+from .server import EngineSettings
 from .traffic import Requests
 
 
@@ -56,6 +57,7 @@ class World:
     classes: Mapping[str, ClassSpec]
     isvcs: tuple[IsvcSpec, ...]
     cold_start_s: float = 60.0
+    engine: EngineSettings = EngineSettings()  # how every replica runs vLLM (server.py)
 
 
 @dataclass(frozen=True)

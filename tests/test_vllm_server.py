@@ -1,0 +1,220 @@
+"""One replica's vLLM engine model (simulator/server.py) against vLLM's scheduling rules, and the
+whole simulator against published vLLM measurements."""
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from autoscaler.simulator.fidelity import STATISTICS, fit_overheads, load_published, relative_errors, replay_all
+from autoscaler.simulator.server import (
+    BLOCK_SIZE,
+    FITTED_OVERHEADS,
+    EngineSettings,
+    Ledger,
+    Overheads,
+    StallServer,
+    VllmServer,
+    blocks,
+)
+
+STEP_MS = 10.0
+PUBLISHED = Path(__file__).resolve().parents[1].parent / "shared" / "published-vllm"
+
+
+class FlatSteps:
+    """Every step costs STEP_MS whatever it holds; records the tokens of each step it prices."""
+
+    kv_read_ms = 0.0
+
+    def __init__(self, kv_cache_tokens: int = 10**6):
+        self.kv_cache_tokens = kv_cache_tokens
+        self.tokens: list[int] = []
+
+    def linear_ms(self, tokens: int) -> float:
+        self.tokens.append(tokens)
+        return STEP_MS
+
+    def decode_step_ms(self, batch: int, mean_context: float) -> float:
+        return STEP_MS
+
+    def prefill_ms(self, tokens: int) -> float:
+        return 5.0 + 0.01 * tokens
+
+
+class Run:
+    """Drives one server as the engine does: arrivals and the server's own wake-ups in time order."""
+
+    def __init__(self, requests, *, mode="v1-chunked", budget=8192, max_num_seqs=256, kv_tokens=10**6, stall=False):
+        self.arrival = [float(a) for a, _, _ in requests]
+        self.first = [math.nan] * len(requests)
+        self.finish = [math.nan] * len(requests)
+        self.times = FlatSteps(kv_tokens)
+        ledger = Ledger(
+            self.arrival, [i for _, i, _ in requests], [o for _, _, o in requests], self.first, self._finished, self._dropped, 1e9
+        )
+        if stall:
+            self.server = StallServer(self.times, ledger, max_num_seqs=max_num_seqs)
+        else:
+            settings = EngineSettings(mode, overheads=Overheads())
+            self.server = VllmServer(settings, self.times, ledger, max_num_seqs=max_num_seqs, budget=budget)
+        self.running_seen: list[int] = []
+
+    def _finished(self, request, time):
+        self.finish[request] = time
+
+    def _dropped(self, request):
+        raise AssertionError(f"request {request} dropped")
+
+    def until(self, end=math.inf, after_wake=None):
+        order = sorted(range(len(self.arrival)), key=self.arrival.__getitem__)
+        pending = [r for r in order if self.arrival[r] > getattr(self, "_now", -1.0)]
+        while True:
+            arrival = self.arrival[pending[0]] if pending else math.inf
+            wake = self.server.next_event
+            now = min(arrival, wake)
+            if now > end or now == math.inf:
+                return self
+            self._now = now
+            if wake <= arrival:
+                self.server.wake(now)
+                self.running_seen.append(len(getattr(self.server, "running", ())))
+                if after_wake:
+                    after_wake(now, self.server)
+            else:
+                self.server.submit(pending.pop(0), now)
+
+
+def test_token_budget_is_respected_in_every_step():
+    rng = np.random.default_rng(4)
+    sizes = zip(rng.uniform(0, 0.5, 40), rng.integers(1, 300, 40), rng.integers(1, 60, 40), strict=True)
+    requests = [(float(t), int(i), int(o)) for t, i, o in sizes]
+    run = Run(requests, budget=64, max_num_seqs=16).until()
+    assert max(run.times.tokens) <= 64
+    assert max(run.times.tokens) == 64  # long prompts do fill the budget
+    assert not np.isnan(run.finish).any() and np.all(np.array(run.finish) >= np.array(run.first))
+
+
+def test_chunked_prefill_shares_steps_with_decodes():
+    # A decodes; B's 100-token prompt arrives and is prefilled in chunks of what A leaves of 32
+    requests = [(0.0, 4, 50), (0.055, 100, 2)]
+    run = Run(requests, budget=32, max_num_seqs=8).until()
+    assert run.first[0] == pytest.approx(0.010)
+    # A never waits: one token every step from its first to its last
+    assert run.finish[0] == pytest.approx(run.first[0] + 49 * STEP_MS / 1000)
+    # B joins at the boundary after it arrives (0.060) and needs ceil(100 / 31) = 4 steps
+    assert run.first[1] == pytest.approx(0.060 + 4 * STEP_MS / 1000)
+    assert [32, 32, 32, 8] == run.times.tokens[2:6]  # (1 decode + 31 prompt) x 3, then 1 + 7
+    # V0 prefills B whole in a step of its own: A's decodes wait that step
+    v0 = Run(requests, mode="v0-prefill-first", budget=2048).until()
+    assert v0.finish[0] == pytest.approx(v0.first[0] + 50 * STEP_MS / 1000)
+    assert v0.first[1] == pytest.approx(0.060 + STEP_MS / 1000)
+
+
+def test_no_more_running_than_max_num_seqs():
+    run = Run([(0.0, 10, 20)] * 10, max_num_seqs=3).until()
+    assert max(run.running_seen) == 3
+    # the rest start as the first ones finish, in order
+    assert sorted(run.first) == run.first and not np.isnan(run.finish).any()
+
+
+def test_kv_blocks_are_allocated_as_tokens_are_generated():
+    total = 100
+    seen = {}
+
+    def look(now, server):
+        seen[round(now, 6)] = server.free
+
+    run = Run([(0.0, 15, 40), (0.0555, 4, 5)], kv_tokens=total * BLOCK_SIZE).until(after_wake=look)
+    assert seen[0.010] == total - 1  # A's prompt: 15 tokens, one block; the span's blocks come as it runs
+    # B cuts A's decode span after its fifth step (0.060): A has 20 computed tokens (2 blocks),
+    # and B's 4-token prompt takes one more block in the step starting then
+    assert seen[0.060] == total - blocks(20) - 1
+    assert run.server.free == total and run.server.idle  # all returned
+
+
+def test_preemption_evicts_the_newest_and_recomputes_it():
+    # room for 4 blocks: A and B start with one each and both need a block every 16 tokens.
+    # A's prompt is one step (0-10 ms); B's rides with A's first decode (10-20 ms)
+    run = Run([(0.0, 16, 40), (0.0, 16, 30)], kv_tokens=4 * BLOCK_SIZE)
+    run.until()
+    assert run.server.preemptions == 1
+    # A (the older) decodes through without a pause: first token after one step, then 39 steps
+    assert run.first[0] == pytest.approx(0.010) and run.finish[0] == pytest.approx(0.400)
+    # at 170 ms A (context 33) needs a third block and none is free: B, the newest, is evicted
+    # (16 tokens generated, 2 blocks), waits for blocks until A ends, is recomputed (prompt and
+    # output so far, 32 tokens) in one step and generates its last 13 tokens
+    assert run.first[1] == pytest.approx(0.020)
+    assert run.finish[1] == pytest.approx(0.400 + 14 * STEP_MS / 1000)
+    assert run.server.free == 4 and run.server.idle
+
+
+def test_a_request_never_fitting_in_free_blocks_waits_at_the_head():
+    # V1 admits only whole prompts that fit in free blocks; the queue waits behind its head
+    run = Run([(0.0, 40, 40), (0.001, 40, 2), (0.002, 2, 2)], kv_tokens=5 * BLOCK_SIZE, budget=64).until()
+    assert run.first[1] > run.finish[0] - 0.0001 and run.first[2] >= run.first[1]
+
+
+@pytest.mark.parametrize("mode", ["v1-chunked", "v0-prefill-first"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_under_kv_pressure_blocks_are_conserved_and_every_request_finishes(mode, seed):
+    rng = np.random.default_rng(seed)
+    n, total = 300, 120
+    sizes = zip(np.sort(rng.uniform(0, 3, n)), rng.integers(1, 400, n), rng.integers(1, 200, n), strict=True)
+    requests = [(float(t), int(i), int(o)) for t, i, o in sizes]
+    run = Run(requests, mode=mode, budget=256, max_num_seqs=32, kv_tokens=total * BLOCK_SIZE)
+
+    def check(now, server):
+        assert 0 <= server.free <= total and len(server.running) <= 32
+
+    run.until(after_wake=check)
+    assert run.server.preemptions > 0  # the cache was short
+    finish, first = np.array(run.finish), np.array(run.first)
+    assert not np.isnan(finish).any() and np.all(finish >= first) and np.all(first >= np.array(run.arrival))
+    assert run.server.free == total and run.server.idle
+
+
+def test_stall_mode_is_the_earlier_model():
+    # A prefills alone (5 + 1 ms) and decodes; B's prefill (5.5 ms) stalls A's second step part-way
+    run = Run([(0.0, 100, 3), (0.015, 50, 2)], stall=True).until()
+    assert run.first == pytest.approx([0.006, 0.0205])
+    assert run.finish == pytest.approx([0.0315, 0.0305])
+
+
+@pytest.fixture(scope="module")
+def published():
+    return load_published(PUBLISHED)
+
+
+# |relative error| ceilings per burst size, in STATISTICS order: today's errors plus 3 points.
+# Where they exceed 10% (README: TPOT p99 of short bursts is set by a few short outputs whose
+# lengths vary from run to run, and TTFT p50 of mid-size bursts) the issue's goal is not met.
+CEILINGS = {
+    10: [0.08, 0.13, 0.13, 0.11, 0.33, 0.05, 0.80],
+    40: [0.08, 0.12, 0.25, 0.10, 0.06, 0.07, 0.20],
+    80: [0.08, 0.13, 0.24, 0.06, 0.19, 0.16, 0.40],
+    160: [0.06, 0.06, 0.21, 0.07, 0.07, 0.04, 0.37],
+    320: [0.05, 0.14, 0.16, 0.09, 0.05, 0.05, 0.10],
+    640: [0.04, 0.21, 0.06, 0.07, 0.10, 0.04, 0.11],
+    1280: [0.04, 0.14, 0.10, 0.03, 0.06, 0.06, 0.31],
+}
+
+
+def test_published_vllm_points_within_their_ceilings(published):
+    errors = relative_errors(published, replay_all(published, FITTED_OVERHEADS))
+    for n, ceiling in CEILINGS.items():
+        for name, error, limit in zip(STATISTICS, errors[n], ceiling, strict=True):
+            assert abs(error) <= limit, f"N={n} {name}: {error:+.1%} (ceiling {limit:.0%})"
+
+
+def test_fitted_overheads_are_the_least_squares_fit(published):
+    def cost(overheads):
+        errors = relative_errors(published, replay_all(published, overheads))
+        residuals = np.concatenate(list(errors.values()))
+        return residuals @ residuals
+
+    stored = cost(FITTED_OVERHEADS)
+    refit = fit_overheads(published, start=FITTED_OVERHEADS, iterations=3)
+    assert cost(refit) >= stored - 0.02  # the stored values are (to rounding) the fit's optimum
+    assert stored < 0.5 * cost(Overheads())  # and the overheads matter
