@@ -6,7 +6,7 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
-from importlib import resources
+from importlib import metadata, resources
 from pathlib import Path
 
 from .errors import ApiError, InputError
@@ -31,6 +31,13 @@ def _optimize(args: argparse.Namespace) -> int:
     return 0
 
 
+def _version() -> str:
+    try:
+        return metadata.version("inference-autoscaler")
+    except metadata.PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 # subcommands served by other modules, each with add_arguments(parser) and run(args) -> exit code
 SERVICES = {
     "controller": (
@@ -45,6 +52,13 @@ SERVICES = {
         "run the control loop against a simulated cluster beside Knative KPA, HPA and static provisioning",
         "Simulate vLLM-like servers, cold starts and limited GPUs under each autoscaling policy on the same "
         "traffic and compare SLO attainment and cost. Needs no cluster.",
+    ),
+    "evaluate": (
+        "autoscaler.simulator.evaluate_command",
+        "compare our autoscaler with every baseline's tuning frontier over a suite of workloads",
+        "Run HPA, KPA and static provisioning over a grid of their tuning knob, a hindsight oracle and ours on "
+        "each workload and cold start, and report where ours stands against each frontier of SLO attainment "
+        "against GPU-hours. Needs no cluster.",
     ),
     "metrics-adapter": (
         "metrics_adapter.server",
@@ -69,6 +83,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
         prog="inference-autoscaler",
         description="Model-based autoscaling of LLM inference services on KServe/Knative.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     optimize = commands.add_parser(
         "optimize",

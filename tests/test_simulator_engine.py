@@ -134,3 +134,96 @@ def test_replicas_wait_for_gpus_and_are_billed_only_with_one():
     assert result.gpu_hours[0] == pytest.approx(2.0)
     assert result.cost[0] == pytest.approx(7.2)
     assert result.series_replicas.max() == 2
+
+
+class Scripted:
+    """Applies fixed decisions at given times (a policy for engine tests)."""
+
+    name = "scripted"
+    period_s = 1.0
+
+    def __init__(self, script: dict[float, Decision]):
+        self.script = dict(script)
+
+    def decide(self, now, views):
+        due = sorted(t for t in self.script if t <= now)
+        return {0: self.script.pop(due[-1])} if due else {}
+
+
+def two_gpu_world(g: int, h: int, cold_start_s: float = 5.0) -> World:
+    options = {name: ServingOption(name, ConstantSteps(), IterationParams(STEP_MS, 0.0, 0.0), 8) for name in ("G", "H")}
+    spec = IsvcSpec("q", "m", "c", options, "G", min_replicas=1, max_replicas=10)
+    gpus = {"G": GpuType("G", 1.0, g), "H": GpuType("H", 2.0, h)}
+    return World(gpus, {"c": ClassSpec("c", 1, 1e9, 1e9)}, (spec,), cold_start_s=cold_start_s)
+
+
+def steady_requests(seconds: float, rate: float = 2.0) -> Requests:
+    times = np.arange(0.5, seconds, 1.0 / rate)
+    return Requests(times, np.zeros(times.size, dtype=int), np.ones(times.size, dtype=int), np.full(times.size, 5))
+
+
+def test_initial_fleet_beyond_capacity_waits_for_gpus_and_is_never_billed_nan():
+    scenario = Scenario("capacity", two_gpu_world(2, 1), steady_requests(300.0), 300.0)
+    # five replicas wanted on two GPUs, then down to one, then up to four
+    simulation = Simulation(scenario, Scripted({50.0: Decision(1), 150.0: Decision(4)}), {0: Decision(5, "G", 8)})
+    replicas = simulation.isvcs[0].revisions[0].replicas
+    assert sum(r.state == 1 for r in replicas) == 2  # only those holding a GPU serve at time zero
+    result = simulation.run()
+    assert result.peak_gpus == {"G": 2, "H": 0}
+    assert np.all(np.isfinite(result.gpu_hours)) and np.all(np.isfinite(result.cost))
+    # two cards for 50 s, one for 100 s, two for the last 150 s (scale-ups find a card at once)
+    assert result.gpu_hours[0] * 3600 == pytest.approx(2 * 50 + 100 + 2 * 150, abs=1.0)
+
+
+def test_default_world_never_holds_more_gpus_than_it_has(short_run):
+    scenario, results = short_run
+    for result in results:
+        for gpu, held in result.peak_gpus.items():
+            assert held <= scenario.world.gpus[gpu].capacity, (result.policy, gpu, held)
+        assert np.all(np.isfinite(result.cost)), result.policy
+
+
+def test_traffic_moves_to_the_new_revision_once_ready_and_the_old_one_scales_down():
+    scenario = Scenario("rollout", two_gpu_world(2, 2, cold_start_s=5.0), steady_requests(120.0), 120.0)
+    simulation = Simulation(scenario, Scripted({10.0: Decision(2, "H", 8)}), {0: Decision(2, "G", 8)})
+    result = simulation.run()
+    state = simulation.isvcs[0]
+    assert [r.accelerator for r in state.revisions] == ["H"]
+    assert simulation.free == {"G": 2, "H": 0}
+    # G held 2 cards until H was ready at 15 s (its replicas held nothing): then H's two to the end
+    assert result.cost[0] * 3600 == pytest.approx(2 * 15 * 1.0 + 2 * 110 * 2.0, abs=4.0)
+
+
+def test_a_revision_without_gpus_does_not_freeze_the_serving_one():
+    scenario = Scenario("stuck", two_gpu_world(4, 1), steady_requests(120.0), 120.0)
+    # the new revision wants 3 H cards of 1: it never becomes ready; the serving one must still scale
+    script = {10.0: Decision(3, "H", 8), 30.0: Decision(4)}
+    simulation = Simulation(scenario, Scripted(script), {0: Decision(1, "G", 8)})
+    simulation.run()
+    serving, waiting = simulation.isvcs[0].revisions
+    assert (serving.accelerator, waiting.accelerator) == ("G", "H")
+    assert sum(r.state == 1 for r in serving.replicas) == 4
+    assert not waiting.promoted and simulation.free["H"] == 0
+
+
+def test_no_older_revision_is_stranded_holding_gpus():
+    scenario = Scenario("stranded", two_gpu_world(2, 1), steady_requests(120.0), 120.0)
+    # B (1 x H) is replaced by C (3 x G, never ready) before B is ready: B is unreachable
+    script = {10.0: Decision(1, "H", 8), 12.0: Decision(3, "G", 4)}
+    simulation = Simulation(scenario, Scripted(script), {0: Decision(1, "G", 8)})
+    simulation.run()
+    revisions = simulation.isvcs[0].revisions
+    assert [(r.accelerator, r.max_batch) for r in revisions] == [("G", 8), ("G", 4)]
+    assert simulation.free["H"] == 1
+
+
+def test_billing_stops_at_the_end_of_the_run_for_every_replica():
+    world = two_gpu_world(2, 1)
+    # two long requests (100 s) keep both replicas busy; one of them drains past the end
+    requests = Requests(np.array([1.0, 2.0]), np.array([0, 0]), np.array([1, 1]), np.array([50_000, 50_000]))
+    scenario = Scenario("end", world, requests, 60.0)
+    simulation = Simulation(scenario, Scripted({30.0: Decision(1)}), {0: Decision(2, "G", 8)})
+    result = simulation.run()
+    assert np.all(result.finish > 60.0)
+    # both replicas billed to the end of the run, whether draining or not
+    assert result.gpu_hours[0] * 3600 == pytest.approx(2 * 60.0)

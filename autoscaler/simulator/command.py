@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -22,7 +24,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, help="simulated seconds (default: 3600)")
     parser.add_argument("--cold-start", type=float, default=60.0, help="seconds from GPU assignment to serving (default: 60)")
     parser.add_argument("--period", type=float, default=30.0, help="our control period in seconds (default: 30)")
-    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--seed", type=int, help="seed of the built-in traffic (default: 1); a --trace replay is the trace's own")
     parser.add_argument("--policies", default=",".join(POLICIES), help=f"comma-separated subset of {','.join(POLICIES)}")
     parser.add_argument(
         "--trace", type=Path, help="replay a CSV: Azure (TIMESTAMP,ContextTokens,GeneratedTokens) or time,model,in,out"
@@ -39,10 +41,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _positive(value: float, flag: str) -> float:
-    if not value > 0:
-        raise InputError("command line", flag, f"must be > 0, got {value:g}")
+MAX_DURATION_S = 7 * 24 * 3600.0  # a week of traffic is tens of millions of requests
+
+
+def positive(value: float, flag: str, most: float = math.inf) -> float:
+    if not 0 < value < math.inf:
+        raise InputError("command line", flag, f"must be a finite number > 0, got {value:g}")
+    if value > most:
+        raise InputError("command line", flag, f"must be at most {most:g}, got {value:g}")
     return value
+
+
+def check_jobs(value: int) -> int:
+    if value < 1:
+        raise InputError("command line", "--jobs", f"must be >= 1, got {value}")
+    return value
+
+
+def writable_plot_path(path: Path | None) -> Path | None:
+    """Refuse a plot path that cannot be written before simulating, so no run is lost to it."""
+    if path is None:
+        return None
+    folder = path.parent
+    if path.is_dir() or not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise InputError("command line", "--plot", f"cannot write {str(path)!r}: not a file in a writable folder")
+    return path
 
 
 def _with_trace(scenario: Scenario, path: Path, isvc_name: str, duration: float) -> Scenario:
@@ -74,25 +97,39 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(
             "command line", "--policies", f"unknown policy {', '.join(unknown) or '(none)'} (choose from {', '.join(POLICIES)})"
         )
-    duration = _positive(args.duration, "--duration")
-    scenario = build_scenario(args.scenario, args.seed, duration, _positive(args.cold_start, "--cold-start"))
+    duration = positive(args.duration, "--duration", MAX_DURATION_S)
+    plot = writable_plot_path(args.plot)
+    settings = RunSettings(control_period_s=positive(args.period, "--period"), jobs=check_jobs(args.jobs))
+    cold_start = positive(args.cold_start, "--cold-start")
+    scenario = build_scenario(args.scenario, 1 if args.seed is None else args.seed, duration, cold_start)
     scenario = dataclasses.replace(scenario, world=dataclasses.replace(scenario.world, engine=EngineSettings(args.server)))
     if args.trace:
         scenario = _with_trace(scenario, args.trace, args.trace_isvc, duration)
-    settings = RunSettings(control_period_s=_positive(args.period, "--period"), jobs=max(args.jobs, 1))
+        if args.seed is not None:
+            print(
+                "inference-autoscaler: note: --seed does not change a --trace replay: its arrivals and sizes are the trace's own",
+                file=sys.stderr,
+            )
 
     started = time.perf_counter()
     results = _run_with_progress(scenario, policies, settings, show=not args.json)
     wall = time.perf_counter() - started
     rows = outcomes(scenario, results)
-    if args.plot:
+    plot_error = None
+    if plot:
         from .plot import save_plot
 
-        save_plot(scenario, results, args.plot)
+        try:
+            save_plot(scenario, results, plot)
+        except OSError as exc:  # the folder went away during the run: the results still print
+            plot_error = InputError("command line", "--plot", f"cannot write {str(plot)!r}: {exc.strerror or exc}")
+            plot = None
     if args.json:
         print(as_json(scenario, rows, wall))
     else:
-        _print_table(scenario, rows, wall, args.plot)
+        _print_table(scenario, rows, wall, plot)
+    if plot_error:
+        raise plot_error
     return 0
 
 
@@ -116,20 +153,28 @@ def _run_with_progress(scenario: Scenario, policies, settings: RunSettings, show
         return run_all(scenario, policies, settings, on_progress=lambda name, t: progress.update(tasks[name], completed=t))
 
 
+TABLE_WIDTH = 100  # what a pipe or file gets; a terminal gets its own width
+
+
 def _print_table(scenario: Scenario, rows, wall: float, plot: Path | None) -> None:
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     console = Console()
-    if not console.is_terminal:  # a pipe or file gets the whole table, not 80 columns of it
-        console = Console(width=160)
+    if not console.is_terminal:
+        console = Console(width=TABLE_WIDTH)
     table = Table(
         title=f"{scenario.name}: {len(scenario.requests):,} requests over {scenario.duration_s / 60:g} min, "
         f"cold start {scenario.world.cold_start_s:g} s",
         title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_edge=False,
+        padding=(0, 1),
+        collapse_padding=True,
     )
     for i, column in enumerate(TABLE_HEADER):
-        table.add_column(column, justify="left" if i < 2 else "right")
+        table.add_column(column, justify="left" if i < 2 else "right", no_wrap=True)
     previous = None
     for row, outcome in zip(table_rows(rows), rows, strict=True):
         if previous is not None and outcome.policy != previous:

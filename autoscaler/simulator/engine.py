@@ -4,10 +4,17 @@ Each replica runs a model of vLLM's engine (server.py: its scheduler, KV blocks 
 clock, by default V1 with chunked prefill); the engine routes requests to it and wakes it when
 its step, or run of identical decode steps, ends.
 
-Replicas are billed from the moment a GPU is assigned, start serving after the cold start, and
-when scaled down stop taking requests and finish what they hold. Requests that wait longer than
-the client timeout before starting are dropped. Decisions come from a policy called every
-`policy.period_s` seconds with an observation of every ISVC.
+Replicas are billed from the moment a GPU is assigned until they stop or the run ends (the same
+cut for every replica), start serving after the cold start, and when scaled down stop taking
+requests and finish what they hold. A replica that got no GPU waits for one and never serves.
+Requests that wait longer than the client timeout before starting are dropped. Decisions come
+from a policy called every `policy.period_s` seconds with an observation of every ISVC.
+
+Revisions follow Knative: a new GPU type or batch size is a new revision, which becomes Ready
+once its desired replicas are; traffic goes to the latest Ready revision. The decision applies
+to the latest created and the latest Ready revision (as our actuator writes it), so the serving
+revision keeps scaling while a new one waits for GPUs; every other revision is unreachable and
+scales to zero.
 """
 
 from __future__ import annotations
@@ -90,6 +97,10 @@ class Replica:
     def load(self) -> int:
         return self.server.load
 
+    @property
+    def has_gpu(self) -> bool:
+        return not math.isnan(self.billed_from)
+
 
 @dataclass
 class Revision:
@@ -97,8 +108,8 @@ class Revision:
     max_batch: int
     desired: int
     replicas: list = field(default_factory=list)
-    # traffic moves to a revision only once all its desired replicas are ready (Knative's
-    # initial scale set to the whole group), so a new revision never starts under-provisioned
+    # Knative's Ready condition: set once all its desired replicas are ready (initial scale set
+    # to the whole group, so a new revision never starts under-provisioned), and kept
     promoted: bool = False
 
 
@@ -123,6 +134,7 @@ class SimulationResult:
     actions: np.ndarray  # per ISVC, replica-count or revision changes
     series_time: np.ndarray
     series_replicas: np.ndarray  # (time, ISVC) replicas holding a GPU
+    peak_gpus: dict[str, int]  # per GPU type, the most cards held at once
 
 
 class Simulation:
@@ -151,7 +163,9 @@ class Simulation:
         self.events: list = []
         self.seq = 0
         self.now = 0.0
+        self.end = scenario.duration_s
         self.free = {name: gpu.capacity for name, gpu in self.world.gpus.items()}
+        self.peak_gpus = dict.fromkeys(self.world.gpus, 0)
         self.pending: deque[Replica] = deque()  # waiting for a GPU
         self.isvcs = []
         for index, spec in enumerate(self.world.isvcs):
@@ -165,9 +179,9 @@ class Simulation:
         self.series_replicas: list[list[int]] = []
         for index, decision in initial.items():
             self.apply(index, decision, initial=True)
-            for replica in self._all_replicas(self.isvcs[index]):
-                # the initial fleet is warm at time zero; replicas beyond the GPUs wait for one
-                if replica.state == STARTING and not math.isnan(replica.billed_from):
+            for replica in list(self._all_replicas(self.isvcs[index])):
+                # the initial fleet is warm at time zero where it got a GPU; the rest waits for one
+                if replica.state == STARTING and replica.has_gpu:
                     self._become_ready(replica)
 
     # ----------------------------------------------------------------- events
@@ -213,7 +227,7 @@ class Simulation:
             if progress is not None and self.now - last_progress >= 60.0:
                 last_progress = self.now
                 progress(min(self.now, end))
-        self._stop_billing_all(end)
+        self._stop_billing_all()
         return self._result()
 
     def _busy(self) -> bool:
@@ -289,13 +303,17 @@ class Simulation:
             self.pending.append(replica)
 
     def _assign_gpu(self, replica: Replica) -> None:
-        self.free[replica.revision.accelerator] -= 1
+        accelerator = replica.revision.accelerator
+        self.free[accelerator] -= 1
+        held = self.world.gpus[accelerator].capacity - self.free[accelerator]
+        self.peak_gpus[accelerator] = max(self.peak_gpus[accelerator], held)
         replica.billed_from = self.now
         self._push(self.now + self.world.cold_start_s, EVENT_READY, replica)
 
     def _become_ready(self, replica: Replica) -> None:
         replica.state = READY
         state = self.isvcs[replica.isvc]
+        self._reconcile_revisions(state)
         while state.buffer:
             request = state.buffer.popleft()
             if self.now - self.arrival[request] > CLIENT_TIMEOUT_S:
@@ -304,30 +322,35 @@ class Simulation:
             target = self._route(state)
             if target.server.submit(request, self.now):
                 self._schedule(target)
-        self._retire_old_revisions(state)
 
-    def _retire_old_revisions(self, state: IsvcState) -> None:
-        """Once the newest revision has all its replicas ready, it takes the traffic and older ones drain."""
+    def _serving(self, state: IsvcState) -> Revision:
+        """The latest Ready revision (the first one counts as Ready: it has nothing to replace)."""
+        return next(r for r in reversed(state.revisions) if r.promoted)
+
+    def _reconcile_revisions(self, state: IsvcState) -> None:
+        """Mark the newest revision Ready once its desired replicas are; scale to zero every
+        revision that is neither the latest created nor the latest Ready (Knative drops the
+        min-scale of unreachable revisions), and forget revisions with nothing left."""
         newest = state.revisions[-1]
-        ready = sum(1 for r in newest.replicas if r.state == READY)
-        if len(state.revisions) == 1 or ready < max(newest.desired, 1):
-            return
-        newest.promoted = True
-        for revision in state.revisions[:-1]:
-            for replica in list(revision.replicas):
-                self._release(replica)
-        # retired revisions stay listed (not routed to) until their draining replicas stop
-        state.revisions = [r for r in state.revisions[:-1] if r.replicas] + [newest]
+        if not newest.promoted and sum(1 for r in newest.replicas if r.state == READY) >= max(newest.desired, 1):
+            newest.promoted = True
+        serving = self._serving(state)
+        for revision in list(state.revisions):
+            if revision is not serving and revision is not newest:
+                revision.desired = 0
+                for replica in list(revision.replicas):
+                    self._release(replica)
+        state.revisions = [r for r in state.revisions if r.replicas or r is serving or r is newest]
 
     def _release(self, replica: Replica) -> None:
         """Scale one replica down: cancel it if it has no GPU yet, else let it finish its work."""
         if replica.state == STARTING:
-            if math.isnan(replica.billed_from):
+            if replica.has_gpu:
+                self._stop(replica)
+            else:
                 self.pending.remove(replica)
                 replica.state = STOPPED
                 replica.revision.replicas.remove(replica)
-            else:
-                self._stop(replica)
             return
         if replica.state == READY:
             replica.state = DRAINING
@@ -335,23 +358,21 @@ class Simulation:
                 self._stop(replica)
 
     def _stop(self, replica: Replica) -> None:
+        """Stop a replica that holds a GPU: bill it, free the GPU and hand it to a waiting replica."""
         replica.state = STOPPED
         replica.version += 1
-        revision = replica.revision
-        revision.replicas.remove(replica)
-        state = self.isvcs[replica.isvc]
-        if not revision.replicas and revision is not state.revisions[-1]:
-            state.revisions.remove(revision)
+        replica.revision.replicas.remove(replica)
         self._bill(replica, self.now)
         self.free[replica.revision.accelerator] += 1
         self._start_pending()
 
     def _bill(self, replica: Replica, until: float) -> None:
-        seconds = max(until - replica.billed_from, 0.0)
+        # billing stops at the end of the run for every replica, draining or not
+        seconds = max(min(until, self.end) - replica.billed_from, 0.0)
         gpu = self.world.gpus[replica.revision.accelerator]
         self.gpu_seconds[replica.isvc] += seconds
         self.cost[replica.isvc] += seconds / 3600.0 * gpu.cost_per_hour
-        replica.billed_from = until
+        replica.billed_from = max(until, replica.billed_from)
 
     def _start_pending(self) -> None:
         waiting = deque()
@@ -363,11 +384,11 @@ class Simulation:
                 waiting.append(replica)
         self.pending = waiting
 
-    def _stop_billing_all(self, end: float) -> None:
+    def _stop_billing_all(self) -> None:
         for state in self.isvcs:
             for replica in self._all_replicas(state):
-                if not math.isnan(replica.billed_from) and replica.billed_from < end:
-                    self._bill(replica, end)
+                if replica.has_gpu:
+                    self._bill(replica, self.end)
 
     # ----------------------------------------------------------------- policy
     def _sample(self) -> None:
@@ -379,10 +400,7 @@ class Simulation:
         if not self.series_time or self.now - self.series_time[-1] >= SERIES_PERIOD_S - 1e-9:
             self.series_time.append(self.now)
             self.series_replicas.append(
-                [
-                    sum(1 for r in self._all_replicas(s) if not math.isnan(r.billed_from) and r.state != STOPPED)
-                    for s in self.isvcs
-                ]
+                [sum(1 for r in self._all_replicas(s) if r.has_gpu and r.state != STOPPED) for s in self.isvcs]
             )
 
     def views(self) -> list[IsvcView]:
@@ -413,23 +431,28 @@ class Simulation:
         replicas = min(max(decision.replicas, spec.min_replicas), spec.max_replicas)
         accelerator = decision.accelerator or newest.accelerator
         max_batch = decision.max_batch or newest.max_batch
-        if (accelerator, max_batch) != (newest.accelerator, newest.max_batch):
+        changed = (accelerator, max_batch) != (newest.accelerator, newest.max_batch)
+        if changed:
             newest = Revision(accelerator, max_batch, 0)
             state.revisions.append(newest)
-        if replicas == newest.desired:
-            return
-        if not initial:
+        for revision in {id(r): r for r in (self._serving(state), newest)}.values():
+            if revision.desired != replicas:
+                self._scale(state, revision, replicas)
+                changed = True
+        if changed and not initial:
             state.actions += 1
-        newest.desired = replicas
-        live = [r for r in newest.replicas if r.state in (STARTING, READY)]
+        self._reconcile_revisions(state)
+
+    def _scale(self, state: IsvcState, revision: Revision, replicas: int) -> None:
+        revision.desired = replicas
+        live = [r for r in revision.replicas if r.state in (STARTING, READY)]
         for _ in range(replicas - len(live)):
-            self._start(state, newest)
+            self._start(state, revision)
         if replicas < len(live):
-            # cancel replicas still starting first, then the least loaded ready ones
-            victims = sorted(live, key=lambda r: (r.state == READY, r.load))[: len(live) - replicas]
+            # cancel replicas waiting for a GPU first, then those starting, then the least loaded
+            victims = sorted(live, key=lambda r: (r.has_gpu, r.state == READY, r.load))[: len(live) - replicas]
             for replica in victims:
                 self._release(replica)
-        self._retire_old_revisions(state)
 
     def _result(self) -> SimulationResult:
         return SimulationResult(
@@ -442,6 +465,7 @@ class Simulation:
             actions=np.array([s.actions for s in self.isvcs]),
             series_time=np.array(self.series_time),
             series_replicas=np.array(self.series_replicas, dtype=float).reshape(len(self.series_time), len(self.isvcs)),
+            peak_gpus=dict(self.peak_gpus),
         )
 
 

@@ -54,3 +54,50 @@ def save_plot(scenario: Scenario, results: list[SimulationResult], path: Path) -
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+FAMILY_STYLES = {"hpa": ("tab:green", "o"), "knative-kpa": ("tab:orange", "s"), "static-peak": ("tab:red", "^")}
+
+
+def save_frontier_plot(results, path: Path) -> None:
+    """One workload: SLO attainment against GPU-hours, a panel per cold start, each baseline's
+    runs over its tuning grid with its frontier, the hindsight oracle and ours."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .evaluate import GOAL
+    from .pareto import frontier
+
+    fig, axes = plt.subplots(1, len(results), figsize=(5.2 * len(results), 4.2), squeeze=False)
+    for axis, result in zip(axes[0], results, strict=True):
+        for family, runs in result.families.items():
+            color, marker = FAMILY_STYLES[family]
+            points = [run.point for run in runs]
+            axis.scatter(
+                [p.gpu_hours for p in points], [100 * p.attainment for p in points], color=color, marker=marker, alpha=0.35, s=22
+            )
+            front = frontier(points)
+            axis.plot([p.gpu_hours for p in front], [100 * p.attainment for p in front], color=color, marker=marker, label=family)
+        if result.oracle:
+            axis.scatter(
+                [result.oracle.gpu_hours],
+                [100 * result.oracle.attainment],
+                color="black",
+                marker="D",
+                s=40,
+                label="oracle (static, hindsight)",
+            )
+        axis.scatter(
+            [result.ours.gpu_hours], [100 * result.ours.attainment], color="tab:blue", marker="*", s=160, zorder=5, label="ours"
+        )
+        axis.axhline(100 * GOAL, color="grey", linestyle=":", linewidth=1)
+        axis.set_title(f"{result.case.workload}, cold start {result.case.cold_start_s:g} s")
+        axis.set_xlabel("GPU-hours")
+        axis.set_ylabel("requests meeting SLOs (%)")
+        axis.grid(alpha=0.3)
+    axes[0][0].legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=72)
+    plt.close(fig)

@@ -53,35 +53,61 @@ def peak_loads(scenario: Scenario) -> dict[int, Load]:
     return loads
 
 
-def baseline_capacities(scenario: Scenario) -> dict[int, ReplicaCapacity]:
-    return {index: replica_capacity(scenario, index) for index in range(len(scenario.world.isvcs))}
+def baseline_capacities(scenario: Scenario, jobs: int = 1) -> dict[int, ReplicaCapacity]:
+    """The load test of every ISVC, in `jobs` processes."""
+    indices = range(len(scenario.world.isvcs))
+    if jobs <= 1:
+        return {index: replica_capacity(scenario, index) for index in indices}
+    with ProcessPoolExecutor(max_workers=jobs) as pool:
+        return dict(zip(indices, pool.map(replica_capacity, [scenario] * len(indices), indices), strict=True))
 
 
-def build_policy(name: str, scenario: Scenario, settings: RunSettings, capacities: dict[int, ReplicaCapacity]):
+# the tuning knob of each baseline, as `evaluate` sweeps it: the per-pod target of the reactive
+# autoscalers as a share of the load-tested concurrency, static replicas as a share of the peak sizing
+DEFAULT_KNOBS = {"knative-kpa": KpaSettings().target_utilization, "hpa": KpaSettings().target_utilization, "static-peak": 1.0}
+
+
+def build_policy(
+    name: str,
+    scenario: Scenario,
+    settings: RunSettings,
+    capacities: dict[int, ReplicaCapacity],
+    knob: float | None = None,
+):
     """A policy and its deployment at time zero.
 
     Ours gets the optimizer and nothing measured. The baselines are tuned from a load test of
     one replica on their GPU type: static provisioning holds enough replicas for the busiest
-    minute, the reactive autoscalers target the concurrency one replica holds within the SLOs.
+    minute, the reactive autoscalers target the concurrency one replica holds within the SLOs,
+    both scaled by `knob` (default: DEFAULT_KNOBS).
     """
     world = scenario.world
-    opening = _loads(scenario, 0.0, PLANNING_WINDOW_S)
+    opening = _loads(scenario, 0.0, min(PLANNING_WINDOW_S, scenario.duration_s))
     if name == "ours":
         policy = ModelBasedPolicy(world, opening, ModelBasedSettings(period_s=settings.control_period_s))
         return policy, policy.initial
+    if name not in DEFAULT_KNOBS:
+        raise ValueError(f"unknown policy {name!r} (one of {', '.join(POLICIES)})")
+    knob = DEFAULT_KNOBS[name] if knob is None else knob
     if name == "static-peak":
-        return StaticPolicy(), _on_default(scenario, _replicas_for(peak_loads(scenario), capacities))
+        return StaticPolicy(), _on_default(scenario, _replicas_for(peak_loads(scenario), capacities, knob))
     initial = _on_default(scenario, _replicas_for(opening, capacities))
-    concurrency = {i: max(c.concurrency, 1.0) for i, c in capacities.items()}
-    if name == "knative-kpa":  # KPA itself aims at 70% of the target
-        return KnativePodAutoscaler(concurrency), initial
-    if name == "hpa":  # the same 70% headroom, set in the target value
-        return HorizontalPodAutoscaler({i: KpaSettings().target_utilization * c for i, c in concurrency.items()}), initial
-    raise ValueError(f"unknown policy {name!r} (one of {', '.join(POLICIES)})")
+    per_pod = {i: max(c.concurrency, 1.0) * knob for i, c in capacities.items()}
+    if name == "knative-kpa":  # KPA itself aims at its target utilisation of the target it is given
+        return KnativePodAutoscaler({i: c / KpaSettings().target_utilization for i, c in per_pod.items()}), initial
+    return HorizontalPodAutoscaler(per_pod), initial
 
 
-def _replicas_for(loads: dict[int, Load], capacities: dict[int, ReplicaCapacity]) -> dict[int, int]:
-    return {i: max(math.ceil(load.arrival_rate_rpm / 60.0 / max(capacities[i].max_rate, 1e-9)), 1) for i, load in loads.items()}
+def static_policy(scenario: Scenario, replicas: dict[int, int]):
+    """Static provisioning with a given replica count per ISVC (the hindsight oracle)."""
+    return StaticPolicy(), _on_default(scenario, replicas)
+
+
+def _replicas_for(loads: dict[int, Load], capacities: dict[int, ReplicaCapacity], share: float = 1.0) -> dict[int, int]:
+    return {
+        i: max(math.ceil(share * load.arrival_rate_rpm / 60.0 / max(capacities[i].max_rate, 1e-9)), 1)
+        for i, load in loads.items()
+    }
 
 
 def _on_default(scenario: Scenario, replicas: dict[int, int]) -> dict[int, Decision]:
@@ -113,7 +139,8 @@ def run_all(
     on_progress: Callable[[str, float], None] | None = None,
 ) -> list[SimulationResult]:
     """Every policy on the same traffic; `jobs` > 1 runs policies in parallel processes."""
-    capacities = baseline_capacities(scenario)
+    # ours needs no load test
+    capacities = baseline_capacities(scenario, settings.jobs) if set(policies) - {"ours"} else {}
     if settings.jobs <= 1:
         results = []
         for name in policies:

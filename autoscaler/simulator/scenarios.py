@@ -79,7 +79,8 @@ def rate_shape(kind: str, seconds: np.ndarray, duration: float, rng: np.random.G
         return np.where(seconds < duration / 2, 0.5, 1.0)
     if kind == "bursty":  # a quarter of the peak, with spikes to the peak lasting 1-2 minutes
         shape = np.full_like(seconds, 0.25)
-        for start in rng.uniform(0, duration - 120, size=max(int(duration / 900), 1)):
+        # a spike may start anywhere that leaves room for its longest length, or at 0 in a short run
+        for start in rng.uniform(0, max(duration - 120, 0.0), size=max(int(duration / 900), 1)):
             shape[(seconds >= start) & (seconds < start + rng.uniform(60, 120))] = 1.0
         return shape
     raise ValueError(kind)

@@ -17,6 +17,9 @@ import numpy as np
 
 from ..errors import InputError
 
+# longer than any model's context window (10 M tokens): a count beyond it is a typo or a unit error
+MAX_TOKENS = 10_000_000
+
 
 @dataclass(frozen=True)
 class Requests:
@@ -79,6 +82,7 @@ def read_azure_trace(path: Path) -> Trace:
                     times.append(moment)
                 except ValueError:
                     raise _bad(path, line, f"expected TIMESTAMP,ContextTokens,GeneratedTokens, got {','.join(row)!r}") from None
+                _check_tokens(path, line, inputs[-1], outputs[-1], least_out=0)
     except OSError as exc:
         raise InputError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
     if not times:
@@ -106,8 +110,9 @@ def read_simple_trace(path: Path, isvc_of_model: Callable[[str], int | None]) ->
                 index = isvc_of_model(rows[-1][1])
                 if index is None:
                     raise _bad(path, line, f"unknown model {rows[-1][1]!r}")
-                if rows[-1][0] < 0 or rows[-1][2] < 0 or rows[-1][3] < 1:
-                    raise _bad(path, line, "time and in must be >= 0 and out >= 1")
+                if not 0 <= rows[-1][0] < float("inf"):
+                    raise _bad(path, line, f"time must be a finite number >= 0, got {when.strip()}")
+                _check_tokens(path, line, rows[-1][2], rows[-1][3], least_out=1)
     except OSError as exc:
         raise InputError(str(path), "", f"cannot read: {exc.strerror or exc}") from None
     if not rows:
@@ -119,6 +124,13 @@ def read_simple_trace(path: Path, isvc_of_model: Callable[[str], int | None]) ->
         np.array([r[2] for r in rows]),
         np.array([r[3] for r in rows]),
     )
+
+
+def _check_tokens(path: Path, line: int, prompt: int, output: int, least_out: int) -> None:
+    if not 0 <= prompt <= MAX_TOKENS or not least_out <= output <= MAX_TOKENS:
+        raise _bad(
+            path, line, f"tokens must be 0..{MAX_TOKENS:,} in and {least_out}..{MAX_TOKENS:,} out, got {prompt:,} and {output:,}"
+        )
 
 
 def builtin_trace(name: str) -> Trace:

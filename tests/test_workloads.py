@@ -1,0 +1,80 @@
+"""The workload suite: each shape as the issue describes it, and the traces in their own shape."""
+
+import numpy as np
+import pytest
+
+from autoscaler.simulator.scenarios import ISVCS
+from autoscaler.simulator.traffic import builtin_trace
+from autoscaler.simulator.workloads import (
+    LOW,
+    SUITE,
+    TRACE_COMPRESSION,
+    WORKLOADS,
+    build_workload,
+    workload_shape,
+)
+
+HOUR = np.arange(3600, dtype=float)
+
+
+def shape(kind, seed=1):
+    return workload_shape(kind, HOUR, 3600.0, np.random.default_rng(seed))
+
+
+def test_flash_crowd_quadruples_within_a_minute_for_ten_minutes():
+    s = shape("flash-crowd")
+    assert s.min() == LOW and s.max() == 1.0 and s.max() / s.min() == 4.0
+    rising = np.flatnonzero((s > LOW) & (s < 1.0))
+    at_peak = np.flatnonzero(s == 1.0)
+    assert at_peak.size == 601  # ten minutes at the peak
+    assert rising[rising < at_peak[0]].size <= 60  # reached within 60 s
+
+
+def test_slow_ramp_rises_tenfold_over_the_run():
+    s = shape("slow-ramp")  # 0.2x -> 2x of a base rate: 0.1 -> 1 of the peak
+    assert np.all(np.diff(s) > 0)
+    assert s[0] == pytest.approx(0.1) and s[-1] == pytest.approx(1.0, abs=0.001)
+
+
+@pytest.mark.parametrize("kind, half_period", [("square-5m", 300), ("square-2.5m", 150)])
+def test_square_waves_alternate(kind, half_period):
+    s = shape(kind)
+    edges = np.flatnonzero(np.diff(s)) + 1
+    assert set(np.diff(edges)) == {half_period} and set(s) == {LOW, 1.0}
+
+
+def test_mmpp_has_two_levels_and_sojourns_of_minutes():
+    s = workload_shape("mmpp", np.arange(200_000, dtype=float), 200_000.0, np.random.default_rng(3))
+    assert set(s) == {LOW, 1.0}
+    sojourns = np.diff(np.flatnonzero(np.diff(s)))
+    assert sojourns.mean() == pytest.approx(180, rel=0.1)
+    assert s.max() / s.min() == 4.0  # levels 0.5x and 2x
+
+
+@pytest.mark.parametrize("name, source", [("azure-code", "code"), ("azure-conv", "conv")])
+def test_traces_replay_one_window_in_their_own_shape(name, source):
+    trace = builtin_trace(source)
+    scenario = build_workload(name, seed=1)
+    assert scenario.duration_s == pytest.approx(trace.time[-1] / TRACE_COMPRESSION, rel=0.01)
+    compressed = trace.time / TRACE_COMPRESSION
+    for index in range(len(ISVCS)):
+        mine = scenario.requests.time[scenario.requests.isvc == index]
+        # every arrival is one of the trace's, once: a thinned replay, not superposed copies
+        assert np.all(np.isin(np.round(mine, 6), np.round(compressed, 6)))
+        assert np.unique(mine).size == mine.size
+    other = build_workload(name, seed=2)
+    assert not np.array_equal(other.requests.time, scenario.requests.time)  # the seed thins differently
+
+
+def test_a_shorter_run_replays_a_window_the_seed_picks():
+    first, second = build_workload("azure-conv", seed=1, duration_s=300.0), build_workload("azure-conv", seed=2, duration_s=300.0)
+    assert first.duration_s == second.duration_s == 300.0
+    assert first.requests.in_tokens[:50].tolist() != second.requests.in_tokens[:50].tolist()
+
+
+def test_every_workload_builds_within_the_base_rates():
+    assert set(SUITE) <= set(WORKLOADS)
+    for name in WORKLOADS:
+        scenario = build_workload(name, seed=1, duration_s=600.0)
+        assert scenario.name == name and len(scenario.requests) > 0
+        assert np.all(np.diff(scenario.requests.time) >= 0) and scenario.requests.time[-1] < scenario.duration_s
