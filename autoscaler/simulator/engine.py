@@ -271,14 +271,7 @@ class Simulation:
 
     def _finish(self, request: int, time: float) -> None:
         self.finish[request] = time
-        state = self.isvcs[self.req_isvc[request]]
-        first = self.first_token[request]
-        state.ttft_met += first - self.arrival[request] <= state.ttft_slo_s
-        state.itl_met += time - first <= state.itl_slo_s * max(self.req_out[request] - 1, 1)
-        state.completions += 1
-        state.in_flight -= 1
-        state.in_tokens_sum += self.req_in[request]
-        state.out_tokens_sum += self.req_out[request]
+        self.isvcs[self.req_isvc[request]].in_flight -= 1
 
     def _drop(self, request: int) -> None:
         self.dropped[request] = True
