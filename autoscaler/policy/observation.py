@@ -29,6 +29,7 @@ class Observation:
     ttft_buckets: Buckets  # over the window
     itl_buckets: Buckets
     window_s: float = WINDOW_S  # what the rates were measured over (and how far apart the two are)
+    ready_replicas: int | None = None  # serving the window, where the collector knows it
 
 
 @dataclass(frozen=True)
