@@ -151,10 +151,13 @@ class Scripted:
 
 
 def two_gpu_world(g: int, h: int, cold_start_s: float = 5.0) -> World:
-    options = {name: ServingOption(name, ConstantSteps(), IterationParams(STEP_MS, 0.0, 0.0), 8) for name in ("G", "H")}
-    spec = IsvcSpec("q", "m", "c", options, "G", min_replicas=1, max_replicas=10)
+    """The queue world's server on two GPU types G ($1/h) and H ($2/h)."""
+    base = queue_world(8)
+    option = base.isvcs[0].options["G"]
+    options = {name: dataclasses.replace(option, accelerator=name) for name in ("G", "H")}
+    spec = dataclasses.replace(base.isvcs[0], options=options, max_replicas=10)
     gpus = {"G": GpuType("G", 1.0, g), "H": GpuType("H", 2.0, h)}
-    return World(gpus, {"c": ClassSpec("c", 1, 1e9, 1e9)}, (spec,), cold_start_s=cold_start_s, engine=EngineSettings("stall"))
+    return dataclasses.replace(base, gpus=gpus, isvcs=(spec,), cold_start_s=cold_start_s)
 
 
 def steady_requests(seconds: float, rate: float = 2.0) -> Requests:
