@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .profiles import MODEL_SHAPES, MeasuredProfile, load_measured
-from .server import EngineSettings, Ledger, Overheads, VllmServer
+from .server import EngineSettings, Ledger, Overheads, VllmServer, token_budget
 
 STATISTICS = ("req/s", "ttft mean", "ttft p50", "ttft p99", "tpot mean", "tpot p50", "tpot p99")
 PUBLISHED_MODEL = "llama-3-8b"
@@ -104,7 +104,7 @@ def replay_burst(
 def replay_all(published: Published, overheads: Overheads, mode: str = "v0-prefill-first") -> dict[int, np.ndarray]:
     settings = EngineSettings(mode=mode, overheads=overheads)
     profile = published_profile()
-    budget = max(PUBLISHED_MAX_MODEL_LEN, 2048) if mode == "v0-prefill-first" else 8192
+    budget = max(PUBLISHED_MAX_MODEL_LEN, 2048) if mode == "v0-prefill-first" else token_budget("H100")
     return {
         n: replay_burst(settings, profile, published.in_tokens[:n], published.out_tokens[:n], budget=budget)
         for n in sorted(published.points)
