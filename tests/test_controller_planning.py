@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from autoscaler import annotations as ann
@@ -145,9 +147,13 @@ def test_missed_slo_lowers_the_capacity_bias_which_is_persisted():
     state = PlannerState()
     served = plan_one(service(), obs=observed(5.0), now=0.0).decision  # what has run since
     slow = observed(5.0, ttft_s=5.0)  # every request of the window missed Premium's 1 s TTFT
+    slow = dataclasses.replace(slow, ttft_buckets=((1.0, 0.0), *slow.ttft_buckets))  # vLLM has a 1 s bound
+    plan_one(service(last=served), obs=slow, state=state, now=940.0)  # a window's fleet is seen first
     first = plan_one(service(last=served), obs=slow, state=state)
     assert first.decision.ttft_scale < 1.0 and first.decision.replicas >= served.replicas
-    restarted = plan_one(service(last=first.decision), obs=slow, now=1030.0)
+    resumed = PlannerState()  # a restarted controller: the bias from the annotation
+    plan_one(service(last=first.decision), obs=slow, state=resumed, now=1000.0)
+    restarted = plan_one(service(last=first.decision), obs=slow, state=resumed, now=1060.0)
     assert restarted.decision.ttft_scale < first.decision.ttft_scale  # resumed from the annotation, lowered again
 
 

@@ -36,6 +36,7 @@ from ..optimizer.domain import IterationParams
 LENGTH_QUANTILES = 32  # points of the output-length distribution the shares are averaged over
 PROMPT_QUANTILES = 6  # and of the request's own prompt length
 HERMITE = np.polynomial.hermite_e.hermegauss(9)  # for the Gaussian batch average
+MIN_IDENTIFYING_LOAD = 0.2  # share of a replica's time on token work below which the ITL says little of it
 MAX_PROMPTS = 400  # terms of the Poisson mixture (prompts landing in one request's life)
 
 
@@ -135,10 +136,12 @@ def _work_per_request(replica: Replica, shape: Shape) -> float:
 def identify_work_scale(replica: Replica, shape: Shape, rate: float, mean_itl_ms: float) -> float | None:
     """The work scale under which the model's mean ITL equals a measured one at `rate`
     requests/s per replica (the ITL rises with the scale: bisection in log space). None where
-    the window says nothing about it: no load, or an ITL the model cannot reach at any scale
-    within [1/8, 8] (the replica ran mostly alone, or the measurement is off)."""
+    the window says little about it: light load, or an ITL the model cannot reach at any scale
+    within [1/8, 8] (the measurement is off)."""
     if rate <= 0.0 or not math.isfinite(mean_itl_ms) or mean_itl_ms <= 0.0:
         return None
+    if rate / 1000.0 * _work_per_request(replace(replica, work_scale=1.0), shape) < MIN_IDENTIFYING_LOAD:
+        return None  # a replica mostly alone: its ITL is the fixed cost, the work hardly shows
 
     def itl(scale: float) -> float:
         return _mean_itl(replace(replica, work_scale=scale), shape, rate)

@@ -69,10 +69,16 @@ def _learn(
     last, learned = service.last, state.learned
     if last is not None and service.key not in learned.bias:
         learned.bias[service.key] = sizing.Estimate(last.ttft_scale)
-    # a window that a roll-out may have reached mixes two GPU types' replicas: nothing to learn
-    if last is not None and now - last.spec_changed_at >= obs.window_s + startup_s:
+    if last is not None:
         serving = last.replicas if obs.ready_replicas is None else obs.ready_replicas
-        sizing.learn(learned, catalog, service.key, service.model, last.accelerator, last.max_batch, serving, obs, target)
+        count, since = learned.serving.get(service.key, (serving, now))
+        learned.serving[service.key] = (serving, since if count == serving else now)
+        # only a window served throughout by one fleet of one GPU type says what a replica does:
+        # one that a roll-out may have reached mixes two GPU types, one that a scale-up reached
+        # shows a replica overloaded while the others started (lag, not the model's error)
+        settled = now - max(last.spec_changed_at + startup_s, learned.serving[service.key][1]) >= obs.window_s
+        if settled:
+            sizing.learn(learned, catalog, service.key, service.model, last.accelerator, last.max_batch, serving, obs, target)
     bias = learned.bias.get(service.key, sizing.Estimate()).value
     return bias, bias
 

@@ -29,6 +29,7 @@ MIN_REQUESTS = 50  # fewer completions in a window say too little to learn from
 LEARNING_RATE = 0.5  # share of the way to a window's estimate (log space)
 MAX_STEP = math.log(1.5)  # one window moves an estimate by at most x1.5 (outliers)
 UNINFORMATIVE_MISS = 0.002  # both measured and predicted misses below this: nothing to learn
+FLAT_MISS = 0.1  # a miss that says the model is wrong even where it predicts none
 SIZING_GRID = 0.02  # request shapes and scales rounded to 2% before sizing (cache hits)
 
 
@@ -61,6 +62,30 @@ class Estimate:
 class Learned:
     work: dict[tuple[str, str], Estimate] = field(default_factory=dict)  # (model, GPU)
     bias: dict[str, Estimate] = field(default_factory=dict)  # ISVC key
+    serving: dict[str, tuple[int, float]] = field(default_factory=dict)  # ISVC key: (replicas, since when)
+
+
+def replica(catalog: Catalog, model: str, accelerator: str, max_batch: int, work_scale: float) -> Replica | None:
+    """The latency model's replica for a profile; None where the profile is not iteration-based."""
+    profile = catalog.profiles.get((model, accelerator))
+    if profile is None or not isinstance(profile.params, IterationParams):
+        return None
+    kv = profile.kv_cache_tokens or profile.max_batch_size * profile.at_tokens  # Inferno's rule
+    batch = max_batch or profile.max_batch_size
+    return Replica(profile.params, batch, kv, token_budget(accelerator), work_scale=work_scale)
+
+
+def learn(self, measured: float) -> None:
+        step = max(min(math.log(measured) - math.log(self.value), MAX_STEP), -MAX_STEP)
+        self.value *= math.exp(LEARNING_RATE * step)
+        self.windows += 1
+
+
+@dataclass
+class Learned:
+    work: dict[tuple[str, str], Estimate] = field(default_factory=dict)  # (model, GPU)
+    bias: dict[str, Estimate] = field(default_factory=dict)  # ISVC key
+    serving: dict[str, tuple[int, float]] = field(default_factory=dict)  # ISVC key: (replicas, since when)
 
 
 def replica(catalog: Catalog, model: str, accelerator: str, max_batch: int, work_scale: float) -> Replica | None:
@@ -105,8 +130,11 @@ def learn(
             work.learn(scale)
             model_replica = replace(model_replica, work_scale=work.value)
     measured_miss = 1.0 - min(_share(obs.ttft_buckets, target.ttft_ms), _share(obs.itl_buckets, target.itl_ms))
+    # the model read through the same buckets: the collector interpolates inside the bucket that
+    # holds the SLO (30 ms lies between vLLM's 25 and 50 ms bounds), so compare like with like
+    seen = _AsHistogram(_bracket(obs.ttft_buckets, target.ttft_ms), _bracket(obs.itl_buckets, target.itl_ms))
     bias = learned.bias.setdefault(key, Estimate())
-    factor = _capacity_factor(model_replica, shape, rate / bias.value, measured_miss, target)
+    factor = _capacity_factor(model_replica, shape, rate / bias.value, measured_miss, seen)
     if factor is not None:
         bias.learn(factor * bias.value)
 
@@ -116,19 +144,53 @@ def _share(buckets, slo_ms: float) -> float:
     return met / total if slo_ms and total else 1.0
 
 
-def _capacity_factor(model_replica: Replica, shape: Shape, rate: float, measured_miss: float, target: ServiceTarget):
+def _bracket(buckets, slo_ms: float) -> tuple[float, float, float]:
+    """(lower bound, upper bound, weight of the upper) in ms of the bucket holding the SLO; an
+    SLO on a bound, or no SLO, reads at the SLO itself."""
+    if not slo_ms:
+        return math.inf, math.inf, 0.0
+    lower = 0.0
+    for bound_s, _ in buckets:
+        bound = bound_s * 1000.0
+        if bound >= slo_ms:
+            if bound == slo_ms or math.isinf(bound):
+                return slo_ms, slo_ms, 0.0
+            return lower, bound, (slo_ms - lower) / (bound - lower)
+        lower = bound
+    return slo_ms, slo_ms, 0.0
+
+
+@dataclass(frozen=True)
+class _AsHistogram:
+    ttft: tuple[float, float, float]
+    itl: tuple[float, float, float]
+
+    def miss(self, model_replica: Replica, shape: Shape, rate: float) -> float:
+        """The model's miss as the collector would read it off vLLM's histograms."""
+        low = predict(model_replica, shape, rate, self.ttft[0], self.itl[0])
+        if not (self.ttft[2] or self.itl[2]):
+            return 1.0 - min(low.ttft_share, low.itl_token_share)
+        high = predict(model_replica, shape, rate, self.ttft[1], self.itl[1])
+        ttft = low.ttft_share + self.ttft[2] * (high.ttft_share - low.ttft_share)
+        itl = low.itl_token_share + self.itl[2] * (high.itl_token_share - low.itl_token_share)
+        return 1.0 - min(ttft, itl)
+
+
+def _capacity_factor(model_replica: Replica, shape: Shape, rate: float, measured_miss: float, seen: _AsHistogram):
     """k such that the model at rate / k predicts the measured miss: log-miss against log-rate
     is near linear over a few %, so two predictions locate it. None where uninformative."""
-    slo = (target.ttft_ms or math.inf, target.itl_ms or math.inf)
-    here = 1.0 - _shares(predict(model_replica, shape, rate, *slo))
+    here = seen.miss(model_replica, shape, rate)
     if max(here, measured_miss) < UNINFORMATIVE_MISS:
         return None
-    there = 1.0 - _shares(predict(model_replica, shape, rate * 1.1, *slo))
+    there = seen.miss(model_replica, shape, rate * 1.1)
     floor = UNINFORMATIVE_MISS / 2  # a miss of zero has no logarithm; below this it is noise
     slope = (math.log(max(there, floor)) - math.log(max(here, floor))) / math.log(1.1)
     gap = math.log(max(measured_miss, floor)) - math.log(max(here, floor))
-    if slope <= 0.0:  # the model is flat here (far from its capacity): move by the largest step
-        return math.exp(-math.copysign(MAX_STEP, gap)) if gap else None
+    if slope <= 0.0:
+        # the model is flat here: far below its capacity, where only a clear miss it does not
+        # predict says it is wrong; or past it (a replica overloaded while others wait for a
+        # GPU), where it already predicts the miss and nothing is learned
+        return math.exp(-MAX_STEP) if measured_miss > FLAT_MISS and here < measured_miss / 2 else None
     # the rate at which the model would miss as measured, relative to the rate served
     log_ratio = gap / slope
     return math.exp(-max(min(log_ratio, MAX_STEP), -MAX_STEP))
