@@ -5,9 +5,9 @@ Predicted: autoscaler/policy/latency.py from what the planner knows (the profile
 batch and KV limits, vLLM's token budget for the GPU, the mean request shape a collector
 measures); "identified": the same after the online identification's work scale, learned from
 one simulated window of the replica at 90% of its predicted capacity (the mean ITL as vLLM's
-histogram gives it: decode time over token gaps). Simulated: the load test of one replica (autoscaler/simulator/load_test.py) on the
-same GPU with the ISVC's own request sizes, on the simulator's vLLM server (V1 chunked by
-default).
+histogram gives it: decode time over token gaps). Simulated: the load test of one replica
+(autoscaler/simulator/load_test.py) on the same GPU with the ISVC's own request sizes, on the
+simulator's vLLM server (V1 chunked by default).
 
     python benchmarks/latency_model.py [--requests 100000] [--jobs 2] [--only chat-8b,code-1b]
 """

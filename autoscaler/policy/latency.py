@@ -170,7 +170,9 @@ def _mean_itl(replica: Replica, shape: Shape, rate: float) -> float:
     return (p.alpha + c.step_ms) / (1.0 - rho) + u
 
 
-def predict(replica: Replica, shape: Shape, rate: float, ttft_slo_ms: float, itl_slo_ms: float, mode: str = "chunked") -> Prediction:
+def predict(
+    replica: Replica, shape: Shape, rate: float, ttft_slo_ms: float, itl_slo_ms: float, mode: str = "chunked"
+) -> Prediction:
     """Attainment of one replica at `rate` requests/s of `shape`."""
     p, c = replica.params, replica.costs
     prompt, out = max(shape.in_tokens, 0.0), max(shape.out_tokens, 1.0)
@@ -227,9 +229,7 @@ def predict(replica: Replica, shape: Shape, rate: float, ttft_slo_ms: float, itl
     return Prediction(itl_share * ttft_share, ttft_share, itl_share, itl_token_share, step, batch, True)
 
 
-def capacity(
-    replica: Replica, shape: Shape, ttft_slo_ms: float, itl_slo_ms: float, goal: float, mode: str = "chunked"
-) -> float:
+def capacity(replica: Replica, shape: Shape, ttft_slo_ms: float, itl_slo_ms: float, goal: float, mode: str = "chunked") -> float:
     """The largest rate (req/s) at which the predicted attainment reaches `goal` (0 if none)."""
     high = 1000.0 / max(_work_per_request(replica, shape), 1e-9)  # the rate that saturates the GPU
     low = 0.0

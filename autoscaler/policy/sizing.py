@@ -75,33 +75,6 @@ def replica(catalog: Catalog, model: str, accelerator: str, max_batch: int, work
     return Replica(profile.params, batch, kv, token_budget(accelerator), work_scale=work_scale)
 
 
-def learn(self, measured: float) -> None:
-        step = max(min(math.log(measured) - math.log(self.value), MAX_STEP), -MAX_STEP)
-        self.value *= math.exp(LEARNING_RATE * step)
-        self.windows += 1
-
-
-@dataclass
-class Learned:
-    work: dict[tuple[str, str], Estimate] = field(default_factory=dict)  # (model, GPU)
-    bias: dict[str, Estimate] = field(default_factory=dict)  # ISVC key
-    serving: dict[str, tuple[int, float]] = field(default_factory=dict)  # ISVC key: (replicas, since when)
-
-
-def replica(catalog: Catalog, model: str, accelerator: str, max_batch: int, work_scale: float) -> Replica | None:
-    """The latency model's replica for a profile; None where the profile is not iteration-based."""
-    profile = catalog.profiles.get((model, accelerator))
-    if profile is None or not isinstance(profile.params, IterationParams):
-        return None
-    kv = profile.kv_cache_tokens or profile.max_batch_size * profile.at_tokens  # Inferno's rule
-    batch = max_batch or profile.max_batch_size
-    return Replica(profile.params, batch, kv, token_budget(accelerator), work_scale=work_scale)
-
-
-def _shares(prediction) -> float:
-    return min(prediction.ttft_share, prediction.itl_token_share)
-
-
 def learn(
     learned: Learned,
     catalog: Catalog,
@@ -197,7 +170,15 @@ def _capacity_factor(model_replica: Replica, shape: Shape, rate: float, measured
 
 
 def per_replica_capacity(
-    learned: Learned, catalog: Catalog, key: str, model: str, accelerator: str, max_batch: int, shape: Shape, target: ServiceTarget, goal: float
+    learned: Learned,
+    catalog: Catalog,
+    key: str,
+    model: str,
+    accelerator: str,
+    max_batch: int,
+    shape: Shape,
+    target: ServiceTarget,
+    goal: float,
 ) -> float | None:
     """Requests/s one replica serves within the SLOs at `goal`, as learned so far (None: the
     profile is not one the model reads)."""
