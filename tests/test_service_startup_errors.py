@@ -83,47 +83,32 @@ def test_tls_file_problems_are_one_line_and_exit_2(files, tmp_path, service, cer
     assert code == 2 and message in one_line(lines) and one_line(lines).startswith("inference-autoscaler: error: ")
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        lambda f: adapter(f["cert"], f["key"], "--kubeconfig", str(f["broken"])),
+def services_with(kubeconfig: str):
+    """Each service's command line with the kubeconfig named `kubeconfig` in the files fixture."""
+    return [
+        lambda f: adapter(f["cert"], f["key"], "--kubeconfig", str(f[kubeconfig])),
         lambda f: webhook(
-            f["cert"], f["key"], "--manage-certificates", "ns/s", "--services", "w", "--kubeconfig", str(f["broken"])
+            f["cert"], f["key"], "--manage-certificates", "ns/s", "--services", "w", "--kubeconfig", str(f[kubeconfig])
         ),
         lambda f: [
             "controller",
             "--kubeconfig",
-            str(f["broken"]),
+            str(f[kubeconfig]),
             "--listen",
             f"127.0.0.1:{free_port()}",
             "--decisions-address",
             f"127.0.0.1:{free_port()}",
-        ],
-    ],
-)
+        ],  # fmt: skip
+    ]
+
+
+@pytest.mark.parametrize("args", services_with("broken"))
 def test_a_bad_kubeconfig_is_one_line_and_exit_2(files, args):
     code, lines = run(*args(files))
     assert code == 2 and "broken.kubeconfig: cannot use it:" in one_line(lines)
 
 
-@pytest.mark.parametrize(
-    "args",
-    [
-        lambda f: adapter(f["cert"], f["key"], "--kubeconfig", str(f["unreachable"])),
-        lambda f: webhook(
-            f["cert"], f["key"], "--manage-certificates", "ns/s", "--services", "w", "--kubeconfig", str(f["unreachable"])
-        ),
-        lambda f: [
-            "controller",
-            "--kubeconfig",
-            str(f["unreachable"]),
-            "--listen",
-            f"127.0.0.1:{free_port()}",
-            "--decisions-address",
-            f"127.0.0.1:{free_port()}",
-        ],
-    ],
-)
+@pytest.mark.parametrize("args", services_with("unreachable"))
 def test_an_unreachable_api_server_is_one_line_and_exit_69(files, args):
     code, lines = run(*args(files))
     assert code == 69 and "Kubernetes API" in last_line(lines)
