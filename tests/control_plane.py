@@ -48,7 +48,7 @@ class ControlPlaneUnavailable(RuntimeError):
 
 
 def build(*extras: str) -> Path:
-    """The directory of the control-plane binaries (or of `extras`: knative), built on first use
+    """The directory of the control-plane binaries (or of `extras`: knative, kserve, keda), built on first use
     (see the README for the time and disk this takes)."""
     try:
         result = subprocess.run([str(BUILD), *extras], capture_output=True, text=True, timeout=3600)
@@ -296,7 +296,12 @@ class ControlPlane:
     def start_kserve(self, directory: Path) -> None:
         """KServe's manager (built by `build.sh kserve` into `directory`, with its CRDs) as the
         admin, configured by ../shared's inferenceservice-config; its own webhooks are not
-        registered (their server still needs a certificate to start)."""
+        registered (their server still needs a certificate to start). KEDA's ScaledObject CRD
+        (`build.sh keda`) is installed first, as in a cluster with KEDA: KServe watches ScaledObjects
+        only when the CRD is there at its start. Once per control plane: later calls find it running."""
+        if "kserve-manager" in self.processes:
+            return
+        self.kubectl("apply", "--server-side", f"--filename={build('keda') / 'keda.sh_scaledobjects.yaml'}")
         self.kubectl("create", "namespace", "kserve")
         self.kubectl("apply", "--server-side", "--force-conflicts", f"--filename={directory / 'kserve-crds.yaml'}")
         self.kubectl("wait", "--for=condition=Established", "--all", "crd", "--timeout=60s")
