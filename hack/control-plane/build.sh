@@ -113,6 +113,21 @@ knative() {
     for file in "$serving"/config/core/100-namespace.yaml "$serving"/config/core/configmaps/*.yaml "$networking"/config/config-network.yaml; do
         printf -- '---\n' && cat "$file"
     done > out/knative-serving-config.yaml
+    knative_webhooks out
+}
+
+# knative_webhooks DIR: the webhook's Secret and its three webhook configurations (the webhook
+# fills in their certificates and caBundles), from the module; also into a cache built before
+# they were written there (one file, moved in whole).
+knative_webhooks() {
+    [ -f "$1/knative-serving-webhooks.yaml" ] && return 0
+    local serving file
+    serving=$(go mod download -json "knative.dev/serving@$KNATIVE_SERVING_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')
+    [ -n "$serving" ] || { log "the module proxy did not serve knative.dev/serving@$KNATIVE_SERVING_VERSION"; return 1; }
+    for file in "$serving"/config/core/webhooks/*.yaml; do
+        printf -- '---\n' && cat "$file"
+    done > "$1/.knative-serving-webhooks.yaml"
+    mv "$1/.knative-serving-webhooks.yaml" "$1/knative-serving-webhooks.yaml"
 }
 
 # KServe's go.mod pins versions by replace directives (k8s.io/* v0.34, controller-runtime), which
@@ -151,7 +166,9 @@ keda() {
 if [ $# -gt 0 ]; then
     for extra in "$@"; do
         case $extra in
-            knative) build_into knative-serving "$KNATIVE_SERVING_VERSION" knative && echo "$CACHE/knative-serving-$KNATIVE_SERVING_VERSION" ;;
+            knative) build_into knative-serving "$KNATIVE_SERVING_VERSION" knative &&
+                knative_webhooks "$CACHE/knative-serving-$KNATIVE_SERVING_VERSION" &&
+                echo "$CACHE/knative-serving-$KNATIVE_SERVING_VERSION" ;;
             kserve) build_into kserve "$KSERVE_VERSION" kserve && echo "$CACHE/kserve-$KSERVE_VERSION" ;;
             keda) build_into keda "$KEDA_VERSION" keda && echo "$CACHE/keda-$KEDA_VERSION" ;;
             *) log "unknown component $extra (knative, kserve, keda)"; exit 2 ;;
