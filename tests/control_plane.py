@@ -15,6 +15,7 @@ from __future__ import annotations
 import datetime
 import json
 import os
+import socket
 import ssl
 import subprocess
 import time
@@ -48,7 +49,7 @@ class ControlPlaneUnavailable(RuntimeError):
 
 
 def build(*extras: str) -> Path:
-    """The directory of the control-plane binaries (or of `extras`: knative), built on first use
+    """The directory of the control-plane binaries (or of `extras`: knative, kserve, keda), built on first use
     (see the README for the time and disk this takes)."""
     try:
         result = subprocess.run([str(BUILD), *extras], capture_output=True, text=True, timeout=3600)
@@ -290,13 +291,63 @@ class ControlPlane:
             "/api/v1/namespaces/knative-serving/endpoints",
             {"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": "activator-service", "namespace": "knative-serving"}},
         )
+        self._start_knative_webhook(directory)
         env = dict(os.environ, SYSTEM_NAMESPACE="knative-serving", POD_NAME="knative-serving-controller")
         self._spawn("knative-serving-controller", f"--kubeconfig={self.admin_kubeconfig}", directory=directory, env=env)
+
+    def _start_knative_webhook(self, directory: Path) -> None:
+        """Knative's webhook, which defaults and validates every Knative object (KServe's Knative
+        Service, our SKS) and ConfigMap: it makes its own certificate into the Secret
+        webhook-certs and puts its CA and path into its three webhook configurations, which name
+        the Service `webhook`: ExternalName to this host, as there is no kube-proxy, on a free port
+        (the API server checks the certificate for webhook.knative-serving.svc all the same)."""
+        port = free_port()
+        objects = [d for d in yaml.safe_load_all((directory / "knative-serving-webhooks.yaml").read_text()) if d]
+        for configuration in objects:
+            for hook in configuration.get("webhooks", []):
+                hook["clientConfig"]["service"]["port"] = port
+        objects.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": {"name": "webhook", "namespace": "knative-serving"},
+                "spec": {"type": "ExternalName", "externalName": "localhost", "ports": [{"port": port, "name": "https"}]},
+            }
+        )
+        self.kubectl("apply", "--server-side", "--filename=-", input=yaml.safe_dump_all(objects))
+        env = dict(
+            os.environ,
+            SYSTEM_NAMESPACE="knative-serving",
+            POD_NAME="knative-serving-webhook",
+            WEBHOOK_NAME="webhook",  # the Service its certificate is for
+            WEBHOOK_PORT=str(port),
+            PROFILING_PORT=str(free_port()),
+        )
+        self._spawn("knative-serving-webhook", f"--kubeconfig={self.admin_kubeconfig}", directory=directory, env=env)
+        names = [c["metadata"]["name"] for c in objects if c["kind"].endswith("WebhookConfiguration")]
+
+        def configured() -> bool:  # the webhook listens and every configuration has its CA
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            except OSError:
+                return False
+            found = self.kubectl("get", "mutatingwebhookconfigurations,validatingwebhookconfigurations", "--output=json")
+            bundles = {
+                c["metadata"]["name"]: c["webhooks"][0]["clientConfig"].get("caBundle") for c in json.loads(found.stdout)["items"]
+            }
+            return all(bundles.get(name) for name in names)
+
+        self._wait("knative-serving-webhook", configured, 60)
 
     def start_kserve(self, directory: Path) -> None:
         """KServe's manager (built by `build.sh kserve` into `directory`, with its CRDs) as the
         admin, configured by ../shared's inferenceservice-config; its own webhooks are not
-        registered (their server still needs a certificate to start)."""
+        registered (their server still needs a certificate to start). KEDA's ScaledObject CRD
+        (`build.sh keda`) is installed first, as in a cluster with KEDA: KServe watches ScaledObjects
+        only when the CRD is there at its start. Once per control plane: later calls find it running."""
+        if "kserve-manager" in self.processes:
+            return
+        self.kubectl("apply", "--server-side", f"--filename={build('keda') / 'keda.sh_scaledobjects.yaml'}")
         self.kubectl("create", "namespace", "kserve")
         self.kubectl("apply", "--server-side", "--force-conflicts", f"--filename={directory / 'kserve-crds.yaml'}")
         self.kubectl("wait", "--for=condition=Established", "--all", "crd", "--timeout=60s")

@@ -159,6 +159,32 @@ async def test_no_decision_is_an_error_never_a_zero_and_a_wrong_trigger_says_wha
     assert (await keda.get_metrics(named)).metricValues[0].metricValueFloat == 4.0
 
 
+def kserve_ref(deployment: str, query: str = "desired_replicas"):
+    """The trigger KServe v0.20 writes for a PodMetric of backend opentelemetry (its
+    reconcilers/keda): the query wrapped with the namespace and the predictor's Deployment."""
+    metric_query = f'sum({query}{{namespace="prod", deployment="{deployment}"}})'
+    metadata = {"metricQuery": metric_query, "targetValue": "1", "scalerAddress": "adapter:9443"}
+    return KEDA["ScaledObjectRef"](name=deployment, namespace="prod", scalerMetadata=metadata)
+
+
+async def test_kserves_own_trigger_names_the_isvc_by_its_predictors_deployment(scaler):
+    store, keda = scaler
+    decided(store, 3)
+    for deployment in ("chat-predictor", "chat-main-predictor", "chat-a-b-predictor"):
+        request = KEDA["GetMetricsRequest"](scaledObjectRef=kserve_ref(deployment), metricName="desired_replicas")
+        assert (await keda.get_metrics(request)).metricValues[0].metricValueFloat == 3.0, deployment
+    [spec] = (await keda.get_metric_spec(kserve_ref("chat-predictor", "cost_per_hour"))).metricSpecs
+    assert (spec.metricName, spec.targetSizeFloat) == ("cost_per_hour", 1.0)
+    decided(store, 5, isvc="chat-main")  # its unnamed predictor's Deployment is chat-main-predictor too
+    with pytest.raises(grpc.aio.AioRpcError) as both:
+        await keda.is_active(kserve_ref("chat-main-predictor"))
+    assert both.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "chat, chat-main" in both.value.details()
+    for wrong in (kserve_ref("chat-deployment"), kserve_ref("chat-predictor", "gpu_temperature")):
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await keda.get_metric_spec(wrong)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
 async def test_external_push_streams_each_change_of_activity(scaler):
     store, keda = scaler
     decided(store, 0)
@@ -209,10 +235,11 @@ async def test_an_isvc_scaled_by_keda_gets_no_hpa_of_ours_but_its_decision_still
 
 def test_the_keda_samples_pass_our_webhook_and_name_what_keda_scales():
     samples = ROOT / "config" / "samples" / "keda"
-    kserve_keda = yaml.safe_load((samples / "isvc-kserve-keda.yaml").read_text())
-    status, body = answer(json.dumps(admission(kserve_keda)).encode(), DEFAULT_CLASSES)
-    assert status == 200 and body["response"]["allowed"] and not body["response"].get("warnings"), body
-    assert patched(kserve_keda, body)["metadata"]["annotations"][KSERVE_AUTOSCALER_CLASS] == "keda"
+    for file in ("isvc-kserve-keda.yaml", "isvc-kserve-keda-scaler.yaml"):
+        kserve_keda = yaml.safe_load((samples / file).read_text())
+        status, body = answer(json.dumps(admission(kserve_keda)).encode(), DEFAULT_CLASSES)
+        assert status == 200 and body["response"]["allowed"] and not body["response"].get("warnings"), body
+        assert patched(kserve_keda, body)["metadata"]["annotations"][KSERVE_AUTOSCALER_CLASS] == "keda"
     own, scaled_object = yaml.safe_load((samples / "scaledobject-external-push.yaml").read_text())["items"]
     status, body = answer(json.dumps(admission(own)).encode(), DEFAULT_CLASSES)
     assert status == 200 and body["response"]["allowed"] and not body["response"].get("warnings"), body

@@ -186,6 +186,7 @@ CONTROLLER_CALLS = [  # (API group, resource, verb) of every call the controller
     ("autoscaling.internal.knative.dev", "podautoscalers/status", "patch"),
     ("networking.internal.knative.dev", "serverlessservices", "watch"),
     ("networking.internal.knative.dev", "serverlessservices", "create"),
+    ("networking.internal.knative.dev", "serverlessservices", "patch"),
     ("apps", "deployments/scale", "patch"),
     ("", "pods", "watch"),
     ("", "pods", "get"),

@@ -57,9 +57,10 @@ def serverless_service(pa: dict) -> dict:
             "labels": {**(meta.get("labels") or {}), MANAGED_BY[0]: MANAGED_BY[1]},
             "ownerReferences": [owner_reference(pa)],
         },
+        # no numActivators: 0 is its Go zero value (omitempty), which Knative's webhook strips from
+        # what we write, so a 0 here would read as drift every cycle
         "spec": {
             "mode": "Serve",
-            "numActivators": 0,
             "objectRef": spec.get("scaleTargetRef"),
             "protocolType": spec.get("protocolType", "http1"),
         },

@@ -17,6 +17,10 @@ Pods gated by the webhook carry the pod-group label (their revision). Each pass:
    PodGroupAdmitted=False condition, and the ledger remembers the failure: pods the ReplicaSet
    makes again stay gated (holding nothing) while the old revision serves, and are admitted if
    the group fits later, never failed again.
+The ISVC's PodGroupAdmitted condition says where its newest group stands: False while a complete
+group waits because it does not fit (InsufficientCapacity: why its pods stay gated) or has been
+ungated for the Cluster Autoscaler (Provisioning), or failed (ProgressDeadlineExceeded); True
+once a group is admitted. Written when it changes, not every pass.
 
 The ledger is one ConfigMap (our namespace), updated with its resourceVersion so two writers
 never both win; entries leave it once all the group's pods are bound, or (failed) once the group
@@ -125,6 +129,7 @@ class GangAdmission:
         self.ledger: dict[str, dict] = {}
         self.knative = KnativeDeploymentConfig()
         self._knative_read_at = -CONFIG_REFRESH_S
+        self._told: dict[tuple[str, str], tuple[str, str, str]] = {}  # (namespace, ISVC) -> condition written
 
     async def _read_knative_config(self) -> None:
         """config-deployment, every CONFIG_REFRESH_S; its problem logged when it changes."""
@@ -277,6 +282,12 @@ class GangAdmission:
                     await self._provision(namespace, group, waiting, now)
                     outcome.provisioning.append(name)
                 else:
+                    if complete and state != "failed":  # a failed group's condition keeps saying so
+                        message = (
+                            f"pod group {group} ({len(waiting)} pods, {sum(pod_requests(p).gpu for p in waiting)} GPUs) does "
+                            "not fit the nodes' free capacity: its pods stay gated, holding nothing, until it does"
+                        )
+                        await self._tell(waiting, "False", "InsufficientCapacity", message, now)
                     outcome.waiting.append(name)
                 continue
             await self._admit(namespace, group, waiting, placement, now)
@@ -293,6 +304,8 @@ class GangAdmission:
         entry = {"state": "provisioning", "pods": sorted(p["metadata"]["name"] for p in pods), "at": now}
         await self._update_ledger(lambda entries: entries.__setitem__(_ledger_key(namespace, group), entry))
         await asyncio.gather(*(self._ungate(namespace, p["metadata"]["name"]) for p in pods))
+        message = f"pod group {group} does not fit: ungated, its pods Pending for the Cluster Autoscaler to add nodes"
+        await self._tell(pods, "False", "Provisioning", message, now)
         log.info("pod group %s/%s does not fit: ungated for the cluster autoscaler to add nodes", namespace, group)
 
     async def _admit(self, namespace: str, group: str, pods: list[dict], placement: dict[str, str], now: float) -> None:
@@ -310,6 +323,7 @@ class GangAdmission:
         # the ledger first: from here on, a crash is finished by the next pass (all gates go)
         await self._update_ledger(lambda entries: entries.__setitem__(_ledger_key(namespace, group), entry))
         await asyncio.gather(*(self._ungate(namespace, p["metadata"]["name"]) for p in pods))
+        await self._tell(pods, "True", "Admitted", f"pod group {group} admitted: {len(pods)} pods placed", now)
         log.info("pod group %s/%s admitted: %d pods on %s", namespace, group, len(pods), sorted(set(placement.values())))
 
     async def _ungate(self, namespace: str, name: str) -> None:
@@ -388,18 +402,26 @@ class GangAdmission:
             "count": 1,
         }
         await with_retries(lambda: self.kube.create(EVENTS, namespace, event), "pod group event")
-        isvc = ((pods[0].get("metadata") or {}).get("labels") or {}).get(ISVC_LABEL)
-        if isvc:
-            await self._isvc_condition(namespace, isvc, reason, now)
+        await self._tell(pods, "False", "ProgressDeadlineExceeded", reason, now)
         log.warning("%s/%s: %s", namespace, group, reason)
 
-    async def _isvc_condition(self, namespace: str, name: str, message: str, now: float) -> None:
-        wanted = {"type": CONDITION_TYPE, "status": "False", "reason": "ProgressDeadlineExceeded", "message": message}
+    async def _tell(self, pods: list[dict], status: str, reason: str, message: str, now: float) -> None:
+        """The PodGroupAdmitted condition on the ISVC of the group's pods (their ISVC label), when it
+        differs from what this process last wrote there."""
+        meta = pods[0].get("metadata") or {}
+        isvc = (meta.get("labels") or {}).get(ISVC_LABEL)
+        key, told = (meta.get("namespace", ""), isvc or ""), (status, reason, message)
+        if not isvc or self._told.get(key) == told:
+            return
+        wanted = {"type": CONDITION_TYPE, "status": status, "reason": reason, "message": message}
         try:
-            await write_condition(self.kube, await self.kube.get(INFERENCE_SERVICES, namespace, name), wanted, now)
+            await write_condition(self.kube, await self.kube.get(INFERENCE_SERVICES, *key), wanted, now)
         except ApiError as exc:
-            if exc.status != 404:  # the ISVC is gone: nobody to tell
-                raise
+            if exc.status != 404:  # 404: the ISVC is gone, nobody to tell
+                # a status it cannot write must not stop the pass's other groups: told again next pass
+                log.warning("cannot set %s on %s/%s (%s): retried next pass", CONDITION_TYPE, *key, exc)
+                return
+        self._told[key] = told
 
     async def run(self, period_s: float = 2.0) -> None:
         while True:

@@ -4,9 +4,9 @@
 # first run on a machine pays. Prints, on stdout, the one directory holding every binary.
 #
 #   hack/control-plane/build.sh            build what is missing, print the bin directory
-#   hack/control-plane/build.sh knative kserve
-#                                          the Knative Serving controller and webhook and KServe's
-#                                          manager instead (not needed by the tests; README says why)
+#   hack/control-plane/build.sh knative kserve keda
+#                                          the Knative Serving controller and webhook, KServe's
+#                                          manager, KEDA's ScaledObject CRD (e2e tests of those)
 #
 # Components: kube-apiserver, kube-controller-manager, kube-scheduler and kubectl from
 # k8s.io/kubernetes; etcd from go.etcd.io/etcd/server/v3; kwok (fake kubelet) from sigs.k8s.io/kwok.
@@ -24,6 +24,7 @@ ETCD_VERSION=${ETCD_VERSION:-v3.6.16}
 KWOK_VERSION=${KWOK_VERSION:-v0.8.0}
 KNATIVE_SERVING_VERSION=${KNATIVE_SERVING_VERSION:-v0.50.0}  # knative-v1.23
 KSERVE_VERSION=${KSERVE_VERSION:-v0.20.0}
+KEDA_VERSION=${KEDA_VERSION:-v2.21.0}
 CACHE=${CONTROL_PLANE_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/inference-autoscaler/control-plane}
 
 export CGO_ENABLED=0 GOFLAGS="${GOFLAGS:--p=2} -trimpath" GOTOOLCHAIN=${GOTOOLCHAIN:-local}
@@ -112,6 +113,21 @@ knative() {
     for file in "$serving"/config/core/100-namespace.yaml "$serving"/config/core/configmaps/*.yaml "$networking"/config/config-network.yaml; do
         printf -- '---\n' && cat "$file"
     done > out/knative-serving-config.yaml
+    knative_webhooks out
+}
+
+# knative_webhooks DIR: the webhook's Secret and its three webhook configurations (the webhook
+# fills in their certificates and caBundles), from the module; also into a cache built before
+# they were written there (one file, moved in whole).
+knative_webhooks() {
+    [ -f "$1/knative-serving-webhooks.yaml" ] && return 0
+    local serving file
+    serving=$(go mod download -json "knative.dev/serving@$KNATIVE_SERVING_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')
+    [ -n "$serving" ] || { log "the module proxy did not serve knative.dev/serving@$KNATIVE_SERVING_VERSION"; return 1; }
+    for file in "$serving"/config/core/webhooks/*.yaml; do
+        printf -- '---\n' && cat "$file"
+    done > "$1/.knative-serving-webhooks.yaml"
+    mv "$1/.knative-serving-webhooks.yaml" "$1/knative-serving-webhooks.yaml"
 }
 
 # KServe's go.mod pins versions by replace directives (k8s.io/* v0.34, controller-runtime), which
@@ -138,12 +154,24 @@ for r in json.load(sys.stdin).get('Replace') or []:
     done > out/kserve-crds.yaml
 }
 
+# KEDA's ScaledObject CRD, from its module's source (KEDA's operator is not built: KServe's
+# `autoscalerClass: keda` path only needs the API to write its ScaledObject to).
+keda() {
+    local source
+    source=$(go mod download -json "github.com/kedacore/keda/v2@$KEDA_VERSION" | sed -n 's/^\s*"Dir": "\(.*\)",$/\1/p')
+    [ -n "$source" ] || { log "the module proxy did not serve github.com/kedacore/keda/v2@$KEDA_VERSION"; return 1; }
+    cp "$source/config/crd/bases/keda.sh_scaledobjects.yaml" out/
+}
+
 if [ $# -gt 0 ]; then
     for extra in "$@"; do
         case $extra in
-            knative) build_into knative-serving "$KNATIVE_SERVING_VERSION" knative && echo "$CACHE/knative-serving-$KNATIVE_SERVING_VERSION" ;;
+            knative) build_into knative-serving "$KNATIVE_SERVING_VERSION" knative &&
+                knative_webhooks "$CACHE/knative-serving-$KNATIVE_SERVING_VERSION" &&
+                echo "$CACHE/knative-serving-$KNATIVE_SERVING_VERSION" ;;
             kserve) build_into kserve "$KSERVE_VERSION" kserve && echo "$CACHE/kserve-$KSERVE_VERSION" ;;
-            *) log "unknown component $extra (knative, kserve)"; exit 2 ;;
+            keda) build_into keda "$KEDA_VERSION" keda && echo "$CACHE/keda-$KEDA_VERSION" ;;
+            *) log "unknown component $extra (knative, kserve, keda)"; exit 2 ;;
         esac
     done
     exit 0

@@ -1,6 +1,6 @@
 """A Knative-mode ISVC through our PodAutoscaler class, with the real KServe manager (v0.20.0)
 and Knative Serving controller (knative.dev/serving v0.50.0 = knative-v1.23), both built by
-`hack/control-plane/build.sh knative kserve`.
+`hack/control-plane/build.sh knative kserve`; Knative's webhook admits every Knative object.
 
 What the emulator cannot show: KServe's own reconciler turns the ISVC our webhook defaulted into
 a Knative Service (which of its annotations reach the revision template, whether our autoscaler
@@ -146,6 +146,36 @@ async def test_our_pa_status_makes_knative_take_the_revision_for_ready(knative):
             assert time.monotonic() < deadline, f"Knative never took {revision} for Ready: {rev.get('status')}"
             await controller.cycle()
             await asyncio.sleep(1)
+    finally:
+        await controller.stop()
+        await kube.close()
+
+
+async def test_an_sks_someone_changed_is_set_back_through_knatives_webhook_and_then_left_alone(knative):
+    """Knative's webhook runs (control_plane._start_knative_webhook) and admits our SKS writes; it
+    drops a 0 numActivators, which we therefore no longer write (else: a patch every cycle)."""
+    plane = knative
+    revision = latest_revision(plane)
+    plane.kubectl(
+        "patch",
+        "serverlessservice",
+        revision,
+        f"--namespace={KN_NAMESPACE}",
+        "--type=merge",
+        "--patch",
+        '{"spec":{"mode":"Proxy"}}',
+    )
+    kube = await Kube.connect(str(plane.service_account_kubeconfig(NAMESPACE, "controller")))
+    controller = Controller(kube, COLLECTOR, DecisionHub(), ControllerSettings(namespace=NAMESPACE))
+    try:
+        await controller.start(sync_timeout_s=30)
+        assert not problems_in(KN_NAMESPACE, (await controller.cycle()).failures)
+        restored = get(plane, "serverlessservice", revision)
+        assert restored["spec"]["mode"] == "Serve" and "numActivators" not in restored["spec"]
+        await asyncio.sleep(2)  # our watch sees our own write
+        assert not problems_in(KN_NAMESPACE, (await controller.cycle()).failures)
+        # no spec write (Knative's SKS reconciler may still write its status meanwhile)
+        assert get(plane, "serverlessservice", revision)["metadata"]["generation"] == restored["metadata"]["generation"]
     finally:
         await controller.stop()
         await kube.close()

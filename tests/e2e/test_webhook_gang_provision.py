@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from autoscaler.gang.admission import LEDGER, GangAdmission, gated
 from autoscaler.kserve import GPU_PRODUCT_LABEL, REVISION_LABEL
@@ -33,21 +35,42 @@ def unschedulable(pod: dict) -> bool:
     )
 
 
-async def test_a_group_that_does_not_fit_goes_pending_for_the_cluster_autoscaler_and_binds_on_new_nodes(deployed, webhook):
-    plane = deployed
-    opt_in_namespace(plane, PROVISION_NAMESPACE)
-    deployment = revision_deployment("wide", GROUP, 2, 8)
-    deployment["metadata"]["namespace"] = PROVISION_NAMESPACE
-    deployment["spec"]["template"]["spec"]["nodeSelector"] = {GPU_PRODUCT_LABEL: A100}
+@asynccontextmanager
+async def gated_group(plane, namespace: str, isvc_name: str, group: str, product: str) -> AsyncIterator[tuple]:
+    """In a new opted-in `namespace`, `group`'s Deployment of 2 pods x 8 GPUs on nodes of `product`
+    (none yet), its pods gated by our webhook; yields the controller's client (its ServiceAccount)
+    and its synced pod and node informers. The namespace is deleted after."""
+    opt_in_namespace(plane, namespace)
+    deployment = revision_deployment(isvc_name, group, 2, 8)
+    deployment["metadata"]["namespace"] = namespace
+    deployment["spec"]["template"]["spec"]["nodeSelector"] = {GPU_PRODUCT_LABEL: product}
     kube = await Kube.connect(str(plane.service_account_kubeconfig(NAMESPACE, "controller")))
     pod_cache, nodes = Informer(kube, PODS), Informer(kube, NODES)
     tasks = [asyncio.create_task(pod_cache.run()), asyncio.create_task(nodes.run())]
+    selector = f"--selector={REVISION_LABEL}={group}"
     try:
         await asyncio.wait_for(asyncio.gather(pod_cache.synced.wait(), nodes.synced.wait()), 30)
-        gangs = GangAdmission(kube, pod_cache, nodes, NAMESPACE, provision_after_s=1.0)
         plane.kubectl("apply", "--filename=-", input=json.dumps(deployment))
-        until(lambda: len(p := pods(plane)) == 2 and all(scheduling_gated(x) for x in p), "two gated pods")
+        until(
+            lambda: (
+                len(p := kubectl_json(plane, "get", "pods", f"--namespace={namespace}", selector)["items"]) == 2
+                and all(scheduling_gated(x) for x in p)
+            ),
+            "two gated pods",
+        )
+        yield kube, pod_cache, nodes
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await kube.close()
+        plane.kubectl("delete", "namespace", namespace, "--timeout=120s", check=False)
 
+
+async def test_a_group_that_does_not_fit_goes_pending_for_the_cluster_autoscaler_and_binds_on_new_nodes(deployed, webhook):
+    plane = deployed
+    async with gated_group(plane, PROVISION_NAMESPACE, "wide", GROUP, A100) as (kube, pod_cache, nodes):
+        gangs = GangAdmission(kube, pod_cache, nodes, NAMESPACE, provision_after_s=1.0)
         provisioned: list[str] = []
         for _ in range(40):
             await asyncio.sleep(0.5)
@@ -65,9 +88,3 @@ async def test_a_group_that_does_not_fit_goes_pending_for_the_cluster_autoscaler
         await gangs.reconcile()
         ledger = kubectl_json(plane, "get", "configmap", LEDGER, f"--namespace={NAMESPACE}").get("data") or {}
         assert f"{PROVISION_NAMESPACE}.{GROUP}" not in ledger
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        await kube.close()
-        plane.kubectl("delete", "namespace", PROVISION_NAMESPACE, "--timeout=120s", check=False)
