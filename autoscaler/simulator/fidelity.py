@@ -5,12 +5,21 @@ The published points (../shared/published-vllm/) are LambdaLabs' runs of vLLM's
 `--max-model-len 2048 --gpu-memory-utilization 0.95 --max-num-seqs 1024`): N ShareGPT requests
 sent at once, N = 10 ... 1280. Their report (LambdaLabsML/vllm-benchmark, benchmark_v0.md) ran
 vLLM 0.6.0 with `--num-scheduler-steps 10`, which the per-request results confirm: tokens
-arrive in chunks of 10, one chunk per 10 decode steps. We replay the same request sizes into
-one `VllmServer` in V0 multi-step mode with the measured H100 profile and compare the client's
+arrive in chunks of 10, one chunk per 10 decode steps. We replay each run's own requests into one `VllmServer` in V0
+multi-step mode with the measured H100 profile and compare the client's
 statistics as `benchmark_serving.py` computes them: TTFT at the first chunk with text (a request
 whose text is empty keeps TTFT 0, which counts), TPOT = (latency - TTFT) / (output length - 1)
 over requests with more than one output token, the output length being the text re-tokenised,
 and requests/s (N over the time the last request finished).
+
+Each run's own requests (`autoscaler/data/published-vllm/runs.json`, from the same result files):
+the N-prompt run sends the first N prompts of the 1,280, but sampling makes its output lengths
+its own (N=40: request 1 wrote 393 tokens, 495 in the 1,280 run). The API server hands a burst to
+the engine in an order of its own, not the client's (N=80: requests 48-56 were prefilled first,
+0-12 after 58-78); the per-request TTFTs record that order, and the replay hands the requests
+over in it. It decides which prefill step each request lands in, hence how long a short request
+waits for its first decode group: the TPOT tail of mid-size bursts. A request that streamed no
+text has no TTFT to place it; it goes with the request sent before it.
 
 The overheads (per step, per sequence in a step, per new request in the engine, per request in
 the API server) are the only free parameters; `fit_overheads` finds them by one
@@ -25,6 +34,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import numpy as np
@@ -41,12 +51,36 @@ PUBLISHED_SCHEDULER_STEPS = 10  # vLLM 0.6.0 with multi-step scheduling (LambdaL
 
 
 @dataclass(frozen=True)
+class Run:
+    """One published burst: each request's output length and its TTFT as measured (0: no text)."""
+
+    out_tokens: np.ndarray
+    ttft_ms: np.ndarray
+
+    def engine_order(self) -> np.ndarray:
+        """Requests in the order the server prefilled them: by TTFT, one without text after the
+        request sent before it, ties in the client's order."""
+        ttft = self.ttft_ms.copy()
+        for request in range(1, len(ttft)):
+            if ttft[request] == 0:
+                ttft[request] = ttft[request - 1]
+        return np.argsort(ttft, kind="stable")
+
+
+@dataclass(frozen=True)
 class Published:
-    """The published runs: sizes of the 1280 requests and one row of statistics per burst size."""
+    """The published runs: prompt sizes of the 1,280 requests (run N sends the first N), one row of
+    statistics per burst size and each run's own requests."""
 
     in_tokens: np.ndarray
-    out_tokens: np.ndarray
     points: dict[int, np.ndarray]  # N -> values in STATISTICS order (ms, req/s)
+    runs: dict[int, Run]
+
+
+def load_runs(path: Path | None = None) -> dict[int, Run]:
+    path = path or Path(str(resources.files("autoscaler") / "data" / "published-vllm" / "runs.json"))
+    runs = json.loads(path.read_text())["runs"]
+    return {int(n): Run(np.array(run["output_lens"]), np.array(run["ttft_ms"], dtype=float)) for n, run in runs.items()}
 
 
 def load_published(directory: Path) -> Published:
@@ -60,7 +94,11 @@ def load_published(directory: Path) -> Published:
             points[int(match[1])] = np.array([float(v) for v in match.groups()[1:]])
     if not points:
         raise ValueError(f"{directory / 'README.md'}: no table of published points")
-    return Published(np.array(lens["input_lens"]), np.array(lens["output_lens"]), points)
+    runs = load_runs()
+    for n in points:
+        if n not in runs or len(runs[n].out_tokens) != n:
+            raise ValueError(f"published point N={n}: no run of {n} requests in runs.json")
+    return Published(np.array(lens["input_lens"]), points, runs)
 
 
 def published_profile() -> MeasuredProfile:
@@ -70,9 +108,16 @@ def published_profile() -> MeasuredProfile:
 
 
 def replay_burst(
-    settings: EngineSettings, profile: MeasuredProfile, in_tokens: np.ndarray, out_tokens: np.ndarray, *, budget: int
+    settings: EngineSettings,
+    profile: MeasuredProfile,
+    in_tokens: np.ndarray,
+    out_tokens: np.ndarray,
+    *,
+    budget: int,
+    order: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Send every request at time 0 to one server; the client's statistics in STATISTICS order."""
+    """Send every request at time 0 to one server, handed to the engine in `order` (default: the
+    client's); the client's statistics in STATISTICS order."""
     n = len(in_tokens)
     finish = [math.nan] * n
     first = [math.nan] * n
@@ -89,7 +134,7 @@ def replay_burst(
     generated = np.maximum(out_tokens, 1)
     ledger = Ledger([0.0] * n, in_tokens.tolist(), generated.tolist(), first, finished, dropped, math.inf)
     server = VllmServer(settings, profile, ledger, max_num_seqs=PUBLISHED_MAX_NUM_SEQS, budget=budget)
-    for request in range(n):
+    for request in range(n) if order is None else order.tolist():
         server.submit(request, 0.0)
     while server.next_event < math.inf:
         clock[0] = server.next_event
@@ -119,8 +164,11 @@ def replay_all(published: Published, overheads: Overheads, mode: str = "v0-prefi
     profile = published_profile()
     budget = max(PUBLISHED_MAX_MODEL_LEN, 2048) if mode == "v0-prefill-first" else token_budget("H100")
     return {
-        n: replay_burst(settings, profile, published.in_tokens[:n], published.out_tokens[:n], budget=budget)
-        for n in sorted(published.points)
+        n: replay_burst(
+            settings, profile, published.in_tokens[:n], run.out_tokens, budget=budget, order=run.engine_order()
+        )
+        for n, run in sorted(published.runs.items())
+        if n in published.points
     }
 
 
@@ -146,7 +194,9 @@ def fit_overheads(published: Published, start: Overheads | None = None, iteratio
         normal = jacobian.T @ jacobian
         gradient = jacobian.T @ r
         while True:
-            candidate = np.maximum(x - np.linalg.solve(normal + damping * np.diag(np.diag(normal)), gradient), 0.0)
+            # (a cost the CPU never makes the longer side of a step has no gradient: keep it solvable)
+            scale = np.diag(np.diag(normal)) + 1e-12 * np.eye(len(x))
+            candidate = np.maximum(x - np.linalg.solve(normal + damping * scale, gradient), 0.0)
             trial = residuals(candidate)
             if trial @ trial < r @ r:
                 x, r, damping = candidate, trial, damping / 3

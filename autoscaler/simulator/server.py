@@ -24,10 +24,13 @@ KV is allocated in blocks of 16 tokens as tokens are computed. When a step's dec
 blocks that are not free, the newest running request is preempted: its blocks are freed and it
 goes back to the front of the queue to be recomputed (prompt plus the output so far), as vLLM
 does by default. A step costs `linear_ms(tokens in the step) + kv_read_ms * context read` on
-the GPU (profiles.py) plus the engine's CPU costs (`Overheads`), fitted to published vLLM
-measurements (benchmarks/published_vllm.py): per step, per sequence in a step and per request
-in the step that starts it. Before any of that, the API server (one asyncio thread) takes each
-request in (parsing, tokenising) at a cost per request, and hands what it took in to the engine
+the GPU (profiles.py) or the engine's CPU costs (`Overheads`: per step, per sequence in a step
+and per request in the step that starts it), whichever is longer: the CPU schedules and
+processes outputs while the GPU runs (V0's asynchronous output processing with multi-step,
+V1's asynchronous scheduling), so a step waits for it only where it takes longer. The costs are
+fitted to published vLLM measurements (benchmarks/published_vllm.py). Before any of that, the
+API server (one asyncio thread) takes each request in (parsing, tokenising) at a cost per
+request, and hands what it took in to the engine
 once it is through its queue: the engine starts on a burst only when the whole burst is in (in
 the published runs the first token of a burst of 1,280 came 3.3 s after it was sent). Streamed
 tokens wait behind the intake too, on the same thread.
@@ -68,12 +71,13 @@ class Overheads:
 
 # One least-squares fit over every statistic of all seven published points
 # (`python benchmarks/published_vllm.py --fit`: vLLM 0.6.0, V0 with 10 scheduler steps,
-# Llama-3-8B, H100; sum of squared relative errors 0.57 over 49 cells). The per-step and
-# per-new-request engine costs fit to zero there: multi-step scheduling hides them, and the
-# API server's intake is what delays a burst. V1 (separate engine core, async scheduling,
-# persistent batch) spends less CPU per step and request, so for the V1 default these are
-# an upper bound.
-FITTED_OVERHEADS = Overheads(step_ms=0.0, seq_ms=0.0193, request_ms=0.0, frontend_ms=3.0)
+# Llama-3-8B, H100, each run's own requests; sum of squared relative errors 0.19 over 49
+# cells). The engine's CPU per step (3.8 ms) and per sequence in it (0.057 ms) outlast the GPU
+# only in decode steps of more than about 100 sequences; the API server's intake (3.0 ms per
+# request) is what delays a burst; a cost per new request fits to zero. V1 (separate engine
+# core, async scheduling, persistent batch) spends less CPU per step and request, so for the
+# V1 default these are an upper bound.
+FITTED_OVERHEADS = Overheads(step_ms=3.79, seq_ms=0.0565, request_ms=0.0, frontend_ms=3.02)
 
 
 @dataclass(frozen=True)
@@ -156,7 +160,8 @@ class VllmServer:
         self.span = 0  # decode steps in the span; 0: a single built step (chunks, maybe decodes)
         self.chunks: list[tuple[int, int]] = []
         self.decoding = False  # the built step advances the decodes
-        self.base_ms = 0.0  # span: per-step cost at zero context
+        self.base_ms = 0.0  # span: per-step GPU cost at zero context
+        self.cpu_ms = 0.0  # span: per-step CPU cost (a step takes the longer of the two)
         self.context0 = 0  # span: context summed over decodes at its first step
         self.preemptions = 0
         self.load = 0  # requests running or waiting (the router reads it on every arrival)
@@ -350,9 +355,9 @@ class VllmServer:
         self.chunks, self.decoding = chunks, decodes > 0
         prefill_tokens = sum(chunk for _, chunk in chunks)
         context = decodes * self.counter - self.offset_sum if decodes else 0
-        ms = self.times.linear_ms(decodes + prefill_tokens) + self.times.kv_read_ms * (context + prefill_tokens)
-        ms += self.step_ms + self.seq_ms * (decodes + len(chunks)) + self.request_ms * new_requests
-        self.next_event = now + ms / 1000.0
+        gpu_ms = self.times.linear_ms(decodes + prefill_tokens) + self.times.kv_read_ms * (context + prefill_tokens)
+        cpu_ms = self.step_ms + self.seq_ms * (decodes + len(chunks)) + self.request_ms * new_requests
+        self.next_event = now + max(gpu_ms, cpu_ms) / 1000.0
 
     def _admit(self, now: float, budget: int, *, prefill_first: bool) -> tuple[list[tuple[int, int]], int]:
         """Waiting requests that start this step, in order, as (request, chunk); and how many
@@ -408,7 +413,8 @@ class VllmServer:
         # a single step: the first whose allocation fails is built alone (it preempts); a group
         # was checked to fit whole before it started
         steps = min(steps, max(safe // self.group * self.group, self.group))
-        self.base_ms = self.times.linear_ms(n) + self.step_ms + self.seq_ms * n
+        self.base_ms = self.times.linear_ms(n)
+        self.cpu_ms = self.step_ms + self.seq_ms * n
         self.context0 = n * counter - self.offset_sum
         if self.intake:  # the requests being taken in may start after the group in progress
             steps = min(steps, self._group_steps(self._steps_until(self.api_free)))
@@ -419,11 +425,23 @@ class VllmServer:
         """`steps` rounded up to whole groups."""
         return -(-steps // self.group) * self.group
 
+    def _cpu_bound_steps(self) -> float:
+        """How many of the span's first steps the CPU outlasts (the GPU's grow with the context;
+        inf if they never do)."""
+        gpu0, growth = self.base_ms + self.times.kv_read_ms * self.context0, self.times.kv_read_ms * len(self.offset)
+        if self.cpu_ms <= gpu0:
+            return 0
+        return math.inf if growth <= 0 else math.ceil((self.cpu_ms - gpu0) / growth)
+
     def _span_s(self, steps: int) -> float:
-        """Duration of the span's first `steps` steps: the context grows by the batch per step."""
+        """Duration of the span's first `steps` steps: the GPU's step grows with the context (by
+        the batch per step); a step takes its CPU cost where that is longer."""
         n = len(self.offset)
         kv = self.times.kv_read_ms
-        return (steps * (self.base_ms + kv * self.context0) + kv * n * steps * (steps - 1) / 2) / 1000.0
+        cpu_steps = min(self._cpu_bound_steps(), steps)
+        gpu_steps = steps - cpu_steps
+        gpu0 = self.base_ms + kv * (self.context0 + n * cpu_steps)
+        return (cpu_steps * self.cpu_ms + gpu_steps * gpu0 + kv * n * gpu_steps * (gpu_steps - 1) / 2) / 1000.0
 
     def _steps_until(self, time: float) -> int:
         """Steps of the span to reach the first boundary at or after `time` (at least one)."""
@@ -431,8 +449,13 @@ class VllmServer:
         if target <= 0:
             return 1
         n, kv = len(self.offset), self.times.kv_read_ms
-        a, b = kv * n / 2, self.base_ms + kv * self.context0 - kv * n / 2
-        steps = target / b if a == 0 else (-b + math.sqrt(b * b + 4 * a * target)) / (2 * a)
+        cpu_steps = self._cpu_bound_steps()
+        if target <= cpu_steps * self.cpu_ms:
+            steps = target / self.cpu_ms
+        else:  # the GPU-bound steps after the CPU-bound ones: their time is quadratic in their count
+            rest = target - cpu_steps * self.cpu_ms
+            a, b = kv * n / 2, self.base_ms + kv * (self.context0 + n * cpu_steps) - kv * n / 2
+            steps = cpu_steps + (rest / b if a == 0 else (-b + math.sqrt(b * b + 4 * a * rest)) / (2 * a))
         steps = max(math.ceil(steps - 1e-9), 1)
         return steps if self._span_s(steps) * 1000.0 >= target - 1e-9 else steps + 1
 
