@@ -37,7 +37,9 @@ LENGTH_QUANTILES = 32  # points of the output-length distribution the shares are
 PROMPT_QUANTILES = 6  # and of the request's own prompt length
 HERMITE = np.polynomial.hermite_e.hermegauss(9)  # for the Gaussian batch average
 MIN_IDENTIFYING_LOAD = 0.2  # share of a replica's time on token work below which the ITL says little of it
-MAX_PROMPTS = 400  # terms of the Poisson mixture (prompts landing in one request's life)
+EXACT_COUNT = 8.0  # mean prompts in one request's life below which their mixture is summed exactly
+EXACT_TERMS = 48  # terms of that sum: Poisson(8) has no mass left past them
+RATE_POINTS = 24  # rates per pass of the capacity search (two passes: 1/576 of the saturating rate)
 
 
 @dataclass(frozen=True)
@@ -96,33 +98,56 @@ def _exponential_quantiles(count: int) -> np.ndarray:
     return -np.log1p(-(np.arange(count) + 0.5) / count)
 
 
+def _normal_cdf(z: np.ndarray) -> np.ndarray:
+    """Standard normal CDF (Abramowitz & Stegun 26.2.17, absolute error < 7.5e-8): numpy has no erf."""
+    t = 1.0 / (1.0 + 0.2316419 * np.abs(z))
+    poly = t * (0.319381530 + t * (-0.356563782 + t * (1.781477937 + t * (-1.821255978 + t * 1.330274429))))
+    upper = np.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi) * poly
+    return np.where(z >= 0.0, 1.0 - upper, upper)
+
+
 def _compound_poisson_cdf(x: np.ndarray, mean_count: np.ndarray, mean_size: float) -> np.ndarray:
     """P(sum of Poisson(mean_count) exponentials of mean `mean_size` <= x), elementwise.
 
-    Sum of k exponentials <= x  <=>  a Poisson(x / size) count >= k; mixing over k gives
-    1 - sum_k P(K = k) P(N(x/size) < k)."""
+    2 * sum / mean_size is a noncentral chi-square with 0 degrees of freedom and noncentrality
+    2 * mean_count; from EXACT_COUNT prompts on, Sankaran's normal approximation of its square
+    root holds to ~1e-3. Below, the Poisson mixture is summed exactly: a sum of k exponentials
+    <= x  <=>  a Poisson(x / size) count >= k, so P = 1 - sum_k P(K = k) P(N(x/size) < k)."""
     shape = np.broadcast_shapes(np.shape(x), np.shape(mean_count))
     x = np.broadcast_to(np.maximum(x, 0.0), shape).ravel()
-    mean_count = np.broadcast_to(mean_count, shape).ravel()
-    most = float(mean_count.max(initial=0.0))
-    terms = int(min(most + 10.0 * math.sqrt(most) + 12.0, MAX_PROMPTS))  # the Poisson's mass lies below
-    k = np.arange(terms + 1)[:, None]
-    log_fact = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, terms + 1)))))[:, None]
-    with np.errstate(divide="ignore", invalid="ignore"):
-        m = np.maximum(mean_count, 1e-300)
-        count_pmf = np.exp(k * np.log(m) - m - log_fact)
-        z = np.maximum(x / mean_size, 1e-300)
-        below = np.exp(k * np.log(z) - z - log_fact)  # P(N(z) = k)
-    below_cdf = np.cumsum(below, axis=0) - below  # P(N(z) < k)
-    return np.clip(1.0 - np.sum(count_pmf * below_cdf, axis=0), 0.0, 1.0).reshape(shape)
+    m = np.broadcast_to(np.maximum(mean_count, 1e-300), shape).ravel()
+    result = np.empty(x.shape)
+    large = m >= EXACT_COUNT
+    ml, p = m[large], 1.0 / np.maximum(m[large], EXACT_COUNT)
+    # Sankaran (1963) with h = 1/2, the value it takes at 0 degrees of freedom
+    z = (np.sqrt(x[large] / (ml * mean_size)) - (1.0 - 0.25 * p - 0.09375 * p * p)) / (
+        0.5 * np.sqrt(2.0 * p) * (1.0 + 0.125 * p)
+    )
+    result[large] = _normal_cdf(z)
+    small = ~large
+    if small.any():  # term by term, each from the last (no factorials, no array of terms)
+        ms, zs = m[small], np.minimum(x[small] / mean_size, 1e4)  # a Poisson(1e4) is never below EXACT_TERMS
+        count_pmf, arrivals, below, missed = np.exp(-ms), np.exp(-zs), np.zeros(ms.shape), np.zeros(ms.shape)
+        for k in range(EXACT_TERMS + 1):
+            missed += count_pmf * below  # P(K = k) P(N(z) < k)
+            below += arrivals
+            count_pmf *= ms / (k + 1)
+            arrivals *= zs / (k + 1)
+        result[small] = 1.0 - missed
+    return np.clip(result, 0.0, 1.0).reshape(shape)
 
 
-def _erlang_c(seats: int, offered: float) -> float:
-    """Probability an arrival waits with `seats` servers at `offered` Erlangs (< seats)."""
-    blocking = 1.0
-    for k in range(1, seats + 1):
-        blocking = offered * blocking / (k + offered * blocking)
-    return blocking / (1.0 - offered / seats * (1.0 - blocking))
+def _erlang_c(seats: int, offered: np.ndarray) -> np.ndarray:
+    """Probability an arrival waits with `seats` servers at `offered` Erlangs (each < seats).
+    Erlang B is a Poisson(offered) pmf at `seats` over its cdf there: summed in log space, all
+    offered loads at once."""
+    k = np.arange(seats + 1)[:, None]
+    log_fact = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, seats + 1)))))[:, None]
+    log_load = np.log(np.maximum(offered, 1e-300))[None, :]
+    log_pmf = k * log_load - log_fact  # e^-offered cancels in the ratio
+    top = log_pmf.max(axis=0)
+    blocking = np.exp(log_pmf[-1] - top) / np.sum(np.exp(log_pmf - top), axis=0)
+    return np.where(offered > 0.0, blocking / (1.0 - offered / seats * (1.0 - blocking)), 0.0)
 
 
 def _work_per_request(replica: Replica, shape: Shape) -> float:
@@ -133,29 +158,31 @@ def _work_per_request(replica: Replica, shape: Shape) -> float:
     return replica.work_scale * (decode * (out - 1.0) + (p.beta + p.gamma) * prompt + c.request_ms + c.seq_ms)
 
 
+def saturating_rate(replica: Replica, shape: Shape) -> float:
+    """Requests/s at which a replica's GPU would do nothing but this work."""
+    return 1000.0 / max(_work_per_request(replica, shape), 1e-9)
+
+
 def identify_work_scale(replica: Replica, shape: Shape, rate: float, mean_itl_ms: float) -> float | None:
-    """The work scale under which the model's mean ITL equals a measured one at `rate`
-    requests/s per replica (the ITL rises with the scale: bisection in log space). None where
-    the window says little about it: light load, or an ITL the model cannot reach at any scale
-    within [1/8, 8] (the measurement is off)."""
+    """The work scale w under which the model's mean ITL equals a measured one at `rate`
+    requests/s per replica. The ITL is b / (1 - a w) + c w (b the fixed step cost, a w the
+    share of time on work, c w a decode's own cost): increasing in w below 1 / a, so the
+    smaller root of a c w^2 - (I a + c) w + (I - b) = 0 is the one. None where the window says
+    little about it: light load, or an ITL the model cannot reach at any scale within [1/8, 8]
+    (the measurement is off)."""
     if rate <= 0.0 or not math.isfinite(mean_itl_ms) or mean_itl_ms <= 0.0:
         return None
-    if rate / 1000.0 * _work_per_request(replace(replica, work_scale=1.0), shape) < MIN_IDENTIFYING_LOAD:
+    unit = replace(replica, work_scale=1.0)
+    a = rate / 1000.0 * _work_per_request(unit, shape)
+    if a < MIN_IDENTIFYING_LOAD:
         return None  # a replica mostly alone: its ITL is the fixed cost, the work hardly shows
-
-    def itl(scale: float) -> float:
-        return _mean_itl(replace(replica, work_scale=scale), shape, rate)
-
-    low, high = 0.125, 8.0
-    if not itl(low) <= mean_itl_ms <= itl(high):
-        return None
-    for _ in range(30):
-        mid = math.sqrt(low * high)
-        if itl(mid) < mean_itl_ms:
-            low = mid
-        else:
-            high = mid
-    return math.sqrt(low * high)
+    p, costs = replica.params, replica.costs
+    b = p.alpha + costs.step_ms
+    c = p.beta + p.gamma * (max(shape.in_tokens, 0.0) + max(shape.out_tokens, 1.0)) + costs.seq_ms
+    if mean_itl_ms <= b:
+        return None  # faster than a step with nothing in it
+    root = 2.0 * (mean_itl_ms - b) / (mean_itl_ms * a + c + math.sqrt((mean_itl_ms * a - c) ** 2 + 4.0 * a * b * c))
+    return root if 0.125 <= root <= 8.0 else None
 
 
 def _mean_itl(replica: Replica, shape: Shape, rate: float) -> float:
@@ -170,77 +197,114 @@ def _mean_itl(replica: Replica, shape: Shape, rate: float) -> float:
     return (p.alpha + c.step_ms) / (1.0 - rho) + u
 
 
+@dataclass(frozen=True)
+class Predictions:
+    """Prediction's fields over an array of rates."""
+
+    attainment: np.ndarray
+    ttft_share: np.ndarray
+    itl_share: np.ndarray
+    itl_token_share: np.ndarray
+    step_ms: np.ndarray
+    batch: np.ndarray
+    stable: np.ndarray
+
+    def at(self, i: int) -> Prediction:
+        return Prediction(*(v.item() for v in (self.attainment[i], self.ttft_share[i], self.itl_share[i],
+                          self.itl_token_share[i], self.step_ms[i], self.batch[i], self.stable[i])))
+
+
 def predict(
     replica: Replica, shape: Shape, rate: float, ttft_slo_ms: float, itl_slo_ms: float, mode: str = "chunked"
 ) -> Prediction:
     """Attainment of one replica at `rate` requests/s of `shape`."""
+    return predict_rates(replica, shape, np.array([rate], dtype=float), ttft_slo_ms, itl_slo_ms, mode).at(0)
+
+
+def predict_rates(
+    replica: Replica,
+    shape: Shape,
+    rates: np.ndarray,
+    ttft_slo_ms: float | np.ndarray,
+    itl_slo_ms: float | np.ndarray,
+    mode: str = "chunked",
+) -> Predictions:
+    """Attainment of one replica at each of `rates` (requests/s) of `shape`, in one pass; the
+    SLOs may be arrays beside the rates (one pair per rate)."""
     p, c = replica.params, replica.costs
     prompt, out = max(shape.in_tokens, 0.0), max(shape.out_tokens, 1.0)
     decodes = out - 1.0
-    lam = rate / 1000.0  # per ms
+    rates = np.asarray(rates, dtype=float)
     # a running request is length-biased: geometric outputs leave it about `out` tokens in
     w = replica.work_scale
     u = w * (p.beta + p.gamma * (prompt + out) + c.seq_ms)  # per decode per step
     prefill_work = w * ((p.beta + p.gamma) * prompt + c.request_ms + c.seq_ms)  # per request, once
     base = p.alpha + c.step_ms
-    rho = lam * (u * decodes + prefill_work)
-    if rho >= 1.0 or rate <= 0.0:
-        stable = rate <= 0.0
-        share = float(stable)
-        return Prediction(share, share, share, share, base if stable else math.inf, 0.0, stable)
-    step = base / (1.0 - rho)
+    rho = rates / 1000.0 * (u * decodes + prefill_work)
+    idle, stable = rates <= 0.0, (rho < 1.0) & (rates > 0.0)
+    lam = np.where(stable, rates, 0.0) / 1000.0  # per ms; the unstable are overwritten below
+    step = base / (1.0 - np.where(stable, rho, 0.0))
     batch = lam * decodes * step
     seats = replica.max_batch
     if replica.kv_cache_tokens > 0:
         seats = min(seats, max(int(replica.kv_cache_tokens // (prompt + out)), 1))
-    # ---- ITL: over the quantiles of the decode length and of the request's own prompt
-    d = _lengths(out)[:, None]
-    own_prompt = prompt * _exponential_quantiles(PROMPT_QUANTILES)[None, :]
-    life = d * step
-    tau = max(decodes * step, 1e-9)
+    # ---- ITL: over the rates, the quantiles of the decode length and of the request's own prompt
+    d = _lengths(out)[None, :, None]
+    own_prompt = prompt * _exponential_quantiles(PROMPT_QUANTILES)[None, None, :]
+    per_rate = (slice(None), None, None)
+    life = d * step[per_rate]
+    tau = np.maximum(decodes * step, 1e-9)[per_rate]
     r = life / tau
-    with np.errstate(divide="ignore", invalid="ignore"):
-        var_avg = np.where(r > 1e-6, batch * 2.0 / r**2 * (r - 1.0 + np.exp(-r)), batch)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        var_avg = np.where(r > 1e-6, batch[per_rate] * 2.0 / r**2 * (r - 1.0 + np.exp(-r)), batch[per_rate])
     # each running request reads its own context: the batch's work varies with who is in it
     var_avg = var_avg * (1.0 + (p.gamma**2 * (prompt**2 + out**2)) / u**2)
     # a request reads its own context every step, more than the mean's if its prompt is long
     own = d * p.gamma * (own_prompt + d / 2.0 - (prompt + out))
-    budget = d * (itl_slo_ms - base) - own  # ms of work a request's life can hold within the SLO
-    shares = np.zeros(np.broadcast_shapes(d.shape, own.shape))
-    for node, weight in zip(*HERMITE, strict=True):
-        others = np.maximum(batch + node * np.sqrt(var_avg), 0.0)
-        room = budget - d * u * (1.0 + others)  # itself, and the others as Poisson arrivals see them
-        shares += weight * _compound_poisson_cdf(room, lam * life, prefill_work)
+    itl_slo = np.broadcast_to(np.asarray(itl_slo_ms, dtype=float), rates.shape)[per_rate]
+    budget = d * (itl_slo - base) - own  # ms of work a request's life can hold within the SLO
+    arriving = lam[per_rate] * life  # mean prompts landing in a request's life
+    # the Gaussian's nodes on a leading axis: others running beside the request, as Poisson arrivals see them
+    nodes, weights = (v[:, None, None, None] for v in HERMITE)
+    others = np.maximum(batch[per_rate] + nodes * np.sqrt(var_avg), 0.0)
+    room = budget - d * u * (1.0 + others)  # itself and the others
+    shares = np.sum(weights * _compound_poisson_cdf(room, arriving, prefill_work), axis=0)
     shares = np.where(d > 0, shares / math.sqrt(2.0 * math.pi), 1.0)  # one token: no gap to miss
-    itl_share = float(shares.mean())
-    itl_token_share = float((shares * d).sum() / max((d * np.ones_like(shares)).sum(), 1e-9))
+    itl_share = shares.mean(axis=(1, 2))
+    tokens = d * np.ones_like(shares)
+    itl_token_share = (shares * d).sum(axis=(1, 2)) / np.maximum(tokens.sum(axis=(1, 2)), 1e-9)
     # ---- TTFT: intake, the prompt's steps, a wait for a seat
     chunk = replica.token_budget if mode == "chunked" else math.inf
-    prompt_steps = max(math.ceil(prompt / max(chunk - batch, 1.0)), 1)
+    prompt_steps = np.maximum(np.ceil(prompt / np.maximum(chunk - batch, 1.0)), 1.0)
     ttft_work = c.frontend_ms + prompt_steps * step + prefill_work
     offered = lam * (decodes * step + ttft_work)
-    if offered >= seats:
-        ttft_share = 0.0
-    else:
-        waits = _erlang_c(seats, offered)
-        slack = ttft_slo_ms - ttft_work
-        hold = decodes * step + ttft_work
-        ttft_share = 0.0 if slack < 0 else 1.0 - waits * math.exp(-(seats - offered) * slack / hold)
-    return Prediction(itl_share * ttft_share, ttft_share, itl_share, itl_token_share, step, batch, True)
+    seated = offered < seats
+    waits = _erlang_c(seats, np.where(seated, offered, 0.0))
+    slack = ttft_slo_ms - ttft_work
+    hold = decodes * step + ttft_work
+    with np.errstate(over="ignore", invalid="ignore"):
+        ttft_share = np.where(seated & (slack >= 0.0), 1.0 - waits * np.exp(-(seats - offered) * np.maximum(slack, 0.0) / hold), 0.0)
+    # no load meets everything; past saturation nothing is met
+    ttft_share, itl_share, itl_token_share = (np.where(idle, 1.0, np.where(stable, v, 0.0)) for v in (ttft_share, itl_share, itl_token_share))
+    step = np.where(idle, base, np.where(stable, step, math.inf))
+    return Predictions(itl_share * ttft_share, ttft_share, itl_share, itl_token_share, step, np.where(stable, batch, 0.0), stable | idle)
 
 
 def capacity(replica: Replica, shape: Shape, ttft_slo_ms: float, itl_slo_ms: float, goal: float, mode: str = "chunked") -> float:
-    """The largest rate (req/s) at which the predicted attainment reaches `goal` (0 if none)."""
-    high = 1000.0 / max(_work_per_request(replica, shape), 1e-9)  # the rate that saturates the GPU
-    low = 0.0
+    """The largest rate (req/s) at which the predicted attainment reaches `goal` (0 if none):
+    attainment falls with the rate, so two passes of RATE_POINTS rates each, the second inside
+    the first's bracket, and a linear interpolation inside the second's."""
+    high = saturating_rate(replica, shape)
     if predict(replica, shape, high * 1e-4, ttft_slo_ms, itl_slo_ms, mode).attainment < goal:
         return 0.0
-    for _ in range(40):
-        mid = 0.5 * (low + high)
-        if predict(replica, shape, mid, ttft_slo_ms, itl_slo_ms, mode).attainment >= goal:
-            low = mid
-        else:
-            high = mid
-        if high - low < 5e-3 * high:
-            break
-    return low
+    low = 0.0
+    for _ in range(2):
+        rates = low + (high - low) * np.arange(1, RATE_POINTS + 1) / (RATE_POINTS + 1)
+        shares = predict_rates(replica, shape, rates, ttft_slo_ms, itl_slo_ms, mode).attainment
+        met = np.flatnonzero(shares >= goal)
+        last = met[-1] if met.size else -1  # rates below the first point meet it (checked above)
+        low_share = shares[last] if last >= 0 else 1.0
+        low, high = (rates[last] if last >= 0 else low), (rates[last + 1] if last + 1 < rates.size else high)
+        high_share = shares[last + 1] if last + 1 < rates.size else 0.0
+    # attainment is near linear over 1/576 of the saturating rate
+    return float(low + (high - low) * (low_share - goal) / max(low_share - high_share, 1e-12))

@@ -21,6 +21,7 @@ Rules on top of the optimizer, each for a failure seen in practice:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
@@ -84,7 +85,10 @@ def _learn(
         # one that a roll-out may have reached mixes two GPU types, one that a scale-up reached
         # shows a replica overloaded while the others started (lag, not the model's error)
         settled = now - max(last.spec_changed_at + startup_s, learned.serving[service.key][1]) >= obs.window_s
-        if settled:
+        # each window once: overlapping windows would count the same requests twice
+        fresh_window = now - learned.learned_at.get(service.key, -math.inf) >= obs.window_s
+        if settled and fresh_window:
+            learned.learned_at[service.key] = now
             sizing.learn(learned, catalog, service.key, service.model, last.accelerator, last.max_batch, serving, obs, target)
     bias = learned.bias.get(service.key, sizing.Estimate()).value
     return bias, bias
@@ -218,10 +222,10 @@ def plan(
         last = service.last
         max_batch = alloc.max_batch if rolled or last is None else last.max_batch
         try:
-            sized = _model_replicas(state, catalog, service, alloc.accelerator, max_batch, load, settings.attainment_goal)
+            sized, per_replica, work = _model_replicas(state, catalog, service, alloc.accelerator, max_batch, load, settings.attainment_goal)
         except Exception as exc:  # a bug meeting this ISVC's figures: the optimizer's count stands
             log.error("%s: the latency model failed (%s: %s): sized by the optimizer", service.key, exc.__class__.__name__, exc)
-            sized = 0
+            sized, per_replica, work = 0, 0.0, 0.0
         replicas = min(max(sized or alloc.num_replicas, service.min_replicas), service.max_replicas)
         decision = LastDecision(
             accelerator=alloc.accelerator,
@@ -237,6 +241,8 @@ def plan(
             ttft_scale=scales[0],
             itl_scale=scales[1],
             spec_changed_at=now if rolled else (last.spec_changed_at if last else now),
+            replica_capacity=per_replica,
+            work_scale=work,
         )
         if problem := decision.problem():
             plans.append(Plan(service, last, stale=True, reason=f"decision withheld ({problem}): last decision kept"))
@@ -256,16 +262,20 @@ def _believed(service: ManagedService) -> ManagedService:
 
 def _model_replicas(
     state: PlannerState, catalog: Catalog, service: ManagedService, accelerator: str, max_batch: int, load: Load, goal: float
-) -> int:
-    """Replicas by the latency model as learned (0: it cannot size this, keep the optimizer's)."""
+) -> tuple[int, float, float]:
+    """Replicas by the latency model as learned, a replica's capacity and the work scale it used
+    (0s: it cannot size this, keep the optimizer's count)."""
     if load.is_zero:
-        return 0
+        return 0, 0.0, 0.0
     target = catalog.classes[service.service_class].targets[service.model]
     shape = sizing.Shape(load.avg_in_tokens, load.avg_out_tokens)
     per_replica = sizing.per_replica_capacity(
         state.learned, catalog, service.key, service.model, accelerator, max_batch, shape, target, goal
     )
-    return 0 if per_replica is None else sizing.replicas_for(load.arrival_rate_rpm / 60.0, per_replica)
+    if per_replica is None:
+        return 0, 0.0, 0.0
+    work = state.learned.work.get((service.model, accelerator), sizing.Estimate()).value
+    return sizing.replicas_for(load.arrival_rate_rpm / 60.0, per_replica), per_replica, work
 
 
 def _rolls_out(service: ManagedService, alloc: Allocation | None, now: float, settings: PlannerSettings) -> bool:

@@ -22,7 +22,9 @@ import math
 from dataclasses import dataclass, field, replace
 
 from ..optimizer.domain import Catalog, IterationParams, ServiceTarget
-from .latency import Replica, Shape, capacity, identify_work_scale, predict
+import numpy as np
+
+from .latency import Replica, Shape, capacity, identify_work_scale, predict_rates
 from .observation import Observation, within
 
 MIN_REQUESTS = 50  # fewer completions in a window say too little to learn from
@@ -63,6 +65,7 @@ class Learned:
     work: dict[tuple[str, str], Estimate] = field(default_factory=dict)  # (model, GPU)
     bias: dict[str, Estimate] = field(default_factory=dict)  # ISVC key
     serving: dict[str, tuple[int, float]] = field(default_factory=dict)  # ISVC key: (replicas, since when)
+    learned_at: dict[str, float] = field(default_factory=dict)  # ISVC key: when it last learned from a window
 
 
 def replica(catalog: Catalog, model: str, accelerator: str, max_batch: int, work_scale: float) -> Replica | None:
@@ -95,13 +98,13 @@ def learn(
     model_replica = replica(catalog, model, accelerator, max_batch, work.value)
     if model_replica is None:
         return
-    shape = Shape(obs.avg_in_tokens, obs.avg_out_tokens)
     rate = obs.arrival_rate / replicas
     if obs.itl_ms is not None and obs.avg_out_tokens > 1:
-        scale = identify_work_scale(model_replica, shape, rate, obs.itl_ms)
+        scale = identify_work_scale(model_replica, Shape(obs.avg_in_tokens, obs.avg_out_tokens), rate, obs.itl_ms)
         if scale is not None:
             work.learn(scale)
-            model_replica = replace(model_replica, work_scale=work.value)
+    model_replica = replace(model_replica, work_scale=work.value)
+    shape = Shape(obs.avg_in_tokens, obs.avg_out_tokens)
     measured_miss = 1.0 - min(_share(obs.ttft_buckets, target.ttft_ms), _share(obs.itl_buckets, target.itl_ms))
     # the model read through the same buckets: the collector interpolates inside the bucket that
     # holds the SLO (30 ms lies between vLLM's 25 and 50 ms bounds), so compare like with like
@@ -138,24 +141,25 @@ class _AsHistogram:
     ttft: tuple[float, float, float]
     itl: tuple[float, float, float]
 
-    def miss(self, model_replica: Replica, shape: Shape, rate: float) -> float:
-        """The model's miss as the collector would read it off vLLM's histograms."""
-        low = predict(model_replica, shape, rate, self.ttft[0], self.itl[0])
-        if not (self.ttft[2] or self.itl[2]):
-            return 1.0 - min(low.ttft_share, low.itl_token_share)
-        high = predict(model_replica, shape, rate, self.ttft[1], self.itl[1])
-        ttft = low.ttft_share + self.ttft[2] * (high.ttft_share - low.ttft_share)
-        itl = low.itl_token_share + self.itl[2] * (high.itl_token_share - low.itl_token_share)
-        return 1.0 - min(ttft, itl)
+    def miss(self, model_replica: Replica, shape: Shape, rates: np.ndarray) -> np.ndarray:
+        """The model's miss at `rates` as the collector would read it off vLLM's histograms: at
+        both bounds of the buckets holding the SLOs, interpolated (one vectorised prediction)."""
+        count = len(rates)
+        both = np.concatenate((rates, rates))
+        ttft = np.repeat([self.ttft[0], self.ttft[1]], count)
+        itl = np.repeat([self.itl[0], self.itl[1]], count)
+        p = predict_rates(model_replica, shape, both, ttft, itl)
+        ttft_share = p.ttft_share[:count] + self.ttft[2] * (p.ttft_share[count:] - p.ttft_share[:count])
+        itl_share = p.itl_token_share[:count] + self.itl[2] * (p.itl_token_share[count:] - p.itl_token_share[:count])
+        return 1.0 - np.minimum(ttft_share, itl_share)
 
 
 def _capacity_factor(model_replica: Replica, shape: Shape, rate: float, measured_miss: float, seen: _AsHistogram):
     """k such that the model at rate / k predicts the measured miss: log-miss against log-rate
-    is near linear over a few %, so two predictions locate it. None where uninformative."""
-    here = seen.miss(model_replica, shape, rate)
+    is near linear over a few %, so two points of its curve locate it. None where uninformative."""
+    here, there = seen.miss(model_replica, shape, np.array([rate, rate * 1.1]))
     if max(here, measured_miss) < UNINFORMATIVE_MISS:
         return None
-    there = seen.miss(model_replica, shape, rate * 1.1)
     floor = UNINFORMATIVE_MISS / 2  # a miss of zero has no logarithm; below this it is noise
     slope = (math.log(max(there, floor)) - math.log(max(here, floor))) / math.log(1.1)
     gap = math.log(max(measured_miss, floor)) - math.log(max(here, floor))
