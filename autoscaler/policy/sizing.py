@@ -31,6 +31,7 @@ MIN_REQUESTS = 50  # fewer completions in a window say too little to learn from
 LEARNING_RATE = 0.5  # share of the way to a window's estimate (log space)
 MAX_STEP = math.log(1.5)  # one window moves an estimate by at most x1.5 (outliers)
 UNINFORMATIVE_MISS = 0.002  # both measured and predicted misses below this: nothing to learn
+STATIONARY_SIGMAS = 3.0  # a rate change beyond this many standard deviations of Poisson noise is a change of load
 FLAT_MISS = 0.1  # a miss that says the model is wrong even where it predicts none
 SIZING_GRID = 0.02  # request shapes and scales rounded to 2% before sizing (cache hits)
 
@@ -110,9 +111,26 @@ def learn(
     # holds the SLO (30 ms lies between vLLM's 25 and 50 ms bounds), so compare like with like
     seen = _AsHistogram(_bracket(obs.ttft_buckets, target.ttft_ms), _bracket(obs.itl_buckets, target.itl_ms))
     bias = learned.bias.setdefault(key, Estimate())
+    if not _stationary(obs):
+        return  # a burst's queue, or its wake: the model's steady state says nothing of that miss
     factor = _capacity_factor(model_replica, shape, rate / bias.value, measured_miss, seen)
     if factor is not None:
         bias.learn(factor * bias.value)
+
+
+def _stationary(obs: Observation) -> bool:
+    """Whether the window looks like the steady state the model predicts: its arrivals differ
+    from the window's before, and the requests that got their first token in it from its
+    arrivals, by no more than Poisson noise (STATIONARY_SIGMAS standard deviations of the
+    difference of two counts). A burst fails the first; the window that drains its queue (the
+    arrival rate back to normal, but first tokens beyond arrivals, each late) the second."""
+    arrived, before = obs.arrival_rate * obs.window_s, obs.previous_rate * obs.window_s
+    started = obs.ttft_buckets[-1][1] if obs.ttft_buckets else arrived
+
+    def close(a: float, b: float) -> bool:
+        return abs(a - b) <= STATIONARY_SIGMAS * math.sqrt(max(a + b, 1.0))
+
+    return close(arrived, before) and close(started, arrived)
 
 
 def _share(buckets, slo_ms: float) -> float:
