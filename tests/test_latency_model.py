@@ -47,7 +47,8 @@ def test_work_scale_is_recovered_from_the_mean_itl():
     assert identify_work_scale(CHAT, SHAPE, 10.0, 1.0) is None  # faster than an empty step: an outlier
 
 
-def _window(rate: float, itl_ms: float | None, ttft_met: float, itl_met: float, requests: float = 600.0) -> Observation:
+def _window(rate: float, itl_ms: float | None, ttft_met: float, itl_met: float, requests: float | None = None) -> Observation:
+    requests = rate * 60.0 if requests is None else requests  # as many first tokens as arrivals in the 60 s window
     ttft = ((1.0, requests * ttft_met), (float("inf"), requests))
     itl = ((0.03, requests * 200 * itl_met), (float("inf"), requests * 200))
     return Observation(rate, rate, 1100.0, 220.0, 40.0, 0.0, 200.0, itl_ms, ttft, itl)
@@ -70,6 +71,19 @@ def test_bias_moves_by_bounded_steps_toward_the_measured_attainment_and_rests_wh
     assert learned.bias["i"].value == low  # says nothing about the capacity: no drift back up
     learn(learned, catalog, "i", "m", "H100", 256, 2, _window(20.0, None, 1.0, 1.0, requests=10.0), target)
     assert learned.bias["i"].windows == 3  # too few requests to learn from
+
+
+def test_bias_does_not_learn_from_a_burst_or_the_window_that_drains_its_queue():
+    """The model predicts a steady state: a window whose arrivals jumped, or whose first tokens
+    far exceed its arrivals (requests queued in a burst, served late), says nothing of it."""
+    catalog, target, learned = _catalog(), ServiceTarget(30.0, 1000.0), Learned()
+    drain = _window(4.0, None, 0.6, 1.0, requests=4.0 * 60.0 * 2)  # twice the arrivals started, 40% late
+    learn(learned, catalog, "i", "m", "H100", 256, 2, drain, target)
+    burst = dataclasses.replace(_window(20.0, None, 0.6, 1.0), previous_rate=5.0)
+    learn(learned, catalog, "i", "m", "H100", 256, 2, burst, target)
+    assert learned.bias["i"].windows == 0 and learned.bias["i"].value == 1.0
+    learn(learned, catalog, "i", "m", "H100", 256, 2, _window(20.0, None, 0.6, 1.0), target)  # the same miss, steady
+    assert learned.bias["i"].value < 1.0
 
 
 def test_estimates_stay_positive_and_bounded_per_window():
@@ -114,3 +128,26 @@ def test_steady_load_settles_without_periodic_collapse():
     assert result.actions[0] <= 12
     finished = ~result.dropped
     assert finished.mean() > 0.999
+
+
+def test_what_the_model_learned_is_on_the_decision_stream_metrics_and_status():
+    from autoscaler.controller.manifests import condition, decision_message
+    from autoscaler.decision_metrics import decision_problem, exposition
+    from autoscaler.policy.decisions import LastDecision, ManagedService
+    from autoscaler.policy.planner import Plan, PlannerState, plan
+
+    from autoscaler.optimizer.domain import Accelerator
+
+    catalog = dataclasses.replace(_catalog(), accelerators={"H100": Accelerator("H100", "H100", 1, 4.0)})
+    service = ManagedService("ns", "chat", "m", "c", frozenset(), 1, 10, True, True, None)
+    state = PlannerState()
+    [first] = plan(catalog, {"H100": 100}, [service], {("ns", "chat"): _window(20.0, None, 1.0, 1.0)}, 0.0, state)
+    decided = first.decision
+    assert decided.replica_capacity > 0 and decided.work_scale == 1.0 and decided.ttft_scale == 1.0
+    learned = Plan(service, LastDecision(**{**decided.__dict__, "ttft_scale": 0.8, "work_scale": 1.2}))
+    message = decision_message(learned, ServiceTarget(30.0, 1000.0))
+    assert decision_problem(message) is None
+    assert (message.replica_capacity, message.work_scale, message.capacity_bias) == (decided.replica_capacity, 1.2, 0.8)
+    text = exposition([message])
+    assert 'inference_autoscaler_work_scale{namespace="ns",isvc="chat"' in text and "inference_autoscaler_capacity_bias{" in text
+    assert f"{decided.replica_capacity:.2f} req/s per replica (work scale 1.20, bias 0.80)" in condition(learned)["message"]
