@@ -10,18 +10,25 @@ histogram gives it: decode time over token gaps). Simulated: the load test of on
 simulator's vLLM server (V1 chunked by default).
 
     python benchmarks/latency_model.py [--requests 100000] [--jobs 2] [--only chat-8b,code-1b]
+
+It ends with the CPU cost of what the planner runs per ISVC: a capacity search (what a new
+request shape or work scale costs, the planner caches it on a 2% grid) and the learning from one
+window (work scale and attainment bias, sizing.learn).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import time
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 
 from autoscaler.policy.latency import Replica, Shape, capacity, identify_work_scale
-from autoscaler.policy.sizing import token_budget
+from autoscaler.optimizer.domain import Catalog, ModelProfile, ServiceClass, ServiceTarget
+from autoscaler.policy.observation import Observation
+from autoscaler.policy.sizing import Learned, learn, token_budget
 from autoscaler.simulator.engine import Decision, Simulation
 from autoscaler.simulator.load_test import MEASURED_REQUESTS, replica_capacity
 from autoscaler.simulator.policies.static import StaticPolicy
@@ -117,6 +124,37 @@ def main() -> None:
             f"| {name} | {accelerator} | {true_rate:.3f} | {guess:.3f} | {guess / true_rate:.3f} "
             f"| {learned:.3f} | {learned / true_rate:.3f} |"
         )
+    spent = [costs(scenario, index, accelerator) for index, accelerator in chosen]
+    print(
+        f"\nCPU per capacity search: {min(s for s, _ in spent):.1f}-{max(s for s, _ in spent):.1f} ms; "
+        f"per window learned from: {min(w for _, w in spent):.2f}-{max(w for _, w in spent):.2f} ms"
+    )
+
+
+def costs(scenario: Scenario, index: int, accelerator: str, repeats: int = 50) -> tuple[float, float]:
+    """CPU ms of one capacity search and of learning from one window (a steady window at 90% of
+    the predicted capacity missing 1% of requests: both estimators move), each averaged."""
+    replica, shape, ttft_ms, itl_ms, mode = _model(scenario, index, accelerator)
+    start = time.process_time()
+    for i in range(repeats):  # a new shape each time: no cache
+        capacity(replica, Shape(shape.in_tokens * (1.0 + i / 1000.0), shape.out_tokens), ttft_ms, itl_ms, GOAL, mode)
+    search = (time.process_time() - start) / repeats
+    model = scenario.world.isvcs[index].model
+    profile = ModelProfile(model, accelerator, 1, replica.max_batch, 0, replica.params, kv_cache_tokens=replica.kv_cache_tokens)
+    target = ServiceTarget(itl_ms, ttft_ms)
+    catalog = Catalog({}, {(model, accelerator): profile}, {"c": ServiceClass("c", 1, {model: target})})
+    rate = LEARNING_LOAD * capacity(replica, shape, ttft_ms, itl_ms, GOAL, mode)
+    count = rate * 60.0
+    window = Observation(
+        rate, rate, shape.in_tokens, shape.out_tokens, 0.0, 0.0, None, itl_ms * 0.6,
+        ((ttft_ms / 1000.0, count), (float("inf"), count)),
+        ((itl_ms / 1000.0, count * shape.out_tokens * 0.99), (float("inf"), count * shape.out_tokens)),
+    )
+    learned = Learned()
+    start = time.process_time()
+    for i in range(repeats):
+        learn(learned, catalog, f"isvc-{i}", model, accelerator, replica.max_batch, 1, window, target)
+    return search * 1000.0, (time.process_time() - start) / repeats * 1000.0
 
 
 if __name__ == "__main__":
