@@ -21,7 +21,10 @@ FIGURES = {
         "Requests per second one replica serves within the SLOs, by the latency model as learned (0: not sized by it)",
         lambda d: d.replica_capacity,
     ),
-    "work_scale": ("Learned work of the model on its GPU type over its profile's (0: not sized by the model)", lambda d: d.work_scale),
+    "work_scale": (
+        "Learned work of the model on its GPU type over its profile's (0: not sized by the model)",
+        lambda d: d.work_scale,
+    ),
     "capacity_bias": ("Learned attainment bias on the model's capacity (0: not sized by the model)", lambda d: d.capacity_bias),
 }
 

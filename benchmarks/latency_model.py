@@ -146,7 +146,14 @@ def costs(scenario: Scenario, index: int, accelerator: str, repeats: int = 50) -
     rate = LEARNING_LOAD * capacity(replica, shape, ttft_ms, itl_ms, GOAL, mode)
     count = rate * 60.0
     window = Observation(
-        rate, rate, shape.in_tokens, shape.out_tokens, 0.0, 0.0, None, itl_ms * 0.6,
+        rate,
+        rate,
+        shape.in_tokens,
+        shape.out_tokens,
+        0.0,
+        0.0,
+        None,
+        itl_ms * 0.6,
         ((ttft_ms / 1000.0, count), (float("inf"), count)),
         ((itl_ms / 1000.0, count * shape.out_tokens * 0.99), (float("inf"), count * shape.out_tokens)),
     )

@@ -109,7 +109,8 @@ def condition(plan: Plan) -> dict:
         f"ITL {d.itl_ms:.1f} ms at {d.arrival_rate:.2f} req/s"
     )
     if d.replica_capacity:
-        message += f"; latency model: {d.replica_capacity:.2f} req/s per replica (work scale {d.work_scale:.2f}, bias {d.ttft_scale:.2f})"
+        learned = f"work scale {d.work_scale:.2f}, bias {d.ttft_scale:.2f}"
+        message += f"; latency model: {d.replica_capacity:.2f} req/s per replica ({learned})"
     if plan.reason:
         message += f" ({plan.reason})"
     return {"type": CONDITION_TYPE, "status": status, "reason": reason, "message": message}

@@ -120,9 +120,7 @@ def _compound_poisson_cdf(x: np.ndarray, mean_count: np.ndarray, mean_size: floa
     large = m >= EXACT_COUNT
     ml, p = m[large], 1.0 / np.maximum(m[large], EXACT_COUNT)
     # Sankaran (1963) with h = 1/2, the value it takes at 0 degrees of freedom
-    z = (np.sqrt(x[large] / (ml * mean_size)) - (1.0 - 0.25 * p - 0.09375 * p * p)) / (
-        0.5 * np.sqrt(2.0 * p) * (1.0 + 0.125 * p)
-    )
+    z = (np.sqrt(x[large] / (ml * mean_size)) - (1.0 - 0.25 * p - 0.09375 * p * p)) / (0.5 * np.sqrt(2.0 * p) * (1.0 + 0.125 * p))
     result[large] = _normal_cdf(z)
     small = ~large
     if small.any():  # term by term, each from the last (no factorials, no array of terms)
@@ -210,8 +208,20 @@ class Predictions:
     stable: np.ndarray
 
     def at(self, i: int) -> Prediction:
-        return Prediction(*(v.item() for v in (self.attainment[i], self.ttft_share[i], self.itl_share[i],
-                          self.itl_token_share[i], self.step_ms[i], self.batch[i], self.stable[i])))
+        return Prediction(
+            *(
+                v.item()
+                for v in (
+                    self.attainment[i],
+                    self.ttft_share[i],
+                    self.itl_share[i],
+                    self.itl_token_share[i],
+                    self.step_ms[i],
+                    self.batch[i],
+                    self.stable[i],
+                )
+            )
+        )
 
 
 def predict(
@@ -283,11 +293,17 @@ def predict_rates(
     slack = ttft_slo_ms - ttft_work
     hold = decodes * step + ttft_work
     with np.errstate(over="ignore", invalid="ignore"):
-        ttft_share = np.where(seated & (slack >= 0.0), 1.0 - waits * np.exp(-(seats - offered) * np.maximum(slack, 0.0) / hold), 0.0)
+        ttft_share = np.where(
+            seated & (slack >= 0.0), 1.0 - waits * np.exp(-(seats - offered) * np.maximum(slack, 0.0) / hold), 0.0
+        )
     # no load meets everything; past saturation nothing is met
-    ttft_share, itl_share, itl_token_share = (np.where(idle, 1.0, np.where(stable, v, 0.0)) for v in (ttft_share, itl_share, itl_token_share))
+    ttft_share, itl_share, itl_token_share = (
+        np.where(idle, 1.0, np.where(stable, v, 0.0)) for v in (ttft_share, itl_share, itl_token_share)
+    )
     step = np.where(idle, base, np.where(stable, step, math.inf))
-    return Predictions(itl_share * ttft_share, ttft_share, itl_share, itl_token_share, step, np.where(stable, batch, 0.0), stable | idle)
+    return Predictions(
+        itl_share * ttft_share, ttft_share, itl_share, itl_token_share, step, np.where(stable, batch, 0.0), stable | idle
+    )
 
 
 def capacity(replica: Replica, shape: Shape, ttft_slo_ms: float, itl_slo_ms: float, goal: float, mode: str = "chunked") -> float:

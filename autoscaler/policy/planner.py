@@ -222,7 +222,9 @@ def plan(
         last = service.last
         max_batch = alloc.max_batch if rolled or last is None else last.max_batch
         try:
-            sized, per_replica, work = _model_replicas(state, catalog, service, alloc.accelerator, max_batch, load, settings.attainment_goal)
+            sized, per_replica, work = _model_replicas(
+                state, catalog, service, alloc.accelerator, max_batch, load, settings.attainment_goal
+            )
         except Exception as exc:  # a bug meeting this ISVC's figures: the optimizer's count stands
             log.error("%s: the latency model failed (%s: %s): sized by the optimizer", service.key, exc.__class__.__name__, exc)
             sized, per_replica, work = 0, 0.0, 0.0
