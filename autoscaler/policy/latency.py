@@ -122,16 +122,27 @@ def _compound_poisson_cdf(x: np.ndarray, mean_count: np.ndarray, mean_size: floa
     # Sankaran (1963) with h = 1/2, the value it takes at 0 degrees of freedom
     z = (np.sqrt(x[large] / (ml * mean_size)) - (1.0 - 0.25 * p - 0.09375 * p * p)) / (0.5 * np.sqrt(2.0 * p) * (1.0 + 0.125 * p))
     result[large] = _normal_cdf(z)
+    # below: certain where the sum cannot reach x (beyond 10 standard deviations and more), the
+    # chance of no prompt at all where x is 0, and summed term by term (no factorials, no array
+    # of terms) in between
     small = ~large
-    if small.any():  # term by term, each from the last (no factorials, no array of terms)
-        ms, zs = m[small], np.minimum(x[small] / mean_size, 1e4)  # a Poisson(1e4) is never below EXACT_TERMS
+    z_all = x / mean_size
+    sure = small & (z_all > m + 10.0 * np.sqrt(2.0 * m) + 20.0)
+    result[sure] = 1.0
+    none = small & (x <= 0.0)
+    result[none] = np.exp(-m[none])
+    mid = small & ~sure & ~none
+    if mid.any():
+        ms, zs = m[mid], z_all[mid]
         count_pmf, arrivals, below, missed = np.exp(-ms), np.exp(-zs), np.zeros(ms.shape), np.zeros(ms.shape)
         for k in range(EXACT_TERMS + 1):
             missed += count_pmf * below  # P(K = k) P(N(z) < k)
             below += arrivals
             count_pmf *= ms / (k + 1)
             arrivals *= zs / (k + 1)
-        result[small] = 1.0 - missed
+            if k % 8 == 7 and count_pmf.max() < 1e-12:
+                break  # the rest of the Poisson's mass is negligible
+        result[mid] = 1.0 - missed
     return np.clip(result, 0.0, 1.0).reshape(shape)
 
 

@@ -33,7 +33,10 @@ MAX_STEP = math.log(1.5)  # one window moves an estimate by at most x1.5 (outlie
 UNINFORMATIVE_MISS = 0.002  # both measured and predicted misses below this: nothing to learn
 STATIONARY_SIGMAS = 3.0  # a rate change beyond this many standard deviations of Poisson noise is a change of load
 FLAT_MISS = 0.1  # a miss that says the model is wrong even where it predicts none
-SIZING_GRID = 0.02  # request shapes and scales rounded to 2% before sizing (cache hits)
+# request shapes and work scales rounded to a 5% geometric grid before sizing (at most ~2.5% on
+# the capacity, which the bias sees in closed loop): a window's mean shape moves by about that
+# much with its sample alone, and each new point is a capacity search (ms)
+SIZING_GRID = 0.05
 
 
 def token_budget(accelerator: str) -> int:
@@ -214,14 +217,14 @@ def per_replica_capacity(
 
 
 def _rounded(value: float) -> float:
-    """To the nearest point of a 2% geometric grid (so that near-equal inputs share a sizing)."""
+    """To the nearest point of the SIZING_GRID geometric grid (near-equal inputs share a sizing)."""
     if value <= 0.0:
         return value
     step = math.log1p(SIZING_GRID)
     return math.exp(round(math.log(value) / step) * step)
 
 
-@functools.lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=65536)  # a few grid points around each ISVC's shape, for thousands
 def _capacity(model_replica: Replica, shape: Shape, ttft_ms: float, itl_ms: float, goal: float) -> float:
     return capacity(model_replica, shape, ttft_ms, itl_ms, goal)
 
