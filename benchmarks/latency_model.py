@@ -28,7 +28,7 @@ import numpy as np
 from autoscaler.policy.latency import Replica, Shape, capacity, identify_work_scale
 from autoscaler.optimizer.domain import Catalog, ModelProfile, ServiceClass, ServiceTarget
 from autoscaler.policy.observation import Observation
-from autoscaler.policy.sizing import Learned, learn, token_budget
+from autoscaler.policy.sizing import Deployment, Learned, learn, token_budget
 from autoscaler.simulator.engine import Decision, Simulation
 from autoscaler.simulator.load_test import MEASURED_REQUESTS, replica_capacity
 from autoscaler.simulator.policies.static import StaticPolicy
@@ -160,7 +160,7 @@ def costs(scenario: Scenario, index: int, accelerator: str, repeats: int = 50) -
     learned = Learned()
     start = time.process_time()
     for i in range(repeats):
-        learn(learned, catalog, f"isvc-{i}", model, accelerator, replica.max_batch, 1, window, target)
+        learn(learned, catalog, Deployment(f"isvc-{i}", model, accelerator, replica.max_batch), 1, window, target)
     return search * 1000.0, (time.process_time() - start) / repeats * 1000.0
 
 

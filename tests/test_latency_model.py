@@ -13,7 +13,7 @@ import pytest
 from autoscaler.optimizer.domain import IterationParams, ServiceTarget
 from autoscaler.policy.latency import Replica, Shape, capacity, identify_work_scale, predict
 from autoscaler.policy.observation import Observation
-from autoscaler.policy.sizing import Estimate, Learned, learn
+from autoscaler.policy.sizing import Deployment, Estimate, Learned, learn
 from autoscaler.simulator.runner import RunSettings, run_policy
 from autoscaler.simulator.scenarios import build_scenario
 from autoscaler.simulator.traffic import Requests
@@ -22,6 +22,7 @@ from autoscaler.simulator.world import Scenario
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 from latency_model import predicted, simulated  # noqa: E402
 
+RUNS = Deployment("i", "m", "H100", 256)
 CHAT = Replica(IterationParams(6.76, 0.018, 3.5e-5), 256, 400_000, 8192)
 SHAPE = Shape(1100.0, 220.0)
 
@@ -64,12 +65,12 @@ def _catalog():
 def test_bias_moves_by_bounded_steps_toward_the_measured_attainment_and_rests_when_uninformative():
     catalog, target, learned = _catalog(), ServiceTarget(30.0, 1000.0), Learned()
     for _ in range(3):  # every window misses a third of the tokens' ITL (no mean: the bias alone learns)
-        learn(learned, catalog, "i", "m", "H100", 256, 2, _window(20.0, None, 1.0, 0.67), target)
+        learn(learned, catalog, RUNS, 2, _window(20.0, None, 1.0, 0.67), target)
     low = learned.bias["i"].value
     assert 0.5 < low < 0.9  # lowered, by at most x1.5 per window and half of it each time
-    learn(learned, catalog, "i", "m", "H100", 256, 4, _window(4.0, None, 1.0, 1.0), target)  # light load, all met
+    learn(learned, catalog, RUNS, 4, _window(4.0, None, 1.0, 1.0), target)  # light load, all met
     assert learned.bias["i"].value == low  # says nothing about the capacity: no drift back up
-    learn(learned, catalog, "i", "m", "H100", 256, 2, _window(20.0, None, 1.0, 1.0, requests=10.0), target)
+    learn(learned, catalog, RUNS, 2, _window(20.0, None, 1.0, 1.0, requests=10.0), target)
     assert learned.bias["i"].windows == 3  # too few requests to learn from
 
 
@@ -78,11 +79,11 @@ def test_bias_does_not_learn_from_a_burst_or_the_window_that_drains_its_queue():
     far exceed its arrivals (requests queued in a burst, served late), says nothing of it."""
     catalog, target, learned = _catalog(), ServiceTarget(30.0, 1000.0), Learned()
     drain = _window(4.0, None, 0.6, 1.0, requests=4.0 * 60.0 * 2)  # twice the arrivals started, 40% late
-    learn(learned, catalog, "i", "m", "H100", 256, 2, drain, target)
+    learn(learned, catalog, RUNS, 2, drain, target)
     burst = dataclasses.replace(_window(20.0, None, 0.6, 1.0), previous_rate=5.0)
-    learn(learned, catalog, "i", "m", "H100", 256, 2, burst, target)
+    learn(learned, catalog, RUNS, 2, burst, target)
     assert learned.bias["i"].windows == 0 and learned.bias["i"].value == 1.0
-    learn(learned, catalog, "i", "m", "H100", 256, 2, _window(20.0, None, 0.6, 1.0), target)  # the same miss, steady
+    learn(learned, catalog, RUNS, 2, _window(20.0, None, 0.6, 1.0), target)  # the same miss, steady
     assert learned.bias["i"].value < 1.0
 
 

@@ -89,7 +89,8 @@ def _learn(
         fresh_window = now - learned.learned_at.get(service.key, -math.inf) >= obs.window_s
         if settled and fresh_window:
             learned.learned_at[service.key] = now
-            sizing.learn(learned, catalog, service.key, service.model, last.accelerator, last.max_batch, serving, obs, target)
+            runs = sizing.Deployment(service.key, service.model, last.accelerator, last.max_batch)
+            sizing.learn(learned, catalog, runs, serving, obs, target)
     bias = learned.bias.get(service.key, sizing.Estimate()).value
     return bias, bias
 
@@ -271,9 +272,8 @@ def _model_replicas(
         return 0, 0.0, 0.0
     target = catalog.classes[service.service_class].targets[service.model]
     shape = sizing.Shape(load.avg_in_tokens, load.avg_out_tokens)
-    per_replica = sizing.per_replica_capacity(
-        state.learned, catalog, service.key, service.model, accelerator, max_batch, shape, target, goal
-    )
+    runs = sizing.Deployment(service.key, service.model, accelerator, max_batch)
+    per_replica = sizing.per_replica_capacity(state.learned, catalog, runs, shape, target, goal)
     if per_replica is None:
         return 0, 0.0, 0.0
     work = state.learned.work.get((service.model, accelerator), sizing.Estimate()).value

@@ -82,19 +82,20 @@ def replica(catalog: Catalog, model: str, accelerator: str, max_batch: int, work
     return Replica(profile.params, batch, kv, token_budget(accelerator), work_scale=work_scale)
 
 
-def learn(
-    learned: Learned,
-    catalog: Catalog,
-    key: str,
-    model: str,
-    accelerator: str,
-    max_batch: int,
-    replicas: int,
-    obs: Observation,
-    target: ServiceTarget,
-) -> None:
+@dataclass(frozen=True)
+class Deployment:
+    """What an ISVC runs: its key, its model, the GPU type and batch limit of its replicas."""
+
+    key: str
+    model: str
+    accelerator: str
+    max_batch: int
+
+
+def learn(learned: Learned, catalog: Catalog, runs: Deployment, replicas: int, obs: Observation, target: ServiceTarget) -> None:
     """Update the work scale of (model, accelerator) and the ISVC's bias from one window served
     by `replicas` replicas of that GPU type."""
+    key, model, accelerator, max_batch = runs.key, runs.model, runs.accelerator, runs.max_batch
     requests = obs.ttft_buckets[-1][1] if obs.ttft_buckets else 0.0
     if replicas <= 0 or requests < MIN_REQUESTS or not obs.avg_out_tokens or obs.avg_in_tokens is None:
         return
@@ -195,21 +196,13 @@ def _capacity_factor(model_replica: Replica, shape: Shape, rate: float, measured
 
 
 def per_replica_capacity(
-    learned: Learned,
-    catalog: Catalog,
-    key: str,
-    model: str,
-    accelerator: str,
-    max_batch: int,
-    shape: Shape,
-    target: ServiceTarget,
-    goal: float,
+    learned: Learned, catalog: Catalog, runs: Deployment, shape: Shape, target: ServiceTarget, goal: float
 ) -> float | None:
     """Requests/s one replica serves within the SLOs at `goal`, as learned so far (None: the
     profile is not one the model reads)."""
-    work = learned.work.get((model, accelerator), Estimate()).value
-    bias = learned.bias.get(key, Estimate()).value
-    model_replica = replica(catalog, model, accelerator, max_batch, _rounded(work))
+    work = learned.work.get((runs.model, runs.accelerator), Estimate()).value
+    bias = learned.bias.get(runs.key, Estimate()).value
+    model_replica = replica(catalog, runs.model, runs.accelerator, runs.max_batch, _rounded(work))
     if model_replica is None:
         return None
     rounded = Shape(_rounded(shape.in_tokens), _rounded(shape.out_tokens))
