@@ -12,12 +12,15 @@ model predicts the share of requests within both SLOs at a Poisson arrival rate:
 - One request's mean ITL over its d decode steps is alpha' + u * (batch averaged over its
   life) + (prefill work landing in its life) / d. The batch average is the M/G/inf count's time
   average over the request's life (Gaussian, exponential lifetimes); the prefill work is a
-  compound Poisson sum of exponential prompts (Poisson-Gamma mixture, exact). Short requests
-  see few prompts but each weighs on few steps: that is where the ITL tail is.
+  compound Poisson sum of exponential prompts (the Poisson-Gamma mixture, summed exactly below
+  EXACT_COUNT prompts, Sankaran's approximation above). Short requests see few prompts but each
+  weighs on few steps: that is where the ITL tail is.
 - TTFT = the API server's and engine's intake + the prompt's steps + a wait for a seat (batch or
   KV limit, whichever binds), the wait's tail from Erlang C over those seats.
 - Output lengths are taken as geometric with the observed mean, prompts as exponential (only
   means are observed); the shares are averaged over the output lengths' quantiles.
+- Everything is computed for an array of rates at once (predict_rates): the capacity search
+  and the learning each cost a few numpy passes, not one per rate.
 
 `mode="stall"` is the server without chunked prefill (V0 prefill-first): a prompt's step holds
 the whole batch, which is the same prefill work landing in the decodes' lives, so the same

@@ -5,14 +5,15 @@ Two estimators, each fed by one window's observation of an ISVC, neither a contr
 - the work scale of a (model, GPU): the ratio of the measured to the profile's per-token and
   per-request work, identified from the mean ITL (vLLM's ITL histogram sum over its count) at
   the measured load per replica. It is measured at every load, not only when SLOs are missed,
-  so it converges from the profile (or, with no profile, from a conservative prior) in a few
-  windows;
+  so it converges from the profile in a few windows (an ISVC whose model has no profile is not
+  sized by the model: the optimizer cannot place it either);
 - the attainment bias of an ISVC: the factor on the model's capacity under which the model's
   share of requests within the SLOs, at the measured load, equals the measured share (TTFT's
   histogram counts requests, ITL's counts tokens: the model predicts both). It corrects what
   the mean cannot show (the tail), in log space with a bounded step, with no floor: an
   estimate, not a tightening per missed period, so steady load makes it settle instead of
-  cycling.
+  cycling. It learns only from a window that looks like the steady state the model predicts.
+Each window is learned from once.
 """
 
 from __future__ import annotations
