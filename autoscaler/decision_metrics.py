@@ -17,6 +17,15 @@ FIGURES = {
     "cost_per_hour": ("Cost per hour of the desired allocation", lambda d: d.cost_per_hour),
     "ttft_slo_headroom": ("1 - predicted TTFT / SLO at the desired allocation", lambda d: d.ttft_headroom),
     "itl_slo_headroom": ("1 - predicted ITL / SLO at the desired allocation", lambda d: d.itl_headroom),
+    "replica_capacity": (
+        "Requests per second one replica serves within the SLOs, by the latency model as learned (0: not sized by it)",
+        lambda d: d.replica_capacity,
+    ),
+    "work_scale": (
+        "Learned work of the model on its GPU type over its profile's (0: not sized by the model)",
+        lambda d: d.work_scale,
+    ),
+    "capacity_bias": ("Learned attainment bias on the model's capacity (0: not sized by the model)", lambda d: d.capacity_bias),
 }
 
 
@@ -27,6 +36,9 @@ RANGES = {
     "ttft_headroom": (-MAX_MAGNITUDE, 1.0),  # 1 - predicted / SLO: at most 1
     "itl_headroom": (-MAX_MAGNITUDE, 1.0),
     "decided_at": (0.0, MAX_MAGNITUDE),
+    "replica_capacity": (0.0, MAX_MAGNITUDE),
+    "work_scale": (0.0, MAX_MAGNITUDE),
+    "capacity_bias": (0.0, MAX_MAGNITUDE),
 }
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from autoscaler.controller.catalog import available_capacity, cluster_data, gpu_type_of, node_gpu_types
@@ -142,13 +144,18 @@ def test_capacity_too_small_keeps_what_runs():
     assert result.decision.replicas == 2 and result.decision.accelerator == "H100" and "capacity" in result.reason
 
 
-def test_missed_slo_tightens_the_target_and_the_scale_is_persisted():
+def test_missed_slo_lowers_the_capacity_bias_which_is_persisted():
     state = PlannerState()
-    slow = observed(5.0, ttft_s=5.0)  # every request misses Premium's 1 s TTFT
-    first = plan_one(service(), obs=slow, state=state)
-    assert first.decision.ttft_scale < 1.0
-    restarted = plan_one(service(last=first.decision), obs=slow, now=1030.0)
-    assert restarted.decision.ttft_scale < first.decision.ttft_scale  # resumed from the annotation, tightened again
+    served = plan_one(service(), obs=observed(5.0), now=0.0).decision  # what has run since
+    slow = observed(5.0, ttft_s=5.0)  # every request of the window missed Premium's 1 s TTFT
+    slow = dataclasses.replace(slow, ttft_buckets=((1.0, 0.0), *slow.ttft_buckets))  # vLLM has a 1 s bound
+    plan_one(service(last=served), obs=slow, state=state, now=940.0)  # a window's fleet is seen first
+    first = plan_one(service(last=served), obs=slow, state=state)
+    assert first.decision.ttft_scale < 1.0 and first.decision.replicas >= served.replicas
+    resumed = PlannerState()  # a restarted controller: the bias from the annotation
+    plan_one(service(last=first.decision), obs=slow, state=resumed, now=1000.0)
+    restarted = plan_one(service(last=first.decision), obs=slow, state=resumed, now=1060.0)
+    assert restarted.decision.ttft_scale < first.decision.ttft_scale  # resumed from the annotation, lowered again
 
 
 def test_observations_from_query_results():

@@ -12,6 +12,7 @@ import copy
 import json
 
 from autoscaler import annotations as ann
+from autoscaler.controller.decision_store import configmap
 
 from .cluster_objects import CONFIGMAPS, ISVCS, NAMESPACE, isvc, stored_decision
 from .test_controller import Cluster, StandInCollector, stop
@@ -65,11 +66,14 @@ async def test_a_decision_written_on_the_isvc_is_not_resumed_from():
 async def test_the_decision_of_a_deleted_isvc_is_deleted_and_not_inherited_by_its_namesake():
     async with Cluster() as cluster:
         cluster.store.put(ISVCS, isvc("chat", "llama_13b"))
-        collector = StandInCollector({("prod", "chat"): observed(12.0, ttft_s=3.0)})  # tightened: ttft_scale < 1
+        collector = StandInCollector({("prod", "chat"): observed(12.0)})
         first = await cluster.controller(collector)
         await first.cycle()
         await stop(first)
         old = cluster.isvc("chat")
+        # as if it had learned that the model overrates its replicas: an attainment bias < 1
+        learned = stored_decision(cluster.store, old) | {"ttft_scale": 0.5, "itl_scale": 0.5}
+        cluster.store.put(CONFIGMAPS, configmap(NAMESPACE, old["metadata"], json.dumps(learned)))
         assert stored_decision(cluster.store, old)["ttft_scale"] < 1.0
         cluster.store.remove(ISVCS, "prod", "chat")
         cluster.store.put(ISVCS, isvc("chat", "llama_13b"))  # made again: a new uid

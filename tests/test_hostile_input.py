@@ -560,3 +560,11 @@ async def test_the_adapters_prometheus_source_times_out_on_its_own_threads():
     finally:
         release.set()
         await runner.cleanup()
+
+
+def test_an_observation_without_a_ready_replica_count_is_usable_and_a_bad_one_is_not():
+    """The collector knows no ready-replica count (the simulator does): None is no problem."""
+    from dataclasses import replace
+
+    assert observed(5.0).ready_replicas is None and observed(5.0).problem() is None
+    assert replace(observed(5.0), ready_replicas=float("nan")).problem().startswith("ready_replicas")

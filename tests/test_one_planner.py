@@ -121,7 +121,7 @@ def test_observer_matches_the_collectors_promql_over_the_same_requests(tmp_path)
 
 def test_the_simulator_and_the_controller_run_one_planner():
     assert model_based.plan is controller.plan  # the very function, not a copy
-    sizing = {"solve", "SloCalibration", "planned_rate", "wants_new_revision", "estimate_load"}
+    sizing = {"solve", "per_replica_capacity", "learn", "planned_rate", "wants_new_revision", "estimate_load"}
     simulator = Path(autoscaler.__file__).parent / "simulator"
     for path in simulator.rglob("*.py"):
         names = {

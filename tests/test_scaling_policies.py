@@ -1,10 +1,9 @@
-"""The policies' decision maths, the load estimator and the SLO calibration, in isolation."""
+"""The policies' decision maths and the load estimator, in isolation."""
 
 from collections import deque
 
 import pytest
 
-from autoscaler.policy.calibration import SloCalibration
 from autoscaler.policy.estimation import LoadCounters, estimate_load
 from autoscaler.simulator.engine import IsvcView
 from autoscaler.simulator.policies.hpa import HorizontalPodAutoscaler
@@ -33,18 +32,6 @@ def test_estimate_counts_queue_growth_not_completions_alone():
     assert idle.arrival_rate == 0 and idle.avg_in_tokens is None
     with pytest.raises(ValueError):
         estimate_load(later, earlier)
-
-
-def test_calibration_tightens_at_once_and_relaxes_only_after_sustained_headroom():
-    calibration = SloCalibration(goal=0.95, patience=3)
-    assert calibration.update(100, 80, 99) == pytest.approx((0.85, 1.0))
-    assert calibration.update(5, 0, 0) == pytest.approx((0.85, 1.0))  # too few requests to judge
-    for _ in range(2):
-        assert calibration.update(100, 100, 100)[0] == pytest.approx(0.85)
-    assert calibration.update(100, 100, 100)[0] == pytest.approx(0.85 * 1.05)
-    for _ in range(50):
-        calibration.update(100, 0, 100)
-    assert calibration.ttft.value == calibration.floor
 
 
 def test_kpa_follows_the_stable_window_and_panics_on_a_surge():

@@ -194,7 +194,7 @@ def observations(results: Mapping[str, Samples], settings: CollectorSettings) ->
 
     A sample that is not a finite number in range is the fault of its ISVC alone, logged once
     per cycle: an unusable load figure leaves the ISVC out (its last decision kept), an unusable
-    histogram leaves that histogram out (no calibration step this cycle)."""
+    histogram leaves that histogram out (the latency model learns nothing from it this cycle)."""
     label = settings.isvc_label
     unusable: dict[Key, str] = {}
     figures = {

@@ -33,6 +33,9 @@ def decision_message(plan: Plan, slo: ServiceTarget, revision: str = "", replica
         ttft_headroom=1.0 - d.ttft_ms / ttft_slo if ttft_slo else 0.0,
         itl_headroom=1.0 - d.itl_ms / itl_slo if itl_slo else 0.0,
         decided_at=d.decided_at,
+        replica_capacity=d.replica_capacity,
+        work_scale=d.work_scale,
+        capacity_bias=d.ttft_scale if d.replica_capacity else 0.0,
     )
 
 
@@ -105,6 +108,9 @@ def condition(plan: Plan) -> dict:
         f"{d.replicas} x {d.accelerator}, max batch {d.max_batch}; predicted TTFT {d.ttft_ms:.0f} ms, "
         f"ITL {d.itl_ms:.1f} ms at {d.arrival_rate:.2f} req/s"
     )
+    if d.replica_capacity:
+        learned = f"work scale {d.work_scale:.2f}, bias {d.ttft_scale:.2f}"
+        message += f"; latency model: {d.replica_capacity:.2f} req/s per replica ({learned})"
     if plan.reason:
         message += f" ({plan.reason})"
     return {"type": CONDITION_TYPE, "status": status, "reason": reason, "message": message}

@@ -11,7 +11,7 @@ is enforced only by some CNIs; loopback would keep Prometheus out. HTTPS serves 
 certificate the webhook manages; the decision stream runs over mutual TLS. Without certificate
 files both listeners must be on loopback (a local run, tests). /invoke runs at most one cycle
 per --invoke-min-interval (429 and Retry-After otherwise): every cycle is a control period to
-the SLO calibration and the guards, so cycles on demand must not come faster than new load data.
+the guards, so cycles on demand must not come faster than new load data.
 
 High availability: replicas elect a leader on a Lease (autoscaler/leader.py); only the leader
 runs cycles and gang admission and serves decisions, and only it is ready (so the Services route

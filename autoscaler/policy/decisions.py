@@ -9,7 +9,8 @@ from dataclasses import MISSING, asdict, dataclass, fields
 from ..limits import MAX_MAGNITUDE, finite_problem, whole_problem
 
 WHOLE_FIELDS = {"replicas", "max_batch", "avg_in_tokens", "avg_out_tokens"}
-# the calibration only tightens a target (scale < 1) and relaxes it back to at most 1
+# the learned attainment bias (policy/sizing.py), a positive factor on the model's capacity:
+# above 1 where the model underrates a replica, below where it overrates it
 SCALE_FIELDS = {"ttft_scale", "itl_scale"}
 
 
@@ -28,6 +29,9 @@ class LastDecision:
     ttft_scale: float = 1.0
     itl_scale: float = 1.0
     spec_changed_at: float = 0.0  # when the GPU type or batch size was last rolled out
+    # the latency model as learned when this was decided (0: it did not size the ISVC)
+    replica_capacity: float = 0.0  # requests/s one replica serves within the SLOs at the goal
+    work_scale: float = 0.0  # of the (model, GPU type); the ISVC's bias is ttft_scale
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)
@@ -43,7 +47,7 @@ class LastDecision:
             elif f.name in WHOLE_FIELDS:
                 problem = whole_problem(value)
             elif f.name in SCALE_FIELDS:
-                problem = finite_problem(value, 1.0 / MAX_MAGNITUDE, 1.0)
+                problem = finite_problem(value, 1.0 / MAX_MAGNITUDE, MAX_MAGNITUDE)
             else:
                 problem = finite_problem(value)
             if problem:

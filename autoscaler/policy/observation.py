@@ -32,6 +32,7 @@ class Observation:
     ttft_buckets: Buckets  # over the window
     itl_buckets: Buckets
     window_s: float = WINDOW_S  # what the rates were measured over (and how far apart the two are)
+    ready_replicas: int | None = None  # serving the window, where the collector knows it
 
     def problem(self) -> str | None:
         """Why no decision may be made from this observation (a figure not finite, negative or
@@ -41,7 +42,8 @@ class Observation:
             if f.name.endswith("buckets"):
                 problem = next((_bucket_problem(b, c) for b, c in value if _bucket_problem(b, c)), None)
             else:
-                problem = None if value is None and f.name.startswith(("avg_", "ttft", "itl")) else finite_problem(value)
+                optional = f.name.startswith(("avg_", "ttft", "itl")) or f.name == "ready_replicas"
+                problem = None if value is None and optional else finite_problem(value)
             if problem:
                 return f"{f.name}: {problem}"
         return None

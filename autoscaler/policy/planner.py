@@ -4,7 +4,9 @@ Rules on top of the optimizer, each for a failure seen in practice:
 - no data for an ISVC (Prometheus down, its series missing) keeps its last decision, marked
   stale: missing data must never read as zero load;
 - an ISVC that has never been decided and has no data is sized for zero load (its minimum);
-- measured SLO attainment tightens or relaxes the targets the model sizes for (calibration.py);
+- the optimizer picks the GPU type and batch size; the replica count comes from the vLLM
+  latency model (latency.py) at the attainment goal, with its work scale per (model, GPU) and
+  its attainment bias per ISVC learned from each window (sizing.py);
 - a rise beyond noise is planned for the startup time, queued requests count as load (guards.py);
 - the GPU type and batch size change only where the ISVC allows spec changes, only when the
   change is large enough (guards.wants_new_revision) and not more often than once per
@@ -19,14 +21,15 @@ Rules on top of the optimizer, each for a failure seen in practice:
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
-from .calibration import SloCalibration
+from . import sizing
 from .guards import GuardSettings, planned_rate, wants_new_revision
 from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, Load, Server, ServiceClass, System
 from ..optimizer.solver import solve
-from .observation import Key, Observation, within
+from .observation import Key, Observation
 from .decisions import LastDecision, ManagedService, material
 
 log = logging.getLogger(__name__)
@@ -51,7 +54,7 @@ class Plan:
 
     @property
     def records_decision(self) -> bool:
-        """Whether the ISVC's stored decision (what the next cycle reads as `last`) is
+        """Whether the ISVC's decision annotation (what the next cycle reads as `last`) is
         rewritten: on a roll-out, or when fresh data changed something material."""
         if self.decision is None:
             return False
@@ -60,30 +63,36 @@ class Plan:
 
 @dataclass
 class PlannerState:
-    """What the planner keeps between cycles beyond the cluster: calibration streaks only (a
-    restart resumes the scales from the stored decision and restarts the streaks at zero, which
-    only delays a relaxation)."""
+    """What the planner learns between cycles beyond the cluster: the latency model's work
+    scales and attainment biases (sizing.Learned). A restart resumes an ISVC's bias from its
+    stored decision (ttft_scale and itl_scale carry it) and relearns the work scales."""
 
-    calibrations: dict[str, SloCalibration] = field(default_factory=dict)
-
-
-def _calibrate(state: PlannerState, service: ManagedService, target, obs: Observation, goal: float) -> tuple[float, float]:
-    calibration = state.calibrations.get(service.key)
-    if calibration is None:
-        calibration = SloCalibration(goal=goal)
-        if service.last is not None:
-            calibration.ttft.value, calibration.itl.value = service.last.ttft_scale, service.last.itl_scale
-        state.calibrations[service.key] = calibration
-    # TTFT's histogram counts requests, ITL's counts tokens: each gives its own share within the SLO
-    requests = round(obs.ttft_buckets[-1][1]) if obs.ttft_buckets else 0
-    ttft_share = _share(obs.ttft_buckets, target.ttft_ms)
-    itl_share = _share(obs.itl_buckets, target.itl_ms)
-    return calibration.update(requests, round(requests * ttft_share), round(requests * itl_share))
+    learned: sizing.Learned = field(default_factory=sizing.Learned)
 
 
-def _share(buckets: tuple[tuple[float, float], ...], slo_ms: float) -> float:
-    met, total = within(buckets, slo_ms / 1000.0)
-    return met / total if slo_ms and total else 1.0
+def _learn(
+    state: PlannerState, catalog: Catalog, service: ManagedService, target, obs: Observation, now: float, startup_s: float
+) -> tuple[float, float]:
+    """Learn from the window the last decision served; returns the ISVC's bias (as both scales)."""
+    last, learned = service.last, state.learned
+    if last is not None and service.key not in learned.bias:
+        learned.bias[service.key] = sizing.Estimate(last.ttft_scale)
+    if last is not None:
+        serving = last.replicas if obs.ready_replicas is None else obs.ready_replicas
+        count, since = learned.serving.get(service.key, (serving, now))
+        learned.serving[service.key] = (serving, since if count == serving else now)
+        # only a window served throughout by one fleet of one GPU type says what a replica does:
+        # one that a roll-out may have reached mixes two GPU types, one that a scale-up reached
+        # shows a replica overloaded while the others started (lag, not the model's error)
+        settled = now - max(last.spec_changed_at + startup_s, learned.serving[service.key][1]) >= obs.window_s
+        # each window once: overlapping windows would count the same requests twice
+        fresh_window = now - learned.learned_at.get(service.key, -math.inf) >= obs.window_s
+        if settled and fresh_window:
+            learned.learned_at[service.key] = now
+            runs = sizing.Deployment(service.key, service.model, last.accelerator, last.max_batch)
+            sizing.learn(learned, catalog, runs, serving, obs, target)
+    bias = learned.bias.get(service.key, sizing.Estimate()).value
+    return bias, bias
 
 
 def _load(service: ManagedService, obs: Observation, catalog: Catalog, settings: PlannerSettings) -> tuple[Load, float]:
@@ -124,12 +133,10 @@ def _server(service: ManagedService, load: Load, pinned: bool) -> Server:
     )
 
 
-def _scaled_class(catalog: Catalog, service: ManagedService, scales: tuple[float, float]) -> ServiceClass:
-    """A class of the ISVC's own: its targets scaled by its calibration, its class's priority."""
+def _own_class(catalog: Catalog, service: ManagedService) -> ServiceClass:
+    """A class of the ISVC's own (rows shared by equal targets), its class's priority."""
     cls = catalog.classes[service.service_class]
-    target = cls.targets[service.model]
-    scaled = replace(target, ttft_ms=target.ttft_ms * scales[0], itl_ms=target.itl_ms * scales[1])
-    return ServiceClass(service.key, cls.priority, {service.model: scaled})
+    return ServiceClass(service.key, cls.priority, {service.model: cls.targets[service.model]})
 
 
 def plan(
@@ -152,12 +159,12 @@ def plan(
             obs = Observation(0.0, 0.0, None, None, 0.0, 0.0, None, None, (), ())
         if obs is not None:
             target = catalog.classes[service.service_class].targets[service.model]
-            scales = _calibrate(state, service, target, obs, settings.attainment_goal)
+            scales = _learn(state, catalog, service, target, obs, now, settings.startup_s)
             load, measured = _load(service, obs, catalog, settings)
             fresh[service.key] = (load, measured, scales)
 
     def solve_among(among: list[ManagedService], pinned: set[str]) -> Mapping[str, Allocation]:
-        classes = {s.key: _scaled_class(catalog, s, fresh[s.key][2]) for s in among}
+        classes = {s.key: _own_class(catalog, s) for s in among}
         servers = tuple(_server(s, fresh[s.key][0], s.key in pinned) for s in among)
         system = System(catalog.accelerators, capacity, catalog.profiles, classes, servers, catalog.optimizer)
         return solve(system).allocations
@@ -212,13 +219,21 @@ def plan(
         if alloc is None:
             plans.append(_unplaced(service, load, measured, now, scales))
             continue
-        replicas = min(max(alloc.num_replicas, service.min_replicas), service.max_replicas)
         rolled = service.key in roll_outs
         last = service.last
+        max_batch = alloc.max_batch if rolled or last is None else last.max_batch
+        try:
+            sized, per_replica, work = _model_replicas(
+                state, catalog, service, alloc.accelerator, max_batch, load, settings.attainment_goal
+            )
+        except Exception as exc:  # a bug meeting this ISVC's figures: the optimizer's count stands
+            log.error("%s: the latency model failed (%s: %s): sized by the optimizer", service.key, exc.__class__.__name__, exc)
+            sized, per_replica, work = 0, 0.0, 0.0
+        replicas = min(max(sized or alloc.num_replicas, service.min_replicas), service.max_replicas)
         decision = LastDecision(
             accelerator=alloc.accelerator,
             replicas=replicas,
-            max_batch=alloc.max_batch if rolled or last is None else last.max_batch,
+            max_batch=max_batch,
             ttft_ms=alloc.ttft_ms,
             itl_ms=alloc.itl_ms,
             arrival_rate=measured,
@@ -229,6 +244,8 @@ def plan(
             ttft_scale=scales[0],
             itl_scale=scales[1],
             spec_changed_at=now if rolled else (last.spec_changed_at if last else now),
+            replica_capacity=per_replica,
+            work_scale=work,
         )
         if problem := decision.problem():
             plans.append(Plan(service, last, stale=True, reason=f"decision withheld ({problem}): last decision kept"))
@@ -244,6 +261,23 @@ def _believed(service: ManagedService) -> ManagedService:
     if service.last is None or service.last.problem() is None:
         return service
     return replace(service, last=None)
+
+
+def _model_replicas(
+    state: PlannerState, catalog: Catalog, service: ManagedService, accelerator: str, max_batch: int, load: Load, goal: float
+) -> tuple[int, float, float]:
+    """Replicas by the latency model as learned, a replica's capacity and the work scale it used
+    (0s: it cannot size this, keep the optimizer's count)."""
+    if load.is_zero:
+        return 0, 0.0, 0.0
+    target = catalog.classes[service.service_class].targets[service.model]
+    shape = sizing.Shape(load.avg_in_tokens, load.avg_out_tokens)
+    runs = sizing.Deployment(service.key, service.model, accelerator, max_batch)
+    per_replica = sizing.per_replica_capacity(state.learned, catalog, runs, shape, target, goal)
+    if per_replica is None:
+        return 0, 0.0, 0.0
+    work = state.learned.work.get((service.model, accelerator), sizing.Estimate()).value
+    return sizing.replicas_for(load.arrival_rate_rpm / 60.0, per_replica), per_replica, work
 
 
 def _rolls_out(service: ManagedService, alloc: Allocation | None, now: float, settings: PlannerSettings) -> bool:

@@ -114,16 +114,22 @@ def _bracket(measure: Measure, goal: float, start: float, factor: float) -> tupl
 
 
 def replica_capacity(
-    scenario: Scenario, index: int, goal: float = 0.95, upper_rate: float = 50.0, seed: int = 0
+    scenario: Scenario,
+    index: int,
+    goal: float = 0.95,
+    upper_rate: float = 50.0,
+    seed: int = 0,
+    measured_requests: int = MEASURED_REQUESTS,
 ) -> ReplicaCapacity:
     """The largest rate one replica serves within the goal, to PRECISION: bracketed to 10% with
-    short runs, then narrowed with long ones (the bracket moved where the short runs misjudged)."""
+    short runs, then narrowed with long ones (the bracket moved where the short runs misjudged).
+    Fewer `measured_requests` trade precision for time (a quick check)."""
     if not (scenario.requests.isvc == index).any():
         return ReplicaCapacity(math.inf, 1.0)  # no traffic to test with: one replica carries it
     estimate = upper_rate
     for count, stream_seed, start_factor, step, precision in (
         (COARSE_REQUESTS, seed, 1.0, 2.0, 0.1),
-        (MEASURED_REQUESTS, seed + 1, 1.03, 1.05, PRECISION),
+        (measured_requests, seed + 1, 1.03, 1.05, PRECISION),
     ):
         stream = _stream(scenario, index, count, stream_seed)
         measure = functools.lru_cache(maxsize=None)(functools.partial(_attainment, scenario, index, stream=stream))

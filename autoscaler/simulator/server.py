@@ -51,6 +51,7 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ..policy.sizing import token_budget  # vLLM's default, which the planner reads too
 from .profiles import StepTimes
 
 MODES = ("v1-chunked", "v0-prefill-first", "stall")
@@ -96,17 +97,6 @@ class EngineSettings:
             raise ValueError(f"unknown server mode {self.mode!r} (one of {', '.join(MODES)})")
         if self.num_scheduler_steps < 1 or (self.num_scheduler_steps > 1 and self.mode != "v0-prefill-first"):
             raise ValueError("num_scheduler_steps: a positive count, above 1 only in v0-prefill-first mode (V0's multi-step)")
-
-
-def token_budget(accelerator: str) -> int:
-    """`vllm serve`'s default max_num_batched_tokens by GPU (arg_utils.get_batch_defaults):
-    16384 from 160 GiB (B200), 8192 on 70-160 GiB parts other than the A100, else 2048."""
-    name = accelerator.upper()
-    if "B200" in name:
-        return 16384
-    if "H100" in name or "H200" in name:
-        return 8192
-    return 2048
 
 
 @dataclass

@@ -12,7 +12,7 @@ scale-up limits; its metric is the desired count itself, at zero tolerance).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ...optimizer.domain import Load
 from ...policy.decisions import LastDecision, ManagedService
@@ -89,7 +89,7 @@ class ModelBasedPolicy:
     def decide(self, now: float, views: list[IsvcView]) -> dict[int, Decision]:
         if self.observer is None:
             raise RuntimeError("ours reads vLLM's metrics off the request records: attach() them first")
-        observed = {self._key(i): obs for i, obs in enumerate(self.observer.observe(now))}
+        observed = {self._key(i): replace(obs, ready_replicas=views[i].ready) for i, obs in enumerate(self.observer.observe(now))}
         decisions = {}
         for index, p in enumerate(self._plan(now, observed)):  # plans come in the services' order
             if p.decision is None:

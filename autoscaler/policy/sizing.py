@@ -1,0 +1,232 @@
+"""Replica counts from the vLLM latency model (latency.py), with what the planner learns online.
+Pure: the planner keeps a `Learned` between cycles.
+
+Two estimators, each fed by one window's observation of an ISVC, neither a controller:
+- the work scale of a (model, GPU): the ratio of the measured to the profile's per-token and
+  per-request work, identified from the mean ITL (vLLM's ITL histogram sum over its count) at
+  the measured load per replica. It is measured at every load, not only when SLOs are missed,
+  so it converges from the profile in a few windows (an ISVC whose model has no profile is not
+  sized by the model: the optimizer cannot place it either);
+- the attainment bias of an ISVC: the factor on the model's capacity under which the model's
+  share of requests within the SLOs, at the measured load, equals the measured share (TTFT's
+  histogram counts requests, ITL's counts tokens: the model predicts both). It corrects what
+  the mean cannot show (the tail), in log space with a bounded step, with no floor: an
+  estimate, not a tightening per missed period, so steady load makes it settle instead of
+  cycling. It learns only from a window that looks like the steady state the model predicts.
+Each window is learned from once.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from dataclasses import dataclass, field, replace
+
+from ..optimizer.domain import Catalog, IterationParams, ServiceTarget
+import numpy as np
+
+from .latency import Replica, Shape, capacity, identify_work_scale, predict_rates
+from .observation import Observation, within
+
+MIN_REQUESTS = 50  # fewer completions in a window say too little to learn from
+LEARNING_RATE = 0.5  # share of the way to a window's estimate (log space)
+MAX_STEP = math.log(1.5)  # one window moves an estimate by at most x1.5 (outliers)
+UNINFORMATIVE_MISS = 0.002  # both measured and predicted misses below this: nothing to learn
+STATIONARY_SIGMAS = 3.0  # a rate change beyond this many standard deviations of Poisson noise is a change of load
+FLAT_MISS = 0.1  # a miss that says the model is wrong even where it predicts none
+# request shapes and work scales rounded to a 5% geometric grid before sizing (at most ~2.5% on
+# the capacity, which the bias sees in closed loop): a window's mean shape moves by about that
+# much with its sample alone, and each new point is a capacity search (ms)
+SIZING_GRID = 0.05
+
+
+def token_budget(accelerator: str) -> int:
+    """`vllm serve`'s default max_num_batched_tokens by GPU (engine/arg_utils.py,
+    get_batch_defaults): 16384 from 160 GiB (B200), 8192 on 70-160 GiB parts other than the
+    A100, else 2048."""
+    name = accelerator.upper()
+    if "B200" in name:
+        return 16384
+    if "H100" in name or "H200" in name:
+        return 8192
+    return 2048
+
+
+@dataclass
+class Estimate:
+    """A positive factor learned in log space; `windows` counts the windows it learned from."""
+
+    value: float = 1.0
+    windows: int = 0
+
+    def learn(self, measured: float) -> None:
+        step = max(min(math.log(measured) - math.log(self.value), MAX_STEP), -MAX_STEP)
+        self.value *= math.exp(LEARNING_RATE * step)
+        self.windows += 1
+
+
+@dataclass
+class Learned:
+    work: dict[tuple[str, str], Estimate] = field(default_factory=dict)  # (model, GPU)
+    bias: dict[str, Estimate] = field(default_factory=dict)  # ISVC key
+    serving: dict[str, tuple[int, float]] = field(default_factory=dict)  # ISVC key: (replicas, since when)
+    learned_at: dict[str, float] = field(default_factory=dict)  # ISVC key: when it last learned from a window
+
+
+def replica(catalog: Catalog, model: str, accelerator: str, max_batch: int, work_scale: float) -> Replica | None:
+    """The latency model's replica for a profile; None where the profile is not iteration-based."""
+    profile = catalog.profiles.get((model, accelerator))
+    if profile is None or not isinstance(profile.params, IterationParams):
+        return None
+    kv = profile.kv_cache_tokens or profile.max_batch_size * profile.at_tokens  # Inferno's rule
+    batch = max_batch or profile.max_batch_size
+    return Replica(profile.params, batch, kv, token_budget(accelerator), work_scale=work_scale)
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What an ISVC runs: its key, its model, the GPU type and batch limit of its replicas."""
+
+    key: str
+    model: str
+    accelerator: str
+    max_batch: int
+
+
+def learn(learned: Learned, catalog: Catalog, runs: Deployment, replicas: int, obs: Observation, target: ServiceTarget) -> None:
+    """Update the work scale of (model, accelerator) and the ISVC's bias from one window served
+    by `replicas` replicas of that GPU type."""
+    key, model, accelerator, max_batch = runs.key, runs.model, runs.accelerator, runs.max_batch
+    requests = obs.ttft_buckets[-1][1] if obs.ttft_buckets else 0.0
+    if replicas <= 0 or requests < MIN_REQUESTS or not obs.avg_out_tokens or obs.avg_in_tokens is None:
+        return
+    work = learned.work.setdefault((model, accelerator), Estimate())
+    model_replica = replica(catalog, model, accelerator, max_batch, work.value)
+    if model_replica is None:
+        return
+    rate = obs.arrival_rate / replicas
+    if obs.itl_ms is not None and obs.avg_out_tokens > 1:
+        scale = identify_work_scale(model_replica, Shape(obs.avg_in_tokens, obs.avg_out_tokens), rate, obs.itl_ms)
+        if scale is not None:
+            work.learn(scale)
+    model_replica = replace(model_replica, work_scale=work.value)
+    shape = Shape(obs.avg_in_tokens, obs.avg_out_tokens)
+    measured_miss = 1.0 - min(_share(obs.ttft_buckets, target.ttft_ms), _share(obs.itl_buckets, target.itl_ms))
+    # the model read through the same buckets: the collector interpolates inside the bucket that
+    # holds the SLO (30 ms lies between vLLM's 25 and 50 ms bounds), so compare like with like
+    seen = _AsHistogram(_bracket(obs.ttft_buckets, target.ttft_ms), _bracket(obs.itl_buckets, target.itl_ms))
+    bias = learned.bias.setdefault(key, Estimate())
+    if not _stationary(obs):
+        return  # a burst's queue, or its wake: the model's steady state says nothing of that miss
+    factor = _capacity_factor(model_replica, shape, rate / bias.value, measured_miss, seen)
+    if factor is not None:
+        bias.learn(factor * bias.value)
+
+
+def _stationary(obs: Observation) -> bool:
+    """Whether the window looks like the steady state the model predicts: its arrivals differ
+    from the window's before, and the requests that got their first token in it from its
+    arrivals, by no more than Poisson noise (STATIONARY_SIGMAS standard deviations of the
+    difference of two counts). A burst fails the first; the window that drains its queue (the
+    arrival rate back to normal, but first tokens beyond arrivals, each late) the second."""
+    arrived, before = obs.arrival_rate * obs.window_s, obs.previous_rate * obs.window_s
+    started = obs.ttft_buckets[-1][1] if obs.ttft_buckets else arrived
+
+    def close(a: float, b: float) -> bool:
+        return abs(a - b) <= STATIONARY_SIGMAS * math.sqrt(max(a + b, 1.0))
+
+    return close(arrived, before) and close(started, arrived)
+
+
+def _share(buckets, slo_ms: float) -> float:
+    met, total = within(buckets, slo_ms / 1000.0)
+    return met / total if slo_ms and total else 1.0
+
+
+def _bracket(buckets, slo_ms: float) -> tuple[float, float, float]:
+    """(lower bound, upper bound, weight of the upper) in ms of the bucket holding the SLO; an
+    SLO on a bound, or no SLO, reads at the SLO itself."""
+    if not slo_ms:
+        return math.inf, math.inf, 0.0
+    lower = 0.0
+    for bound_s, _ in buckets:
+        bound = bound_s * 1000.0
+        if bound >= slo_ms:
+            if bound == slo_ms or math.isinf(bound):
+                return slo_ms, slo_ms, 0.0
+            return lower, bound, (slo_ms - lower) / (bound - lower)
+        lower = bound
+    return slo_ms, slo_ms, 0.0
+
+
+@dataclass(frozen=True)
+class _AsHistogram:
+    ttft: tuple[float, float, float]
+    itl: tuple[float, float, float]
+
+    def miss(self, model_replica: Replica, shape: Shape, rates: np.ndarray) -> np.ndarray:
+        """The model's miss at `rates` as the collector would read it off vLLM's histograms: at
+        both bounds of the buckets holding the SLOs, interpolated (one vectorised prediction)."""
+        count = len(rates)
+        both = np.concatenate((rates, rates))
+        ttft = np.repeat([self.ttft[0], self.ttft[1]], count)
+        itl = np.repeat([self.itl[0], self.itl[1]], count)
+        p = predict_rates(model_replica, shape, both, ttft, itl)
+        ttft_share = p.ttft_share[:count] + self.ttft[2] * (p.ttft_share[count:] - p.ttft_share[:count])
+        itl_share = p.itl_token_share[:count] + self.itl[2] * (p.itl_token_share[count:] - p.itl_token_share[:count])
+        return 1.0 - np.minimum(ttft_share, itl_share)
+
+
+def _capacity_factor(model_replica: Replica, shape: Shape, rate: float, measured_miss: float, seen: _AsHistogram):
+    """k such that the model at rate / k predicts the measured miss: log-miss against log-rate
+    is near linear over a few %, so two points of its curve locate it. None where uninformative."""
+    here, there = seen.miss(model_replica, shape, np.array([rate, rate * 1.1]))
+    if max(here, measured_miss) < UNINFORMATIVE_MISS:
+        return None
+    floor = UNINFORMATIVE_MISS / 2  # a miss of zero has no logarithm; below this it is noise
+    slope = (math.log(max(there, floor)) - math.log(max(here, floor))) / math.log(1.1)
+    gap = math.log(max(measured_miss, floor)) - math.log(max(here, floor))
+    if slope <= 0.0:
+        # the model is flat here: far below its capacity, where only a clear miss it does not
+        # predict says it is wrong; or past it (a replica overloaded while others wait for a
+        # GPU), where it already predicts the miss and nothing is learned
+        return math.exp(-MAX_STEP) if measured_miss > FLAT_MISS and here < measured_miss / 2 else None
+    # the rate at which the model would miss as measured, relative to the rate served
+    log_ratio = gap / slope
+    return math.exp(-max(min(log_ratio, MAX_STEP), -MAX_STEP))
+
+
+def per_replica_capacity(
+    learned: Learned, catalog: Catalog, runs: Deployment, shape: Shape, target: ServiceTarget, goal: float
+) -> float | None:
+    """Requests/s one replica serves within the SLOs at `goal`, as learned so far (None: the
+    profile is not one the model reads)."""
+    work = learned.work.get((runs.model, runs.accelerator), Estimate()).value
+    bias = learned.bias.get(runs.key, Estimate()).value
+    model_replica = replica(catalog, runs.model, runs.accelerator, runs.max_batch, _rounded(work))
+    if model_replica is None:
+        return None
+    rounded = Shape(_rounded(shape.in_tokens), _rounded(shape.out_tokens))
+    return bias * _capacity(model_replica, rounded, target.ttft_ms or math.inf, target.itl_ms or math.inf, goal)
+
+
+def _rounded(value: float) -> float:
+    """To the nearest point of the SIZING_GRID geometric grid (near-equal inputs share a sizing)."""
+    if value <= 0.0:
+        return value
+    step = math.log1p(SIZING_GRID)
+    return math.exp(round(math.log(value) / step) * step)
+
+
+@functools.lru_cache(maxsize=65536)  # a few grid points around each ISVC's shape, for thousands
+def _capacity(model_replica: Replica, shape: Shape, ttft_ms: float, itl_ms: float, goal: float) -> float:
+    return capacity(model_replica, shape, ttft_ms, itl_ms, goal)
+
+
+def replicas_for(rate: float, per_replica: float) -> int:
+    """Replicas for `rate` requests/s at `per_replica` each (at least one where there is load)."""
+    if rate <= 0.0:
+        return 0
+    if per_replica <= 0.0:
+        return 0  # the SLOs cannot be met by any count: the caller keeps the optimizer's
+    return max(math.ceil(rate / per_replica - 1e-9), 1)
