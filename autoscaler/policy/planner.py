@@ -5,7 +5,10 @@ Rules on top of the optimizer, each for a failure seen in practice:
   stale: missing data must never read as zero load;
 - an ISVC that has never been decided and has no data is sized for zero load (its minimum);
 - measured SLO attainment tightens or relaxes the targets the model sizes for (calibration.py);
-- a rise beyond noise is planned for the startup time, queued requests count as load (guards.py);
+- the rate sized for is the goal quantile of the load expected until replicas asked for now
+  serve (trend, measured burstiness), a surplus is released only once it has lasted a startup,
+  queued requests count as load (guards.py); a queue building between cycles asks for a cycle
+  early (early_cycle);
 - the GPU type and batch size change only where the ISVC allows spec changes, only when the
   change is large enough (guards.wants_new_revision) and not more often than once per
   `spec_change_interval_s`; otherwise the ISVC is pinned to what it runs and sized again;
@@ -23,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from .calibration import SloCalibration
-from .guards import GuardSettings, planned_rate, wants_new_revision
+from .guards import ArrivalHistory, GuardSettings, planned_rate, queue_building, wants_new_revision
 from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, Load, Server, ServiceClass, System
 from ..optimizer.solver import solve
 from .observation import Key, Observation, within
@@ -38,6 +41,10 @@ class PlannerSettings:
     startup_s: float = 120.0  # from a scale-up decision to a serving replica (image, weights, warm-up)
     attainment_goal: float = 0.95
     spec_change_interval_s: float = 600.0
+    # a cycle may come early on a queue signal, at most once per HPA sync (15 s, the Kubernetes
+    # default): the HPA applies a new desired count only at its next sync, so earlier cycles in
+    # between would change nothing but the load on Prometheus and the API server
+    early_interval_s: float = 15.0
     guards: GuardSettings = GuardSettings()
 
 
@@ -60,11 +67,26 @@ class Plan:
 
 @dataclass
 class PlannerState:
-    """What the planner keeps between cycles beyond the cluster: calibration streaks only (a
-    restart resumes the scales from the stored decision and restarts the streaks at zero, which
-    only delays a relaxation)."""
+    """What the planner keeps between cycles beyond the cluster: calibration streaks and each
+    ISVC's recent cycles (guards.ArrivalHistory). A restart resumes the calibration scales from
+    the stored decision and loses the rest, degraded but safe: the streaks restart at zero (a
+    relaxation comes later); for one lookback the arrivals count as Poisson (no headroom for
+    burstiness), nothing planned earlier is held (the HPA's scale-down stabilisation still holds
+    the replicas) and no queue signal is seen before the first cycle."""
 
     calibrations: dict[str, SloCalibration] = field(default_factory=dict)
+    arrivals: dict[Key, ArrivalHistory] = field(default_factory=dict)
+
+
+def early_cycle(state: PlannerState, in_system: Mapping[Key, float], now: float, settings: PlannerSettings) -> list[Key]:
+    """The ISVCs whose requests in the system (running + waiting, now) build faster than their
+    replicas finish them (guards.queue_building): a cycle now rather than at the period serves
+    them. Whether the last cycle is recent enough to wait is the caller's (early_interval_s)."""
+    return [
+        key
+        for key, count in in_system.items()
+        if (history := state.arrivals.get(key)) is not None and queue_building(history, count, now, settings.attainment_goal)
+    ]
 
 
 def _calibrate(state: PlannerState, service: ManagedService, target, obs: Observation, goal: float) -> tuple[float, float]:
@@ -86,7 +108,9 @@ def _share(buckets: tuple[tuple[float, float], ...], slo_ms: float) -> float:
     return met / total if slo_ms and total else 1.0
 
 
-def _load(service: ManagedService, obs: Observation, catalog: Catalog, settings: PlannerSettings) -> tuple[Load, float]:
+def _load(
+    service: ManagedService, obs: Observation, catalog: Catalog, settings: PlannerSettings, history: ArrivalHistory, now: float
+) -> tuple[Load, float]:
     rate = planned_rate(
         obs.arrival_rate,
         obs.previous_rate,
@@ -94,6 +118,10 @@ def _load(service: ManagedService, obs: Observation, catalog: Catalog, settings:
         period_s=settings.period_s,
         startup_s=settings.startup_s,
         backlog=obs.waiting,
+        in_system=obs.running + obs.waiting,
+        history=history,
+        now=now,
+        goal=settings.attainment_goal,
         settings=settings.guards,
     )
     last = service.last
@@ -153,7 +181,8 @@ def plan(
         if obs is not None:
             target = catalog.classes[service.service_class].targets[service.model]
             scales = _calibrate(state, service, target, obs, settings.attainment_goal)
-            load, measured = _load(service, obs, catalog, settings)
+            history = state.arrivals.setdefault((service.namespace, service.name), ArrivalHistory())
+            load, measured = _load(service, obs, catalog, settings, history, now)
             fresh[service.key] = (load, measured, scales)
 
     def solve_among(among: list[ManagedService], pinned: set[str]) -> Mapping[str, Allocation]:
