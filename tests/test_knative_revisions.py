@@ -104,7 +104,6 @@ async def test_a_routed_revision_is_never_taken_to_zero():
             await controller.cycle()
             await cluster.settle(controller, lambda: controller.decisions.read(cluster.isvc("chat")["metadata"]["uid"]))
             collector.observations = {("prod", "chat"): observed(0.0)}
-            controller.clock = lambda: time.time() + 3600  # past the planner's hold of the last load
             report = await controller.cycle()
             assert stored_decision(cluster.store, cluster.isvc("chat"))["replicas"] == 0  # the planner's
             assert [d.desired_replicas for d in controller.hub.current()] == [1]

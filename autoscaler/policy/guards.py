@@ -12,19 +12,26 @@ goal) of the mean load over that horizon, from what was measured, with no tuned 
 1. the forecast (trend): the rate's rise since the last cycle (or, without one within a window,
    between the two windows the collector measures) beyond z Poisson deviations of the
    difference is extrapolated over H at its pace, to at most `max_trend_factor` times the rate;
-2. the hold (ski rental): a replica released now and needed again costs a cold start (startup_s
-   of GPU time before it serves, and misses meanwhile), so a fall is believed only once it has
-   lasted that long: the forecast sized for is the largest of the last startup_s;
-3. the burstiness: the index of dispersion D of the arrivals (variance over mean of the counts
+2. the burstiness: the index of dispersion D of the arrivals (variance over mean of the counts
    in a window), from the rates measured at the cycles within the lookback, at least 1
    (Poisson). The mean rate over H then deviates by sqrt(D * rate / H), and the rate planned
    is the forecast plus z such deviations: steady arrivals get a Poisson margin, variable ones
    more. The quantile goes no higher than the largest rate measured within the lookback (plus
    its own Poisson margin): the dispersion says the load may come back to where it recently
    was, not beyond (a square wave would otherwise be planned for 1.6x its peak at the peak).
-   So after a large fall the plan stays at the earlier peak for as long as it is within the
-   lookback, and comes down once it has left;
-4. queued requests count as load, to be worked off within `backlog_drain_s`.
+   After a large fall the margin stays wide while the earlier peak is within the lookback
+   (from 40 to 10 req/s: about 18-21 planned, at a 90 s startup);
+3. queued requests count as load, to be worked off within `backlog_drain_s`.
+
+On the way down (ski rental): a replica released and needed again costs a cold start (startup_s
+of GPU time before it serves, and misses meanwhile), so a surplus should be released only once
+it has lasted about that long. The HPA the controller writes already does: it scales down only
+to the highest count of its last 300 s (manifests.SCALE_DOWN_WINDOW_S), longer than the startup
+of every cold start evaluated (60-240 s), and on top of it the plan keeps a margin after a
+large fall for the lookback (above). The planner adds no hold of its own: measured, holding the forecast for a
+startup as well cost 0.9-3.7 GPU-hours more on square waves, MMPP and a flash crowd (cold starts
+60 and 120 s) for at most half a point of attainment. With a startup beyond 300 s the HPA's
+window would be the shorter, and the ski-rental rule would want it raised (not done).
 
 The lookback is the horizon plus a window at either end (H + 2 window_s): the swings a
 decision's replicas must meet are those that fit within a horizon, and seeing one whole takes
@@ -57,14 +64,13 @@ class Sample:
 
     time: float
     rate: float  # measured, requests/second
-    forecast: float  # the rate it expected at the horizon
     in_system: float  # requests running + waiting
 
 
 @dataclass
 class ArrivalHistory:
-    """One ISVC's cycles within the lookback, oldest first: what the dispersion, the ceiling,
-    the hold and the queue signal are measured from."""
+    """One ISVC's cycles within the lookback, oldest first: what the trend, the dispersion, its
+    ceiling and the queue signal are measured from."""
 
     samples: deque[Sample] = field(default_factory=deque)
 
@@ -72,10 +78,6 @@ class ArrivalHistory:
         self.samples.append(sample)
         while self.samples[0].time < sample.time - lookback_s:
             self.samples.popleft()
-
-    def held(self, since: float) -> float:
-        """The largest forecast since `since`."""
-        return max((s.forecast for s in self.samples if s.time >= since), default=0.0)
 
 
 def z_score(goal: float) -> float:
@@ -137,11 +139,10 @@ def planned_rate(
         earlier, apart = previous_rate, window_s
     forecast = forecast_rate(rate, earlier, apart_s=apart, window_s=window_s, horizon_s=horizon, z=z, settings=settings)
     since = now - lookback_s(window_s, period_s, startup_s)
-    history.record(Sample(now, rate, forecast, in_system), now - since)
-    held = history.held(now - startup_s)
+    history.record(Sample(now, rate, in_system), now - since)
     rates = [s.rate for s in history.samples]
-    quantile = held + z * math.sqrt(dispersion(rates, window_s) * held / horizon)
-    peak = max(max(rates), held)
+    quantile = forecast + z * math.sqrt(dispersion(rates, window_s) * forecast / horizon)
+    peak = max(max(rates), forecast)
     return min(quantile, peak + z * math.sqrt(peak / horizon)) + max(backlog, 0.0) / settings.backlog_drain_s
 
 

@@ -6,9 +6,8 @@ Rules on top of the optimizer, each for a failure seen in practice:
 - an ISVC that has never been decided and has no data is sized for zero load (its minimum);
 - measured SLO attainment tightens or relaxes the targets the model sizes for (calibration.py);
 - the rate sized for is the goal quantile of the load expected until replicas asked for now
-  serve (trend, measured burstiness), a surplus is released only once it has lasted a startup,
-  queued requests count as load (guards.py); a queue building between cycles asks for a cycle
-  early (early_cycle);
+  serve (trend, measured burstiness, at most the recent peak), queued requests count as load
+  (guards.py); requests building up between cycles ask for a cycle early (early_cycle);
 - the GPU type and batch size change only where the ISVC allows spec changes, only when the
   change is large enough (guards.wants_new_revision) and not more often than once per
   `spec_change_interval_s`; otherwise the ISVC is pinned to what it runs and sized again;
@@ -70,9 +69,10 @@ class PlannerState:
     """What the planner keeps between cycles beyond the cluster: calibration streaks and each
     ISVC's recent cycles (guards.ArrivalHistory). A restart resumes the calibration scales from
     the stored decision and loses the rest, degraded but safe: the streaks restart at zero (a
-    relaxation comes later); for one lookback the arrivals count as Poisson (no headroom for
-    burstiness), nothing planned earlier is held (the HPA's scale-down stabilisation still holds
-    the replicas) and no queue signal is seen before the first cycle."""
+    relaxation comes later); until its history fills a lookback again the arrivals count as
+    Poisson (no headroom for burstiness, no earlier peak held: the HPA's scale-down
+    stabilisation still holds the replicas), the first trend is measured between the
+    collector's two windows, and no queue signal is seen before the first cycle."""
 
     calibrations: dict[str, SloCalibration] = field(default_factory=dict)
     arrivals: dict[Key, ArrivalHistory] = field(default_factory=dict)
