@@ -217,8 +217,11 @@ async def _serve(args: argparse.Namespace) -> int:
         election = ElectionSettings(args.lease_duration, args.renew_deadline, args.retry_period)
     except ValueError as exc:
         raise InputError("command line", "--lease-duration", str(exc)) from None
-    if not args.queue_probe > 0:
-        raise InputError("command line", "--queue-probe", "must be more than 0 seconds")
+    for flag, value in (("--period", args.period), ("--queue-probe", args.queue_probe)):
+        if not value > 0:
+            raise InputError("command line", flag, "must be more than 0 seconds")
+    if not args.startup_seconds >= 0:  # the planner's horizon, startup + period, must be positive
+        raise InputError("command line", "--startup-seconds", "must be 0 or more seconds")
     if not args.invoke_min_interval >= 0:
         raise InputError("command line", "--invoke-min-interval", "must be 0 or more seconds")
     kube = await Kube.connect(args.kubeconfig)
