@@ -5,7 +5,8 @@ Run: python benchmarks/published_vllm.py [--shared ../shared] [--fit] [--mode v0
 The points (../shared/published-vllm/README.md): Llama-3-8B-Instruct on one H100, bursts of N
 ShareGPT requests, vLLM 0.6.0 (V0, prefills first, 10 scheduler steps). Each burst is replayed
 with that run's own requests (prompt and output lengths, handed to the engine in the order the
-server prefilled them: autoscaler/data/published-vllm/runs.json) into one simulated server (autoscaler/simulator/fidelity.py) with the
+server prefilled them: autoscaler/data/published-vllm/runs.json) into one simulated server
+(autoscaler/simulator/fidelity.py) with the
 engine overheads in autoscaler/simulator/server.py (FITTED_OVERHEADS). --fit refits those
 overheads by one least-squares fit over every statistic of every point and prints the fit and
 its residuals; paste the values into FITTED_OVERHEADS. `--mode v1-chunked` shows what today's

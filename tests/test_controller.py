@@ -46,6 +46,11 @@ class StandInCollector:
             raise CollectError("Prometheus query failed: ConnectionError: refused")
         return dict(self.observations)
 
+    async def in_system(self):
+        if self.down:
+            raise CollectError("Prometheus query failed: ConnectionError: refused")
+        return {key: obs.running + obs.waiting for key, obs in self.observations.items()}
+
 
 class Cluster:
     def __init__(self):
@@ -364,6 +369,8 @@ async def test_collector_reads_live_vllm_load_from_a_real_prometheus(vllm_and_pr
     assert chat.avg_in_tokens == pytest.approx(700, rel=0.01) and chat.avg_out_tokens == pytest.approx(180, rel=0.01)
     assert code.ttft_ms == pytest.approx(2000, rel=0.01) and chat.itl_ms == pytest.approx(20, rel=0.01)
     assert queued.arrival_rate == pytest.approx(3.0, rel=0.3) and queued.waiting >= 8  # completions alone say 1
+    in_system = await collector.in_system()  # the queue watch's probe: running + waiting, one query
+    assert in_system.keys() == observations.keys() and in_system[("batch", "chat")] >= queued.waiting
     assert within(chat.ttft_buckets, 1.0)[0] == pytest.approx(within(chat.ttft_buckets, 1.0)[1])  # 0.2 s TTFT: all within 1 s
     assert [b for b, _ in code.ttft_buckets] == [0.75, 1.0, 2.5, 5.0, float("inf")]
 

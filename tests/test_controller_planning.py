@@ -8,7 +8,7 @@ import pytest
 
 from autoscaler.controller.catalog import available_capacity, cluster_data, gpu_type_of, node_gpu_types
 from autoscaler.controller.collector import CollectorSettings, bracketing_bounds, observations, queries
-from autoscaler.policy.guards import GuardSettings, planned_rate
+from autoscaler.policy.guards import ArrivalHistory, GuardSettings, planned_rate, z_score
 from autoscaler.policy.observation import Observation, WindowFigures, observe, within
 from autoscaler.controller.manifests import hpa, spec_patch
 from autoscaler.policy.planner import PlannerState, plan
@@ -231,14 +231,22 @@ def test_service_reader_reads_an_isvc_again_only_when_it_changed():
 
 def test_a_rise_is_planned_for_the_startup_at_the_pace_measured_between_windows():
     guards = GuardSettings()
+    z = z_score(0.95)
 
     def planned(window_s: float, previous: float = 8.0, backlog: float = 0.0) -> float:
-        return planned_rate(10.0, previous, window_s=window_s, period_s=30.0, startup_s=90.0, backlog=backlog, settings=guards)
+        return planned_rate(
+            10.0, previous, window_s=window_s, period_s=30.0, startup_s=90.0, backlog=backlog, in_system=0.0,
+            history=ArrivalHistory(), now=1000.0, goal=0.95, settings=guards,
+        )  # fmt: skip
 
-    assert planned(60.0) == pytest.approx(10.0 + 2.0 * 120 / 60)  # +2 req/s per minute, for the 2 minutes to a new replica
-    assert planned(30.0) == pytest.approx(10.0 + 2.0 * 120 / 30)  # the same rise in half the time: twice as steep
-    assert planned(60.0, previous=9.8) == 10.0  # within a Poisson deviation of 9.8 req/s over a minute: noise
-    assert planned(60.0, previous=10.0, backlog=120.0) == pytest.approx(12.0)  # a queue is worked off within a minute
+    def quantile(rate: float) -> float:  # the first cycle knows no burstiness: Poisson over the 120 s horizon
+        return rate + z * (rate / 120) ** 0.5
+
+    # +2 req/s per minute, for the 2 minutes to a new replica; the same rise in half the time: twice as steep
+    assert planned(60.0) == pytest.approx(quantile(10.0 + 2.0 * 120 / 60))
+    assert planned(30.0) == pytest.approx(quantile(10.0 + 2.0 * 120 / 30))
+    assert planned(60.0, previous=9.8) == pytest.approx(quantile(10.0))  # within a Poisson deviation over a minute: noise
+    assert planned(60.0, previous=10.0, backlog=120.0) == pytest.approx(quantile(10.0) + 2.0)  # a queue is worked off in a minute
 
 
 def test_no_data_for_the_window_before_is_no_rise_from_zero():

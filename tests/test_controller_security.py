@@ -91,6 +91,13 @@ def test_a_negative_invoke_interval_is_refused(capsys):
     loopback = ["--listen", "127.0.0.1:0", "--decisions-address", "127.0.0.1:0"]
     assert main(["controller", *loopback, "--invoke-min-interval", "-1"]) == 2
     assert "--invoke-min-interval: must be 0 or more seconds" in capsys.readouterr().err
+    for flag, value, problem in (
+        ("--period", "0", "must be more than 0 seconds"),
+        ("--queue-probe", "nan", "must be more than 0 seconds"),
+        ("--startup-seconds", "-1", "must be 0 or more seconds"),
+    ):
+        assert main(["controller", *loopback, flag, value]) == 2
+        assert f"{flag}: {problem}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

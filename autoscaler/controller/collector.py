@@ -301,6 +301,16 @@ class PrometheusCollector:
         self.queries = queries(self.settings, bounds)
         self._learned = (slos_s, now) if len(bounds) == len(named) else None  # no series yet: ask again next cycle
 
+    async def in_system(self) -> dict[Key, float]:
+        """Requests running + waiting now per ISVC (vLLM's two gauges, one query): the queue
+        watch's probe between cycles. A sample that is not a usable number leaves its ISVC out."""
+        by = f"namespace, {self.settings.isvc_label}"
+        promql = f"sum by ({by}) (vllm:num_requests_running) + sum by ({by}) (vllm:num_requests_waiting)"
+        samples = (await self._ask({"in_system": promql}))["in_system"]
+        unusable: dict[Key, str] = {}
+        counts = _by_key(samples, self.settings.isvc_label, "in_system", unusable)
+        return {key: count for key, count in counts.items() if key not in unusable}
+
     async def collect(self, slos_s: dict[str, set[float]] | None = None) -> dict[Key, Observation]:
         """Observations of every ISVC; `slos_s` ({"ttft": {...}, "itl": {...}} in seconds) lets
         the histogram queries skip buckets no SLO needs."""

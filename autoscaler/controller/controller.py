@@ -1,4 +1,5 @@
-"""The control loop: every period (and on /invoke) collect load, plan, actuate, publish.
+"""The control loop: every period (and on /invoke) collect load, plan, actuate, publish; and
+early, when the queue watch sees an ISVC's requests build faster than its replicas finish them.
 
 Cluster state comes from watched caches (informers), so a cycle reads nothing from the API
 server; the static data ConfigMap is parsed again only when it changes, and a bad edit keeps the
@@ -35,7 +36,7 @@ from ..kube import (
     Informer,
     Kube,
 )
-from ..policy.planner import PlannerSettings, PlannerState, plan
+from ..policy.planner import PlannerSettings, PlannerState, early_cycle, plan
 from . import decision_store
 from .decision_store import DecisionStore
 from .services import ServiceReader
@@ -52,6 +53,9 @@ class ControllerSettings:
     default_deployment_mode: str = DEFAULT_MODE  # the cluster's KServe `deploy.defaultDeploymentMode`
     planner: PlannerSettings = PlannerSettings()
     actuator: ActuatorSettings = ActuatorSettings()
+    # how often the queue watch asks Prometheus for the requests in the system between cycles:
+    # vLLM's gauges move at each scrape (commonly 5-15 s), so faster probes see nothing new
+    probe_s: float = 5.0
 
 
 @dataclass
@@ -91,6 +95,10 @@ class Collector(Protocol):
     """What the controller needs of a collector (PrometheusCollector, or a stand-in in tests)."""
 
     async def collect(self, slos_s: dict[str, set[float]] | None = None) -> dict[Key, Observation]: ...
+
+    async def in_system(self) -> dict[Key, float]:
+        """Requests running + waiting now per ISVC (raises CollectError like collect)."""
+        ...
 
 
 class Controller:
@@ -134,6 +142,7 @@ class Controller:
         self._plans: list | None = None  # the last cycle's, which the reactor applies again
         self._kick = asyncio.Event()
         self.reactions = 0
+        self.early_cycles = 0
         # changes the Knative side must follow within seconds, not at the next cycle: our PAs,
         # SKSs and HPAs (both informers hold only ours), pods of our PAs' revisions
         self.informers["pas"].listeners.append(lambda _, pa: knative.is_ours(pa) and self._kick.set())
@@ -162,6 +171,31 @@ class Controller:
                 self.reactions += 1
             except Exception:  # as in run(): the next event or cycle tries again
                 log.exception("reacting to Knative events failed")
+
+    async def watch_queues(self) -> None:
+        """Every probe_s, the requests in the system of every ISVC; a cycle at once when one's
+        build faster than its replicas finish them (planner.early_cycle), unless a cycle started
+        within the planner's early_interval_s (the HPA would not act on it sooner)."""
+        while True:
+            await asyncio.sleep(self.settings.probe_s)
+            if self.last_report is None:
+                continue  # before the first cycle nothing is known to compare with
+            try:
+                building = early_cycle(self.state, await self.collector.in_system(), self.clock(), self.settings.planner)
+            except CollectError as exc:  # the next probe, or the period's cycle, asks again
+                log.debug("queue probe: %s", exc)
+                continue
+            if not building:
+                continue
+            try:
+                report = await self.cycle(unless_within_s=self.settings.planner.early_interval_s)
+            except Exception:  # as in run(): the next probe or cycle tries again
+                log.exception("early control cycle failed")
+                self.failed_cycles += 1
+                continue
+            if report is not None:
+                self.early_cycles += 1
+                log.info("early cycle: requests building up at %s", ", ".join(f"{ns}/{name}" for ns, name in building))
 
     async def start(self, sync_timeout_s: float = 60.0) -> None:
         self._tasks = [asyncio.create_task(i.run(), name=f"watch {name}") for name, i in self.informers.items()]
@@ -279,9 +313,10 @@ class Controller:
         return report
 
     async def run(self) -> None:
-        """Cycle every period; /invoke runs extra cycles in between and the reactor passes over the
-        Knative side on its events (the lock serialises them)."""
+        """Cycle every period; /invoke and the queue watch run extra cycles in between and the
+        reactor passes over the Knative side on its events (the lock serialises them)."""
         reactor = asyncio.create_task(self.react(), name="react to Knative events")
+        watch = asyncio.create_task(self.watch_queues(), name="watch queues")
         try:
             while True:
                 try:
@@ -292,4 +327,5 @@ class Controller:
                 await asyncio.sleep(self.settings.planner.period_s)
         finally:
             reactor.cancel()
-            await asyncio.gather(reactor, return_exceptions=True)
+            watch.cancel()
+            await asyncio.gather(reactor, watch, return_exceptions=True)

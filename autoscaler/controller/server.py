@@ -61,6 +61,9 @@ def own_metrics(controller: Controller) -> str:
         f"# HELP {PROMETHEUS_PREFIX}cycle_errors_total Cycles that could not collect, read data or finish",
         f"# TYPE {PROMETHEUS_PREFIX}cycle_errors_total counter",
         f"{PROMETHEUS_PREFIX}cycle_errors_total {controller.failed_cycles}",
+        f"# HELP {PROMETHEUS_PREFIX}early_cycles_total Cycles run before the period because requests built up",
+        f"# TYPE {PROMETHEUS_PREFIX}early_cycles_total counter",
+        f"{PROMETHEUS_PREFIX}early_cycles_total {controller.early_cycles}",
     ]
     if report is not None:
         lines += [
@@ -147,6 +150,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--isvc-label", default="isvc", help="label holding the ISVC name on vLLM series")
     parser.add_argument("--period", type=float, default=30.0, help="seconds between cycles")
     parser.add_argument("--window", type=int, default=60, help="seconds of history behind each rate")
+    parser.add_argument(
+        "--queue-probe", type=float, default=5.0, help="seconds between looks at the requests in the system between cycles"
+    )
     parser.add_argument("--startup-seconds", type=float, default=120.0, help="time from scale-up to a serving replica")
     parser.add_argument("--listen", default="0.0.0.0:8443", help="HTTPS address for /invoke, /metrics, /healthz")
     parser.add_argument("--decisions-address", default="0.0.0.0:9090", help="gRPC address of the DecisionService")
@@ -211,6 +217,11 @@ async def _serve(args: argparse.Namespace) -> int:
         election = ElectionSettings(args.lease_duration, args.renew_deadline, args.retry_period)
     except ValueError as exc:
         raise InputError("command line", "--lease-duration", str(exc)) from None
+    for flag, value in (("--period", args.period), ("--queue-probe", args.queue_probe)):
+        if not value > 0:
+            raise InputError("command line", flag, "must be more than 0 seconds")
+    if not args.startup_seconds >= 0:  # the planner's horizon, startup + period, must be positive
+        raise InputError("command line", "--startup-seconds", "must be 0 or more seconds")
     if not args.invoke_min_interval >= 0:
         raise InputError("command line", "--invoke-min-interval", "must be 0 or more seconds")
     kube = await Kube.connect(args.kubeconfig)
@@ -227,6 +238,7 @@ async def _serve(args: argparse.Namespace) -> int:
         default_deployment_mode=MODES[args.default_deployment_mode],
         planner=PlannerSettings(period_s=args.period, startup_s=args.startup_seconds),
         actuator=ActuatorSettings(hpa_tolerance=not args.no_hpa_tolerance),
+        probe_s=args.queue_probe,
     )
     hub = DecisionHub()
     hub.leading = False  # until elected

@@ -7,7 +7,9 @@ Rules on top of the optimizer, each for a failure seen in practice:
 - the optimizer picks the GPU type and batch size; the replica count comes from the vLLM
   latency model (latency.py) at the attainment goal, with its work scale per (model, GPU) and
   its attainment bias per ISVC learned from each window (sizing.py);
-- a rise beyond noise is planned for the startup time, queued requests count as load (guards.py);
+- the rate sized for is the goal quantile of the load expected until replicas asked for now
+  serve (trend, measured burstiness, at most the recent peak), queued requests count as load
+  (guards.py); requests building up between cycles ask for a cycle early (early_cycle);
 - the GPU type and batch size change only where the ISVC allows spec changes, only when the
   change is large enough (guards.wants_new_revision) and not more often than once per
   `spec_change_interval_s`; otherwise the ISVC is pinned to what it runs and sized again;
@@ -26,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from . import sizing
-from .guards import GuardSettings, planned_rate, wants_new_revision
+from .guards import ArrivalHistory, GuardSettings, planned_rate, queue_building, wants_new_revision
 from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, Load, Server, ServiceClass, System
 from ..optimizer.solver import solve
 from .observation import Key, Observation
@@ -41,6 +43,10 @@ class PlannerSettings:
     startup_s: float = 120.0  # from a scale-up decision to a serving replica (image, weights, warm-up)
     attainment_goal: float = 0.95
     spec_change_interval_s: float = 600.0
+    # a cycle may come early on a queue signal, at most once per HPA sync (15 s, the Kubernetes
+    # default): the HPA applies a new desired count only at its next sync, so earlier cycles in
+    # between would change nothing but the load on Prometheus and the API server
+    early_interval_s: float = 15.0
     guards: GuardSettings = GuardSettings()
 
 
@@ -64,10 +70,27 @@ class Plan:
 @dataclass
 class PlannerState:
     """What the planner learns between cycles beyond the cluster: the latency model's work
-    scales and attainment biases (sizing.Learned). A restart resumes an ISVC's bias from its
-    stored decision (ttft_scale and itl_scale carry it) and relearns the work scales."""
+    scales and attainment biases (sizing.Learned), and each ISVC's recent cycles
+    (guards.ArrivalHistory). A restart resumes an ISVC's bias from its stored decision
+    (ttft_scale and itl_scale carry it) and relearns the work scales; it loses the arrival
+    history, degraded but safe: until it fills a lookback again the arrivals count as Poisson (no
+    headroom for burstiness, no earlier peak held: the HPA's scale-down stabilisation still holds
+    the replicas), the first trend is measured between the collector's two windows, and no queue
+    signal is seen before the first cycle."""
 
     learned: sizing.Learned = field(default_factory=sizing.Learned)
+    arrivals: dict[Key, ArrivalHistory] = field(default_factory=dict)
+
+
+def early_cycle(state: PlannerState, in_system: Mapping[Key, float], now: float, settings: PlannerSettings) -> list[Key]:
+    """The ISVCs whose requests in the system (running + waiting, now) build faster than their
+    replicas finish them (guards.queue_building): a cycle now rather than at the period serves
+    them. Whether the last cycle is recent enough to wait is the caller's (early_interval_s)."""
+    return [
+        key
+        for key, count in in_system.items()
+        if (history := state.arrivals.get(key)) is not None and queue_building(history, count, now, settings.attainment_goal)
+    ]
 
 
 def _learn(
@@ -95,7 +118,9 @@ def _learn(
     return bias, bias
 
 
-def _load(service: ManagedService, obs: Observation, catalog: Catalog, settings: PlannerSettings) -> tuple[Load, float]:
+def _load(
+    service: ManagedService, obs: Observation, catalog: Catalog, settings: PlannerSettings, history: ArrivalHistory, now: float
+) -> tuple[Load, float]:
     rate = planned_rate(
         obs.arrival_rate,
         obs.previous_rate,
@@ -103,6 +128,10 @@ def _load(service: ManagedService, obs: Observation, catalog: Catalog, settings:
         period_s=settings.period_s,
         startup_s=settings.startup_s,
         backlog=obs.waiting,
+        in_system=obs.running + obs.waiting,
+        history=history,
+        now=now,
+        goal=settings.attainment_goal,
         settings=settings.guards,
     )
     last = service.last
@@ -160,7 +189,8 @@ def plan(
         if obs is not None:
             target = catalog.classes[service.service_class].targets[service.model]
             scales = _learn(state, catalog, service, target, obs, now, settings.startup_s)
-            load, measured = _load(service, obs, catalog, settings)
+            history = state.arrivals.setdefault((service.namespace, service.name), ArrivalHistory())
+            load, measured = _load(service, obs, catalog, settings, history, now)
             fresh[service.key] = (load, measured, scales)
 
     def solve_among(among: list[ManagedService], pinned: set[str]) -> Mapping[str, Allocation]:

@@ -8,7 +8,9 @@ Replicas are billed from the moment a GPU is assigned until they stop or the run
 cut for every replica), start serving after the cold start, and when scaled down stop taking
 requests and finish what they hold. A replica that got no GPU waits for one and never serves.
 Requests that wait longer than the client timeout before starting are dropped. Decisions come
-from a policy called every `policy.period_s` seconds with an observation of every ISVC.
+from a policy called every `policy.period_s` seconds with an observation of every ISVC, and in
+between whenever a policy with a `wants_cycle(now)` method (ours) asks for one at a sample
+tick (a queue building: the controller's early cycle).
 
 Revisions follow Knative: a new GPU type or batch size is a new revision, which becomes Ready
 once its desired replicas are; traffic goes to the latest Ready revision. The decision applies
@@ -64,7 +66,9 @@ class IsvcView:
 
 class Policy(Protocol):
     """Decides from views; a policy with an `attach(records)` method (ours) is also given the
-    per-request records (observe.RequestRecords) that vLLM's metrics are read from."""
+    per-request records (observe.RequestRecords) that vLLM's metrics are read from, and one
+    with a `wants_cycle(now) -> bool` method is asked at every sample tick whether to decide
+    now, before its period."""
 
     name: str
     period_s: float
@@ -142,6 +146,7 @@ class Simulation:
         self.scenario = scenario
         self.world = scenario.world
         self.policy = policy
+        self.wants_cycle = getattr(policy, "wants_cycle", None)
         req = scenario.requests
         self.arrival = req.time.tolist()
         self.req_isvc = req.isvc.tolist()
@@ -215,6 +220,8 @@ class Simulation:
                 elif kind == EVENT_SAMPLE:
                     self._sample()
                     self._push(time + SAMPLE_PERIOD_S, EVENT_SAMPLE)
+                    if self.wants_cycle is not None and time <= end and self.wants_cycle(time):
+                        self._decide()
                 else:
                     self._decide()
                     self._push(time + self.policy.period_s, EVENT_POLICY)

@@ -172,6 +172,11 @@ class Observer:
         self.window_s = window_s
         self.history: list[list[Scrape]] = [[s] for s in self.metrics.scrape(start)]
 
+    def in_system(self, now: float) -> list[int]:
+        """The requests running + waiting now per ISVC (vLLM's two gauges), without a tick: the
+        windows reach back to the ticks only."""
+        return [s.in_system for s in self.metrics.scrape(now)]
+
     def observe(self, now: float) -> list[Observation]:
         """One Observation per ISVC (in the world's order) over the trailing window."""
         result = []

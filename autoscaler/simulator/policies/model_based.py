@@ -7,7 +7,10 @@ records (LastDecision, rewritten only when the controller would write it); the c
 are the capacity; plan() decides. What the controller leaves to Kubernetes is played here too:
 a roll-out (GPU type or batch size) starts a new revision, and replica counts go through the HPA
 the controller writes per revision (scale-down after a 300 s stabilisation, the HPA's default
-scale-up limits; its metric is the desired count itself, at zero tolerance).
+scale-up limits; its metric is the desired count itself, at zero tolerance), one HPA sync per
+sync period since the last decision. Between ticks it probes the requests running + waiting every
+`probe_s`, as the controller's queue watch does, and asks the engine for a cycle when
+planner.early_cycle says a queue builds (at most once per the planner's early_interval_s).
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass, replace
 from ...optimizer.domain import Load
 from ...policy.decisions import LastDecision, ManagedService
 from ...policy.observation import WINDOW_S, Key, Observation
-from ...policy.planner import Plan, PlannerSettings, PlannerState, plan
+from ...policy.planner import Plan, PlannerSettings, PlannerState, early_cycle, plan
 from ..engine import Decision, IsvcView
 from ..observe import Observer, RequestRecords
 from ..planning import capacity, world_catalog
@@ -31,6 +34,7 @@ NAMESPACE = "simulation"
 class ModelBasedSettings:
     period_s: float = 30.0
     window_s: float = WINDOW_S  # the collector's default
+    probe_s: float = 5.0  # how often the requests in the system are looked at between cycles (the controller's default)
     hpa: HpaSettings = HpaSettings()  # its sync, stabilisation and scale-up limits (HpaBehavior has no tolerance)
 
 
@@ -51,9 +55,12 @@ class ModelBasedPolicy:
         self.last: list[LastDecision | None] = [None] * len(world.isvcs)
         self.hpas = [HpaBehavior(settings.hpa) for _ in world.isvcs]
         self.observer: Observer | None = None
-        self._syncs = max(round(settings.period_s / settings.hpa.sync_period_s), 1)  # HPA syncs per decision
+        self._decided = self._probed = 0.0
         observed = {self._key(i): _opening(load, settings.window_s) for i, load in opening.items()}
         self.initial = {i: self._initial(i, p) for i, p in enumerate(self._plan(0.0, observed))}
+        # the opening observation is made up (its rate, no requests in the system): no probe or
+        # trend is measured against it
+        self.state.arrivals.clear()
 
     def attach(self, records: RequestRecords) -> None:
         """The engine hands over its request records: what vLLM's metrics are read from."""
@@ -86,9 +93,22 @@ class ModelBasedPolicy:
                 self.last[index] = p.decision
         return plans
 
+    def wants_cycle(self, now: float) -> bool:
+        """Whether to decide now, before the period: a queue builds (planner.early_cycle)."""
+        if self.observer is None or now - self._probed < self.settings.probe_s:
+            return False
+        self._probed = now
+        if now - self._decided < self.planner.early_interval_s:
+            return False
+        in_system = {self._key(i): float(n) for i, n in enumerate(self.observer.in_system(now))}
+        return bool(early_cycle(self.state, in_system, now, self.planner))
+
     def decide(self, now: float, views: list[IsvcView]) -> dict[int, Decision]:
         if self.observer is None:
             raise RuntimeError("ours reads vLLM's metrics off the request records: attach() them first")
+        # the HPA syncs on its own clock: as many syncs as have passed since the last decision
+        syncs = max(int((now - self._decided) // self.settings.hpa.sync_period_s), 1)
+        self._decided = now
         observed = {self._key(i): replace(obs, ready_replicas=views[i].ready) for i, obs in enumerate(self.observer.observe(now))}
         decisions = {}
         for index, p in enumerate(self._plan(now, observed)):  # plans come in the services' order
@@ -98,7 +118,7 @@ class ModelBasedPolicy:
                 decisions[index] = self._new_revision(index, p.decision)
                 continue
             replicas = views[index].replicas
-            for _ in range(self._syncs):
+            for _ in range(syncs):
                 replicas = self.hpas[index].replicas(now, replicas, p.decision.replicas)
             decisions[index] = Decision(replicas)
         return decisions

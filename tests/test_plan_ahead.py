@@ -1,0 +1,177 @@
+"""Planning ahead (policy/guards.py): the rate a decision is sized for covers the load expected
+until the replicas it asks for serve, with a margin for the burstiness measured, and
+requests building up between cycles bring the next cycle forward, in the controller and in the
+simulator alike."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+
+import numpy as np
+import pytest
+
+from autoscaler.policy.guards import ArrivalHistory, GuardSettings, Sample, dispersion, planned_rate, queue_building, z_score
+from autoscaler.policy.planner import PlannerSettings, PlannerState, early_cycle
+from autoscaler.simulator.engine import Simulation
+from autoscaler.simulator.policies.model_based import ModelBasedPolicy
+from autoscaler.simulator.runner import _loads
+from autoscaler.simulator.scenarios import build_scenario
+from autoscaler.simulator.traffic import Requests, builtin_trace, poisson_arrivals, sized
+
+from .cluster_objects import ISVCS, isvc
+from .test_controller import Cluster, StandInCollector, stop
+from .test_controller_planning import observed
+
+Z = z_score(0.95)
+WINDOW, PERIOD, STARTUP = 60.0, 30.0, 90.0
+HORIZON = STARTUP + PERIOD
+
+
+def plan_rates(rates: list[float], backlog: float = 0.0) -> list[float]:
+    """The rate planned at each cycle (one per period) for these measured rates, each window's
+    rate the one before it: no trend, only the history."""
+    history, planned = ArrivalHistory(), []
+    for cycle, rate in enumerate(rates):
+        previous = rates[cycle - 1] if cycle else rate
+        planned.append(
+            planned_rate(
+                rate,
+                previous,
+                window_s=WINDOW,
+                period_s=PERIOD,
+                startup_s=STARTUP,
+                backlog=backlog,
+                in_system=0.0,
+                history=history,
+                now=1000.0 + PERIOD * cycle,
+                goal=0.95,
+                settings=GuardSettings(),
+            )  # fmt: skip
+        )
+    return planned
+
+
+def test_the_goal_quantile_of_poisson_arrivals_over_the_horizon():
+    assert Z == pytest.approx(1.645, abs=1e-3)
+    steady = plan_rates([10.0] * 6)
+    # the mean rate over the 120 s horizon of Poisson arrivals at 10 req/s deviates by sqrt(10 / 120)
+    assert steady[-1] == pytest.approx(10.0 + Z * (10.0 / HORIZON) ** 0.5)
+
+
+def test_bursty_arrivals_get_more_headroom_but_never_beyond_the_recent_peak():
+    assert dispersion([10.0, 10.0, 10.0], WINDOW) == 1.0  # no variance beyond Poisson counts as Poisson
+    assert dispersion([5.0, 15.0, 5.0, 15.0], WINDOW) == pytest.approx(100.0 / 3 * 60 / 10)
+    swinging = plan_rates([10.0, 12.0, 10.0, 12.0, 10.0])[-1]
+    steady = plan_rates([10.0] * 5)[-1]
+    assert swinging > steady  # the same rate now, more variable before: a higher quantile
+    # a square wave between 10 and 40 req/s: in the trough, plan for where it just was (the peak
+    # with its Poisson deviation), not for 40 plus the wave's whole spread
+    trough = plan_rates([40.0, 40.0, 10.0, 10.0, 10.0, 10.0])
+    assert trough[3] <= 40.0 + Z * (40.0 / HORIZON) ** 0.5 + 1e-9
+
+
+def test_after_a_large_fall_the_margin_lasts_while_the_peak_is_within_the_lookback():
+    # 40 req/s, then 10: the lookback is 90 + 30 + 2 x 60 = 240 s, eight periods
+    planned = plan_rates([40.0] * 4 + [10.0] * 10)
+    poisson = 10.0 + Z * (10.0 / HORIZON) ** 0.5
+    assert all(poisson + 5 < p < planned[3] for p in planned[4:12])  # the swing's dispersion: a wide margin
+    assert planned[12] == planned[-1] == pytest.approx(poisson)  # 270 s after the last 40: gone from the lookback
+
+
+def test_a_queue_building_beyond_noise_asks_for_an_early_cycle():
+    history = ArrivalHistory()
+    assert not queue_building(history, 500.0, 1000.0, 0.95)  # no cycle yet: nothing to compare with
+    history.record(Sample(1000.0, 20.0, in_system=40.0), 300.0)
+    # 10 s at 20 req/s: arrivals and completions each deviate by about sqrt(200)
+    noise = Z * (2 * 20.0 * 10.0) ** 0.5
+    assert not queue_building(history, 40.0 + noise - 1, 1010.0, 0.95)
+    assert queue_building(history, 40.0 + noise + 1, 1010.0, 0.95)
+    assert not queue_building(history, 10.0, 1010.0, 0.95)  # draining
+
+    state = PlannerState(arrivals={("prod", "chat"): history})
+    assert early_cycle(state, {("prod", "chat"): 200.0, ("prod", "new"): 900.0}, 1010.0, PlannerSettings()) == [("prod", "chat")]
+
+
+def test_a_restarted_planner_plans_as_for_poisson_arrivals():
+    """What a restart loses: the history. The first cycle after it sizes for the measured rate
+    with Poisson headroom, without the burstiness seen before it."""
+    before = plan_rates([40.0, 10.0, 40.0, 10.0])
+    after = plan_rates([10.0])
+    assert after[0] == pytest.approx(10.0 + Z * (10.0 / HORIZON) ** 0.5)
+    assert before[-1] > after[0] + 10  # with it: a margin for the swings seen
+
+
+def burst_scenario(burst_at: float | None, seconds: float = 240.0):
+    """code-1b of the default world alone (the model sizes it well: nothing builds up on steady
+    traffic), its arrivals ten times as many from `burst_at`."""
+    scenario = build_scenario("steady", duration_s=seconds, seed=1)
+    world = dataclasses.replace(scenario.world, isvcs=scenario.world.isvcs[1:2])
+    ours = scenario.requests.isvc == 1
+    r = scenario.requests
+    requests = Requests(r.time[ours], np.zeros(ours.sum(), dtype=int), r.in_tokens[ours], r.out_tokens[ours])
+    parts = [requests]
+    if burst_at is not None:
+        rng = np.random.default_rng(7)
+        rate = len(requests) / seconds
+        extra = poisson_arrivals(np.where(np.arange(int(seconds)) >= burst_at, 9.0 * rate, 0.0), rng)
+        parts.append(sized(extra, 0, builtin_trace("code"), rng))
+    return dataclasses.replace(scenario, world=world, requests=Requests.merge(parts))
+
+
+def decision_times(scenario) -> list[float]:
+    policy = ModelBasedPolicy(scenario.world, _loads(scenario, 0.0, 60.0))
+    times = []
+    decide = policy.decide
+
+    def recorded(now, views):
+        times.append(now)
+        return decide(now, views)
+
+    policy.decide = recorded
+    Simulation(scenario, policy, policy.initial).run()
+    return times
+
+
+def test_a_burst_brings_the_simulators_decision_forward():
+    burst = decision_times(burst_scenario(burst_at=100.0))
+    early = [t for t in burst if t % PERIOD]
+    assert early and 100.0 < early[0] < 120.0  # before the period's cycle at 120 s
+    spacing = PlannerSettings().early_interval_s
+    assert all(b - a >= spacing for a, b in zip(burst, burst[1:], strict=False) if b % PERIOD)  # rate-limited
+    assert all(t % PERIOD == 0 for t in decision_times(burst_scenario(burst_at=None)))  # steady: no early cycle
+
+
+class QueueCollector(StandInCollector):
+    """A stand-in whose requests in the system can be moved between cycles."""
+
+    def __init__(self, observations):
+        super().__init__(observations)
+        self.counts = {key: obs.running + obs.waiting for key, obs in observations.items()}
+
+    async def in_system(self):
+        return dict(self.counts)
+
+
+async def test_a_queue_building_brings_the_controllers_cycle_forward():
+    async with Cluster() as cluster:
+        cluster.store.put(ISVCS, isvc("chat", "llama_13b"))
+        collector = QueueCollector({("prod", "chat"): observed(8.0)})
+        controller = await cluster.controller(collector)
+        controller.settings = dataclasses.replace(
+            controller.settings, probe_s=0.05, planner=dataclasses.replace(controller.settings.planner, early_interval_s=0.2)
+        )
+        running = asyncio.create_task(controller.run())
+        try:
+            await cluster.settle(controller, lambda: controller.cycles == 1)
+            await asyncio.sleep(0.5)  # probes see the same requests in the system: no early cycle
+            assert controller.cycles == 1 and controller.early_cycles == 0
+            started = time.monotonic()
+            collector.counts[("prod", "chat")] += 200  # 8 req/s could not add that many within a second
+            await cluster.settle(controller, lambda: controller.cycles == 2)
+            assert controller.early_cycles == 1 and time.monotonic() - started < 2.0  # the period is 30 s
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+            await stop(controller)
