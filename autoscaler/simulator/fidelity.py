@@ -164,9 +164,7 @@ def replay_all(published: Published, overheads: Overheads, mode: str = "v0-prefi
     profile = published_profile()
     budget = max(PUBLISHED_MAX_MODEL_LEN, 2048) if mode == "v0-prefill-first" else token_budget("H100")
     return {
-        n: replay_burst(
-            settings, profile, published.in_tokens[:n], run.out_tokens, budget=budget, order=run.engine_order()
-        )
+        n: replay_burst(settings, profile, published.in_tokens[:n], run.out_tokens, budget=budget, order=run.engine_order())
         for n, run in sorted(published.runs.items())
         if n in published.points
     }
