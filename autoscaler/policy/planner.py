@@ -7,8 +7,12 @@ Rules on top of the optimizer, each for a failure seen in practice:
 - measured SLO attainment tightens or relaxes the targets the model sizes for (calibration.py);
 - a rise beyond noise is planned for the startup time, queued requests count as load (guards.py);
 - the GPU type and batch size change only where the ISVC allows spec changes, only when the
-  change is large enough (guards.wants_new_revision) and not more often than once per
-  `spec_change_interval_s`; otherwise the ISVC is pinned to what it runs and sized again;
+  change is large enough (guards.wants_new_revision), not more often than once per
+  `spec_change_interval_s` (the dwell: at most 3600 / 600 = 6 changes per ISVC per hour by
+  default), only when it saves more over the dwell than the cold start of a new revision beside
+  the old one costs, or the SLOs need it, and only when the old revision's GPUs stay free beside
+  every new allocation meanwhile (rollout.py); otherwise the ISVC is pinned to what it runs and
+  sized again;
 - an ISVC the optimizer cannot place under the capacity keeps its last decision;
 - an observation or remembered decision with a value not finite or out of range is the fault of
   its ISVC alone: it is left out (with the reason), and a decision that would carry such a value
@@ -28,6 +32,7 @@ from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, Load, Ser
 from ..optimizer.solver import solve
 from .observation import Key, Observation, within
 from .decisions import LastDecision, ManagedService, material
+from .rollout import Room, Verdict, judge
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +145,12 @@ def plan(
     now: float,
     state: PlannerState,
     settings: PlannerSettings = PlannerSettings(),
+    free: Mapping[str, int] | None = None,
 ) -> list[Plan]:
+    """Plans for `services`. `capacity`: the GPUs per type the optimizer may hand out (managed
+    ISVCs are placed afresh; GPUs held by revisions in flight are already out, rollout.py);
+    `free`: GPUs per type no pod holds now, which a new revision must start on (None: the
+    capacity less what the last decisions hold)."""
     fresh: dict[str, tuple[Load, float, tuple[float, float]]] = {}
     services = [_believed(s) for s in services]
     refused: dict[str, str] = {}
@@ -187,19 +197,20 @@ def plan(
             return {}
 
     allocations = solve_for(set())
-    deciding = [s for s in services if s.key in fresh]
-    roll_outs = {s.key for s in deciding if _rolls_out(s, allocations.get(s.key), now, settings)}
-    pinned = {
-        s.key
-        for s in deciding
-        if s.last is not None
-        and s.key not in roll_outs
+    # those the optimizer would move, sized again on what they run: the choice between the two
+    differing = [
+        s
+        for s in services
+        if s.key in fresh
+        and s.last is not None
         and (alloc := allocations.get(s.key)) is not None
         and (alloc.accelerator, alloc.max_batch) != (s.last.accelerator, s.last.max_batch)
-    }
-    if pinned:
-        again = solve_for(pinned)
-        allocations = {k: v for k, v in allocations.items() if k not in pinned} | {k: again[k] for k in pinned if k in again}
+    ]
+    staying = solve_for({s.key for s in differing}) if differing else {}
+    verdicts = _roll_outs(catalog, capacity, services, differing, allocations, staying, now, settings, free)
+    roll_outs = {key for key, verdict in verdicts.items() if verdict.roll_out}
+    pinned = {s.key for s in differing} - roll_outs
+    allocations = {k: v for k, v in allocations.items() if k not in pinned} | {k: staying[k] for k in pinned if k in staying}
 
     plans = []
     for service in services:
@@ -233,8 +244,10 @@ def plan(
         if problem := decision.problem():
             plans.append(Plan(service, last, stale=True, reason=f"decision withheld ({problem}): last decision kept"))
             continue
-        reason = "best effort: SLOs not met within capacity" if alloc.best_effort else ""
-        plans.append(Plan(service, decision, roll_out=rolled, reason=reason))
+        reasons = ["best effort: SLOs not met within capacity"] if alloc.best_effort else []
+        if (verdict := verdicts.get(service.key)) is not None and verdict.reason:
+            reasons.append(verdict.reason)
+        plans.append(Plan(service, decision, roll_out=rolled, reason="; ".join(reasons)))
     return plans
 
 
@@ -246,13 +259,61 @@ def _believed(service: ManagedService) -> ManagedService:
     return replace(service, last=None)
 
 
-def _rolls_out(service: ManagedService, alloc: Allocation | None, now: float, settings: PlannerSettings) -> bool:
-    last = service.last
-    if alloc is None or last is None or not service.spec_changes:
-        return False
-    if now - last.spec_changed_at < settings.spec_change_interval_s:
-        return False
-    return wants_new_revision(alloc.accelerator, alloc.max_batch, last.accelerator, last.max_batch, settings.guards)
+def _roll_outs(
+    catalog: Catalog,
+    capacity: Mapping[str, int],
+    services: list[ManagedService],
+    differing: list[ManagedService],
+    moved: Mapping[str, Allocation],
+    staying: Mapping[str, Allocation],
+    now: float,
+    settings: PlannerSettings,
+    free: Mapping[str, int] | None,
+) -> dict[str, Verdict]:
+    """Which of the ISVCs the optimizer would move (to `moved`, rather than `staying` on what
+    they run) roll out a new revision, with the reason for each one judged (rollout.py)."""
+    verdicts = {}
+    room = Room(free if free is not None else _free_as_decided(catalog, capacity, services))
+    for service in differing:
+        last, alloc = service.last, moved[service.key]
+        if not service.spec_changes or now - last.spec_changed_at < settings.spec_change_interval_s:
+            continue
+        if not wants_new_revision(alloc.accelerator, alloc.max_batch, last.accelerator, last.max_batch, settings.guards):
+            continue
+        new = _held(catalog, service.model, alloc.accelerator, alloc.num_replicas)
+        old = _held(catalog, service.model, last.accelerator, last.replicas)
+        # until the new revision is Ready the old one serves, scaled as the decision: it grows too
+        grown = _held(catalog, service.model, last.accelerator, max(alloc.num_replicas - last.replicas, 0))
+        running_cost = (old[2] + grown[2]) if old and grown else last.cost
+        horizon_s = settings.spec_change_interval_s  # the dwell: the least time a change stands
+        verdict = judge(alloc, staying.get(service.key), running_cost, settings.startup_s, horizon_s)
+        needs: dict[str, int] = {}
+        for held in (new, grown):
+            if held is not None:
+                needs[held[0]] = needs.get(held[0], 0) + held[1]
+        if verdict.roll_out and not room.take(needs):
+            wanted = ", ".join(f"{count} {gpu_type}" for gpu_type, count in needs.items() if count)
+            verdict = Verdict(False, f"no room for a new revision: it needs {wanted} GPUs free now")
+        verdicts[service.key] = verdict
+    return verdicts
+
+
+def _held(catalog: Catalog, model: str, accelerator: str, replicas: int) -> tuple[str, int, float] | None:
+    """GPU type, GPUs and cost per hour of `replicas` of `model` on `accelerator`; None where the
+    catalog no longer knows them."""
+    acc, profile = catalog.accelerators.get(accelerator), catalog.profiles.get((model, accelerator))
+    if acc is None or profile is None:
+        return None
+    return acc.type, replicas * profile.acc_count * acc.multiplicity, replicas * profile.acc_count * acc.cost
+
+
+def _free_as_decided(catalog: Catalog, capacity: Mapping[str, int], services: list[ManagedService]) -> dict[str, int]:
+    """GPUs free now, where the caller cannot tell: the capacity less what the last decisions hold."""
+    free = dict(capacity)
+    for service in services:
+        if service.last is not None and (held := _held(catalog, service.model, service.last.accelerator, service.last.replicas)):
+            free[held[0]] = free.get(held[0], 0) - held[1]
+    return free
 
 
 def _unplaced(service: ManagedService, load: Load, measured: float, now: float, scales: tuple[float, float]) -> Plan:

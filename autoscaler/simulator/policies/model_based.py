@@ -3,11 +3,12 @@ with no sizing of its own, so that what the simulator evaluates is what the cont
 
 Each tick is a controller cycle: vLLM's metrics over the collector's window become each ISVC's
 Observation (observe.py); each ISVC is a ManagedService carrying the decision its annotation
-records (LastDecision, rewritten only when the controller would write it); the cluster's GPUs
-are the capacity; plan() decides. What the controller leaves to Kubernetes is played here too:
-a roll-out (GPU type or batch size) starts a new revision, and replica counts go through the HPA
-the controller writes per revision (scale-down after a 300 s stabilisation, the HPA's default
-scale-up limits; its metric is the desired count itself, at zero tolerance).
+records (LastDecision, rewritten only when the controller would write it); the cluster's GPUs,
+less those its superseded revisions still hold, are the capacity; plan() decides. What the
+controller leaves to Kubernetes is played here too: a roll-out (GPU type or batch size) starts
+a new revision, and replica counts go through the HPA the controller writes per revision
+(scale-down after a 300 s stabilisation, the HPA's default scale-up limits; its metric is the
+desired count itself, at zero tolerance).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from ...optimizer.domain import Load
 from ...policy.decisions import LastDecision, ManagedService
 from ...policy.observation import WINDOW_S, Key, Observation
 from ...policy.planner import Plan, PlannerSettings, PlannerState, plan
+from ...policy.rollout import offered_capacity
 from ..engine import Decision, IsvcView
 from ..observe import Observer, RequestRecords
 from ..planning import capacity, world_catalog
@@ -53,7 +55,7 @@ class ModelBasedPolicy:
         self.observer: Observer | None = None
         self._syncs = max(round(settings.period_s / settings.hpa.sync_period_s), 1)  # HPA syncs per decision
         observed = {self._key(i): _opening(load, settings.window_s) for i, load in opening.items()}
-        self.initial = {i: self._initial(i, p) for i, p in enumerate(self._plan(0.0, observed))}
+        self.initial = {i: self._initial(i, p) for i, p in enumerate(self._plan(0.0, observed, self.capacity))}
 
     def attach(self, records: RequestRecords) -> None:
         """The engine hands over its request records: what vLLM's metrics are read from."""
@@ -79,8 +81,10 @@ class ModelBasedPolicy:
             for index, spec in enumerate(self.world.isvcs)
         ]
 
-    def _plan(self, now: float, observed: dict[Key, Observation]) -> list[Plan]:
-        plans = plan(self.catalog, self.capacity, self._services(), observed, now, self.state, self.planner)
+    def _plan(
+        self, now: float, observed: dict[Key, Observation], capacity: dict[str, int], free: dict[str, int] | None = None
+    ) -> list[Plan]:
+        plans = plan(self.catalog, capacity, self._services(), observed, now, self.state, self.planner, free=free)
         for index, p in enumerate(plans):
             if p.records_decision:
                 self.last[index] = p.decision
@@ -91,7 +95,10 @@ class ModelBasedPolicy:
             raise RuntimeError("ours reads vLLM's metrics off the request records: attach() them first")
         observed = {self._key(i): obs for i, obs in enumerate(self.observer.observe(now))}
         decisions = {}
-        for index, p in enumerate(self._plan(now, observed)):  # plans come in the services' order
+        # as the controller: GPUs that superseded revisions still hold are not offered again
+        offered = offered_capacity(self.capacity, (view.held_in_flight for view in views))
+        free = offered_capacity(self.capacity, (view.gpus_held for view in views))
+        for index, p in enumerate(self._plan(now, observed, offered, free)):  # plans come in the services' order
             if p.decision is None:
                 continue  # nothing placeable: what runs stays
             if p.roll_out:
