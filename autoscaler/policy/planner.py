@@ -10,9 +10,8 @@ Rules on top of the optimizer, each for a failure seen in practice:
   change is large enough (guards.wants_new_revision), not more often than once per
   `spec_change_interval_s` (the dwell: at most 3600 / 600 = 6 changes per ISVC per hour by
   default), only when it saves more over the dwell than the cold start of a new revision beside
-  the old one costs, or the SLOs need it, and only when the old revision's GPUs stay free beside
-  every new allocation meanwhile (rollout.py); otherwise the ISVC is pinned to what it runs and
-  sized again;
+  the old one costs, or the SLOs need it, and only when the GPUs the new revision needs are free
+  now (rollout.py); otherwise the ISVC is pinned to what it runs and sized again;
 - an ISVC the optimizer cannot place under the capacity keeps its last decision;
 - an observation or remembered decision with a value not finite or out of range is the fault of
   its ISVC alone: it is left out (with the reason), and a decision that would carry such a value
@@ -27,12 +26,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from .calibration import SloCalibration
-from .guards import GuardSettings, planned_rate, wants_new_revision
+from .guards import GuardSettings, planned_rate
 from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, Load, Server, ServiceClass, System
 from ..optimizer.solver import solve
 from .observation import Key, Observation, within
 from .decisions import LastDecision, ManagedService, material
-from .rollout import Room, Verdict, judge
+from .rollout import Room, free_as_decided, judge_roll_outs
 
 log = logging.getLogger(__name__)
 
@@ -207,7 +206,9 @@ def plan(
         and (alloc.accelerator, alloc.max_batch) != (s.last.accelerator, s.last.max_batch)
     ]
     staying = solve_for({s.key for s in differing}) if differing else {}
-    verdicts = _roll_outs(catalog, capacity, services, differing, allocations, staying, now, settings, free)
+    room = Room(free if free is not None else free_as_decided(catalog, capacity, services))
+    dwell_s = settings.spec_change_interval_s
+    verdicts = judge_roll_outs(catalog, differing, allocations, staying, room, now, settings.startup_s, dwell_s, settings.guards)
     roll_outs = {key for key, verdict in verdicts.items() if verdict.roll_out}
     pinned = {s.key for s in differing} - roll_outs
     allocations = {k: v for k, v in allocations.items() if k not in pinned} | {k: staying[k] for k in pinned if k in staying}
@@ -257,63 +258,6 @@ def _believed(service: ManagedService) -> ManagedService:
     if service.last is None or service.last.problem() is None:
         return service
     return replace(service, last=None)
-
-
-def _roll_outs(
-    catalog: Catalog,
-    capacity: Mapping[str, int],
-    services: list[ManagedService],
-    differing: list[ManagedService],
-    moved: Mapping[str, Allocation],
-    staying: Mapping[str, Allocation],
-    now: float,
-    settings: PlannerSettings,
-    free: Mapping[str, int] | None,
-) -> dict[str, Verdict]:
-    """Which of the ISVCs the optimizer would move (to `moved`, rather than `staying` on what
-    they run) roll out a new revision, with the reason for each one judged (rollout.py)."""
-    verdicts = {}
-    room = Room(free if free is not None else _free_as_decided(catalog, capacity, services))
-    for service in differing:
-        last, alloc = service.last, moved[service.key]
-        if not service.spec_changes or now - last.spec_changed_at < settings.spec_change_interval_s:
-            continue
-        if not wants_new_revision(alloc.accelerator, alloc.max_batch, last.accelerator, last.max_batch, settings.guards):
-            continue
-        new = _held(catalog, service.model, alloc.accelerator, alloc.num_replicas)
-        old = _held(catalog, service.model, last.accelerator, last.replicas)
-        # until the new revision is Ready the old one serves, scaled as the decision: it grows too
-        grown = _held(catalog, service.model, last.accelerator, max(alloc.num_replicas - last.replicas, 0))
-        running_cost = (old[2] + grown[2]) if old and grown else last.cost
-        horizon_s = settings.spec_change_interval_s  # the dwell: the least time a change stands
-        verdict = judge(alloc, staying.get(service.key), running_cost, settings.startup_s, horizon_s)
-        needs: dict[str, int] = {}
-        for held in (new, grown):
-            if held is not None:
-                needs[held[0]] = needs.get(held[0], 0) + held[1]
-        if verdict.roll_out and not room.take(needs):
-            wanted = ", ".join(f"{count} {gpu_type}" for gpu_type, count in needs.items() if count)
-            verdict = Verdict(False, f"no room for a new revision: it needs {wanted} GPUs free now")
-        verdicts[service.key] = verdict
-    return verdicts
-
-
-def _held(catalog: Catalog, model: str, accelerator: str, replicas: int) -> tuple[str, int, float] | None:
-    """GPU type, GPUs and cost per hour of `replicas` of `model` on `accelerator`; None where the
-    catalog no longer knows them."""
-    acc, profile = catalog.accelerators.get(accelerator), catalog.profiles.get((model, accelerator))
-    if acc is None or profile is None:
-        return None
-    return acc.type, replicas * profile.acc_count * acc.multiplicity, replicas * profile.acc_count * acc.cost
-
-
-def _free_as_decided(catalog: Catalog, capacity: Mapping[str, int], services: list[ManagedService]) -> dict[str, int]:
-    """GPUs free now, where the caller cannot tell: the capacity less what the last decisions hold."""
-    free = dict(capacity)
-    for service in services:
-        if service.last is not None and (held := _held(catalog, service.model, service.last.accelerator, service.last.replicas)):
-            free[held[0]] = free.get(held[0], 0) - held[1]
-    return free
 
 
 def _unplaced(service: ManagedService, load: Load, measured: float, now: float, scales: tuple[float, float]) -> Plan:

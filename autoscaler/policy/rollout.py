@@ -27,8 +27,11 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import NamedTuple
 
-from ..optimizer.domain import Allocation
+from ..optimizer.domain import Allocation, Catalog
+from .decisions import ManagedService
+from .guards import GuardSettings, wants_new_revision
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,20 @@ def judge(new: Allocation, stay: Allocation | None, running_cost: float, startup
         f"{new.accelerator} batch {new.max_batch} not worth a new revision: it saves "
         f"{saving / 3600:.4g} over {horizon_s:g} s, its cold start costs {cost / 3600:.4g}",
     )
+
+
+class Holding(NamedTuple):
+    gpu_type: str
+    gpus: int
+    cost: float  # per hour, in the catalog's unit
+
+
+def holding(catalog: Catalog, model: str, accelerator: str, replicas: int) -> Holding | None:
+    """What `replicas` of `model` on `accelerator` hold; None where the catalog no longer knows them."""
+    acc, profile = catalog.accelerators.get(accelerator), catalog.profiles.get((model, accelerator))
+    if acc is None or profile is None:
+        return None
+    return Holding(acc.type, replicas * profile.acc_count * acc.multiplicity, replicas * profile.acc_count * acc.cost)
 
 
 class Room:
@@ -78,3 +95,51 @@ def offered_capacity(capacity: Mapping[str, int], held: Iterable[Mapping[str, in
             if gpu_type in offered:
                 offered[gpu_type] -= count
     return {gpu_type: max(count, 0) for gpu_type, count in offered.items()}
+
+
+def free_as_decided(catalog: Catalog, capacity: Mapping[str, int], services: Iterable[ManagedService]) -> dict[str, int]:
+    """GPUs free now, where the caller cannot tell: the capacity less what the last decisions hold."""
+    free = dict(capacity)
+    for service in services:
+        last = service.last
+        if last is not None and (held := holding(catalog, service.model, last.accelerator, last.replicas)):
+            free[held.gpu_type] = free.get(held.gpu_type, 0) - held.gpus
+    return free
+
+
+def judge_roll_outs(
+    catalog: Catalog,
+    differing: Iterable[ManagedService],
+    moved: Mapping[str, Allocation],
+    staying: Mapping[str, Allocation],
+    room: Room,
+    now: float,
+    startup_s: float,
+    dwell_s: float,
+    guards: GuardSettings,
+) -> dict[str, Verdict]:
+    """The verdict on each ISVC the optimizer would move (to `moved`, rather than `staying` on
+    what it runs) that its spec changes, dwell and the size of the change let roll out."""
+    verdicts = {}
+    for service in differing:
+        last, alloc = service.last, moved[service.key]
+        if not service.spec_changes or now - last.spec_changed_at < dwell_s:
+            continue
+        if not wants_new_revision(alloc.accelerator, alloc.max_batch, last.accelerator, last.max_batch, guards):
+            continue
+        new = holding(catalog, service.model, alloc.accelerator, alloc.num_replicas)
+        old = holding(catalog, service.model, last.accelerator, last.replicas)
+        # until the new revision is Ready the old one serves, scaled as the decision: it grows too
+        grown = holding(catalog, service.model, last.accelerator, max(alloc.num_replicas - last.replicas, 0))
+        running_cost = old.cost + grown.cost if old and grown else last.cost
+        # the horizon is the dwell: the least time a change stands
+        verdict = judge(alloc, staying.get(service.key), running_cost, startup_s, dwell_s)
+        needs: dict[str, int] = {}
+        for held in (new, grown):
+            if held is not None:
+                needs[held.gpu_type] = needs.get(held.gpu_type, 0) + held.gpus
+        if verdict.roll_out and not room.take(needs):
+            wanted = ", ".join(f"{count} {gpu_type}" for gpu_type, count in needs.items() if count)
+            verdict = Verdict(False, f"no room for a new revision: it needs {wanted} GPUs free now")
+        verdicts[service.key] = verdict
+    return verdicts
