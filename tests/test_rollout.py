@@ -145,6 +145,7 @@ def test_in_the_simulator_a_roll_out_starts_on_free_gpus_and_held_ones_are_not_o
     simulation.apply = checked_apply
     result = simulation.run()
     assert rolled and any(held for held, _ in offered)  # roll-outs happened, with GPUs held meanwhile
+    assert int(result.revisions.sum()) == len(rolled)  # what `simulate --json` reports as revisions
     assert all(revision.promoted or not revision.replicas for revision in rolled[:-1])
     for gpu, peak in result.peak_gpus.items():
         assert peak <= cards[gpu]

@@ -128,6 +128,7 @@ class IsvcState:
     samples: deque = field(default_factory=lambda: deque(maxlen=600))
     in_flight: int = 0
     actions: int = 0
+    new_revisions: int = 0  # GPU-type or batch changes after time zero
 
 
 @dataclass
@@ -139,6 +140,7 @@ class SimulationResult:
     gpu_hours: np.ndarray  # per ISVC
     cost: np.ndarray  # per ISVC, dollars
     actions: np.ndarray  # per ISVC, replica-count or revision changes
+    revisions: np.ndarray  # per ISVC, new revisions (GPU-type or batch changes) after time zero
     series_time: np.ndarray
     series_replicas: np.ndarray  # (time, ISVC) replicas holding a GPU
     peak_gpus: dict[str, int]  # per GPU type, the most cards held at once
@@ -447,6 +449,7 @@ class Simulation:
         if changed:
             newest = Revision(accelerator, max_batch, 0, initial_scale=replicas)
             state.revisions.append(newest)
+            state.new_revisions += not initial
         for revision in {id(r): r for r in (self._serving(state), newest)}.values():
             if revision.desired != replicas:
                 self._scale(state, revision, replicas)
@@ -475,6 +478,7 @@ class Simulation:
             gpu_hours=np.array(self.gpu_seconds) / 3600.0,
             cost=np.array(self.cost),
             actions=np.array([s.actions for s in self.isvcs]),
+            revisions=np.array([s.new_revisions for s in self.isvcs]),
             series_time=np.array(self.series_time),
             series_replicas=np.array(self.series_replicas, dtype=float).reshape(len(self.series_time), len(self.isvcs)),
             peak_gpus=dict(self.peak_gpus),
