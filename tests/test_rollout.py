@@ -126,8 +126,8 @@ def test_in_the_simulator_a_roll_out_starts_on_free_gpus_and_held_ones_are_not_o
 
     def checked_plan(catalog, capacity, services, observed, now, state, settings, free=None):
         held: dict[str, int] = {}
-        for state in simulation.isvcs:
-            for revision in state.revisions[:-1]:
+        for simulated in simulation.isvcs:
+            for revision in simulated.revisions[:-1]:
                 held[revision.accelerator] = held.get(revision.accelerator, 0) + sum(r.has_gpu for r in revision.replicas)
         offered.append((held, capacity))
         assert capacity == {name: count - held.get(name, 0) for name, count in cards.items()}
