@@ -42,6 +42,13 @@ def scaled_by_keda(isvc: dict) -> bool:
     return annotations.get(KSERVE_AUTOSCALER_CLASS) == "keda" or annotations.get(SCALER) == "keda"
 
 
+def latest_created_revision(isvc: dict) -> str | None:
+    """The predictor's newest Knative revision, as KServe reports it
+    (`status.components.predictor.latestCreatedRevision`); None before it does, or in Standard mode."""
+    components = (isvc.get("status") or {}).get("components") or {}
+    return (components.get(PREDICTOR) or {}).get("latestCreatedRevision") or None
+
+
 def predictor_deployment(isvc: dict) -> str:
     """The Deployment KServe makes for a Standard-mode ISVC's predictor: `{isvc}-predictor`, or
     `{isvc}-{name}-predictor` when the predictor is named (`spec.predictor.name`)."""

@@ -144,7 +144,7 @@ def test_ours_applies_the_plan_as_the_controller_would(monkeypatch):
     wanted: dict[str, tuple[int, bool]] = {}
     seen = []
 
-    def fake_plan(catalog, capacity, services, observed, now, state, settings):
+    def fake_plan(catalog, capacity, services, observed, now, state, settings, free=None):
         seen.append({s.name: s.last for s in services})
         return [
             Plan(s, LastDecision("H100", wanted[s.name][0], 64, 1.0, 1.0, 1.0, 1.0, now), roll_out=wanted[s.name][1])

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..kserve import GPU_PRODUCT_LABEL
+from ..kserve import GPU_PRODUCT_LABEL, ISVC_LABEL, REVISION_LABEL
 from ..optimizer.domain import Catalog
 from ..resources import node_allocatable, pod_requests, schedulable
 from ..optimizer.loader import SECTIONS, Node, catalog_from_sections, parse_json
@@ -95,9 +95,10 @@ def available_capacity(
 ) -> dict[str, int]:
     """GPUs per accelerator type the optimizer may hand out; `types` is node_gpu_types(nodes).
 
-    The optimizer places every managed ISVC afresh, so their own pods do not reduce capacity;
-    pods of other workloads bound to a node do, and so do `reserved` GPUs (pod groups of new
-    revisions being admitted, which run beside the old revision until it drains).
+    The optimizer places every managed ISVC afresh, so the pods it places (`managed`,
+    placed_afresh) do not reduce capacity; pods of other workloads bound to a node do, and so do
+    `reserved` GPUs (pod groups of new revisions being admitted, which run beside the old
+    revision until it drains). With `managed` always false: the GPUs no pod holds now.
     """
     capacity: dict[str, int] = {}
     for node in nodes:
@@ -113,3 +114,17 @@ def available_capacity(
         if gpu_type in capacity:
             capacity[gpu_type] -= count
     return {gpu_type: max(count, 0) for gpu_type, count in capacity.items()}
+
+
+def placed_afresh(pod: dict, latest: Mapping[tuple[str, str], str | None]) -> bool:
+    """Whether the optimizer places this pod's GPUs anew: a pod of a managed ISVC (`latest` maps
+    each to its predictor's latest created revision) and of that revision. A superseded revision's
+    pods, serving until the new one is Ready or draining, hold their GPUs meanwhile: those are not
+    offered again (policy/rollout.py). Without a revision known (Standard mode, or KServe has not
+    reported one yet) every pod of the ISVC is placed anew."""
+    labels = (pod.get("metadata") or {}).get("labels") or {}
+    key = ((pod.get("metadata") or {}).get("namespace", ""), labels.get(ISVC_LABEL, ""))
+    if key not in latest:
+        return False
+    newest, revision = latest[key], labels.get(REVISION_LABEL)
+    return newest is None or revision is None or revision == newest

@@ -18,10 +18,10 @@ from typing import Protocol
 
 from ..decision_stream import DecisionHub
 from ..errors import InputError
-from ..kserve import DEFAULT_MODE, GPU_PRODUCT_LABEL, ISVC_LABEL, REVISION_LABEL
+from ..kserve import DEFAULT_MODE, GPU_PRODUCT_LABEL, REVISION_LABEL, latest_created_revision
 from . import knative
 from .actuator import ActuationReport, Actuator, ActuatorSettings
-from .catalog import ClusterData, available_capacity, cluster_data, node_gpu_types
+from .catalog import ClusterData, available_capacity, cluster_data, node_gpu_types, placed_afresh
 from ..policy.observation import Key, Observation
 from .collector import CollectError, slo_seconds
 from ..kube import (
@@ -282,17 +282,14 @@ class Controller:
         started = time.perf_counter()
         services, rejected = self.services.read(self.informers["isvcs"].objects.values(), data.catalog)
         report.rejected = [f"{r.namespace}/{r.name}: {r.problem}" for r in rejected]
-        managed = {(s.namespace, s.name) for s in services}
+        isvcs = self.informers["isvcs"].objects
+        latest = {(s.namespace, s.name): latest_created_revision(isvcs.get((s.namespace, s.name)) or {}) for s in services}
         nodes = self.informers["nodes"].objects.values()
         types = node_gpu_types(nodes, data)
-        capacity = available_capacity(
-            nodes,
-            types,
-            self.informers["pods"].objects.values(),
-            lambda pod: (pod["metadata"].get("namespace"), (pod["metadata"].get("labels") or {}).get(ISVC_LABEL)) in managed,
-            self.reserved_gpus(),
-        )
-        plans = plan(data.catalog, capacity, services, observed, now, self.state, self.settings.planner)
+        pods, reserved = self.informers["pods"].objects.values(), self.reserved_gpus()
+        capacity = available_capacity(nodes, types, pods, lambda pod: placed_afresh(pod, latest), reserved)
+        free = available_capacity(nodes, types, pods, lambda _: False, reserved)
+        plans = plan(data.catalog, capacity, services, observed, now, self.state, self.settings.planner, free=free)
         report.services = len(plans)
         report.stale = sum(p.stale for p in plans)
         report.optimize_s = time.perf_counter() - started

@@ -11,8 +11,11 @@ Rules on top of the optimizer, each for a failure seen in practice:
   serve (trend, measured burstiness, at most the recent peak), queued requests count as load
   (guards.py); requests building up between cycles ask for a cycle early (early_cycle);
 - the GPU type and batch size change only where the ISVC allows spec changes, only when the
-  change is large enough (guards.wants_new_revision) and not more often than once per
-  `spec_change_interval_s`; otherwise the ISVC is pinned to what it runs and sized again;
+  change is large enough (guards.wants_new_revision), not more often than once per
+  `spec_change_interval_s` (the dwell: at most 3600 / 600 = 6 changes per ISVC per hour by
+  default), only when it saves more over the dwell than the cold start of a new revision beside
+  the old one costs, or the SLOs need it, and only when the GPUs the new revision needs are free
+  now (rollout.py); otherwise the ISVC is pinned to what it runs and sized again;
 - an ISVC the optimizer cannot place under the capacity keeps its last decision;
 - an observation or remembered decision with a value not finite or out of range is the fault of
   its ISVC alone: it is left out (with the reason), and a decision that would carry such a value
@@ -28,11 +31,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from . import sizing
-from .guards import ArrivalHistory, GuardSettings, planned_rate, queue_building, wants_new_revision
+from .guards import ArrivalHistory, GuardSettings, planned_rate, queue_building
 from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, Load, Server, ServiceClass, System
 from ..optimizer.solver import solve
 from .observation import Key, Observation
 from .decisions import LastDecision, ManagedService, material
+from .rollout import Room, free_as_decided, judge_roll_outs
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +180,12 @@ def plan(
     now: float,
     state: PlannerState,
     settings: PlannerSettings = PlannerSettings(),
+    free: Mapping[str, int] | None = None,
 ) -> list[Plan]:
+    """Plans for `services`. `capacity`: the GPUs per type the optimizer may hand out (managed
+    ISVCs are placed afresh; GPUs held by revisions in flight are already out, rollout.py);
+    `free`: GPUs per type no pod holds now, which a new revision must start on (None: the
+    capacity less what the last decisions hold)."""
     fresh: dict[str, tuple[Load, float, tuple[float, float]]] = {}
     services = [_believed(s) for s in services]
     refused: dict[str, str] = {}
@@ -224,19 +233,22 @@ def plan(
             return {}
 
     allocations = solve_for(set())
-    deciding = [s for s in services if s.key in fresh]
-    roll_outs = {s.key for s in deciding if _rolls_out(s, allocations.get(s.key), now, settings)}
-    pinned = {
-        s.key
-        for s in deciding
-        if s.last is not None
-        and s.key not in roll_outs
+    # those the optimizer would move, sized again on what they run: the choice between the two
+    differing = [
+        s
+        for s in services
+        if s.key in fresh
+        and s.last is not None
         and (alloc := allocations.get(s.key)) is not None
         and (alloc.accelerator, alloc.max_batch) != (s.last.accelerator, s.last.max_batch)
-    }
-    if pinned:
-        again = solve_for(pinned)
-        allocations = {k: v for k, v in allocations.items() if k not in pinned} | {k: again[k] for k in pinned if k in again}
+    ]
+    staying = solve_for({s.key for s in differing}) if differing else {}
+    room = Room(free if free is not None else free_as_decided(catalog, capacity, services))
+    dwell_s = settings.spec_change_interval_s
+    verdicts = judge_roll_outs(catalog, differing, allocations, staying, room, now, settings.startup_s, dwell_s, settings.guards)
+    roll_outs = {key for key, verdict in verdicts.items() if verdict.roll_out}
+    pinned = {s.key for s in differing} - roll_outs
+    allocations = {k: v for k, v in allocations.items() if k not in pinned} | {k: staying[k] for k in pinned if k in staying}
 
     plans = []
     for service in services:
@@ -280,8 +292,10 @@ def plan(
         if problem := decision.problem():
             plans.append(Plan(service, last, stale=True, reason=f"decision withheld ({problem}): last decision kept"))
             continue
-        reason = "best effort: SLOs not met within capacity" if alloc.best_effort else ""
-        plans.append(Plan(service, decision, roll_out=rolled, reason=reason))
+        reasons = ["best effort: SLOs not met within capacity"] if alloc.best_effort else []
+        if (verdict := verdicts.get(service.key)) is not None and verdict.reason:
+            reasons.append(verdict.reason)
+        plans.append(Plan(service, decision, roll_out=rolled, reason="; ".join(reasons)))
     return plans
 
 
@@ -308,15 +322,6 @@ def _model_replicas(
         return 0, 0.0, 0.0
     work = state.learned.work.get((service.model, accelerator), sizing.Estimate()).value
     return sizing.replicas_for(load.arrival_rate_rpm / 60.0, per_replica), per_replica, work
-
-
-def _rolls_out(service: ManagedService, alloc: Allocation | None, now: float, settings: PlannerSettings) -> bool:
-    last = service.last
-    if alloc is None or last is None or not service.spec_changes:
-        return False
-    if now - last.spec_changed_at < settings.spec_change_interval_s:
-        return False
-    return wants_new_revision(alloc.accelerator, alloc.max_batch, last.accelerator, last.max_batch, settings.guards)
 
 
 def _unplaced(service: ManagedService, load: Load, measured: float, now: float, scales: tuple[float, float]) -> Plan:

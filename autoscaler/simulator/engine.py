@@ -13,7 +13,8 @@ between whenever a policy with a `wants_cycle(now)` method (ours) asks for one a
 tick (a queue building: the controller's early cycle).
 
 Revisions follow Knative: a new GPU type or batch size is a new revision, which becomes Ready
-once its desired replicas are; traffic goes to the latest Ready revision. The decision applies
+once the replicas it was created with are (its initial scale; fewer if scaled down before);
+traffic goes to the latest Ready revision. The decision applies
 to the latest created and the latest Ready revision (as our actuator writes it), so the serving
 revision keeps scaling while a new one waits for GPUs; every other revision is unreachable and
 scales to zero.
@@ -62,6 +63,10 @@ class IsvcView:
     ready: int
     in_flight: int  # running + waiting + buffered
     samples: deque  # in-flight count every SAMPLE_PERIOD_S, newest last
+    # GPUs per type held by its older revisions (the one serving until the newest is Ready, those
+    # draining), as pods of other revisions show in the API server
+    held_in_flight: dict[str, int] = field(default_factory=dict)
+    gpus_held: dict[str, int] = field(default_factory=dict)  # per type, every revision together
 
 
 class Policy(Protocol):
@@ -112,9 +117,11 @@ class Revision:
     max_batch: int
     desired: int
     replicas: list = field(default_factory=list)
-    # Knative's Ready condition: set once all its desired replicas are ready (initial scale set
-    # to the whole group, so a new revision never starts under-provisioned), and kept
+    # Knative's Ready condition: set once its initial scale's replicas are ready (the whole group
+    # it was created with, so a new revision never starts under-provisioned), and kept; a
+    # scale-up after creation is not waited for, as Knative's ScaleTargetInitialized is set once
     promoted: bool = False
+    initial_scale: int = 0
 
 
 @dataclass
@@ -125,6 +132,7 @@ class IsvcState:
     samples: deque = field(default_factory=lambda: deque(maxlen=600))
     in_flight: int = 0
     actions: int = 0
+    new_revisions: int = 0  # GPU-type or batch changes after time zero
 
 
 @dataclass
@@ -136,6 +144,7 @@ class SimulationResult:
     gpu_hours: np.ndarray  # per ISVC
     cost: np.ndarray  # per ISVC, dollars
     actions: np.ndarray  # per ISVC, replica-count or revision changes
+    revisions: np.ndarray  # per ISVC, new revisions (GPU-type or batch changes) after time zero
     series_time: np.ndarray
     series_replicas: np.ndarray  # (time, ISVC) replicas holding a GPU
     peak_gpus: dict[str, int]  # per GPU type, the most cards held at once
@@ -328,11 +337,12 @@ class Simulation:
         return next(r for r in reversed(state.revisions) if r.promoted)
 
     def _reconcile_revisions(self, state: IsvcState) -> None:
-        """Mark the newest revision Ready once its desired replicas are; scale to zero every
+        """Mark the newest revision Ready once its initial scale's replicas are; scale to zero every
         revision that is neither the latest created nor the latest Ready (Knative drops the
         min-scale of unreachable revisions), and forget revisions with nothing left."""
         newest = state.revisions[-1]
-        if not newest.promoted and sum(1 for r in newest.replicas if r.state == READY) >= max(newest.desired, 1):
+        needed = max(min(newest.initial_scale, newest.desired), 1)
+        if not newest.promoted and sum(1 for r in newest.replicas if r.state == READY) >= needed:
             newest.promoted = True
         serving = self._serving(state)
         for revision in list(state.revisions):
@@ -403,10 +413,19 @@ class Simulation:
                 [sum(1 for r in self._all_replicas(s) if r.has_gpu and r.state != STOPPED) for s in self.isvcs]
             )
 
+    @staticmethod
+    def _gpus(revision: Revision) -> int:
+        return sum(1 for r in revision.replicas if r.has_gpu)
+
     def views(self) -> list[IsvcView]:
         result = []
         for state in self.isvcs:
             newest = state.revisions[-1]
+            held: dict[str, int] = {}
+            for revision in state.revisions[:-1]:
+                held[revision.accelerator] = held.get(revision.accelerator, 0) + self._gpus(revision)
+            every = dict(held)
+            every[newest.accelerator] = every.get(newest.accelerator, 0) + self._gpus(newest)
             result.append(
                 IsvcView(
                     name=self.world.isvcs[state.index].name,
@@ -416,6 +435,8 @@ class Simulation:
                     ready=sum(1 for r in self._all_replicas(state) if r.state == READY),
                     in_flight=state.in_flight,
                     samples=state.samples,
+                    held_in_flight=held,
+                    gpus_held=every,
                 )
             )
         return result
@@ -433,8 +454,9 @@ class Simulation:
         max_batch = decision.max_batch or newest.max_batch
         changed = (accelerator, max_batch) != (newest.accelerator, newest.max_batch)
         if changed:
-            newest = Revision(accelerator, max_batch, 0)
+            newest = Revision(accelerator, max_batch, 0, initial_scale=replicas)
             state.revisions.append(newest)
+            state.new_revisions += not initial
         for revision in {id(r): r for r in (self._serving(state), newest)}.values():
             if revision.desired != replicas:
                 self._scale(state, revision, replicas)
@@ -463,6 +485,7 @@ class Simulation:
             gpu_hours=np.array(self.gpu_seconds) / 3600.0,
             cost=np.array(self.cost),
             actions=np.array([s.actions for s in self.isvcs]),
+            revisions=np.array([s.new_revisions for s in self.isvcs]),
             series_time=np.array(self.series_time),
             series_replicas=np.array(self.series_replicas, dtype=float).reshape(len(self.series_time), len(self.isvcs)),
             peak_gpus=dict(self.peak_gpus),

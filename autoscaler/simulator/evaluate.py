@@ -49,6 +49,7 @@ class RunSummary:
     gpu_hours: float
     cost: float
     isvc_attainment: tuple[float, ...]
+    revisions: int = 0  # GPU-type or batch changes, every ISVC together
 
     @property
     def attainment(self) -> float:
@@ -81,7 +82,14 @@ def _summary(case: Case, policy_name: str, knob: float | None, built) -> RunSumm
     isvc = scenario.requests.isvc
     per_isvc = tuple(float(met[isvc == i].mean()) if (isvc == i).any() else 1.0 for i in range(len(scenario.world.isvcs)))
     return RunSummary(
-        policy_name, knob, len(met), int(met.sum()), float(result.gpu_hours.sum()), float(result.cost.sum()), per_isvc
+        policy_name,
+        knob,
+        len(met),
+        int(met.sum()),
+        float(result.gpu_hours.sum()),
+        float(result.cost.sum()),
+        per_isvc,
+        int(result.revisions.sum()),
     )
 
 
@@ -250,6 +258,7 @@ def as_document(results: list[CaseResult]) -> dict:
             "gpu_hours": summary.gpu_hours,
             "cost": summary.cost,
             "met_per_gpu_hour": summary.slo_met / summary.gpu_hours if summary.gpu_hours else 0.0,
+            "revisions": summary.revisions,
         }
 
     return {

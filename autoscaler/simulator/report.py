@@ -25,6 +25,7 @@ class Outcome:
     gpu_hours: float
     cost: float
     actions: int
+    revisions: int  # GPU-type or batch changes (new revisions), every ISVC of the class together
 
     @property
     def attainment(self) -> float:
@@ -83,6 +84,7 @@ def outcomes(scenario: Scenario, results: list[SimulationResult]) -> list[Outcom
                     gpu_hours=float(result.gpu_hours[isvcs].sum()),
                     cost=float(result.cost[isvcs].sum()),
                     actions=int(result.actions[isvcs].sum()),
+                    revisions=int(result.revisions[isvcs].sum()),
                 )
             )
     return rows

@@ -3,14 +3,15 @@ with no sizing of its own, so that what the simulator evaluates is what the cont
 
 Each tick is a controller cycle: vLLM's metrics over the collector's window become each ISVC's
 Observation (observe.py); each ISVC is a ManagedService carrying the decision its annotation
-records (LastDecision, rewritten only when the controller would write it); the cluster's GPUs
-are the capacity; plan() decides. What the controller leaves to Kubernetes is played here too:
-a roll-out (GPU type or batch size) starts a new revision, and replica counts go through the HPA
-the controller writes per revision (scale-down after a 300 s stabilisation, the HPA's default
-scale-up limits; its metric is the desired count itself, at zero tolerance), one HPA sync per
-sync period since the last decision. Between ticks it probes the requests running + waiting every
-`probe_s`, as the controller's queue watch does, and asks the engine for a cycle when
-planner.early_cycle says a queue builds (at most once per the planner's early_interval_s).
+records (LastDecision, rewritten only when the controller would write it); the cluster's GPUs,
+less those its superseded revisions still hold, are the capacity; plan() decides. What the
+controller leaves to Kubernetes is played here too: a roll-out (GPU type or batch size) starts
+a new revision, and replica counts go through the HPA the controller writes per revision
+(scale-down after a 300 s stabilisation, the HPA's default scale-up limits; its metric is the
+desired count itself, at zero tolerance), one HPA sync per sync period since the last decision.
+Between ticks it probes the requests running + waiting every `probe_s`, as the controller's
+queue watch does, and asks the engine for a cycle when planner.early_cycle says a queue builds
+(at most once per the planner's early_interval_s).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from ...optimizer.domain import Load
 from ...policy.decisions import LastDecision, ManagedService
 from ...policy.observation import WINDOW_S, Key, Observation
 from ...policy.planner import Plan, PlannerSettings, PlannerState, early_cycle, plan
+from ...policy.rollout import offered_capacity
 from ..engine import Decision, IsvcView
 from ..observe import Observer, RequestRecords
 from ..planning import capacity, world_catalog
@@ -57,7 +59,7 @@ class ModelBasedPolicy:
         self.observer: Observer | None = None
         self._decided = self._probed = 0.0
         observed = {self._key(i): _opening(load, settings.window_s) for i, load in opening.items()}
-        self.initial = {i: self._initial(i, p) for i, p in enumerate(self._plan(0.0, observed))}
+        self.initial = {i: self._initial(i, p) for i, p in enumerate(self._plan(0.0, observed, self.capacity))}
         # the opening observation is made up (its rate, no requests in the system): no probe or
         # trend is measured against it
         self.state.arrivals.clear()
@@ -86,8 +88,10 @@ class ModelBasedPolicy:
             for index, spec in enumerate(self.world.isvcs)
         ]
 
-    def _plan(self, now: float, observed: dict[Key, Observation]) -> list[Plan]:
-        plans = plan(self.catalog, self.capacity, self._services(), observed, now, self.state, self.planner)
+    def _plan(
+        self, now: float, observed: dict[Key, Observation], capacity: dict[str, int], free: dict[str, int] | None = None
+    ) -> list[Plan]:
+        plans = plan(self.catalog, capacity, self._services(), observed, now, self.state, self.planner, free=free)
         for index, p in enumerate(plans):
             if p.records_decision:
                 self.last[index] = p.decision
@@ -111,7 +115,10 @@ class ModelBasedPolicy:
         self._decided = now
         observed = {self._key(i): replace(obs, ready_replicas=views[i].ready) for i, obs in enumerate(self.observer.observe(now))}
         decisions = {}
-        for index, p in enumerate(self._plan(now, observed)):  # plans come in the services' order
+        # as the controller: GPUs that superseded revisions still hold are not offered again
+        offered = offered_capacity(self.capacity, (view.held_in_flight for view in views))
+        free = offered_capacity(self.capacity, (view.gpus_held for view in views))
+        for index, p in enumerate(self._plan(now, observed, offered, free)):  # plans come in the services' order
             if p.decision is None:
                 continue  # nothing placeable: what runs stays
             if p.roll_out:

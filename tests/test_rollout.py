@@ -1,0 +1,182 @@
+"""Roll-outs: a new revision only when it pays for its cold start or the SLOs need it, at most
+one per dwell, never without GPUs free for it; GPUs of revisions in flight never offered again."""
+
+from __future__ import annotations
+
+
+from autoscaler.controller.catalog import available_capacity, node_gpu_types, placed_afresh
+from autoscaler.kserve import ISVC_LABEL, REVISION_LABEL
+from autoscaler.optimizer.domain import Allocation
+from autoscaler.policy.decisions import LastDecision
+from autoscaler.policy.planner import PlannerSettings, PlannerState, plan
+from autoscaler.policy.rollout import judge, offered_capacity
+from autoscaler.controller import controller as controller_module
+from autoscaler.simulator import engine
+from autoscaler.simulator.policies import model_based
+from autoscaler.simulator.runner import RunSettings, build_policy
+from autoscaler.simulator.workloads import build_workload
+
+from .cluster_objects import ISVCS, PODS, gpu_pod, isvc, node
+from .test_controller import Cluster, StandInCollector, stop
+from .test_controller_planning import CAPACITY, DATA, observed, plan_one, service
+
+
+def alloc(accelerator: str, replicas: int, cost: float, best_effort: bool = False) -> Allocation:
+    return Allocation("s", accelerator, replicas, 64, cost, cost, 20.0, 200.0, 1.0, best_effort)
+
+
+def test_a_move_is_made_only_when_its_saving_over_the_horizon_exceeds_both_revisions_cold_start():
+    stay, cheaper = alloc("A", 4, 400.0), alloc("B", 2, 300.0)
+    # saves 100/h for 600 s = 16.7; costs (300 + 400)/h for 60 s = 11.7: worth it, not at 120 s (23.3)
+    assert judge(cheaper, stay, 400.0, startup_s=60.0, horizon_s=600.0).roll_out
+    slow = judge(cheaper, stay, 400.0, startup_s=120.0, horizon_s=600.0)
+    assert not slow.roll_out and "not worth a new revision" in slow.reason
+    # a move that costs more is never worth it, however long the horizon
+    assert not judge(alloc("B", 5, 500.0), stay, 400.0, startup_s=1.0, horizon_s=1e9).roll_out
+
+
+def test_a_move_the_slos_need_is_made_whatever_it_saves():
+    dearer = alloc("B", 5, 900.0)
+    assert judge(dearer, None, 400.0, 120.0, 600.0).roll_out  # staying cannot be placed at all
+    assert judge(dearer, alloc("A", 3, 300.0, best_effort=True), 400.0, 120.0, 600.0).roll_out
+    # both short of the SLOs: the saving rule decides
+    assert not judge(alloc("B", 5, 900.0, best_effort=True), alloc("A", 3, 300.0, best_effort=True), 400.0, 120.0, 600.0).roll_out
+
+
+def test_gpus_held_by_revisions_in_flight_are_not_offered():
+    offered = offered_capacity({"H100": 16, "A100": 12}, [{"A100": 5}, {"H100": 2, "A100": 9}, {"L40S": 3}])
+    assert offered == {"H100": 14, "A100": 0}
+
+
+def test_the_controller_counts_a_superseded_revisions_pods_out_of_the_capacity():
+    nodes = [node("h1", "NVIDIA-H100-80GB-HBM3", 8), node("h2", "NVIDIA-H100-80GB-HBM3", 8)]
+    labels = lambda revision: {ISVC_LABEL: "chat", REVISION_LABEL: revision}  # noqa: E731
+    pods = [
+        gpu_pod("old-1", "h1", 2, "prod", labels("chat-predictor-00001")),  # serving until 00002 is Ready
+        gpu_pod("new-1", "h2", 2, "prod", labels("chat-predictor-00002")),
+        gpu_pod("new-2", None, 2, "prod", labels("chat-predictor-00002")),  # not bound yet: holds nothing
+        gpu_pod("training", "h1", 1),
+    ]
+    types = node_gpu_types(nodes, DATA)
+    latest = {("prod", "chat"): "chat-predictor-00002"}
+    assert available_capacity(nodes, types, pods, lambda pod: placed_afresh(pod, latest), {}) == {"H100": 16 - 2 - 1}
+    # before KServe reports a revision, or in Standard mode, every pod of the ISVC is placed anew
+    assert available_capacity(nodes, types, pods, lambda pod: placed_afresh(pod, {("prod", "chat"): None}), {}) == {"H100": 15}
+    # what no pod holds: where a new revision must start
+    assert available_capacity(nodes, types, pods, lambda _: False, {}) == {"H100": 16 - 2 - 2 - 1}
+
+
+LAST_L40S = LastDecision("L40S", 3, 16, 300.0, 30.0, 5.0, 96.0, decided_at=0.0, spec_changed_at=0.0)
+
+
+def test_the_planner_keeps_what_runs_when_a_move_does_not_pay_for_its_cold_start():
+    # at 0.5 req/s the optimizer would move L40S x3 to one cheaper A100 replica, saving too little
+    kept = plan_one(service(last=LAST_L40S, spec_changes="true"), 0.5)
+    assert not kept.roll_out and kept.decision.accelerator == "L40S" and "not worth a new revision" in kept.reason
+    # with a near-instant start the same move pays
+    fast = PlannerSettings(startup_s=1.0)
+    moved = only_plan(service(last=LAST_L40S, spec_changes="true"), 0.5, fast)
+    assert moved.roll_out and moved.decision.accelerator != "L40S"
+
+
+def test_a_change_the_slos_need_is_made_even_when_it_costs_more():
+    last = LastDecision("L4", 4, 16, 300.0, 30.0, 5.0, 96.0, decided_at=0.0, spec_changed_at=0.0)
+    result = plan_one(service(last=last, spec_changes="true"), 5.0)
+    assert result.roll_out and result.decision.accelerator != "L4" and "cannot meet the SLOs" in result.reason
+
+
+def test_no_roll_out_without_gpus_free_for_the_new_revision():
+    svc = service(last=LAST_L40S, spec_changes="true")
+    moved = only_plan(svc, 5.0, PlannerSettings(), free=CAPACITY)
+    assert moved.roll_out and moved.decision.accelerator == "H100"
+    held = only_plan(svc, 5.0, PlannerSettings(), free=CAPACITY | {"H100": moved.decision.replicas - 1})
+    assert not held.roll_out and held.decision.accelerator == "L40S" and "no room for a new revision" in held.reason
+
+
+def only_plan(svc, rate, settings, free=None, now=1000.0):
+    plans = plan(DATA.catalog, CAPACITY, [svc], {("prod", "chat"): observed(rate)}, now, PlannerState(), settings, free=free)
+    assert len(plans) == 1
+    return plans[0]
+
+
+def test_the_dwell_bounds_changes_per_isvc_per_hour():
+    """Load swinging x10 every cycle, and a start so fast that every move pays: the dwell alone
+    holds an ISVC to 3600 / spec_change_interval_s changes an hour."""
+    settings = PlannerSettings(startup_s=1.0)
+    last, changes = LAST_L40S, []
+    for cycle in range(2 * 3600 // 30):
+        now = 1000.0 + cycle * settings.period_s
+        result = only_plan(service(last=last, spec_changes="true"), (0.2, 2.0)[cycle % 2], settings, now=now)
+        changes += [now] if result.roll_out else []
+        last = result.decision
+    assert len(changes) >= 6  # it does change: the bound below is the dwell's, not a lack of reasons
+    most = max(sum(1 for t in changes if start <= t < start + 3600.0) for start in changes)
+    assert most <= 3600.0 / settings.spec_change_interval_s == 6
+
+
+def test_in_the_simulator_a_roll_out_starts_on_free_gpus_and_held_ones_are_not_offered(monkeypatch):
+    """Ours on square waves (the Free class changes GPU type on them): every cycle the planner is
+    offered the cluster less what superseded revisions hold, and every new revision gets a GPU
+    for each of its replicas at once, so it turns Ready after one cold start."""
+    scenario = build_workload("square-2.5m", 1, 1500.0, 120.0)
+    policy, initial = build_policy("ours", scenario, RunSettings(), {})
+    simulation = engine.Simulation(scenario, policy, initial)
+    cards = {name: gpu.capacity for name, gpu in scenario.world.gpus.items()}
+    offered, real_plan = [], model_based.plan
+
+    def checked_plan(catalog, capacity, services, observed, now, state, settings, free=None):
+        held: dict[str, int] = {}
+        for simulated in simulation.isvcs:
+            for revision in simulated.revisions[:-1]:
+                held[revision.accelerator] = held.get(revision.accelerator, 0) + sum(r.has_gpu for r in revision.replicas)
+        offered.append((held, capacity))
+        assert capacity == {name: count - held.get(name, 0) for name, count in cards.items()}
+        return real_plan(catalog, capacity, services, observed, now, state, settings, free=free)
+
+    rolled, apply = [], simulation.apply
+
+    def checked_apply(index, decision, initial=False):
+        before = simulation.isvcs[index].revisions[-1]
+        apply(index, decision, initial)
+        newest = simulation.isvcs[index].revisions[-1]
+        if newest is not before and not initial:
+            rolled.append(newest)
+            assert all(replica.has_gpu for replica in newest.replicas), "a new revision waits for GPUs"
+
+    monkeypatch.setattr(model_based, "plan", checked_plan)
+    simulation.apply = checked_apply
+    result = simulation.run()
+    assert rolled and any(held for held, _ in offered)  # roll-outs happened, with GPUs held meanwhile
+    assert int(result.revisions.sum()) == len(rolled)  # what `simulate --json` reports as revisions
+    assert all(revision.promoted or not revision.replicas for revision in rolled[:-1])
+    for gpu, peak in result.peak_gpus.items():
+        assert peak <= cards[gpu]
+
+
+async def test_the_controller_plans_without_the_gpus_of_a_superseded_revision(monkeypatch):
+    """A cycle's plan gets the cluster's GPUs less the old revision's pods as capacity (the new
+    revision's are placed afresh), and less every bound pod as the GPUs free now."""
+    seen = []
+    real_plan = controller_module.plan
+
+    def recording_plan(catalog, capacity, services, observed, now, state, settings, free=None):
+        seen.append((capacity, free))
+        return real_plan(catalog, capacity, services, observed, now, state, settings, free=free)
+
+    monkeypatch.setattr(controller_module, "plan", recording_plan)
+    async with Cluster() as cluster:  # 4 x 8 H100 and 4 x 8 L40S
+        obj = isvc("chat", "llama_13b", raw=False)
+        obj["status"] = {"components": {"predictor": {"latestCreatedRevision": "chat-predictor-00002"}}}
+        cluster.store.put(ISVCS, obj)
+        labels = lambda revision: {ISVC_LABEL: "chat", REVISION_LABEL: revision}  # noqa: E731
+        cluster.store.put(PODS, gpu_pod("old-a", "h100-0", 4, "prod", labels("chat-predictor-00001")))
+        cluster.store.put(PODS, gpu_pod("old-b", "h100-1", 2, "prod", labels("chat-predictor-00001")))
+        cluster.store.put(PODS, gpu_pod("new-a", "l40s-0", 3, "prod", labels("chat-predictor-00002")))
+        controller = await cluster.controller(StandInCollector({("prod", "chat"): observed(2.0)}))
+        try:
+            await controller.cycle()
+        finally:
+            await stop(controller)
+    capacity, free = seen[-1]
+    assert (capacity["H100"], capacity["L40S"]) == (32 - 6, 32)
+    assert (free["H100"], free["L40S"]) == (32 - 6, 32 - 3)
