@@ -75,6 +75,16 @@ def opt_in_namespace(plane: ControlPlane, namespace: str) -> None:
     plane.kubectl("apply", "--filename=-", input=json.dumps(binding))
 
 
+@pytest.fixture
+def namespace(deployed, gpu_nodes, request):
+    """An opted-in namespace for one test (named by isvc_namespace.named), deleted after it."""
+    from .isvc_namespace import Namespace  # it builds on this module's helpers
+
+    opt_in_namespace(deployed, request.param)
+    yield Namespace(deployed, request.param)
+    deployed.kubectl("delete", "namespace", request.param, "--wait=false")
+
+
 # the session's fake GPU nodes (kwok keeps them Ready): 2 x 8 H100 and 1 x 4 L40S
 GPU_NODES = (
     ("gpu-h100-0", "NVIDIA-H100-80GB-HBM3", 8),

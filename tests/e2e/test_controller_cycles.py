@@ -3,8 +3,7 @@ data, restarts, a broken data ConfigMap, its HTTP endpoints with real TokenRevie
 SubjectAccessReviews, and load from a real Prometheus (moved here from tests/test_controller.py,
 which keeps only what needs an injected API fault).
 
-Each test has a namespace of its own; the controller watches every namespace, so assertions are
-about this test's ISVCs, never about totals (other tests' namespaces may still be going away).
+Each test has a namespace of its own (tests/e2e/isvc_namespace.py).
 """
 
 from __future__ import annotations
@@ -16,73 +15,17 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from autoscaler.controller.collector import CollectorSettings, PrometheusCollector
-from autoscaler.controller.controller import Controller, ControllerSettings
-from autoscaler.controller.decision_store import DECISION_KEY, name_for
 from autoscaler.controller.server import build_app
-from autoscaler.decision_stream import DecisionHub
 from autoscaler.kserve import DEPLOYMENT_MODE, ISVC_LABEL, REVISION_LABEL
-from autoscaler.kube import Kube
 from autoscaler.kube_auth import KubernetesReviews, PathGate
 
 from ..cluster_objects import isvc, pod_autoscaler
 from ..prometheus_server import free_port
 from ..test_controller import StandInCollector, vllm_and_prometheus  # noqa: F401 - the fixture
 from ..test_controller_planning import observed
-from .conftest import NAMESPACE, kubectl_json, opt_in_namespace, problems_in
+from .conftest import NAMESPACE, kubectl_json
+from .isvc_namespace import CHAT, CODE, named, stop
 from .test_controller_rbac import settled
-
-CHAT, CODE = "llama-2-13b", "llama-3-8b"  # models of config/data, which `deployed` applied
-
-
-class Namespace:
-    """One test's ISVC namespace on the shared control plane, and the controller's view of it."""
-
-    def __init__(self, plane, name: str):
-        self.plane, self.name = plane, name
-
-    def create_isvc(self, name: str, model: str, **kwargs) -> None:
-        self.plane.kubectl("apply", "--filename=-", input=json.dumps(isvc(name, model, namespace=self.name, **kwargs)))
-
-    def isvc(self, name: str) -> dict:
-        return kubectl_json(self.plane, "get", "inferenceservice", name, f"--namespace={self.name}")
-
-    def decision(self, name: str) -> dict | None:
-        """What the controller stored for this ISVC, in its own namespace by the ISVC's uid."""
-        stored = name_for(self.isvc(name)["metadata"]["uid"])
-        found = self.plane.kubectl("get", "configmap", stored, f"--namespace={NAMESPACE}", "--output=json", check=False)
-        return json.loads(json.loads(found.stdout)["data"][DECISION_KEY]) if found.returncode == 0 else None
-
-    def exists(self, kind: str, name: str) -> bool:
-        return self.plane.kubectl("get", kind, name, f"--namespace={self.name}", check=False).returncode == 0
-
-    async def controller(self, collector) -> Controller:
-        kube = await Kube.connect(str(self.plane.service_account_kubeconfig(NAMESPACE, "controller")))
-        controller = Controller(kube, collector, DecisionHub(), ControllerSettings(namespace=NAMESPACE))
-        await controller.start(sync_timeout_s=30)
-        return controller
-
-    def published(self, controller: Controller) -> list:
-        return [d for d in controller.hub.current() if d.namespace == self.name]
-
-    def mine(self, report) -> list[str]:
-        return problems_in(self.name, report.failures)
-
-
-async def stop(controller: Controller) -> None:
-    await controller.stop()
-    await controller.kube.close()
-
-
-@pytest.fixture
-def namespace(deployed, gpu_nodes, request):
-    name = request.param
-    opt_in_namespace(deployed, name)
-    yield Namespace(deployed, name)
-    deployed.kubectl("delete", "namespace", name, "--wait=false")
-
-
-def named(name: str):
-    return pytest.mark.parametrize("namespace", [name], indirect=True, ids=[""])
 
 
 @named("e2e-prometheus-down")
