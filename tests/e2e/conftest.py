@@ -77,12 +77,13 @@ def opt_in_namespace(plane: ControlPlane, namespace: str) -> None:
 
 @pytest.fixture
 def namespace(deployed, gpu_nodes, request):
-    """An opted-in namespace for one test (named by isvc_namespace.named), deleted after it."""
+    """An opted-in namespace for one test (named by isvc_namespace.named), gone after it: the
+    next test's cycles would otherwise see (and count) this one's ISVCs."""
     from .isvc_namespace import Namespace  # it builds on this module's helpers
 
     opt_in_namespace(deployed, request.param)
     yield Namespace(deployed, request.param)
-    deployed.kubectl("delete", "namespace", request.param, "--wait=false")
+    deployed.kubectl("delete", "namespace", request.param, "--timeout=120s", check=False)
 
 
 # the session's fake GPU nodes (kwok keeps them Ready): 2 x 8 H100 and 1 x 4 L40S
