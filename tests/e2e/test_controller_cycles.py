@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from autoscaler.controller.collector import CollectorSettings, PrometheusCollector
 from autoscaler.controller.server import build_app
-from autoscaler.kserve import DEPLOYMENT_MODE, ISVC_LABEL, REVISION_LABEL
+from autoscaler.kserve import DEPLOYMENT_MODE
 from autoscaler.kube_auth import KubernetesReviews, PathGate
 
 from ..cluster_objects import isvc, pod_autoscaler
@@ -172,26 +172,6 @@ async def test_controller_cycle_with_real_prometheus_load(namespace, vllm_and_pr
         await stop(controller)
 
 
-def revision_deployment(namespace: str, revision: str, replicas: int) -> dict:
-    labels = {REVISION_LABEL: revision, ISVC_LABEL: "chat"}
-    return {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": f"{revision}-deployment", "namespace": namespace, "labels": labels},
-        "spec": {
-            "replicas": replicas,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {
-                    "nodeSelector": {"type": "kwok"},
-                    "containers": [{"name": "kserve-container", "image": "vllm/vllm-openai"}],
-                },
-            },
-        },
-    }
-
-
 @named("e2e-revisions")
 async def test_knative_revisions_get_hpas_serverless_services_and_status(namespace):
     plane, ns = namespace.plane, namespace.name
@@ -213,7 +193,10 @@ async def test_knative_revisions_get_hpas_serverless_services_and_status(namespa
         del pa["metadata"]["generation"]  # the server's to set
         pa["spec"]["reachability"] = "Unreachable" if revision.endswith("1") else "Reachable"  # routes' targets
         plane.kubectl("apply", "--filename=-", input=json.dumps(pa))
-        plane.kubectl("apply", "--filename=-", input=json.dumps(revision_deployment(ns, revision, 2)))
+        # the revision's Deployment: only its name (the PA's scaleTargetRef) and replicas matter here
+        plane.kubectl(
+            "create", "deployment", f"{revision}-deployment", "--image=vllm/vllm-openai", "--replicas=2", f"--namespace={ns}"
+        )
     # an HPA of ours left from when the first revision served
     target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat-predictor-00001-deployment"}
     left = {
