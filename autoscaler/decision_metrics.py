@@ -29,13 +29,16 @@ FIGURES = {
 }
 
 
+# 9999-12-31T23:59:59Z: the adapter writes decided_at as an RFC 3339 timestamp, which has four
+# year digits (as has Python's datetime); a later one would fail every answer that carries it
+LATEST_TIMESTAMP = 253_402_300_799.0
 WHOLE = ("desired_replicas", "max_batch")  # int32 on the wire: only the sign to check
 RANGES = {
     "arrival_rate": (0.0, MAX_MAGNITUDE),
     "cost_per_hour": (0.0, MAX_MAGNITUDE),
     "ttft_headroom": (-MAX_MAGNITUDE, 1.0),  # 1 - predicted / SLO: at most 1
     "itl_headroom": (-MAX_MAGNITUDE, 1.0),
-    "decided_at": (0.0, MAX_MAGNITUDE),
+    "decided_at": (0.0, LATEST_TIMESTAMP),
     "replica_capacity": (0.0, MAX_MAGNITUDE),
     "work_scale": (0.0, MAX_MAGNITUDE),
     "capacity_bias": (0.0, MAX_MAGNITUDE),

@@ -1,5 +1,10 @@
 """The CA's key in a Secret of its own, apart from the serving pair every TLS pod mounts; an
-existing combined Secret migrated without a new CA; key files written 0600 and atomically."""
+existing combined Secret migrated without a new CA; key files written 0600 and atomically.
+
+On the API emulator (tests/kube_api_emulator.py): Secrets, the MutatingWebhookConfiguration and
+the APIService through its REST paths with resourceVersion checks. The certificate manager's
+creation, renewal, injection and races run against the real kube-apiserver in
+tests/e2e/test_certificates.py."""
 
 from __future__ import annotations
 
@@ -12,7 +17,40 @@ from autoscaler import certificates
 from autoscaler.files import write_private
 from webhook.certificate_manager import CertificateManager, Material
 
-from .test_certificates import NAMESPACE, SECRETS, TARGET, bundles, cluster
+from autoscaler.certificates import service_names
+from autoscaler.kube import Kube
+from webhook.certificate_manager import CertificateTarget
+
+from .kube_api_emulator import KubeApiEmulator
+from .test_metrics_adapter_https import serve
+
+SECRETS = "api/v1/secrets"
+MWCS = "apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations"
+API_SERVICES = "apis/apiregistration.k8s.io/v1/apiservices"
+NAMESPACE = "inference-autoscaler"
+NAMES = tuple(service_names("inference-autoscaler-webhook", NAMESPACE) + service_names("inference-autoscaler-metrics", NAMESPACE))
+TARGET = CertificateTarget(
+    NAMESPACE, "inference-autoscaler-tls", NAMES, "inference-autoscaler", "v1beta1.external.metrics.k8s.io"
+)
+
+
+async def cluster():
+    emulator = KubeApiEmulator()
+    hooks = [{"name": n, "clientConfig": {"service": {"name": "inference-autoscaler-webhook"}}} for n in ("isvc.x", "pods.x")]
+    emulator.store.put(MWCS, {"metadata": {"name": "inference-autoscaler"}, "webhooks": hooks})
+    emulator.store.put(
+        API_SERVICES, {"metadata": {"name": "v1beta1.external.metrics.k8s.io"}, "spec": {"group": "external.metrics.k8s.io"}}
+    )
+    runner, port = await serve(emulator.app())
+    return emulator.store, runner, Kube.at(f"http://127.0.0.1:{port}")
+
+
+def bundles(store) -> set[str]:
+    hooks = store.get(MWCS, "", "inference-autoscaler")["webhooks"]
+    return {h["clientConfig"].get("caBundle") for h in hooks} | {
+        store.get(API_SERVICES, "", "v1beta1.external.metrics.k8s.io")["spec"].get("caBundle")
+    }
+
 
 CA_SECRET = "inference-autoscaler-tls-ca"
 

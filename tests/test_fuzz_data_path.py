@@ -306,3 +306,12 @@ def test_any_data_configmap_edit_is_refused_with_an_input_error_or_decides_sanel
     observed = {("prod", s.name): observation(5.0) for s in services}
     for p in plan(data.catalog, CAPACITY, services, observed, 1000.0, PlannerState()):
         assert_sane(p.decision)
+
+
+def test_a_decision_time_past_year_9999_is_refused():
+    """Found by the stream fuzz above: 253,402,300,800 (year 10000) passed the range check, then
+    broke the adapter's answer (RFC 3339 has four year digits)."""
+    d = pb.Decision(namespace="prod", isvc="chat", decided_at=253_402_300_800.0)
+    assert "decided_at" in decision_problem(d)
+    d.decided_at = 253_402_300_799.0
+    assert decision_problem(d) is None

@@ -1,8 +1,11 @@
-"""Gang admission of revision pod groups: fit, no fit, incomplete groups, timeout, crash recovery.
+"""Gang admission of revision pod groups: placement, and the cases the real control plane cannot stage.
 
-The cluster is the Kubernetes API emulator of tests/ (no kube-apiserver runs here): pods, nodes,
-the ledger ConfigMap, Events and ISVC status go through its real REST paths, JSON patches (with
-`test`) and resourceVersion checks. The scheduler is played by the test setting nodeName.
+A group below its minimum, one that does not fit, a crash mid-admission and scale-up pods run on
+the real kube-apiserver, scheduler and kwok (tests/e2e/test_gang_cases.py), as do admission and
+timeout end to end (tests/e2e/test_webhook_gang.py). Here, on the API emulator
+(tests/kube_api_emulator.py: pods, nodes, the ledger ConfigMap, Events and ISVC status through
+its REST paths, JSON patches with `test` and resourceVersion checks), what needs the scheduler
+held or a fault: the test plays the scheduler by setting nodeName.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from autoscaler.kube import PODS as POD_RESOURCE
 from autoscaler.kube import ApiError, Informer, Kube
 from autoscaler.gang.admission import LEDGER, GangAdmission, gated
 from autoscaler.gang.placement import first_fit, free_resources, pod_may_run_on
-from autoscaler.kserve import GPU_PRODUCT_LABEL, INITIAL_SCALE, ISVC_LABEL, MIN_SCALE
+from autoscaler.kserve import GPU_PRODUCT_LABEL, ISVC_LABEL, MIN_SCALE
 from autoscaler.resources import Resources, pod_requests, quantity
 
 from .cluster_objects import CONFIGMAPS, ISVCS, NAMESPACE, NODES, PODS, gpu_pod, isvc, node
@@ -26,10 +29,6 @@ from .kube_api_emulator import KubeApiEmulator
 from .test_metrics_adapter_https import serve
 
 NOW = 1_795_000_000.0
-
-
-class Killed(Exception):
-    """The controller process dying at this point (the test stops the pass there)."""
 
 
 def stamp(seconds: float) -> str:
@@ -145,6 +144,8 @@ class Gangs:
 
 
 async def test_a_group_that_fits_is_ungated_together_and_the_ledger_settles():
+    """emulator: the real scheduler binds ungated pods at once; holding it shows the GPUs reserved
+    between ungating and binding."""
     async with Gangs() as cluster:
         await cluster.add(*(revision_pod(f"chat-{i}", **{MIN_SCALE: "3"}) for i in range(3)))
         gangs = cluster.admission()
@@ -160,32 +161,9 @@ async def test_a_group_that_fits_is_ungated_together_and_the_ledger_settles():
         assert cluster.ledger() == {} and gangs.reserved_gpus() == {}
 
 
-async def test_an_incomplete_group_waits_for_its_minimum():
-    async with Gangs() as cluster:
-        await cluster.add(*(revision_pod(f"chat-{i}", **{INITIAL_SCALE: "3"}) for i in range(2)))
-        gangs = cluster.admission()
-        assert (await gangs.reconcile()).waiting == ["prod/chat-predictor-00002"]
-        assert cluster.gated() == {"chat-0", "chat-1"}
-        assert gangs.reserved_gpus() == {"H100": 8}  # the optimizer keeps them for the new revision
-        await cluster.add(revision_pod("chat-2", **{INITIAL_SCALE: "3"}))
-        assert (await gangs.reconcile()).admitted == ["prod/chat-predictor-00002"]
-        assert cluster.gated() == set()
-
-
-async def test_a_group_that_does_not_fit_holds_nothing_until_it_does():
-    async with Gangs() as cluster:
-        await cluster.add(gpu_pod("old-0", "gpu-a", 8, namespace="prod"), gpu_pod("old-1", "gpu-b", 4, namespace="prod"))
-        await cluster.add(*(revision_pod(f"chat-{i}", **{MIN_SCALE: "2"}) for i in range(2)))
-        gangs = cluster.admission()
-        assert (await gangs.reconcile()).waiting == ["prod/chat-predictor-00002"]
-        assert cluster.gated() == {"chat-0", "chat-1"}  # one would fit on gpu-b: none goes
-        cluster.store.remove(PODS, "prod", "old-0")  # the old revision scales down
-        await cluster.caught_up()
-        assert (await gangs.reconcile()).admitted == ["prod/chat-predictor-00002"]
-        assert cluster.gated() == set()
-
-
 async def test_a_group_past_its_deadline_fails_and_the_old_revision_keeps_serving():
+    """emulator: the real API server stamps creationTimestamp itself, and its scheduler would bind
+    the group the moment the old revision's pods went; here the pods are aged and the binding held."""
     async with Gangs() as cluster:
         await cluster.add(gpu_pod("old-0", "gpu-a", 8, namespace="prod"), gpu_pod("old-1", "gpu-b", 8, namespace="prod"))
         created = NOW - 10
@@ -215,33 +193,8 @@ async def test_a_group_past_its_deadline_fails_and_the_old_revision_keeps_servin
         assert (await gangs.reconcile()).admitted == ["prod/chat-predictor-00002"]
 
 
-@pytest.mark.parametrize("ungated_before_crash", [0, 1])
-async def test_a_crash_mid_admission_ends_all_admitted(ungated_before_crash):
-    async with Gangs() as cluster:
-        await cluster.add(*(revision_pod(f"chat-{i}", **{MIN_SCALE: "3"}) for i in range(3)))
-        crashing = cluster.admission()
-        calls = 0
-        real_ungate = crashing._ungate
-
-        async def ungate_then_crash(namespace, name):
-            nonlocal calls
-            calls += 1
-            if calls > ungated_before_crash:
-                raise Killed("controller killed")
-            await real_ungate(namespace, name)
-
-        crashing._ungate = ungate_then_crash
-        with pytest.raises(Killed):
-            await crashing.reconcile()
-        await asyncio.sleep(0.5)  # a request already on the wire when the process died still lands
-        assert len(cluster.gated()) == 3 - ungated_before_crash and "prod.chat-predictor-00002" in cluster.ledger()
-        await cluster.caught_up()
-        restarted = cluster.admission()
-        await restarted.reconcile()
-        assert cluster.gated() == set()
-
-
 async def test_a_crash_before_the_ledger_write_leaves_all_gated_and_a_restart_admits():
+    """emulator: the real API server cannot be made to answer 503 to the ledger's writes."""
     async with Gangs() as cluster:
         await cluster.add(*(revision_pod(f"chat-{i}", **{MIN_SCALE: "2"}) for i in range(2)))
         cluster.store.fail("PUT", f"/configmaps/{LEDGER}", 503, times=5)  # every retry of one pass
@@ -250,13 +203,3 @@ async def test_a_crash_before_the_ledger_write_leaves_all_gated_and_a_restart_ad
         assert cluster.gated() == {"chat-0", "chat-1"}
         await cluster.admission().reconcile()
         assert cluster.gated() == set()
-
-
-async def test_scale_up_pods_of_a_running_group_join_one_by_one():
-    async with Gangs() as cluster:
-        running = revision_pod("chat-0")
-        running["spec"]["schedulingGates"] = []
-        running["spec"]["nodeName"] = "gpu-a"
-        await cluster.add(running, revision_pod("chat-1", **{MIN_SCALE: "3"}))
-        outcome = await cluster.admission().reconcile()
-        assert outcome.admitted == ["prod/chat-predictor-00002/chat-1"] and cluster.gated() == set()

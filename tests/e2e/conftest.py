@@ -37,7 +37,11 @@ def control_plane(tmp_path_factory):
     try:
         plane = ControlPlane(build(), tmp_path_factory.mktemp("control-plane")).start()
     except ControlPlaneUnavailable as exc:
-        pytest.fail(f"the real Kubernetes control plane is unavailable: {exc}", pytrace=False)
+        unavailable = str(exc)
+    else:
+        unavailable = ""
+    if unavailable:  # failed outside the handler, so pytest prints this one line, not a chain
+        pytest.fail(f"the real Kubernetes control plane is unavailable: {unavailable}", pytrace=False)
     yield plane
     plane.stop()
 
@@ -73,6 +77,17 @@ def opt_in_namespace(plane: ControlPlane, namespace: str) -> None:
     binding = yaml.safe_load((ROOT / "config" / "samples" / "namespace-rolebinding.yaml").read_text())
     binding["metadata"]["namespace"] = namespace
     plane.kubectl("apply", "--filename=-", input=json.dumps(binding))
+
+
+@pytest.fixture
+def namespace(deployed, gpu_nodes, request):
+    """An opted-in namespace for one test (named by isvc_namespace.named), gone after it: the
+    next test's cycles would otherwise see (and count) this one's ISVCs."""
+    from .isvc_namespace import Namespace  # it builds on this module's helpers
+
+    opt_in_namespace(deployed, request.param)
+    yield Namespace(deployed, request.param)
+    deployed.kubectl("delete", "namespace", request.param, "--timeout=120s", check=False)
 
 
 # the session's fake GPU nodes (kwok keeps them Ready): 2 x 8 H100 and 1 x 4 L40S
