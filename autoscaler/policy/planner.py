@@ -15,7 +15,8 @@ Rules on top of the optimizer, each for a failure seen in practice:
   `spec_change_interval_s` (the dwell: at most 3600 / 600 = 6 changes per ISVC per hour by
   default), only when it saves more over the dwell than the cold start of a new revision beside
   the old one costs, or the SLOs need it, and only when the GPUs the new revision needs are free
-  now (rollout.py); otherwise the ISVC is pinned to what it runs and sized again;
+  now (rollout.py, weighing the latency model's replica counts); otherwise the ISVC is pinned to
+  what it runs and sized again;
 - an ISVC the optimizer cannot place under the capacity keeps its last decision;
 - an observation or remembered decision with a value not finite or out of range is the fault of
   its ISVC alone: it is left out (with the reason), and a decision that would carry such a value
