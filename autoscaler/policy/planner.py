@@ -247,18 +247,23 @@ def plan(
     # the replica counts the latency model gives, before the roll-out rules weigh and place them
     by_key = {s.key: s for s in services}
 
-    def by_model(among: Mapping[str, Allocation]) -> dict[str, tuple[Allocation, float, float]]:
-        goal = settings.attainment_goal
-        return {k: _sized(state, catalog, by_key[k], a, fresh[k][0], goal) for k, a in among.items() if k in fresh}
+    moving = {s.key for s in differing}
 
-    sized, staying_sized = by_model(allocations), by_model(staying)
+    def by_model(among: Mapping[str, Allocation], moves: set[str]) -> dict[str, tuple[Allocation, float, float]]:
+        """Each allocation sized for the batch it would run with: its own where it moves the ISVC
+        (or the ISVC runs nothing yet), else the batch the ISVC runs now."""
+        goal = settings.attainment_goal
+        batch = {k: a.max_batch if k in moves or by_key[k].last is None else by_key[k].last.max_batch for k, a in among.items()}
+        return {k: _sized(state, catalog, by_key[k], a, batch[k], fresh[k][0], goal) for k, a in among.items() if k in fresh}
+
+    sized, staying_sized = by_model(allocations, moving), by_model(staying, set())
     allocations = {k: v[0] for k, v in sized.items()}
     staying = {k: v[0] for k, v in staying_sized.items()}
     room = Room(free if free is not None else free_as_decided(catalog, capacity, services))
     dwell_s = settings.spec_change_interval_s
     verdicts = judge_roll_outs(catalog, differing, allocations, staying, room, now, settings.startup_s, dwell_s, settings.guards)
     roll_outs = {key for key, verdict in verdicts.items() if verdict.roll_out}
-    pinned = {s.key for s in differing} - roll_outs
+    pinned = moving - roll_outs
     sized = {k: v for k, v in sized.items() if k not in pinned} | {k: staying_sized[k] for k in pinned if k in staying_sized}
 
     plans = []
@@ -274,11 +279,10 @@ def plan(
         alloc, per_replica, work = sized[service.key]
         rolled = service.key in roll_outs
         last = service.last
-        max_batch = alloc.max_batch if rolled or last is None else last.max_batch
         decision = LastDecision(
             accelerator=alloc.accelerator,
             replicas=alloc.num_replicas,
-            max_batch=max_batch,
+            max_batch=alloc.max_batch,
             ttft_ms=alloc.ttft_ms,
             itl_ms=alloc.itl_ms,
             arrival_rate=measured,
@@ -311,18 +315,18 @@ def _believed(service: ManagedService) -> ManagedService:
 
 
 def _sized(
-    state: PlannerState, catalog: Catalog, service: ManagedService, alloc: Allocation, load: Load, goal: float
+    state: PlannerState, catalog: Catalog, service: ManagedService, alloc: Allocation, max_batch: int, load: Load, goal: float
 ) -> tuple[Allocation, float, float]:
-    """The optimizer's allocation with the latency model's replica count (within the ISVC's
-    bounds, its cost scaled to match), a replica's capacity and the work scale it used."""
+    """The optimizer's allocation at `max_batch` with the latency model's replica count (within
+    the ISVC's bounds, its cost scaled to match), a replica's capacity and the work scale it used."""
     try:
-        count, per_replica, work = _model_replicas(state, catalog, service, alloc.accelerator, alloc.max_batch, load, goal)
+        count, per_replica, work = _model_replicas(state, catalog, service, alloc.accelerator, max_batch, load, goal)
     except Exception as exc:  # a bug meeting this ISVC's figures: the optimizer's count stands
         log.error("%s: the latency model failed (%s: %s): sized by the optimizer", service.key, exc.__class__.__name__, exc)
         count, per_replica, work = 0, 0.0, 0.0
     replicas = min(max(count or alloc.num_replicas, service.min_replicas), service.max_replicas)
     cost = alloc.cost * replicas / max(alloc.num_replicas, 1)
-    return replace(alloc, num_replicas=replicas, cost=cost), per_replica, work
+    return replace(alloc, num_replicas=replicas, max_batch=max_batch, cost=cost), per_replica, work
 
 
 def _model_replicas(
