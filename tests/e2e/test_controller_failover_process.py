@@ -91,6 +91,7 @@ async def test_the_standby_takes_over_a_killed_leader_and_resumes_from_the_clust
             [before] = await served(leader_stream, namespace.name)
             assert (before.accelerator, before.desired_replicas) == ("H100", 5)
             first = written(namespace, "chat")  # the leader's first cycle: the HPA, the condition "StaleLoadData"
+            assert first[0][0]["reason"] == "StaleLoadData" and first[2], first
 
             leader.send_signal(signal.SIGKILL)
             killed_at = time.monotonic()

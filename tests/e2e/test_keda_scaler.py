@@ -59,7 +59,8 @@ async def test_an_isvc_scaled_by_keda_gets_no_hpa_of_ours_but_its_decision_still
         by_kserve = isvc("kserve", CHAT, namespace=ns)
         by_kserve["metadata"]["annotations"][KSERVE_AUTOSCALER_CLASS] = "keda"  # KServe's ScaledObject
         plane.kubectl("create", "--filename=-", input=json.dumps(by_kserve))
-        plane.kubectl("create", "--filename=-", input=json.dumps(sample))
+        created = plane.kubectl("create", "--filename=-", input=json.dumps(sample))
+        assert "Warning" not in created.stderr, created.stderr  # our webhook's warnings reach kubectl
         isvcs = controller.informers["isvcs"].objects
         await settled(controller, lambda: {(ns, "kserve"), (ns, own)} <= set(isvcs))
         await settled(controller, lambda: ann.SCALER in isvcs[(ns, "chat")]["metadata"]["annotations"])
