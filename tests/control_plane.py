@@ -347,7 +347,7 @@ class ControlPlane:
         only when the CRD is there at its start. Once per control plane: later calls find it running."""
         if "kserve-manager" in self.processes:
             return
-        self.kubectl("apply", "--server-side", f"--filename={build('keda') / 'keda.sh_scaledobjects.yaml'}")
+        self.install_scaledobject_crd()
         self.kubectl("create", "namespace", "kserve")
         self.kubectl("apply", "--server-side", "--force-conflicts", f"--filename={directory / 'kserve-crds.yaml'}")
         self.kubectl("wait", "--for=condition=Established", "--all", "crd", "--timeout=60s")
@@ -362,6 +362,17 @@ class ControlPlane:
         env = dict(os.environ, KUBECONFIG=str(self.admin_kubeconfig), TMPDIR=str(tmp), POD_NAMESPACE="kserve")
         probes = [f"--metrics-addr=127.0.0.1:{free_port()}", f"--health-probe-addr=127.0.0.1:{free_port()}"]
         self._spawn("kserve-manager", *probes, f"--webhook-port={free_port()}", directory=directory, env=env)
+
+    def install_scaledobject_crd(self) -> None:
+        """KEDA's ScaledObject CRD (`build.sh keda`), served once this returns: its schema then
+        validates the ScaledObjects written, though no KEDA operator acts on them."""
+        self.kubectl("apply", "--server-side", f"--filename={build('keda') / 'keda.sh_scaledobjects.yaml'}")
+        deadline = time.monotonic() + 60
+        # as in install_upstream_crds: a CRD just created has no conditions, an error to `kubectl wait`
+        while self.kubectl("wait", "--for=condition=Established", "crd/scaledobjects.keda.sh", check=False).returncode:
+            if time.monotonic() > deadline:
+                raise ControlPlaneUnavailable("KEDA's ScaledObject CRD was not Established within 60 s")
+            time.sleep(0.5)
 
     def stop(self) -> None:
         for process in reversed(list(self.processes.values())):

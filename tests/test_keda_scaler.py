@@ -1,7 +1,9 @@
 """The KEDA External Scaler (metrics_adapter/keda.py) answering a gRPC client that speaks KEDA's
 externalscaler.proto. The client's messages are built here from KEDA's published contract
 (../shared/KEDA.md: package, service, message and field names and numbers), not from our .proto,
-so a drift of ours from KEDA's wire format fails these tests.
+so a drift of ours from KEDA's wire format fails these tests. No API server is involved: what
+the controller does for an ISVC KEDA scales runs against the real kube-apiserver in
+tests/e2e/test_keda_scaler.py and tests/e2e/test_kserve_standard.py.
 """
 
 from __future__ import annotations
@@ -16,7 +18,6 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 import yaml
 
-from autoscaler import annotations as ann
 from autoscaler.kserve import KSERVE_AUTOSCALER_CLASS, predictor_deployment
 from autoscaler.proto import decisions_pb2 as decisions
 from metrics_adapter.feed import series_of
@@ -24,10 +25,7 @@ from metrics_adapter.keda import serve_keda
 from metrics_adapter.store import MetricStore
 from webhook.server import DEFAULT_CLASSES, answer
 
-from .cluster_objects import HPAS, ISVCS, isvc
 from .control_plane import ROOT
-from .test_controller import Cluster, StandInCollector, stop
-from .test_controller_planning import observed
 from .test_webhook import admission, patched
 
 F = descriptor_pb2.FieldDescriptorProto
@@ -203,34 +201,6 @@ async def test_external_push_streams_each_change_of_activity(scaler):
     assert await next_result() is False
     stream.cancel()
     assert seen == [False, True, False]
-
-
-async def test_an_isvc_scaled_by_keda_gets_no_hpa_of_ours_but_its_decision_still_flows():
-    async with Cluster() as cluster:
-        cluster.store.put(ISVCS, isvc("chat", "llama_13b"))
-        controller = await cluster.controller(
-            StandInCollector({("prod", "chat"): observed(8.0), ("prod", "kserve"): observed(8.0)})
-        )
-        try:
-            await controller.cycle()
-            assert cluster.store.get(HPAS, "prod", "chat-optimizer") is not None
-            switched = cluster.isvc("chat")
-            switched["metadata"]["annotations"][ann.SCALER] = "keda"  # a ScaledObject of the cluster's takes over
-            cluster.store.put(ISVCS, switched)
-            by_kserve = isvc("kserve", "llama_13b")
-            by_kserve["metadata"]["annotations"][KSERVE_AUTOSCALER_CLASS] = "keda"  # KServe's ScaledObject
-            cluster.store.put(ISVCS, by_kserve)
-            await cluster.settle(controller, lambda: len(controller.informers["isvcs"].objects) == 2)
-            await cluster.settle(
-                controller,
-                lambda: controller.informers["isvcs"].objects[("prod", "chat")]["metadata"]["annotations"].get(ann.SCALER),
-            )
-            report = await controller.cycle()
-            assert not report.failures and not report.rejected, report.as_dict()
-            assert cluster.store.items(HPAS) == []
-            assert sorted(d.isvc for d in controller.hub.current()) == ["chat", "kserve"]
-        finally:
-            await stop(controller)
 
 
 def test_the_keda_samples_pass_our_webhook_and_name_what_keda_scales():
