@@ -68,6 +68,10 @@ def seen(controller, informer: str, namespace: Namespace, name: str) -> dict:
     return controller.informers[informer].objects.get((namespace.name, name)) or {}
 
 
+def actual_scale(controller, namespace: Namespace, name: str) -> int:
+    return (seen(controller, "pas", namespace, name).get("status") or {}).get("actualScale", 0)
+
+
 def revision_pods(controller, namespace: Namespace, revision_name: str) -> list[dict]:
     """The revision's pods in the controller's watch cache."""
     pods = controller.informers["pods"].objects.values()
@@ -133,7 +137,8 @@ async def test_knative_events_are_followed_before_the_next_cycle(namespace):
         await settled(controller, lambda: controller.cycles == 1)
         revision(namespace, "chat-predictor-4")  # a new revision appears
         await settled(controller, lambda: seen(controller, "sks", namespace, "chat-predictor-4"))
-        await settled(controller, lambda: "status" in seen(controller, "pas", namespace, "chat-predictor-4"))
+        # its pods' events: Ready ones counted in its PA status
+        await settled(controller, lambda: actual_scale(controller, namespace, "chat-predictor-4") == 2)
         route(namespace, "chat-predictor-3", "Unreachable")  # the route moved all traffic to 4
         # scaled to zero: the real ReplicaSet controller deletes its pods, kwok finishes that
         await settled(controller, lambda: not revision_pods(controller, namespace, "chat-predictor-3"))
