@@ -23,7 +23,6 @@ from autoscaler.optimizer.loader import SECTIONS
 ISVCS = "apis/serving.kserve.io/v1beta1/inferenceservices"
 HPAS = "apis/autoscaling/v2/horizontalpodautoscalers"
 PAS = "apis/autoscaling.internal.knative.dev/v1alpha1/podautoscalers"
-SKSS = "apis/networking.internal.knative.dev/v1alpha1/serverlessservices"
 CONFIGMAPS = "api/v1/configmaps"
 NODES = "api/v1/nodes"
 PODS = "api/v1/pods"

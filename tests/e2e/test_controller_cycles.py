@@ -221,6 +221,7 @@ async def test_knative_revisions_get_hpas_serverless_services_and_status(namespa
             assert made["spec"]["scaleTargetRef"]["name"] == f"{serving}-deployment"
             assert kubectl_json(plane, "get", "serverlessservice", serving, f"--namespace={ns}")["spec"]["mode"] == "Serve"
             assert kubectl_json(plane, "get", "podautoscaler", serving, f"--namespace={ns}")["status"]["desiredScale"] == replicas
+            assert kubectl_json(plane, "get", "deployment", f"{serving}-deployment", f"--namespace={ns}")["spec"]["replicas"] == 2
         retired = kubectl_json(plane, "get", "podautoscaler", revisions[0], f"--namespace={ns}")["status"]
         assert retired["desiredScale"] == 0 and not namespace.exists("hpa", revisions[0])
         assert (

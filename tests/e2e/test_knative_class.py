@@ -1,7 +1,9 @@
 """Issue 13, points 3 and 4 on a real kube-apiserver with Knative's v1.23.0 and KServe's v0.20.0
 CRDs: our PodAutoscaler class's status and ServerlessService pass the real schemas, and the PA is
 Ready only once the SKS is Ready and max(min-scale, initial-scale) pods (made by the real
-ReplicaSet controller, run by kwok) are; an unreachable revision is retired to zero.
+ReplicaSet controller, run by kwok) are (Knative's kpa.activeThreshold); an unreachable revision
+is retired to zero; ScaleTargetInitialized is never reset, while Active and Ready go when the
+pods do.
 
 Knative itself does not run here: the test plays its part by writing the PA, the revision's
 Deployment and the SKS's status, as Knative's reconcilers would.
@@ -27,12 +29,16 @@ ISVC_NAMESPACE = "e2e-pa-class"
 REVISION = "chat-predictor-00001"
 
 
-def revision_deployment(replicas: int) -> dict:
-    labels = {REVISION_LABEL: REVISION, ISVC_LABEL: "chat"}
+def revision_deployment(
+    replicas: int, namespace: str = ISVC_NAMESPACE, revision: str = REVISION, isvc_name: str = "chat"
+) -> dict:
+    """A revision's Deployment as Knative makes it (the PA's scaleTargetRef): its pods, made by the
+    real ReplicaSet controller and marked Ready by kwok, carry the revision's label."""
+    labels = {REVISION_LABEL: revision, ISVC_LABEL: isvc_name}
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": {"name": f"{REVISION}-deployment", "namespace": ISVC_NAMESPACE, "labels": labels},
+        "metadata": {"name": f"{revision}-deployment", "namespace": namespace, "labels": labels},
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": labels},
@@ -68,7 +74,7 @@ async def test_our_pa_is_ready_only_when_the_sks_and_enough_pods_are_and_unreach
     managed["metadata"]["annotations"][DEPLOYMENT_MODE] = "Knative"
     plane.kubectl("apply", "--filename=-", input=json.dumps(managed))
     pa = pod_autoscaler("chat", REVISION, namespace=ISVC_NAMESPACE)
-    pa["metadata"]["annotations"] |= {MIN_SCALE: "2", INITIAL_SCALE: "2"}
+    pa["metadata"]["annotations"] |= {MIN_SCALE: "2", INITIAL_SCALE: "3"}  # the larger counts
     pa["spec"]["reachability"] = "Reachable"
     del pa["metadata"]["generation"]
     plane.kubectl("apply", "--filename=-", input=json.dumps(pa))
@@ -106,23 +112,19 @@ async def test_our_pa_is_ready_only_when_the_sks_and_enough_pods_are_and_unreach
             f"{REVISION}-private",
             1,
         )
-        assert conditions(plane)["ScaleTargetInitialized"] != "True" and conditions(plane)["Ready"] != "True"  # 1 < 2
+        assert conditions(plane)["ScaleTargetInitialized"] != "True" and conditions(plane)["Ready"] != "True"  # 1 < 3
 
-        # the HPA on our figure would scale it; here the test does, to min-scale's 2
-        plane.kubectl("scale", "deployment", f"{REVISION}-deployment", "--replicas=2", f"--namespace={ISVC_NAMESPACE}")
-        until(lambda: len(ready_pods(plane)) == 2, "two Ready pods from kwok")
-        await settled(
-            controller,
-            lambda: (
-                sum(
-                    1
-                    for p in controller.informers["pods"].objects.values()
-                    if is_ready(p) and p["metadata"]["namespace"] == ISVC_NAMESPACE
-                )
-                == 2
-            ),
-        )
-        await controller.cycle()
+        # the HPA on our figure would scale it; here the test does: to min-scale's 2, still below
+        # initial-scale's 3, then to 3
+        for replicas in (2, 3):
+            plane.kubectl(
+                "scale", "deployment", f"{REVISION}-deployment", f"--replicas={replicas}", f"--namespace={ISVC_NAMESPACE}"
+            )
+            until(lambda n=replicas: len(ready_pods(plane)) == n, f"{replicas} Ready pods from kwok")
+            await settled(controller, lambda n=replicas: seen_ready(controller) == n)
+            await controller.cycle()
+            if replicas == 2:
+                assert conditions(plane)["ScaleTargetInitialized"] != "True" and conditions(plane)["Ready"] != "True"
         assert conditions(plane) == {"Active": "True", "SKSReady": "True", "ScaleTargetInitialized": "True", "Ready": "True"}
 
         plane.kubectl(
@@ -137,6 +139,11 @@ async def test_our_pa_is_ready_only_when_the_sks_and_enough_pods_are_and_unreach
         deployment = kubectl_json(plane, "get", "deployment", f"{REVISION}-deployment", f"--namespace={ISVC_NAMESPACE}")
         assert deployment["spec"]["replicas"] == 0
         assert conditions(plane)["ScaleTargetInitialized"] == "True"  # never reset
+        until(lambda: not ready_pods(plane), "kwok to finish the pods' deletion")
+        await settled(controller, lambda: seen_ready(controller) == 0)
+        await controller.cycle()
+        after = conditions(plane)
+        assert after["ScaleTargetInitialized"] == "True" and after["Active"] != "True" and after["Ready"] != "True"
     finally:
         await controller.stop()
         await kube.close()
@@ -146,6 +153,12 @@ async def test_our_pa_is_ready_only_when_the_sks_and_enough_pods_are_and_unreach
 
 def is_ready(pod: dict) -> bool:
     return any(c.get("type") == "Ready" and c.get("status") == "True" for c in (pod.get("status") or {}).get("conditions") or [])
+
+
+def seen_ready(controller) -> int:
+    """The revision's Ready pods in the controller's watch cache."""
+    pods = controller.informers["pods"].objects.values()
+    return sum(1 for p in pods if is_ready(p) and p["metadata"]["namespace"] == ISVC_NAMESPACE)
 
 
 def ready_pods(plane) -> list[dict]:
