@@ -80,13 +80,17 @@ def _scale_annotation(pa: dict, key: str, default: int) -> int:
     return int(value) if value.isdigit() else default
 
 
+def _min_scale(pa: dict) -> int:
+    """min-scale from the PA's annotations, ignored for an unreachable revision (Knative's ScaleBounds)."""
+    reachable = ((pa.get("spec") or {}).get("reachability")) != "Unreachable"
+    return _scale_annotation(pa, MIN_SCALE, 0) if reachable else 0
+
+
 def initial_scale_target(pa: dict) -> int:
     """How many ready pods a new revision needs before its scale target counts as initialized:
     max(min-scale, initial-scale) from the PA's annotations (initial-scale defaulting to 1, as
-    config-autoscaler's; min-scale ignored for an unreachable revision, as Knative's ScaleBounds)."""
-    reachable = ((pa.get("spec") or {}).get("reachability")) != "Unreachable"
-    min_scale = _scale_annotation(pa, MIN_SCALE, 0) if reachable else 0
-    return max(min_scale, _scale_annotation(pa, INITIAL_SCALE, DEFAULT_INITIAL_SCALE))
+    config-autoscaler's)."""
+    return max(_min_scale(pa), _scale_annotation(pa, INITIAL_SCALE, DEFAULT_INITIAL_SCALE))
 
 
 def is_ready_pod(pod: dict) -> bool:
@@ -99,14 +103,20 @@ def is_ready_pod(pod: dict) -> bool:
 def pa_status(pa: dict, desired: int, ready_pods: int, sks: dict | None) -> dict:
     """The PA status Knative's revision reconciler reads, by the PodAutoscaler contract: service
     names from the SKS; ScaleTargetInitialized once the SKS is Ready and enough pods are
-    (initial_scale_target), and never reset after; Active when wanted and serving; Ready the AND
-    of Active, ScaleTargetInitialized and SKSReady (Knative's living condition set)."""
+    (initial_scale_target), and never reset after; Active when wanted and as many pods are ready
+    as Knative's KPA asks (its activeThreshold: the initialization target until the scale
+    target is initialized, max(min-scale, 1) after), Activating below that; Ready the AND of
+    Active, ScaleTargetInitialized and SKSReady (Knative's living condition set)."""
     sks_ready = _condition(sks, "Ready")
+    was_initialized = _condition(pa, SCALE_TARGET_INITIALIZED) == "True"
     enough = sks_ready == "True" and ready_pods >= initial_scale_target(pa)
-    initialized = "True" if enough or _condition(pa, SCALE_TARGET_INITIALIZED) == "True" else "Unknown"
-    if desired == 0:
+    initialized = "True" if enough or was_initialized else "Unknown"
+    # Knative's computeActiveCondition: one ready pod of a revision whose min-scale is 3 is
+    # not Active, or the revision (and the route moving to it) would count as ready too early
+    threshold = max(_min_scale(pa), 1) if was_initialized else initial_scale_target(pa)
+    if desired == 0 or threshold == 0:
         active, active_reason = "False", "NoTraffic"
-    elif ready_pods == 0:
+    elif ready_pods < threshold:
         active, active_reason = "Unknown", "Queued"
     else:
         active, active_reason = "True", ""
