@@ -45,7 +45,10 @@ MIN_IDENTIFYING_LOAD = 0.2  # share of a replica's time on token work below whic
 EXACT_COUNT = 8.0  # mean prompts in one request's life below which their mixture is summed exactly
 EXACT_TERMS = 48  # terms of that sum: Poisson(8) has no mass left past them
 RATE_POINTS = 24  # rates per pass of the capacity search (two passes: 1/576 of the saturating rate)
-BLOCK = 48  # points per numpy pass of a prediction (predict_points)
+# points per numpy pass of a prediction (predict_points): its arrays, points x output lengths x
+# prompts x Hermite nodes, are then ~660 kB, within a core's cache; 64 points and more took 25-80%
+# longer on benchmarks/plan_learning.py, 16 points 15% longer (numpy's cost per call)
+BLOCK = 48
 
 
 @dataclass(frozen=True)
