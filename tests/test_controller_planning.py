@@ -6,7 +6,7 @@ import dataclasses
 
 import pytest
 
-from autoscaler.controller.catalog import available_capacity, cluster_data, gpu_type_of, node_gpu_types
+from autoscaler.controller.catalog import available_capacity, cluster_data, gpu_type_of, node_gpu_types, ready_replicas
 from autoscaler.controller.collector import CollectorSettings, bracketing_bounds, observations, queries
 from autoscaler.policy.guards import ArrivalHistory, GuardSettings, planned_rate, z_score
 from autoscaler.policy.observation import Observation, WindowFigures, observe, within
@@ -15,6 +15,7 @@ from autoscaler.policy.planner import PlannerState, plan
 from autoscaler.controller.services import ServiceReader, read_services
 from autoscaler.policy.decisions import LastDecision
 from autoscaler.errors import InputError
+from autoscaler.kserve import ISVC_LABEL, REVISION_LABEL
 
 from .cluster_objects import data_configmap, gpu_pod, isvc, node
 
@@ -81,6 +82,27 @@ def test_capacity_counts_ready_nodes_minus_other_workloads_and_reservations():
     pods = [gpu_pod("training", "h1", 3), gpu_pod("ours", "h2", 4, labels={"mine": "yes"}), gpu_pod("pending", None, 8)]
     managed = lambda pod: pod["metadata"]["labels"].get("mine") == "yes"  # noqa: E731
     assert available_capacity(nodes, node_gpu_types(nodes, DATA), pods, managed, {"H100": 2}) == {"H100": 8 + 8 - 3 - 2}
+
+
+def test_ready_replicas_are_each_isvcs_ready_predictor_pods_of_every_revision():
+    def pod(name: str, isvc_name: str, ready: bool, namespace: str = "prod", component: str = "predictor", **meta) -> dict:
+        labels = {ISVC_LABEL: isvc_name, "component": component, REVISION_LABEL: f"{isvc_name}-predictor-0000{name[-1]}"}
+        made = gpu_pod(name, "h1", 1, namespace=namespace, labels=labels)
+        made["metadata"].update(meta)
+        made["status"]["conditions"] = [{"type": "Ready", "status": "True" if ready else "False"}]
+        return made
+
+    pods = [
+        pod("chat-1", "chat", True),
+        pod("chat-2", "chat", True),  # a superseded revision's, still serving
+        pod("chat-3", "chat", False),  # starting
+        pod("chat-4", "chat", True, deletionTimestamp="2026-01-01T00:00:00Z"),  # draining
+        pod("chat-5", "chat", True, component="transformer"),  # not a replica of the model
+        pod("chat-6", "chat", True, namespace="staging"),
+        pod("code-1", "code", False),
+        gpu_pod("training", "h1", 2),  # no ISVC's
+    ]
+    assert ready_replicas(pods) == {("prod", "chat"): 2, ("staging", "chat"): 1, ("prod", "code"): 0}
 
 
 def test_bad_data_configmap_names_key_and_field():

@@ -1,4 +1,5 @@
-"""The optimizer's static data from a ConfigMap, and the GPU capacity the cluster's Nodes offer.
+"""The optimizer's static data from a ConfigMap, the GPU capacity the cluster's Nodes offer, and
+the replicas of each ISVC ready to serve.
 
 The ConfigMap holds Inferno's data files under their file names (accelerator-data.json,
 model-data.json, serviceclass-data.json, optional optimizer-data.json) and, optionally,
@@ -14,9 +15,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ..errors import InputError
-from ..kserve import GPU_PRODUCT_LABEL, ISVC_LABEL, REVISION_LABEL
+from ..kserve import COMPONENT_LABEL, GPU_PRODUCT_LABEL, ISVC_LABEL, PREDICTOR, REVISION_LABEL
 from ..optimizer.domain import Catalog
 from ..resources import node_allocatable, pod_requests, schedulable
+from .knative import is_ready_pod
 from ..optimizer.loader import SECTIONS, Node, catalog_from_sections, parse_json
 
 GPU_PRODUCTS_KEY = "gpu-products.json"
@@ -128,3 +130,21 @@ def placed_afresh(pod: dict, latest: Mapping[tuple[str, str], str | None]) -> bo
         return False
     newest, revision = latest[key], labels.get(REVISION_LABEL)
     return newest is None or revision is None or revision == newest
+
+
+def ready_replicas(pods: Iterable[dict]) -> dict[tuple[str, str], int]:
+    """Ready predictor pods per (namespace, ISVC), of every revision: the replicas that served
+    the last window, which the planner learns per replica from (the simulator counts its ready
+    replicas alike). KServe labels a predictor's pods with the ISVC's name and component
+    `predictor` in both modes (the Deployment's or the Knative revision's pod template,
+    predictor.go buildObjectMeta); a pod counts once its Ready condition is True and it is not
+    being deleted, as the Deployment's readyReplicas and the endpoints count it. An ISVC with no
+    such pod at all is left out (unknown: the planner takes its last decision's count), not 0."""
+    ready: dict[tuple[str, str], int] = {}
+    for pod in pods:
+        meta = pod.get("metadata") or {}
+        labels = meta.get("labels") or {}
+        if labels.get(ISVC_LABEL) and labels.get(COMPONENT_LABEL) == PREDICTOR:
+            key = (meta.get("namespace", ""), labels[ISVC_LABEL])
+            ready[key] = ready.get(key, 0) + is_ready_pod(pod)
+    return ready

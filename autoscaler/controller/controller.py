@@ -13,7 +13,7 @@ import gc
 import logging
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 from ..decision_stream import DecisionHub
@@ -21,7 +21,7 @@ from ..errors import InputError
 from ..kserve import DEFAULT_MODE, GPU_PRODUCT_LABEL, REVISION_LABEL, latest_created_revision
 from . import knative
 from .actuator import ActuationReport, Actuator, ActuatorSettings
-from .catalog import ClusterData, available_capacity, cluster_data, node_gpu_types, placed_afresh
+from .catalog import ClusterData, available_capacity, cluster_data, node_gpu_types, placed_afresh, ready_replicas
 from ..policy.observation import Key, Observation
 from .collector import CollectError, slo_seconds
 from ..kube import (
@@ -289,6 +289,9 @@ class Controller:
         pods, reserved = self.informers["pods"].objects.values(), self.reserved_gpus()
         capacity = available_capacity(nodes, types, pods, lambda pod: placed_afresh(pod, latest), reserved)
         free = available_capacity(nodes, types, pods, lambda _: False, reserved)
+        # the replicas that served the window, as the simulator gives them (unknown: the last decision's count)
+        ready = ready_replicas(pods)
+        observed = {key: replace(obs, ready_replicas=ready.get(key)) for key, obs in observed.items()}
         plans = plan(data.catalog, capacity, services, observed, now, self.state, self.settings.planner, free=free)
         report.services = len(plans)
         report.stale = sum(p.stale for p in plans)

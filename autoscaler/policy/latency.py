@@ -19,8 +19,9 @@ model predicts the share of requests within both SLOs at a Poisson arrival rate:
   KV limit, whichever binds), the wait's tail from Erlang C over those seats.
 - Output lengths are taken as geometric with the observed mean, prompts as exponential (only
   means are observed); the shares are averaged over the output lengths' quantiles.
-- Everything is computed for an array of rates at once (predict_rates): the capacity search
-  and the learning each cost a few numpy passes, not one per rate.
+- Everything is computed for arrays of points at once, each point a (replica, shape) row at a
+  rate (predict_points; predict_rates is one row's): the capacity searches and the learning of
+  all ISVCs cost a few numpy passes a cycle, not one per rate or per ISVC.
 
 `mode="stall"` is the server without chunked prefill (V0 prefill-first): a prompt's step holds
 the whole batch, which is the same prefill work landing in the decodes' lives, so the same
@@ -30,7 +31,8 @@ formulas hold; they differ in the budget (a stall step is not split).
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
@@ -43,6 +45,10 @@ MIN_IDENTIFYING_LOAD = 0.2  # share of a replica's time on token work below whic
 EXACT_COUNT = 8.0  # mean prompts in one request's life below which their mixture is summed exactly
 EXACT_TERMS = 48  # terms of that sum: Poisson(8) has no mass left past them
 RATE_POINTS = 24  # rates per pass of the capacity search (two passes: 1/576 of the saturating rate)
+# points per numpy pass of a prediction (predict_points): its arrays, points x output lengths x
+# prompts x Hermite nodes, are then ~660 kB, within a core's cache; 64 points and more took 25-80%
+# longer on benchmarks/plan_learning.py, 16 points 15% longer (numpy's cost per call)
+BLOCK = 48
 
 
 @dataclass(frozen=True)
@@ -88,11 +94,13 @@ class Prediction:
     stable: bool
 
 
-def _lengths(mean_out: float) -> np.ndarray:
-    """Decode steps (output tokens - 1) at evenly spaced quantiles of a geometric output length."""
+def _lengths(mean_out: np.ndarray) -> np.ndarray:
+    """Decode steps (output tokens - 1) at evenly spaced quantiles of a geometric output length,
+    one row per mean output length."""
     q = (np.arange(LENGTH_QUANTILES) + 0.5) / LENGTH_QUANTILES  # geometric: a discretised exponential
-    p = 1.0 / max(mean_out, 1.0)
-    out = np.ceil(np.log1p(-q) / math.log1p(-p)) if p < 1.0 else np.ones_like(q)
+    p = 1.0 / np.maximum(np.asarray(mean_out, dtype=float), 1.0)[:, None]
+    with np.errstate(divide="ignore"):  # p = 1 (one token) is taken by the where
+        out = np.where(p < 1.0, np.ceil(np.log1p(-q) / np.log1p(-p)), 1.0)
     return np.maximum(out - 1.0, 0.0)
 
 
@@ -109,27 +117,30 @@ def _normal_cdf(z: np.ndarray) -> np.ndarray:
     return np.where(z >= 0.0, 1.0 - upper, upper)
 
 
-def _compound_poisson_cdf(x: np.ndarray, mean_count: np.ndarray, mean_size: float) -> np.ndarray:
+def _compound_poisson_cdf(x: np.ndarray, mean_count: np.ndarray, mean_size: np.ndarray) -> np.ndarray:
     """P(sum of Poisson(mean_count) exponentials of mean `mean_size` <= x), elementwise.
 
     2 * sum / mean_size is a noncentral chi-square with 0 degrees of freedom and noncentrality
     2 * mean_count; from EXACT_COUNT prompts on, Sankaran's normal approximation of its square
     root holds to ~1e-3. Below, the Poisson mixture is summed exactly: a sum of k exponentials
     <= x  <=>  a Poisson(x / size) count >= k, so P = 1 - sum_k P(K = k) P(N(x/size) < k)."""
-    shape = np.broadcast_shapes(np.shape(x), np.shape(mean_count))
+    shape = np.broadcast_shapes(np.shape(x), np.shape(mean_count), np.shape(mean_size))
     x = np.broadcast_to(np.maximum(x, 0.0), shape).ravel()
     m = np.broadcast_to(np.maximum(mean_count, 1e-300), shape).ravel()
+    size = np.broadcast_to(mean_size, shape).ravel()
     result = np.empty(x.shape)
     large = m >= EXACT_COUNT
     ml, p = m[large], 1.0 / np.maximum(m[large], EXACT_COUNT)
     # Sankaran (1963) with h = 1/2, the value it takes at 0 degrees of freedom
-    z = (np.sqrt(x[large] / (ml * mean_size)) - (1.0 - 0.25 * p - 0.09375 * p * p)) / (0.5 * np.sqrt(2.0 * p) * (1.0 + 0.125 * p))
+    z = (np.sqrt(x[large] / (ml * size[large])) - (1.0 - 0.25 * p - 0.09375 * p * p)) / (
+        0.5 * np.sqrt(2.0 * p) * (1.0 + 0.125 * p)
+    )
     result[large] = _normal_cdf(z)
     # below: certain where the sum cannot reach x (beyond 10 standard deviations and more), the
     # chance of no prompt at all where x is 0, and summed term by term (no factorials, no array
     # of terms) in between
     small = ~large
-    z_all = x / mean_size
+    z_all = x / size
     sure = small & (z_all > m + 10.0 * np.sqrt(2.0 * m) + 20.0)
     result[sure] = 1.0
     none = small & (x <= 0.0)
@@ -149,16 +160,17 @@ def _compound_poisson_cdf(x: np.ndarray, mean_count: np.ndarray, mean_size: floa
     return np.clip(result, 0.0, 1.0).reshape(shape)
 
 
-def _erlang_c(seats: int, offered: np.ndarray) -> np.ndarray:
-    """Probability an arrival waits with `seats` servers at `offered` Erlangs (each < seats).
-    Erlang B is a Poisson(offered) pmf at `seats` over its cdf there: summed in log space, all
-    offered loads at once."""
-    k = np.arange(seats + 1)[:, None]
-    log_fact = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, seats + 1)))))[:, None]
+def _erlang_c(seats: np.ndarray, offered: np.ndarray) -> np.ndarray:
+    """Probability an arrival waits with `seats` servers at `offered` Erlangs (each < its seats),
+    elementwise. Erlang B is a Poisson(offered) pmf at `seats` over its cdf there: summed in log
+    space, all offered loads at once (the terms past each one's seats left out)."""
+    k = np.arange(int(seats.max(initial=0)) + 1)[:, None]
+    log_fact = np.concatenate(([0.0], np.cumsum(np.log(np.arange(1, k.size)))))[:, None]
     log_load = np.log(np.maximum(offered, 1e-300))[None, :]
-    log_pmf = k * log_load - log_fact  # e^-offered cancels in the ratio
+    log_pmf = np.where(k <= seats, k * log_load - log_fact, -np.inf)  # e^-offered cancels in the ratio
     top = log_pmf.max(axis=0)
-    blocking = np.exp(log_pmf[-1] - top) / np.sum(np.exp(log_pmf - top), axis=0)
+    at_seats = np.take_along_axis(log_pmf, seats[None, :], axis=0)[0]
+    blocking = np.exp(at_seats - top) / np.sum(np.exp(log_pmf - top), axis=0)
     return np.where(offered > 0.0, blocking / (1.0 - offered / seats * (1.0 - blocking)), 0.0)
 
 
@@ -222,20 +234,46 @@ class Predictions:
     stable: np.ndarray
 
     def at(self, i: int) -> Prediction:
-        return Prediction(
-            *(
-                v.item()
-                for v in (
-                    self.attainment[i],
-                    self.ttft_share[i],
-                    self.itl_share[i],
-                    self.itl_token_share[i],
-                    self.step_ms[i],
-                    self.batch[i],
-                    self.stable[i],
-                )
-            )
-        )
+        return Prediction(*(getattr(self, f.name)[i].item() for f in fields(self)))
+
+
+@dataclass(frozen=True)
+class Rows:
+    """(replica, shape) pairs side by side, as what a prediction needs of each (one array entry
+    per pair): the rates of many ISVCs are predicted in one numpy pass, and one ISVC's are the
+    same computation over one row."""
+
+    base: np.ndarray  # a step's fixed cost (ms)
+    u: np.ndarray  # work per decode per step (ms)
+    prefill_work: np.ndarray  # work per request, once (ms)
+    gamma: np.ndarray  # the profile's cost per token of context read (ms)
+    frontend_ms: np.ndarray
+    prompt: np.ndarray
+    out: np.ndarray
+    seats: np.ndarray  # int: the batch or the KV limit, whichever binds
+    token_budget: np.ndarray
+
+    @classmethod
+    def of(cls, pairs: Sequence[tuple[Replica, Shape]]) -> Rows:
+        columns = list(zip(*(_row(replica, shape) for replica, shape in pairs), strict=True)) or [()] * len(fields(cls))
+        return cls(*(np.array(c, dtype=int if f.name == "seats" else float) for f, c in zip(fields(cls), columns, strict=True)))
+
+    def take(self, index: np.ndarray | slice) -> Rows:
+        return Rows(*(getattr(self, f.name)[index] for f in fields(self)))
+
+
+def _row(replica: Replica, shape: Shape) -> tuple[float, ...]:
+    """Rows' fields for one pair (in their order)."""
+    p, c = replica.params, replica.costs
+    prompt, out = max(shape.in_tokens, 0.0), max(shape.out_tokens, 1.0)
+    # a running request is length-biased: geometric outputs leave it about `out` tokens in
+    w = replica.work_scale
+    u = w * (p.beta + p.gamma * (prompt + out) + c.seq_ms)  # per decode per step
+    prefill_work = w * ((p.beta + p.gamma) * prompt + c.request_ms + c.seq_ms)  # per request, once
+    seats = replica.max_batch
+    if replica.kv_cache_tokens > 0:
+        seats = min(seats, max(int(replica.kv_cache_tokens // (prompt + out)), 1))
+    return p.alpha + c.step_ms, u, prefill_work, p.gamma, c.frontend_ms, prompt, out, seats, replica.token_budget
 
 
 def predict(
@@ -255,52 +293,65 @@ def predict_rates(
 ) -> Predictions:
     """Attainment of one replica at each of `rates` (requests/s) of `shape`, in one pass; the
     SLOs may be arrays beside the rates (one pair per rate)."""
-    p, c = replica.params, replica.costs
-    prompt, out = max(shape.in_tokens, 0.0), max(shape.out_tokens, 1.0)
-    decodes = out - 1.0
     rates = np.asarray(rates, dtype=float)
-    # a running request is length-biased: geometric outputs leave it about `out` tokens in
-    w = replica.work_scale
-    u = w * (p.beta + p.gamma * (prompt + out) + c.seq_ms)  # per decode per step
-    prefill_work = w * ((p.beta + p.gamma) * prompt + c.request_ms + c.seq_ms)  # per request, once
-    base = p.alpha + c.step_ms
+    rows = Rows.of([(replica, shape)]).take(np.zeros(rates.shape, dtype=int))
+    ttft, itl = (np.broadcast_to(np.asarray(v, dtype=float), rates.shape) for v in (ttft_slo_ms, itl_slo_ms))
+    return predict_points(rows, rates, ttft, itl, mode)
+
+
+def predict_points(
+    rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_slo_ms: np.ndarray, mode: str = "chunked"
+) -> Predictions:
+    """Attainment of each row at the rate and SLOs beside it (arrays of one length), BLOCK points
+    per numpy pass: a pass's arrays are points x quantiles x Hermite nodes, which past a few
+    hundred kB leave the CPU's cache and cost more per point than the passes save."""
+    blocks = [
+        _predict_block(
+            rows.take(slice(i, i + BLOCK)), rates[i : i + BLOCK], ttft_slo_ms[i : i + BLOCK], itl_slo_ms[i : i + BLOCK], mode
+        )
+        for i in range(0, max(len(rates), 1), BLOCK)
+    ]
+    return Predictions(*(np.concatenate([getattr(b, f.name) for b in blocks]) for f in fields(Predictions)))
+
+
+def _predict_block(rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_slo_ms: np.ndarray, mode: str) -> Predictions:
+    """predict_points over one block: every array has a point on its leading axis."""
+    u, prefill_work, base, gamma, prompt, out = rows.u, rows.prefill_work, rows.base, rows.gamma, rows.prompt, rows.out
+    decodes = out - 1.0
     rho = rates / 1000.0 * (u * decodes + prefill_work)
     idle, stable = rates <= 0.0, (rho < 1.0) & (rates > 0.0)
     lam = np.where(stable, rates, 0.0) / 1000.0  # per ms; the unstable are overwritten below
     step = base / (1.0 - np.where(stable, rho, 0.0))
     batch = lam * decodes * step
-    seats = replica.max_batch
-    if replica.kv_cache_tokens > 0:
-        seats = min(seats, max(int(replica.kv_cache_tokens // (prompt + out)), 1))
-    # ---- ITL: over the rates, the quantiles of the decode length and of the request's own prompt
-    d = _lengths(out)[None, :, None]
-    own_prompt = prompt * _exponential_quantiles(PROMPT_QUANTILES)[None, None, :]
-    per_rate = (slice(None), None, None)
-    life = d * step[per_rate]
-    tau = np.maximum(decodes * step, 1e-9)[per_rate]
+    seats = rows.seats
+    # ---- ITL: over the points, the quantiles of the decode length and of the request's own prompt
+    d = _lengths(out)[:, :, None]
+    per_point = (slice(None), None, None)
+    own_prompt = prompt[per_point] * _exponential_quantiles(PROMPT_QUANTILES)[None, None, :]
+    life = d * step[per_point]
+    tau = np.maximum(decodes * step, 1e-9)[per_point]
     r = life / tau
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        var_avg = np.where(r > 1e-6, batch[per_rate] * 2.0 / r**2 * (r - 1.0 + np.exp(-r)), batch[per_rate])
+        var_avg = np.where(r > 1e-6, batch[per_point] * 2.0 / r**2 * (r - 1.0 + np.exp(-r)), batch[per_point])
     # each running request reads its own context: the batch's work varies with who is in it
-    var_avg = var_avg * (1.0 + (p.gamma**2 * (prompt**2 + out**2)) / u**2)
+    var_avg = var_avg * (1.0 + (gamma**2 * (prompt**2 + out**2)) / u**2)[per_point]
     # a request reads its own context every step, more than the mean's if its prompt is long
-    own = d * p.gamma * (own_prompt + d / 2.0 - (prompt + out))
-    itl_slo = np.broadcast_to(np.asarray(itl_slo_ms, dtype=float), rates.shape)[per_rate]
-    budget = d * (itl_slo - base) - own  # ms of work a request's life can hold within the SLO
-    arriving = lam[per_rate] * life  # mean prompts landing in a request's life
+    own = d * gamma[per_point] * (own_prompt + d / 2.0 - (prompt + out)[per_point])
+    budget = d * (itl_slo_ms - base)[per_point] - own  # ms of work a request's life can hold within the SLO
+    arriving = lam[per_point] * life  # mean prompts landing in a request's life
     # the Gaussian's nodes on a leading axis: others running beside the request, as Poisson arrivals see them
     nodes, weights = (v[:, None, None, None] for v in HERMITE)
-    others = np.maximum(batch[per_rate] + nodes * np.sqrt(var_avg), 0.0)
-    room = budget - d * u * (1.0 + others)  # itself and the others
-    shares = np.sum(weights * _compound_poisson_cdf(room, arriving, prefill_work), axis=0)
+    others = np.maximum(batch[per_point] + nodes * np.sqrt(var_avg), 0.0)
+    room = budget - d * u[per_point] * (1.0 + others)  # itself and the others
+    shares = np.sum(weights * _compound_poisson_cdf(room, arriving, prefill_work[per_point]), axis=0)
     shares = np.where(d > 0, shares / math.sqrt(2.0 * math.pi), 1.0)  # one token: no gap to miss
     itl_share = shares.mean(axis=(1, 2))
     tokens = d * np.ones_like(shares)
     itl_token_share = (shares * d).sum(axis=(1, 2)) / np.maximum(tokens.sum(axis=(1, 2)), 1e-9)
     # ---- TTFT: intake, the prompt's steps, a wait for a seat
-    chunk = replica.token_budget if mode == "chunked" else math.inf
+    chunk = rows.token_budget if mode == "chunked" else math.inf
     prompt_steps = np.maximum(np.ceil(prompt / np.maximum(chunk - batch, 1.0)), 1.0)
-    ttft_work = c.frontend_ms + prompt_steps * step + prefill_work
+    ttft_work = rows.frontend_ms + prompt_steps * step + prefill_work
     offered = lam * (decodes * step + ttft_work)
     seated = offered < seats
     waits = _erlang_c(seats, np.where(seated, offered, 0.0))
@@ -321,20 +372,44 @@ def predict_rates(
 
 
 def capacity(replica: Replica, shape: Shape, ttft_slo_ms: float, itl_slo_ms: float, goal: float, mode: str = "chunked") -> float:
-    """The largest rate (req/s) at which the predicted attainment reaches `goal` (0 if none):
-    attainment falls with the rate, so two passes of RATE_POINTS rates each, the second inside
-    the first's bracket, and a linear interpolation inside the second's."""
-    high = saturating_rate(replica, shape)
-    if predict(replica, shape, high * 1e-4, ttft_slo_ms, itl_slo_ms, mode).attainment < goal:
-        return 0.0
-    low = 0.0
+    """The largest rate (req/s) at which the predicted attainment reaches `goal` (0 if none)."""
+    return float(capacities([(replica, shape)], np.array([ttft_slo_ms]), np.array([itl_slo_ms]), goal, mode)[0])
+
+
+def capacities(
+    pairs: Sequence[tuple[Replica, Shape]], ttft_slo_ms: np.ndarray, itl_slo_ms: np.ndarray, goal: float, mode: str = "chunked"
+) -> np.ndarray:
+    """capacity() of each (replica, shape) pair at the SLOs beside it. Attainment falls with the
+    rate, so: a first point at 1e-4 of the saturating rate (missed there: no capacity), then two
+    passes over RATE_POINTS evenly spaced rates, the second inside the bracket the first found,
+    and a linear interpolation inside the second's. A pass bisects its rates for the last one
+    that meets the goal (5 predictions, not 24): its steps are sequential, so each is one numpy
+    pass over every pair at once, where one pair's would be mostly numpy's per-call cost."""
+    rows = Rows.of(pairs)
+    ttft, itl = (np.asarray(v, dtype=float) for v in (ttft_slo_ms, itl_slo_ms))
+    result = np.zeros(len(pairs))
+    high = np.array([saturating_rate(replica, shape) for replica, shape in pairs])
+    searched = np.flatnonzero(predict_points(rows, high * 1e-4, ttft, itl, mode).attainment >= goal)
+    rows, ttft, itl, high = rows.take(searched), ttft[searched], itl[searched], high[searched]
+    low = np.zeros(searched.size)
     for _ in range(2):
-        rates = low + (high - low) * np.arange(1, RATE_POINTS + 1) / (RATE_POINTS + 1)
-        shares = predict_rates(replica, shape, rates, ttft_slo_ms, itl_slo_ms, mode).attainment
-        met = np.flatnonzero(shares >= goal)
-        last = met[-1] if met.size else -1  # rates below the first point meet it (checked above)
-        low_share = shares[last] if last >= 0 else 1.0
-        low, high = (rates[last] if last >= 0 else low), (rates[last + 1] if last + 1 < rates.size else high)
-        high_share = shares[last + 1] if last + 1 < rates.size else 0.0
+        # the pass's rates are low + (high - low) * (i + 1) / (RATE_POINTS + 1), i < RATE_POINTS;
+        # i = -1 (low) meets the goal, i = RATE_POINTS (high) does not, each with a share to
+        # interpolate between (1 and 0 where it was not predicted)
+        met_i, missed_i = np.full(searched.size, -1), np.full(searched.size, RATE_POINTS)
+        met_share, missed_share = np.ones(searched.size), np.zeros(searched.size)
+        while (open_ := np.flatnonzero(missed_i - met_i > 1)).size:
+            i = (met_i[open_] + missed_i[open_]) // 2
+            rates = low[open_] + (high - low)[open_] * (i + 1) / (RATE_POINTS + 1)
+            shares = predict_points(rows.take(open_), rates, ttft[open_], itl[open_], mode).attainment
+            met = shares >= goal
+            met_i[open_], missed_i[open_] = np.where(met, i, met_i[open_]), np.where(met, missed_i[open_], i)
+            met_share[open_] = np.where(met, shares, met_share[open_])
+            missed_share[open_] = np.where(met, missed_share[open_], shares)
+        low, high = (
+            np.where(met_i >= 0, low + (high - low) * (met_i + 1) / (RATE_POINTS + 1), low),
+            np.where(missed_i < RATE_POINTS, low + (high - low) * (missed_i + 1) / (RATE_POINTS + 1), high),
+        )
     # attainment is near linear over 1/576 of the saturating rate
-    return float(low + (high - low) * (low_share - goal) / max(low_share - high_share, 1e-12))
+    result[searched] = low + (high - low) * (met_share - goal) / np.maximum(met_share - missed_share, 1e-12)
+    return result

@@ -98,28 +98,34 @@ def early_cycle(state: PlannerState, in_system: Mapping[Key, float], now: float,
     ]
 
 
-def _learn(
-    state: PlannerState, catalog: Catalog, service: ManagedService, target, obs: Observation, now: float, startup_s: float
-) -> tuple[float, float]:
-    """Learn from the window the last decision served; returns the ISVC's bias (as both scales)."""
+def _window(
+    state: PlannerState, service: ManagedService, target, obs: Observation, now: float, startup_s: float
+) -> sizing.Window | None:
+    """The window the last decision served, where it is one to learn from (each once); the
+    ISVC's bias resumed from its last decision where the planner has none."""
     last, learned = service.last, state.learned
     if last is not None and service.key not in learned.bias:
         learned.bias[service.key] = sizing.Estimate(last.ttft_scale)
-    if last is not None:
-        serving = last.replicas if obs.ready_replicas is None else obs.ready_replicas
-        count, since = learned.serving.get(service.key, (serving, now))
-        learned.serving[service.key] = (serving, since if count == serving else now)
-        # only a window served throughout by one fleet of one GPU type says what a replica does:
-        # one that a roll-out may have reached mixes two GPU types, one that a scale-up reached
-        # shows a replica overloaded while the others started (lag, not the model's error)
-        settled = now - max(last.spec_changed_at + startup_s, learned.serving[service.key][1]) >= obs.window_s
-        # each window once: overlapping windows would count the same requests twice
-        fresh_window = now - learned.learned_at.get(service.key, -math.inf) >= obs.window_s
-        if settled and fresh_window:
-            learned.learned_at[service.key] = now
-            runs = sizing.Deployment(service.key, service.model, last.accelerator, last.max_batch)
-            sizing.learn(learned, catalog, runs, serving, obs, target)
-    bias = learned.bias.get(service.key, sizing.Estimate()).value
+    if last is None:
+        return None
+    serving = last.replicas if obs.ready_replicas is None else obs.ready_replicas
+    count, since = learned.serving.get(service.key, (serving, now))
+    learned.serving[service.key] = (serving, since if count == serving else now)
+    # only a window served throughout by one fleet of one GPU type says what a replica does:
+    # one that a roll-out may have reached mixes two GPU types, one that a scale-up reached
+    # shows a replica overloaded while the others started (lag, not the model's error)
+    settled = now - max(last.spec_changed_at + startup_s, learned.serving[service.key][1]) >= obs.window_s
+    # each window once: overlapping windows would count the same requests twice
+    fresh_window = now - learned.learned_at.get(service.key, -math.inf) >= obs.window_s
+    if not (settled and fresh_window):
+        return None
+    learned.learned_at[service.key] = now
+    return sizing.Window(sizing.Deployment(service.key, service.model, last.accelerator, last.max_batch), serving, obs, target)
+
+
+def _scales(state: PlannerState, key: str) -> tuple[float, float]:
+    """The ISVC's bias as learned so far (as both scales)."""
+    bias = state.learned.bias.get(key, sizing.Estimate()).value
     return bias, bias
 
 
@@ -187,7 +193,8 @@ def plan(
     ISVCs are placed afresh; GPUs held by revisions in flight are already out, rollout.py);
     `free`: GPUs per type no pod holds now, which a new revision must start on (None: the
     capacity less what the last decisions hold)."""
-    fresh: dict[str, tuple[Load, float, tuple[float, float]]] = {}
+    loads: dict[str, tuple[Load, float]] = {}
+    windows: list[sizing.Window] = []
     services = [_believed(s) for s in services]
     refused: dict[str, str] = {}
     for service in services:
@@ -198,10 +205,13 @@ def plan(
             obs = Observation(0.0, 0.0, None, None, 0.0, 0.0, None, None, (), ())
         if obs is not None:
             target = catalog.classes[service.service_class].targets[service.model]
-            scales = _learn(state, catalog, service, target, obs, now, settings.startup_s)
+            if (window := _window(state, service, target, obs, now, settings.startup_s)) is not None:
+                windows.append(window)
             history = state.arrivals.setdefault((service.namespace, service.name), ArrivalHistory())
-            load, measured = _load(service, obs, catalog, settings, history, now)
-            fresh[service.key] = (load, measured, scales)
+            loads[service.key] = _load(service, obs, catalog, settings, history, now)
+    # every window at once: the latency model's predictions for them are one vectorised batch
+    sizing.learn_windows(state.learned, catalog, windows)
+    fresh = {key: (load, measured, _scales(state, key)) for key, (load, measured) in loads.items()}
 
     def solve_among(among: list[ManagedService], pinned: set[str]) -> Mapping[str, Allocation]:
         classes = {s.key: _own_class(catalog, s) for s in among}
@@ -252,9 +262,10 @@ def plan(
     def by_model(among: Mapping[str, Allocation], moves: set[str]) -> dict[str, tuple[Allocation, float, float]]:
         """Each allocation sized for the batch it would run with: its own where it moves the ISVC
         (or the ISVC runs nothing yet), else the batch the ISVC runs now."""
-        goal = settings.attainment_goal
-        batch = {k: a.max_batch if k in moves or by_key[k].last is None else by_key[k].last.max_batch for k, a in among.items()}
-        return {k: _sized(state, catalog, by_key[k], a, batch[k], fresh[k][0], goal) for k, a in among.items() if k in fresh}
+        keys = [k for k in among if k in fresh]
+        batch = [among[k].max_batch if k in moves or by_key[k].last is None else by_key[k].last.max_batch for k in keys]
+        asked = [_Asked(by_key[k], among[k], b, fresh[k][0]) for k, b in zip(keys, batch, strict=True)]
+        return dict(zip(keys, _sized(state, catalog, asked, settings.attainment_goal), strict=True))
 
     sized, staying_sized = by_model(allocations, moving), by_model(staying, set())
     allocations = {k: v[0] for k, v in sized.items()}
@@ -314,36 +325,66 @@ def _believed(service: ManagedService) -> ManagedService:
     return replace(service, last=None)
 
 
-def _sized(
-    state: PlannerState, catalog: Catalog, service: ManagedService, alloc: Allocation, max_batch: int, load: Load, goal: float
-) -> tuple[Allocation, float, float]:
-    """The optimizer's allocation at `max_batch` with the latency model's replica count (within
-    the ISVC's bounds, its cost scaled to match), a replica's capacity and the work scale it used."""
+@dataclass(frozen=True)
+class _Asked:
+    """An allocation to size by the latency model: the ISVC, the optimizer's allocation, the
+    batch it would run with and the load."""
+
+    service: ManagedService
+    alloc: Allocation
+    max_batch: int
+    load: Load
+
+
+def _sized(state: PlannerState, catalog: Catalog, asked: list[_Asked], goal: float) -> list[tuple[Allocation, float, float]]:
+    """Each optimizer's allocation at its `max_batch` with the latency model's replica count
+    (within the ISVC's bounds, its cost scaled to match), a replica's capacity and the work scale
+    it used: all ISVCs' capacity searches in one batch. Should the model fail on the batch (a
+    bug meeting some ISVC's figures), each ISVC is sized alone, and those it fails on keep the
+    optimizer's count."""
     try:
-        count, per_replica, work = _model_replicas(state, catalog, service, alloc.accelerator, max_batch, load, goal)
-    except Exception as exc:  # a bug meeting this ISVC's figures: the optimizer's count stands
-        log.error("%s: the latency model failed (%s: %s): sized by the optimizer", service.key, exc.__class__.__name__, exc)
-        count, per_replica, work = 0, 0.0, 0.0
-    replicas = min(max(count or alloc.num_replicas, service.min_replicas), service.max_replicas)
-    cost = alloc.cost * replicas / max(alloc.num_replicas, 1)
-    return replace(alloc, num_replicas=replicas, max_batch=max_batch, cost=cost), per_replica, work
+        counts = _model_replicas(state, catalog, asked, goal)
+    except Exception:  # isolated below, reported with the ISVC
+        counts = []
+        for one in asked:
+            try:
+                counts += _model_replicas(state, catalog, [one], goal)
+            except Exception as exc:  # this ISVC's figures: the optimizer's count stands
+                log.error(
+                    "%s: the latency model failed (%s: %s): sized by the optimizer", one.service.key, exc.__class__.__name__, exc
+                )
+                counts.append((0, 0.0, 0.0))
+    sized = []
+    for one, (count, per_replica, work) in zip(asked, counts, strict=True):
+        alloc, service = one.alloc, one.service
+        replicas = min(max(count or alloc.num_replicas, service.min_replicas), service.max_replicas)
+        cost = alloc.cost * replicas / max(alloc.num_replicas, 1)
+        sized.append((replace(alloc, num_replicas=replicas, max_batch=one.max_batch, cost=cost), per_replica, work))
+    return sized
 
 
-def _model_replicas(
-    state: PlannerState, catalog: Catalog, service: ManagedService, accelerator: str, max_batch: int, load: Load, goal: float
-) -> tuple[int, float, float]:
-    """Replicas by the latency model as learned, a replica's capacity and the work scale it used
-    (0s: it cannot size this, keep the optimizer's count)."""
-    if load.is_zero:
-        return 0, 0.0, 0.0
-    target = catalog.classes[service.service_class].targets[service.model]
-    shape = sizing.Shape(load.avg_in_tokens, load.avg_out_tokens)
-    runs = sizing.Deployment(service.key, service.model, accelerator, max_batch)
-    per_replica = sizing.per_replica_capacity(state.learned, catalog, runs, shape, target, goal)
-    if per_replica is None:
-        return 0, 0.0, 0.0
-    work = state.learned.work.get((service.model, accelerator), sizing.Estimate()).value
-    return sizing.replicas_for(load.arrival_rate_rpm / 60.0, per_replica), per_replica, work
+def _model_replicas(state: PlannerState, catalog: Catalog, asked: list[_Asked], goal: float) -> list[tuple[int, float, float]]:
+    """Replicas by the latency model as learned, a replica's capacity and the work scale it used,
+    for each (0s: it cannot size this one, keep the optimizer's count)."""
+    loaded = [one for one in asked if not one.load.is_zero]
+    wanted = [
+        sizing.Sizing(
+            sizing.Deployment(one.service.key, one.service.model, one.alloc.accelerator, one.max_batch),
+            sizing.Shape(one.load.avg_in_tokens, one.load.avg_out_tokens),
+            catalog.classes[one.service.service_class].targets[one.service.model],
+        )
+        for one in loaded
+    ]
+    found = iter(sizing.per_replica_capacities(state.learned, catalog, wanted, goal))
+    counts = []
+    for one in asked:
+        per_replica = None if one.load.is_zero else next(found)
+        if per_replica is None:
+            counts.append((0, 0.0, 0.0))
+            continue
+        work = state.learned.work.get((one.service.model, one.alloc.accelerator), sizing.Estimate()).value
+        counts.append((sizing.replicas_for(one.load.arrival_rate_rpm / 60.0, per_replica), per_replica, work))
+    return counts
 
 
 def _unplaced(service: ManagedService, load: Load, measured: float, now: float, scales: tuple[float, float]) -> Plan:

@@ -18,14 +18,15 @@ Each window is learned from once.
 
 from __future__ import annotations
 
-import functools
 import math
+from collections import OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
 from ..optimizer.domain import Catalog, IterationParams, ServiceTarget
 import numpy as np
 
-from .latency import Replica, Shape, capacity, identify_work_scale, predict_rates
+from .latency import Replica, Rows, Shape, capacities, identify_work_scale, predict_points
 from .observation import Observation, within
 
 MIN_REQUESTS = 50  # fewer completions in a window say too little to learn from
@@ -93,17 +94,62 @@ class Deployment:
     max_batch: int
 
 
+@dataclass(frozen=True)
+class Window:
+    """One ISVC's window to learn from: what served it and how many replicas, what was seen."""
+
+    runs: Deployment
+    replicas: int
+    obs: Observation
+    target: ServiceTarget
+
+
 def learn(learned: Learned, catalog: Catalog, runs: Deployment, replicas: int, obs: Observation, target: ServiceTarget) -> None:
     """Update the work scale of (model, accelerator) and the ISVC's bias from one window served
     by `replicas` replicas of that GPU type."""
+    learn_windows(learned, catalog, [Window(runs, replicas, obs, target)])
+
+
+def learn_windows(learned: Learned, catalog: Catalog, windows: Sequence[Window]) -> None:
+    """learn() from each window, at most one per ISVC, as if one after the other: the work
+    scales in the windows' order (each bias is learned at the work scale its window saw, which
+    the windows before it moved), then the model's misses the biases are learned from, for all
+    windows in one vectorised prediction."""
+    keys = [window.runs.key for window in windows]
+    if len(set(keys)) != len(keys):
+        raise ValueError("learn_windows: more than one window of an ISVC (learn them one call at a time)")
+    questions = [q for window in windows if (q := _bias_question(learned, catalog, window)) is not None]
+    for question, (here, there) in zip(questions, _model_misses(questions), strict=True):
+        factor = _capacity_factor(here, there, question.measured_miss)
+        if factor is not None:
+            question.bias.learn(factor * question.bias.value)
+
+
+@dataclass(frozen=True)
+class _BiasQuestion:
+    """What a window asks of the model to learn an ISVC's bias from: its miss at `rate` and 10%
+    above, read as the collector reads vLLM's histograms (`seen`), against the measured miss."""
+
+    bias: Estimate
+    replica: Replica
+    shape: Shape
+    rate: float  # per replica, over the bias: the rate the model's capacity is compared at
+    measured_miss: float
+    seen: _AsHistogram
+
+
+def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQuestion | None:
+    """Learn the work scale from one window, and what its bias is to be learned from (None:
+    nothing)."""
+    runs, replicas, obs, target = window.runs, window.replicas, window.obs, window.target
     key, model, accelerator, max_batch = runs.key, runs.model, runs.accelerator, runs.max_batch
     requests = obs.ttft_buckets[-1][1] if obs.ttft_buckets else 0.0
     if replicas <= 0 or requests < MIN_REQUESTS or not obs.avg_out_tokens or obs.avg_in_tokens is None:
-        return
+        return None
     work = learned.work.setdefault((model, accelerator), Estimate())
     model_replica = replica(catalog, model, accelerator, max_batch, work.value)
     if model_replica is None:
-        return
+        return None
     rate = obs.arrival_rate / replicas
     if obs.itl_ms is not None and obs.avg_out_tokens > 1:
         scale = identify_work_scale(model_replica, Shape(obs.avg_in_tokens, obs.avg_out_tokens), rate, obs.itl_ms)
@@ -117,10 +163,8 @@ def learn(learned: Learned, catalog: Catalog, runs: Deployment, replicas: int, o
     seen = _AsHistogram(_bracket(obs.ttft_buckets, target.ttft_ms), _bracket(obs.itl_buckets, target.itl_ms))
     bias = learned.bias.setdefault(key, Estimate())
     if not _stationary(obs):
-        return  # a burst's queue, or its wake: the model's steady state says nothing of that miss
-    factor = _capacity_factor(model_replica, shape, rate / bias.value, measured_miss, seen)
-    if factor is not None:
-        bias.learn(factor * bias.value)
+        return None  # a burst's queue, or its wake: the model's steady state says nothing of that miss
+    return _BiasQuestion(bias, model_replica, shape, rate / bias.value, measured_miss, seen)
 
 
 def _stationary(obs: Observation) -> bool:
@@ -161,26 +205,37 @@ def _bracket(buckets, slo_ms: float) -> tuple[float, float, float]:
 
 @dataclass(frozen=True)
 class _AsHistogram:
+    """(lower bound, upper bound, weight of the upper) of the buckets holding the TTFT and ITL SLOs."""
+
     ttft: tuple[float, float, float]
     itl: tuple[float, float, float]
 
-    def miss(self, model_replica: Replica, shape: Shape, rates: np.ndarray) -> np.ndarray:
-        """The model's miss at `rates` as the collector would read it off vLLM's histograms: at
-        both bounds of the buckets holding the SLOs, interpolated (one vectorised prediction)."""
-        count = len(rates)
-        both = np.concatenate((rates, rates))
-        ttft = np.repeat([self.ttft[0], self.ttft[1]], count)
-        itl = np.repeat([self.itl[0], self.itl[1]], count)
-        p = predict_rates(model_replica, shape, both, ttft, itl)
-        ttft_share = p.ttft_share[:count] + self.ttft[2] * (p.ttft_share[count:] - p.ttft_share[:count])
-        itl_share = p.itl_token_share[:count] + self.itl[2] * (p.itl_token_share[count:] - p.itl_token_share[:count])
-        return 1.0 - np.minimum(ttft_share, itl_share)
+
+def _model_misses(questions: Sequence[_BiasQuestion]) -> np.ndarray:
+    """Each question's model miss at its rate and 10% above (one row each) as the collector
+    would read it off vLLM's histograms: at both bounds of the buckets holding the SLOs,
+    interpolated; one vectorised prediction of 4 points per question."""
+    count = len(questions)
+    if not count:
+        return np.zeros((0, 2))
+    rows = Rows.of([(q.replica, q.shape) for q in questions]).take(np.repeat(np.arange(count), 4))
+    # per question: (rate, lower bounds), (rate x 1.1, lower), (rate, upper), (rate x 1.1, upper)
+    rates = np.array([(q.rate, q.rate * 1.1) * 2 for q in questions]).reshape(-1)
+    ttft = np.array([[q.seen.ttft[bound]] * 2 for q in questions for bound in (0, 1)]).reshape(-1)
+    itl = np.array([[q.seen.itl[bound]] * 2 for q in questions for bound in (0, 1)]).reshape(-1)
+    p = predict_points(rows, rates, ttft, itl)
+    ttft_share, itl_share = (v.reshape(count, 2, 2) for v in (p.ttft_share, p.itl_token_share))  # question, bound, rate
+    ttft_upper = np.array([q.seen.ttft[2] for q in questions])[:, None]
+    itl_upper = np.array([q.seen.itl[2] for q in questions])[:, None]
+    ttft_seen = ttft_share[:, 0] + ttft_upper * (ttft_share[:, 1] - ttft_share[:, 0])
+    itl_seen = itl_share[:, 0] + itl_upper * (itl_share[:, 1] - itl_share[:, 0])
+    return 1.0 - np.minimum(ttft_seen, itl_seen)
 
 
-def _capacity_factor(model_replica: Replica, shape: Shape, rate: float, measured_miss: float, seen: _AsHistogram):
-    """k such that the model at rate / k predicts the measured miss: log-miss against log-rate
-    is near linear over a few %, so two points of its curve locate it. None where uninformative."""
-    here, there = seen.miss(model_replica, shape, np.array([rate, rate * 1.1]))
+def _capacity_factor(here: float, there: float, measured_miss: float) -> float | None:
+    """k such that the model at rate / k predicts the measured miss, from the model's miss at
+    the rate (`here`) and 10% above (`there`): log-miss against log-rate is near linear over a
+    few %, so two points of its curve locate it. None where uninformative."""
     if max(here, measured_miss) < UNINFORMATIVE_MISS:
         return None
     floor = UNINFORMATIVE_MISS / 2  # a miss of zero has no logarithm; below this it is noise
@@ -196,18 +251,39 @@ def _capacity_factor(model_replica: Replica, shape: Shape, rate: float, measured
     return math.exp(-max(min(log_ratio, MAX_STEP), -MAX_STEP))
 
 
+@dataclass(frozen=True)
+class Sizing:
+    """What one ISVC's capacity is asked for: what it would run, its request shape and targets."""
+
+    runs: Deployment
+    shape: Shape
+    target: ServiceTarget
+
+
 def per_replica_capacity(
     learned: Learned, catalog: Catalog, runs: Deployment, shape: Shape, target: ServiceTarget, goal: float
 ) -> float | None:
     """Requests/s one replica serves within the SLOs at `goal`, as learned so far (None: the
     profile is not one the model reads)."""
-    work = learned.work.get((runs.model, runs.accelerator), Estimate()).value
-    bias = learned.bias.get(runs.key, Estimate()).value
-    model_replica = replica(catalog, runs.model, runs.accelerator, runs.max_batch, _rounded(work))
-    if model_replica is None:
-        return None
-    rounded = Shape(_rounded(shape.in_tokens), _rounded(shape.out_tokens))
-    return bias * _capacity(model_replica, rounded, target.ttft_ms or math.inf, target.itl_ms or math.inf, goal)
+    return per_replica_capacities(learned, catalog, [Sizing(runs, shape, target)], goal)[0]
+
+
+def per_replica_capacities(learned: Learned, catalog: Catalog, asked: Sequence[Sizing], goal: float) -> list[float | None]:
+    """per_replica_capacity() of each, the capacity searches that no earlier cycle made (a new
+    grid point of shape or work scale) all in one batched search."""
+    points: list[_GridPoint | None] = []
+    for ask in asked:
+        runs, shape, target = ask.runs, ask.shape, ask.target
+        work = learned.work.get((runs.model, runs.accelerator), Estimate()).value
+        model_replica = replica(catalog, runs.model, runs.accelerator, runs.max_batch, _rounded(work))
+        rounded = Shape(_rounded(shape.in_tokens), _rounded(shape.out_tokens))
+        slos = (target.ttft_ms or math.inf, target.itl_ms or math.inf)
+        points.append(None if model_replica is None else _GridPoint(model_replica, rounded, *slos, goal))
+    found = iter(_CAPACITIES.get([p for p in points if p is not None]))
+    return [
+        None if point is None else learned.bias.get(ask.runs.key, Estimate()).value * next(found)
+        for ask, point in zip(asked, points, strict=True)
+    ]
 
 
 def _rounded(value: float) -> float:
@@ -218,9 +294,41 @@ def _rounded(value: float) -> float:
     return math.exp(round(math.log(value) / step) * step)
 
 
-@functools.lru_cache(maxsize=65536)  # a few grid points around each ISVC's shape, for thousands
-def _capacity(model_replica: Replica, shape: Shape, ttft_ms: float, itl_ms: float, goal: float) -> float:
-    return capacity(model_replica, shape, ttft_ms, itl_ms, goal)
+@dataclass(frozen=True)
+class _GridPoint:
+    """A capacity search's inputs, shape and work scale rounded to the grid."""
+
+    replica: Replica
+    shape: Shape
+    ttft_ms: float
+    itl_ms: float
+    goal: float
+
+
+class _CapacityCache:
+    """Capacities by grid point, the least recently used forgotten past `size` (a few grid
+    points around each ISVC's shape, for thousands); the points not known are searched in one
+    batch per goal."""
+
+    def __init__(self, size: int) -> None:
+        self.size, self.known = size, OrderedDict[_GridPoint, float]()
+
+    def get(self, points: Sequence[_GridPoint]) -> list[float]:
+        missing = list(dict.fromkeys(p for p in points if p not in self.known))
+        for goal in {p.goal for p in missing}:
+            searched = [p for p in missing if p.goal == goal]
+            slos = (np.array([getattr(p, name) for p in searched]) for name in ("ttft_ms", "itl_ms"))
+            rates = capacities([(p.replica, p.shape) for p in searched], *slos, goal)
+            self.known.update(zip(searched, rates.tolist(), strict=True))
+        for point in points:
+            self.known.move_to_end(point)
+        found = [self.known[p] for p in points]
+        while len(self.known) > self.size:
+            self.known.popitem(last=False)
+        return found
+
+
+_CAPACITIES = _CapacityCache(65536)
 
 
 def replicas_for(rate: float, per_replica: float) -> int:

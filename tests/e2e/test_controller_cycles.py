@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from autoscaler.controller.collector import CollectorSettings, PrometheusCollector
 from autoscaler.controller.server import build_app
-from autoscaler.kserve import DEPLOYMENT_MODE
+from autoscaler.kserve import COMPONENT_LABEL, DEPLOYMENT_MODE, ISVC_LABEL, PREDICTOR
 from autoscaler.kube_auth import KubernetesReviews, PathGate
 
 from ..cluster_objects import isvc, pod_autoscaler
@@ -60,17 +60,45 @@ async def test_prometheus_down_keeps_last_decisions_stale_and_never_scales_down(
 async def test_partial_data_marks_only_the_missing_isvc_stale(namespace):
     namespace.create_isvc("chat", CHAT)
     namespace.create_isvc("code", CODE)
+    for pod, ready in (("chat-a", True), ("chat-b", True), ("chat-c", False)):
+        _predictor_pod(namespace, "chat", pod, ready)
     collector = StandInCollector({(namespace.name, "chat"): observed(20.0), (namespace.name, "code"): observed(20.0)})
     controller = await namespace.controller(collector)
     try:
         assert not namespace.mine(await controller.cycle())
         code_before = namespace.decision("code")
+        assert namespace.decision("chat")["replicas"] != 2  # what the planner would take were the pods not read
         collector.observations = {(namespace.name, "chat"): observed(1.0)}
         report = await controller.cycle()
         assert report.stale >= 1 and not namespace.mine(report)
         assert namespace.decision("code") == code_before and namespace.decision("chat")["arrival_rate"] == 1.0
+        # the planner was told the replicas ready in the cluster, not the decision's count
+        assert controller.state.learned.serving[f"{namespace.name}/chat"][0] == 2
     finally:
         await stop(controller)
+
+
+def _predictor_pod(namespace, isvc_name: str, name: str, ready: bool) -> None:
+    """A pod as KServe labels a predictor's, held from the scheduler (no one else writes its
+    status), its Ready condition set as the kubelet would."""
+    labels = {ISVC_LABEL: isvc_name, COMPONENT_LABEL: PREDICTOR}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace.name, "labels": labels},
+        "spec": {"schedulerName": "held-by-test", "containers": [{"name": "main", "image": "vllm/vllm-openai"}]},
+    }
+    namespace.plane.kubectl("apply", "--filename=-", input=json.dumps(pod))
+    status = {"status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}}
+    namespace.plane.kubectl(
+        "patch",
+        "pod",
+        name,
+        f"--namespace={namespace.name}",
+        "--subresource=status",
+        "--type=merge",
+        f"--patch={json.dumps(status)}",
+    )
 
 
 @named("e2e-restart")
