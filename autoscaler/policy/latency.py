@@ -337,7 +337,8 @@ def _predict_block(rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_s
     var_avg = var_avg * (1.0 + (gamma**2 * (prompt**2 + out**2)) / u**2)[per_point]
     # a request reads its own context every step, more than the mean's if its prompt is long
     own = d * gamma[per_point] * (own_prompt + d / 2.0 - (prompt + out)[per_point])
-    budget = d * (itl_slo_ms - base)[per_point] - own  # ms of work a request's life can hold within the SLO
+    with np.errstate(invalid="ignore"):  # 0 x inf for a one-token output under no ITL SLO: set to 1 below
+        budget = d * (itl_slo_ms - base)[per_point] - own  # ms of work a request's life can hold within the SLO
     arriving = lam[per_point] * life  # mean prompts landing in a request's life
     # the Gaussian's nodes on a leading axis: others running beside the request, as Poisson arrivals see them
     nodes, weights = (v[:, None, None, None] for v in HERMITE)
