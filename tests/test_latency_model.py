@@ -13,7 +13,7 @@ import pytest
 from autoscaler.optimizer.domain import IterationParams, ServiceTarget
 from autoscaler.policy.latency import Replica, Shape, capacity, identify_work_scale, predict
 from autoscaler.policy.observation import Observation
-from autoscaler.policy.sizing import Deployment, Estimate, Learned, learn
+from autoscaler.policy.sizing import Deployment, Estimate, Learned, learn, per_replica_capacity
 from autoscaler.simulator.runner import RunSettings, run_policy
 from autoscaler.simulator.scenarios import build_scenario
 from autoscaler.simulator.traffic import Requests
@@ -152,3 +152,34 @@ def test_what_the_model_learned_is_on_the_decision_stream_metrics_and_status():
     text = exposition([message])
     assert 'inference_autoscaler_work_scale{namespace="ns",isvc="chat"' in text and "inference_autoscaler_capacity_bias{" in text
     assert f"{decided.replica_capacity:.2f} req/s per replica (work scale 1.20, bias 0.80)" in condition(learned)["message"]
+
+
+def test_an_isvc_with_no_profile_is_placed_from_a_conservative_prior_and_learns_its_capacity_in_10_minutes():
+    """chat-13b deployed with no profile (the catalog has none of llama-2-13b) under a varying
+    load: the planner places it from the roofline prior (prior.py), whose capacity is below the
+    real one (the first decisions over-provision), identifies the step's costs from vLLM's
+    metrics (identify.py), and within 10 simulated minutes the capacity it decides with is
+    within 10% of a load test of one replica on the GPU it chose (as benchmarks/latency_model.py
+    measures it)."""
+    from autoscaler.simulator.engine import Simulation
+    from autoscaler.simulator.runner import build_policy
+
+    full = build_scenario("diurnal", 1, 600.0)
+    index = [s.name for s in full.world.isvcs].index("chat-13b")
+    scenario = _only(full, "chat-13b")
+    unprofiled = dataclasses.replace(scenario.world.isvcs[0], profiled=False)
+    scenario = dataclasses.replace(scenario, world=dataclasses.replace(scenario.world, isvcs=(unprofiled,)))
+    policy, initial = build_policy("ours", scenario, RunSettings(), {})
+    first = policy.last[0]
+    result = Simulation(scenario, policy, initial).run()
+    last = policy.last[0]
+    truth = simulated(full, index, last.accelerator, requests=3_000)
+    assert first.replica_capacity < 0.5 * truth  # the prior: conservative
+    # what the planner has learned by the end, at the ISVC's mean request
+    runs = Deployment(f"simulation/{unprofiled.name}", unprofiled.model, last.accelerator, last.max_batch)
+    shape = Shape(float(scenario.requests.in_tokens.mean()), float(scenario.requests.out_tokens.mean()))
+    target = policy.catalog.classes[unprofiled.service_class].targets[unprofiled.model]
+    learned = per_replica_capacity(policy.state.learned, policy.catalog, runs, shape, target, 0.95)
+    assert learned == pytest.approx(truth, rel=0.10), (learned, truth)
+    assert policy.state.learned.identified[(unprofiled.model, last.accelerator)].params is not None
+    assert (~result.dropped).mean() > 0.999

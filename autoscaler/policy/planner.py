@@ -6,7 +6,8 @@ Rules on top of the optimizer, each for a failure seen in practice:
 - an ISVC that has never been decided and has no data is sized for zero load (its minimum);
 - the optimizer picks the GPU type and batch size; the replica count comes from the vLLM
   latency model (latency.py) at the attainment goal, with its work scale per (model, GPU) and
-  its attainment bias per ISVC learned from each window (sizing.py);
+  its attainment bias per ISVC learned from each window (sizing.py); a model with no profile is
+  placed and sized with a conservative prior's (prior.py), its step costs identified online;
 - the rate sized for is the goal quantile of the load expected until replicas asked for now
   serve (trend, measured burstiness, at most the recent peak), queued requests count as load
   (guards.py); requests building up between cycles ask for a cycle early (early_cycle);
@@ -202,6 +203,8 @@ def plan(
             history = state.arrivals.setdefault((service.namespace, service.name), ArrivalHistory())
             load, measured = _load(service, obs, catalog, settings, history, now)
             fresh[service.key] = (load, measured, scales)
+    # models with no profile are placed by their prior's, as identified so far
+    catalog = sizing.with_priors(catalog, state.learned, [(s.model, s.accelerators) for s in services])
 
     def solve_among(among: list[ManagedService], pinned: set[str]) -> Mapping[str, Allocation]:
         classes = {s.key: _own_class(catalog, s) for s in among}
