@@ -15,9 +15,11 @@ Each window gives a point from what vLLM exports and Prometheus keeps:
 - c: from the TTFT (vllm:time_to_first_token_seconds' mean): the API server's intake, half a
   step's wait for the running step, the prompt's steps (each a mean step), then its own
   prefill work c x prompt.
-alpha and u are the line through (B, I (1 - c P)) across windows at different loads: Theil-Sen
-(the median of pairwise slopes, robust to a third of the windows being outliers) over windows
-whose loads differ by SPREAD. Before the windows spread that far, one factor on the whole prior
+alpha and u are the line through (B, I (1 - c P)) across windows at different loads: Siegel's
+repeated median of pairwise slopes (robust to nearly half the windows being outliers) over windows
+whose loads differ by SPREAD, once the busiest window's batch costs MIN_IDENTIFYING_LOAD of its
+step (a slope read at light load alone overrates a GPU, whose cost per token grows from
+memory-bound to compute-bound). Before the windows get there, one factor on the whole prior
 step is fitted (the median over windows of the factor that makes the prior's mean step equal
 the measured ITL): the prior's per-token costs are further above the truth than its fixed cost
 (prior.py), so at a higher load the scaled prior predicts a slower step than the real one, and
@@ -32,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..optimizer.domain import IterationParams
+from .latency import MIN_IDENTIFYING_LOAD
 
 SPREAD = 0.3  # loads (decoding requests per replica) differ by this share of the largest: a slope
 MAX_POINTS = 30  # windows kept (30 minutes at a window a minute): an engine upgrade ages out
@@ -56,6 +59,7 @@ class Identification:
     prior: IterationParams
     points: list[Point] = field(default_factory=list)
     params: IterationParams | None = None  # None: the prior stands
+    line: bool = False  # whether params are the line's (else the prior scaled)
 
     @property
     def current(self) -> IterationParams:
@@ -65,7 +69,7 @@ class Identification:
         if not all(math.isfinite(v) and v >= 0.0 for v in (point.itl_ms, point.decodes, point.prompt_per_ms, point.context)):
             return
         self.points = [*self.points[-(MAX_POINTS - 1) :], point]
-        self.params = fit(self.prior, self.points)
+        self.params, self.line = fit(self.prior, self.points)
 
 
 def point(
@@ -89,9 +93,9 @@ def point(
     return Point(itl_ms, decodes, arrival_rate * prompt / replicas / 1000.0, prefill, prompt + out)
 
 
-def fit(prior: IterationParams, points: list[Point]) -> IterationParams:
-    """The step costs the points say (module doc): a line where their loads spread, else the
-    prior scaled."""
+def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, bool]:
+    """The step costs the points say (module doc), and whether they are a line's (where the
+    loads spread), else the prior scaled."""
     itl = np.array([p.itl_ms for p in points])
     decodes = np.array([p.decodes for p in points])
     prompt = np.array([p.prompt_per_ms for p in points])
@@ -100,16 +104,23 @@ def fit(prior: IterationParams, points: list[Point]) -> IterationParams:
     if prefills and len(points) >= 3 and np.ptp(decodes) >= SPREAD * decodes.max():
         c = float(np.median(prefills))
         y = itl * (1.0 - np.minimum(c * prompt, 0.9))
-        i, j = np.triu_indices(len(points), 1)
-        apart = np.abs(decodes[i] - decodes[j]) >= SPREAD / 2.0 * decodes.max()
-        u = float(np.median((y[i] - y[j])[apart] / (decodes[i] - decodes[j])[apart]))
-        alpha = float(np.median(y - u * decodes))
-        if u > 0.0 and alpha > 0.0:
-            return _bounded(prior, alpha, u, c, context)
+        # Siegel's repeated median: each window's median slope to the others far enough apart,
+        # then the median of those (robust to nearly half the windows being outliers)
+        apart = np.abs(decodes[:, None] - decodes[None, :]) >= SPREAD / 2.0 * decodes.max()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slopes = np.where(apart, (y[:, None] - y[None, :]) / (decodes[:, None] - decodes[None, :]), np.nan)
+        u = float(np.median([np.median(row[~np.isnan(row)]) for row in slopes if not np.isnan(row).all()]))
+        alpha = float(np.median(y - u * (decodes + 1.0)))  # a request's gaps are steps with itself in them
+        # the line only where the busiest window's batch is a visible share of its step: a GPU's
+        # cost per token grows from memory-bound to compute-bound, so a slope read at light
+        # load alone would overrate the replica at the load it is sized for
+        batch_cost = u * (decodes.max() + 1.0)
+        if u > 0.0 and alpha > 0.0 and batch_cost >= MIN_IDENTIFYING_LOAD * (alpha + batch_cost):
+            return _bounded(prior, alpha, u, c, context), True
     u0 = prior.beta + prior.gamma * context
     c0 = prior.beta + prior.gamma
     scale = float(np.median(itl / (prior.alpha + u0 * decodes + itl * c0 * prompt)))
-    return IterationParams(prior.alpha * scale, prior.beta * scale, prior.gamma * scale)
+    return IterationParams(prior.alpha * scale, prior.beta * scale, prior.gamma * scale), False
 
 
 def _bounded(prior: IterationParams, alpha: float, u: float, c: float, context: float) -> IterationParams:

@@ -34,13 +34,14 @@ from dataclasses import dataclass, field, replace
 
 from . import sizing
 from .guards import ArrivalHistory, GuardSettings, planned_rate, queue_building
-from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, Load, Server, ServiceClass, System
+from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, IterationParams, Load, Server, ServiceClass, System
 from ..optimizer.solver import solve
 from .observation import Key, Observation
 from .decisions import LastDecision, ManagedService, material
 from .rollout import Room, free_as_decided, judge_roll_outs
 
 log = logging.getLogger(__name__)
+NOT_SIZED = IterationParams(0.0, 0.0, 0.0)  # the step costs published where the latency model did not size
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,7 @@ def plan(
 
     moving = {s.key for s in differing}
 
-    def by_model(among: Mapping[str, Allocation], moves: set[str]) -> dict[str, tuple[Allocation, float, float]]:
+    def by_model(among: Mapping[str, Allocation], moves: set[str]) -> dict[str, tuple[Allocation, float, float, IterationParams]]:
         """Each allocation sized for the batch it would run with: its own where it moves the ISVC
         (or the ISVC runs nothing yet), else the batch the ISVC runs now."""
         goal = settings.attainment_goal
@@ -279,7 +280,7 @@ def plan(
         if service.key not in sized:
             plans.append(_unplaced(service, load, measured, now, scales))
             continue
-        alloc, per_replica, work = sized[service.key]
+        alloc, per_replica, work, costs = sized[service.key]
         rolled = service.key in roll_outs
         last = service.last
         decision = LastDecision(
@@ -298,6 +299,9 @@ def plan(
             spec_changed_at=now if rolled else (last.spec_changed_at if last else now),
             replica_capacity=per_replica,
             work_scale=work,
+            step_ms=costs.alpha,
+            token_ms=costs.beta,
+            kv_token_ms=costs.gamma,
         )
         if problem := decision.problem():
             plans.append(Plan(service, last, stale=True, reason=f"decision withheld ({problem}): last decision kept"))
@@ -319,34 +323,36 @@ def _believed(service: ManagedService) -> ManagedService:
 
 def _sized(
     state: PlannerState, catalog: Catalog, service: ManagedService, alloc: Allocation, max_batch: int, load: Load, goal: float
-) -> tuple[Allocation, float, float]:
+) -> tuple[Allocation, float, float, IterationParams]:
     """The optimizer's allocation at `max_batch` with the latency model's replica count (within
-    the ISVC's bounds, its cost scaled to match), a replica's capacity and the work scale it used."""
+    the ISVC's bounds, its cost scaled to match), a replica's capacity, the work scale and step
+    costs it used."""
     try:
-        count, per_replica, work = _model_replicas(state, catalog, service, alloc.accelerator, max_batch, load, goal)
+        count, per_replica, work, costs = _model_replicas(state, catalog, service, alloc.accelerator, max_batch, load, goal)
     except Exception as exc:  # a bug meeting this ISVC's figures: the optimizer's count stands
         log.error("%s: the latency model failed (%s: %s): sized by the optimizer", service.key, exc.__class__.__name__, exc)
-        count, per_replica, work = 0, 0.0, 0.0
+        count, per_replica, work, costs = 0, 0.0, 0.0, NOT_SIZED
     replicas = min(max(count or alloc.num_replicas, service.min_replicas), service.max_replicas)
     cost = alloc.cost * replicas / max(alloc.num_replicas, 1)
-    return replace(alloc, num_replicas=replicas, max_batch=max_batch, cost=cost), per_replica, work
+    return replace(alloc, num_replicas=replicas, max_batch=max_batch, cost=cost), per_replica, work, costs
 
 
 def _model_replicas(
     state: PlannerState, catalog: Catalog, service: ManagedService, accelerator: str, max_batch: int, load: Load, goal: float
-) -> tuple[int, float, float]:
-    """Replicas by the latency model as learned, a replica's capacity and the work scale it used
-    (0s: it cannot size this, keep the optimizer's count)."""
+) -> tuple[int, float, float, IterationParams]:
+    """Replicas by the latency model as learned, a replica's capacity, the work scale and step
+    costs it used (0s: it cannot size this, keep the optimizer's count)."""
     if load.is_zero:
-        return 0, 0.0, 0.0
+        return 0, 0.0, 0.0, NOT_SIZED
     target = catalog.classes[service.service_class].targets[service.model]
     shape = sizing.Shape(load.avg_in_tokens, load.avg_out_tokens)
     runs = sizing.Deployment(service.key, service.model, accelerator, max_batch)
     per_replica = sizing.per_replica_capacity(state.learned, catalog, runs, shape, target, goal)
     if per_replica is None:
-        return 0, 0.0, 0.0
+        return 0, 0.0, 0.0, NOT_SIZED
     work = state.learned.work.get((service.model, accelerator), sizing.Estimate()).value
-    return sizing.replicas_for(load.arrival_rate_rpm / 60.0, per_replica), per_replica, work
+    costs = sizing.profile(catalog, state.learned, service.model, accelerator).params  # an IterationParams: sized above
+    return sizing.replicas_for(load.arrival_rate_rpm / 60.0, per_replica), per_replica, work, costs
 
 
 def _unplaced(service: ManagedService, load: Load, measured: float, now: float, scales: tuple[float, float]) -> Plan:
