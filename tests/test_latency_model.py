@@ -206,3 +206,19 @@ def test_the_step_costs_are_identified_across_loads_despite_an_outlier_window():
     identification = Identification(prior)
     identification.learn(Point(float("nan"), 1.0, 0.0, None, context))  # not finite: ignored
     assert identification.points == [] and identification.current == prior
+
+
+def test_the_kv_cache_vllm_reports_replaces_the_priors_bound():
+    from autoscaler.optimizer.domain import Accelerator, Catalog, ServiceClass
+    from autoscaler.policy.sizing import profile
+
+    target = ServiceTarget(30.0, 1000.0)
+    catalog = Catalog({"H100": Accelerator("H100", "H100", 1, 4.0)}, {}, {"c": ServiceClass("c", 1, {"llama-13b": target})})
+    learned = Learned()
+    bound = profile(catalog, learned, "llama-13b", "H100")
+    assert bound.kv_cache_tokens > 30_000  # full multi-head attention in 80 GB less 26 GB of weights
+    window = dataclasses.replace(_window(2.0, 12.0, 1.0, 1.0), kv_cache_tokens=30_000.0)
+    learn(learned, catalog, Deployment("i", "llama-13b", "H100", 0), 1, window, target)
+    measured = profile(catalog, learned, "llama-13b", "H100")
+    assert (measured.kv_cache_tokens, measured.max_batch_size) == (30_000, 29)
+    assert learned.identified[("llama-13b", "H100")].points  # the window's step was learned from

@@ -60,6 +60,7 @@ class Identification:
     points: list[Point] = field(default_factory=list)
     params: IterationParams | None = None  # None: the prior stands
     line: bool = False  # whether params are the line's (else the prior scaled)
+    kv_cache_tokens: int | None = None  # a replica's, as vLLM reports it (else the prior's bound)
 
     @property
     def current(self) -> IterationParams:

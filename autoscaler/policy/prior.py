@@ -19,7 +19,9 @@ A step of `alpha + beta * tokens + gamma * KV read` (the profiles' perfParms):
   bandwidth (paged reads of short blocks: again slower than any measured);
 - the KV cache: the GPU's memory at vLLM's 0.9 utilisation less the weights and 2 GB of
   activations, in tokens of that multi-head cache (the fewest seats such a model can have);
-- seats: vLLM's V0/V1 default of 256 running requests.
+- seats: vLLM's V0/V1 default of 256 running requests (1,024 on 70-160 GiB parts in V1: the
+  fewer is the bound), fewer where the cache holds fewer requests of 1,024 tokens.
+Once vLLM reports a replica's KV cache (vllm:cache_config_info), that replaces the bound.
 Each term is an upper bound on its cost, so the prior's capacity is below the real one: the
 first decisions over-provision. The identification then replaces alpha and the per-token costs
 with measured ones (sizing.Identification).
@@ -102,5 +104,9 @@ def prior_profile(model: str, accelerator: str, accelerator_type: str) -> ModelP
         gamma=1000.0 * kv_bytes / (gpu.bandwidth * KV_EFFICIENCY),
     )
     kv_tokens = int(free // kv_bytes)
-    seats = max(min(DEFAULT_SEATS, kv_tokens // 1024), 1)  # room for 1,024 tokens a seat
-    return ModelProfile(model, accelerator, 1, seats, 1024, params, kv_cache_tokens=kv_tokens)
+    return ModelProfile(model, accelerator, 1, seats(kv_tokens), 1024, params, kv_cache_tokens=kv_tokens)
+
+
+def seats(kv_cache_tokens: int) -> int:
+    """vLLM's default seats, fewer where the KV cache holds fewer requests of 1,024 tokens."""
+    return max(min(DEFAULT_SEATS, kv_cache_tokens // 1024), 1)

@@ -30,7 +30,7 @@ import numpy as np
 
 from .identify import Identification, point
 from .latency import Replica, Shape, capacity, identify_work_scale, predict_rates
-from .prior import prior_profile
+from .prior import prior_profile, seats
 from .observation import Observation, within
 
 MIN_REQUESTS = 50  # fewer completions in a window say too little to learn from
@@ -89,6 +89,8 @@ def profile(catalog: Catalog, learned: Learned, model: str, accelerator: str) ->
     if prior is None:
         return None
     identification = learned.identified.setdefault((model, accelerator), Identification(prior.params))
+    if (kv := identification.kv_cache_tokens) is not None:  # measured: it replaces the bound
+        prior = replace(prior, kv_cache_tokens=kv, max_batch_size=seats(kv))
     return replace(prior, params=identification.current)
 
 
@@ -148,6 +150,8 @@ def learn(learned: Learned, catalog: Catalog, runs: Deployment, replicas: int, o
             frontend = model_replica.costs.frontend_ms
             shown = (obs.itl_ms, gaps, obs.ttft_ms, obs.avg_in_tokens, obs.avg_out_tokens, obs.arrival_rate, obs.window_s)
             identification.learn(point(*shown, replicas, frontend))
+            if obs.kv_cache_tokens:
+                identification.kv_cache_tokens = int(obs.kv_cache_tokens)
             model_replica = replica(catalog, learned, model, accelerator, max_batch, work.value)
         elif (
             scale := identify_work_scale(model_replica, Shape(obs.avg_in_tokens, obs.avg_out_tokens), rate, obs.itl_ms)
