@@ -174,6 +174,7 @@ def test_a_prior_needs_the_model_size_in_its_name_and_a_known_gpu_that_holds_its
     assert parameter_count("granite_13b") == 13e9 and parameter_count("Qwen2.5-0.5B") == 0.5e9
     assert parameter_count("Mixtral-8x7B-v0.1") == 56e9  # every expert's weights
     assert parameter_count("gpt2") is None and prior_profile("gpt2", "H100", "H100") is None
+    assert parameter_count("odd-0b") is None and parameter_count("odd-0.0001m") is None  # no model that size
     assert prior_profile("llama-8b", "X", "TPU-v5e") is None  # no datasheet figures
     assert prior_profile("llama-70b", "L4", "NVIDIA-L4") is None  # 140 GB of weights on 24 GB
     assert prior_profile("llama-8b", "big", "NVIDIA-H100-80GB-HBM3").params.alpha == pytest.approx(16.0)

@@ -73,11 +73,12 @@ _SIZE = re.compile(r"^(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])$")
 def parameter_count(model: str) -> float | None:
     """Parameters a model's name states: a part of it (split on - _ / : and spaces) such as
     "8b", "1.5B", "350m" or "8x7b" (a mixture of experts: every expert's weights, the most a
-    step may read). None where no part states one."""
+    step may read). None where no part states one of at least a million."""
     for part in re.split(r"[-_/:\s]+", model.lower()):
         if found := _SIZE.match(part):
             experts, size, unit = found.groups()
-            return float(experts or 1) * float(size) * (1e9 if unit == "b" else 1e6)
+            count = float(experts or 1) * float(size) * (1e9 if unit == "b" else 1e6)
+            return count if count >= 1e6 else None
     return None
 
 
