@@ -222,4 +222,9 @@ def test_the_kv_cache_vllm_reports_replaces_the_priors_bound():
     learn(learned, catalog, Deployment("i", "llama-13b", "H100", 0), 1, window, target)
     measured = profile(catalog, learned, "llama-13b", "H100")
     assert (measured.kv_cache_tokens, measured.max_batch_size) == (30_000, 29)
-    assert learned.identified[("llama-13b", "H100")].points  # the window's step was learned from
+    assert len(learned.identified[("llama-13b", "H100")].points) == 1  # the window's step was learned from
+    # a window of no length, or a cache under one token, says nothing: nothing learned, nothing raised
+    odd = dataclasses.replace(window, window_s=0.0, kv_cache_tokens=0.5)
+    learn(learned, catalog, Deployment("i", "llama-13b", "H100", 0), 1, odd, target)
+    assert len(learned.identified[("llama-13b", "H100")].points) == 1
+    assert profile(catalog, learned, "llama-13b", "H100").kv_cache_tokens == 30_000

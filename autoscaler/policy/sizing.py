@@ -144,14 +144,8 @@ def learn(learned: Learned, catalog: Catalog, runs: Deployment, replicas: int, o
         return
     rate = obs.arrival_rate / replicas
     if obs.itl_ms is not None and obs.avg_out_tokens > 1:
-        identification = learned.identified.get((model, accelerator))
-        if identification is not None and (model, accelerator) not in catalog.profiles:
-            gaps = obs.itl_buckets[-1][1] if obs.itl_buckets else 0.0
-            frontend = model_replica.costs.frontend_ms
-            shown = (obs.itl_ms, gaps, obs.ttft_ms, obs.avg_in_tokens, obs.avg_out_tokens, obs.arrival_rate, obs.window_s)
-            identification.learn(point(*shown, replicas, frontend))
-            if obs.kv_cache_tokens:
-                identification.kv_cache_tokens = int(obs.kv_cache_tokens)
+        if (model, accelerator) not in catalog.profiles:  # the prior's: its step costs identified
+            _identify(learned.identified[(model, accelerator)], obs, replicas, model_replica.costs.frontend_ms)
             model_replica = replica(catalog, learned, model, accelerator, max_batch, work.value)
         elif (
             scale := identify_work_scale(model_replica, Shape(obs.avg_in_tokens, obs.avg_out_tokens), rate, obs.itl_ms)
@@ -169,6 +163,17 @@ def learn(learned: Learned, catalog: Catalog, runs: Deployment, replicas: int, o
     factor = _capacity_factor(model_replica, shape, rate / bias.value, measured_miss, seen)
     if factor is not None:
         bias.learn(factor * bias.value)
+
+
+def _identify(identification: Identification, obs: Observation, replicas: int, frontend_ms: float) -> None:
+    """One window's point and KV cache (identify.py) for a (model, GPU) with no profile."""
+    if obs.window_s <= 0.0 or obs.itl_ms is None or obs.avg_in_tokens is None or obs.avg_out_tokens is None:
+        return
+    gaps = obs.itl_buckets[-1][1] if obs.itl_buckets else 0.0
+    shown = (obs.itl_ms, gaps, obs.ttft_ms, obs.avg_in_tokens, obs.avg_out_tokens, obs.arrival_rate, obs.window_s)
+    identification.learn(point(*shown, replicas, frontend_ms))
+    if obs.kv_cache_tokens is not None and obs.kv_cache_tokens >= 1.0:
+        identification.kv_cache_tokens = int(obs.kv_cache_tokens)
 
 
 def _stationary(obs: Observation) -> bool:
