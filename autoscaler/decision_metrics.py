@@ -26,6 +26,9 @@ FIGURES = {
         lambda d: d.work_scale,
     ),
     "capacity_bias": ("Learned attainment bias on the model's capacity (0: not sized by the model)", lambda d: d.capacity_bias),
+    "step_ms": ("Fixed cost of a vLLM step the model sized with, ms (identified online without a profile)", lambda d: d.step_ms),
+    "token_ms": ("Cost per token of a step the model sized with, ms", lambda d: d.token_ms),
+    "kv_token_ms": ("Cost per token of KV context read in a step the model sized with, ms", lambda d: d.kv_token_ms),
 }
 
 
@@ -42,6 +45,9 @@ RANGES = {
     "replica_capacity": (0.0, MAX_MAGNITUDE),
     "work_scale": (0.0, MAX_MAGNITUDE),
     "capacity_bias": (0.0, MAX_MAGNITUDE),
+    "step_ms": (0.0, MAX_MAGNITUDE),
+    "token_ms": (0.0, MAX_MAGNITUDE),
+    "kv_token_ms": (0.0, MAX_MAGNITUDE),
 }
 
 

@@ -10,6 +10,12 @@ histogram gives it: decode time over token gaps). Simulated: the load test of on
 simulator's vLLM server (V1 chunked by default).
 
     python benchmarks/latency_model.py [--requests 100000] [--jobs 2] [--only chat-8b,code-1b]
+    python benchmarks/latency_model.py --no-profile steady,diurnal [--requests 100000]
+
+--no-profile runs each ISVC alone under ours for 10 simulated minutes with no profile of its
+model (the planner starts from the roofline prior, policy/prior.py, and identifies the step's
+costs online, policy/identify.py) and compares the capacity it has learned with the load test
+on the GPU type it was placed on.
 
 It ends with the CPU cost of what the planner runs per ISVC: a capacity search (what a new
 request shape or work scale costs, the planner caches it on a 2% grid) and the learning from one
@@ -28,9 +34,10 @@ import numpy as np
 from autoscaler.policy.latency import Replica, Shape, capacity, identify_work_scale
 from autoscaler.optimizer.domain import Catalog, ModelProfile, ServiceClass, ServiceTarget
 from autoscaler.policy.observation import Observation
-from autoscaler.policy.sizing import Deployment, Learned, learn, token_budget
+from autoscaler.policy.sizing import Deployment, Learned, learn, per_replica_capacity, token_budget
 from autoscaler.simulator.engine import Decision, Simulation
 from autoscaler.simulator.load_test import MEASURED_REQUESTS, replica_capacity
+from autoscaler.simulator.runner import RunSettings, build_policy
 from autoscaler.simulator.policies.static import StaticPolicy
 from autoscaler.simulator.traffic import Requests
 from autoscaler.simulator.scenarios import build_scenario
@@ -38,6 +45,7 @@ from autoscaler.simulator.world import Scenario
 
 GOAL = 0.95
 LEARNING_LOAD = 0.9  # the window learned from: near capacity, where the planner runs a replica
+NO_PROFILE_S = 600.0  # the issue's bar: within 10% of the true capacity in 10 minutes
 
 
 def pairs(scenario: Scenario, only: set[str] | None = None) -> list[tuple[int, str]]:
@@ -105,12 +113,71 @@ def _simulated(args) -> float:
     return simulated(*args)
 
 
+@dataclasses.dataclass(frozen=True)
+class Unprofiled:
+    """An ISVC run alone by ours with no profile of its model (module doc)."""
+
+    accelerator: str  # the GPU type it was placed on
+    prior: float  # req/s per replica of its first decision (the roofline prior's)
+    learned: float  # req/s per replica as learned at the end, at the ISVC's mean request
+    identified: bool  # whether the step costs were read off a line (else the prior scaled)
+    met: float  # share of its requests finished (none dropped)
+
+
+def unprofiled(name: str, kind: str = "steady", duration_s: float = NO_PROFILE_S, seed: int = 1) -> Unprofiled:
+    """`name` of the `kind` scenario run alone by ours for `duration_s` with no profile of its
+    model: the capacity of its first decision and the one learned by the end."""
+    scenario = alone(build_scenario(kind, seed, duration_s), name)
+    spec = dataclasses.replace(scenario.world.isvcs[0], profiled=False)
+    scenario = dataclasses.replace(scenario, world=dataclasses.replace(scenario.world, isvcs=(spec,)))
+    policy, initial = build_policy("ours", scenario, RunSettings(), {})
+    first = policy.last[0]
+    result = Simulation(scenario, policy, initial).run()
+    last = policy.last[0]
+    runs = Deployment(f"simulation/{spec.name}", spec.model, last.accelerator, last.max_batch)
+    shape = Shape(float(scenario.requests.in_tokens.mean()), float(scenario.requests.out_tokens.mean()))
+    target = policy.catalog.classes[spec.service_class].targets[spec.model]
+    learned = per_replica_capacity(policy.state.learned, policy.catalog, runs, shape, target, GOAL)
+    identified = policy.state.learned.identified[(spec.model, last.accelerator)].line
+    return Unprofiled(last.accelerator, first.replica_capacity, learned or 0.0, identified, float((~result.dropped).mean()))
+
+
+def alone(scenario: Scenario, name: str) -> Scenario:
+    """The scenario with one ISVC and its requests only."""
+    index = [s.name for s in scenario.world.isvcs].index(name)
+    r = scenario.requests
+    mine = r.isvc == index
+    requests = Requests(r.time[mine], np.zeros(mine.sum(), dtype=int), r.in_tokens[mine], r.out_tokens[mine])
+    world = dataclasses.replace(scenario.world, isvcs=(scenario.world.isvcs[index],))
+    return dataclasses.replace(scenario, world=world, requests=requests)
+
+
+def no_profile_table(kind: str, requests: int) -> None:
+    """Each ISVC run alone with no profile (unprofiled) against the load test on its GPU."""
+    scenario = build_scenario(kind, 1, NO_PROFILE_S)
+    print(f"\nNo profile, {kind} load, {NO_PROFILE_S / 60:.0f} simulated minutes alone:")
+    print("| ISVC | GPU placed on | simulated req/s | prior | / simulated | learned | / simulated | line fitted | finished |")
+    print("|---|---|---:|---:|---:|---:|---:|---|---:|")
+    for index, spec in enumerate(scenario.world.isvcs):
+        run = unprofiled(spec.name, kind)
+        truth = simulated(scenario, index, run.accelerator, requests)
+        print(
+            f"| {spec.name} | {run.accelerator} | {truth:.3f} | {run.prior:.3f} | {run.prior / truth:.3f} "
+            f"| {run.learned:.3f} | {run.learned / truth:.3f} | {'yes' if run.identified else 'no'} | {run.met:.4f} |"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=MEASURED_REQUESTS, help="requests per rate in the final load tests")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--only", help="comma-separated ISVC names")
+    parser.add_argument("--no-profile", help="only the no-profile runs, under these loads (comma-separated: steady,diurnal,step)")
     args = parser.parse_args()
+    if args.no_profile:
+        for kind in args.no_profile.split(","):
+            no_profile_table(kind, args.requests)
+        return
     scenario = build_scenario("mixed", 1, 3600.0)
     chosen = pairs(scenario, set(args.only.split(",")) if args.only else None)
     with ProcessPoolExecutor(args.jobs) as pool:

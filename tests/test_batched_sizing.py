@@ -31,7 +31,7 @@ def _pairs(catalog, rng: random.Random, count: int):
     pairs, slos = [], []
     while len(pairs) < count:
         model, gpu = rng.choice(profiles)
-        replica = sizing.replica(catalog, model, gpu, rng.choice([0, 8, 64, 256]), rng.uniform(0.5, 2.5))
+        replica = sizing.replica(catalog, sizing.Learned(), model, gpu, rng.choice([0, 8, 64, 256]), rng.uniform(0.5, 2.5))
         shape = Shape(rng.uniform(0.0, 6000.0), rng.choice([1.0, rng.uniform(1.0, 1500.0)]))
         pairs.append((replica, shape))
         slos.append((rng.choice([150.0, 600.0, 3000.0, float("inf")]), rng.choice([12.0, 30.0, 80.0, float("inf")])))

@@ -198,13 +198,20 @@ def test_observations_from_query_results():
         "ttft_buckets": [
             {"metric": key | {"le": le}, "value": [0, c]} for le, c in (("0.5", "500"), ("1", "590"), ("+Inf", "600"))
         ],
+        # vLLM's info gauge: two replicas, the smaller cache is the bound; another ISVC's labels unusable
+        "kv_cache": [
+            {"metric": key | {"num_gpu_blocks": "2000", "block_size": "16"}, "value": [0, "1"]},
+            {"metric": key | {"num_gpu_blocks": "1900", "block_size": "16"}, "value": [0, "1"]},
+            {"metric": {"namespace": "prod", "isvc": "other", "num_gpu_blocks": "None", "block_size": "16"}, "value": [0, "1"]},
+        ],
     }
     obs = observations(results, settings)[("prod", "chat")]
+    assert obs.kv_cache_tokens == 1900 * 16
     assert obs.arrival_rate == pytest.approx(11.0) and obs.previous_rate == pytest.approx(5.0)
     assert (obs.avg_in_tokens, obs.avg_out_tokens, obs.waiting, obs.ttft_ms, obs.itl_ms) == (100, 50, 70, 250.0, None)
     assert within(obs.ttft_buckets, 0.8) == pytest.approx((554, 600))  # interpolated inside (0.5 s, 1 s]
     assert within(obs.ttft_buckets, 5.0) == (590, 600)  # beyond the last finite bound: only what is known
-    assert len(queries(settings)) == 12  # one per figure, whatever the number of ISVCs
+    assert len(queries(settings)) == 13  # one per figure, whatever the number of ISVCs
 
 
 def test_only_buckets_around_the_slos_are_asked_for():

@@ -16,11 +16,9 @@ from autoscaler.policy.observation import Observation
 from autoscaler.policy.sizing import Deployment, Estimate, Learned, learn
 from autoscaler.simulator.runner import RunSettings, run_policy
 from autoscaler.simulator.scenarios import build_scenario
-from autoscaler.simulator.traffic import Requests
-from autoscaler.simulator.world import Scenario
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from latency_model import predicted, simulated  # noqa: E402
+from latency_model import NO_PROFILE_S, alone, predicted, simulated, unprofiled  # noqa: E402
 
 RUNS = Deployment("i", "m", "H100", 256)
 CHAT = Replica(IterationParams(6.76, 0.018, 3.5e-5), 256, 400_000, 8192)
@@ -106,22 +104,13 @@ def test_predicted_capacity_within_10_percent_of_the_load_test(isvc, gpu):
     assert guess == pytest.approx(truth, rel=0.10)
 
 
-def _only(scenario: Scenario, name: str) -> Scenario:
-    index = [s.name for s in scenario.world.isvcs].index(name)
-    r = scenario.requests
-    mine = r.isvc == index
-    requests = Requests(r.time[mine], np.zeros(mine.sum(), dtype=int), r.in_tokens[mine], r.out_tokens[mine])
-    world = dataclasses.replace(scenario.world, isvcs=(scenario.world.isvcs[index],))
-    return dataclasses.replace(scenario, world=world, requests=requests)
-
-
 def test_steady_load_settles_without_periodic_collapse():
     """An hour of steady traffic: after the first minutes the replica count holds within one of
     its median, and attainment stays up (the earlier calibration cycled: x0.85 per missed
     period, slow relaxation, scale-down, collapse, every ~14 minutes). Counted from 15 minutes:
     a batch-size roll-out is allowed from minute 10, and while its new revision starts both
     revisions' replicas are counted."""
-    scenario = _only(build_scenario("steady", 1, 3600.0), "chat-13b")
+    scenario = alone(build_scenario("steady", 1, 3600.0), "chat-13b")
     result = run_policy(scenario, "ours", RunSettings(), {})
     counts = result.series_replicas[:, 0][result.series_time >= 900.0]
     median = np.median(counts)
@@ -151,4 +140,91 @@ def test_what_the_model_learned_is_on_the_decision_stream_metrics_and_status():
     assert (message.replica_capacity, message.work_scale, message.capacity_bias) == (decided.replica_capacity, 1.2, 0.8)
     text = exposition([message])
     assert 'inference_autoscaler_work_scale{namespace="ns",isvc="chat"' in text and "inference_autoscaler_capacity_bias{" in text
-    assert f"{decided.replica_capacity:.2f} req/s per replica (work scale 1.20, bias 0.80)" in condition(learned)["message"]
+    assert (
+        f"{decided.replica_capacity:.2f} req/s per replica (work scale 1.20, bias 0.80; step 6.76 ms"
+        in condition(learned)["message"]
+    )
+    # the step costs it sized with: the profile's here
+    assert (decided.step_ms, decided.token_ms, decided.kv_token_ms) == (CHAT.params.alpha, CHAT.params.beta, CHAT.params.gamma)
+    assert (message.step_ms, message.kv_token_ms) == (CHAT.params.alpha, CHAT.params.gamma)
+    assert "inference_autoscaler_step_ms{" in text and "inference_autoscaler_kv_token_ms{" in text
+
+
+def test_an_isvc_with_no_profile_is_placed_from_a_conservative_prior_and_learns_its_capacity_in_10_minutes():
+    """chat-13b deployed with no profile (the catalog has none of llama-2-13b) under steady
+    load: the planner places it from the roofline prior (prior.py), whose capacity is below the
+    real one (the first decisions over-provision), identifies the step's costs from vLLM's
+    metrics (identify.py), and within 10 simulated minutes the capacity it has learned is
+    within 10% of a load test of one replica on the GPU it chose (as benchmarks/latency_model.py
+    measures it). Under a load that rises for its first 5 minutes (diurnal, step) it is still
+    on the scaled prior at 10 minutes (README: the HPA holds the peak's replicas, too lightly
+    loaded to read the per-token cost from)."""
+    run = unprofiled("chat-13b", "steady")
+    full = build_scenario("steady", 1, NO_PROFILE_S)
+    truth = simulated(full, [s.name for s in full.world.isvcs].index("chat-13b"), run.accelerator, requests=3_000)
+    assert run.prior < 0.5 * truth  # the prior: conservative
+    assert run.identified and run.learned == pytest.approx(truth, rel=0.10), (run, truth)
+    assert run.met > 0.999
+
+
+def test_a_prior_needs_the_model_size_in_its_name_and_a_known_gpu_that_holds_its_weights():
+    from autoscaler.policy.prior import parameter_count, prior_profile
+
+    assert parameter_count("meta-llama/Meta-Llama-3.1-8B-Instruct") == 8e9
+    assert parameter_count("granite_13b") == 13e9 and parameter_count("Qwen2.5-0.5B") == 0.5e9
+    assert parameter_count("Mixtral-8x7B-v0.1") == 56e9  # every expert's weights
+    assert parameter_count("gpt2") is None and prior_profile("gpt2", "H100", "H100") is None
+    assert parameter_count("odd-0b") is None and parameter_count("odd-0.0001m") is None  # no model that size
+    assert prior_profile("llama-8b", "X", "TPU-v5e") is None  # no datasheet figures
+    assert prior_profile("llama-70b", "L4", "NVIDIA-L4") is None  # 140 GB of weights on 24 GB
+    assert prior_profile("llama-8b", "big", "NVIDIA-H100-80GB-HBM3").params.alpha == pytest.approx(16.0)
+
+
+def test_the_step_costs_are_identified_across_loads_despite_an_outlier_window():
+    """Windows of a replica whose steps cost alpha + u x decodes + c x prompt tokens (with
+    itself in the batch), at loads 1-12 decodes: the line is found; one window's ITL three
+    times too long (a noisy neighbour) does not move it; loads too close together, or too
+    light for the batch to show, leave the prior scaled."""
+    from autoscaler.policy.identify import Identification, Point, fit
+
+    alpha, beta, gamma, context = 10.0, 0.03, 0.0003, 1300.0
+    u, c = beta + gamma * context, beta + gamma
+
+    def window(decodes: float, itl_factor: float = 1.0) -> Point:
+        prompt = decodes * 0.05  # tokens per ms: prompts arrive with the load
+        itl = (alpha + u * (decodes + 1.0)) / (1.0 - c * prompt)
+        return Point(itl * itl_factor, decodes, prompt, c, context)
+
+    prior = IterationParams(26.0, 0.1, 0.0017)
+    found, line = fit(prior, [window(b) for b in (1.0, 3.0, 6.0, 9.0, 12.0)])
+    assert line and (found.alpha, found.beta, found.gamma) == pytest.approx((alpha, beta, gamma), rel=0.02)
+    with_outlier, _ = fit(prior, [window(b) for b in (1.0, 3.0, 6.0, 9.0, 12.0)] + [window(6.0, 3.0)])
+    assert with_outlier.alpha == pytest.approx(alpha, rel=0.1) and with_outlier.gamma == pytest.approx(gamma, rel=0.1)
+    for loads in ((10.0, 10.5, 11.0), (0.1, 0.2, 0.3)):
+        scaled, line = fit(prior, [window(b) for b in loads])
+        assert not line and scaled.beta / prior.beta == pytest.approx(scaled.alpha / prior.alpha)
+        assert scaled.alpha < prior.alpha
+    identification = Identification(prior)
+    identification.learn(Point(float("nan"), 1.0, 0.0, None, context))  # not finite: ignored
+    assert identification.points == [] and identification.current == prior
+
+
+def test_the_kv_cache_vllm_reports_replaces_the_priors_bound():
+    from autoscaler.optimizer.domain import Accelerator, Catalog, ServiceClass
+    from autoscaler.policy.sizing import profile
+
+    target = ServiceTarget(30.0, 1000.0)
+    catalog = Catalog({"H100": Accelerator("H100", "H100", 1, 4.0)}, {}, {"c": ServiceClass("c", 1, {"llama-13b": target})})
+    learned = Learned()
+    bound = profile(catalog, learned, "llama-13b", "H100")
+    assert bound.kv_cache_tokens > 30_000  # full multi-head attention in 80 GB less 26 GB of weights
+    window = dataclasses.replace(_window(2.0, 12.0, 1.0, 1.0), kv_cache_tokens=30_000.0)
+    learn(learned, catalog, Deployment("i", "llama-13b", "H100", 0), 1, window, target)
+    measured = profile(catalog, learned, "llama-13b", "H100")
+    assert (measured.kv_cache_tokens, measured.max_batch_size) == (30_000, 29)
+    assert len(learned.identified[("llama-13b", "H100")].points) == 1  # the window's step was learned from
+    # a window of no length, or a cache under one token, says nothing: nothing learned, nothing raised
+    odd = dataclasses.replace(window, window_s=0.0, kv_cache_tokens=0.5)
+    learn(learned, catalog, Deployment("i", "llama-13b", "H100", 0), 1, odd, target)
+    assert len(learned.identified[("llama-13b", "H100")].points) == 1
+    assert profile(catalog, learned, "llama-13b", "H100").kv_cache_tokens == 30_000

@@ -77,6 +77,8 @@ def queries(settings: CollectorSettings, bucket_bounds: Mapping[str, str] | None
         "itl_sum": increase(settings.itl_metric + "_sum"),
         "ttft_buckets": buckets("ttft"),
         "itl_buckets": buckets("itl"),
+        # an info gauge: the figures are its labels (per replica; the smallest is the bound)
+        "kv_cache": f"min by ({by}, num_gpu_blocks, block_size) (vllm:cache_config_info)",
     }
 
 
@@ -107,6 +109,7 @@ def bracketing_bounds(bounds: list[str], slos_s: set[float]) -> str:
 
 Samples = list[dict]  # Prometheus instant-vector result: [{"metric": {...}, "value": [t, "v"]}]
 OPTIONAL = ("ttft_sum", "itl_sum")  # only for the means: one unusable leaves the mean unknown
+LABELLED = ("kv_cache",)  # read off labels, not values
 
 
 class Unusable(ValueError):
@@ -200,15 +203,16 @@ def observations(results: Mapping[str, Samples], settings: CollectorSettings) ->
     figures = {
         name: _by_key(results.get(name) or [], label, name, unusable)
         for name in queries(settings)
-        if not name.endswith("buckets")
+        if not name.endswith("buckets") and name not in LABELLED
     }
+    kv_cache = _kv_cache_tokens(results.get("kv_cache") or [], label)
     bad_histograms: dict[Key, str] = {}
     ttft_buckets = _buckets(results.get("ttft_buckets") or [], label, "ttft_buckets", bad_histograms)
     itl_buckets = _buckets(results.get("itl_buckets") or [], label, "itl_buckets", bad_histograms)
     window = float(settings.window_s)
     observed = {}
     for key in figures["completed"].keys() - unusable.keys():
-        obs = _observation(key, figures, ttft_buckets.get(key, ()), itl_buckets.get(key, ()), window)
+        obs = _observation(key, figures, ttft_buckets.get(key, ()), itl_buckets.get(key, ()), window, kv_cache.get(key))
         problem = obs.problem()
         if problem:
             unusable[key] = problem
@@ -222,7 +226,25 @@ def observations(results: Mapping[str, Samples], settings: CollectorSettings) ->
     return observed
 
 
-def _observation(key: Key, figures: dict[str, dict[Key, float]], ttft_buckets, itl_buckets, window: float) -> Observation:
+def _kv_cache_tokens(samples: Samples, label: str) -> dict[Key, float]:
+    """A replica's KV cache in tokens per ISVC, from vLLM's cache_config_info labels
+    (num_gpu_blocks x block_size), the smallest of its replicas'; an ISVC whose labels are not
+    usable numbers is left out (its prior's bound stands)."""
+    result: dict[Key, float] = {}
+    for key, sample in _attributed(samples, label, "kv_cache"):
+        metric = sample["metric"]
+        try:
+            tokens = _number(metric.get("num_gpu_blocks"), 1.0) * _number(metric.get("block_size"), 1.0)
+        except Unusable as exc:
+            log.error("%s/%s: vllm:cache_config_info: %s; its KV cache left unknown", *key, exc)
+            continue
+        result[key] = min(tokens, result.get(key, math.inf))
+    return result
+
+
+def _observation(
+    key: Key, figures: dict[str, dict[Key, float]], ttft_buckets, itl_buckets, window: float, kv_cache_tokens: float | None = None
+) -> Observation:
     def figure(name: str) -> float:
         return figures[name].get(key, 0.0)
 
@@ -241,6 +263,7 @@ def _observation(key: Key, figures: dict[str, dict[Key, float]], ttft_buckets, i
             itl_sum=figures["itl_sum"].get(key),
             ttft_buckets=ttft_buckets,
             itl_buckets=itl_buckets,
+            kv_cache_tokens=kv_cache_tokens,
         )
     )
 

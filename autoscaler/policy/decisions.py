@@ -32,6 +32,11 @@ class LastDecision:
     # the latency model as learned when this was decided (0: it did not size the ISVC)
     replica_capacity: float = 0.0  # requests/s one replica serves within the SLOs at the goal
     work_scale: float = 0.0  # of the (model, GPU type); the ISVC's bias is ttft_scale
+    # the step costs it sized with (perfParms alpha, beta, gamma, ms): the profile's, or for a
+    # model with no profile the identified prior's (policy/identify.py)
+    step_ms: float = 0.0
+    token_ms: float = 0.0
+    kv_token_ms: float = 0.0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"), sort_keys=True)

@@ -5,10 +5,15 @@ other requests' prompts in the same steps as the decodes (V1 chunked prefill wit
 budget), and an SLO counts requests, so a replica's capacity at the SLO is set by the tail. This
 model predicts the share of requests within both SLOs at a Poisson arrival rate:
 
-- A step costs `alpha + beta * tokens + gamma * KV read` (the profile's perfParms) plus the
-  engine's CPU per step, per sequence in the step and per new request (`EngineCosts`). Work
-  conservation gives the mean step: T = (alpha + step CPU) / (1 - rho), rho the share of time
-  spent on tokens and requests at the rate.
+- A step takes the longer of its GPU time, `alpha + beta * tokens + gamma * KV read` (the
+  profile's perfParms), and the engine's CPU time for it, per step, per sequence in the step and
+  per new request (`EngineCosts`): vLLM processes a step's outputs while the next step runs
+  (V1's asynchronous scheduling, V0's asynchronous output processing; ../shared/VLLM.md), as
+  the simulator's server steps. Each side is a step of the same form (a fixed cost, a cost per
+  decode, a cost per new request): the model predicts with each and keeps, at each rate, the
+  side that meets fewer requests (the one whose steps are longer). Work conservation gives the
+  mean step on a side: T = fixed / (1 - rho), rho the share of time spent on tokens and
+  requests at the rate.
 - One request's mean ITL over its d decode steps is alpha' + u * (batch averaged over its
   life) + (prefill work landing in its life) / d. The batch average is the M/G/inf count's time
   average over the request's life (Gaussian, exponential lifetimes); the prefill work is a
@@ -53,14 +58,15 @@ BLOCK = 48
 
 @dataclass(frozen=True)
 class EngineCosts:
-    """vLLM's CPU costs beside the GPU profile (ms). The default is a prior from published
-    vLLM measurements (Llama-3-8B on H100, vLLM 0.6, fitted over 49 statistics by
-    benchmarks/published_vllm.py): an upper bound for V1, refined online per (model, GPU)."""
+    """vLLM's CPU costs beside the GPU profile (ms), overlapping the GPU's (module doc). The
+    default is a prior from published vLLM measurements (Llama-3-8B on H100, vLLM 0.6, fitted
+    over 49 statistics by benchmarks/published_vllm.py with the step the longer of the two, the
+    simulator's FITTED_OVERHEADS): an upper bound for V1."""
 
-    step_ms: float = 0.0  # the fit puts no cost on the step itself ...
-    seq_ms: float = 0.0193  # ... but this per sequence in a step
+    step_ms: float = 3.79  # per step
+    seq_ms: float = 0.0565  # per sequence in a step
     request_ms: float = 0.0  # per request, in the step that starts it
-    frontend_ms: float = 3.0  # per request in the API server, before the engine sees it
+    frontend_ms: float = 3.02  # per request in the API server, before the engine sees it
 
 
 @dataclass(frozen=True)
@@ -174,51 +180,84 @@ def _erlang_c(seats: np.ndarray, offered: np.ndarray) -> np.ndarray:
     return np.where(offered > 0.0, blocking / (1.0 - offered / seats * (1.0 - blocking)), 0.0)
 
 
-def _work_per_request(replica: Replica, shape: Shape) -> float:
-    """GPU and engine ms one request adds beyond the steps' fixed cost."""
-    p, c = replica.params, replica.costs
+@dataclass(frozen=True)
+class _Side:
+    """One side of a step (module doc): its fixed cost, each decode's, each new request's
+    once (ms), and the KV read per token of context that makes a decode's cost vary."""
+
+    fixed: float
+    per_decode: float
+    per_request: float
+    kv_read: float
+
+    def work(self, shape: Shape) -> float:
+        """ms one request adds beyond the steps' fixed cost."""
+        return self.per_decode * (max(shape.out_tokens, 1.0) - 1.0) + self.per_request
+
+
+def _gpu(replica: Replica, shape: Shape) -> _Side:
+    # a running request is length-biased: geometric outputs leave it about `out` tokens in
+    p, w = replica.params, replica.work_scale
     prompt, out = max(shape.in_tokens, 0.0), max(shape.out_tokens, 1.0)
-    decode = p.beta + p.gamma * (prompt + out) + c.seq_ms
-    return replica.work_scale * (decode * (out - 1.0) + (p.beta + p.gamma) * prompt + c.request_ms + c.seq_ms)
+    return _Side(p.alpha, w * (p.beta + p.gamma * (prompt + out)), w * (p.beta + p.gamma) * prompt, p.gamma)
+
+
+def _cpu(replica: Replica) -> _Side:
+    c = replica.costs
+    return _Side(c.step_ms, c.seq_ms, c.request_ms + c.seq_ms, 0.0)
+
+
+def _sides(replica: Replica, shape: Shape) -> list[_Side]:
+    """The sides that may set the step: one where it is the longer in every part."""
+    gpu, cpu = _gpu(replica, shape), _cpu(replica)
+    parts = [
+        (g, c)
+        for g, c in zip((gpu.fixed, gpu.per_decode, gpu.per_request), (cpu.fixed, cpu.per_decode, cpu.per_request), strict=True)
+    ]
+    if all(g >= c for g, c in parts):
+        return [gpu]
+    if all(c >= g for g, c in parts):
+        return [cpu]
+    return [gpu, cpu]
 
 
 def saturating_rate(replica: Replica, shape: Shape) -> float:
-    """Requests/s at which a replica's GPU would do nothing but this work."""
-    return 1000.0 / max(_work_per_request(replica, shape), 1e-9)
+    """Requests/s at which a replica's GPU or engine CPU would do nothing but this work."""
+    return 1000.0 / max(max(side.work(shape) for side in _sides(replica, shape)), 1e-9)
 
 
 def identify_work_scale(replica: Replica, shape: Shape, rate: float, mean_itl_ms: float) -> float | None:
     """The work scale w under which the model's mean ITL equals a measured one at `rate`
-    requests/s per replica. The ITL is b / (1 - a w) + c w (b the fixed step cost, a w the
-    share of time on work, c w a decode's own cost): increasing in w below 1 / a, so the
+    requests/s per replica. The GPU's ITL is b / (1 - a w) + c w (b the fixed step cost, a w
+    the share of time on work, c w a decode's own cost): increasing in w below 1 / a, so the
     smaller root of a c w^2 - (I a + c) w + (I - b) = 0 is the one. None where the window says
-    little about it: light load, or an ITL the model cannot reach at any scale within [1/8, 8]
-    (the measurement is off)."""
+    little about it: light load, an ITL the engine's CPU side accounts for (the GPU's work does
+    not show), or one the model cannot reach at any scale within [1/8, 8] (the measurement is
+    off)."""
     if rate <= 0.0 or not math.isfinite(mean_itl_ms) or mean_itl_ms <= 0.0:
         return None
-    unit = replace(replica, work_scale=1.0)
-    a = rate / 1000.0 * _work_per_request(unit, shape)
+    gpu = _gpu(replace(replica, work_scale=1.0), shape)
+    a = rate / 1000.0 * gpu.work(shape)
     if a < MIN_IDENTIFYING_LOAD:
         return None  # a replica mostly alone: its ITL is the fixed cost, the work hardly shows
-    p, costs = replica.params, replica.costs
-    b = p.alpha + costs.step_ms
-    c = p.beta + p.gamma * (max(shape.in_tokens, 0.0) + max(shape.out_tokens, 1.0)) + costs.seq_ms
+    if _side_itl(_cpu(replica), shape, rate) >= mean_itl_ms:
+        return None  # the engine's CPU sets the steps
+    b, c = gpu.fixed, gpu.per_decode
     if mean_itl_ms <= b:
         return None  # faster than a step with nothing in it
     root = 2.0 * (mean_itl_ms - b) / (mean_itl_ms * a + c + math.sqrt((mean_itl_ms * a - c) ** 2 + 4.0 * a * b * c))
     return root if 0.125 <= root <= 8.0 else None
 
 
+def _side_itl(side: _Side, shape: Shape, rate: float) -> float:
+    rho = rate / 1000.0 * side.work(shape)
+    return math.inf if rho >= 1.0 else side.fixed / (1.0 - rho) + side.per_decode
+
+
 def _mean_itl(replica: Replica, shape: Shape, rate: float) -> float:
-    """A request's mean gap between tokens: the mean step with itself in the batch (math.inf
-    past saturation)."""
-    p, c = replica.params, replica.costs
-    prompt, out = max(shape.in_tokens, 0.0), max(shape.out_tokens, 1.0)
-    rho = rate / 1000.0 * _work_per_request(replica, shape)
-    if rho >= 1.0:
-        return math.inf
-    u = replica.work_scale * (p.beta + p.gamma * (prompt + out) + c.seq_ms)
-    return (p.alpha + c.step_ms) / (1.0 - rho) + u
+    """A request's mean gap between tokens: the mean step with itself in the batch, on the side
+    whose steps are longer (math.inf past saturation)."""
+    return max(_side_itl(side, shape, rate) for side in _sides(replica, shape))
 
 
 @dataclass(frozen=True)
@@ -241,39 +280,50 @@ class Predictions:
 class Rows:
     """(replica, shape) pairs side by side, as what a prediction needs of each (one array entry
     per pair): the rates of many ISVCs are predicted in one numpy pass, and one ISVC's are the
-    same computation over one row."""
+    same computation over one row. The step's costs are those of the side that may set the step
+    (module doc); where either may, the other side's are beside them (`two`)."""
 
     base: np.ndarray  # a step's fixed cost (ms)
     u: np.ndarray  # work per decode per step (ms)
     prefill_work: np.ndarray  # work per request, once (ms)
-    gamma: np.ndarray  # the profile's cost per token of context read (ms)
+    gamma: np.ndarray  # cost per token of context read (ms; the GPU side's)
     frontend_ms: np.ndarray
     prompt: np.ndarray
     out: np.ndarray
     seats: np.ndarray  # int: the batch or the KV limit, whichever binds
     token_budget: np.ndarray
+    two: np.ndarray  # bool: the other side may set the step too
+    other_base: np.ndarray
+    other_u: np.ndarray
+    other_prefill_work: np.ndarray
+    other_gamma: np.ndarray
 
     @classmethod
     def of(cls, pairs: Sequence[tuple[Replica, Shape]]) -> Rows:
         columns = list(zip(*(_row(replica, shape) for replica, shape in pairs), strict=True)) or [()] * len(fields(cls))
-        return cls(*(np.array(c, dtype=int if f.name == "seats" else float) for f, c in zip(fields(cls), columns, strict=True)))
+        types = {"seats": int, "two": bool}
+        return cls(*(np.array(c, dtype=types.get(f.name, float)) for f, c in zip(fields(cls), columns, strict=True)))
 
     def take(self, index: np.ndarray | slice) -> Rows:
         return Rows(*(getattr(self, f.name)[index] for f in fields(self)))
 
+    def other_side(self) -> Rows:
+        return replace(self, base=self.other_base, u=self.other_u, prefill_work=self.other_prefill_work, gamma=self.other_gamma)
 
-def _row(replica: Replica, shape: Shape) -> tuple[float, ...]:
+
+def _row(replica: Replica, shape: Shape) -> tuple:
     """Rows' fields for one pair (in their order)."""
-    p, c = replica.params, replica.costs
     prompt, out = max(shape.in_tokens, 0.0), max(shape.out_tokens, 1.0)
-    # a running request is length-biased: geometric outputs leave it about `out` tokens in
-    w = replica.work_scale
-    u = w * (p.beta + p.gamma * (prompt + out) + c.seq_ms)  # per decode per step
-    prefill_work = w * ((p.beta + p.gamma) * prompt + c.request_ms + c.seq_ms)  # per request, once
     seats = replica.max_batch
     if replica.kv_cache_tokens > 0:
         seats = min(seats, max(int(replica.kv_cache_tokens // (prompt + out)), 1))
-    return p.alpha + c.step_ms, u, prefill_work, p.gamma, c.frontend_ms, prompt, out, seats, replica.token_budget
+    sides = _sides(replica, shape)
+    first, other = sides[0], sides[-1]
+    return (
+        *(first.fixed, first.per_decode, first.per_request, first.kv_read),
+        *(replica.costs.frontend_ms, prompt, out, seats, replica.token_budget, len(sides) == 2),
+        *(other.fixed, other.per_decode, other.per_request, other.kv_read),
+    )
 
 
 def predict(
@@ -302,9 +352,27 @@ def predict_rates(
 def predict_points(
     rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_slo_ms: np.ndarray, mode: str = "chunked"
 ) -> Predictions:
-    """Attainment of each row at the rate and SLOs beside it (arrays of one length), BLOCK points
-    per numpy pass: a pass's arrays are points x quantiles x Hermite nodes, which past a few
-    hundred kB leave the CPU's cache and cost more per point than the passes save."""
+    """Attainment of each row at the rate and SLOs beside it (arrays of one length); where either
+    side may set the step, the side that meets fewer requests there (the one whose steps are
+    longer)."""
+    first = _predict_blocks(rows, rates, ttft_slo_ms, itl_slo_ms, mode)
+    two = np.flatnonzero(rows.two)
+    if not two.size:
+        return first
+    other = _predict_blocks(rows.take(two).other_side(), rates[two], ttft_slo_ms[two], itl_slo_ms[two], mode)
+    worse = other.attainment < first.attainment[two]
+    merged = []
+    for f in fields(Predictions):
+        values = getattr(first, f.name).copy()
+        values[two] = np.where(worse, getattr(other, f.name), values[two])
+        merged.append(values)
+    return Predictions(*merged)
+
+
+def _predict_blocks(rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_slo_ms: np.ndarray, mode: str) -> Predictions:
+    """predict_points on the rows' first side, BLOCK points per numpy pass: a pass's arrays are
+    points x quantiles x Hermite nodes, which past a few hundred kB leave the CPU's cache and
+    cost more per point than the passes save."""
     blocks = [
         _predict_block(
             rows.take(slice(i, i + BLOCK)), rates[i : i + BLOCK], ttft_slo_ms[i : i + BLOCK], itl_slo_ms[i : i + BLOCK], mode

@@ -33,6 +33,9 @@ class Observation:
     itl_buckets: Buckets
     window_s: float = WINDOW_S  # what the rates were measured over (and how far apart the two are)
     ready_replicas: int | None = None  # serving the window, where the collector knows it
+    # a replica's KV cache in tokens (vllm:cache_config_info's num_gpu_blocks x block_size),
+    # where the collector knows it
+    kv_cache_tokens: float | None = None
 
     def problem(self) -> str | None:
         """Why no decision may be made from this observation (a figure not finite, negative or
@@ -42,7 +45,7 @@ class Observation:
             if f.name.endswith("buckets"):
                 problem = next((_bucket_problem(b, c) for b, c in value if _bucket_problem(b, c)), None)
             else:
-                optional = f.name.startswith(("avg_", "ttft", "itl")) or f.name == "ready_replicas"
+                optional = f.name.startswith(("avg_", "ttft", "itl")) or f.name in ("ready_replicas", "kv_cache_tokens")
                 problem = None if value is None and optional else finite_problem(value)
             if problem:
                 return f"{f.name}: {problem}"
@@ -71,6 +74,7 @@ class WindowFigures:
     itl_sum: float | None
     ttft_buckets: Buckets
     itl_buckets: Buckets
+    kv_cache_tokens: float | None = None  # a replica's (vllm:cache_config_info), None: not exported
 
 
 def observe(figures: WindowFigures) -> Observation:
@@ -98,6 +102,7 @@ def observe(figures: WindowFigures) -> Observation:
         ttft_buckets=f.ttft_buckets,
         itl_buckets=f.itl_buckets,
         window_s=f.window_s,
+        kv_cache_tokens=f.kv_cache_tokens,
     )
 
 

@@ -6,7 +6,8 @@ Rules on top of the optimizer, each for a failure seen in practice:
 - an ISVC that has never been decided and has no data is sized for zero load (its minimum);
 - the optimizer picks the GPU type and batch size; the replica count comes from the vLLM
   latency model (latency.py) at the attainment goal, with its work scale per (model, GPU) and
-  its attainment bias per ISVC learned from each window (sizing.py);
+  its attainment bias per ISVC learned from each window (sizing.py); a model with no profile is
+  placed and sized with a conservative prior's (prior.py), its step costs identified online;
 - the rate sized for is the goal quantile of the load expected until replicas asked for now
   serve (trend, measured burstiness, at most the recent peak), queued requests count as load
   (guards.py); requests building up between cycles ask for a cycle early (early_cycle);
@@ -33,13 +34,14 @@ from dataclasses import dataclass, field, replace
 
 from . import sizing
 from .guards import ArrivalHistory, GuardSettings, planned_rate, queue_building
-from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, Load, Server, ServiceClass, System
+from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, IterationParams, Load, Server, ServiceClass, System
 from ..optimizer.solver import solve
 from .observation import Key, Observation
 from .decisions import LastDecision, ManagedService, material
 from .rollout import Room, free_as_decided, judge_roll_outs
 
 log = logging.getLogger(__name__)
+NOT_SIZED = IterationParams(0.0, 0.0, 0.0)  # the step costs published where the latency model did not size
 
 
 @dataclass(frozen=True)
@@ -212,6 +214,8 @@ def plan(
     # every window at once: the latency model's predictions for them are one vectorised batch
     sizing.learn_windows(state.learned, catalog, windows)
     fresh = {key: (load, measured, _scales(state, key)) for key, (load, measured) in loads.items()}
+    # models with no profile are placed by their prior's, as identified so far (the windows above)
+    catalog = sizing.with_priors(catalog, state.learned, [(s.model, s.accelerators) for s in services])
 
     def solve_among(among: list[ManagedService], pinned: set[str]) -> Mapping[str, Allocation]:
         classes = {s.key: _own_class(catalog, s) for s in among}
@@ -259,7 +263,7 @@ def plan(
 
     moving = {s.key for s in differing}
 
-    def by_model(among: Mapping[str, Allocation], moves: set[str]) -> dict[str, tuple[Allocation, float, float]]:
+    def by_model(among: Mapping[str, Allocation], moves: set[str]) -> dict[str, tuple[Allocation, float, float, IterationParams]]:
         """Each allocation sized for the batch it would run with: its own where it moves the ISVC
         (or the ISVC runs nothing yet), else the batch the ISVC runs now."""
         keys = [k for k in among if k in fresh]
@@ -287,7 +291,7 @@ def plan(
         if service.key not in sized:
             plans.append(_unplaced(service, load, measured, now, scales))
             continue
-        alloc, per_replica, work = sized[service.key]
+        alloc, per_replica, work, costs = sized[service.key]
         rolled = service.key in roll_outs
         last = service.last
         decision = LastDecision(
@@ -306,6 +310,9 @@ def plan(
             spec_changed_at=now if rolled else (last.spec_changed_at if last else now),
             replica_capacity=per_replica,
             work_scale=work,
+            step_ms=costs.alpha,
+            token_ms=costs.beta,
+            kv_token_ms=costs.gamma,
         )
         if problem := decision.problem():
             plans.append(Plan(service, last, stale=True, reason=f"decision withheld ({problem}): last decision kept"))
@@ -336,10 +343,12 @@ class _Asked:
     load: Load
 
 
-def _sized(state: PlannerState, catalog: Catalog, asked: list[_Asked], goal: float) -> list[tuple[Allocation, float, float]]:
+def _sized(
+    state: PlannerState, catalog: Catalog, asked: list[_Asked], goal: float
+) -> list[tuple[Allocation, float, float, IterationParams]]:
     """Each optimizer's allocation at its `max_batch` with the latency model's replica count
-    (within the ISVC's bounds, its cost scaled to match), a replica's capacity and the work scale
-    it used: all ISVCs' capacity searches in one batch. Should the model fail on the batch (a
+    (within the ISVC's bounds, its cost scaled to match), a replica's capacity, the work scale and
+    step costs it used: all ISVCs' capacity searches in one batch. Should the model fail on the batch (a
     bug meeting some ISVC's figures), each ISVC is sized alone, and those it fails on keep the
     optimizer's count."""
     try:
@@ -353,19 +362,21 @@ def _sized(state: PlannerState, catalog: Catalog, asked: list[_Asked], goal: flo
                 log.error(
                     "%s: the latency model failed (%s: %s): sized by the optimizer", one.service.key, exc.__class__.__name__, exc
                 )
-                counts.append((0, 0.0, 0.0))
+                counts.append((0, 0.0, 0.0, NOT_SIZED))
     sized = []
-    for one, (count, per_replica, work) in zip(asked, counts, strict=True):
+    for one, (count, per_replica, work, costs) in zip(asked, counts, strict=True):
         alloc, service = one.alloc, one.service
         replicas = min(max(count or alloc.num_replicas, service.min_replicas), service.max_replicas)
         cost = alloc.cost * replicas / max(alloc.num_replicas, 1)
-        sized.append((replace(alloc, num_replicas=replicas, max_batch=one.max_batch, cost=cost), per_replica, work))
+        sized.append((replace(alloc, num_replicas=replicas, max_batch=one.max_batch, cost=cost), per_replica, work, costs))
     return sized
 
 
-def _model_replicas(state: PlannerState, catalog: Catalog, asked: list[_Asked], goal: float) -> list[tuple[int, float, float]]:
-    """Replicas by the latency model as learned, a replica's capacity and the work scale it used,
-    for each (0s: it cannot size this one, keep the optimizer's count)."""
+def _model_replicas(
+    state: PlannerState, catalog: Catalog, asked: list[_Asked], goal: float
+) -> list[tuple[int, float, float, IterationParams]]:
+    """Replicas by the latency model as learned, a replica's capacity, the work scale and step
+    costs it used, for each (0s: it cannot size this one, keep the optimizer's count)."""
     loaded = [one for one in asked if not one.load.is_zero]
     wanted = [
         sizing.Sizing(
@@ -380,10 +391,13 @@ def _model_replicas(state: PlannerState, catalog: Catalog, asked: list[_Asked], 
     for one in asked:
         per_replica = None if one.load.is_zero else next(found)
         if per_replica is None:
-            counts.append((0, 0.0, 0.0))
+            counts.append((0, 0.0, 0.0, NOT_SIZED))
             continue
         work = state.learned.work.get((one.service.model, one.alloc.accelerator), sizing.Estimate()).value
-        counts.append((sizing.replicas_for(one.load.arrival_rate_rpm / 60.0, per_replica), per_replica, work))
+        costs = sizing.profile(
+            catalog, state.learned, one.service.model, one.alloc.accelerator
+        ).params  # sized above: iteration-based
+        counts.append((sizing.replicas_for(one.load.arrival_rate_rpm / 60.0, per_replica), per_replica, work, costs))
     return counts
 
 

@@ -5,8 +5,11 @@ Two estimators, each fed by one window's observation of an ISVC, neither a contr
 - the work scale of a (model, GPU): the ratio of the measured to the profile's per-token and
   per-request work, identified from the mean ITL (vLLM's ITL histogram sum over its count) at
   the measured load per replica. It is measured at every load, not only when SLOs are missed,
-  so it converges from the profile in a few windows (an ISVC whose model has no profile is not
-  sized by the model: the optimizer cannot place it either);
+  so it converges from the profile in a few windows;
+- the step costs of a (model, GPU) with no profile: alpha and the per-token costs, from a
+  conservative roofline prior (prior.py) and then measured across windows (identify.py). Its
+  profile joins the catalog the optimizer places with (with_priors), so such an ISVC is placed
+  on the GPU type whose prior serves it cheapest, and sized as any other;
 - the attainment bias of an ISVC: the factor on the model's capacity under which the model's
   share of requests within the SLOs, at the measured load, equals the measured share (TTFT's
   histogram counts requests, ITL's counts tokens: the model predicts both). It corrects what
@@ -23,10 +26,12 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
-from ..optimizer.domain import Catalog, IterationParams, ServiceTarget
+from ..optimizer.domain import Catalog, IterationParams, ModelProfile, ServiceTarget
 import numpy as np
 
+from .identify import Identification, point
 from .latency import Replica, Rows, Shape, capacities, identify_work_scale, predict_points
+from .prior import prior_profile, seats
 from .observation import Observation, within
 
 MIN_REQUESTS = 50  # fewer completions in a window say too little to learn from
@@ -72,16 +77,49 @@ class Learned:
     bias: dict[str, Estimate] = field(default_factory=dict)  # ISVC key
     serving: dict[str, tuple[int, float]] = field(default_factory=dict)  # ISVC key: (replicas, since when)
     learned_at: dict[str, float] = field(default_factory=dict)  # ISVC key: when it last learned from a window
+    identified: dict[tuple[str, str], Identification] = field(default_factory=dict)  # (model, GPU) with no profile
 
 
-def replica(catalog: Catalog, model: str, accelerator: str, max_batch: int, work_scale: float) -> Replica | None:
-    """The latency model's replica for a profile; None where the profile is not iteration-based."""
-    profile = catalog.profiles.get((model, accelerator))
-    if profile is None or not isinstance(profile.params, IterationParams):
+def profile(catalog: Catalog, learned: Learned, model: str, accelerator: str) -> ModelProfile | None:
+    """The catalog's profile of (model, accelerator); where it has none, the prior's (prior.py)
+    with the step costs identified so far; None where there is no prior either."""
+    found = catalog.profiles.get((model, accelerator))
+    if found is not None or accelerator not in catalog.accelerators:
+        return found
+    prior = prior_profile(model, accelerator, catalog.accelerators[accelerator].type)
+    if prior is None:
         return None
-    kv = profile.kv_cache_tokens or profile.max_batch_size * profile.at_tokens  # Inferno's rule
-    batch = max_batch or profile.max_batch_size
-    return Replica(profile.params, batch, kv, token_budget(accelerator), work_scale=work_scale)
+    identification = learned.identified.setdefault((model, accelerator), Identification(prior.params))
+    if (kv := identification.kv_cache_tokens) is not None:  # measured: it replaces the bound
+        prior = replace(prior, kv_cache_tokens=kv, max_batch_size=seats(kv))
+    return replace(prior, params=identification.current)
+
+
+def with_priors(catalog: Catalog, learned: Learned, models: list[tuple[str, frozenset[str]]]) -> Catalog:
+    """The catalog with a profile for every (model, allowed GPU type) it lacks and has a prior
+    for (`models`: each model with its allowed GPU types, empty for all): what the optimizer
+    places such an ISVC with. The catalog itself where nothing is missing."""
+    added = {
+        (model, accelerator): found
+        for model, allowed in models
+        for accelerator in (allowed or catalog.accelerators)
+        if (model, accelerator) not in catalog.profiles and (found := profile(catalog, learned, model, accelerator)) is not None
+    }
+    return replace(catalog, profiles={**catalog.profiles, **added}) if added else catalog
+
+
+def replica(
+    catalog: Catalog, learned: Learned, model: str, accelerator: str, max_batch: int, work_scale: float
+) -> Replica | None:
+    """The latency model's replica for (model, accelerator)'s profile (module doc: the
+    identified prior's where the catalog has none); None where there is none or it is not
+    iteration-based."""
+    found = profile(catalog, learned, model, accelerator)
+    if found is None or not isinstance(found.params, IterationParams):
+        return None
+    kv = found.kv_cache_tokens or found.max_batch_size * found.at_tokens  # Inferno's rule
+    batch = max_batch or found.max_batch_size
+    return Replica(found.params, batch, kv, token_budget(accelerator), work_scale=work_scale)
 
 
 @dataclass(frozen=True)
@@ -147,13 +185,17 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
     if replicas <= 0 or requests < MIN_REQUESTS or not obs.avg_out_tokens or obs.avg_in_tokens is None:
         return None
     work = learned.work.setdefault((model, accelerator), Estimate())
-    model_replica = replica(catalog, model, accelerator, max_batch, work.value)
+    model_replica = replica(catalog, learned, model, accelerator, max_batch, work.value)
     if model_replica is None:
         return None
     rate = obs.arrival_rate / replicas
     if obs.itl_ms is not None and obs.avg_out_tokens > 1:
-        scale = identify_work_scale(model_replica, Shape(obs.avg_in_tokens, obs.avg_out_tokens), rate, obs.itl_ms)
-        if scale is not None:
+        if (model, accelerator) not in catalog.profiles:  # the prior's: its step costs identified
+            _identify(learned.identified[(model, accelerator)], obs, replicas, model_replica.costs.frontend_ms)
+            model_replica = replica(catalog, learned, model, accelerator, max_batch, work.value)
+        elif (
+            scale := identify_work_scale(model_replica, Shape(obs.avg_in_tokens, obs.avg_out_tokens), rate, obs.itl_ms)
+        ) is not None:
             work.learn(scale)
     model_replica = replace(model_replica, work_scale=work.value)
     shape = Shape(obs.avg_in_tokens, obs.avg_out_tokens)
@@ -165,6 +207,17 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
     if not _stationary(obs):
         return None  # a burst's queue, or its wake: the model's steady state says nothing of that miss
     return _BiasQuestion(bias, model_replica, shape, rate / bias.value, measured_miss, seen)
+
+
+def _identify(identification: Identification, obs: Observation, replicas: int, frontend_ms: float) -> None:
+    """One window's point and KV cache (identify.py) for a (model, GPU) with no profile."""
+    if obs.window_s <= 0.0 or obs.itl_ms is None or obs.avg_in_tokens is None or obs.avg_out_tokens is None:
+        return
+    gaps = obs.itl_buckets[-1][1] if obs.itl_buckets else 0.0
+    shown = (obs.itl_ms, gaps, obs.ttft_ms, obs.avg_in_tokens, obs.avg_out_tokens, obs.arrival_rate, obs.window_s)
+    identification.learn(point(*shown, replicas, frontend_ms))
+    if obs.kv_cache_tokens is not None and obs.kv_cache_tokens >= 1.0:
+        identification.kv_cache_tokens = int(obs.kv_cache_tokens)
 
 
 def _stationary(obs: Observation) -> bool:
@@ -275,14 +328,14 @@ def per_replica_capacities(learned: Learned, catalog: Catalog, asked: Sequence[S
     for ask in asked:
         runs, shape, target = ask.runs, ask.shape, ask.target
         work = learned.work.get((runs.model, runs.accelerator), Estimate()).value
-        model_replica = replica(catalog, runs.model, runs.accelerator, runs.max_batch, _rounded(work))
+        model_replica = replica(catalog, learned, runs.model, runs.accelerator, runs.max_batch, _rounded(work))
         rounded = Shape(_rounded(shape.in_tokens), _rounded(shape.out_tokens))
         slos = (target.ttft_ms or math.inf, target.itl_ms or math.inf)
         points.append(None if model_replica is None else _GridPoint(model_replica, rounded, *slos, goal))
     found = iter(_CAPACITIES.get([p for p in points if p is not None]))
     return [
-        None if point is None else learned.bias.get(ask.runs.key, Estimate()).value * next(found)
-        for ask, point in zip(asked, points, strict=True)
+        None if grid is None else learned.bias.get(ask.runs.key, Estimate()).value * next(found)
+        for ask, grid in zip(asked, points, strict=True)
     ]
 
 
@@ -320,8 +373,8 @@ class _CapacityCache:
             slos = (np.array([getattr(p, name) for p in searched]) for name in ("ttft_ms", "itl_ms"))
             rates = capacities([(p.replica, p.shape) for p in searched], *slos, goal)
             self.known.update(zip(searched, rates.tolist(), strict=True))
-        for point in points:
-            self.known.move_to_end(point)
+        for p in points:
+            self.known.move_to_end(p)
         found = [self.known[p] for p in points]
         while len(self.known) > self.size:
             self.known.popitem(last=False)

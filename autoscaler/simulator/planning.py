@@ -1,7 +1,8 @@
 """Pure: the simulated world as the controller's data, the Catalog its ConfigMap would hold.
 
 Each GPU type is an accelerator of one card; each ISVC's serving options are profiles with the
-perfParms the optimizer is given (fitted, not the simulator's ground truth); each class holds
+perfParms the optimizer is given (fitted, not the simulator's ground truth), none for an ISVC
+deployed with no profile; each class holds
 the SLOs of the models its ISVCs serve. The saturation policy is this cluster's configuration
 (Inferno's optimizer-data.json): capacity left after the SLO-meeting allocations goes round robin
 by priority, so an overloaded cluster still gives every ISVC some replicas.
@@ -28,7 +29,7 @@ def world_catalog(world: World) -> Catalog:
     for spec in world.isvcs:
         cls = world.classes[spec.service_class]
         targets[cls.name][spec.model] = ServiceTarget(itl_ms=cls.itl_ms, ttft_ms=cls.ttft_ms)
-        for acc, option in spec.options.items():
+        for acc, option in spec.options.items() if spec.profiled else ():
             profiles[(spec.model, acc)] = ModelProfile(
                 spec.model, acc, 1, option.max_num_seqs, 0, option.params, kv_cache_tokens=option.kv_cache_tokens
             )

@@ -49,6 +49,7 @@ class IsvcSpec:
     default_accelerator: str  # what the baselines run on
     min_replicas: int = 1
     max_replicas: int = 40
+    profiled: bool = True  # False: the catalog holds no profile of its model (the planner starts from a prior)
 
 
 @dataclass(frozen=True)

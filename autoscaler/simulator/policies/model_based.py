@@ -113,7 +113,12 @@ class ModelBasedPolicy:
         # the HPA syncs on its own clock: as many syncs as have passed since the last decision
         syncs = max(int((now - self._decided) // self.settings.hpa.sync_period_s), 1)
         self._decided = now
-        observed = {self._key(i): replace(obs, ready_replicas=views[i].ready) for i, obs in enumerate(self.observer.observe(now))}
+        observed = {
+            self._key(i): replace(
+                obs, ready_replicas=views[i].ready, kv_cache_tokens=self._kv_cache_tokens(i, views[i].accelerator)
+            )
+            for i, obs in enumerate(self.observer.observe(now))
+        }
         decisions = {}
         # as the controller: GPUs that superseded revisions still hold are not offered again
         offered = offered_capacity(self.capacity, (view.held_in_flight for view in views))
@@ -129,6 +134,11 @@ class ModelBasedPolicy:
                 replicas = self.hpas[index].replicas(now, replicas, p.decision.replicas)
             decisions[index] = Decision(replicas)
         return decisions
+
+    def _kv_cache_tokens(self, index: int, accelerator: str) -> float | None:
+        """What its serving replicas' vllm:cache_config_info shows: num_gpu_blocks x block_size."""
+        option = self.world.isvcs[index].options.get(accelerator)
+        return None if option is None else float(option.kv_cache_tokens)
 
     def _new_revision(self, index: int, d: LastDecision) -> Decision:
         """A new revision starts at the decided count, under an HPA of its own."""

@@ -1,0 +1,136 @@
+"""Online identification of a vLLM step's costs for a (model, GPU) with no profile. Pure.
+
+A step costs `alpha + u * decodes + c * prompt tokens` (u = beta + gamma * context, c = beta +
+gamma: the latency model's perfParms). Over a window in which the engine is busy, its steps
+fill the time: steps/s x (alpha + u B) + c x prompt tokens/s = 1, with B the mean decoding
+requests per replica. The mean step is vLLM's mean ITL I, so
+
+    I (1 - c P) = alpha + u B        (P prompt tokens per ms per replica)
+
+Each window gives a point from what vLLM exports and Prometheus keeps:
+- I: the ITL histogram's sum over its count (vllm:inter_token_latency_seconds);
+- B: by Little's law, the decode time the window's requests spent (the same histogram's sum)
+  over the window and the replicas: the mean running decodes, without sampling a gauge;
+- P: vllm:prompt_tokens_total's increase over the window and the replicas;
+- c: from the TTFT (vllm:time_to_first_token_seconds' mean): the API server's intake, half a
+  step's wait for the running step, the prompt's steps (each a mean step), then its own
+  prefill work c x prompt.
+alpha and u are the line through (B, I (1 - c P)) across windows at different loads: Siegel's
+repeated median of pairwise slopes (robust to nearly half the windows being outliers) over windows
+whose loads differ by SPREAD, once the busiest window's batch costs MIN_IDENTIFYING_LOAD of its
+step (a slope read at light load alone overrates a GPU, whose cost per token grows from
+memory-bound to compute-bound). Before the windows get there, one factor on the whole prior
+step is fitted (the median over windows of the factor that makes the prior's mean step equal
+the measured ITL): the prior's per-token costs are further above the truth than its fixed cost
+(prior.py), so at a higher load the scaled prior predicts a slower step than the real one, and
+the capacity it gives stays below the real one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..optimizer.domain import IterationParams
+from .latency import MIN_IDENTIFYING_LOAD
+
+SPREAD = 0.3  # loads (decoding requests per replica) differ by this share of the largest: a slope
+MAX_POINTS = 30  # windows kept (30 minutes at a window a minute): an engine upgrade ages out
+FLOOR = 1.0 / 64.0  # a fitted cost at least this share of the prior's (and at most the prior's twice)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One window of one replica's busy engine (ms, tokens)."""
+
+    itl_ms: float  # mean step
+    decodes: float  # mean decoding requests per replica
+    prompt_per_ms: float  # prompt tokens per ms per replica
+    prefill_ms_per_token: float | None  # from the TTFT; None where the window cannot tell
+    context: float  # a running request's mean context (prompt + output)
+
+
+@dataclass
+class Identification:
+    """The step costs of one (model, GPU) as measured so far, from a prior (prior.py)."""
+
+    prior: IterationParams
+    points: list[Point] = field(default_factory=list)
+    params: IterationParams | None = None  # None: the prior stands
+    line: bool = False  # whether params are the line's (else the prior scaled)
+    kv_cache_tokens: int | None = None  # a replica's, as vLLM reports it (else the prior's bound)
+
+    @property
+    def current(self) -> IterationParams:
+        return self.params or self.prior
+
+    def learn(self, point: Point) -> None:
+        if not all(math.isfinite(v) and v >= 0.0 for v in (point.itl_ms, point.decodes, point.prompt_per_ms, point.context)):
+            return
+        self.points = [*self.points[-(MAX_POINTS - 1) :], point]
+        self.params, self.line = fit(self.prior, self.points)
+
+
+def point(
+    itl_ms: float,
+    gaps: float,
+    ttft_ms: float | None,
+    prompt: float,
+    out: float,
+    arrival_rate: float,
+    window_s: float,
+    replicas: int,
+    frontend_ms: float,
+) -> Point:
+    """The window's point from vLLM's figures (module doc): `gaps` the ITL histogram's count,
+    `arrival_rate` requests/s of the ISVC, `replicas` serving it throughout."""
+    decodes = itl_ms / 1000.0 * gaps / window_s / replicas
+    prefill = None
+    if ttft_ms is not None and prompt >= 1.0:
+        prefill = (ttft_ms - frontend_ms - 1.5 * itl_ms) / prompt  # intake, half a step's wait, its own step
+        prefill = prefill if prefill > 0.0 else None
+    return Point(itl_ms, decodes, arrival_rate * prompt / replicas / 1000.0, prefill, prompt + out)
+
+
+def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, bool]:
+    """The step costs the points say (module doc), and whether they are a line's (where the
+    loads spread), else the prior scaled."""
+    itl = np.array([p.itl_ms for p in points])
+    decodes = np.array([p.decodes for p in points])
+    prompt = np.array([p.prompt_per_ms for p in points])
+    context = float(np.median([p.context for p in points]))
+    prefills = [p.prefill_ms_per_token for p in points if p.prefill_ms_per_token is not None]
+    if prefills and len(points) >= 3 and np.ptp(decodes) >= SPREAD * decodes.max():
+        c = float(np.median(prefills))
+        y = itl * (1.0 - np.minimum(c * prompt, 0.9))
+        # Siegel's repeated median: each window's median slope to the others far enough apart,
+        # then the median of those (robust to nearly half the windows being outliers)
+        apart = np.abs(decodes[:, None] - decodes[None, :]) >= SPREAD / 2.0 * decodes.max()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            slopes = np.where(apart, (y[:, None] - y[None, :]) / (decodes[:, None] - decodes[None, :]), np.nan)
+        u = float(np.median([np.median(row[~np.isnan(row)]) for row in slopes if not np.isnan(row).all()]))
+        alpha = float(np.median(y - u * (decodes + 1.0)))  # a request's gaps are steps with itself in them
+        # the line only where the busiest window's batch is a visible share of its step: a GPU's
+        # cost per token grows from memory-bound to compute-bound, so a slope read at light
+        # load alone would overrate the replica at the load it is sized for
+        batch_cost = u * (decodes.max() + 1.0)
+        if u > 0.0 and alpha > 0.0 and batch_cost >= MIN_IDENTIFYING_LOAD * (alpha + batch_cost):
+            return _bounded(prior, alpha, u, c, context), True
+    u0 = prior.beta + prior.gamma * context
+    c0 = prior.beta + prior.gamma
+    scale = float(np.median(itl / (prior.alpha + u0 * decodes + itl * c0 * prompt)))
+    return IterationParams(prior.alpha * scale, prior.beta * scale, prior.gamma * scale), False
+
+
+def _bounded(prior: IterationParams, alpha: float, u: float, c: float, context: float) -> IterationParams:
+    """perfParms from a fixed cost, a decode's cost at `context` and a prompt token's, each
+    within [FLOOR, 2] of the prior's: c = beta + gamma, u = beta + gamma * context."""
+    gamma = max(u - c, 0.0) / max(context - 1.0, 1.0)
+    beta = max(c - gamma, 0.0)
+
+    def clip(value: float, of: float) -> float:
+        return min(max(value, FLOOR * of), 2.0 * of)
+
+    return IterationParams(clip(alpha, prior.alpha), clip(beta, prior.beta), clip(gamma, prior.gamma))
