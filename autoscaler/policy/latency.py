@@ -402,7 +402,9 @@ def _predict_block(rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_s
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         var_avg = np.where(r > 1e-6, batch[per_point] * 2.0 / r**2 * (r - 1.0 + np.exp(-r)), batch[per_point])
     # each running request reads its own context: the batch's work varies with who is in it
-    var_avg = var_avg * (1.0 + (gamma**2 * (prompt**2 + out**2)) / u**2)[per_point]
+    var_avg = (
+        var_avg * (1.0 + (gamma**2 * (prompt**2 + out**2)) / np.maximum(u, 1e-12) ** 2)[per_point]
+    )  # u 0: no CPU per sequence
     # a request reads its own context every step, more than the mean's if its prompt is long
     own = d * gamma[per_point] * (own_prompt + d / 2.0 - (prompt + out)[per_point])
     with np.errstate(invalid="ignore"):  # 0 x inf for a one-token output under no ITL SLO: set to 1 below
