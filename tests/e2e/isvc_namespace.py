@@ -29,6 +29,15 @@ class Namespace:
     def create_isvc(self, name: str, model: str, **kwargs) -> None:
         self.plane.kubectl("apply", "--filename=-", input=json.dumps(isvc(name, model, namespace=self.name, **kwargs)))
 
+    def apply(self, objects: list[dict]) -> None:
+        """Many objects in one kubectl call (as the admin): each call costs a process start."""
+        self.plane.kubectl("apply", "--filename=-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+
+    def isvc_metadata(self) -> dict[str, dict]:
+        """Each ISVC's metadata (its uid the server's) by name."""
+        found = kubectl_json(self.plane, "get", "inferenceservices", f"--namespace={self.name}")
+        return {item["metadata"]["name"]: item["metadata"] for item in found["items"]}
+
     def isvc(self, name: str) -> dict:
         return kubectl_json(self.plane, "get", "inferenceservice", name, f"--namespace={self.name}")
 
