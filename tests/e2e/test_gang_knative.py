@@ -3,7 +3,8 @@ ServiceAccount (moved here from tests/test_gang_knative.py, which keeps the pure
 group's minimum comes from its revision's PodAutoscaler (Knative >= 1.21 copies no scale
 annotation to pods); Knative's progress deadline, read from knative-serving/config-deployment
 through the controller's RBAC, caps ours; a failed group is never failed again when its pods come
-back and is admitted once it fits. Ages are the admission's clock set past the server's
+back (its gated pods deleted, the old revision's untouched, the ISVC told) and is admitted once
+it fits. Ages are the admission's clock set past the server's
 creationTimestamps. The ungating for the Cluster Autoscaler is tests/e2e/test_webhook_gang_provision.py.
 """
 
@@ -123,6 +124,9 @@ async def test_a_failed_group_is_not_failed_again_and_is_admitted_once_it_fits(n
         start, age = created(cluster), [61.0]
         gangs = cluster.admission(clock=lambda: start + age[0])
         assert (await gangs.reconcile()).failed == [f"{namespace.name}/{GROUP}"]
+        assert {p["metadata"]["name"] for p in cluster.listed()} == {"old-0", "old-1"}  # gated ones deleted, not the old
+        [condition] = [c for c in namespace.isvc("chat")["status"]["conditions"] if c["type"] == "PodGroupAdmitted"]
+        assert (condition["status"], condition["reason"]) == ("False", "ProgressDeadlineExceeded")
         # the ReplicaSet makes them again; hours later they are still gated, holding nothing
         await cluster.add(*(pod(namespace.name, f"chat-{i}-again", **deadline) for i in range(2)))
         for hours in (1, 2, 5):
