@@ -18,10 +18,10 @@ from datetime import datetime
 
 from autoscaler import annotations as ann
 from autoscaler.gang.admission import GangAdmission
-from autoscaler.kserve import DEPLOYMENT_MODE, INITIAL_SCALE, MIN_SCALE
+from autoscaler.kserve import INITIAL_SCALE, MIN_SCALE
 from autoscaler.kube import POD_AUTOSCALERS, Informer
 
-from ..cluster_objects import isvc, pod_autoscaler
+from ..cluster_objects import pod_autoscaler
 from .conftest import kubectl_json
 from .isvc_namespace import CHAT, named
 from .test_controller_rbac import settled
@@ -75,13 +75,6 @@ def apply_pa(namespace, **annotations: str) -> None:
     namespace.apply([pa])
 
 
-def knative_isvc(namespace) -> dict:
-    """The group's ISVC, so that the admission's PodGroupAdmitted condition has somewhere to go."""
-    made = isvc("chat", CHAT, raw=False, namespace=namespace.name)
-    made["metadata"]["annotations"][DEPLOYMENT_MODE] = "Knative"
-    return made
-
-
 @named("e2e-gang-pa-minimum")
 async def test_the_group_minimum_is_read_from_the_pa_not_the_pods(namespace):
     apply_pa(namespace, **{MIN_SCALE: "2", INITIAL_SCALE: "3"})
@@ -98,7 +91,7 @@ async def test_the_group_minimum_is_read_from_the_pa_not_the_pods(namespace):
 
 @named("e2e-gang-knative-deadline")
 async def test_knative_s_progress_deadline_caps_ours_and_its_config_is_checked(namespace):
-    namespace.apply([knative_isvc(namespace)])
+    namespace.knative_isvc_kserve_leaves_alone("chat", CHAT)  # where the PodGroupAdmitted condition goes
     apply_pa(namespace)
     with knative_deployment_config(namespace.plane, **{"progress-deadline": "2m"}):
         async with Gangs(namespace) as cluster:
@@ -116,7 +109,7 @@ async def test_knative_s_progress_deadline_caps_ours_and_its_config_is_checked(n
 
 @named("e2e-gang-failed-once")
 async def test_a_failed_group_is_not_failed_again_and_is_admitted_once_it_fits(namespace):
-    namespace.apply([knative_isvc(namespace)])
+    namespace.knative_isvc_kserve_leaves_alone("chat", CHAT)  # where the PodGroupAdmitted condition goes
     async with Gangs(namespace) as cluster:
         await cluster.add(old(namespace.name, "old-0", "gpu-h100-0", 8), old(namespace.name, "old-1", "gpu-h100-1", 8))
         deadline = {MIN_SCALE: "2", ann.PROGRESS_DEADLINE: "60"}

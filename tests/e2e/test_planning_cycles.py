@@ -14,9 +14,9 @@ import json
 import time
 
 from autoscaler.controller import controller as controller_module
-from autoscaler.kserve import DEPLOYMENT_MODE, ISVC_LABEL, REVISION_LABEL
+from autoscaler.kserve import ISVC_LABEL, REVISION_LABEL
 
-from ..cluster_objects import gpu_pod, isvc
+from ..cluster_objects import gpu_pod
 from ..test_controller import StandInCollector
 from ..test_controller_planning import observed
 from .isvc_namespace import CHAT, named, stop
@@ -37,12 +37,7 @@ async def test_the_controller_plans_without_the_gpus_of_a_superseded_revision(na
         return real_plan(catalog, capacity, services, observed, now, state, settings, free=free)
 
     monkeypatch.setattr(controller_module, "plan", recording_plan)
-    managed = isvc("chat", CHAT, raw=False, namespace=ns)
-    managed["metadata"]["annotations"][DEPLOYMENT_MODE] = "Knative"
-    # a format no ServingRuntime supports: the KServe manager, where test_knative_serving.py has
-    # started it in this session, makes no revision of its own whose pods would move the GPUs counted
-    managed["spec"]["predictor"]["model"]["modelFormat"]["name"] = "no-runtime"
-    namespace.apply([managed])
+    namespace.knative_isvc_kserve_leaves_alone("chat", CHAT)
     status = {"status": {"components": {"predictor": {"latestCreatedRevision": "chat-predictor-00002"}}}}
     plane.kubectl(
         "patch", "inferenceservice", "chat", f"--namespace={ns}", "--subresource=status", "--type=merge",
