@@ -1,12 +1,11 @@
-"""The decision stream over mutual TLS: the adapter's feed (and the adapter process) with a
-certificate from our CA gets the decisions; a client with no certificate, or one from another
-CA, is refused in the handshake; a renewed certificate applies without a restart; a follower
-controller refuses watchers."""
+"""The decision stream over mutual TLS: the adapter's feed with a certificate from our CA gets the
+decisions; a client with no certificate, or one from another CA, is refused in the handshake; a
+renewed certificate applies without a restart; a follower controller refuses watchers. The
+adapter process on the stream runs against the real kube-apiserver
+(tests/e2e/test_metrics_adapter_process.py)."""
 
 import asyncio
-import sys
 
-import aiohttp
 import grpc
 import pytest
 
@@ -18,10 +17,7 @@ from metrics_adapter.feed import DecisionFeed
 from metrics_adapter.store import MetricStore
 
 from .certs import Authority
-from .prometheus_server import free_port
-from .test_controller_process import write_kubeconfig
 from .test_decision_stream import T0, decision, values
-from .test_metrics_adapter_https import Cluster, serve
 
 
 def peer(ca: Authority, cn: str, directory, server: bool) -> MutualTLS:
@@ -126,40 +122,3 @@ async def test_a_renewed_certificate_serves_new_connections_without_a_restart(tm
             await first_event(target, client.channel_credentials())
     finally:
         await server.stop(None)
-
-
-async def test_the_adapter_process_follows_the_stream_over_mutual_tls(tmp_path):
-    """`metrics-adapter --decisions-ca-file`: its serving pair is its client certificate."""
-    cluster = Cluster(tmp_path)
-    cert, key = cluster.serving_ca.issue("metrics-adapter", tmp_path / "adapter", peer=True)
-    controller_tls = peer(cluster.serving_ca, "controller", tmp_path / "controller", server=True)
-    hub = DecisionHub()
-    hub.publish([decision()])
-    server = await serve_decisions(hub, "127.0.0.1:0", controller_tls)
-    api_runner, api_port = await serve(cluster.emulator.app())
-    port = free_port()
-    process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "autoscaler", "metrics-adapter", "--secure-port", str(port), "--bind-address", "127.0.0.1",
-        "--tls-cert-file", str(cert), "--tls-private-key-file", str(key),
-        "--decisions", f"localhost:{server.bound_port}", "--decisions-ca-file", str(controller_tls.ca_file),
-        "--kubeconfig", str(write_kubeconfig(tmp_path, f"http://127.0.0.1:{api_port}")),
-        stderr=asyncio.subprocess.PIPE,
-    )  # fmt: skip
-    try:
-        async with aiohttp.ClientSession() as session:
-            for _ in range(400):  # ready once the first snapshot has come over the stream
-                try:
-                    async with session.get(f"https://127.0.0.1:{port}/readyz", ssl=cluster.client_context()) as response:
-                        if response.status == 200:
-                            break
-                except aiohttp.ClientError:
-                    pass
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError("the adapter never received the decisions")
-    finally:
-        process.terminate()
-        _, stderr = await process.communicate()
-        await server.stop(None)
-        await api_runner.cleanup()
-    assert process.returncode == 0 and b"Traceback" not in stderr, stderr.decode()[-2000:]

@@ -2,7 +2,8 @@
 
 A group below its minimum, one that does not fit, a crash mid-admission and scale-up pods run on
 the real kube-apiserver, scheduler and kwok (tests/e2e/test_gang_cases.py), as do admission and
-timeout end to end (tests/e2e/test_webhook_gang.py). Here, on the API emulator
+timeout end to end (tests/e2e/test_webhook_gang.py) and a group past its deadline, failed once
+(tests/e2e/test_gang_knative.py). Here, on the API emulator
 (tests/kube_api_emulator.py: pods, nodes, the ledger ConfigMap, Events and ISVC status through
 its REST paths, JSON patches with `test` and resourceVersion checks), what needs the scheduler
 held or a fault: the test plays the scheduler by setting nodeName.
@@ -159,38 +160,6 @@ async def test_a_group_that_fits_is_ungated_together_and_the_ledger_settles():
         await cluster.caught_up()
         await gangs.reconcile()
         assert cluster.ledger() == {} and gangs.reserved_gpus() == {}
-
-
-async def test_a_group_past_its_deadline_fails_and_the_old_revision_keeps_serving():
-    """emulator: the real API server stamps creationTimestamp itself, and its scheduler would bind
-    the group the moment the old revision's pods went; here the pods are aged and the binding held."""
-    async with Gangs() as cluster:
-        await cluster.add(gpu_pod("old-0", "gpu-a", 8, namespace="prod"), gpu_pod("old-1", "gpu-b", 8, namespace="prod"))
-        created = NOW - 10
-        await cluster.add(
-            *(revision_pod(f"chat-{i}", created=created, **{MIN_SCALE: "2", ann.PROGRESS_DEADLINE: "60"}) for i in range(2))
-        )
-        gangs = cluster.admission()
-        cluster.now = created + 61
-        outcome = await gangs.reconcile()
-        assert outcome.failed == ["prod/chat-predictor-00002"]
-        names = {p["metadata"]["name"] for p in cluster.store.items(PODS)}
-        assert names == {"old-0", "old-1"}  # gated pods deleted; the old revision's pods untouched
-        [event] = cluster.store.items("api/v1/events")
-        assert event["reason"] == "PodGroupTimedOut" and event["involvedObject"]["name"] == "chat-predictor-00002"
-        condition = cluster.store.get(ISVCS, "prod", "chat")["status"]["conditions"][0]
-        assert (condition["type"], condition["status"], condition["reason"]) == (
-            "PodGroupAdmitted",
-            "False",
-            "ProgressDeadlineExceeded",
-        )
-        # the ReplicaSet makes the pods again: they stay gated, holding nothing, until the group fits
-        await cluster.add(*(revision_pod(f"chat-again-{i}", created=cluster.now, **{MIN_SCALE: "2"}) for i in range(2)))
-        await gangs.reconcile()
-        assert cluster.gated() == {"chat-again-0", "chat-again-1"}
-        cluster.store.remove(PODS, "prod", "old-1")
-        await cluster.caught_up()
-        assert (await gangs.reconcile()).admitted == ["prod/chat-predictor-00002"]
 
 
 async def test_a_crash_before_the_ledger_write_leaves_all_gated_and_a_restart_admits():

@@ -1,4 +1,6 @@
-"""The metrics adapter's HTTP bounds and its request-header CA followed after start."""
+"""The metrics adapter's request-header CA followed after start. Its HTTP bounds (an absurd
+selector, an oversized request line or headers) run against the real kube-apiserver in
+tests/e2e/test_metrics_adapter_https.py."""
 
 import asyncio
 import json
@@ -6,7 +8,7 @@ import json
 import aiohttp
 import pytest
 
-from metrics_adapter.api import BASE, MAX_SELECTOR_CHARS, build_app
+from metrics_adapter.api import BASE, build_app
 from metrics_adapter.auth import Gatekeeper, KubernetesReviews, RequestHeaderConfig
 from metrics_adapter.server import LIMITS, follow_requestheader
 from autoscaler.https_server import serve_https
@@ -14,31 +16,14 @@ from autoscaler.tls import ReloadingTLS
 
 from kubernetes_asyncio import client as kube
 
-from .test_metrics_adapter_https import Cluster, cluster, serve  # noqa: F401 - the fixture
-
-
-async def test_an_absurd_selector_is_a_400_status(cluster):  # noqa: F811
-    selector = ",".join(f"k{i}=v" for i in range(MAX_SELECTOR_CHARS // 5 + 1))
-    code, _, body = await cluster.as_hpa(BASE + f"/namespaces/prod/desired_replicas?labelSelector={selector}")
-    assert code == 400 and body["kind"] == "Status" and f"longer than {MAX_SELECTOR_CHARS}" in body["message"]
-
-
-async def test_a_request_line_past_aiohttps_limit_is_a_400_not_a_crash(cluster):  # noqa: F811
-    async with aiohttp.ClientSession() as session:
-        url = cluster.url + BASE + "/namespaces/prod/desired_replicas?labelSelector=" + "a" * 20_000
-        async with session.get(url, ssl=cluster.client_context()) as response:
-            assert response.status in (400, 414)
-
-
-@pytest.mark.parametrize("headers", [{"X-Big": "a" * 10_000}, {f"X-H{i}": "v" for i in range(150)}])
-async def test_oversized_headers_are_a_400(cluster, headers):  # noqa: F811
-    async with aiohttp.ClientSession() as session:
-        async with session.get(cluster.url + "/healthz", ssl=cluster.client_context(), headers=headers) as response:
-            assert response.status in (400, 431)
+from .test_metrics_adapter_https import Cluster, serve
 
 
 async def test_a_request_header_ca_published_after_start_is_followed(tmp_path):
-    cluster = Cluster(tmp_path)  # noqa: F811 - not the fixture: this one starts without a CA
+    """emulator: the real API server cannot start without its request-header CA nor replace it on
+    cue: its cluster-authentication-trust controller puts its own CA back into
+    extension-apiserver-authentication whenever the ConfigMap changes, merged with what is there."""
+    cluster = Cluster(tmp_path)  # started without a CA
     ca = cluster.emulator.configmap.pop("requestheader-client-ca-file")
     api_runner, api_port = await serve(cluster.emulator.app())
     api_client = kube.ApiClient(kube.Configuration(host=f"http://127.0.0.1:{api_port}"))

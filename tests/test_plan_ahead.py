@@ -1,13 +1,11 @@
 """Planning ahead (policy/guards.py): the rate a decision is sized for covers the load expected
 until the replicas it asks for serve, with a margin for the burstiness measured, and
-requests building up between cycles bring the next cycle forward, in the controller and in the
-simulator alike."""
+requests building up between cycles bring the next cycle forward, in the simulator here and in the
+controller on the real kube-apiserver (tests/e2e/test_planning_cycles.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
-import time
 
 import numpy as np
 import pytest
@@ -19,10 +17,6 @@ from autoscaler.simulator.policies.model_based import ModelBasedPolicy
 from autoscaler.simulator.runner import _loads
 from autoscaler.simulator.scenarios import build_scenario
 from autoscaler.simulator.traffic import Requests, builtin_trace, poisson_arrivals, sized
-
-from .cluster_objects import ISVCS, isvc
-from .test_controller import Cluster, StandInCollector, stop
-from .test_controller_planning import observed
 
 Z = z_score(0.95)
 WINDOW, PERIOD, STARTUP = 60.0, 30.0, 90.0
@@ -141,37 +135,3 @@ def test_a_burst_brings_the_simulators_decision_forward():
     spacing = PlannerSettings().early_interval_s
     assert all(b - a >= spacing for a, b in zip(burst, burst[1:], strict=False) if b % PERIOD)  # rate-limited
     assert all(t % PERIOD == 0 for t in decision_times(burst_scenario(burst_at=None)))  # steady: no early cycle
-
-
-class QueueCollector(StandInCollector):
-    """A stand-in whose requests in the system can be moved between cycles."""
-
-    def __init__(self, observations):
-        super().__init__(observations)
-        self.counts = {key: obs.running + obs.waiting for key, obs in observations.items()}
-
-    async def in_system(self):
-        return dict(self.counts)
-
-
-async def test_a_queue_building_brings_the_controllers_cycle_forward():
-    async with Cluster() as cluster:
-        cluster.store.put(ISVCS, isvc("chat", "llama_13b"))
-        collector = QueueCollector({("prod", "chat"): observed(8.0)})
-        controller = await cluster.controller(collector)
-        controller.settings = dataclasses.replace(
-            controller.settings, probe_s=0.05, planner=dataclasses.replace(controller.settings.planner, early_interval_s=0.2)
-        )
-        running = asyncio.create_task(controller.run())
-        try:
-            await cluster.settle(controller, lambda: controller.cycles == 1)
-            await asyncio.sleep(0.5)  # probes see the same requests in the system: no early cycle
-            assert controller.cycles == 1 and controller.early_cycles == 0
-            started = time.monotonic()
-            collector.counts[("prod", "chat")] += 200  # 8 req/s could not add that many within a second
-            await cluster.settle(controller, lambda: controller.cycles == 2)
-            assert controller.early_cycles == 1 and time.monotonic() - started < 2.0  # the period is 30 s
-        finally:
-            running.cancel()
-            await asyncio.gather(running, return_exceptions=True)
-            await stop(controller)

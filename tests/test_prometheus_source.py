@@ -1,7 +1,8 @@
 """`--source prometheus` against a real Prometheus server scraping the controller's exposition.
 
-Prometheus is Debian's package, started by the test on loopback; authentication goes through
-the Kubernetes API emulator as in test_metrics_adapter_https.py.
+Prometheus is Debian's package, started by the test on loopback. The adapter serving its values
+over HTTPS, authenticated by the real kube-apiserver, is in tests/e2e/test_metrics_adapter_https.py
+(with this module's `prometheus` fixture).
 """
 
 import asyncio
@@ -12,12 +13,11 @@ from aiohttp import web
 
 from autoscaler.decision_metrics import exposition
 from autoscaler.proto import decisions_pb2 as pb
-from metrics_adapter.api import BASE, build_app
 from metrics_adapter.prometheus_source import PrometheusSource, promql
 from metrics_adapter.selectors import parse_selector
 
 from .prometheus_server import PrometheusServer
-from .test_metrics_adapter_https import Cluster, serve
+from .test_metrics_adapter_https import serve
 
 DECISIONS = [
     pb.Decision(namespace="prod", isvc="chat", revision="chat-00002", model="llama-3-8b", accelerator="H100",
@@ -48,28 +48,6 @@ async def prometheus(tmp_path):
 def test_selectors_become_promql_matchers():
     query = promql("desired_replicas", "prod", parse_selector("isvc in (chat,code.v1),!spot,rev!=a,version>2"))
     assert query == 'inference_autoscaler_desired_replicas{namespace="prod",isvc=~"chat|code\\\\.v1",spot="",rev!="a"}'
-
-
-async def test_adapter_serves_prometheus_values_over_https(tmp_path, prometheus):
-    cluster = Cluster(tmp_path)
-    await cluster.start()
-    try:
-        await cluster.runner.cleanup()  # the same adapter, now backed by Prometheus
-        app = build_app(PrometheusSource(prometheus.url), cluster.gate.authorize)
-        cluster.runner, port = await serve(app, cluster.tls.front)
-        cluster.url = f"https://127.0.0.1:{port}"
-
-        code, content_type, body = await cluster.as_hpa(BASE + "/namespaces/prod/desired_replicas?labelSelector=isvc%3Dchat")
-        assert code == 200 and content_type == "application/json"
-        assert [(i["metricLabels"]["revision"], i["value"]) for i in body["items"]] == [("chat-00002", "7")]
-        _, _, rates = await cluster.as_hpa(BASE + "/namespaces/prod/arrival_rate?labelSelector=isvc+in+(chat,code)")
-        assert sorted(i["value"] for i in rates["items"]) == ["20", "37500m"]
-        _, _, none = await cluster.as_hpa(BASE + "/namespaces/dev/desired_replicas")
-        assert none["items"] == []
-        code, _, body = await cluster.as_hpa(BASE + "/namespaces/prod/desired_replicas?labelSelector=isvc%3D")
-        assert code == 200 and body["items"] == []
-    finally:
-        await cluster.stop()
 
 
 async def test_prometheus_down_is_a_503(tmp_path, prometheus):

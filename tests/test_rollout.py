@@ -1,5 +1,7 @@
 """Roll-outs: a new revision only when it pays for its cold start or the SLOs need it, at most
-one per dwell, never without GPUs free for it; GPUs of revisions in flight never offered again."""
+one per dwell, never without GPUs free for it; GPUs of revisions in flight never offered again.
+The controller's planning without a superseded revision's GPUs runs on the real kube-apiserver
+(tests/e2e/test_planning_cycles.py)."""
 
 from __future__ import annotations
 
@@ -11,14 +13,12 @@ from autoscaler.optimizer.domain import Allocation
 from autoscaler.policy.decisions import LastDecision
 from autoscaler.policy.planner import PlannerSettings, PlannerState, plan
 from autoscaler.policy.rollout import judge, offered_capacity
-from autoscaler.controller import controller as controller_module
 from autoscaler.simulator import engine
 from autoscaler.simulator.policies import model_based
 from autoscaler.simulator.runner import RunSettings, build_policy
 from autoscaler.simulator.workloads import build_workload
 
-from .cluster_objects import ISVCS, PODS, gpu_pod, isvc, node
-from .test_controller import Cluster, StandInCollector, stop
+from .cluster_objects import gpu_pod, node
 from .test_controller_planning import CAPACITY, DATA, observed, plan_one, service
 
 
@@ -155,32 +155,3 @@ def test_in_the_simulator_a_roll_out_starts_on_free_gpus_and_held_ones_are_not_o
     assert all(revision.promoted or not revision.replicas for revision in rolled[:-1])
     for gpu, peak in result.peak_gpus.items():
         assert peak <= cards[gpu]
-
-
-async def test_the_controller_plans_without_the_gpus_of_a_superseded_revision(monkeypatch):
-    """A cycle's plan gets the cluster's GPUs less the old revision's pods as capacity (the new
-    revision's are placed afresh), and less every bound pod as the GPUs free now."""
-    seen = []
-    real_plan = controller_module.plan
-
-    def recording_plan(catalog, capacity, services, observed, now, state, settings, free=None):
-        seen.append((capacity, free))
-        return real_plan(catalog, capacity, services, observed, now, state, settings, free=free)
-
-    monkeypatch.setattr(controller_module, "plan", recording_plan)
-    async with Cluster() as cluster:  # 4 x 8 H100 and 4 x 8 L40S
-        obj = isvc("chat", "llama_13b", raw=False)
-        obj["status"] = {"components": {"predictor": {"latestCreatedRevision": "chat-predictor-00002"}}}
-        cluster.store.put(ISVCS, obj)
-        labels = lambda revision: {ISVC_LABEL: "chat", REVISION_LABEL: revision}  # noqa: E731
-        cluster.store.put(PODS, gpu_pod("old-a", "h100-0", 4, "prod", labels("chat-predictor-00001")))
-        cluster.store.put(PODS, gpu_pod("old-b", "h100-1", 2, "prod", labels("chat-predictor-00001")))
-        cluster.store.put(PODS, gpu_pod("new-a", "l40s-0", 3, "prod", labels("chat-predictor-00002")))
-        controller = await cluster.controller(StandInCollector({("prod", "chat"): observed(2.0)}))
-        try:
-            await controller.cycle()
-        finally:
-            await stop(controller)
-    capacity, free = seen[-1]
-    assert (capacity["H100"], capacity["L40S"]) == (32 - 6, 32)
-    assert (free["H100"], free["L40S"]) == (32 - 6, 32 - 3)

@@ -14,6 +14,7 @@ import pytest
 from autoscaler.controller.controller import Controller, ControllerSettings
 from autoscaler.controller.decision_store import DECISION_KEY, name_for
 from autoscaler.decision_stream import DecisionHub
+from autoscaler.kserve import DEPLOYMENT_MODE
 from autoscaler.kube import Kube
 
 from ..cluster_objects import isvc
@@ -28,6 +29,25 @@ class Namespace:
 
     def create_isvc(self, name: str, model: str, **kwargs) -> None:
         self.plane.kubectl("apply", "--filename=-", input=json.dumps(isvc(name, model, namespace=self.name, **kwargs)))
+
+    def apply(self, objects: list[dict]) -> None:
+        """Many objects in one kubectl call (as the admin): each call costs a process start."""
+        self.plane.kubectl("apply", "--filename=-", input=json.dumps({"apiVersion": "v1", "kind": "List", "items": objects}))
+
+    def isvc_metadata(self) -> dict[str, dict]:
+        """Each ISVC's metadata (its uid the server's) by name."""
+        found = kubectl_json(self.plane, "get", "inferenceservices", f"--namespace={self.name}")
+        return {item["metadata"]["name"]: item["metadata"] for item in found["items"]}
+
+    def knative_isvc_kserve_leaves_alone(self, name: str, model: str) -> dict:
+        """A Knative-mode ISVC (applied) whose model format no ServingRuntime supports: the KServe
+        manager, where test_knative_serving.py has started it in this session, makes no revision
+        of its own, whose pods would take GPUs and status fields a test sets itself."""
+        made = isvc(name, model, raw=False, namespace=self.name)
+        made["metadata"]["annotations"][DEPLOYMENT_MODE] = "Knative"
+        made["spec"]["predictor"]["model"]["modelFormat"]["name"] = "no-runtime"
+        self.apply([made])
+        return made
 
     def isvc(self, name: str) -> dict:
         return kubectl_json(self.plane, "get", "inferenceservice", name, f"--namespace={self.name}")

@@ -74,8 +74,8 @@ class Gangs:
         await asyncio.gather(*self.tasks, return_exceptions=True)
         await self.kube.close()
 
-    def admission(self) -> GangAdmission:
-        return GangAdmission(self.kube, self.pods, self.nodes, NAMESPACE, node_types=lambda: TYPES)
+    def admission(self, **options) -> GangAdmission:
+        return GangAdmission(self.kube, self.pods, self.nodes, NAMESPACE, node_types=lambda: TYPES, **options)
 
     def listed(self) -> list[dict]:
         return kubectl_json(self.plane, "get", "pods", f"--namespace={self.ns}")["items"]

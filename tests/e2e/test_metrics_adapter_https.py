@@ -2,8 +2,9 @@
 real kube-apiserver as config/'s metrics-adapter ServiceAccount: the request-header (front-proxy)
 CA and allowed names from its kube-system/extension-apiserver-authentication ConfigMap, callers'
 certificates signed by the control plane's own front-proxy CA, TokenReviews and
-SubjectAccessReviews answered under config/'s RBAC (moved here from
-tests/test_metrics_adapter_https.py, which keeps what needs the reviews counted or failing).
+SubjectAccessReviews answered under config/'s RBAC; its HTTP bounds; `--source prometheus` with a
+real Prometheus (moved here from tests/test_metrics_adapter_https.py, which keeps what needs the
+reviews counted or failing, test_metrics_adapter_bounds.py and test_prometheus_source.py).
 """
 
 from __future__ import annotations
@@ -16,11 +17,13 @@ import pytest
 from kubernetes_asyncio import client as kube
 from kubernetes_asyncio import config
 
-from metrics_adapter.api import BASE
+from metrics_adapter.api import BASE, MAX_SELECTOR_CHARS, build_app
+from metrics_adapter.prometheus_source import PrometheusSource
 
 from ..certs import Authority
 from ..control_plane import _client_cert
-from ..test_metrics_adapter_https import NOW, Cluster, seeded
+from ..test_metrics_adapter_https import NOW, Cluster, seeded, serve
+from ..test_prometheus_source import prometheus  # noqa: F401 - the fixture
 from .conftest import NAMESPACE
 from .isvc_namespace import named
 
@@ -85,6 +88,45 @@ async def test_malformed_selector_is_a_400_status(cluster):
     assert code == 400
     assert body["kind"] == "Status" and body["reason"] == "BadRequest"
     assert body["message"].startswith("invalid labelSelector: unexpected end of selector")
+
+
+async def test_an_absurd_selector_is_a_400_status(cluster):
+    selector = ",".join(f"k{i}=v" for i in range(MAX_SELECTOR_CHARS // 5 + 1))
+    code, _, body = await cluster.as_hpa(BASE + f"/namespaces/prod/desired_replicas?labelSelector={selector}")
+    assert code == 400 and body["kind"] == "Status" and f"longer than {MAX_SELECTOR_CHARS}" in body["message"]
+
+
+async def test_a_request_line_past_aiohttps_limit_is_a_400_not_a_crash(cluster):
+    async with aiohttp.ClientSession() as session:
+        url = cluster.url + BASE + "/namespaces/prod/desired_replicas?labelSelector=" + "a" * 20_000
+        async with session.get(url, ssl=cluster.client_context()) as response:
+            assert response.status in (400, 414)
+
+
+@pytest.mark.parametrize("headers", [{"X-Big": "a" * 10_000}, {f"X-H{i}": "v" for i in range(150)}])
+async def test_oversized_headers_are_a_400(cluster, headers):
+    async with aiohttp.ClientSession() as session:
+        async with session.get(cluster.url + "/healthz", ssl=cluster.client_context(), headers=headers) as response:
+            assert response.status in (400, 431)
+
+
+async def test_adapter_serves_prometheus_values_over_https(cluster, prometheus):  # noqa: F811
+    """`--source prometheus`: the same adapter, its values from a real Prometheus scraping the
+    controller's exposition (moved here from tests/test_prometheus_source.py)."""
+    await cluster.runner.cleanup()
+    app = build_app(PrometheusSource(prometheus.url), cluster.gate.authorize)
+    cluster.runner, port = await serve(app, cluster.tls.front)
+    cluster.url = f"https://127.0.0.1:{port}"
+
+    code, content_type, body = await cluster.as_hpa(BASE + "/namespaces/prod/desired_replicas?labelSelector=isvc%3Dchat")
+    assert code == 200 and content_type == "application/json"
+    assert [(i["metricLabels"]["revision"], i["value"]) for i in body["items"]] == [("chat-00002", "7")]
+    _, _, rates = await cluster.as_hpa(BASE + "/namespaces/prod/arrival_rate?labelSelector=isvc+in+(chat,code)")
+    assert sorted(i["value"] for i in rates["items"]) == ["20", "37500m"]
+    _, _, none = await cluster.as_hpa(BASE + "/namespaces/dev/desired_replicas")
+    assert none["items"] == []
+    code, _, body = await cluster.as_hpa(BASE + "/namespaces/prod/desired_replicas?labelSelector=isvc%3D")
+    assert code == 200 and body["items"] == []
 
 
 async def test_unknown_metric_is_an_empty_list(cluster):

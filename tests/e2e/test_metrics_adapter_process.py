@@ -2,8 +2,9 @@
 metrics-adapter ServiceAccount: the front-proxy CA read from the real server's
 kube-system/extension-apiserver-authentication, not ready until the controller's DecisionService
 answers, then serving its decisions to a caller with the aggregator's certificate, reviewed by
-the real server (moved here from tests/test_metrics_adapter_process.py; the aggregated path and
-the real HPA are tests/e2e/test_metrics_adapter_aggregated.py).
+the real server; and following the controller's stream over mutual TLS (moved here from
+tests/test_metrics_adapter_process.py and tests/test_decision_stream_tls.py; the aggregated path
+and the real HPA are tests/e2e/test_metrics_adapter_aggregated.py).
 """
 
 from __future__ import annotations
@@ -20,7 +21,10 @@ from autoscaler.decision_stream import DecisionHub, serve_decisions
 from autoscaler.proto import decisions_pb2 as pb
 from metrics_adapter.api import BASE
 
+from ..certs import Authority
 from ..prometheus_server import free_port
+from ..test_decision_stream import decision as stream_decision
+from ..test_decision_stream_tls import peer
 from .conftest import NAMESPACE, Process
 
 
@@ -81,5 +85,29 @@ async def test_adapter_process_is_ready_once_the_controller_answers_and_serves_i
     finally:
         if server is not None:
             await server.stop(None)
+        log = process.stop()
+    assert process.process.returncode == 0 and "Traceback" not in log, log[-2000:]
+
+
+async def test_adapter_process_follows_the_stream_over_mutual_tls(deployed, tmp_path):
+    """`metrics-adapter --decisions-ca-file`: its serving pair is its client certificate to the
+    controller's stream (moved here from tests/test_decision_stream_tls.py)."""
+    ca = Authority.create("inference-autoscaler-ca")
+    cert, key = ca.issue("metrics-adapter", tmp_path / "adapter", peer=True)
+    controller_tls = peer(ca, "controller", tmp_path / "controller", server=True)
+    hub = DecisionHub()
+    hub.publish([stream_decision()])
+    server = await serve_decisions(hub, "127.0.0.1:0", controller_tls)
+    port = free_port()
+    process = Process.start(
+        tmp_path / "adapter.log", "metrics-adapter", f"--secure-port={port}", "--bind-address=127.0.0.1",
+        f"--tls-cert-file={cert}", f"--tls-private-key-file={key}",
+        f"--decisions=localhost:{server.bound_port}", f"--decisions-ca-file={controller_tls.ca_file}",
+        f"--kubeconfig={deployed.service_account_kubeconfig(NAMESPACE, 'metrics-adapter')}",
+    )  # fmt: skip
+    try:  # ready once the first snapshot has come over the stream
+        await until(lambda: get(f"https://127.0.0.1:{port}/readyz", ssl.create_default_context(cadata=ca.pem)), 200)
+    finally:
+        await server.stop(None)
         log = process.stop()
     assert process.process.returncode == 0 and "Traceback" not in log, log[-2000:]

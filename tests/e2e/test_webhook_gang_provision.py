@@ -78,6 +78,7 @@ async def test_a_group_that_does_not_fit_goes_pending_for_the_cluster_autoscaler
             if provisioned:
                 break
         assert provisioned == [f"{PROVISION_NAMESPACE}/{GROUP}"]
+        assert (await gangs.reconcile()).provisioning == []  # once
         pending = until(lambda: len(p := pods(plane)) == 2 and all(unschedulable(x) for x in p) and p, "Unschedulable pods")
         assert not any(gated(p) for p in pending)
 

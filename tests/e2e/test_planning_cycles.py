@@ -1,0 +1,106 @@
+"""The planner's inputs from a real cluster, the controller as config/'s ServiceAccount on the real
+kube-apiserver (moved here from tests/test_rollout.py and tests/test_plan_ahead.py, which keep the
+pure planner and simulator cases): the GPUs a superseded revision's pods hold on kwok's nodes, and
+a cycle brought forward by a queue building between periods.
+
+Each test has a namespace of its own (tests/e2e/isvc_namespace.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import json
+import time
+
+from autoscaler.controller import controller as controller_module
+from autoscaler.kserve import ISVC_LABEL, REVISION_LABEL
+
+from ..cluster_objects import gpu_pod
+from ..test_controller import StandInCollector
+from ..test_controller_planning import observed
+from .isvc_namespace import CHAT, named, stop
+from .test_controller_rbac import settled
+
+
+@named("e2e-superseded-revision")
+async def test_the_controller_plans_without_the_gpus_of_a_superseded_revision(namespace, monkeypatch):
+    """A cycle's plan gets the cluster's GPUs less the old revision's pods as capacity (the new
+    revision's are placed afresh), and less every bound pod as the GPUs free now: pods bound to
+    the session's kwok nodes, read through the controller's watch."""
+    plane, ns = namespace.plane, namespace.name
+    seen = []
+    real_plan = controller_module.plan
+
+    def recording_plan(catalog, capacity, services, observed, now, state, settings, free=None):
+        seen.append((capacity, free))
+        return real_plan(catalog, capacity, services, observed, now, state, settings, free=free)
+
+    monkeypatch.setattr(controller_module, "plan", recording_plan)
+    namespace.knative_isvc_kserve_leaves_alone("chat", CHAT)
+    status = {"status": {"components": {"predictor": {"latestCreatedRevision": "chat-predictor-00002"}}}}
+    plane.kubectl(
+        "patch", "inferenceservice", "chat", f"--namespace={ns}", "--subresource=status", "--type=merge",
+        f"--patch={json.dumps(status)}",
+    )  # fmt: skip
+    controller = await namespace.controller(StandInCollector({(ns, "chat"): observed(2.0)}))
+    try:
+        await settled(controller, lambda: "status" in controller.informers["isvcs"].objects[(ns, "chat")])
+        await controller.cycle()
+        before_capacity, before_free = seen[-1]  # what other tests' pods, if any, leave
+
+        labels = lambda revision: {ISVC_LABEL: "chat", REVISION_LABEL: revision}  # noqa: E731
+        pods = [
+            gpu_pod("old-a", "gpu-h100-0", 4, ns, labels("chat-predictor-00001")),
+            gpu_pod("old-b", "gpu-h100-1", 2, ns, labels("chat-predictor-00001")),
+            gpu_pod("new-a", "gpu-l40s-0", 3, ns, labels("chat-predictor-00002")),
+        ]
+        for pod in pods:
+            pod["spec"]["containers"][0]["image"] = "vllm/vllm-openai"
+            del pod["status"]  # kwok's to set
+        namespace.apply(pods)
+        watched = controller.informers["pods"].objects
+        await settled(controller, lambda: all((ns, pod["metadata"]["name"]) in watched for pod in pods))
+        await controller.cycle()
+    finally:
+        await stop(controller)
+    capacity, free = seen[-1]
+    assert (capacity["H100"], capacity["L40S"]) == (before_capacity["H100"] - 6, before_capacity["L40S"])
+    assert (free["H100"], free["L40S"]) == (before_free["H100"] - 6, before_free["L40S"] - 3)
+
+
+class QueueCollector(StandInCollector):
+    """A stand-in whose requests in the system can be moved between cycles."""
+
+    def __init__(self, observations):
+        super().__init__(observations)
+        self.counts = {key: obs.running + obs.waiting for key, obs in observations.items()}
+
+    async def in_system(self):
+        return dict(self.counts)
+
+
+@named("e2e-early-cycle")
+async def test_a_queue_building_brings_the_controllers_cycle_forward(namespace):
+    namespace.create_isvc("chat", CHAT)
+    key = (namespace.name, "chat")
+    collector = QueueCollector({key: observed(8.0)})
+    controller = await namespace.controller(collector)
+    controller.settings = dataclasses.replace(
+        controller.settings, probe_s=0.05, planner=dataclasses.replace(controller.settings.planner, early_interval_s=0.2)
+    )
+    running = asyncio.create_task(controller.run())
+    try:
+        await settled(controller, lambda: controller.cycles == 1)
+        await asyncio.sleep(0.5)  # probes see the same requests in the system: no early cycle
+        assert controller.cycles == 1 and controller.early_cycles == 0
+        started = time.monotonic()
+        collector.counts[key] += 200  # 8 req/s could not add that many within a second
+        await settled(controller, lambda: controller.cycles == 2)
+        # the period is 30 s; a cycle on the real server, on a loaded machine, takes some of the bound
+        assert controller.early_cycles == 1 and time.monotonic() - started < 10.0
+        assert namespace.exists("hpa", "chat-optimizer")
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        await stop(controller)
