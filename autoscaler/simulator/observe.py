@@ -173,9 +173,15 @@ class Observer:
         self.history: list[list[Scrape]] = [[s] for s in self.metrics.scrape(start)]
 
     def in_system(self, now: float) -> list[int]:
-        """The requests running + waiting now per ISVC (vLLM's two gauges), without a tick: the
-        windows reach back to the ticks only."""
-        return [s.in_system for s in self.metrics.scrape(now)]
+        """The requests running + waiting now per ISVC (vLLM's two gauges). The scrape is kept:
+        Prometheus scrapes on its own interval, not at the controller's cycles, so a window
+        reaches back to a scrape within a probe of its length (at the cycles' scrapes only,
+        early cycles 15 s apart made windows of 60 to 90 s, and a rate over 75 s compared
+        with one over 60 s read as a rise)."""
+        scrapes = self.metrics.scrape(now)
+        for history, scrape in zip(self.history, scrapes, strict=True):
+            history.append(scrape)
+        return [s.in_system for s in scrapes]
 
     def observe(self, now: float) -> list[Observation]:
         """One Observation per ISVC (in the world's order) over the trailing window."""
