@@ -39,8 +39,8 @@ release replicas just as they are needed (the mean lags the rise): while the rat
 noise, the planner keeps what serves up to the count for the most the rate may be now
 (present_bound; planner._held_on_rise). Measured, a shorter HPA window (the cold start itself)
 lost 6-11 points of attainment on the 5-minute square wave and MMPP (60 s cold start) for
-16-19% fewer GPU-hours, below static provisioning's frontier. With a startup beyond 300 s the HPA's window would be the
-shorter, and the ski-rental rule would want it raised (not done).
+16-19% fewer GPU-hours, below static provisioning's frontier. With a startup beyond 300 s the
+HPA's window would be the shorter, and the ski-rental rule would want it raised (not done).
 
 The lookback is the horizon plus a window at either end (H + 2 window_s): the swings a
 decision's replicas must meet are those that fit within a horizon, and seeing one whole takes
@@ -118,7 +118,9 @@ def _rise(rate: float, earlier_rate: float, apart_s: float, window_s: float, z: 
     return rise if rise > noise else 0.0
 
 
-def forecast_rate(rate: float, earlier_rate: float, *, apart_s: float, window_s: float, z: float, settings: GuardSettings) -> float:
+def forecast_rate(
+    rate: float, earlier_rate: float, *, apart_s: float, window_s: float, z: float, settings: GuardSettings
+) -> float:
     """The rate now: a rise beyond noise (_rise) is extrapolated at its pace over the half
     window the window's mean lags a steady rise by."""
     apart_s = min(apart_s, window_s)
