@@ -258,7 +258,7 @@ def test_service_reader_reads_an_isvc_again_only_when_it_changed():
     assert changed.max_replicas == 3 and reader.read([], DATA.catalog) == ([], [])
 
 
-def test_a_rise_is_planned_for_the_startup_at_the_pace_measured_between_windows():
+def test_a_rise_is_planned_for_the_windows_lag_at_the_pace_measured_between_windows():
     guards = GuardSettings()
     z = z_score(0.95)
 
@@ -271,9 +271,10 @@ def test_a_rise_is_planned_for_the_startup_at_the_pace_measured_between_windows(
     def quantile(rate: float) -> float:  # the first cycle knows no burstiness: Poisson over the 120 s horizon
         return rate + z * (rate / 120) ** 0.5
 
-    # +2 req/s per minute, for the 2 minutes to a new replica; the same rise in half the time: twice as steep
-    assert planned(60.0) == pytest.approx(quantile(10.0 + 2.0 * 120 / 60))
-    assert planned(30.0) == pytest.approx(quantile(10.0 + 2.0 * 120 / 30))
+    # +2 req/s per minute: the window's mean lags the rate by half a window (30 s); the same rise
+    # between windows half as long: twice as steep, over a lag half as long
+    assert planned(60.0) == pytest.approx(quantile(10.0 + 2.0 * 30 / 60))
+    assert planned(30.0) == pytest.approx(quantile(10.0 + 2.0 * 15 / 30))
     assert planned(60.0, previous=9.8) == pytest.approx(quantile(10.0))  # within a Poisson deviation over a minute: noise
     assert planned(60.0, previous=10.0, backlog=120.0) == pytest.approx(quantile(10.0) + 2.0)  # a queue is worked off in a minute
 

@@ -6,17 +6,31 @@ controller on the real kube-apiserver (tests/e2e/test_planning_cycles.py)."""
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
 
-from autoscaler.policy.guards import ArrivalHistory, GuardSettings, Sample, dispersion, planned_rate, queue_building, z_score
+from autoscaler.policy.decisions import LastDecision
+from autoscaler.policy.guards import (
+    ArrivalHistory,
+    GuardSettings,
+    Sample,
+    dispersion,
+    forecast_rate,
+    planned_rate,
+    present_bound,
+    queue_building,
+    z_score,
+)
 from autoscaler.policy.planner import PlannerSettings, PlannerState, early_cycle
 from autoscaler.simulator.engine import Simulation
 from autoscaler.simulator.policies.model_based import ModelBasedPolicy
 from autoscaler.simulator.runner import _loads
 from autoscaler.simulator.scenarios import build_scenario
 from autoscaler.simulator.traffic import Requests, builtin_trace, poisson_arrivals, sized
+
+from .test_controller_planning import observed, plan_one, service
 
 Z = z_score(0.95)
 WINDOW, PERIOD, STARTUP = 60.0, 30.0, 90.0
@@ -135,3 +149,34 @@ def test_a_burst_brings_the_simulators_decision_forward():
     spacing = PlannerSettings().early_interval_s
     assert all(b - a >= spacing for a, b in zip(burst, burst[1:], strict=False) if b % PERIOD)  # rate-limited
     assert all(t % PERIOD == 0 for t in decision_times(burst_scenario(burst_at=None)))  # steady: no early cycle
+
+
+def test_the_rate_now_is_the_windows_mean_corrected_for_its_lag():
+    # a steady rise of 1 req/s per 15 s: the trailing minute's mean lags it by half a minute
+    assert forecast_rate(11.0, 10.0, apart_s=15.0, window_s=WINDOW, z=Z, settings=GuardSettings()) == pytest.approx(13.0)
+    # at most the lag's rise again: a step just before the earlier cycle shows a quarter of itself
+    # in the mean 15 s later, so the rate now may be the whole minute's rise above it
+    assert present_bound(11.0, 10.0, apart_s=15.0, window_s=WINDOW, z=Z) == pytest.approx(15.0)
+    # within Poisson noise of the difference (sqrt(21 x 15) / 60 = 0.3 req/s): no rise
+    assert present_bound(10.2, 10.0, apart_s=15.0, window_s=WINDOW, z=Z) == 10.2
+    assert forecast_rate(10.2, 10.0, apart_s=15.0, window_s=WINDOW, z=Z, settings=GuardSettings()) == 10.2
+
+
+def test_a_rising_load_keeps_what_serves_up_to_the_rate_it_may_be_now():
+    """A window's mean lags a step: 15 s after the load stepped up the mean shows a quarter of
+    the step, and a count sized for it would release replicas just as the load needs them."""
+
+    def decided(serving: int, rates: tuple[float, float]):
+        last = LastDecision("H100", serving, 64, 300.0, 30.0, 2.0, 150.0, decided_at=900.0, avg_in_tokens=512, avg_out_tokens=256)
+        state = PlannerState()
+        for now, rate in zip((985.0, 1000.0), rates, strict=True):
+            result = plan_one(service(last=last), obs=observed(rate, previous=rates[0]), state=state, now=now)
+        return result.decision
+
+    steady, rising = decided(8, (3.0, 3.0)), decided(8, (2.0, 3.0))
+    bound = present_bound(3.0, 2.0, apart_s=15.0, window_s=WINDOW, z=Z)  # 7 req/s
+    assert steady.replicas < rising.replicas == min(8, math.ceil(bound / rising.replica_capacity))
+    assert rising.replicas < 8  # what serves beyond the rate it may be now still goes
+    # it keeps, never adds: with one serving, the count is the sizing's for the rate planned (the
+    # rate now, 5 req/s), below the bound's
+    assert 1 < decided(1, (2.0, 3.0)).replicas < rising.replicas

@@ -9,8 +9,10 @@ Rules on top of the optimizer, each for a failure seen in practice:
   its attainment bias per ISVC learned from each window (sizing.py); a model with no profile is
   placed and sized with a conservative prior's (prior.py), its step costs identified online;
 - the rate sized for is the goal quantile of the load expected until replicas asked for now
-  serve (trend, measured burstiness, at most the recent peak), queued requests count as load
-  (guards.py); requests building up between cycles ask for a cycle early (early_cycle);
+  serve (the rate now, measured burstiness, at most the recent peak), queued requests count as
+  load (guards.py); requests building up between cycles ask for a cycle early (early_cycle);
+  while the rate rises beyond noise, no replica the load may need now is released
+  (_held_on_rise);
 - the GPU type and batch size change only where the ISVC allows spec changes, only when the
   change is large enough (guards.wants_new_revision), not more often than once per
   `spec_change_interval_s` (the dwell: at most 3600 / 600 = 6 changes per ISVC per hour by
@@ -293,6 +295,8 @@ def plan(
             continue
         alloc, per_replica, work, costs = sized[service.key]
         rolled = service.key in roll_outs
+        if not rolled:
+            alloc = _held_on_rise(state, service, alloc, per_replica)
         last = service.last
         decision = LastDecision(
             accelerator=alloc.accelerator,
@@ -399,6 +403,26 @@ def _model_replicas(
         ).params  # sized above: iteration-based
         counts.append((sizing.replicas_for(one.load.arrival_rate_rpm / 60.0, per_replica), per_replica, work, costs))
     return counts
+
+
+def _held_on_rise(state: PlannerState, service: ManagedService, alloc: Allocation, per_replica: float) -> Allocation:
+    """No replica released that the load may need now while it rises beyond noise: the window's
+    mean then lags the load (a step shows in full only a window later), so a count sized for it
+    may be below what the load needs already, and releasing a replica now costs a cold start to
+    undo. What serves is kept up to the count for the most the rate may be now
+    (guards.present_bound); a new GPU type or batch size is left as the optimizer sized it."""
+    history = state.arrivals.get((service.namespace, service.name))
+    last = service.last
+    if not history or last is None or (alloc.accelerator, alloc.max_batch) != (last.accelerator, last.max_batch):
+        return alloc
+    sample = history.samples[-1]
+    if sample.present <= sample.rate or per_replica <= 0 or alloc.num_replicas <= 0:
+        return alloc
+    serving = state.learned.serving.get(service.key, (0, 0.0))[0]
+    held = min(serving, sizing.replicas_for(sample.present, per_replica), service.max_replicas)
+    if held <= alloc.num_replicas:
+        return alloc
+    return replace(alloc, num_replicas=held, cost=alloc.cost * held / alloc.num_replicas)
 
 
 def _unplaced(service: ManagedService, load: Load, measured: float, now: float, scales: tuple[float, float]) -> Plan:

@@ -14,9 +14,10 @@ last tick and moves the metrics the way the server's would have moved:
   in a cluster: vLLM records no statistics for aborted requests (vllm-project/vllm#55634, open;
   were it fixed, they would count in request_success_total{finished_reason="abort"}).
 
-The window's figures are differences between the ticks' scrapes, as increase() and delta() take
-them between Prometheus's samples: a window reaches back to the last tick at least `window_s`
-old, the window before it as far again. From there policy.observation.observe computes the
+The window's figures are differences between scrapes, as increase() and delta() take them
+between Prometheus's samples; a scrape is taken at each control tick and each queue probe: a
+window reaches back to the last scrape at least `window_s` old, the window before it as far
+again. From there policy.observation.observe computes the
 Observation, the same function the controller's collector calls.
 """
 
@@ -165,7 +166,7 @@ def _increase(later: np.ndarray, earlier: np.ndarray, bounds: tuple[float, ...])
 
 
 class Observer:
-    """Scrapes at every tick and keeps the scrapes its windows reach back to."""
+    """Scrapes at every tick and queue probe and keeps the scrapes its windows reach back to."""
 
     def __init__(self, records: RequestRecords, isvcs: int, window_s: float, start: float = 0.0):
         self.metrics = VllmMetrics(records, isvcs)
@@ -173,9 +174,15 @@ class Observer:
         self.history: list[list[Scrape]] = [[s] for s in self.metrics.scrape(start)]
 
     def in_system(self, now: float) -> list[int]:
-        """The requests running + waiting now per ISVC (vLLM's two gauges), without a tick: the
-        windows reach back to the ticks only."""
-        return [s.in_system for s in self.metrics.scrape(now)]
+        """The requests running + waiting now per ISVC (vLLM's two gauges). The scrape is kept:
+        Prometheus scrapes on its own interval, not at the controller's cycles, so a window
+        reaches back to a scrape within a probe of its length (at the cycles' scrapes only,
+        early cycles 15 s apart made windows of 60 to 90 s, and a rate over 75 s compared
+        with one over 60 s read as a rise)."""
+        scrapes = self.metrics.scrape(now)
+        for history, scrape in zip(self.history, scrapes, strict=True):
+            history.append(scrape)
+        return [s.in_system for s in scrapes]
 
     def observe(self, now: float) -> list[Observation]:
         """One Observation per ISVC (in the world's order) over the trailing window."""
