@@ -24,6 +24,7 @@ from typing import Iterable
 import grpc
 
 from .decision_metrics import decision_problem
+from .grpc_server import GrpcServer, serve
 from .proto import decisions_pb2 as pb
 from .proto import decisions_pb2_grpc as pb_grpc
 
@@ -134,12 +135,7 @@ class MutualTLS:
         return grpc.ssl_channel_credentials(self.ca_file.read_bytes(), self.key_file.read_bytes(), self.cert_file.read_bytes())
 
 
-async def serve_decisions(hub: DecisionHub, address: str, tls: MutualTLS | None = None) -> grpc.aio.Server:
+async def serve_decisions(hub: DecisionHub, address: str, tls: MutualTLS | None = None) -> GrpcServer:
     """Start the DecisionService on `address` (host:port, port 0 for any); returns the server.
     Without `tls` it is plaintext: only for a loopback address (tests, a local run)."""
-    server = grpc.aio.server()
-    pb_grpc.add_DecisionServiceServicer_to_server(hub, server)
-    port = server.add_secure_port(address, tls.server_credentials()) if tls else server.add_insecure_port(address)
-    await server.start()
-    server.bound_port = port  # type: ignore[attr-defined]
-    return server
+    return await serve(lambda server: pb_grpc.add_DecisionServiceServicer_to_server(hub, server), address, tls)

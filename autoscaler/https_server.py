@@ -34,6 +34,7 @@ import ssl
 from dataclasses import dataclass
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.web_runner import BaseSite
 
 from .errors import InputError
@@ -169,6 +170,21 @@ class _Connection(asyncio.Protocol):
             self.site.by_handler.pop(self.handler, None)
 
 
+class _RequestLog(logging.LoggerAdapter):
+    """aiohttp's server log, less the traceback of a request it could not parse (a line or
+    headers past the limits, a malformed message): that is the peer's bad input, answered 400
+    and said here in one line. Anything else (a handler's bug, a 500) keeps its traceback."""
+
+    def exception(self, msg, *args, exc_info=True, **kwargs):
+        if isinstance(exc_info, HttpProcessingError):
+            self.warning(f"{msg}: %s", *args, exc_info.message, **kwargs)
+        else:
+            super().exception(msg, *args, exc_info=exc_info, **kwargs)
+
+
+REQUEST_LOG = _RequestLog(logging.getLogger("aiohttp.server"))
+
+
 class Guard:
     """The limits of one app's connections: its middleware marks requests on their connection
     and reads bodies within the limits (413 past the size, 408 past the time, 503 when no
@@ -186,6 +202,7 @@ class Guard:
         return web.AppRunner(
             app,
             access_log=None,
+            logger=REQUEST_LOG,
             keepalive_timeout=limits.idle_timeout_s,
             max_line_size=limits.max_line_bytes,
             max_field_size=limits.max_line_bytes,

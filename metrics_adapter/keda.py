@@ -38,6 +38,7 @@ import grpc
 
 from autoscaler.decision_metrics import FIGURES
 from autoscaler.decision_stream import MutualTLS
+from autoscaler.grpc_server import GrpcServer, serve
 from autoscaler.proto import externalscaler_pb2 as pb
 from autoscaler.proto import externalscaler_pb2_grpc as pb_grpc
 
@@ -172,15 +173,10 @@ class KedaScaler(pb_grpc.ExternalScalerServicer):
         return await self._answer(context, metrics)
 
 
-async def serve_keda(
-    store: MetricStore, address: str, tls: MutualTLS | None = None, push_interval_s: float = 1.0
-) -> grpc.aio.Server:
+async def serve_keda(store: MetricStore, address: str, tls: MutualTLS | None = None, push_interval_s: float = 1.0) -> GrpcServer:
     """Start the ExternalScaler on `address` (host:port, port 0 for any); returns the server, its
     port in `bound_port`. Without `tls` it is plaintext: only for a loopback address."""
-    server = grpc.aio.server()
-    pb_grpc.add_ExternalScalerServicer_to_server(KedaScaler(store, push_interval_s), server)
-    port = server.add_secure_port(address, tls.server_credentials()) if tls else server.add_insecure_port(address)
-    await server.start()
-    server.bound_port = port  # type: ignore[attr-defined]
+    scaler = KedaScaler(store, push_interval_s)
+    server = await serve(lambda server: pb_grpc.add_ExternalScalerServicer_to_server(scaler, server), address, tls)
     log.info("KEDA external scaler on %s (%s)", address, "mutual TLS" if tls else "plaintext")
     return server
