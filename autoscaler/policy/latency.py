@@ -223,7 +223,7 @@ def _sides(replica: Replica, shape: Shape) -> list[_Side]:
 
 def saturating_rate(replica: Replica, shape: Shape) -> float:
     """Requests/s at which a replica's GPU or engine CPU would do nothing but this work."""
-    return 1000.0 / max(max(side.work(shape) for side in _sides(replica, shape)), 1e-9)
+    return float(Rows.of([(replica, shape)]).saturating_rates()[0])
 
 
 def identify_work_scale(replica: Replica, shape: Shape, rate: float, mean_itl_ms: float) -> float | None:
@@ -306,6 +306,13 @@ class Rows:
 
     def take(self, index: np.ndarray | slice) -> Rows:
         return Rows(*(getattr(self, f.name)[index] for f in fields(self)))
+
+    def saturating_rates(self) -> np.ndarray:
+        """saturating_rate() of each row: the rate at which its busier side (_Side.work) would
+        do nothing but this work."""
+        decodes = self.out - 1.0
+        work = np.maximum(self.u * decodes + self.prefill_work, self.other_u * decodes + self.other_prefill_work)
+        return 1000.0 / np.maximum(work, 1e-9)
 
     def other_side(self) -> Rows:
         return replace(self, base=self.other_base, u=self.other_u, prefill_work=self.other_prefill_work, gamma=self.other_gamma)
@@ -459,7 +466,7 @@ def capacities(
     rows = Rows.of(pairs)
     ttft, itl = (np.asarray(v, dtype=float) for v in (ttft_slo_ms, itl_slo_ms))
     result = np.zeros(len(pairs))
-    high = np.array([saturating_rate(replica, shape) for replica, shape in pairs])
+    high = rows.saturating_rates()
     searched = np.flatnonzero(predict_points(rows, high * 1e-4, ttft, itl, mode).attainment >= goal)
     rows, ttft, itl, high = rows.take(searched), ttft[searched], itl[searched], high[searched]
     low = np.zeros(searched.size)
