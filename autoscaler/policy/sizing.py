@@ -98,10 +98,11 @@ def profile(catalog: Catalog, learned: Learned, model: str, accelerator: str) ->
 def with_priors(catalog: Catalog, learned: Learned, models: list[tuple[str, frozenset[str]]]) -> Catalog:
     """The catalog with a profile for every (model, allowed GPU type) it lacks and has a prior
     for (`models`: each model with its allowed GPU types, empty for all): what the optimizer
-    places such an ISVC with. The catalog itself where nothing is missing."""
+    places such an ISVC with. The catalog itself where nothing is missing. Each (model, allowed)
+    is looked at once however many ISVCs share it (this runs every cycle)."""
     added = {
         (model, accelerator): found
-        for model, allowed in models
+        for model, allowed in dict.fromkeys(models)
         for accelerator in (allowed or catalog.accelerators)
         if (model, accelerator) not in catalog.profiles and (found := profile(catalog, learned, model, accelerator)) is not None
     }
