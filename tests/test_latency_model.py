@@ -206,7 +206,11 @@ def test_the_step_costs_are_identified_across_loads_despite_an_outlier_window():
         assert scaled.alpha < prior.alpha
     identification = Identification(prior)
     identification.learn(Point(float("nan"), 1.0, 0.0, None, context))  # not finite: ignored
+    identification.learn(Point(0.0, 1.0, 0.0, None, context))  # no step takes no time: ignored
     assert identification.points == [] and identification.current == prior
+    # windows a thousand times faster than the prior: scaled no further than the line's floor
+    tiny, line = fit(prior, [Point(prior.alpha / 1000.0, b, 0.0, None, context) for b in (1.0, 1.1, 1.2)])
+    assert not line and tiny.alpha == pytest.approx(prior.alpha / 64.0)
 
 
 def test_the_kv_cache_vllm_reports_replaces_the_priors_bound():

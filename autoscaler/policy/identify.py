@@ -69,6 +69,8 @@ class Identification:
     def learn(self, point: Point) -> None:
         if not all(math.isfinite(v) and v >= 0.0 for v in (point.itl_ms, point.decodes, point.prompt_per_ms, point.context)):
             return
+        if point.itl_ms <= 0.0:
+            return  # no step takes no time: a histogram summing to 0 would scale the prior to nothing
         self.points = [*self.points[-(MAX_POINTS - 1) :], point]
         self.params, self.line = fit(self.prior, self.points)
 
@@ -120,7 +122,8 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, b
             return _bounded(prior, alpha, u, c, context), True
     u0 = prior.beta + prior.gamma * context
     c0 = prior.beta + prior.gamma
-    scale = float(np.median(itl / (prior.alpha + u0 * decodes + itl * c0 * prompt)))
+    # within the line's floor (_bounded): outlying windows must not scale the prior to nothing
+    scale = max(float(np.median(itl / (prior.alpha + u0 * decodes + itl * c0 * prompt))), FLOOR)
     return IterationParams(prior.alpha * scale, prior.beta * scale, prior.gamma * scale), False
 
 
