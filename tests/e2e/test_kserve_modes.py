@@ -5,12 +5,17 @@ Knative), and `status.deploymentMode`, which KServe records once, wins over the 
 own order: status, annotation, the config's default). A named predictor's Deployment:
 test_kserve_contract.py and test_kserve_standard.py.
 
-The test plays KServe's part, writing `status.deploymentMode` through the status subresource.
+The test plays KServe's part, writing `status.deploymentMode` through the status subresource. Where
+test_knative_serving.py has started KServe's real manager in this session, that manager records
+the mode it read on its first pass (controller.go computes it before patching its finalizer, whose
+answer refreshes the resourceVersion, so its status update lands on top of anything written in
+between): the test waits for that first record before overwriting it, as it would otherwise race.
 """
 
 from __future__ import annotations
 
 import json
+import time
 
 from autoscaler.kserve import DEPLOYMENT_MODE, KSERVE_AUTOSCALER_CLASS
 
@@ -30,11 +35,20 @@ def create(namespace: Namespace, name: str, annotated: str | None, recorded: str
         annotations[DEPLOYMENT_MODE] = annotated
     namespace.plane.kubectl("apply", "--filename=-", input=json.dumps(obj))
     if recorded:
+        if "kserve-manager" in namespace.plane.processes:
+            first_record_by_kserve(namespace, name)
         patch = json.dumps({"status": {"deploymentMode": recorded}})
         namespace.plane.kubectl(
             "patch", "inferenceservice", name, f"--namespace={namespace.name}", "--subresource=status", "--type=merge",
             f"--patch={patch}",
         )  # fmt: skip
+
+
+def first_record_by_kserve(namespace: Namespace, name: str, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not (namespace.isvc(name).get("status") or {}).get("deploymentMode"):
+        assert time.monotonic() < deadline, f"KServe's manager recorded no mode for {name} in {timeout_s} s"
+        time.sleep(0.2)
 
 
 @named("e2e-modes")
