@@ -253,3 +253,29 @@ def test_the_kv_cache_vllm_reports_replaces_the_priors_bound():
     assert identification.prior.gamma == pytest.approx(1000.0 * (94e9 - 16e9) / 411_550 / (2e12 * 0.25))
     assert identification.prior.gamma < mha.params.gamma / 3 and identification.prior.alpha == mha.params.alpha
     assert profile(catalog, learned, "llama-8b", "H100").params.gamma < mha.params.gamma / 3
+
+
+def test_a_profiled_model_is_offered_its_prior_on_an_allowed_gpu_type_it_has_no_profile_for():
+    """with_priors offers the roofline prior for every GPU type an ISVC allows and its model has
+    no profile on, profiled elsewhere or not (README, *A model with no profile*: kept). A
+    measured profile is not displaced by a prior that underrates a replica, while the type it
+    was measured on has room; where it has none, the prior places the ISVC on another type it
+    allows, sized from the bound (more replicas, not fewer) instead of leaving it unplaced."""
+    from autoscaler.policy.decisions import ManagedService
+    from autoscaler.policy.planner import PlannerState, plan
+    from autoscaler.simulator.planning import world_catalog
+    from autoscaler.simulator.scenarios import default_world
+
+    catalog = world_catalog(default_world())  # llama-3-8b: profiled on the H100 only
+    assert ("llama-3-8b", "A100") not in catalog.profiles
+    chat = ManagedService("ns", "chat", "llama-3-8b", "Premium", frozenset({"H100", "A100"}), 1, 40, False, True, None)
+    load = Observation(5.0, 5.0, 1100.0, 220.0, 0.0, 0.0, None, None, (), ())
+
+    def decided(capacity: dict[str, int]):
+        (only,) = plan(catalog, capacity, [chat], {("ns", "chat"): load}, 0.0, PlannerState())
+        return only.decision
+
+    on_measured = decided({"H100": 16, "A100": 40, "L40S": 0})
+    assert on_measured.accelerator == "H100"
+    on_prior = decided({"H100": 0, "A100": 40, "L40S": 0})
+    assert on_prior.accelerator == "A100" and on_prior.replicas > on_measured.replicas
