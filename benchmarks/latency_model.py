@@ -15,7 +15,7 @@ simulator's vLLM server (V1 chunked by default).
 --no-profile runs each ISVC alone under ours for 10 simulated minutes with no profile of its
 model (the planner starts from the roofline prior, policy/prior.py, and identifies the step's
 costs online, policy/identify.py) and compares the capacity it has learned with the load test
-on the GPU type it was placed on.
+on the GPU type it was placed on, with the run's share of requests within both SLOs and drops.
 
 It ends with the CPU cost of what the planner runs per ISVC: a capacity search (what a new
 request shape or work scale costs, the planner caches it on a 2% grid) and the learning from one

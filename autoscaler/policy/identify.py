@@ -17,10 +17,13 @@ Each window gives a point from what vLLM exports and Prometheus keeps:
   prefill work c x prompt.
 alpha and u are the line through (B, I (1 - c P)) across windows at different loads: Siegel's
 repeated median of pairwise slopes (robust to nearly half the windows being outliers) over windows
-whose loads differ by SPREAD, once the busiest window's batch costs MIN_IDENTIFYING_LOAD of its
-step (a slope read at light load alone overrates a GPU, whose cost per token grows from
-memory-bound to compute-bound). Before the windows get there, one factor on the whole prior
-step is fitted (the median over windows of the factor that makes the prior's mean step equal
+whose loads differ by SPREAD, read as it is once the busiest window's batch costs
+MIN_IDENTIFYING_LOAD of its step. Below that, a GPU's cost per token is still memory-bound and
+grows to compute-bound with the batch, so the slope alone would overrate the replica: a line
+of light loads (rising across them by MIN_RISE of the step, beyond a window's noise) is read
+conservatively, its slope as the KV read alone and every token charged the compute-bound cost
+the TTFT shows besides (a decode costs c + u). Before the windows get there, one factor on the
+whole prior step is fitted (the median over windows of the factor that makes the prior's mean step equal
 the measured ITL): the prior's per-token costs are further above the truth than its fixed cost
 (prior.py), so at a higher load the scaled prior predicts a slower step than the real one, and
 the capacity it gives stays below the real one.
