@@ -167,6 +167,19 @@ def test_an_isvc_with_no_profile_is_placed_from_a_conservative_prior_and_learns_
     assert run.dropped == 0 and run.met >= 0.95
 
 
+def test_an_isvc_with_no_profile_over_provisioned_by_its_prior_reads_a_conservative_light_load_line_in_10_minutes():
+    """chat-8b (Llama-3 8B, grouped-query attention) with no profile under steady load: the KV
+    cache vLLM reports lifts its prior's KV cost toward the model's own, and its windows, too
+    light for the line's 20% rule, read a light-load line within 10 minutes (README: the HPA's
+    300 s hold leaves one consolidation step in them): more than half its real capacity and
+    not above it (the line is read conservatively), with every SLO kept."""
+    run = unprofiled("chat-8b", "steady")
+    full = build_scenario("steady", 1, NO_PROFILE_S)
+    truth = simulated(full, [s.name for s in full.world.isvcs].index("chat-8b"), run.accelerator, requests=3_000)
+    assert run.reading == "light-load line" and 0.6 * truth < run.learned < truth, (run, truth)
+    assert run.dropped == 0 and run.met >= 0.95
+
+
 def test_a_prior_needs_the_model_size_in_its_name_and_a_known_gpu_that_holds_its_weights():
     from autoscaler.policy.prior import parameter_count, prior_profile
 
