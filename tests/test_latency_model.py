@@ -237,6 +237,7 @@ def test_the_step_costs_are_identified_across_loads_despite_an_outlier_window():
 
 def test_the_kv_cache_vllm_reports_replaces_the_priors_bound():
     from autoscaler.optimizer.domain import Accelerator, Catalog, ServiceClass
+    from autoscaler.policy.prior import prior_profile
     from autoscaler.policy.sizing import profile
 
     target = ServiceTarget(30.0, 1000.0)
@@ -266,6 +267,10 @@ def test_the_kv_cache_vllm_reports_replaces_the_priors_bound():
     assert identification.prior.gamma == pytest.approx(1000.0 * (94e9 - 16e9) / 411_550 / (2e12 * 0.25))
     assert identification.prior.gamma < mha.params.gamma / 3 and identification.prior.alpha == mha.params.alpha
     assert profile(catalog, learned, "llama-8b", "H100").params.gamma < mha.params.gamma / 3
+    # a cache reported absurdly large (an exporter's fault) prices the KV read at no less than
+    # multi-query attention's share of the bound, not at nothing
+    absurd = prior_profile("llama-8b", "H100", "H100", kv_cache_tokens=10**15)
+    assert absurd.params.gamma == pytest.approx(mha.params.gamma / 128)
 
 
 def test_a_profiled_model_is_offered_its_prior_on_an_allowed_gpu_type_it_has_no_profile_for():

@@ -50,6 +50,9 @@ WIDTH_PER_LAYER = 128.0  # d_model / layers of dense decoder-only models of 1-13
 MEMORY_UTILIZATION = 0.9  # vLLM's --gpu-memory-utilization default
 ACTIVATION_BYTES = 2e9
 DEFAULT_SEATS = 256  # vLLM's --max-num-seqs default
+# query heads per K/V head at most (multi-query attention: Falcon-7B shares one among 71): a
+# token's KV bytes are at least the multi-head bound's over this
+MAX_KV_SHARING = 128
 
 
 @dataclass(frozen=True)
@@ -113,8 +116,11 @@ def prior_profile(
     kv_tokens = int(free // kv_bytes)
     if kv_cache_tokens is not None and kv_cache_tokens >= 1:
         kv_tokens = kv_cache_tokens
-        # what a token of the reported cache can hold at most: the largest card, all of it
-        kv_bytes = min(kv_bytes, max(gpu.largest_memory - weight_bytes, 0.0) / kv_cache_tokens)
+        # what a token of the reported cache can hold at most: the largest card, all of it; and
+        # no less than any attention shares its K/V heads by (a cache reported absurdly large
+        # must not price the KV read at nothing)
+        held = max(gpu.largest_memory - weight_bytes, 0.0) / kv_cache_tokens
+        kv_bytes = min(kv_bytes, max(held, kv_bytes / MAX_KV_SHARING))
     params = IterationParams(
         alpha=1000.0 * weight_bytes / (gpu.bandwidth * WEIGHT_EFFICIENCY),
         beta=1000.0 * 2.0 * parameters / (gpu.flops * COMPUTE_EFFICIENCY),
