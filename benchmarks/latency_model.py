@@ -159,7 +159,10 @@ def no_profile_table(kind: str, requests: int) -> None:
     """Each ISVC run alone with no profile (unprofiled) against the load test on its GPU."""
     scenario = build_scenario(kind, 1, NO_PROFILE_S)
     print(f"\nNo profile, {kind} load, {NO_PROFILE_S / 60:.0f} simulated minutes alone:")
-    print("| ISVC | GPU placed on | simulated req/s | prior | / simulated | learned | / simulated | step costs read off | SLO met | dropped |")
+    print(
+        "| ISVC | GPU placed on | simulated req/s | prior | / simulated | learned | / simulated "
+        "| step costs read off | SLO met | dropped |"
+    )
     print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|")
     for index, spec in enumerate(scenario.world.isvcs):
         run = unprofiled(spec.name, kind)

@@ -98,9 +98,7 @@ def gpu_spec(accelerator_type: str) -> GpuSpec | None:
     return next((GPU_SPECS[k] for k in sorted(GPU_SPECS, key=len, reverse=True) if k in name), None)
 
 
-def prior_profile(
-    model: str, accelerator: str, accelerator_type: str, kv_cache_tokens: int | None = None
-) -> ModelProfile | None:
+def prior_profile(model: str, accelerator: str, accelerator_type: str, kv_cache_tokens: int | None = None) -> ModelProfile | None:
     """The roofline-bound profile of `model` on one card of `accelerator_type` (module doc), or
     None where the model's size or the GPU is unknown or the weights do not fit on the card.
     `kv_cache_tokens`: a replica's KV cache as vLLM reports it, where known (module doc)."""

@@ -88,7 +88,8 @@ def profile(catalog: Catalog, learned: Learned, model: str, accelerator: str) ->
         return found
     known = learned.identified.get((model, accelerator))
     # the KV cache vLLM reported, where it did: it replaces the bound, and bounds a token's bytes
-    prior = prior_profile(model, accelerator, catalog.accelerators[accelerator].type, known and known.kv_cache_tokens)
+    reported = None if known is None else known.kv_cache_tokens
+    prior = prior_profile(model, accelerator, catalog.accelerators[accelerator].type, reported)
     if prior is None:
         return None
     identification = learned.identified.setdefault((model, accelerator), Identification(prior.params))
@@ -216,8 +217,8 @@ def _identify(learned: Learned, catalog: Catalog, runs: Deployment, obs: Observa
     if obs.window_s <= 0.0 or obs.itl_ms is None or obs.avg_in_tokens is None or obs.avg_out_tokens is None:
         return
     identification = learned.identified[(runs.model, runs.accelerator)]
-    if obs.kv_cache_tokens is not None and obs.kv_cache_tokens >= 1.0 and int(obs.kv_cache_tokens) != identification.kv_cache_tokens:
-        kv = int(obs.kv_cache_tokens)
+    kv = int(obs.kv_cache_tokens) if obs.kv_cache_tokens is not None and obs.kv_cache_tokens >= 1.0 else None
+    if kv is not None and kv != identification.kv_cache_tokens:
         bound = prior_profile(runs.model, runs.accelerator, catalog.accelerators[runs.accelerator].type, kv)
         if bound is not None:  # it had one: the identification exists
             identification.reported_cache(kv, bound.params)
