@@ -15,7 +15,7 @@ simulator's vLLM server (V1 chunked by default).
 --no-profile runs each ISVC alone under ours for 10 simulated minutes with no profile of its
 model (the planner starts from the roofline prior, policy/prior.py, and identifies the step's
 costs online, policy/identify.py) and compares the capacity it has learned with the load test
-on the GPU type it was placed on.
+on the GPU type it was placed on, with the run's share of requests within both SLOs and drops.
 
 It ends with the CPU cost of what the planner runs per ISVC: a capacity search (what a new
 request shape or work scale costs, the planner caches it on a 2% grid) and the learning from one
@@ -37,6 +37,7 @@ from autoscaler.policy.observation import Observation
 from autoscaler.policy.sizing import Deployment, Learned, learn, per_replica_capacity, token_budget
 from autoscaler.simulator.engine import Decision, Simulation
 from autoscaler.simulator.load_test import MEASURED_REQUESTS, replica_capacity
+from autoscaler.simulator.report import slo_met
 from autoscaler.simulator.runner import RunSettings, build_policy
 from autoscaler.simulator.policies.static import StaticPolicy
 from autoscaler.simulator.traffic import Requests
@@ -120,8 +121,9 @@ class Unprofiled:
     accelerator: str  # the GPU type it was placed on
     prior: float  # req/s per replica of its first decision (the roofline prior's)
     learned: float  # req/s per replica as learned at the end, at the ISVC's mean request
-    identified: bool  # whether the step costs were read off a line (else the prior scaled)
-    met: float  # share of its requests finished (none dropped)
+    reading: str  # how the step costs were read (identify.fit: the line, a light-load line, the prior scaled)
+    met: float  # share of its requests within both SLOs
+    dropped: int  # requests dropped (the client's timeout)
 
 
 def unprofiled(name: str, kind: str = "steady", duration_s: float = NO_PROFILE_S, seed: int = 1) -> Unprofiled:
@@ -138,8 +140,9 @@ def unprofiled(name: str, kind: str = "steady", duration_s: float = NO_PROFILE_S
     shape = Shape(float(scenario.requests.in_tokens.mean()), float(scenario.requests.out_tokens.mean()))
     target = policy.catalog.classes[spec.service_class].targets[spec.model]
     learned = per_replica_capacity(policy.state.learned, policy.catalog, runs, shape, target, GOAL)
-    identified = policy.state.learned.identified[(spec.model, last.accelerator)].line
-    return Unprofiled(last.accelerator, first.replica_capacity, learned or 0.0, identified, float((~result.dropped).mean()))
+    reading = policy.state.learned.identified[(spec.model, last.accelerator)].reading
+    met = float(slo_met(scenario, result).mean())
+    return Unprofiled(last.accelerator, first.replica_capacity, learned or 0.0, reading, met, int(result.dropped.sum()))
 
 
 def alone(scenario: Scenario, name: str) -> Scenario:
@@ -156,14 +159,17 @@ def no_profile_table(kind: str, requests: int) -> None:
     """Each ISVC run alone with no profile (unprofiled) against the load test on its GPU."""
     scenario = build_scenario(kind, 1, NO_PROFILE_S)
     print(f"\nNo profile, {kind} load, {NO_PROFILE_S / 60:.0f} simulated minutes alone:")
-    print("| ISVC | GPU placed on | simulated req/s | prior | / simulated | learned | / simulated | line fitted | finished |")
-    print("|---|---|---:|---:|---:|---:|---:|---|---:|")
+    print(
+        "| ISVC | GPU placed on | simulated req/s | prior | / simulated | learned | / simulated "
+        "| step costs read off | SLO met | dropped |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|")
     for index, spec in enumerate(scenario.world.isvcs):
         run = unprofiled(spec.name, kind)
         truth = simulated(scenario, index, run.accelerator, requests)
         print(
             f"| {spec.name} | {run.accelerator} | {truth:.3f} | {run.prior:.3f} | {run.prior / truth:.3f} "
-            f"| {run.learned:.3f} | {run.learned / truth:.3f} | {'yes' if run.identified else 'no'} | {run.met:.4f} |"
+            f"| {run.learned:.3f} | {run.learned / truth:.3f} | {run.reading} | {100 * run.met:.1f}% | {run.dropped} |"
         )
 
 

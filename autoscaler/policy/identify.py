@@ -17,10 +17,13 @@ Each window gives a point from what vLLM exports and Prometheus keeps:
   prefill work c x prompt.
 alpha and u are the line through (B, I (1 - c P)) across windows at different loads: Siegel's
 repeated median of pairwise slopes (robust to nearly half the windows being outliers) over windows
-whose loads differ by SPREAD, once the busiest window's batch costs MIN_IDENTIFYING_LOAD of its
-step (a slope read at light load alone overrates a GPU, whose cost per token grows from
-memory-bound to compute-bound). Before the windows get there, one factor on the whole prior
-step is fitted (the median over windows of the factor that makes the prior's mean step equal
+whose loads differ by SPREAD, read as it is once the busiest window's batch costs
+MIN_IDENTIFYING_LOAD of its step. Below that, a GPU's cost per token is still memory-bound and
+grows to compute-bound with the batch, so the slope alone would overrate the replica: a line
+of light loads (rising across them by MIN_RISE of the step, beyond a window's noise) is read
+conservatively, its slope as the KV read alone and every token charged the compute-bound cost
+the TTFT shows besides (a decode costs c + u). Before the windows get there, one factor on the
+whole prior step is fitted (the median over windows of the factor that makes the prior's mean step equal
 the measured ITL): the prior's per-token costs are further above the truth than its fixed cost
 (prior.py), so at a higher load the scaled prior predicts a slower step than the real one, and
 the capacity it gives stays below the real one.
@@ -37,6 +40,10 @@ from ..optimizer.domain import IterationParams
 from .latency import MIN_IDENTIFYING_LOAD
 
 SPREAD = 0.3  # loads (decoding requests per replica) differ by this share of the largest: a slope
+# a light-load line's rise across the loads, over a window's step: a minute's mean ITL averages
+# thousands of gaps (its noise ~1%), so a rise of 5% is the line's, not the noise's
+MIN_RISE = 0.05
+SCALED_PRIOR, LIGHT_LOAD_LINE, LINE = "scaled prior", "light-load line", "line"  # how the costs were read (fit)
 MAX_POINTS = 30  # windows kept (30 minutes at a window a minute): an engine upgrade ages out
 FLOOR = 1.0 / 64.0  # a fitted cost at least this share of the prior's (and at most the prior's twice)
 
@@ -59,12 +66,19 @@ class Identification:
     prior: IterationParams
     points: list[Point] = field(default_factory=list)
     params: IterationParams | None = None  # None: the prior stands
-    line: bool = False  # whether params are the line's (else the prior scaled)
+    reading: str = SCALED_PRIOR  # how params were read (fit)
     kv_cache_tokens: int | None = None  # a replica's, as vLLM reports it (else the prior's bound)
 
     @property
     def current(self) -> IterationParams:
         return self.params or self.prior
+
+    def reported_cache(self, kv_cache_tokens: int, prior: IterationParams) -> None:
+        """vLLM reported a replica's KV cache: it replaces the bound, with the prior it gives
+        (prior.py: a token's bytes bounded by it), which the windows so far are refitted to."""
+        self.kv_cache_tokens, self.prior = kv_cache_tokens, prior
+        if self.points:
+            self.params, self.reading = fit(self.prior, self.points)
 
     def learn(self, point: Point) -> None:
         if not all(math.isfinite(v) and v >= 0.0 for v in (point.itl_ms, point.decodes, point.prompt_per_ms, point.context)):
@@ -72,7 +86,7 @@ class Identification:
         if point.itl_ms <= 0.0:
             return  # no step takes no time: a histogram summing to 0 would scale the prior to nothing
         self.points = [*self.points[-(MAX_POINTS - 1) :], point]
-        self.params, self.line = fit(self.prior, self.points)
+        self.params, self.reading = fit(self.prior, self.points)
 
 
 def point(
@@ -96,9 +110,9 @@ def point(
     return Point(itl_ms, decodes, arrival_rate * prompt / replicas / 1000.0, prefill, prompt + out)
 
 
-def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, bool]:
-    """The step costs the points say (module doc), and whether they are a line's (where the
-    loads spread), else the prior scaled."""
+def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, str]:
+    """The step costs the points say (module doc), and how they were read: off the line, off a
+    line of light loads (conservatively), or the prior scaled."""
     itl = np.array([p.itl_ms for p in points])
     decodes = np.array([p.decodes for p in points])
     prompt = np.array([p.prompt_per_ms for p in points])
@@ -114,17 +128,21 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, b
             slopes = np.where(apart, (y[:, None] - y[None, :]) / (decodes[:, None] - decodes[None, :]), np.nan)
         u = float(np.median([np.median(row[~np.isnan(row)]) for row in slopes if not np.isnan(row).all()]))
         alpha = float(np.median(y - u * (decodes + 1.0)))  # a request's gaps are steps with itself in them
-        # the line only where the busiest window's batch is a visible share of its step: a GPU's
-        # cost per token grows from memory-bound to compute-bound, so a slope read at light
-        # load alone would overrate the replica at the load it is sized for
         batch_cost = u * (decodes.max() + 1.0)
         if u > 0.0 and alpha > 0.0 and batch_cost >= MIN_IDENTIFYING_LOAD * (alpha + batch_cost):
-            return _bounded(prior, alpha, u, c, context), True
+            return _bounded(prior, alpha, u, c, context), LINE
+        # at lighter loads a GPU's cost per token is still memory-bound and grows to
+        # compute-bound with the batch, so the slope alone would overrate the replica at the
+        # load it is sized for: read the slope as the KV read alone and charge every token the
+        # compute-bound cost the TTFT shows besides (a decode costs c + u: no less than at any
+        # load), once the line rises across the loads by well more than a window's noise
+        if u > 0.0 and alpha > 0.0 and u * np.ptp(decodes) >= MIN_RISE * float(np.median(y)):
+            return _bounded(prior, alpha, u + c, c, context), LIGHT_LOAD_LINE
     u0 = prior.beta + prior.gamma * context
     c0 = prior.beta + prior.gamma
     # within the line's floor (_bounded): outlying windows must not scale the prior to nothing
     scale = max(float(np.median(itl / (prior.alpha + u0 * decodes + itl * c0 * prompt))), FLOOR)
-    return IterationParams(prior.alpha * scale, prior.beta * scale, prior.gamma * scale), False
+    return IterationParams(prior.alpha * scale, prior.beta * scale, prior.gamma * scale), SCALED_PRIOR
 
 
 def _bounded(prior: IterationParams, alpha: float, u: float, c: float, context: float) -> IterationParams:

@@ -19,9 +19,15 @@ A step of `alpha + beta * tokens + gamma * KV read` (the profiles' perfParms):
   bandwidth (paged reads of short blocks: again slower than any measured);
 - the KV cache: the GPU's memory at vLLM's 0.9 utilisation less the weights and 2 GB of
   activations, in tokens of that multi-head cache (the fewest seats such a model can have);
+- once vLLM reports a replica's KV cache (vllm:cache_config_info: its blocks x block size),
+  that replaces the bound, and it also bounds the bytes a token of it holds: no more than all
+  the card's memory less the weights, over those tokens (the largest variant the GPU's name
+  covers, all of it for the cache: an upper bound on the bytes). Where that is below the
+  multi-head bound (grouped or multi-query attention: Llama-3 8B holds 128 KB a token, the
+  multi-head bound 605 KB), gamma is that many bytes read at KV_EFFICIENCY: the architecture
+  is no longer unknown, only the kernels' speed;
 - seats: vLLM's V0/V1 default of 256 running requests (1,024 on 70-160 GiB parts in V1: the
   fewer is the bound), fewer where the cache holds fewer requests of 1,024 tokens.
-Once vLLM reports a replica's KV cache (vllm:cache_config_info), that replaces the bound.
 Each term is an upper bound on its cost, so the prior's capacity is below the real one: the
 first decisions over-provision. The identification then replaces alpha and the per-token costs
 with measured ones (sizing.Identification).
@@ -44,6 +50,9 @@ WIDTH_PER_LAYER = 128.0  # d_model / layers of dense decoder-only models of 1-13
 MEMORY_UTILIZATION = 0.9  # vLLM's --gpu-memory-utilization default
 ACTIVATION_BYTES = 2e9
 DEFAULT_SEATS = 256  # vLLM's --max-num-seqs default
+# query heads per K/V head at most (multi-query attention: Falcon-7B shares one among 71): a
+# token's KV bytes are at least the multi-head bound's over this
+MAX_KV_SHARING = 128
 
 
 @dataclass(frozen=True)
@@ -51,20 +60,22 @@ class GpuSpec:
     bandwidth: float  # bytes/s, peak HBM/GDDR
     flops: float  # dense bf16 FLOP/s, peak
     memory: float  # bytes
+    largest_memory: float  # bytes of the largest variant the name covers (H100 NVL, A100 80 GB)
 
 
 # datasheet figures; where a name covers variants, the slowest and smallest one (H100 PCIe,
-# A100 40 GB): a conservative prior may not assume the better part. Matched by substring of
+# A100 40 GB): a conservative prior may not assume the better part; and the largest memory
+# of any variant, for the upper bound on a KV token's bytes (prior_profile). Matched by substring of
 # the accelerator's type, the longest name first (H100 before H10, L40S before L40).
 GPU_SPECS = {
-    "B200": GpuSpec(8.0e12, 2.25e15, 180e9),
-    "H200": GpuSpec(4.8e12, 9.89e14, 141e9),
-    "H100": GpuSpec(2.0e12, 7.56e14, 80e9),
-    "A100": GpuSpec(1.555e12, 3.12e14, 40e9),
-    "L40S": GpuSpec(0.864e12, 3.62e14, 48e9),
-    "L40": GpuSpec(0.864e12, 1.81e14, 48e9),
-    "A10G": GpuSpec(0.6e12, 7.0e13, 24e9),
-    "L4": GpuSpec(0.3e12, 1.21e14, 24e9),
+    "B200": GpuSpec(8.0e12, 2.25e15, 180e9, 192e9),
+    "H200": GpuSpec(4.8e12, 9.89e14, 141e9, 141e9),
+    "H100": GpuSpec(2.0e12, 7.56e14, 80e9, 94e9),
+    "A100": GpuSpec(1.555e12, 3.12e14, 40e9, 80e9),
+    "L40S": GpuSpec(0.864e12, 3.62e14, 48e9, 48e9),
+    "L40": GpuSpec(0.864e12, 1.81e14, 48e9, 48e9),
+    "A10G": GpuSpec(0.6e12, 7.0e13, 24e9, 24e9),
+    "L4": GpuSpec(0.3e12, 1.21e14, 24e9, 24e9),
 }
 
 _SIZE = re.compile(r"^(?:(\d+)x)?(\d+(?:\.\d+)?)([bm])$")
@@ -87,9 +98,10 @@ def gpu_spec(accelerator_type: str) -> GpuSpec | None:
     return next((GPU_SPECS[k] for k in sorted(GPU_SPECS, key=len, reverse=True) if k in name), None)
 
 
-def prior_profile(model: str, accelerator: str, accelerator_type: str) -> ModelProfile | None:
+def prior_profile(model: str, accelerator: str, accelerator_type: str, kv_cache_tokens: int | None = None) -> ModelProfile | None:
     """The roofline-bound profile of `model` on one card of `accelerator_type` (module doc), or
-    None where the model's size or the GPU is unknown or the weights do not fit on the card."""
+    None where the model's size or the GPU is unknown or the weights do not fit on the card.
+    `kv_cache_tokens`: a replica's KV cache as vLLM reports it, where known (module doc)."""
     parameters, gpu = parameter_count(model), gpu_spec(accelerator_type)
     if parameters is None or gpu is None:
         return None
@@ -99,12 +111,19 @@ def prior_profile(model: str, accelerator: str, accelerator_type: str) -> ModelP
     free = gpu.memory * MEMORY_UTILIZATION - weight_bytes - ACTIVATION_BYTES
     if free <= 0.0:
         return None
+    kv_tokens = int(free // kv_bytes)
+    if kv_cache_tokens is not None and kv_cache_tokens >= 1:
+        kv_tokens = kv_cache_tokens
+        # what a token of the reported cache can hold at most: the largest card, all of it; and
+        # no less than any attention shares its K/V heads by (a cache reported absurdly large
+        # must not price the KV read at nothing)
+        held = max(gpu.largest_memory - weight_bytes, 0.0) / kv_cache_tokens
+        kv_bytes = min(kv_bytes, max(held, kv_bytes / MAX_KV_SHARING))
     params = IterationParams(
         alpha=1000.0 * weight_bytes / (gpu.bandwidth * WEIGHT_EFFICIENCY),
         beta=1000.0 * 2.0 * parameters / (gpu.flops * COMPUTE_EFFICIENCY),
         gamma=1000.0 * kv_bytes / (gpu.bandwidth * KV_EFFICIENCY),
     )
-    kv_tokens = int(free // kv_bytes)
     return ModelProfile(model, accelerator, 1, seats(kv_tokens), 1024, params, kv_cache_tokens=kv_tokens)
 
 

@@ -31,7 +31,7 @@ import numpy as np
 
 from .identify import Identification, point
 from .latency import Replica, Rows, Shape, capacities, identify_work_scale, predict_points
-from .prior import prior_profile, seats
+from .prior import prior_profile
 from .observation import Observation, within
 
 MIN_REQUESTS = 50  # fewer completions in a window say too little to learn from
@@ -86,12 +86,13 @@ def profile(catalog: Catalog, learned: Learned, model: str, accelerator: str) ->
     found = catalog.profiles.get((model, accelerator))
     if found is not None or accelerator not in catalog.accelerators:
         return found
-    prior = prior_profile(model, accelerator, catalog.accelerators[accelerator].type)
+    known = learned.identified.get((model, accelerator))
+    # the KV cache vLLM reported, where it did: it replaces the bound, and bounds a token's bytes
+    reported = None if known is None else known.kv_cache_tokens
+    prior = prior_profile(model, accelerator, catalog.accelerators[accelerator].type, reported)
     if prior is None:
         return None
     identification = learned.identified.setdefault((model, accelerator), Identification(prior.params))
-    if (kv := identification.kv_cache_tokens) is not None:  # measured: it replaces the bound
-        prior = replace(prior, kv_cache_tokens=kv, max_batch_size=seats(kv))
     return replace(prior, params=identification.current)
 
 
@@ -192,7 +193,7 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
     rate = obs.arrival_rate / replicas
     if obs.itl_ms is not None and obs.avg_out_tokens > 1:
         if (model, accelerator) not in catalog.profiles:  # the prior's: its step costs identified
-            _identify(learned.identified[(model, accelerator)], obs, replicas, model_replica.costs.frontend_ms)
+            _identify(learned, catalog, runs, obs, replicas, model_replica.costs.frontend_ms)
             model_replica = replica(catalog, learned, model, accelerator, max_batch, work.value)
         elif (
             scale := identify_work_scale(model_replica, Shape(obs.avg_in_tokens, obs.avg_out_tokens), rate, obs.itl_ms)
@@ -210,15 +211,20 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
     return _BiasQuestion(bias, model_replica, shape, rate / bias.value, measured_miss, seen)
 
 
-def _identify(identification: Identification, obs: Observation, replicas: int, frontend_ms: float) -> None:
-    """One window's point and KV cache (identify.py) for a (model, GPU) with no profile."""
+def _identify(learned: Learned, catalog: Catalog, runs: Deployment, obs: Observation, replicas: int, frontend_ms: float) -> None:
+    """One window's KV cache and point (identify.py) for a (model, GPU) with no profile: a newly
+    reported cache first, as it may lower the prior the point is fitted against (prior.py)."""
     if obs.window_s <= 0.0 or obs.itl_ms is None or obs.avg_in_tokens is None or obs.avg_out_tokens is None:
         return
+    identification = learned.identified[(runs.model, runs.accelerator)]
+    kv = int(obs.kv_cache_tokens) if obs.kv_cache_tokens is not None and obs.kv_cache_tokens >= 1.0 else None
+    if kv is not None and kv != identification.kv_cache_tokens:
+        bound = prior_profile(runs.model, runs.accelerator, catalog.accelerators[runs.accelerator].type, kv)
+        if bound is not None:  # it had one: the identification exists
+            identification.reported_cache(kv, bound.params)
     gaps = obs.itl_buckets[-1][1] if obs.itl_buckets else 0.0
     shown = (obs.itl_ms, gaps, obs.ttft_ms, obs.avg_in_tokens, obs.avg_out_tokens, obs.arrival_rate, obs.window_s)
     identification.learn(point(*shown, replicas, frontend_ms))
-    if obs.kv_cache_tokens is not None and obs.kv_cache_tokens >= 1.0:
-        identification.kv_cache_tokens = int(obs.kv_cache_tokens)
 
 
 def _stationary(obs: Observation) -> bool:
