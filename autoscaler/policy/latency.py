@@ -6,7 +6,8 @@ budget), and an SLO counts requests, so a replica's capacity at the SLO is set b
 model predicts the share of requests within both SLOs at a Poisson arrival rate:
 
 - A step takes the longer of its GPU time, `alpha + beta * tokens + gamma * KV read` (the
-  profile's perfParms), and the engine's CPU time for it, per step, per sequence in the step and
+  profile's perfParms; where the profile has a measured prefill line beside them, the longer of
+  the two lines: _prompt_excess), and the engine's CPU time for it, per step, per sequence in the step and
   per new request (`EngineCosts`): vLLM processes a step's outputs while the next step runs
   (V1's asynchronous scheduling, V0's asynchronous output processing; ../shared/VLLM.md), as
   the simulator's server steps. Each side is a step of the same form (a fixed cost, a cost per
@@ -15,11 +16,13 @@ model predicts the share of requests within both SLOs at a Poisson arrival rate:
   mean step on a side: T = fixed / (1 - rho), rho the share of time spent on tokens and
   requests at the rate.
 - One request's mean ITL over its d decode steps is alpha' + u * (batch averaged over its
-  life) + (prefill work landing in its life) / d. The batch average is the M/G/inf count's time
-  average over the request's life (Gaussian, exponential lifetimes); the prefill work is a
-  compound Poisson sum of exponential prompts (the Poisson-Gamma mixture, summed exactly below
-  EXACT_COUNT prompts, Sankaran's approximation above). Short requests see few prompts but each
-  weighs on few steps: that is where the ITL tail is.
+  life) + (prefill work landing in its life) / d. The batch average is the count's time average
+  over the request's life (Gaussian, exponential lifetimes; an M/G/inf count whose variance and
+  correlation time a larger batch's longer steps stretch); the prefill work is a compound
+  Poisson sum of exponential prompts (the Poisson-Gamma mixture, summed exactly below
+  EXACT_COUNT prompts, Sankaran's approximation above), with the variance of the busy period
+  that prompts arriving during prefills add to. Short requests see few prompts but each weighs
+  on few steps: that is where the ITL tail is.
 - TTFT = the API server's and engine's intake + the prompt's steps + a wait for a seat (batch or
   KV limit, whichever binds), the wait's tail from Erlang C over those seats.
 - Output lengths are taken as geometric with the observed mean, prompts as exponential (only
