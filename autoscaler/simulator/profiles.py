@@ -147,7 +147,8 @@ class MeasuredProfile:
         squares (relative error) of every measured prefill, gamma + delta * tokens."""
         tokens, ms = np.array([(row["total_tokens"], row["ms"]) for row in self._prefills], dtype=float).T
         weights = 1.0 / ms
-        (gamma, delta), *_ = np.linalg.lstsq(np.stack([np.ones_like(tokens), tokens], axis=1) * weights[:, None], ms * weights, rcond=None)
+        rows = np.stack([np.ones_like(tokens), tokens], axis=1)
+        (gamma, delta), *_ = np.linalg.lstsq(rows * weights[:, None], ms * weights, rcond=None)
         return PrefillLine(max(float(gamma), 0.0), max(float(delta), 0.0))
 
 
