@@ -72,7 +72,7 @@ def _model(scenario: Scenario, index: int, accelerator: str) -> tuple[Replica, S
     mine = scenario.requests.isvc == index
     shape = Shape(float(scenario.requests.in_tokens[mine].mean()), float(scenario.requests.out_tokens[mine].mean()))
     budget = world.engine.max_num_batched_tokens or token_budget(accelerator)
-    replica = Replica(option.params, option.max_num_seqs, option.truth.kv_cache_tokens, budget)
+    replica = Replica(option.params, option.max_num_seqs, option.truth.kv_cache_tokens, budget, prefill=option.prefill)
     cls = world.classes[spec.service_class]
     mode = "chunked" if world.engine.mode == "v1-chunked" else "stall"
     return replica, shape, cls.ttft_ms, cls.itl_ms, mode

@@ -54,6 +54,11 @@ def set_load(field, value):
         ("server-data.json", lambda d: d["servers"].append(d["servers"][0]), "servers[15]: duplicate server"),
         ("model-data.json", lambda d: d["models"][0].pop("perfParms"), "models[0]: needs perfParms"),
         ("model-data.json", lambda d: d["models"][0].update(acc="TPU"), "models[0].acc: unknown accelerator 'TPU'"),
+        (
+            "model-data.json",
+            lambda d: d["models"][0].update(prefillParms={"gamma": 4.3, "delta": -0.02}),
+            "models[0].prefillParms.delta: must be >= 0, got -0.02",
+        ),
         ("accelerator-data.json", lambda d: d["accelerators"][1].pop("cost"), "accelerators[1].cost: missing"),
         ("optimizer-data.json", lambda d: d["optimizer"].update(saturationPolicy="Greedy"), "unknown policy 'Greedy'"),
         ("capacity-data.json", lambda d: d.update(count={"G2": 3}), "count: expected a list"),

@@ -55,6 +55,16 @@ PerfParams = Union[DecodePrefillParams, IterationParams]
 
 
 @dataclass(frozen=True, slots=True)
+class PrefillLine:
+    """A measured prefill of t tokens takes gamma + delta*t ms (2025 prefillParms): beside 2026
+    perfParms, the compute-bound steps that the perfParms line, fitted mostly to memory-bound
+    decode steps, underrates. Only the vLLM latency model reads it (policy/latency.py)."""
+
+    gamma: float
+    delta: float
+
+
+@dataclass(frozen=True, slots=True)
 class ModelProfile:
     """Performance of one model on one accelerator (possibly several cards per replica)."""
 
@@ -67,6 +77,9 @@ class ModelProfile:
     # KV-cache size in tokens where known (measured profiles): then the batch is bounded by
     # memory, min(maxBatchSize, kvCacheTokens // (in + out)), instead of Inferno's scaling rule
     kv_cache_tokens: int = 0
+    # a profile's prefillParms beside its perfParms (None: none given); the optimizer sizes
+    # with params alone, as Inferno does
+    prefill: PrefillLine | None = None
 
     def batch_limit(self, in_tokens: int, out_tokens: int) -> int:
         """Largest batch the server can hold for requests of this shape."""

@@ -27,6 +27,7 @@ from .domain import (
     Load,
     ModelProfile,
     OptimizerSpec,
+    PrefillLine,
     SaturationPolicy,
     Server,
     ServiceClass,
@@ -248,6 +249,15 @@ def _perf_params(node: Node) -> DecodePrefillParams | IterationParams:
     return DecodePrefillParams(decode.number("alpha"), decode.number("beta"), prefill.number("gamma"), prefill.number("delta"))
 
 
+def _prefill_line(node: Node) -> PrefillLine | None:
+    """prefillParms beside perfParms: the measured prefill line the latency model's roofline
+    reads (with decodeParms they are the 2025 profile itself)."""
+    prefill = node.maybe("prefillParms")
+    if prefill is None or node.maybe("perfParms") is None:
+        return None
+    return PrefillLine(prefill.number("gamma"), prefill.number("delta"))
+
+
 def _profiles(doc: Node, accelerators: dict[str, Accelerator]) -> dict[tuple[str, str], ModelProfile]:
     result = {}
     entries = _unique(doc.items("models"), lambda n: (n.string("name"), n.string("acc")), "model/accelerator pair")
@@ -263,6 +273,7 @@ def _profiles(doc: Node, accelerators: dict[str, Accelerator]) -> dict[tuple[str
             at_tokens=node.integer("atTokens", default=0),
             params=_perf_params(node),
             kv_cache_tokens=node.integer("kvCacheTokens", default=0),
+            prefill=_prefill_line(node),
         )
     return result
 

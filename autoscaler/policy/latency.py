@@ -6,7 +6,8 @@ budget), and an SLO counts requests, so a replica's capacity at the SLO is set b
 model predicts the share of requests within both SLOs at a Poisson arrival rate:
 
 - A step takes the longer of its GPU time, `alpha + beta * tokens + gamma * KV read` (the
-  profile's perfParms), and the engine's CPU time for it, per step, per sequence in the step and
+  profile's perfParms; where the profile has a measured prefill line beside them, the longer of
+  the two lines: _prompt_excess), and the engine's CPU time for it, per step, per sequence in the step and
   per new request (`EngineCosts`): vLLM processes a step's outputs while the next step runs
   (V1's asynchronous scheduling, V0's asynchronous output processing; ../shared/VLLM.md), as
   the simulator's server steps. Each side is a step of the same form (a fixed cost, a cost per
@@ -15,11 +16,13 @@ model predicts the share of requests within both SLOs at a Poisson arrival rate:
   mean step on a side: T = fixed / (1 - rho), rho the share of time spent on tokens and
   requests at the rate.
 - One request's mean ITL over its d decode steps is alpha' + u * (batch averaged over its
-  life) + (prefill work landing in its life) / d. The batch average is the M/G/inf count's time
-  average over the request's life (Gaussian, exponential lifetimes); the prefill work is a
-  compound Poisson sum of exponential prompts (the Poisson-Gamma mixture, summed exactly below
-  EXACT_COUNT prompts, Sankaran's approximation above). Short requests see few prompts but each
-  weighs on few steps: that is where the ITL tail is.
+  life) + (prefill work landing in its life) / d. The batch average is the count's time average
+  over the request's life (Gaussian, exponential lifetimes; an M/G/inf count whose variance and
+  correlation time a larger batch's longer steps stretch); the prefill work is a compound
+  Poisson sum of exponential prompts (the Poisson-Gamma mixture, summed exactly below
+  EXACT_COUNT prompts, Sankaran's approximation above), with the variance of the busy period
+  that prompts arriving during prefills add to. Short requests see few prompts but each weighs
+  on few steps: that is where the ITL tail is.
 - TTFT = the API server's and engine's intake + the prompt's steps + a wait for a seat (batch or
   KV limit, whichever binds), the wait's tail from Erlang C over those seats.
 - Output lengths are taken as geometric with the observed mean, prompts as exponential (only
@@ -41,7 +44,7 @@ from dataclasses import dataclass, fields, replace
 
 import numpy as np
 
-from ..optimizer.domain import IterationParams
+from ..optimizer.domain import IterationParams, PrefillLine
 
 LENGTH_QUANTILES = 32  # points of the output-length distribution the shares are averaged over
 PROMPT_QUANTILES = 6  # and of the request's own prompt length
@@ -81,6 +84,9 @@ class Replica:
     # measured work over the profile's: scales every per-token and per-request cost (a fitted
     # profile misjudges prefills and KV reads; identify_work_scale learns it from the mean ITL)
     work_scale: float = 1.0
+    # the profile's measured prefill line, where it has one: a step's GPU time is then the
+    # longer of the perfParms line and this one (a roofline: _prompt_excess)
+    prefill: PrefillLine | None = None
 
 
 @dataclass(frozen=True)
@@ -195,11 +201,29 @@ class _Side:
         return self.per_decode * (max(shape.out_tokens, 1.0) - 1.0) + self.per_request
 
 
+def _prompt_excess(params: IterationParams, line: PrefillLine | None, prompt: float) -> float:
+    """Mean ms a prompt costs beyond the perfParms line, its step being the longer of that line
+    and the measured prefill line (a roofline: decode steps are memory-bound, prefills of more
+    than a few hundred tokens compute-bound, where one beta fitted to both underrates them).
+    Past the lines' crossing a prompt of t tokens costs (delta - beta) t - (alpha - gamma) more;
+    averaged over exponential prompts (module doc) of mean m: (delta - beta) m e^(-knee / m).
+    The decodes beside the prompt are left out (tens of tokens against its hundreds). No excess
+    where the lines make no roofline: a prefill line above the decode steps' at no tokens (small
+    prefills launch-bound, not compute-bound) or no steeper than it."""
+    if line is None or prompt <= 0.0:
+        return 0.0
+    steeper, below = line.delta - params.beta, params.alpha - line.gamma
+    if steeper <= 0.0 or below <= 0.0:
+        return 0.0
+    return steeper * prompt * math.exp(-below / (steeper * prompt))
+
+
 def _gpu(replica: Replica, shape: Shape) -> _Side:
     # a running request is length-biased: geometric outputs leave it about `out` tokens in
     p, w = replica.params, replica.work_scale
     prompt, out = max(shape.in_tokens, 0.0), max(shape.out_tokens, 1.0)
-    return _Side(p.alpha, w * (p.beta + p.gamma * (prompt + out)), w * (p.beta + p.gamma) * prompt, p.gamma)
+    per_request = (p.beta + p.gamma) * prompt + _prompt_excess(p, replica.prefill, prompt)
+    return _Side(p.alpha, w * (p.beta + p.gamma * (prompt + out)), w * per_request, p.gamma)
 
 
 def _cpu(replica: Replica) -> _Side:
@@ -404,10 +428,16 @@ def _predict_block(rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_s
     per_point = (slice(None), None, None)
     own_prompt = prompt[per_point] * _exponential_quantiles(PROMPT_QUANTILES)[None, None, :]
     life = d * step[per_point]
-    tau = np.maximum(decodes * step, 1e-9)[per_point]
+    # the batch is not M/G/inf: a larger batch makes every step longer, so more requests arrive
+    # per step while the batch drains no faster. Linearised about the mean, the count's
+    # variance and its correlation time both grow by (1 - sigma) / (1 - rho), sigma the share of
+    # time on prefills (arrivals' work that does not stay in the batch)
+    sigma = np.minimum(lam * prefill_work, np.where(stable, rho, 0.0))
+    amp = (1.0 - sigma) / np.maximum(1.0 - np.where(stable, rho, 0.0), 1e-9)
+    tau = np.maximum(decodes * step * amp, 1e-9)[per_point]
     r = life / tau
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
-        var_avg = np.where(r > 1e-6, batch[per_point] * 2.0 / r**2 * (r - 1.0 + np.exp(-r)), batch[per_point])
+        var_avg = (batch * amp)[per_point] * np.where(r > 1e-6, 2.0 / r**2 * (r - 1.0 + np.exp(-r)), 1.0)
     # each running request reads its own context: the batch's work varies with who is in it
     var_avg = (
         var_avg * (1.0 + (gamma**2 * (prompt**2 + out**2)) / np.maximum(u, 1e-12) ** 2)[per_point]
@@ -421,7 +451,11 @@ def _predict_block(rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_s
     nodes, weights = (v[:, None, None, None] for v in HERMITE)
     others = np.maximum(batch[per_point] + nodes * np.sqrt(var_avg), 0.0)
     room = budget - d * u[per_point] * (1.0 + others)  # itself and the others
-    shares = np.sum(weights * _compound_poisson_cdf(room, arriving, prefill_work[per_point]), axis=0)
+    # prompts that arrive while prefills run land in the life too (they stretch it): the work
+    # is an M/G/1 delay busy period, whose variance is the fixed life's over (1 - sigma)^2. The
+    # same mean and that variance: fewer, larger lumps (clusters of prompts)
+    cluster = (1.0 / np.maximum(1.0 - sigma, 1e-9) ** 2)[per_point]
+    shares = np.sum(weights * _compound_poisson_cdf(room, arriving / cluster, prefill_work[per_point] * cluster), axis=0)
     shares = np.where(d > 0, shares / math.sqrt(2.0 * math.pi), 1.0)  # one token: no gap to miss
     itl_share = shares.mean(axis=(1, 2))
     tokens = d * np.ones_like(shares)

@@ -121,7 +121,7 @@ def replica(
         return None
     kv = found.kv_cache_tokens or found.max_batch_size * found.at_tokens  # Inferno's rule
     batch = max_batch or found.max_batch_size
-    return Replica(found.params, batch, kv, token_budget(accelerator), work_scale=work_scale)
+    return Replica(found.params, batch, kv, token_budget(accelerator), work_scale=work_scale, prefill=found.prefill)
 
 
 @dataclass(frozen=True)

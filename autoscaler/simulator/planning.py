@@ -31,7 +31,14 @@ def world_catalog(world: World) -> Catalog:
         targets[cls.name][spec.model] = ServiceTarget(itl_ms=cls.itl_ms, ttft_ms=cls.ttft_ms)
         for acc, option in spec.options.items() if spec.profiled else ():
             profiles[(spec.model, acc)] = ModelProfile(
-                spec.model, acc, 1, option.max_num_seqs, 0, option.params, kv_cache_tokens=option.kv_cache_tokens
+                spec.model,
+                acc,
+                1,
+                option.max_num_seqs,
+                0,
+                option.params,
+                kv_cache_tokens=option.kv_cache_tokens,
+                prefill=option.prefill,
             )
     classes = {name: ServiceClass(name, cls.priority, targets[name]) for name, cls in world.classes.items()}
     return Catalog(accelerators, profiles, classes, OptimizerSpec(saturation_policy=SaturationPolicy.PRIORITY_ROUND_ROBIN))

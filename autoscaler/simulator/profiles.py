@@ -24,7 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
-from ..optimizer.domain import IterationParams
+from ..optimizer.domain import IterationParams, PrefillLine
 
 GPU_MEMORY_BYTES = 80e9
 GPU_MEMORY_UTILIZATION = 0.9  # vLLM's default share of GPU memory for weights + KV cache
@@ -105,6 +105,7 @@ class MeasuredProfile:
         )
         self._decode_rows = [(row["batch"], row["ctx"], row["step_ms"]) for row in decode]
         self._prefill_rows = single
+        self._prefills = document["prefill"]
         self.kv_read_ms, tokens, linear = _step_model(decode, document["prefill"])
         # a table by token count: the simulator asks for one every engine step
         self._linear = np.interp(np.arange(int(tokens[-1]) + 1), tokens, linear).tolist()
@@ -140,6 +141,15 @@ class MeasuredProfile:
         coefficients, *_ = np.linalg.lstsq(np.array(rows) * weights[:, None], target * weights, rcond=None)
         alpha, beta, gamma = (max(float(c), 0.0) for c in coefficients)
         return IterationParams(alpha, beta, gamma)
+
+    def fitted_prefill(self) -> PrefillLine:
+        """The prefill line a profile would publish beside its perfParms (prefillParms): least
+        squares (relative error) of every measured prefill, gamma + delta * tokens."""
+        tokens, ms = np.array([(row["total_tokens"], row["ms"]) for row in self._prefills], dtype=float).T
+        weights = 1.0 / ms
+        rows = np.stack([np.ones_like(tokens), tokens], axis=1)
+        (gamma, delta), *_ = np.linalg.lstsq(rows * weights[:, None], ms * weights, rcond=None)
+        return PrefillLine(max(float(gamma), 0.0), max(float(delta), 0.0))
 
 
 def _step_model(decode: list[dict], prefill: list[dict]) -> tuple[float, np.ndarray, np.ndarray]:

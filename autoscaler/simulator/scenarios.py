@@ -63,7 +63,8 @@ def default_world(cold_start_s: float = 60.0) -> World:
             options, default = _inferno_options(model), "A100"
         else:
             measured = load_measured(model)
-            options = {"H100": ServingOption("H100", measured, measured.fitted_params(), VLLM_MAX_NUM_SEQS)}
+            fitted = ServingOption("H100", measured, measured.fitted_params(), VLLM_MAX_NUM_SEQS, measured.fitted_prefill())
+            options = {"H100": fitted}
             default = "H100"
         isvcs.append(IsvcSpec(name, model, cls, options, default, min_replicas=1, max_replicas=40))
     return World(GPUS, CLASSES, tuple(isvcs), cold_start_s)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from ..optimizer.domain import PerfParams
+from ..optimizer.domain import PerfParams, PrefillLine
 from .profiles import StepTimes
 from .server import EngineSettings
 from .traffic import Requests
@@ -26,6 +26,7 @@ class ServingOption:
     truth: StepTimes
     params: PerfParams
     max_num_seqs: int
+    prefill: PrefillLine | None = None  # the profile's prefill line beside params, where measured
 
     @property
     def kv_cache_tokens(self) -> int:
