@@ -17,7 +17,18 @@ goal) of the mean load over that horizon, from what was measured, with no tuned 
    scale-down window, so a rise projected over a cold start that then stops (a step, the
    front of a burst) held its overshoot for 300 s (on a 5-minute square wave at a 60 s cold
    start, most of the GPU-hours above static provisioning); the decision is revisited every
-   period, and early while a queue builds;
+   period, and early while a queue builds. Even over half a window, a step passing through
+   the window reads as a rise for a whole minute and is extrapolated to up to 1.5x itself;
+   the rate over the window's last period (the short window, where measured) tells the two
+   apart: a step that has ended shows there as a flat rate at the new level, a ramp as one
+   still rising. Each pair of windows (the window and the one before; the short window and
+   the rest of the window; the short window now and at the last cycle) reads the rate now as
+   the newer one's mean plus its lag at their pace: all exact on a ramp, each overshooting a
+   step only while the step is inside its own pair. The forecast is held to the least of
+   them that lies below it beyond z Poisson deviations of its own counts (rate_now): on a
+   step, at most a sixth of it above (cycles 15 s apart; a quarter 30 s apart) at one cycle,
+   instead of a half. Without a short window (Prometheus had fewer than two samples in it),
+   the window's extrapolation alone;
 2. the burstiness: the index of dispersion D of the arrivals (variance over mean of the counts
    in a window), from the rates measured at the cycles within the lookback, at least 1
    (Poisson). The mean rate over H then deviates by sqrt(D * rate / H), and the rate planned

@@ -17,7 +17,8 @@ last tick and moves the metrics the way the server's would have moved:
 The window's figures are differences between scrapes, as increase() and delta() take them
 between Prometheus's samples; a scrape is taken at each control tick and each queue probe: a
 window reaches back to the last scrape at least `window_s` old, the window before it as far
-again. From there policy.observation.observe computes the
+again, and the short window (the control period, the collector's [period] range) to the last
+scrape at least `recent_s` old. From there policy.observation.observe computes the
 Observation, the same function the controller's collector calls.
 """
 
