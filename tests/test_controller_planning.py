@@ -211,7 +211,18 @@ def test_observations_from_query_results():
     assert (obs.avg_in_tokens, obs.avg_out_tokens, obs.waiting, obs.ttft_ms, obs.itl_ms) == (100, 50, 70, 250.0, None)
     assert within(obs.ttft_buckets, 0.8) == pytest.approx((554, 600))  # interpolated inside (0.5 s, 1 s]
     assert within(obs.ttft_buckets, 5.0) == (590, 600)  # beyond the last finite bound: only what is known
-    assert len(queries(settings)) == 13  # one per figure, whatever the number of ISVCs
+    assert obs.recent_rate is None  # the short window not answered: the planner plans from the window alone
+    assert len(queries(settings)) == 15  # one per figure, whatever the number of ISVCs
+    assert "increase(vllm:request_success_total[30s])" in queries(settings)["completed_recent"]
+    assert len(queries(CollectorSettings(window_s=60, recent_s=None))) == 13
+
+    # the last 30 s of the window: 450 completed, the queue grew by 30
+    recent = observations(results | {"completed_recent": v(450), "growth_recent": v(30)}, settings)[("prod", "chat")]
+    assert (recent.recent_rate, recent.recent_s) == (pytest.approx(16.0), 30.0)
+    assert recent.arrival_rate == obs.arrival_rate
+    # its growth unusable: no short window, and the ISVC's other figures still stand
+    broken = observations(results | {"completed_recent": v(450), "growth_recent": v("NaN")}, settings)[("prod", "chat")]
+    assert broken.recent_rate is None and broken.arrival_rate == obs.arrival_rate
 
 
 def test_only_buckets_around_the_slos_are_asked_for():

@@ -87,12 +87,12 @@ def records_at(streams: list[RequestStream]) -> tuple[RequestRecords, Callable[[
 def test_observer_matches_the_collectors_promql_over_the_same_requests(tmp_path):
     streams = [stream("sim", "chat", 8.0, 14.0, seed=1), stream("sim", "code", 3.0, 3.0, seed=2)]
     records, reveal = records_at(streams)
-    observer = Observer(records, len(streams), window_s=60.0)
+    observer = Observer(records, len(streams), window_s=60.0, recent_s=30.0)
     for tick in np.arange(30.0, END + 1, 30.0):  # the policy's ticks
         reveal(tick)
         simulated = observer.observe(tick)
 
-    settings = CollectorSettings(window_s=60)
+    settings = CollectorSettings(window_s=60, recent_s=30)
     prometheus = PrometheusServer(tmp_path / "prometheus", free_port())
     prometheus.backfill(openmetrics(streams, [float(t) for t in range(int(END) + 1)], BASE)).start("up", 0)
     try:
@@ -109,6 +109,8 @@ def test_observer_matches_the_collectors_promql_over_the_same_requests(tmp_path)
         for figure in ("arrival_rate", "previous_rate", "avg_in_tokens", "avg_out_tokens", "ttft_ms", "itl_ms"):
             assert getattr(sim, figure) == pytest.approx(getattr(prom, figure), **close), figure
         assert (sim.running, sim.waiting) == (prom.running, prom.waiting)
+        # the last period of the window: 3.x's 29 s of a [30s] range, extrapolated (3.4%)
+        assert sim.recent_rate == pytest.approx(prom.recent_rate, rel=0.05) and sim.recent_s == prom.recent_s == 30.0
         for histogram, slos in (("ttft_buckets", (0.3, 1.0, 2.0)), ("itl_buckets", (0.03, 0.08))):
             sim_buckets, prom_buckets = getattr(sim, histogram), getattr(prom, histogram)
             assert [b for b, _ in sim_buckets] == [b for b, _ in prom_buckets]

@@ -21,6 +21,7 @@ from autoscaler.policy.guards import (
     planned_rate,
     present_bound,
     queue_building,
+    rate_now,
     z_score,
 )
 from autoscaler.policy.planner import PlannerSettings, PlannerState, early_cycle
@@ -180,3 +181,59 @@ def test_a_rising_load_keeps_what_serves_up_to_the_rate_it_may_be_now():
     # it keeps, never adds: with one serving, the count is the sizing's for the rate planned (the
     # rate now, 5 req/s), below the bound's
     assert 1 < decided(1, (2.0, 3.0)).replicas < rising.replicas
+
+
+RECENT = PERIOD  # the short window: the last period
+
+
+def mean_over(load, start: float, end: float) -> float:
+    """The exact mean of `load` (req/s as a function of time) over [start, end]."""
+    return float(np.mean(load(np.linspace(start, end, 2001))))
+
+
+def rates_now(load, cycles: list[float]) -> list[tuple[float, float, float]]:
+    """At each cycle: the load now, the window's forecast alone (forecast_rate) and it held to
+    the short window (rate_now), from exact window means (no noise)."""
+    result, last_recent = [], None
+    for last, now in zip(cycles, cycles[1:], strict=False):
+        rate, earlier = mean_over(load, now - WINDOW, now), mean_over(load, last - WINDOW, last)
+        recent = mean_over(load, now - RECENT, now)
+        forecast = forecast_rate(rate, earlier, apart_s=now - last, window_s=WINDOW, z=Z, settings=GuardSettings())
+        held = rate_now(
+            forecast, rate, recent, recent_s=RECENT, window_s=WINDOW, z=Z, last_recent=last_recent, since_last_s=now - last
+        )
+        result.append((float(load(np.array([now]))[0]), forecast, held))
+        last_recent = recent
+    return result
+
+
+def test_a_step_that_has_ended_is_not_extrapolated():
+    """10 to 40 req/s at once, cycles every 15 s: the window's rise extrapolated over its lag
+    reads up to 55 (1.5x the step) a minute after it, which the HPA would hold for 300 s; the
+    short window, flat at 40 once the step has passed through it, holds the forecast to within
+    a sixth of the step (the one cycle where every pair of windows still sees it rising)."""
+    step = lambda t: np.where(t >= 0.0, 40.0, 10.0)  # noqa: E731
+    seen = rates_now(step, [float(t) for t in range(-15, 136, 15)])
+    assert max(forecast for _, forecast, _ in seen) > 54.0
+    assert max(held for _, _, held in seen) < 40.0 + 30.0 / 6 + 0.1
+    assert all(held <= forecast for _, forecast, held in seen)
+    assert seen[-1][2] == pytest.approx(40.0)  # through the window: its mean
+
+
+def test_a_ramp_still_rising_keeps_its_extrapolation():
+    """1 req/s more every 2 s: every pair of windows reads the same rate now, so the short
+    window holds nothing back and the forecast is the load now, not the lagging mean."""
+    ramp = lambda t: 10.0 + np.clip(t, 0.0, None) / 2  # noqa: E731
+    for now_load, forecast, held in rates_now(ramp, [float(t) for t in range(60, 181, 15)]):
+        assert held == forecast == pytest.approx(now_load, rel=1e-3)
+
+
+def test_short_window_noise_does_not_hold_a_rise_back():
+    """A rise the window sees beyond noise, and a short window only a little lower than the
+    forecast (within its own Poisson deviations, as over a 30 s count at 35 req/s): the
+    forecast stands. The short window counts only beyond noise, as a rise does (_rise)."""
+    forecast = forecast_rate(34.5, 33.0, apart_s=30.0, window_s=WINDOW, z=Z, settings=GuardSettings())
+    assert forecast > 34.5
+    noise = Z * math.sqrt(35.0 / RECENT)
+    held = rate_now(forecast, 34.5, 35.0 - noise / 2, recent_s=RECENT, window_s=WINDOW, z=Z, last_recent=34.0, since_last_s=30.0)
+    assert held == forecast

@@ -30,6 +30,12 @@ log = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class CollectorSettings:
     window_s: int = WINDOW_S
+    # the short window at the end of `window_s` (the control period; None: not measured): the
+    # planner tells a step that has ended from a ramp by it. Prometheus's increase() and
+    # delta() need two samples within the range and extrapolate the rest, so it should span a
+    # few scrape intervals; with fewer than two samples in it the figure is absent and the
+    # planner plans from the window alone
+    recent_s: int | None = 30
     isvc_label: str = "isvc"  # the label your scrape config puts the ISVC name in (see config/)
     itl_metric: str = "vllm:time_per_output_token_seconds"  # vLLM >= 0.10 also: vllm:inter_token_latency_seconds
 
@@ -53,18 +59,22 @@ def queries(settings: CollectorSettings, bucket_bounds: Mapping[str, str] | None
     w = f"{settings.window_s}s"
     bucket_bounds = bucket_bounds or {}
 
-    def increase(metric: str, offset: str = "") -> str:
-        return f"sum by ({by}) (increase({metric}[{w}]{offset}))"
+    def increase(metric: str, offset: str = "", over: str = w) -> str:
+        return f"sum by ({by}) (increase({metric}[{over}]{offset}))"
 
-    def growth(offset: str = "") -> str:
-        return " + ".join(f"sum by ({by}) (delta(vllm:num_requests_{g}[{w}]{offset}))" for g in ("running", "waiting"))
+    def growth(offset: str = "", over: str = w) -> str:
+        return " + ".join(f"sum by ({by}) (delta(vllm:num_requests_{g}[{over}]{offset}))" for g in ("running", "waiting"))
 
     def buckets(histogram: str) -> str:
         literal = bucket_bounds.get(histogram, "").replace("\\", "\\\\")  # a PromQL string: backslashes doubled
         matcher = f'{{le=~"{literal}"}}' if histogram in bucket_bounds else ""
         return f"sum by ({by}, le) (increase({histogram_metric(settings, histogram)}_bucket{matcher}[{w}]))"
 
-    return {
+    recent = {}
+    if measures_recent(settings):
+        r = f"{settings.recent_s}s"
+        recent = {"completed_recent": increase("vllm:request_success_total", over=r), "growth_recent": growth(over=r)}
+    return recent | {
         "completed": increase("vllm:request_success_total"),
         "completed_before": increase("vllm:request_success_total", f" offset {w}"),
         "growth": growth(),
@@ -80,6 +90,10 @@ def queries(settings: CollectorSettings, bucket_bounds: Mapping[str, str] | None
         # an info gauge: the figures are its labels (per replica; the smallest is the bound)
         "kv_cache": f"min by ({by}, num_gpu_blocks, block_size) (vllm:cache_config_info)",
     }
+
+
+def measures_recent(settings: CollectorSettings) -> bool:
+    return settings.recent_s is not None and 0 < settings.recent_s < settings.window_s
 
 
 def slo_seconds(catalog: Catalog) -> dict[str, set[float]]:
@@ -108,7 +122,8 @@ def bracketing_bounds(bounds: list[str], slos_s: set[float]) -> str:
 
 
 Samples = list[dict]  # Prometheus instant-vector result: [{"metric": {...}, "value": [t, "v"]}]
-OPTIONAL = ("ttft_sum", "itl_sum")  # only for the means: one unusable leaves the mean unknown
+# only for the means or the short window: one unusable leaves that figure unknown
+OPTIONAL = ("ttft_sum", "itl_sum", "completed_recent", "growth_recent")
 LABELLED = ("kv_cache",)  # read off labels, not values
 
 
@@ -210,9 +225,12 @@ def observations(results: Mapping[str, Samples], settings: CollectorSettings) ->
     ttft_buckets = _buckets(results.get("ttft_buckets") or [], label, "ttft_buckets", bad_histograms)
     itl_buckets = _buckets(results.get("itl_buckets") or [], label, "itl_buckets", bad_histograms)
     window = float(settings.window_s)
+    recent_s = float(settings.recent_s) if measures_recent(settings) else None
     observed = {}
     for key in figures["completed"].keys() - unusable.keys():
-        obs = _observation(key, figures, ttft_buckets.get(key, ()), itl_buckets.get(key, ()), window, kv_cache.get(key))
+        obs = _observation(
+            key, figures, ttft_buckets.get(key, ()), itl_buckets.get(key, ()), window, kv_cache.get(key), recent_s
+        )
         problem = obs.problem()
         if problem:
             unusable[key] = problem
@@ -243,7 +261,13 @@ def _kv_cache_tokens(samples: Samples, label: str) -> dict[Key, float]:
 
 
 def _observation(
-    key: Key, figures: dict[str, dict[Key, float]], ttft_buckets, itl_buckets, window: float, kv_cache_tokens: float | None = None
+    key: Key,
+    figures: dict[str, dict[Key, float]],
+    ttft_buckets,
+    itl_buckets,
+    window: float,
+    kv_cache_tokens: float | None = None,
+    recent_s: float | None = None,
 ) -> Observation:
     def figure(name: str) -> float:
         return figures[name].get(key, 0.0)
@@ -264,8 +288,20 @@ def _observation(
             ttft_buckets=ttft_buckets,
             itl_buckets=itl_buckets,
             kv_cache_tokens=kv_cache_tokens,
+            recent_s=recent_s,
+            completed_recent=_recent(key, figures) if recent_s else None,
+            growth_recent=figures.get("growth_recent", {}).get(key, 0.0),
         )
     )
+
+
+def _recent(key: Key, figures: dict[str, dict[Key, float]]) -> float | None:
+    """The completions over the short window, where its growth is known too (as the window's:
+    absent only where the gauges are); else None, and the planner plans from the window alone."""
+    recent = figures.get("completed_recent", {})
+    if key in figures.get("growth_recent", {}) or key not in figures["growth"]:
+        return recent.get(key)
+    return None
 
 
 class PrometheusCollector:

@@ -231,7 +231,9 @@ async def _serve(args: argparse.Namespace) -> int:
         if exc.status == 0:
             await kube.close()
             raise
-    collector = PrometheusCollector(args.prometheus_url, CollectorSettings(window_s=args.window, isvc_label=args.isvc_label))
+    # the short window is the period (whole seconds, as a PromQL range)
+    collected = CollectorSettings(window_s=args.window, recent_s=int(args.period) or None, isvc_label=args.isvc_label)
+    collector = PrometheusCollector(args.prometheus_url, collected)
     settings = ControllerSettings(
         namespace=args.namespace,
         data_configmap=args.data_configmap,

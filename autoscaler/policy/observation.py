@@ -36,6 +36,10 @@ class Observation:
     # a replica's KV cache in tokens (vllm:cache_config_info's num_gpu_blocks x block_size),
     # where the collector knows it
     kv_cache_tokens: float | None = None
+    # requests/second over the last `recent_s` of the window (the control period), None where
+    # not measured: a step shows in it in full within a period, a ramp as a rate still rising
+    recent_rate: float | None = None
+    recent_s: float | None = None
 
     def problem(self) -> str | None:
         """Why no decision may be made from this observation (a figure not finite, negative or
@@ -45,7 +49,7 @@ class Observation:
             if f.name.endswith("buckets"):
                 problem = next((_bucket_problem(b, c) for b, c in value if _bucket_problem(b, c)), None)
             else:
-                optional = f.name.startswith(("avg_", "ttft", "itl")) or f.name in ("ready_replicas", "kv_cache_tokens")
+                optional = f.name.startswith(("avg_", "ttft", "itl")) or f.name in ("ready_replicas", "kv_cache_tokens", "recent_rate", "recent_s")
                 problem = None if value is None and optional else finite_problem(value)
             if problem:
                 return f"{f.name}: {problem}"
@@ -75,6 +79,10 @@ class WindowFigures:
     ttft_buckets: Buckets
     itl_buckets: Buckets
     kv_cache_tokens: float | None = None  # a replica's (vllm:cache_config_info), None: not exported
+    # the same two figures over the window's last `recent_s` (None: not measured)
+    recent_s: float | None = None
+    completed_recent: float | None = None
+    growth_recent: float = 0.0
 
 
 def observe(figures: WindowFigures) -> Observation:
@@ -83,12 +91,14 @@ def observe(figures: WindowFigures) -> Observation:
     window before, the previous rate is taken as this one: a missing series is no rise from zero."""
     f = figures
 
-    def estimate(done: float, growth: float):
-        later = LoadCounters(f.window_s, done, 0.0, growth, f.prompt_tokens, f.generation_tokens)
+    def estimate(done: float, growth: float, seconds: float = f.window_s):
+        later = LoadCounters(seconds, done, 0.0, growth, f.prompt_tokens, f.generation_tokens)
         return estimate_load(LoadCounters(0.0, 0.0, 0.0, 0.0, 0.0, 0.0), later)
 
     now = estimate(f.completed, f.growth)
     before = now if f.completed_before is None else estimate(f.completed_before, f.growth_before)
+    measured = f.recent_s is not None and f.completed_recent is not None and 0 < f.recent_s < f.window_s
+    recent = estimate(f.completed_recent, f.growth_recent, f.recent_s).arrival_rate if measured else None
     ttft, itl = mean(f.ttft_sum, f.ttft_buckets), mean(f.itl_sum, f.itl_buckets)
     return Observation(
         arrival_rate=now.arrival_rate,
@@ -103,6 +113,8 @@ def observe(figures: WindowFigures) -> Observation:
         itl_buckets=f.itl_buckets,
         window_s=f.window_s,
         kv_cache_tokens=f.kv_cache_tokens,
+        recent_rate=recent,
+        recent_s=None if recent is None else f.recent_s,
     )
 
 

@@ -148,6 +148,8 @@ def _load(
         now=now,
         goal=settings.attainment_goal,
         settings=settings.guards,
+        recent_rate=obs.recent_rate,
+        recent_s=obs.recent_s,
     )
     last = service.last
     if obs.avg_in_tokens is not None and obs.avg_out_tokens:

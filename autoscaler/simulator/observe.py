@@ -17,7 +17,8 @@ last tick and moves the metrics the way the server's would have moved:
 The window's figures are differences between scrapes, as increase() and delta() take them
 between Prometheus's samples; a scrape is taken at each control tick and each queue probe: a
 window reaches back to the last scrape at least `window_s` old, the window before it as far
-again. From there policy.observation.observe computes the
+again, and the short window (the control period, the collector's [period] range) to the last
+scrape at least `recent_s` old. From there policy.observation.observe computes the
 Observation, the same function the controller's collector calls.
 """
 
@@ -168,9 +169,10 @@ def _increase(later: np.ndarray, earlier: np.ndarray, bounds: tuple[float, ...])
 class Observer:
     """Scrapes at every tick and queue probe and keeps the scrapes its windows reach back to."""
 
-    def __init__(self, records: RequestRecords, isvcs: int, window_s: float, start: float = 0.0):
+    def __init__(self, records: RequestRecords, isvcs: int, window_s: float, recent_s: float | None = None, start: float = 0.0):
         self.metrics = VllmMetrics(records, isvcs)
         self.window_s = window_s
+        self.recent_s = recent_s
         self.history: list[list[Scrape]] = [[s] for s in self.metrics.scrape(start)]
 
     def in_system(self, now: float) -> list[int]:
@@ -193,12 +195,15 @@ class Observer:
             start = history[max(bisect.bisect_right(times, now - self.window_s + 1e-9) - 1, 0)]
             earlier = bisect.bisect_right(times, 2 * start.time - now + 1e-9) - 1  # as long again before it
             before = history[earlier] if earlier >= 0 else None
-            result.append(observe(_figures(scrape, start, before)))
+            recent = None
+            if self.recent_s is not None:
+                recent = history[max(bisect.bisect_right(times, now - self.recent_s + 1e-9) - 1, 0)]
+            result.append(observe(_figures(scrape, start, before, recent)))
             del history[: max(earlier, 0)]  # nothing older is reached again
         return result
 
 
-def _figures(now: Scrape, start: Scrape, before: Scrape | None) -> WindowFigures:
+def _figures(now: Scrape, start: Scrape, before: Scrape | None, recent: Scrape | None = None) -> WindowFigures:
     return WindowFigures(
         window_s=now.time - start.time,
         completed=now.completed - start.completed,
@@ -213,4 +218,7 @@ def _figures(now: Scrape, start: Scrape, before: Scrape | None) -> WindowFigures
         itl_sum=now.itl_sum - start.itl_sum,
         ttft_buckets=_increase(now.ttft_counts, start.ttft_counts, TTFT_BOUNDS),
         itl_buckets=_increase(now.itl_counts, start.itl_counts, ITL_BOUNDS),
+        recent_s=None if recent is None else now.time - recent.time,
+        completed_recent=None if recent is None else now.completed - recent.completed,
+        growth_recent=0.0 if recent is None else now.in_system - recent.in_system,
     )

@@ -66,7 +66,7 @@ class ModelBasedPolicy:
 
     def attach(self, records: RequestRecords) -> None:
         """The engine hands over its request records: what vLLM's metrics are read from."""
-        self.observer = Observer(records, len(self.world.isvcs), self.settings.window_s)
+        self.observer = Observer(records, len(self.world.isvcs), self.settings.window_s, self.settings.period_s)
 
     def _key(self, index: int) -> Key:
         return (NAMESPACE, self.world.isvcs[index].name)
