@@ -73,10 +73,12 @@ def test_a_catalogs_prefill_parms_beside_perf_parms_reach_the_latency_model(tmp_
 
 
 def test_work_scale_is_recovered_from_the_mean_itl():
-    truth = dataclasses.replace(CHAT, work_scale=1.3)
-    from autoscaler.policy.latency import _mean_itl
+    from autoscaler.policy.latency import _side_itl, _sides
 
-    measured = _mean_itl(truth, SHAPE, 10.0)
+    truth = dataclasses.replace(CHAT, work_scale=1.3)
+    # the forward model identify_work_scale inverts: the mean step with the request itself in
+    # the batch, on the side whose steps are the longer
+    measured = max(_side_itl(side, SHAPE, 10.0) for side in _sides(truth, SHAPE))
     assert identify_work_scale(CHAT, SHAPE, 10.0, measured) == pytest.approx(1.3, rel=1e-3)
     assert identify_work_scale(CHAT, SHAPE, 0.0, measured) is None  # no load: nothing to learn
     assert identify_work_scale(CHAT, SHAPE, 10.0, 1.0) is None  # faster than an empty step: an outlier

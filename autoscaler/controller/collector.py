@@ -228,9 +228,7 @@ def observations(results: Mapping[str, Samples], settings: CollectorSettings) ->
     recent_s = float(settings.recent_s) if measures_recent(settings) else None
     observed = {}
     for key in figures["completed"].keys() - unusable.keys():
-        obs = _observation(
-            key, figures, ttft_buckets.get(key, ()), itl_buckets.get(key, ()), window, kv_cache.get(key), recent_s
-        )
+        obs = _observation(key, figures, ttft_buckets.get(key, ()), itl_buckets.get(key, ()), window, kv_cache.get(key), recent_s)
         problem = obs.problem()
         if problem:
             unusable[key] = problem

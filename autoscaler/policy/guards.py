@@ -213,7 +213,14 @@ def planned_rate(
         since_last = now - last.time if last is not None else 0.0
         last_recent = last.recent if last is not None else None
         forecast = rate_now(
-            forecast, rate, recent_rate, recent_s=recent_s, window_s=window_s, z=z, last_recent=last_recent, since_last_s=since_last
+            forecast,
+            rate,
+            recent_rate,
+            recent_s=recent_s,
+            window_s=window_s,
+            z=z,
+            last_recent=last_recent,
+            since_last_s=since_last,
         )
     since = now - lookback_s(window_s, period_s, startup_s)
     present = present_bound(rate, earlier, apart_s=apart, window_s=window_s, z=z)
@@ -245,4 +252,3 @@ def wants_new_revision(
     if accelerator != current_accelerator:
         return True
     return abs(max_batch - current_max_batch) > settings.batch_change_threshold * current_max_batch
-

@@ -278,12 +278,6 @@ def _side_itl(side: _Side, shape: Shape, rate: float) -> float:
     return math.inf if rho >= 1.0 else side.fixed / (1.0 - rho) + side.per_decode
 
 
-def _mean_itl(replica: Replica, shape: Shape, rate: float) -> float:
-    """A request's mean gap between tokens: the mean step with itself in the batch, on the side
-    whose steps are longer (math.inf past saturation)."""
-    return max(_side_itl(side, shape, rate) for side in _sides(replica, shape))
-
-
 @dataclass(frozen=True)
 class Predictions:
     """Prediction's fields over an array of rates."""

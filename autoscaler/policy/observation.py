@@ -49,7 +49,12 @@ class Observation:
             if f.name.endswith("buckets"):
                 problem = next((_bucket_problem(b, c) for b, c in value if _bucket_problem(b, c)), None)
             else:
-                optional = f.name.startswith(("avg_", "ttft", "itl")) or f.name in ("ready_replicas", "kv_cache_tokens", "recent_rate", "recent_s")
+                optional = f.name.startswith(("avg_", "ttft", "itl")) or f.name in (
+                    "ready_replicas",
+                    "kv_cache_tokens",
+                    "recent_rate",
+                    "recent_s",
+                )
                 problem = None if value is None and optional else finite_problem(value)
             if problem:
                 return f"{f.name}: {problem}"
