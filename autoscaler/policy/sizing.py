@@ -199,9 +199,11 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
         if (model, accelerator) not in catalog.profiles:  # the prior's: its step costs identified
             _identify(learned.identified[(model, accelerator)], obs, replicas, model_replica.costs.frontend_ms)
             model_replica = replica(catalog, learned, model, accelerator, max_batch, work.value)
-        elif _stationary(obs) and (
-            scale := identify_work_scale(model_replica, Shape(obs.avg_in_tokens, obs.avg_out_tokens), rate, obs.itl_ms)
-        ) is not None:
+        elif (
+            _stationary(obs)
+            and (scale := identify_work_scale(model_replica, Shape(obs.avg_in_tokens, obs.avg_out_tokens), rate, obs.itl_ms))
+            is not None
+        ):
             work.learn(scale)
     model_replica = replace(model_replica, work_scale=work.value)
     shape = Shape(obs.avg_in_tokens, obs.avg_out_tokens)
