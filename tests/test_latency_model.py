@@ -123,6 +123,25 @@ def test_bias_does_not_learn_from_a_burst_or_the_window_that_drains_its_queue():
     assert learned.bias["i"].value < 1.0
 
 
+def test_work_scale_does_not_learn_from_a_burst_or_the_window_that_drains_its_queue():
+    """The work scale inverts the model's steady-state mean ITL at the window's mean rate: in a
+    burst, or while a queue drains, the batches are those of a higher load than the mean (up to
+    the batch limit), and the same ITL would read as more work per token (mistral-7b on A100,
+    whose simulated truth is its profile, learned 1.84 on the Azure code trace). A steady window
+    with that ITL is learned from."""
+    from autoscaler.policy.latency import _mean_itl
+
+    catalog, target, learned = _catalog(), ServiceTarget(30.0, 1000.0), Learned()
+    slow = _mean_itl(dataclasses.replace(CHAT, work_scale=1.5), SHAPE, 10.0)
+    drain = _window(10.0, slow, 0.6, 1.0, requests=10.0 * 60.0 * 2)  # twice the arrivals started
+    burst = dataclasses.replace(_window(10.0, slow, 1.0, 1.0), previous_rate=2.0)
+    for window in (drain, burst):
+        learn(learned, catalog, RUNS, 1, window, target)
+    assert learned.work[("m", "H100")].value == 1.0
+    learn(learned, catalog, RUNS, 1, _window(10.0, slow, 1.0, 1.0), target)
+    assert learned.work[("m", "H100")].value > 1.1
+
+
 def test_estimates_stay_positive_and_bounded_per_window():
     estimate = Estimate()
     for measured in (1e-9, 1e9, 1e-9):

@@ -82,6 +82,31 @@ def test_the_planner_keeps_what_runs_when_a_move_does_not_pay_for_its_cold_start
     assert moved.roll_out and moved.decision.accelerator != "L40S"
 
 
+def test_no_move_for_a_saving_at_a_load_below_its_recent_peak():
+    """A lull in bursty traffic: the move that pays at 0.5 req/s (above, with a near-instant
+    start) is not made a cycle after 5 req/s, which may come back within the dwell; at a load
+    that has stayed there it is."""
+    fast, svc = PlannerSettings(startup_s=1.0), service(last=LAST_L40S, spec_changes="true")
+    state = PlannerState()
+    for now, rate in ((940.0, 5.0), (970.0, 5.0)):
+        plan(DATA.catalog, CAPACITY, [svc], {("prod", "chat"): observed(rate)}, now, state, fast)
+    lull = plan(DATA.catalog, CAPACITY, [svc], {("prod", "chat"): observed(0.5, previous=5.0)}, 1000.0, state, fast)[0]
+    assert not lull.roll_out and lull.decision.accelerator == "L40S" and "below its recent peak" in lull.reason
+    settled = PlannerState()
+    for now in (940.0, 970.0):
+        plan(DATA.catalog, CAPACITY, [svc], {("prod", "chat"): observed(0.5)}, now, settled, fast)
+    moved = plan(DATA.catalog, CAPACITY, [svc], {("prod", "chat"): observed(0.5)}, 1000.0, settled, fast)[0]
+    assert moved.roll_out and moved.decision.accelerator != "L40S"
+
+
+def test_a_move_the_slos_need_is_made_below_a_recent_peak_too():
+    last = LastDecision("L4", 4, 16, 300.0, 30.0, 5.0, 96.0, decided_at=0.0, spec_changed_at=0.0)
+    svc, state = service(last=last, spec_changes="true"), PlannerState()
+    plan(DATA.catalog, CAPACITY, [svc], {("prod", "chat"): observed(10.0)}, 970.0, state, PlannerSettings())
+    result = plan(DATA.catalog, CAPACITY, [svc], {("prod", "chat"): observed(5.0, previous=10.0)}, 1000.0, state)[0]
+    assert result.roll_out and result.decision.accelerator != "L4" and "cannot meet the SLOs" in result.reason
+
+
 def test_a_change_the_slos_need_is_made_even_when_it_costs_more():
     last = LastDecision("L4", 4, 16, 300.0, 30.0, 5.0, 96.0, decided_at=0.0, spec_changed_at=0.0)
     result = plan_one(service(last=last, spec_changes="true"), 5.0)

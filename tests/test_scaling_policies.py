@@ -57,3 +57,13 @@ def test_hpa_tolerance_scale_up_limit_and_scale_down_stabilisation():
     # load falls: the recommendation of the last 300 s (20) holds the count at the current 6
     assert hpa.decide(30.0, [view(in_flight=10, ready=6, replicas=6)])[0].replicas == 6
     assert hpa.decide(400.0, [view(in_flight=10, ready=6, replicas=6)])[0].replicas == 1
+
+
+def test_a_new_hpa_holds_the_count_it_found_for_a_stabilisation_window():
+    """The HPA controller records the target's replicas at its first sync as a recommendation
+    (recordInitialRecommendation): a fleet it finds is not released before the window ends,
+    whatever the first recommendation (a new revision's initial scale, the opening fleet)."""
+    hpa = HorizontalPodAutoscaler({0: 10.0})
+    assert hpa.decide(15.0, [view(in_flight=1, ready=5, replicas=5)])[0].replicas == 5
+    assert hpa.decide(300.0, [view(in_flight=1, ready=5, replicas=5)])[0].replicas == 5
+    assert hpa.decide(330.0, [view(in_flight=1, ready=5, replicas=5)])[0].replicas == 1

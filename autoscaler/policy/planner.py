@@ -17,9 +17,10 @@ Rules on top of the optimizer, each for a failure seen in practice:
   change is large enough (guards.wants_new_revision), not more often than once per
   `spec_change_interval_s` (the dwell: at most 3600 / 600 = 6 changes per ISVC per hour by
   default), only when it saves more over the dwell than the cold start of a new revision beside
-  the old one costs, or the SLOs need it, and only when the GPUs the new revision needs are free
-  now (rollout.py, weighing the latency model's replica counts); otherwise the ISVC is pinned to
-  what it runs and sized again;
+  the old one costs, and not for a saving while the load is below its recent peak (a lull), or
+  when the SLOs need it, and only when the GPUs the new revision needs are free now (rollout.py,
+  weighing the latency model's replica counts); otherwise the ISVC is pinned to what it runs and
+  sized again;
 - an ISVC the optimizer cannot place under the capacity keeps its last decision;
 - an observation or remembered decision with a value not finite or out of range is the fault of
   its ISVC alone: it is left out (with the reason), and a decision that would carry such a value
@@ -35,12 +36,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from . import sizing
-from .guards import ArrivalHistory, GuardSettings, planned_rate, queue_building
+from .guards import ArrivalHistory, GuardSettings, planned_rate, queue_building, z_score
 from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, IterationParams, Load, Server, ServiceClass, System
 from ..optimizer.solver import solve
 from .observation import Key, Observation
 from .decisions import LastDecision, ManagedService, material
-from .rollout import Room, free_as_decided, judge_roll_outs
+from .rollout import Room, below_recent_peak, free_as_decided, judge_roll_outs
 
 log = logging.getLogger(__name__)
 NOT_SIZED = IterationParams(0.0, 0.0, 0.0)  # the step costs published where the latency model did not size
@@ -280,7 +281,18 @@ def plan(
     staying = {k: v[0] for k, v in staying_sized.items()}
     room = Room(free if free is not None else free_as_decided(catalog, capacity, services))
     dwell_s = settings.spec_change_interval_s
-    verdicts = judge_roll_outs(catalog, differing, allocations, staying, room, now, settings.startup_s, dwell_s, settings.guards)
+    # a move for a saving is sized at the load now: not made in a lull below the recent peak
+    z = z_score(settings.attainment_goal)
+    unsettled = {
+        s.key: why
+        for s in differing
+        if (history := state.arrivals.get((s.namespace, s.name))) is not None
+        and (obs := observed.get((s.namespace, s.name))) is not None
+        and (why := below_recent_peak([x.rate for x in history.samples], obs.window_s, z))
+    }
+    verdicts = judge_roll_outs(
+        catalog, differing, allocations, staying, room, now, settings.startup_s, dwell_s, settings.guards, unsettled
+    )
     roll_outs = {key for key, verdict in verdicts.items() if verdict.roll_out}
     pinned = moving - roll_outs
     sized = {k: v for k, v in sized.items() if k not in pinned} | {k: staying_sized[k] for k in pinned if k in staying_sized}

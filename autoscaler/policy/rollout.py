@@ -13,7 +13,9 @@ stands at least that long, so that much of the saving is sure to accrue; beyond 
 may change again and the load may have moved back, so counting more would be a bet on the load.
 With the dwell of 600 s and a startup of 120 s, a move must save more than a fifth of the two
 revisions' cost per hour; at a startup of 60 s, a tenth. A change the SLOs need (staying cannot
-meet them within the capacity, and the new allocation can) is made whatever it saves.
+meet them within the capacity, and the new allocation can) is made whatever it saves. A move
+for a saving is not made while the load is below its recent peak (below_recent_peak): the
+saving is sized at the load now, and a lull's is a bet that the load stays down for the dwell.
 
 Meanwhile the two revisions must fit side by side: a change is made only where the GPUs the new
 revision needs (and the old one's growth, where the decision scales it up too) are free now, else
@@ -25,13 +27,13 @@ the controller and the simulator both count them out.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
 
 from ..optimizer.domain import Allocation, Catalog
 from .decisions import ManagedService
-from .guards import GuardSettings, wants_new_revision
+from .guards import GuardSettings, _rise, wants_new_revision
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,22 @@ def free_as_decided(catalog: Catalog, capacity: Mapping[str, int], services: Ite
     return free
 
 
+def below_recent_peak(rates: Sequence[float], window_s: float, z: float) -> str | None:
+    """Why a move that only saves is not to be made now, or None: the rate now (the last of
+    `rates`, the ISVC's cycles within the planning lookback) is below the highest of them by
+    more than z Poisson deviations of their difference. Its saving is sized at the load now,
+    and a change stands for the dwell: the load it came down from may come back within it (a
+    lull in bursty traffic), and the revision chosen for the lull then needs more replicas, a
+    cold start, or a change back (on the Azure code trace at a 60 s cold start, mistral-7b
+    moved from A100 to L40S at 0.2 req/s, a minute before 2-6 req/s came back)."""
+    if not rates:
+        return None
+    now, peak = rates[-1], max(rates)
+    if not _rise(peak, now, window_s, window_s, z):
+        return None
+    return f"the load ({now:.3g} req/s) is below its recent peak ({peak:.3g} req/s): no move for a saving at it"
+
+
 def judge_roll_outs(
     catalog: Catalog,
     differing: Iterable[ManagedService],
@@ -117,9 +135,12 @@ def judge_roll_outs(
     startup_s: float,
     dwell_s: float,
     guards: GuardSettings,
+    unsettled: Mapping[str, str] | None = None,
 ) -> dict[str, Verdict]:
     """The verdict on each ISVC the optimizer would move (to `moved`, rather than `staying` on
-    what it runs) that its spec changes, dwell and the size of the change let roll out."""
+    what it runs) that its spec changes, dwell and the size of the change let roll out.
+    `unsettled`: ISVCs whose load is below what it recently was, with why: a move that only
+    saves is not made for them (below_recent_peak); one the SLOs need still is."""
     verdicts = {}
     for service in differing:
         last, alloc = service.last, moved[service.key]
@@ -134,6 +155,8 @@ def judge_roll_outs(
         running_cost = old.cost + grown.cost if old and grown else last.cost
         # the horizon is the dwell: the least time a change stands
         verdict = judge(alloc, staying.get(service.key), running_cost, startup_s, dwell_s)
+        if verdict.roll_out and not verdict.reason and unsettled and service.key in unsettled:
+            verdict = Verdict(False, unsettled[service.key])
         needs: dict[str, int] = {}
         for held in (new, grown):
             if held is not None:

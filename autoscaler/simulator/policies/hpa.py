@@ -2,7 +2,10 @@
 
 Every sync (15 s): desired = ceil(ready * value / target) unless the ratio is within the 10%
 tolerance; scale-up limited to the larger of doubling and +4 pods per sync (the default
-policies); scale-down follows the highest recommendation of the last 300 s (stabilisation).
+policies); scale-down follows the highest recommendation of the last 300 s (stabilisation),
+the replicas the target had at the HPA's first sync among them (the HPA controller's
+recordInitialRecommendation, pkg/controller/podautoscaler/horizontal.go: a new HPA does not
+scale its target below what it found for a whole window).
 """
 
 from __future__ import annotations
@@ -35,6 +38,8 @@ class HpaBehavior:
 
     def replicas(self, now: float, current: int, recommended: int) -> int:
         s = self.settings
+        if not self._history:  # the first sync: the current count is the first recommendation
+            self._history.append((now, current))
         self._history.append((now, recommended))
         while self._history[0][0] < now - s.scale_down_stabilization_s:
             self._history.popleft()
