@@ -72,13 +72,17 @@ def test_a_catalogs_prefill_parms_beside_perf_parms_reach_the_latency_model(tmp_
     assert model is not None and model.prefill == found.prefill
 
 
-def test_work_scale_is_recovered_from_the_mean_itl():
+def _mean_itl(replica, shape, rate: float) -> float:
+    """The forward model identify_work_scale inverts: a request's mean gap between tokens, the
+    mean step with itself in the batch, on the side whose steps are the longer."""
     from autoscaler.policy.latency import _side_itl, _sides
 
+    return max(_side_itl(side, shape, rate) for side in _sides(replica, shape))
+
+
+def test_work_scale_is_recovered_from_the_mean_itl():
     truth = dataclasses.replace(CHAT, work_scale=1.3)
-    # the forward model identify_work_scale inverts: the mean step with the request itself in
-    # the batch, on the side whose steps are the longer
-    measured = max(_side_itl(side, SHAPE, 10.0) for side in _sides(truth, SHAPE))
+    measured = _mean_itl(truth, SHAPE, 10.0)
     assert identify_work_scale(CHAT, SHAPE, 10.0, measured) == pytest.approx(1.3, rel=1e-3)
     assert identify_work_scale(CHAT, SHAPE, 0.0, measured) is None  # no load: nothing to learn
     assert identify_work_scale(CHAT, SHAPE, 10.0, 1.0) is None  # faster than an empty step: an outlier
@@ -129,8 +133,6 @@ def test_work_scale_does_not_learn_from_a_burst_or_the_window_that_drains_its_qu
     the batch limit), and the same ITL would read as more work per token (mistral-7b on A100,
     whose simulated truth is its profile, learned 1.84 on the Azure code trace). A steady window
     with that ITL is learned from."""
-    from autoscaler.policy.latency import _mean_itl
-
     catalog, target, learned = _catalog(), ServiceTarget(30.0, 1000.0), Learned()
     slow = _mean_itl(dataclasses.replace(CHAT, work_scale=1.5), SHAPE, 10.0)
     drain = _window(10.0, slow, 0.6, 1.0, requests=10.0 * 60.0 * 2)  # twice the arrivals started

@@ -147,7 +147,7 @@ def test_in_the_simulator_a_roll_out_starts_on_free_gpus_and_held_ones_are_not_o
     """Ours on a flash crowd (the Free class changes GPU type on it): every cycle the planner is
     offered the cluster less what superseded revisions hold, and every new revision gets a GPU
     for each of its replicas at once, so it turns Ready after one cold start."""
-    scenario = build_workload("flash-crowd", 1, 1500.0, 120.0)
+    scenario = build_workload("flash-crowd", 1, 1500.0, 60.0)
     policy, initial = build_policy("ours", scenario, RunSettings(), {})
     simulation = engine.Simulation(scenario, policy, initial)
     cards = {name: gpu.capacity for name, gpu in scenario.world.gpus.items()}
