@@ -212,10 +212,11 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
 
 def _identify(identification: Identification, obs: Observation, replicas: int, frontend_ms: float) -> None:
     """One window's point and KV cache (identify.py) for a (model, GPU) with no profile."""
-    if obs.window_s <= 0.0 or obs.itl_ms is None or obs.avg_in_tokens is None or obs.avg_out_tokens is None:
+    prompt_per_s, prompt, out = obs.prompt_tokens_per_s, obs.avg_in_tokens, obs.avg_out_tokens
+    if obs.window_s <= 0.0 or obs.itl_ms is None or prompt is None or out is None or prompt_per_s is None:
         return
     gaps = obs.itl_buckets[-1][1] if obs.itl_buckets else 0.0
-    shown = (obs.itl_ms, gaps, obs.ttft_ms, obs.avg_in_tokens, obs.avg_out_tokens, obs.arrival_rate, obs.window_s)
+    shown = (obs.itl_ms, gaps, obs.ttft_ms, prompt, out, prompt_per_s, obs.window_s)
     identification.learn(point(*shown, replicas, frontend_ms))
     if obs.kv_cache_tokens is not None and obs.kv_cache_tokens >= 1.0:
         identification.kv_cache_tokens = int(obs.kv_cache_tokens)
