@@ -50,7 +50,7 @@ def _window(rate: float, itl_ms: float | None, ttft_met: float, itl_met: float, 
     requests = rate * 60.0 if requests is None else requests  # as many first tokens as arrivals in the 60 s window
     ttft = ((1.0, requests * ttft_met), (float("inf"), requests))
     itl = ((0.03, requests * 200 * itl_met), (float("inf"), requests * 200))
-    return Observation(rate, rate, 1100.0, 220.0, 40.0, 0.0, 200.0, itl_ms, ttft, itl)
+    return Observation(rate, rate, 1100.0, 220.0, 40.0, 0.0, 200.0, itl_ms, ttft, itl, prompt_tokens_per_s=rate * 1100.0)
 
 
 def _catalog():
