@@ -85,6 +85,18 @@ def test_bias_does_not_learn_from_a_burst_or_the_window_that_drains_its_queue():
     assert learned.bias["i"].value < 1.0
 
 
+def test_bias_is_not_raised_where_model_and_window_both_see_an_overload():
+    """Past its capacity the model's miss is near flat in the rate: a window missing 66% where
+    the model predicts 79% read as a capacity 1.5 times higher (chat-8b on 2 replicas at 40 req/s,
+    square-5m). Both overloaded: nothing learned; a model that predicts the overload where the
+    window meets its SLOs still learns it underrates, and one that predicts less learns down."""
+    from autoscaler.policy.sizing import _capacity_factor
+
+    assert _capacity_factor(0.7908, 0.8024, 0.6554) is None
+    assert _capacity_factor(0.7908, 0.8024, 0.01) > 1.0
+    assert _capacity_factor(0.0420, 0.7915, 0.2902) < 1.0
+
+
 def test_estimates_stay_positive_and_bounded_per_window():
     estimate = Estimate()
     for measured in (1e-9, 1e9, 1e-9):
