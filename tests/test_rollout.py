@@ -122,7 +122,9 @@ def test_in_the_simulator_a_roll_out_starts_on_free_gpus_and_held_ones_are_not_o
     """Ours on square waves (the Free class changes GPU type on them): every cycle the planner is
     offered the cluster less what superseded revisions hold, and every new revision gets a GPU
     for each of its replicas at once, so it turns Ready after one cold start."""
-    scenario = build_workload("square-2.5m", 1, 1500.0, 120.0)
+    # seed 3 over 40 minutes: with the request shape read off finished requests (no longer long
+    # in each rise, short in each fall) seed 1's first 25 minutes roll nothing out
+    scenario = build_workload("square-2.5m", 3, 2400.0, 120.0)
     policy, initial = build_policy("ours", scenario, RunSettings(), {})
     simulation = engine.Simulation(scenario, policy, initial)
     cards = {name: gpu.capacity for name, gpu in scenario.world.gpus.items()}
