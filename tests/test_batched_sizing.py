@@ -114,7 +114,9 @@ def test_learning_every_window_in_one_batch_equals_one_window_at_a_time(catalog)
     rng = random.Random(6)
     profiles = sorted(catalog.profiles)
     windows = []
-    for i in range(30):  # several ISVCs per (model, GPU): each window sees the work scale the ones before moved
+    # several ISVCs per (model, GPU): each window sees the work scale the ones before moved; 60 so
+    # that more than 10 teach a bias (windows both model and measurement see overloaded do not)
+    for i in range(60):
         model, gpu = profiles[i % 4]
         runs = sizing.Deployment(f"isvc-{i}", model, gpu, rng.choice([0, 64]))
         windows.append(

@@ -92,7 +92,7 @@ def _window(rate: float, itl_ms: float | None, ttft_met: float, itl_met: float, 
     requests = rate * 60.0 if requests is None else requests  # as many first tokens as arrivals in the 60 s window
     ttft = ((1.0, requests * ttft_met), (float("inf"), requests))
     itl = ((0.03, requests * 200 * itl_met), (float("inf"), requests * 200))
-    return Observation(rate, rate, 1100.0, 220.0, 40.0, 0.0, 200.0, itl_ms, ttft, itl)
+    return Observation(rate, rate, 1100.0, 220.0, 40.0, 0.0, 200.0, itl_ms, ttft, itl, prompt_tokens_per_s=rate * 1100.0)
 
 
 def _catalog():
@@ -142,6 +142,18 @@ def test_work_scale_does_not_learn_from_a_burst_or_the_window_that_drains_its_qu
     assert learned.work[("m", "H100")].value == 1.0
     learn(learned, catalog, RUNS, 1, _window(10.0, slow, 1.0, 1.0), target)
     assert learned.work[("m", "H100")].value > 1.1
+
+
+def test_bias_is_not_raised_where_model_and_window_both_see_an_overload():
+    """Past its capacity the model's miss is near flat in the rate: a window missing 66% where
+    the model predicts 79% read as a capacity 1.5 times higher (chat-8b on 2 replicas at 40 req/s,
+    square-5m). Both overloaded: nothing learned; a model that predicts the overload where the
+    window meets its SLOs still learns it underrates, and one that predicts less learns down."""
+    from autoscaler.policy.sizing import _capacity_factor
+
+    assert _capacity_factor(0.7908, 0.8024, 0.6554) is None
+    assert _capacity_factor(0.7908, 0.8024, 0.01) > 1.0
+    assert _capacity_factor(0.0420, 0.7915, 0.2902) < 1.0
 
 
 def test_estimates_stay_positive_and_bounded_per_window():

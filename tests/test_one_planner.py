@@ -106,7 +106,8 @@ def test_observer_matches_the_collectors_promql_over_the_same_requests(tmp_path)
         # Prometheus 2.x reads a [60s] range inclusively and exactly; 3.x leaves its start out
         # and extrapolates the 59 s it has (1.7%)
         close = dict(rel=0.03, abs=1e-6)
-        for figure in ("arrival_rate", "previous_rate", "avg_in_tokens", "avg_out_tokens", "ttft_ms", "itl_ms"):
+        figures = ("arrival_rate", "previous_rate", "avg_in_tokens", "avg_out_tokens", "prompt_tokens_per_s", "ttft_ms", "itl_ms")
+        for figure in figures:
             assert getattr(sim, figure) == pytest.approx(getattr(prom, figure), **close), figure
         assert (sim.running, sim.waiting) == (prom.running, prom.waiting)
         # the last period of the window: 3.x's 29 s of a [30s] range, extrapolated (3.4%)
@@ -119,6 +120,33 @@ def test_observer_matches_the_collectors_promql_over_the_same_requests(tmp_path)
                 assert within(sim_buckets, slo) == pytest.approx(within(prom_buckets, slo), **close)
     chat = simulated[0]
     assert chat.arrival_rate > chat.previous_rate * 1.3 and chat.waiting > 0  # the step up is seen
+
+
+def test_a_rise_with_a_queue_does_not_inflate_the_mean_prompt():
+    """After a rise the window's prefills outnumber its completions (each request decodes for
+    30 s): prompt tokens counted at prefill over the completions would read the mean prompt 1.6
+    times too long. The shape is the finished requests' own (vLLM's request_prompt_tokens and
+    request_generation_tokens, observed at finish), the same requests in sum and count; the
+    prefill counter still gives the prompt work done (identification's rate)."""
+    rng = np.random.default_rng(3)
+    arrival = np.concatenate([np.arange(0.0, 150.0, 0.5), np.arange(150.0, 200.0, 1 / 6)])  # 2/s, then 6/s
+    n = len(arrival)
+    first = arrival + 0.2
+    finish = first + 30.0
+    prompts, outputs = rng.integers(200, 2000, n), rng.integers(100, 300, n)
+    rise = RequestStream("sim", "chat", "m", arrival, arrival, first, finish, np.full(n, math.inf), prompts, outputs)
+    records, reveal = records_at([rise])
+    observer = Observer(records, 1, window_s=60.0)
+    for tick in np.arange(5.0, 201.0, 5.0):
+        reveal(tick)
+        obs = observer.observe(tick)[0]
+
+    finished = (finish > 140.0) & (finish <= 200.0)
+    prefilled = (first > 140.0) & (first <= 200.0)
+    assert prefilled.sum() > 1.5 * finished.sum()  # the queue of the rise: a counter over completions reads 1.6x
+    assert obs.avg_in_tokens == pytest.approx(prompts[finished].mean())
+    assert obs.avg_out_tokens == pytest.approx(outputs[finished].mean())
+    assert obs.prompt_tokens_per_s == pytest.approx(prompts[prefilled].sum() / 60.0)
 
 
 def test_the_simulator_and_the_controller_run_one_planner():

@@ -60,7 +60,10 @@ class VllmEmulator:
             lines += [
                 f'vllm:request_success_total{{{labels},finished_reason="stop"}} {done}',
                 f"vllm:prompt_tokens_total{{{labels}}} {done * isvc.in_tokens}",
-                f"vllm:generation_tokens_total{{{labels}}} {done * isvc.out_tokens}",
+                f"vllm:request_prompt_tokens_sum{{{labels}}} {done * isvc.in_tokens}",
+                f"vllm:request_prompt_tokens_count{{{labels}}} {done}",
+                f"vllm:request_generation_tokens_sum{{{labels}}} {done * isvc.out_tokens}",
+                f"vllm:request_generation_tokens_count{{{labels}}} {done}",
                 f"vllm:num_requests_running{{{labels}}} {isvc.running}",
                 f"vllm:num_requests_waiting{{{labels}}} {isvc.waiting}",
             ]
@@ -83,9 +86,10 @@ class RequestStream:
 
     As vLLM counts them: running from admission to finish, waiting from arrival to admission
     unless the client gave up first (an aborted request counts in no counter); the first token
-    observes TTFT and counts the prompt. Generated tokens and ITL gaps (each at the request's
-    mean gap) count when the request finishes, as the simulator's observer counts them: it
-    knows a request's decode time only then (simulator/observe.py)."""
+    observes TTFT and counts the prompt; a finished request observes its prompt and output
+    lengths (request_prompt_tokens, request_generation_tokens: their sums and counts). ITL gaps
+    (each at the request's mean gap) count when the request finishes, as the simulator's
+    observer counts them: it knows a request's decode time only then (simulator/observe.py)."""
 
     namespace: str
     name: str
@@ -110,7 +114,10 @@ class RequestStream:
         result = [
             (f'vllm:request_success_total{{{labels},finished_reason="stop"}}', done.sum()),
             (f"vllm:prompt_tokens_total{{{labels}}}", self.in_tokens[started].sum()),
-            (f"vllm:generation_tokens_total{{{labels}}}", self.out_tokens[done].sum()),
+            (f"vllm:request_prompt_tokens_sum{{{labels}}}", self.in_tokens[done].sum()),
+            (f"vllm:request_prompt_tokens_count{{{labels}}}", done.sum()),
+            (f"vllm:request_generation_tokens_sum{{{labels}}}", self.out_tokens[done].sum()),
+            (f"vllm:request_generation_tokens_count{{{labels}}}", done.sum()),
             (f"vllm:num_requests_running{{{labels}}}", running.sum()),
             (f"vllm:num_requests_waiting{{{labels}}}", waiting.sum()),
         ]

@@ -62,6 +62,11 @@ def queries(settings: CollectorSettings, bucket_bounds: Mapping[str, str] | None
     def increase(metric: str, offset: str = "", over: str = w) -> str:
         return f"sum by ({by}) (increase({metric}[{over}]{offset}))"
 
+    def mean_length(histogram: str) -> str:
+        # the finished requests' own sum over their own count: numerator and denominator are
+        # the same requests (the token counters are taken at other moments: observation.py)
+        return f"{increase(histogram + '_sum')} / {increase(histogram + '_count')}"
+
     def growth(offset: str = "", over: str = w) -> str:
         return " + ".join(f"sum by ({by}) (delta(vllm:num_requests_{g}[{over}]{offset}))" for g in ("running", "waiting"))
 
@@ -82,7 +87,8 @@ def queries(settings: CollectorSettings, bucket_bounds: Mapping[str, str] | None
         "running": f"sum by ({by}) (vllm:num_requests_running)",
         "waiting": f"sum by ({by}) (vllm:num_requests_waiting)",
         "prompt_tokens": increase("vllm:prompt_tokens_total"),
-        "generation_tokens": increase("vllm:generation_tokens_total"),
+        "prompt_len": mean_length("vllm:request_prompt_tokens"),
+        "output_len": mean_length("vllm:request_generation_tokens"),
         "ttft_sum": increase("vllm:time_to_first_token_seconds_sum"),
         "itl_sum": increase(settings.itl_metric + "_sum"),
         "ttft_buckets": buckets("ttft"),
@@ -122,8 +128,9 @@ def bracketing_bounds(bounds: list[str], slos_s: set[float]) -> str:
 
 
 Samples = list[dict]  # Prometheus instant-vector result: [{"metric": {...}, "value": [t, "v"]}]
-# only for the means or the short window: one unusable leaves that figure unknown
-OPTIONAL = ("ttft_sum", "itl_sum", "completed_recent", "growth_recent")
+# only for the means or the short window: one unusable leaves that figure unknown (0 / 0 over
+# a window in which nothing finished is NaN: no mean)
+OPTIONAL = ("ttft_sum", "itl_sum", "prompt_len", "output_len", "completed_recent", "growth_recent")
 LABELLED = ("kv_cache",)  # read off labels, not values
 
 
@@ -280,7 +287,8 @@ def _observation(
             running=figure("running"),
             waiting=figure("waiting"),
             prompt_tokens=figure("prompt_tokens"),
-            generation_tokens=figure("generation_tokens"),
+            prompt_len=figures["prompt_len"].get(key),
+            output_len=figures["output_len"].get(key),
             ttft_sum=figures["ttft_sum"].get(key),
             itl_sum=figures["itl_sum"].get(key),
             ttft_buckets=ttft_buckets,

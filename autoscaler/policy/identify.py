@@ -95,19 +95,21 @@ def point(
     ttft_ms: float | None,
     prompt: float,
     out: float,
-    arrival_rate: float,
+    prompt_per_s: float,
     window_s: float,
     replicas: int,
     frontend_ms: float,
 ) -> Point:
     """The window's point from vLLM's figures (module doc): `gaps` the ITL histogram's count,
-    `arrival_rate` requests/s of the ISVC, `replicas` serving it throughout."""
+    `prompt` and `out` the mean request, `prompt_per_s` the ISVC's prompt tokens prefilled per
+    second (the counter's rate: the work done in the window, which the mean prompt times the
+    arrivals is not while a queue builds), `replicas` serving it throughout."""
     decodes = itl_ms / 1000.0 * gaps / window_s / replicas
     prefill = None
     if ttft_ms is not None and prompt >= 1.0:
         prefill = (ttft_ms - frontend_ms - 1.5 * itl_ms) / prompt  # intake, half a step's wait, its own step
         prefill = prefill if prefill > 0.0 else None
-    return Point(itl_ms, decodes, arrival_rate * prompt / replicas / 1000.0, prefill, prompt + out)
+    return Point(itl_ms, decodes, prompt_per_s / replicas / 1000.0, prefill, prompt + out)
 
 
 def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, str]:

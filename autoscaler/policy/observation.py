@@ -40,6 +40,9 @@ class Observation:
     # not measured: a step shows in it in full within a period, a ramp as a rate still rising
     recent_rate: float | None = None
     recent_s: float | None = None
+    # prompt tokens prefilled per second (vllm:prompt_tokens_total): the engine's prefill work,
+    # not the request shape; None where not measured
+    prompt_tokens_per_s: float | None = None
 
     def problem(self) -> str | None:
         """Why no decision may be made from this observation (a figure not finite, negative or
@@ -49,16 +52,15 @@ class Observation:
             if f.name.endswith("buckets"):
                 problem = next((_bucket_problem(b, c) for b, c in value if _bucket_problem(b, c)), None)
             else:
-                optional = f.name.startswith(("avg_", "ttft", "itl")) or f.name in (
-                    "ready_replicas",
-                    "kv_cache_tokens",
-                    "recent_rate",
-                    "recent_s",
-                )
+                optional = f.name.startswith(("avg_", "ttft", "itl")) or f.name in _UNKNOWN_ALLOWED
                 problem = None if value is None and optional else finite_problem(value)
             if problem:
                 return f"{f.name}: {problem}"
         return None
+
+
+# None: not known, no fault
+_UNKNOWN_ALLOWED = ("ready_replicas", "kv_cache_tokens", "recent_rate", "recent_s", "prompt_tokens_per_s")
 
 
 def _bucket_problem(bound: float, count: float) -> str | None:
@@ -68,7 +70,14 @@ def _bucket_problem(bound: float, count: float) -> str | None:
 @dataclass(frozen=True)
 class WindowFigures:
     """One ISVC's vLLM figures over a trailing window (and the window before it), as Prometheus
-    computes them: increases of the counters, the change of running + waiting, the gauges now."""
+    computes them: increases of the counters, the change of running + waiting, the gauges now.
+
+    The request shape is the finished requests' (vllm:request_prompt_tokens and
+    vllm:request_generation_tokens, observed per request when it finishes, with
+    request_success_total: each histogram's sum over its count), not the token counters over
+    the completions: vLLM counts prompt tokens at prefill, so while a queue builds after a rise
+    the window's prefills outnumber its completions and the counter over them overstated the
+    mean prompt by about a tenth (chat-8b on square-2.5m), and the capacity sized with it."""
 
     window_s: float
     completed: float  # vllm:request_success_total
@@ -77,8 +86,9 @@ class WindowFigures:
     growth_before: float
     running: float
     waiting: float
-    prompt_tokens: float
-    generation_tokens: float
+    prompt_tokens: float  # vllm:prompt_tokens_total: prompts prefilled in the window
+    prompt_len: float | None  # mean prompt of the requests finished in the window; None: none finished
+    output_len: float | None  # their mean output
     ttft_sum: float | None  # None: the histogram's sum has no data
     itl_sum: float | None
     ttft_buckets: Buckets
@@ -97,8 +107,7 @@ def observe(figures: WindowFigures) -> Observation:
     f = figures
 
     def estimate(done: float, growth: float, seconds: float = f.window_s):
-        later = LoadCounters(seconds, done, 0.0, growth, f.prompt_tokens, f.generation_tokens)
-        return estimate_load(LoadCounters(0.0, 0.0, 0.0, 0.0, 0.0, 0.0), later)
+        return estimate_load(LoadCounters(0.0, 0.0, 0.0, 0.0), LoadCounters(seconds, done, 0.0, growth))
 
     now = estimate(f.completed, f.growth)
     before = now if f.completed_before is None else estimate(f.completed_before, f.growth_before)
@@ -108,8 +117,8 @@ def observe(figures: WindowFigures) -> Observation:
     return Observation(
         arrival_rate=now.arrival_rate,
         previous_rate=before.arrival_rate,
-        avg_in_tokens=now.avg_in_tokens,
-        avg_out_tokens=now.avg_out_tokens,
+        avg_in_tokens=f.prompt_len,
+        avg_out_tokens=f.output_len,
         running=f.running,
         waiting=f.waiting,
         ttft_ms=None if ttft is None else ttft * 1000.0,
@@ -120,6 +129,7 @@ def observe(figures: WindowFigures) -> Observation:
         kv_cache_tokens=f.kv_cache_tokens,
         recent_rate=recent,
         recent_s=None if recent is None else f.recent_s,
+        prompt_tokens_per_s=f.prompt_tokens / f.window_s,
     )
 
 

@@ -4,10 +4,13 @@ the simulation's request records, and the Observation the collector builds from 
 A scrape of a vLLM server shows cumulative counters, two gauges and cumulative histograms with
 vLLM's own bucket bounds. At each control tick this reads the requests that moved since the
 last tick and moves the metrics the way the server's would have moved:
-- a request's first token observes its TTFT and counts its prompt tokens;
-- a finished request counts in request_success_total with its generated tokens and gives the
-  ITL histogram its (output - 1) gaps, each at the request's mean gap (the simulator tracks a
-  request's decode progress, not every step);
+- a request's first token observes its TTFT and counts its prompt tokens (prompt_tokens_total,
+  which vLLM counts at prefill: code v1/metrics/stats.py, IterationStats.update_from_output);
+- a finished request counts in request_success_total, observes its prompt and output lengths
+  in request_prompt_tokens and request_generation_tokens (vLLM observes the three together,
+  per finished request: loggers.py, PrometheusStatLogger.record) and gives the ITL histogram
+  its (output - 1) gaps, each at the request's mean gap (the simulator tracks a request's
+  decode progress, not every step); generation_tokens_total, counted per step, is not read;
 - running = admitted and unfinished (prefilling included, as vLLM's gauge), waiting = arrived and
   not admitted; requests held by the activator while no replica is ready count as waiting;
 - a request its client gave up on leaves the gauges and counts nowhere, so drops go unseen, as
@@ -79,9 +82,10 @@ class Scrape:
     """One ISVC's cumulative metrics at one moment (bucket counts per bucket, +Inf last)."""
 
     time: float
-    completed: int
+    completed: int  # also the count of the prompt and output length histograms
     prompt_tokens: int
-    generation_tokens: int
+    prompt_len_sum: int  # request_prompt_tokens_sum
+    output_len_sum: int  # request_generation_tokens_sum
     in_system: int  # running + waiting
     running: int
     waiting: int
@@ -92,10 +96,19 @@ class Scrape:
 
 
 class _Counters:
-    __slots__ = ("completed", "generation_tokens", "itl_counts", "itl_sum", "prompt_tokens", "ttft_counts", "ttft_sum")
+    __slots__ = (
+        "completed",
+        "itl_counts",
+        "itl_sum",
+        "output_len_sum",
+        "prompt_len_sum",
+        "prompt_tokens",
+        "ttft_counts",
+        "ttft_sum",
+    )
 
     def __init__(self) -> None:
-        self.completed = self.prompt_tokens = self.generation_tokens = 0
+        self.completed = self.prompt_tokens = self.prompt_len_sum = self.output_len_sum = 0
         self.ttft_sum = self.itl_sum = 0.0
         self.ttft_counts = np.zeros(len(TTFT_BOUNDS) + 1, dtype=np.int64)
         self.itl_counts = np.zeros(len(ITL_BOUNDS) + 1, dtype=np.int64)
@@ -137,7 +150,8 @@ class VllmMetrics:
             if r.finish[request] <= now:  # False while nan: not finished
                 out = r.out_tokens[request]
                 c.completed += 1
-                c.generation_tokens += out
+                c.prompt_len_sum += r.in_tokens[request]
+                c.output_len_sum += out
                 if out > 1:
                     decode = r.finish[request] - first
                     c.itl_sum += decode
@@ -150,7 +164,8 @@ class VllmMetrics:
             now,
             c.completed,
             c.prompt_tokens,
-            c.generation_tokens,
+            c.prompt_len_sum,
+            c.output_len_sum,
             len(still),
             running,
             len(still) - running,
@@ -204,16 +219,22 @@ class Observer:
 
 
 def _figures(now: Scrape, start: Scrape, before: Scrape | None, recent: Scrape | None = None) -> WindowFigures:
+    finished = now.completed - start.completed
+
+    def mean_length(total: int) -> float | None:  # a length histogram's sum over its count
+        return total / finished if finished else None
+
     return WindowFigures(
         window_s=now.time - start.time,
-        completed=now.completed - start.completed,
+        completed=finished,
         growth=now.in_system - start.in_system,
         completed_before=None if before is None else start.completed - before.completed,
         growth_before=0.0 if before is None else start.in_system - before.in_system,
         running=now.running,
         waiting=now.waiting,
         prompt_tokens=now.prompt_tokens - start.prompt_tokens,
-        generation_tokens=now.generation_tokens - start.generation_tokens,
+        prompt_len=mean_length(now.prompt_len_sum - start.prompt_len_sum),
+        output_len=mean_length(now.output_len_sum - start.output_len_sum),
         ttft_sum=now.ttft_sum - start.ttft_sum,
         itl_sum=now.itl_sum - start.itl_sum,
         ttft_buckets=_increase(now.ttft_counts, start.ttft_counts, TTFT_BOUNDS),
