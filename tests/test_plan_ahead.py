@@ -231,7 +231,7 @@ def test_a_ramp_still_rising_keeps_its_extrapolation():
 def test_short_window_noise_does_not_hold_a_rise_back():
     """A rise the window sees beyond noise, and a short window only a little lower than the
     forecast (within its own Poisson deviations, as over a 30 s count at 35 req/s): the
-    forecast stands. The short window counts only beyond noise, as a rise does (_rise)."""
+    forecast stands. The short window counts only beyond noise, as a rise does (rise_beyond_noise)."""
     forecast = forecast_rate(34.5, 33.0, apart_s=30.0, window_s=WINDOW, z=Z, settings=GuardSettings())
     assert forecast > 34.5
     noise = Z * math.sqrt(35.0 / RECENT)

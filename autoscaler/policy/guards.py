@@ -121,7 +121,7 @@ def dispersion(rates: list[float], window_s: float) -> float:
     return max(variance * window_s / mean, 1.0)
 
 
-def _rise(rate: float, earlier_rate: float, apart_s: float, window_s: float, z: float) -> float:
+def rise_beyond_noise(rate: float, earlier_rate: float, apart_s: float, window_s: float, z: float) -> float:
     """The rise from the rate measured `apart_s` earlier (over a window as long), where it is
     beyond z Poisson deviations of their difference (the windows differ by `apart_s` at either
     end); else 0."""
@@ -133,10 +133,10 @@ def _rise(rate: float, earlier_rate: float, apart_s: float, window_s: float, z: 
 def forecast_rate(
     rate: float, earlier_rate: float, *, apart_s: float, window_s: float, z: float, settings: GuardSettings
 ) -> float:
-    """The rate now: a rise beyond noise (_rise) is extrapolated at its pace over the half
+    """The rate now: a rise beyond noise (rise_beyond_noise) is extrapolated at its pace over the half
     window the window's mean lags a steady rise by."""
     apart_s = min(apart_s, window_s)
-    if rise := _rise(rate, earlier_rate, apart_s, window_s, z):
+    if rise := rise_beyond_noise(rate, earlier_rate, apart_s, window_s, z):
         return min(rate + rise * window_s / 2 / apart_s, rate * settings.max_trend_factor)
     return rate
 
@@ -179,7 +179,7 @@ def present_bound(rate: float, earlier_rate: float, *, apart_s: float, window_s:
     the rate now up to window_s * r / apart_s above the mean (all of it when the load stepped up
     just before the earlier cycle). Without a rise, the mean."""
     apart_s = min(apart_s, window_s)
-    return rate + _rise(rate, earlier_rate, apart_s, window_s, z) * window_s / apart_s
+    return rate + rise_beyond_noise(rate, earlier_rate, apart_s, window_s, z) * window_s / apart_s
 
 
 def planned_rate(

@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 from ..optimizer.domain import Allocation, Catalog
 from .decisions import ManagedService
-from .guards import GuardSettings, _rise, wants_new_revision
+from .guards import GuardSettings, rise_beyond_noise, wants_new_revision
 
 
 @dataclass(frozen=True)
@@ -120,7 +120,7 @@ def below_recent_peak(rates: Sequence[float], window_s: float, z: float) -> str 
     if not rates:
         return None
     now, peak = rates[-1], max(rates)
-    if not _rise(peak, now, window_s, window_s, z):
+    if not rise_beyond_noise(peak, now, window_s, window_s, z):
         return None
     return f"the load ({now:.3g} req/s) is below its recent peak ({peak:.3g} req/s): no move for a saving at it"
 
