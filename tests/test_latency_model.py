@@ -7,6 +7,7 @@ import dataclasses
 import json
 import shutil
 import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -373,3 +374,14 @@ def test_a_profiled_model_is_offered_its_prior_on_an_allowed_gpu_type_it_has_no_
     assert on_measured.accelerator == "H100"
     on_prior = decided({"H100": 0, "A100": 40, "L40S": 0})
     assert on_prior.accelerator == "A100" and on_prior.replicas > on_measured.replicas
+
+
+def test_prompts_of_no_tokens_add_no_work_and_no_division_by_zero():
+    """A mean prompt read as 0 (hostile or empty histograms) makes every sum of prompts 0: within
+    any x, and no numpy division by zero on the way (the fuzz test saw its RuntimeWarnings)."""
+    from autoscaler.policy.latency import _compound_poisson_cdf
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        found = _compound_poisson_cdf(np.array([0.0, 5.0, 100.0]), np.array([2.0, 20.0, 3.0]), np.array([0.0, 0.0, 10.0]))
+    assert found[:2].tolist() == [1.0, 1.0] and 0.9 < found[2] < 1.0

@@ -140,6 +140,10 @@ def _compound_poisson_cdf(x: np.ndarray, mean_count: np.ndarray, mean_size: np.n
     x = np.broadcast_to(np.maximum(x, 0.0), shape).ravel()
     m = np.broadcast_to(np.maximum(mean_count, 1e-300), shape).ravel()
     size = np.broadcast_to(mean_size, shape).ravel()
+    # a prompt of no tokens (a mean read as 0) adds no work: the sum is 0, within any x; sized
+    # at 1 below so that no division by zero happens, and set to certain at the end
+    empty = ~(size > 0.0)
+    size = np.where(empty, 1.0, size)
     result = np.empty(x.shape)
     large = m >= EXACT_COUNT
     ml, p = m[large], 1.0 / np.maximum(m[large], EXACT_COUNT)
@@ -169,6 +173,7 @@ def _compound_poisson_cdf(x: np.ndarray, mean_count: np.ndarray, mean_size: np.n
             if k % 8 == 7 and count_pmf.max() < 1e-12:
                 break  # the rest of the Poisson's mass is negligible
         result[mid] = 1.0 - missed
+    result[empty] = 1.0
     return np.clip(result, 0.0, 1.0).reshape(shape)
 
 
