@@ -136,20 +136,23 @@ class MeasuredProfile:
         """
         rows = [[1.0, n + 1.0, (n + 1.0) * c] for n, c, _ in self._decode_rows]
         rows += [[1.0, t + 1.0, 2.0 * t] for t, _ in self._prefill_rows]
-        target = np.array([ms for *_, ms in self._decode_rows] + [ms for _, ms in self._prefill_rows])
-        weights = 1.0 / target
-        coefficients, *_ = np.linalg.lstsq(np.array(rows) * weights[:, None], target * weights, rcond=None)
-        alpha, beta, gamma = (max(float(c), 0.0) for c in coefficients)
-        return IterationParams(alpha, beta, gamma)
+        target = [ms for *_, ms in self._decode_rows] + [ms for _, ms in self._prefill_rows]
+        return IterationParams(*_relative_fit(rows, target))
 
     def fitted_prefill(self) -> PrefillLine:
         """The prefill line a profile would publish beside its perfParms (prefillParms): least
         squares (relative error) of every measured prefill, gamma + delta * tokens."""
-        tokens, ms = np.array([(row["total_tokens"], row["ms"]) for row in self._prefills], dtype=float).T
-        weights = 1.0 / ms
-        rows = np.stack([np.ones_like(tokens), tokens], axis=1)
-        (gamma, delta), *_ = np.linalg.lstsq(rows * weights[:, None], ms * weights, rcond=None)
-        return PrefillLine(max(float(gamma), 0.0), max(float(delta), 0.0))
+        rows = [[1.0, float(row["total_tokens"])] for row in self._prefills]
+        return PrefillLine(*_relative_fit(rows, [row["ms"] for row in self._prefills]))
+
+
+def _relative_fit(rows: list[list[float]], target: list[float]) -> list[float]:
+    """Least-squares coefficients of rows . x = target, each row weighted by 1 / its target
+    (relative error: short and long steps count alike), each kept non-negative."""
+    measured = np.array(target, dtype=float)
+    weights = 1.0 / measured
+    coefficients, *_ = np.linalg.lstsq(np.array(rows, dtype=float) * weights[:, None], measured * weights, rcond=None)
+    return [max(float(c), 0.0) for c in coefficients]
 
 
 def _step_model(decode: list[dict], prefill: list[dict]) -> tuple[float, np.ndarray, np.ndarray]:
