@@ -130,16 +130,17 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, s
             slopes = np.where(apart, (y[:, None] - y[None, :]) / (decodes[:, None] - decodes[None, :]), np.nan)
         u = float(np.median([np.median(row[~np.isnan(row)]) for row in slopes if not np.isnan(row).all()]))
         alpha = float(np.median(y - u * (decodes + 1.0)))  # a request's gaps are steps with itself in them
-        batch_cost = u * (decodes.max() + 1.0)
-        if u > 0.0 and alpha > 0.0 and batch_cost >= MIN_IDENTIFYING_LOAD * (alpha + batch_cost):
-            return _bounded(prior, alpha, u, c, context), LINE
-        # at lighter loads a GPU's cost per token is still memory-bound and grows to
-        # compute-bound with the batch, so the slope alone would overrate the replica at the
-        # load it is sized for: read the slope as the KV read alone and charge every token the
-        # compute-bound cost the TTFT shows besides (a decode costs c + u: no less than at any
-        # load), once the line rises across the loads by well more than a window's noise
-        if u > 0.0 and alpha > 0.0 and u * np.ptp(decodes) >= MIN_RISE * float(np.median(y)):
-            return _bounded(prior, alpha, u + c, c, context), LIGHT_LOAD_LINE
+        if u > 0.0 and alpha > 0.0:
+            batch_cost = u * (decodes.max() + 1.0)
+            if batch_cost >= MIN_IDENTIFYING_LOAD * (alpha + batch_cost):
+                return _bounded(prior, alpha, u, c, context), LINE
+            # at lighter loads a GPU's cost per token is still memory-bound and grows to
+            # compute-bound with the batch, so the slope alone would overrate the replica at the
+            # load it is sized for: read the slope as the KV read alone and charge every token
+            # the compute-bound cost the TTFT shows besides (a decode costs c + u: no less than
+            # at any load), once the line rises across the loads by well more than a window's noise
+            if u * np.ptp(decodes) >= MIN_RISE * float(np.median(y)):
+                return _bounded(prior, alpha, u + c, c, context), LIGHT_LOAD_LINE
     u0 = prior.beta + prior.gamma * context
     c0 = prior.beta + prior.gamma
     # within the line's floor (_bounded): outlying windows must not scale the prior to nothing
