@@ -1,10 +1,10 @@
-"""The policies' decision maths and the load estimator, in isolation."""
+"""The policies' decision maths and the arrival rate from vLLM's counters, in isolation."""
 
 from collections import deque
 
 import pytest
 
-from autoscaler.policy.estimation import LoadCounters, estimate_load
+from autoscaler.policy.observation import arrival_rate
 from autoscaler.simulator.engine import IsvcView
 from autoscaler.simulator.policies.hpa import HorizontalPodAutoscaler
 from autoscaler.simulator.policies.kpa import KnativePodAutoscaler, window_average
@@ -22,14 +22,13 @@ def view(in_flight=0, samples=(), ready=2, replicas=2):
     )
 
 
-def test_estimate_counts_queue_growth_not_completions_alone():
-    earlier = LoadCounters(0.0, completed=100, dropped=0, in_system=10)
-    later = LoadCounters(30.0, completed=250, dropped=6, in_system=70)
-    estimate = estimate_load(earlier, later)
-    assert estimate.arrival_rate == pytest.approx((150 + 6 + 60) / 30.0)
-    assert estimate_load(later, LoadCounters(60.0, 250, 6, 70)).arrival_rate == 0
+def test_the_arrival_rate_counts_queue_growth_not_completions_alone():
+    # 150 finished and 6 dropped while the requests in the system grew from 10 to 70
+    assert arrival_rate(150 + 6, 70 - 10, 30.0) == pytest.approx((150 + 6 + 60) / 30.0)
+    assert arrival_rate(0, 0, 30.0) == 0
+    assert arrival_rate(5, -40, 30.0) == 0  # a counter reset within the window is no negative rate
     with pytest.raises(ValueError):
-        estimate_load(later, earlier)
+        arrival_rate(1, 0, 0.0)
 
 
 def test_kpa_follows_the_stable_window_and_panics_on_a_surge():

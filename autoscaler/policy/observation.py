@@ -12,8 +12,6 @@ from dataclasses import dataclass, fields
 
 from ..limits import finite_problem
 
-from .estimation import LoadCounters, estimate_load
-
 Key = tuple[str, str]  # namespace, ISVC name
 WINDOW_S = 60  # the trailing window rates are measured over, unless configured otherwise
 Buckets = tuple[tuple[float, float], ...]  # (upper bound s, cumulative count), +Inf last
@@ -100,23 +98,28 @@ class WindowFigures:
     growth_recent: float = 0.0
 
 
+def arrival_rate(finished: float, growth: float, seconds: float) -> float:
+    """Requests/second that arrived over a window: those that finished in it plus the growth of
+    those in the system (running + waiting). Completions alone under-count arrivals while a queue
+    builds and over-count while it drains. Below zero (a counter reset within the window) is 0."""
+    if seconds <= 0:
+        raise ValueError("a window must have a positive length")
+    return max(finished + growth, 0.0) / seconds
+
+
 def observe(figures: WindowFigures) -> Observation:
     """The Observation of one window's figures. Arrivals are completions plus the growth of
     requests in the system (completions alone lag a building queue); with no data for the
     window before, the previous rate is taken as this one: a missing series is no rise from zero."""
     f = figures
-
-    def estimate(done: float, growth: float, seconds: float = f.window_s):
-        return estimate_load(LoadCounters(0.0, 0.0, 0.0, 0.0), LoadCounters(seconds, done, 0.0, growth))
-
-    now = estimate(f.completed, f.growth)
-    before = now if f.completed_before is None else estimate(f.completed_before, f.growth_before)
+    now = arrival_rate(f.completed, f.growth, f.window_s)
+    before = now if f.completed_before is None else arrival_rate(f.completed_before, f.growth_before, f.window_s)
     measured = f.recent_s is not None and f.completed_recent is not None and 0 < f.recent_s < f.window_s
-    recent = estimate(f.completed_recent, f.growth_recent, f.recent_s).arrival_rate if measured else None
+    recent = arrival_rate(f.completed_recent, f.growth_recent, f.recent_s) if measured else None
     ttft, itl = mean(f.ttft_sum, f.ttft_buckets), mean(f.itl_sum, f.itl_buckets)
     return Observation(
-        arrival_rate=now.arrival_rate,
-        previous_rate=before.arrival_rate,
+        arrival_rate=now,
+        previous_rate=before,
         avg_in_tokens=f.prompt_len,
         avg_out_tokens=f.output_len,
         running=f.running,
