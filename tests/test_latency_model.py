@@ -20,6 +20,8 @@ from autoscaler.policy.observation import Observation
 from autoscaler.policy.sizing import Deployment, Estimate, Learned, learn, replica
 from autoscaler.simulator.runner import RunSettings, run_policy
 from autoscaler.simulator.scenarios import build_scenario
+from autoscaler.simulator.traffic import Requests
+from autoscaler.simulator.world import Scenario
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
 from latency_model import NO_PROFILE_S, alone, predicted, simulated, unprofiled  # noqa: E402
@@ -179,6 +181,27 @@ def test_predicted_capacity_within_10_percent_of_the_load_test(isvc, gpu):
     guess = predicted(scenario, index, gpu)
     truth = simulated(scenario, index, gpu, requests=20_000)
     assert guess == pytest.approx(truth, rel=0.10)
+
+
+def test_prompts_arriving_during_a_requests_own_prefill_land_in_its_first_gap():
+    """vLLM admits a prompt in the step after it arrives, so the prompts that arrive while a
+    request's own prompt is prefilled are prefilled in its first decode step: a short request
+    behind a long prompt sees more of them than its decode steps alone let arrive. On the
+    Azure code trace's shape (2,048-token prompts, 28-token outputs; here exponential and
+    geometric, the model's own assumptions) the model put chat-8b's replica at 1.40 times the
+    simulated one without them (10.35 against 7.40 req/s, 20,000 requests a rate), 1.19 with
+    them (8.73 against 7.33)."""
+    world = build_scenario("mixed", 1, 60.0).world
+    chat = dataclasses.replace(world, isvcs=(world.isvcs[0],))
+    rng = np.random.default_rng(3)
+    count = 20_000
+    sizes_in = np.maximum(np.round(rng.exponential(2048.0, count)), 1).astype(int)
+    sizes_out = rng.geometric(1 / 28.0, count)
+    times = np.arange(count, dtype=float)
+    scenario = Scenario("prompt-heavy", chat, Requests(times, np.zeros(count, dtype=int), sizes_in, sizes_out), times[-1])
+    guess = predicted(scenario, 0, "H100")
+    truth = simulated(scenario, 0, "H100", requests=count)
+    assert truth <= guess <= 1.3 * truth
 
 
 def test_steady_load_settles_without_periodic_collapse():

@@ -16,7 +16,9 @@ model predicts the share of requests within both SLOs at a Poisson arrival rate:
   mean step on a side: T = fixed / (1 - rho), rho the share of time spent on tokens and
   requests at the rate.
 - One request's mean ITL over its d decode steps is alpha' + u * (batch averaged over its
-  life) + (prefill work landing in its life) / d. The batch average is the count's time average
+  life) + (prefill work landing in its life) / d, the prompts that arrive during its steps but
+  the last and during its own prefill step (vLLM admits a prompt in the step after it arrives,
+  so those are prefilled in its first decode step). The batch average is the count's time average
   over the request's life (Gaussian, exponential lifetimes; an M/G/inf count whose variance and
   correlation time a larger batch's longer steps stretch); the prefill work is a compound
   Poisson sum of exponential prompts (the Poisson-Gamma mixture, summed exactly below
@@ -445,7 +447,11 @@ def _predict_block(rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_s
     own = d * gamma[per_point] * (own_prompt + d / 2.0 - (prompt + out)[per_point])
     with np.errstate(invalid="ignore"):  # 0 x inf for a one-token output under no ITL SLO: set to 1 below
         budget = d * (itl_slo_ms - base)[per_point] - own  # ms of work a request's life can hold within the SLO
-    arriving = lam[per_point] * life  # mean prompts landing in a request's life
+    # mean prompts landing in a request's life: those arriving during its d steps but the last
+    # (prefilled after it), and during its own prefill step (admitted in its first decode step),
+    # which its own prompt's work lengthens: a long prompt's short request sees the most
+    own_work = prefill_work[per_point] * _exponential_quantiles(PROMPT_QUANTILES)[None, None, :]
+    arriving = lam[per_point] * (life + own_work)
     # the Gaussian's nodes on a leading axis: others running beside the request, as Poisson arrivals see them
     nodes, weights = (v[:, None, None, None] for v in HERMITE)
     others = np.maximum(batch[per_point] + nodes * np.sqrt(var_avg), 0.0)
