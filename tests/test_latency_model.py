@@ -287,7 +287,7 @@ def test_the_step_costs_are_identified_across_loads_despite_an_outlier_window():
 
     def window(decodes: float, itl_factor: float = 1.0) -> Point:
         prompt = decodes * 0.05  # tokens per ms: prompts arrive with the load
-        itl = (alpha + u * (decodes + 1.0)) / (1.0 - c * prompt)
+        itl = (alpha + u * decodes) / (1.0 - c * prompt)  # every step S = I: alpha (I / S) = alpha
         return Point(itl * itl_factor, decodes, prompt, c, context)
 
     prior = IterationParams(26.0, 0.1, 0.0017)
@@ -302,7 +302,7 @@ def test_the_step_costs_are_identified_across_loads_despite_an_outlier_window():
     found, reading = fit(prior, queued)
     assert reading == LINE and (found.alpha, found.beta, found.gamma) == pytest.approx((alpha, beta, gamma), rel=0.05)
     assert with_outlier.alpha == pytest.approx(alpha, rel=0.1) and with_outlier.gamma == pytest.approx(gamma, rel=0.1)
-    # loads whose batch costs under a fifth of the step (at most 4.5 x 0.42 of 11.9 ms): the
+    # loads whose batch costs under a fifth of the step (at most 3.5 x 0.42 of 11.5 ms): the
     # slope read as the KV read alone, each token charged the prefill's cost besides, so a
     # decode costs more than the line says (c + u), a prompt token what the TTFT says (c)
     light, reading = fit(prior, [window(b) for b in (1.0, 2.0, 3.5)])
