@@ -75,6 +75,6 @@ def test_an_hpa_whose_scale_down_window_changes_applies_the_window_in_force_to_i
     hpa = HpaBehavior()
     assert hpa.replicas(0.0, 16, 5, scale_down_s=300) == 16  # 16 found at the first sync
     assert hpa.replicas(30.0, 16, 5, scale_down_s=60) == 16  # 16 recorded at 0 still within 60 s
-    assert hpa.replicas(60.0, 16, 5, scale_down_s=60) == 5  # now older than the window in force
-    assert hpa.replicas(75.0, 5, 3, scale_down_s=300) == 5  # lengthened: the first sync's 16, not overwritten, holds
-    assert hpa.replicas(75.0, 5, 8) == 8  # scale-up is not stabilised (window 0)
+    assert hpa.replicas(75.0, 16, 5, scale_down_s=60) == 5  # now older than the window in force
+    assert hpa.replicas(90.0, 5, 3, scale_down_s=300) == 5  # lengthened: the first sync's 16, not overwritten, holds
+    assert hpa.replicas(90.0, 5, 8) == 8  # scale-up is not stabilised (window 0)

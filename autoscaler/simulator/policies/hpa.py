@@ -47,8 +47,11 @@ class HpaBehavior:
         cutoff = now - (s.scale_down_stabilization_s if scale_down_s is None else scale_down_s)
         if not self._history:  # the first sync: the current count is the first recommendation
             self._history.append((now, current))
-        highest = max([r for t, r in self._history if t > cutoff], default=recommended)
-        old = [i for i, (t, _) in enumerate(self._history) if t <= cutoff]
+        # a recommendation exactly one window old still counts (the controller's is strictly
+        # newer; its timestamps jitter where the simulator's syncs fall on the window's multiples:
+        # kept as before, so that no earlier figure moves)
+        highest = max([r for t, r in self._history if t >= cutoff], default=recommended)
+        old = [i for i, (t, _) in enumerate(self._history) if t < cutoff]
         if old:  # the last one found older than the window is overwritten, as the controller does
             self._history[old[-1]] = (now, recommended)
         else:
