@@ -227,16 +227,15 @@ def test_what_the_model_learned_is_on_the_decision_stream_metrics_and_status():
     assert "inference_autoscaler_step_ms{" in text and "inference_autoscaler_kv_token_ms{" in text
 
 
-def test_an_isvc_with_no_profile_is_placed_from_a_conservative_prior_and_learns_its_capacity_in_10_minutes():
-    """chat-13b deployed with no profile (the catalog has none of llama-2-13b) under steady
-    load: the planner places it from the roofline prior (prior.py), whose capacity is below the
-    real one (the first decisions over-provision), identifies the step's costs from vLLM's
-    metrics (identify.py), and within 10 simulated minutes the capacity it has learned is
-    within 10% of a load test of one replica on the GPU and at the batch it chose (as
-    benchmarks/latency_model.py measures it). Under a load that rises for its first 5 minutes
-    (diurnal, step) it is still on the scaled prior at 10 minutes (README: the peak's replicas
-    are too lightly loaded to read the per-token cost from)."""
-    _converges("chat-13b", "steady", prior_below=0.5)
+@pytest.mark.parametrize("kind", ["steady", "diurnal"])
+def test_an_isvc_with_no_profile_is_placed_from_a_conservative_prior_and_learns_its_capacity_in_10_minutes(kind):
+    """chat-13b deployed with no profile (the catalog has none of llama-2-13b), under steady load
+    and under one rising for its first 5 minutes: the planner places it from the roofline prior
+    (prior.py), whose capacity is below the real one (the first decisions over-provision),
+    identifies the step's costs from vLLM's metrics (identify.py), and within 10 simulated
+    minutes the capacity it has learned is within 10% of a load test of one replica on the GPU
+    and at the batch it chose (as benchmarks/latency_model.py measures it)."""
+    _converges("chat-13b", kind, prior_below=0.5)
 
 
 @pytest.mark.parametrize("kind", ["steady", "diurnal"])
