@@ -58,10 +58,15 @@ def pairs(scenario: Scenario, only: set[str] | None = None) -> list[tuple[int, s
     ]
 
 
-def on_gpu(scenario: Scenario, index: int, accelerator: str) -> Scenario:
-    """The scenario with the ISVC's replicas on `accelerator` (the load test uses the default)."""
+def on_gpu(scenario: Scenario, index: int, accelerator: str, max_batch: int | None = None) -> Scenario:
+    """The scenario with the ISVC's replicas on `accelerator` (the load test uses the default),
+    at `max_batch` seats (None: the option's)."""
     isvcs = list(scenario.world.isvcs)
-    isvcs[index] = dataclasses.replace(isvcs[index], default_accelerator=accelerator)
+    spec = isvcs[index]
+    if max_batch is not None:
+        option = dataclasses.replace(spec.options[accelerator], max_num_seqs=max_batch)
+        spec = dataclasses.replace(spec, options={**spec.options, accelerator: option})
+    isvcs[index] = dataclasses.replace(spec, default_accelerator=accelerator)
     return dataclasses.replace(scenario, world=dataclasses.replace(scenario.world, isvcs=tuple(isvcs)))
 
 
@@ -105,9 +110,10 @@ def identified(scenario: Scenario, index: int, accelerator: str, requests: int =
     return capacity(dataclasses.replace(replica, work_scale=scale), shape, ttft_ms, itl_ms, GOAL, mode)
 
 
-def simulated(scenario: Scenario, index: int, accelerator: str, requests: int) -> float:
+def simulated(scenario: Scenario, index: int, accelerator: str, requests: int, max_batch: int | None = None) -> float:
     start = predicted(scenario, index, accelerator) or 1.0
-    return replica_capacity(on_gpu(scenario, index, accelerator), index, GOAL, start, measured_requests=requests).max_rate
+    placed = on_gpu(scenario, index, accelerator, max_batch)
+    return replica_capacity(placed, index, GOAL, start, measured_requests=requests).max_rate
 
 
 def _simulated(args) -> float:
@@ -119,6 +125,7 @@ class Unprofiled:
     """An ISVC run alone by ours with no profile of its model (module doc)."""
 
     accelerator: str  # the GPU type it was placed on
+    max_batch: int  # the seats per replica it runs with (--max-num-seqs, as the optimizer chose)
     prior: float  # req/s per replica of its first decision (the roofline prior's)
     learned: float  # req/s per replica as learned at the end, at the ISVC's mean request
     reading: str  # how the step costs were read (identify.fit: the line, a light-load line, the prior scaled)
@@ -142,7 +149,9 @@ def unprofiled(name: str, kind: str = "steady", duration_s: float = NO_PROFILE_S
     learned = per_replica_capacity(policy.state.learned, policy.catalog, runs, shape, target, GOAL)
     reading = policy.state.learned.identified[(spec.model, last.accelerator)].reading
     met = float(slo_met(scenario, result).mean())
-    return Unprofiled(last.accelerator, first.replica_capacity, learned or 0.0, reading, met, int(result.dropped.sum()))
+    return Unprofiled(
+        last.accelerator, last.max_batch, first.replica_capacity, learned or 0.0, reading, met, int(result.dropped.sum())
+    )
 
 
 def alone(scenario: Scenario, name: str) -> Scenario:
@@ -160,15 +169,16 @@ def no_profile_table(kind: str, requests: int) -> None:
     scenario = build_scenario(kind, 1, NO_PROFILE_S)
     print(f"\nNo profile, {kind} load, {NO_PROFILE_S / 60:.0f} simulated minutes alone:")
     print(
-        "| ISVC | GPU placed on | simulated req/s | prior | / simulated | learned | / simulated "
+        "| ISVC | GPU placed on | max batch | simulated req/s | prior | / simulated | learned | / simulated "
         "| step costs read off | SLO met | dropped |"
     )
-    print("|---|---|---:|---:|---:|---:|---:|---|---:|---:|")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for index, spec in enumerate(scenario.world.isvcs):
         run = unprofiled(spec.name, kind)
-        truth = simulated(scenario, index, run.accelerator, requests)
+        # the truth of the replica as it runs: its GPU type and the batch the optimizer chose
+        truth = simulated(scenario, index, run.accelerator, requests, run.max_batch)
         print(
-            f"| {spec.name} | {run.accelerator} | {truth:.3f} | {run.prior:.3f} | {run.prior / truth:.3f} "
+            f"| {spec.name} | {run.accelerator} | {run.max_batch} | {truth:.3f} | {run.prior:.3f} | {run.prior / truth:.3f} "
             f"| {run.learned:.3f} | {run.learned / truth:.3f} | {run.reading} | {100 * run.met:.1f}% | {run.dropped} |"
         )
 

@@ -143,6 +143,10 @@ def test_the_hpas_the_controller_writes_match_the_schema():
         True,
     )
     assert validate(made) == []
+    assert made["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 300  # the HPA's default
+    # while a model with no profile is identified (Plan.scale_down_s): the plan's window, as valid
+    shorter = hpa("chat-optimizer", "prod", made["spec"]["scaleTargetRef"], {"isvc": "chat"}, (1, 8), owner, True, 60)
+    assert validate(shorter) == [] and shorter["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == 60
 
 
 def test_webhook_configuration_is_safe_for_the_cluster(default):

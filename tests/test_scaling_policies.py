@@ -6,7 +6,7 @@ import pytest
 
 from autoscaler.policy.observation import arrival_rate
 from autoscaler.simulator.engine import IsvcView
-from autoscaler.simulator.policies.hpa import HorizontalPodAutoscaler
+from autoscaler.simulator.policies.hpa import HorizontalPodAutoscaler, HpaBehavior
 from autoscaler.simulator.policies.kpa import KnativePodAutoscaler, window_average
 
 
@@ -64,3 +64,16 @@ def test_a_new_hpa_holds_the_count_it_found_for_a_stabilisation_window():
     assert hpa.decide(15.0, [view(in_flight=1, ready=5, replicas=5)])[0].replicas == 5
     assert hpa.decide(300.0, [view(in_flight=1, ready=5, replicas=5)])[0].replicas == 5
     assert hpa.decide(330.0, [view(in_flight=1, ready=5, replicas=5)])[0].replicas == 1
+
+
+def test_an_hpa_whose_scale_down_window_changes_applies_the_window_in_force_to_its_recommendations():
+    """As the HPA controller (horizontal.go, stabilizeRecommendationWithBehaviors): the window in
+    force at a sync picks the recommendations that hold the count; each sync's recommendation
+    overwrites one older than that window, so a window lengthened again finds those of the
+    longer window not yet overwritten."""
+    hpa = HpaBehavior()
+    assert hpa.replicas(0.0, 16, 5, scale_down_s=300) == 16  # 16 found at the first sync
+    assert hpa.replicas(30.0, 16, 5, scale_down_s=60) == 16  # 16 recorded at 0 still within 60 s
+    assert hpa.replicas(75.0, 16, 5, scale_down_s=60) == 5  # now older than the window in force
+    assert hpa.replicas(90.0, 5, 3, scale_down_s=300) == 5  # lengthened: the first sync's 16, not overwritten, holds
+    assert hpa.replicas(90.0, 5, 8) == 8  # scale-up is not stabilised (window 0)

@@ -178,6 +178,7 @@ class Actuator:
                 bounds,
                 isvc,
                 self.settings.hpa_tolerance,
+                plan.scale_down_s,
             )
             await self._ensure_hpa(wanted, report)
             report.decisions.append(decision_message(plan, slo))
@@ -253,7 +254,8 @@ class Actuator:
             service = plan.service
             bounds = (service.min_replicas, service.max_replicas)
             selector = {"isvc": service.name, "revision": revision}
-            await self._ensure_hpa(hpa(name, namespace, target, selector, bounds, pa, self.settings.hpa_tolerance), report)
+            wanted = hpa(name, namespace, target, selector, bounds, pa, self.settings.hpa_tolerance, plan.scale_down_s)
+            await self._ensure_hpa(wanted, report)
             if pods == 0:  # at zero (retired before, or made so): an HPA never scales up from there
                 await self._scale_up_to(namespace, target, 1, report)
             slo = catalog.classes[service.service_class].targets[service.model]

@@ -7,8 +7,9 @@ records (LastDecision, rewritten only when the controller would write it); the c
 less those its superseded revisions still hold, are the capacity; plan() decides. What the
 controller leaves to Kubernetes is played here too: a roll-out (GPU type or batch size) starts
 a new revision, and replica counts go through the HPA the controller writes per revision
-(scale-down after a 300 s stabilisation, the HPA's default scale-up limits; its metric is the
-desired count itself, at zero tolerance), one HPA sync per sync period since the last decision.
+(scale-down after a 300 s stabilisation, or the plan's shorter one while a model with no profile
+is identified; the HPA's default scale-up limits; its metric is the desired count itself, at
+zero tolerance), one HPA sync per sync period since the last decision.
 Between ticks it probes the requests running + waiting every `probe_s`, as the controller's
 queue watch does, and asks the engine for a cycle when planner.early_cycle says a queue builds
 (at most once per the planner's early_interval_s).
@@ -131,7 +132,7 @@ class ModelBasedPolicy:
                 continue
             replicas = views[index].replicas
             for _ in range(syncs):
-                replicas = self.hpas[index].replicas(now, replicas, p.decision.replicas)
+                replicas = self.hpas[index].replicas(now, replicas, p.decision.replicas, p.scale_down_s)
             decisions[index] = Decision(replicas)
         return decisions
 
