@@ -22,6 +22,7 @@ from autoscaler.policy.guards import (
     present_bound,
     queue_building,
     rate_now,
+    retained_rate,
     z_score,
 )
 from autoscaler.policy.planner import PlannerSettings, PlannerState, early_cycle
@@ -237,3 +238,52 @@ def test_short_window_noise_does_not_hold_a_rise_back():
     noise = Z * math.sqrt(35.0 / RECENT)
     held = rate_now(forecast, 34.5, 35.0 - noise / 2, recent_s=RECENT, window_s=WINDOW, z=Z, last_recent=34.0, since_last_s=30.0)
     assert held == forecast
+
+
+def retained(levels: list[tuple[float, float]], goal: float = 0.95) -> float:
+    """retained_rate at the end of `levels` ((seconds, req/s) held in turn), one cycle a period."""
+    rates, now = [], 0.0
+    for seconds, rate in levels:
+        for _ in range(int(seconds // PERIOD)):
+            rates.append((now, rate))
+            now += PERIOD
+    return retained_rate(
+        rates, rates[-1][0], period_s=PERIOD, horizon_s=HORIZON, window_s=WINDOW, z=Z, goal=goal, settings=GuardSettings()
+    )
+
+
+def test_rises_that_recur_beyond_the_hpa_window_keep_the_peak_between_them():
+    """Bursts to 40 req/s for two minutes, from 10, every 10 minutes: the HPA's 300 s window
+    has released the burst's replicas before the next, and each burst would queue a horizon's
+    arrivals (40 x 120 s, 14% of the ~16 req/s of each 10 minutes) behind a fleet sized for
+    10, where the goal allows 5%. After three of them, the planner keeps the peak past each
+    burst long enough that, with the HPA's window after its last decision, the replicas last
+    until the next: the HPA's window extended to the time between rises."""
+    burst = [(480.0, 10.0), (120.0, 40.0)]
+    assert retained(burst * 3 + [(210.0, 10.0)]) == pytest.approx(40.0)
+    assert retained(burst * 3 + [(420.0, 10.0)]) == pytest.approx(10.0)  # the HPA's window holds the rest
+    # the same bursts under a goal that allows half the requests to miss: the 47% a horizon
+    # of each burst exposes is within it, no hold
+    assert retained(burst * 3 + [(210.0, 10.0)], goal=0.5) == 0.0
+
+
+def test_no_hold_where_the_hpa_window_already_spans_the_gaps_or_rises_do_not_recur():
+    # the 2.5-minute square wave: the HPA's window holds the peak through each trough
+    assert retained([(150.0, 40.0), (150.0, 10.0)] * 8) == 0.0
+    # a flash crowd: one rise to a level never seen before, which no hold avoids
+    assert retained([(1200.0, 10.0), (600.0, 40.0), (900.0, 10.0)]) == 0.0
+    # steady arrivals, with Poisson noise in each window's rate
+    noise = np.random.default_rng(7).poisson(10.0 * WINDOW, 120) / WINDOW
+    assert retained([(PERIOD, float(rate)) for rate in noise]) == 0.0
+    assert retained([(PERIOD, 10.0)] * 2) == 0.0  # too little to judge by
+
+
+def test_the_planned_rate_between_recurring_bursts_is_the_burst():
+    """Through planned_rate: 210 s into the trough after the third burst, it is planned for the
+    burst (the lookback alone plans it at the trough's level plus its margin)."""
+    burst = [10.0] * 16 + [40.0] * 4
+    trough = plan_rates(burst * 3 + [10.0] * 7)
+    assert trough[-1] == pytest.approx(40.0)
+    # one rise only: not held, the lookback's margin after a fall alone (about 22)
+    once = plan_rates([10.0] * 40 + [40.0] * 20 + [10.0] * 7)
+    assert once[-1] < 25.0
