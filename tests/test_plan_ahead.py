@@ -278,12 +278,50 @@ def test_no_hold_where_the_hpa_window_already_spans_the_gaps_or_rises_do_not_rec
     assert retained([(PERIOD, 10.0)] * 2) == 0.0  # too little to judge by
 
 
-def test_the_planned_rate_between_recurring_bursts_is_the_burst():
-    """Through planned_rate: 210 s into the trough after the third burst, it is planned for the
-    burst (the lookback alone plans it at the trough's level plus its margin)."""
+def test_between_recurring_bursts_what_serves_is_kept_for_the_burst():
+    """Through planned_rate: 210 s into the trough after the third burst, the cycle's sample
+    carries the burst's rate to keep what serves for (planner._held); the rate planned is the
+    lookback's alone. One rise only: nothing kept."""
+
+    def last_sample(rates: list[float]) -> Sample:
+        history = ArrivalHistory()
+        for cycle, rate in enumerate(rates):
+            planned_rate(
+                rate,
+                rates[cycle - 1] if cycle else rate,
+                window_s=WINDOW,
+                period_s=PERIOD,
+                startup_s=STARTUP,
+                backlog=0.0,
+                in_system=0.0,
+                history=history,
+                now=1000.0 + PERIOD * cycle,
+                goal=0.95,
+                settings=GuardSettings(),
+            )  # fmt: skip
+        return history.samples[-1]
+
     burst = [10.0] * 16 + [40.0] * 4
-    trough = plan_rates(burst * 3 + [10.0] * 7)
-    assert trough[-1] == pytest.approx(40.0)
-    # one rise only: not held, the lookback's margin after a fall alone (about 22)
-    once = plan_rates([10.0] * 40 + [40.0] * 20 + [10.0] * 7)
-    assert once[-1] < 25.0
+    assert last_sample(burst * 3 + [10.0] * 7).retained == pytest.approx(40.0)
+    assert plan_rates(burst * 3 + [10.0] * 7)[-1] < 25.0  # the lookback's margin after a fall
+    assert last_sample([10.0] * 40 + [40.0] * 20 + [10.0] * 7).retained == 0.0
+
+
+def test_a_hold_between_rises_keeps_what_serves_and_never_adds():
+    """210 s into a trough of 2 req/s after an hour of bursts to 6 every 10 minutes: the
+    planner keeps what serves up to the count for the burst (a scale-down hold, as the HPA's
+    window), and never starts a replica for it."""
+
+    def decided(serving: int, bursts: bool):
+        last = LastDecision("H100", serving, 64, 300.0, 30.0, 2.0, 150.0, decided_at=970.0, avg_in_tokens=512, avg_out_tokens=256)
+        state = PlannerState()
+        if bursts:
+            history = state.arrivals.setdefault(("prod", "chat"), ArrivalHistory())
+            levels = ([2.0] * 16 + [6.0] * 4) * 5 + [2.0] * 6
+            for cycle, rate in enumerate(levels):
+                history.remember(1000.0 - PERIOD * (len(levels) - cycle), rate, GuardSettings().rise_memory_s)
+        return plan_one(service(last=last), obs=observed(2.0), state=state, now=1000.0).decision
+
+    free, held = decided(8, bursts=False), decided(8, bursts=True)
+    assert free.replicas < held.replicas == min(8, math.ceil(6.0 / held.replica_capacity))
+    assert decided(1, bursts=True).replicas == decided(1, bursts=False).replicas  # never adds

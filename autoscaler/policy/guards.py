@@ -48,7 +48,7 @@ of every cold start evaluated (60-240 s), and on top of it the plan keeps a marg
 large fall for the lookback (above). A window that expires while the load rises again would
 release replicas just as they are needed (the mean lags the rise): while the rate rises beyond
 noise, the planner keeps what serves up to the count for the most the rate may be now
-(present_bound; planner._held_on_rise). Measured, a shorter HPA window (the cold start itself)
+(present_bound; planner._held). Measured, a shorter HPA window (the cold start itself)
 lost 6-11 points of attainment on the 5-minute square wave and MMPP (60 s cold start) for
 16-19% fewer GPU-hours, below static provisioning's frontier. With a startup beyond 300 s the
 HPA's window would be the shorter, and the ski-rental rule would want it raised (not done).
@@ -77,7 +77,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
 
 import numpy as np
@@ -107,6 +107,7 @@ class Sample:
     in_system: float  # requests running + waiting
     present: float = 0.0  # the most the rate may be now, given the window's rise (present_bound)
     recent: float | None = None  # the rate over the window's last period (None: not measured)
+    retained: float = 0.0  # the rate to keep what serves for between rises that recur (retained_rate)
 
 
 @dataclass
@@ -261,7 +262,7 @@ def planned_rate(
         retained = retained_rate(
             history.rates, now, period_s=period_s, horizon_s=horizon, window_s=window_s, z=z, goal=goal, settings=settings
         )
-        planned = max(planned, retained)
+        history.samples[-1] = replace(history.samples[-1], retained=retained)
     return planned + max(backlog, 0.0) / settings.backlog_drain_s
 
 
@@ -289,7 +290,8 @@ def retained_rate(
     requests), the planner keeps the rates of the shortest span that exposes no more than the
     goal allows or than the longest span does (a first rise, to a level never seen, no hold
     avoids: a flash crowd): the HPA's window, extended to the time between rises, learned. The
-    rate kept is the most measured within that span (the HPA's window does the rest)."""
+    rate kept is the most measured within that span (the HPA's window does the rest); what
+    serves is kept up to the count for it (planner._held), never added to: a scale-down hold."""
     if not rates:
         return 0.0
     t, r = (np.array(column, dtype=float) for column in zip(*rates, strict=True))
