@@ -39,10 +39,10 @@ WINDOW, PERIOD, STARTUP = 60.0, 30.0, 90.0
 HORIZON = STARTUP + PERIOD
 
 
-def plan_rates(rates: list[float], backlog: float = 0.0) -> list[float]:
+def plan_rates(rates: list[float], backlog: float = 0.0, history: ArrivalHistory | None = None) -> list[float]:
     """The rate planned at each cycle (one per period) for these measured rates, each window's
-    rate the one before it: no trend, only the history."""
-    history, planned = ArrivalHistory(), []
+    rate the one before it: no trend, only the history (kept in `history` where given)."""
+    history, planned = history if history is not None else ArrivalHistory(), []
     for cycle, rate in enumerate(rates):
         previous = rates[cycle - 1] if cycle else rate
         planned.append(
@@ -285,20 +285,7 @@ def test_between_recurring_bursts_what_serves_is_kept_for_the_burst():
 
     def last_sample(rates: list[float]) -> Sample:
         history = ArrivalHistory()
-        for cycle, rate in enumerate(rates):
-            planned_rate(
-                rate,
-                rates[cycle - 1] if cycle else rate,
-                window_s=WINDOW,
-                period_s=PERIOD,
-                startup_s=STARTUP,
-                backlog=0.0,
-                in_system=0.0,
-                history=history,
-                now=1000.0 + PERIOD * cycle,
-                goal=0.95,
-                settings=GuardSettings(),
-            )  # fmt: skip
+        plan_rates(rates, history=history)
         return history.samples[-1]
 
     burst = [10.0] * 16 + [40.0] * 4

@@ -85,8 +85,9 @@ class PlannerState:
     (ttft_scale and itl_scale carry it) and relearns the work scales; it loses the arrival
     history, degraded but safe: until it fills a lookback again the arrivals count as Poisson (no
     headroom for burstiness, no earlier peak held: the HPA's scale-down stabilisation still holds
-    the replicas), the first trend is measured between the collector's two windows, and no queue
-    signal is seen before the first cycle."""
+    the replicas), the first trend is measured between the collector's two windows, no queue
+    signal is seen before the first cycle, and no hold between rises that recur is kept until
+    they have recurred again (guards.retained_rate)."""
 
     learned: sizing.Learned = field(default_factory=sizing.Learned)
     arrivals: dict[Key, ArrivalHistory] = field(default_factory=dict)
