@@ -22,6 +22,7 @@ from autoscaler.policy.guards import (
     present_bound,
     queue_building,
     rate_now,
+    retained_rate,
     z_score,
 )
 from autoscaler.policy.planner import PlannerSettings, PlannerState, early_cycle
@@ -38,10 +39,10 @@ WINDOW, PERIOD, STARTUP = 60.0, 30.0, 90.0
 HORIZON = STARTUP + PERIOD
 
 
-def plan_rates(rates: list[float], backlog: float = 0.0) -> list[float]:
+def plan_rates(rates: list[float], backlog: float = 0.0, history: ArrivalHistory | None = None) -> list[float]:
     """The rate planned at each cycle (one per period) for these measured rates, each window's
-    rate the one before it: no trend, only the history."""
-    history, planned = ArrivalHistory(), []
+    rate the one before it: no trend, only the history (kept in `history` where given)."""
+    history, planned = history if history is not None else ArrivalHistory(), []
     for cycle, rate in enumerate(rates):
         previous = rates[cycle - 1] if cycle else rate
         planned.append(
@@ -237,3 +238,77 @@ def test_short_window_noise_does_not_hold_a_rise_back():
     noise = Z * math.sqrt(35.0 / RECENT)
     held = rate_now(forecast, 34.5, 35.0 - noise / 2, recent_s=RECENT, window_s=WINDOW, z=Z, last_recent=34.0, since_last_s=30.0)
     assert held == forecast
+
+
+def retained(levels: list[tuple[float, float]], goal: float = 0.95) -> float:
+    """retained_rate at the end of `levels` ((seconds, req/s) held in turn), one cycle a period."""
+    rates, now = [], 0.0
+    for seconds, rate in levels:
+        for _ in range(int(seconds // PERIOD)):
+            rates.append((now, rate))
+            now += PERIOD
+    return retained_rate(
+        rates, rates[-1][0], period_s=PERIOD, horizon_s=HORIZON, window_s=WINDOW, z=Z, goal=goal, settings=GuardSettings()
+    )
+
+
+def test_rises_that_recur_beyond_the_hpa_window_keep_the_peak_between_them():
+    """Bursts to 40 req/s for two minutes, from 10, every 10 minutes: the HPA's 300 s window
+    has released the burst's replicas before the next, and each burst would queue a horizon's
+    arrivals (40 x 120 s, 14% of the ~16 req/s of each 10 minutes) behind a fleet sized for
+    10, where the goal allows 5%. After three of them, the planner keeps the peak past each
+    burst long enough that, with the HPA's window after its last decision, the replicas last
+    until the next: the HPA's window extended to the time between rises."""
+    burst = [(480.0, 10.0), (120.0, 40.0)]
+    assert retained(burst * 3 + [(210.0, 10.0)]) == pytest.approx(40.0)
+    assert retained(burst * 3 + [(420.0, 10.0)]) == pytest.approx(10.0)  # the HPA's window holds the rest
+    # the same bursts under a goal that allows half the requests to miss: the 47% a horizon
+    # of each burst exposes is within it, no hold
+    assert retained(burst * 3 + [(210.0, 10.0)], goal=0.5) == 0.0
+
+
+def test_no_hold_where_the_hpa_window_already_spans_the_gaps_or_rises_do_not_recur():
+    # the 2.5-minute square wave: the HPA's window holds the peak through each trough
+    assert retained([(150.0, 40.0), (150.0, 10.0)] * 8) == 0.0
+    # a flash crowd: one rise to a level never seen before, which no hold avoids
+    assert retained([(1200.0, 10.0), (600.0, 40.0), (900.0, 10.0)]) == 0.0
+    # steady arrivals, with Poisson noise in each window's rate
+    noise = np.random.default_rng(7).poisson(10.0 * WINDOW, 120) / WINDOW
+    assert retained([(PERIOD, float(rate)) for rate in noise]) == 0.0
+    assert retained([(PERIOD, 10.0)] * 2) == 0.0  # too little to judge by
+
+
+def test_between_recurring_bursts_what_serves_is_kept_for_the_burst():
+    """Through planned_rate: 210 s into the trough after the third burst, the cycle's sample
+    carries the burst's rate to keep what serves for (planner._held); the rate planned is the
+    lookback's alone. One rise only: nothing kept."""
+
+    def last_sample(rates: list[float]) -> Sample:
+        history = ArrivalHistory()
+        plan_rates(rates, history=history)
+        return history.samples[-1]
+
+    burst = [10.0] * 16 + [40.0] * 4
+    assert last_sample(burst * 3 + [10.0] * 7).retained == pytest.approx(40.0)
+    assert plan_rates(burst * 3 + [10.0] * 7)[-1] < 25.0  # the lookback's margin after a fall
+    assert last_sample([10.0] * 40 + [40.0] * 20 + [10.0] * 7).retained == 0.0
+
+
+def test_a_hold_between_rises_keeps_what_serves_and_never_adds():
+    """210 s into a trough of 2 req/s after an hour of bursts to 6 every 10 minutes: the
+    planner keeps what serves up to the count for the burst (a scale-down hold, as the HPA's
+    window), and never starts a replica for it."""
+
+    def decided(serving: int, bursts: bool):
+        last = LastDecision("H100", serving, 64, 300.0, 30.0, 2.0, 150.0, decided_at=970.0, avg_in_tokens=512, avg_out_tokens=256)
+        state = PlannerState()
+        if bursts:
+            history = state.arrivals.setdefault(("prod", "chat"), ArrivalHistory())
+            levels = ([2.0] * 16 + [6.0] * 4) * 5 + [2.0] * 6
+            for cycle, rate in enumerate(levels):
+                history.remember(1000.0 - PERIOD * (len(levels) - cycle), rate, GuardSettings().rise_memory_s)
+        return plan_one(service(last=last), obs=observed(2.0), state=state, now=1000.0).decision
+
+    free, held = decided(8, bursts=False), decided(8, bursts=True)
+    assert free.replicas < held.replicas == min(8, math.ceil(6.0 / held.replica_capacity))
+    assert decided(1, bursts=True).replicas == decided(1, bursts=False).replicas  # never adds

@@ -9,11 +9,11 @@ from collections.abc import Iterable
 from ..kserve import GPU_PRODUCT_LABEL, GPU_RESOURCE, MANAGED_BY
 from ..optimizer.domain import ServiceTarget
 from ..proto import decisions_pb2 as pb
+from ..policy.guards import SCALE_DOWN_WINDOW_S
 from ..policy.planner import Plan
 
 CONDITION_TYPE = "AutoscalerDecision"
 DESIRED_REPLICAS = "desired_replicas"
-SCALE_DOWN_WINDOW_S = 300  # as the HPA's default: a decision's dip does not drop replicas at once
 
 
 def decision_message(plan: Plan, slo: ServiceTarget, revision: str = "", replicas: int | None = None) -> pb.Decision:

@@ -48,10 +48,19 @@ of every cold start evaluated (60-240 s), and on top of it the plan keeps a marg
 large fall for the lookback (above). A window that expires while the load rises again would
 release replicas just as they are needed (the mean lags the rise): while the rate rises beyond
 noise, the planner keeps what serves up to the count for the most the rate may be now
-(present_bound; planner._held_on_rise). Measured, a shorter HPA window (the cold start itself)
+(present_bound; planner._held). Measured, a shorter HPA window (the cold start itself)
 lost 6-11 points of attainment on the 5-minute square wave and MMPP (60 s cold start) for
 16-19% fewer GPU-hours, below static provisioning's frontier. With a startup beyond 300 s the
 HPA's window would be the shorter, and the ski-rental rule would want it raised (not done).
+
+Rises that recur (retained_rate): where the load comes back to a level the HPA's window has
+already released (an MMPP's random rises, bursts minutes apart), each rise queues a horizon's
+arrivals behind the fleet left. Replaying the rates of the last hour, the planner finds how
+much the HPA's window alone exposes to misses that way, and where that is more than the goal
+allows (1 - goal of the requests) and a longer hold would avoid it, it keeps the most rate of
+the shortest span that brings the exposure within the allowance (or as low as any span does):
+the scale-down window extended to the time between rises, learned per ISVC. A first rise to a
+level never seen (a flash crowd) is avoided by no hold, and earns none.
 
 The lookback is the horizon plus a window at either end (H + 2 window_s): the swings a
 decision's replicas must meet are those that fit within a horizon, and seeing one whole takes
@@ -67,8 +76,15 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, field
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
 from statistics import NormalDist
+
+import numpy as np
+
+# the HPA's scale-down stabilisation the controller writes (manifests): a decision's dip does
+# not drop replicas at once, the Kubernetes default
+SCALE_DOWN_WINDOW_S = 300
 
 
 @dataclass(frozen=True)
@@ -76,6 +92,10 @@ class GuardSettings:
     batch_change_threshold: float = 0.5  # a batch-size change alone must move it by more than this share
     max_trend_factor: float = 2.0  # never plan for more than twice the measured rate
     backlog_drain_s: float = 60.0  # requests queued beyond the running batches are served within this
+    # a count asked for is held that long by the HPA without the planner's help
+    scale_down_window_s: float = SCALE_DOWN_WINDOW_S
+    # how far back the rates are kept to judge whether rises recur (retained_rate): an hour
+    rise_memory_s: float = 3600.0
 
 
 @dataclass(frozen=True)
@@ -87,6 +107,7 @@ class Sample:
     in_system: float  # requests running + waiting
     present: float = 0.0  # the most the rate may be now, given the window's rise (present_bound)
     recent: float | None = None  # the rate over the window's last period (None: not measured)
+    retained: float = 0.0  # the rate to keep what serves for between rises that recur (retained_rate)
 
 
 @dataclass
@@ -95,11 +116,18 @@ class ArrivalHistory:
     ceiling and the queue signal are measured from."""
 
     samples: deque[Sample] = field(default_factory=deque)
+    # (time, rate) of the cycles within the rise memory: whether rises recur (retained_rate)
+    rates: deque[tuple[float, float]] = field(default_factory=deque)
 
     def record(self, sample: Sample, lookback_s: float) -> None:
         self.samples.append(sample)
         while self.samples[0].time < sample.time - lookback_s:
             self.samples.popleft()
+
+    def remember(self, now: float, rate: float, memory_s: float) -> None:
+        self.rates.append((now, rate))
+        while self.rates[0][0] < now - memory_s:
+            self.rates.popleft()
 
 
 def z_score(goal: float) -> float:
@@ -228,7 +256,71 @@ def planned_rate(
     rates = [s.rate for s in history.samples]
     quantile = forecast + z * math.sqrt(dispersion(rates, window_s) * forecast / horizon)
     peak = max(max(rates), forecast)
-    return min(quantile, peak + z * math.sqrt(peak / horizon)) + max(backlog, 0.0) / settings.backlog_drain_s
+    planned = min(quantile, peak + z * math.sqrt(peak / horizon))
+    history.remember(now, rate, settings.rise_memory_s)
+    if max(r for _, r in history.rates) > planned:  # else nothing a hold could keep
+        retained = retained_rate(
+            history.rates, now, period_s=period_s, horizon_s=horizon, window_s=window_s, z=z, goal=goal, settings=settings
+        )
+        history.samples[-1] = replace(history.samples[-1], retained=retained)
+    return planned + max(backlog, 0.0) / settings.backlog_drain_s
+
+
+def retained_rate(
+    rates: Iterable[tuple[float, float]],
+    now: float,
+    *,
+    period_s: float,
+    horizon_s: float,
+    window_s: float,
+    z: float,
+    goal: float,
+    settings: GuardSettings,
+) -> float:
+    """The rate to keep replicas for between rises that recur (0: none), learned from the
+    (time, rate) of the cycles within the rise memory.
+
+    A fleet that keeps what the rates of the last `span` seconds needed serves a rise at once
+    where the rise comes back to a level within that span; else the replicas it needs serve a
+    horizon later, and what arrives until then queues behind the fleet: all of it is exposed
+    to misses. Replayed over the memory (a cycle's rate exposed where it exceeds every rate
+    between `span` and a horizon before it by more than z Poisson deviations of their
+    difference), the exposure falls as the span grows. The HPA holds its scale-down window
+    already; where that leaves more exposed than the goal allows ((1 - goal) of the memory's
+    requests), the planner keeps the rates of the shortest span that exposes no more than the
+    goal allows or than the longest span does (a first rise, to a level never seen, no hold
+    avoids: a flash crowd): the HPA's window, extended to the time between rises, learned. The
+    rate kept is the most measured within that span (the HPA's window does the rest); what
+    serves is kept up to the count for it (planner._held), never added to: a scale-down hold."""
+    if not rates:
+        return 0.0
+    t, r = (np.array(column, dtype=float) for column in zip(*rates, strict=True))
+    held = settings.scale_down_window_s
+    if r.size < 3 or t[-1] - t[0] <= held:
+        return 0.0  # nothing to judge yet
+    lag = t[:, None] - t[None, :]
+    serving = lag >= horizon_s  # what was asked for that long ago serves by now
+    judged = serving.any(axis=1)  # the memory's first cycles have nothing before them to judge by
+    weight = np.diff(t, append=t[-1] + period_s)  # the seconds each cycle's rate stands for
+    budget = (1.0 - goal) * float(r @ weight)
+
+    def exposed(span: float) -> float:
+        kept = np.where(serving & (lag <= span), r[None, :], -np.inf).max(axis=1)
+        kept = np.where(judged, np.maximum(kept, 0.0), np.inf)
+        beyond = r - kept > z * np.sqrt((r + np.minimum(kept, r)) / window_s)
+        return float(r[beyond] @ weight[beyond])
+
+    if (reactive := exposed(held)) <= budget:
+        return 0.0
+    spans = held + period_s * np.arange(math.ceil((t[-1] - t[0] - held) / period_s) + 1)
+    allowed = max(exposed(float(spans[-1])), budget)
+    if reactive <= allowed:
+        return 0.0
+    low, high = 0, spans.size - 1  # exposed(spans[high]) <= allowed < exposed(spans[low])
+    while high - low > 1:
+        middle = (low + high) // 2
+        low, high = (low, middle) if exposed(float(spans[middle])) <= allowed else (middle, high)
+    return float(r[t >= now - (spans[high] - held)].max())
 
 
 def queue_building(history: ArrivalHistory, in_system: float, now: float, goal: float) -> bool:

@@ -12,7 +12,7 @@ Rules on top of the optimizer, each for a failure seen in practice:
   serve (the rate now, measured burstiness, at most the recent peak), queued requests count as
   load (guards.py); requests building up between cycles ask for a cycle early (early_cycle);
   while the rate rises beyond noise, no replica the load may need now is released
-  (_held_on_rise);
+  (_held);
 - the GPU type and batch size change only where the ISVC allows spec changes, only when the
   change is large enough (guards.wants_new_revision), not more often than once per
   `spec_change_interval_s` (the dwell: at most 3600 / 600 = 6 changes per ISVC per hour by
@@ -89,8 +89,9 @@ class PlannerState:
     (ttft_scale and itl_scale carry it) and relearns the work scales; it loses the arrival
     history, degraded but safe: until it fills a lookback again the arrivals count as Poisson (no
     headroom for burstiness, no earlier peak held: the HPA's scale-down stabilisation still holds
-    the replicas), the first trend is measured between the collector's two windows, and no queue
-    signal is seen before the first cycle."""
+    the replicas), the first trend is measured between the collector's two windows, no queue
+    signal is seen before the first cycle, and no hold between rises that recur is kept until
+    they have recurred again (guards.retained_rate)."""
 
     learned: sizing.Learned = field(default_factory=sizing.Learned)
     arrivals: dict[Key, ArrivalHistory] = field(default_factory=dict)
@@ -314,7 +315,7 @@ def plan(
         alloc, per_replica, work, costs = sized[service.key]
         rolled = service.key in roll_outs
         if not rolled:
-            alloc = _held_on_rise(state, service, alloc, per_replica)
+            alloc = _held(state, service, alloc, per_replica)
         last = service.last
         decision = LastDecision(
             accelerator=alloc.accelerator,
@@ -450,21 +451,24 @@ def _model_replicas(
     return counts
 
 
-def _held_on_rise(state: PlannerState, service: ManagedService, alloc: Allocation, per_replica: float) -> Allocation:
+def _held(state: PlannerState, service: ManagedService, alloc: Allocation, per_replica: float) -> Allocation:
     """No replica released that the load may need now while it rises beyond noise: the window's
     mean then lags the load (a step shows in full only a window later), so a count sized for it
     may be below what the load needs already, and releasing a replica now costs a cold start to
     undo. What serves is kept up to the count for the most the rate may be now
-    (guards.present_bound); a new GPU type or batch size is left as the optimizer sized it."""
+    (guards.present_bound), or for the rate kept between rises that recur
+    (guards.retained_rate), whichever is more; a new GPU type or batch size is left as the
+    optimizer sized it."""
     history = state.arrivals.get((service.namespace, service.name))
     last = service.last
     if not history or last is None or (alloc.accelerator, alloc.max_batch) != (last.accelerator, last.max_batch):
         return alloc
     sample = history.samples[-1]
-    if sample.present <= sample.rate or per_replica <= 0 or alloc.num_replicas <= 0:
+    kept = max(sample.present if sample.present > sample.rate else 0.0, sample.retained)
+    if kept <= 0 or per_replica <= 0 or alloc.num_replicas <= 0:
         return alloc
     serving = state.learned.serving.get(service.key, (0, 0.0))[0]
-    held = min(serving, sizing.replicas_for(sample.present, per_replica), service.max_replicas)
+    held = min(serving, sizing.replicas_for(kept, per_replica), service.max_replicas)
     if held <= alloc.num_replicas:
         return alloc
     return replace(alloc, num_replicas=held, cost=alloc.cost * held / alloc.num_replicas)
