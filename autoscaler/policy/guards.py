@@ -43,8 +43,8 @@ goal) of the mean load over that horizon, from what was measured, with no tuned 
 On the way down (ski rental): a replica released and needed again costs a cold start (startup_s
 of GPU time before it serves, and misses meanwhile), so a surplus should be released only once
 it has lasted about that long. The HPA the controller writes already does: it scales down only
-to the highest count of its last 300 s (manifests.SCALE_DOWN_WINDOW_S), longer than the startup
-of every cold start evaluated (60-240 s), and on top of it the plan keeps a margin after a
+to the highest count of its last 300 s (SCALE_DOWN_WINDOW_S; one window while a model with no
+profile is identified, planner._identifying), longer than the startup of every cold start evaluated (60-240 s), and on top of it the plan keeps a margin after a
 large fall for the lookback (above). A window that expires while the load rises again would
 release replicas just as they are needed (the mean lags the rise): while the rate rises beyond
 noise, the planner keeps what serves up to the count for the most the rate may be now

@@ -68,7 +68,7 @@ class Plan:
     roll_out: bool = False  # apply a new GPU type / batch size to the spec (a new revision)
     reason: str = ""
     # the HPA's scale-down stabilisation to write, in seconds: None for its default
-    # (manifests.SCALE_DOWN_WINDOW_S); one collector window while the step costs of the model
+    # (guards.SCALE_DOWN_WINDOW_S); one collector window while the step costs of the model
     # with no profile it runs are still being identified (_identifying)
     scale_down_s: int | None = None
 
