@@ -302,25 +302,26 @@ def retained_rate(
     lag = t[:, None] - t[None, :]
     serving = lag >= horizon_s  # what was asked for that long ago serves by now
     judged = serving.any(axis=1)  # the memory's first cycles have nothing before them to judge by
-    weight = np.diff(t, append=t[-1] + period_s)  # the seconds each cycle's rate stands for
-    budget = (1.0 - goal) * float(r @ weight)
+    requests = r * np.diff(t, append=t[-1] + period_s)  # each cycle's rate over the seconds it stands for
+    budget = (1.0 - goal) * float(requests.sum())
 
-    def exposed(span: float) -> float:
-        kept = np.where(serving & (lag <= span), r[None, :], -np.inf).max(axis=1)
-        kept = np.where(judged, np.maximum(kept, 0.0), np.inf)
-        beyond = r - kept > z * np.sqrt((r + np.minimum(kept, r)) / window_s)
-        return float(r[beyond] @ weight[beyond])
-
-    if (reactive := exposed(held)) <= budget:
-        return 0.0
+    # A cycle's rate r is beyond a rate kept k by noise where r - k > z sqrt((r + k) / window_s),
+    # i.e. below r less the positive root d of window_s d^2 + z^2 d - 2 z^2 r: a hold keeps
+    # enough for it once its span reaches the newest rate served (a horizon or more before it)
+    # at least that high; where even no rate kept leaves it within noise it is never exposed
+    zz = z * z
+    enough = r - (np.sqrt(zz * zz + 8.0 * window_s * zz * r) - zz) / (2.0 * window_s)
+    covers = np.where(serving & (r[None, :] >= enough[:, None]), lag, np.inf).min(axis=1)
+    exposable = judged & (enough > 0.0)
+    order = np.argsort(covers[exposable])
+    covers, exposure = covers[exposable][order], requests[exposable][order]
+    beyond_total = np.concatenate(([0.0], np.cumsum(exposure[::-1])))[::-1]  # [k]: exposure of covers[k:]
     spans = held + period_s * np.arange(math.ceil((t[-1] - t[0] - held) / period_s) + 1)
-    allowed = max(exposed(float(spans[-1])), budget)
-    if reactive <= allowed:
+    exposures = beyond_total[np.searchsorted(covers, spans, side="right")]  # falls as the span grows
+    allowed = max(float(exposures[-1]), budget)
+    if exposures[0] <= allowed:  # the HPA's window alone is within the goal's allowance, or no span does better
         return 0.0
-    low, high = 0, spans.size - 1  # exposed(spans[high]) <= allowed < exposed(spans[low])
-    while high - low > 1:
-        middle = (low + high) // 2
-        low, high = (low, middle) if exposed(float(spans[middle])) <= allowed else (middle, high)
+    high = int(np.argmax(exposures <= allowed))  # the shortest span within the allowance
     return float(r[t >= now - (spans[high] - held)].max())
 
 
