@@ -186,25 +186,35 @@ def _step_excess(decodes: np.ndarray | float, count: np.ndarray | float, prompt:
     (tokens P) is E[(P - k)+] past the knee, k = knee - decodes; per prompt, over `count`
     (a lone prompt's m e^(-k / m) as `count` goes to 0). A sum of n prompts is Gamma(n, m):
     E[(G - k)+] = n m Q(n + 1, k / m) - k Q(n, k / m), Q(n, z) = P(Poisson(z) < n), summed over
-    n term by term. Past the knee with decodes alone every prompt token counts: m."""
+    n term by term below EXACT_COUNT prompts; from there on P is near normal (mean mu m,
+    variance 2 mu m^2): E[(P - k)+] = (mean - k) Phi(x) + sd phi(x), x = (mean - k) / sd. Past
+    the knee with decodes alone every prompt token counts: m."""
     shape = np.broadcast_shapes(np.shape(decodes), np.shape(count), np.shape(prompt), np.shape(knee))
     m = np.broadcast_to(np.maximum(prompt, 1e-9), shape)
     k = np.broadcast_to(np.maximum(knee - decodes, 0.0), shape)
     mu = np.broadcast_to(np.maximum(count, 1e-12), shape)
-    z = k / m
-    count_pmf = np.exp(-mu)  # P(N = n), from n = 0
+    small = mu < EXACT_COUNT
+    ms, ks, mus = np.where(small, m, 1.0), np.where(small, k, 0.0), np.where(small, mu, 1.0)
+    z = ks / ms
+    count_pmf = np.exp(-mus)  # P(N = n), from n = 0
     term = np.exp(-z)  # e^-z z^n / n!
     below = np.zeros(shape)  # Q(n, z)
     past = np.zeros(shape)
     for n in range(EXACT_TERMS + 1):
+        # each point stops at its own negligible term (past its Poisson's mode), so a point's
+        # sum does not depend on the others in its block
+        summed = (n <= mus) | (count_pmf >= 1e-12)
+        if not summed.any():
+            break
         above = below + term  # Q(n + 1, z)
-        past += count_pmf * (n * m * above - k * below)
-        count_pmf = count_pmf * mu / (n + 1)
+        past += np.where(summed, count_pmf * (n * ms * above - ks * below), 0.0)
+        count_pmf = count_pmf * mus / (n + 1)
         term = term * z / (n + 1)
         below = above
-        if n % 8 == 7 and count_pmf.max() < 1e-12:
-            break  # the rest of the Poisson's mass is negligible
-    return np.where(k > 0.0, past / mu, m)
+    mean, sd = mu * m, np.sqrt(2.0 * mu) * m
+    x = (mean - k) / sd
+    normal = (mean - k) * _normal_cdf(x) + sd * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
+    return np.where(k > 0.0, np.where(small, past, normal) / mu, m)
 
 
 def _erlang_c(seats: np.ndarray, offered: np.ndarray) -> np.ndarray:
@@ -484,7 +494,8 @@ def _predict_block(rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_s
     _, _, lam, step, batch = mean_step(rows.prefill_work)
     with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # rows without excess are taken as they are
         lone = prompt * np.exp(-rows.knee / prompt)  # _step_excess with nothing beside (_prompt_excess)
-        ratio = np.where(rows.excess > 0.0, _step_excess(batch, lam * step, prompt, rows.knee) / lone, 1.0)
+        # never below a lone prompt's (what shares the step only brings the knee closer)
+        ratio = np.where(rows.excess > 0.0, np.maximum(_step_excess(batch, lam * step, prompt, rows.knee) / lone, 1.0), 1.0)
     prefill_work = rows.prefill_work + rows.excess * (ratio - 1.0)
     rho, stable, lam, step, batch = mean_step(prefill_work)
     seats = rows.seats
