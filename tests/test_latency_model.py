@@ -15,7 +15,7 @@ import pytest
 
 from autoscaler.optimizer.domain import Catalog, IterationParams, PrefillLine, ServiceTarget
 from autoscaler.optimizer.loader import load_system
-from autoscaler.policy.latency import EngineCosts, Replica, Shape, capacity, identify_work_scale, predict, saturating_rate
+from autoscaler.policy.latency import Replica, Shape, capacity, identify_work_scale, predict, saturating_rate
 from autoscaler.policy.observation import Observation
 from autoscaler.policy.sizing import Deployment, Estimate, Learned, learn, replica
 from autoscaler.simulator.runner import RunSettings, run_policy
@@ -432,28 +432,3 @@ def test_prompts_of_no_tokens_add_no_work_and_no_division_by_zero():
         warnings.simplefilter("error")
         found = _compound_poisson_cdf(np.array([0.0, 5.0, 100.0]), np.array([2.0, 20.0, 3.0]), np.array([0.0, 0.0, 10.0]))
     assert found[:2].tolist() == [1.0, 1.0] and 0.9 < found[2] < 1.0
-
-
-def test_the_roofline_is_a_steps_prompts_sharing_it_pass_the_knee_together():
-    """vLLM runs the running decodes and every prompt that arrived during the step before in one
-    step, and the prefill line is a step's cost: prompts below the knee alone pass it together
-    with what shares their step. The mean step the model predicts is, by work conservation,
-    its fixed cost plus its decodes' and prompts' linear work plus the roofline's excess per step,
-    which a Monte Carlo of that step (the model's own batch beside a Poisson count of the
-    exponential prompts that arrive in a mean step) gives; charged as lone prompts' it was 0.14 ms
-    a step against the Monte Carlo's 0.32 (300-token prompts, 100-token outputs, 60 req/s)."""
-    params, line = IterationParams(6.76, 0.018, 3.5e-5), PrefillLine(4.29, 0.0221)
-    no_cpu = EngineCosts(0.0, 0.0, 0.0, 0.0)
-    replica = Replica(params, 256, 400_000, 8192, costs=no_cpu, prefill=line)
-    shape, rate = Shape(300.0, 100.0), 60.0
-    p = predict(replica, shape, rate, 1000.0, 30.0)
-    lam = rate / 1000.0
-    per_decode = params.beta + params.gamma * (shape.in_tokens + shape.out_tokens)
-    linear = lam * (per_decode * (shape.out_tokens - 1.0) + (params.beta + params.gamma) * shape.in_tokens)
-    excess_per_step = p.step_ms * (1.0 - linear) - params.alpha
-    rng = np.random.default_rng(5)
-    counts = rng.poisson(lam * p.step_ms, 400_000)
-    tokens = rng.gamma(np.maximum(counts, 1), shape.in_tokens) * (counts > 0)
-    knee = (params.alpha - line.gamma) / (line.delta - params.beta)
-    sampled = (line.delta - params.beta) * np.mean(np.maximum(p.batch + tokens - knee, 0.0) - max(p.batch - knee, 0.0))
-    assert excess_per_step == pytest.approx(sampled, rel=0.05)

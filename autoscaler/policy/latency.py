@@ -7,8 +7,7 @@ model predicts the share of requests within both SLOs at a Poisson arrival rate:
 
 - A step takes the longer of its GPU time, `alpha + beta * tokens + gamma * KV read` (the
   profile's perfParms; where the profile has a measured prefill line beside them, the longer of
-  the two lines, a roofline that is the step's, passed by its decodes and prompts together:
-  _prompt_excess, _step_excess), and the engine's CPU time for it, per step, per sequence in the step and
+  the two lines: _prompt_excess), and the engine's CPU time for it, per step, per sequence in the step and
   per new request (`EngineCosts`): vLLM processes a step's outputs while the next step runs
   (V1's asynchronous scheduling, V0's asynchronous output processing; ../shared/VLLM.md), as
   the simulator's server steps. Each side is a step of the same form (a fixed cost, a cost per
@@ -180,43 +179,6 @@ def _compound_poisson_cdf(x: np.ndarray, mean_count: np.ndarray, mean_size: np.n
     return np.clip(result, 0.0, 1.0).reshape(shape)
 
 
-def _step_excess(decodes: np.ndarray | float, count: np.ndarray | float, prompt: np.ndarray, knee: np.ndarray) -> np.ndarray:
-    """Mean tokens per prompt past a step's knee, beyond those of its decodes alone: a step of
-    `decodes` decodes and a Poisson(`count`) number of exponential prompts of mean `prompt`
-    (tokens P) is E[(P - k)+] past the knee, k = knee - decodes; per prompt, over `count`
-    (a lone prompt's m e^(-k / m) as `count` goes to 0). A sum of n prompts is Gamma(n, m):
-    E[(G - k)+] = n m Q(n + 1, k / m) - k Q(n, k / m), Q(n, z) = P(Poisson(z) < n), summed over
-    n term by term below EXACT_COUNT prompts; from there on P is near normal (mean mu m,
-    variance 2 mu m^2): E[(P - k)+] = (mean - k) Phi(x) + sd phi(x), x = (mean - k) / sd. Past
-    the knee with decodes alone every prompt token counts: m."""
-    shape = np.broadcast_shapes(np.shape(decodes), np.shape(count), np.shape(prompt), np.shape(knee))
-    m = np.broadcast_to(np.maximum(prompt, 1e-9), shape)
-    k = np.broadcast_to(np.maximum(knee - decodes, 0.0), shape)
-    mu = np.broadcast_to(np.maximum(count, 1e-12), shape)
-    small = mu < EXACT_COUNT
-    ms, ks, mus = np.where(small, m, 1.0), np.where(small, k, 0.0), np.where(small, mu, 1.0)
-    z = ks / ms
-    count_pmf = np.exp(-mus)  # P(N = n), from n = 0
-    term = np.exp(-z)  # e^-z z^n / n!
-    below = np.zeros(shape)  # Q(n, z)
-    past = np.zeros(shape)
-    for n in range(EXACT_TERMS + 1):
-        # each point stops at its own negligible term (past its Poisson's mode), so a point's
-        # sum does not depend on the others in its block
-        summed = (n <= mus) | (count_pmf >= 1e-12)
-        if not summed.any():
-            break
-        above = below + term  # Q(n + 1, z)
-        past += np.where(summed, count_pmf * (n * ms * above - ks * below), 0.0)
-        count_pmf = count_pmf * mus / (n + 1)
-        term = term * z / (n + 1)
-        below = above
-    mean, sd = mu * m, np.sqrt(2.0 * mu) * m
-    x = (mean - k) / sd
-    normal = (mean - k) * _normal_cdf(x) + sd * np.exp(-0.5 * x * x) / math.sqrt(2.0 * math.pi)
-    return np.where(k > 0.0, np.where(small, past, normal) / mu, m)
-
-
 def _erlang_c(seats: np.ndarray, offered: np.ndarray) -> np.ndarray:
     """Probability an arrival waits with `seats` servers at `offered` Erlangs (each < its seats),
     elementwise. Erlang B is a Poisson(offered) pmf at `seats` over its cdf there: summed in log
@@ -234,51 +196,41 @@ def _erlang_c(seats: np.ndarray, offered: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class _Side:
     """One side of a step (module doc): its fixed cost, each decode's, each new request's
-    once (ms), and the KV read per token of context that makes a decode's cost vary; of the
-    request's cost, the roofline's excess with no decodes beside its prompt (_prompt_excess)."""
+    once (ms), and the KV read per token of context that makes a decode's cost vary."""
 
     fixed: float
     per_decode: float
     per_request: float
     kv_read: float
-    excess: float = 0.0
 
     def work(self, shape: Shape) -> float:
         """ms one request adds beyond the steps' fixed cost."""
         return self.per_decode * (max(shape.out_tokens, 1.0) - 1.0) + self.per_request
 
 
-def _knee(params: IterationParams, line: PrefillLine | None) -> float:
-    """Tokens in a step past which the measured prefill line is the longer (the roofline's
-    crossing); 0 where the lines make no roofline: a prefill line above the decode steps' at no
-    tokens (small prefills launch-bound, not compute-bound) or no steeper than it."""
-    if line is None:
-        return 0.0
-    steeper, below = line.delta - params.beta, params.alpha - line.gamma
-    return below / steeper if steeper > 0.0 and below > 0.0 else 0.0
-
-
 def _prompt_excess(params: IterationParams, line: PrefillLine | None, prompt: float) -> float:
     """Mean ms a prompt costs beyond the perfParms line, its step being the longer of that line
     and the measured prefill line (a roofline: decode steps are memory-bound, prefills of more
     than a few hundred tokens compute-bound, where one beta fitted to both underrates them).
-    Past the lines' crossing (the knee) a step of t tokens costs (delta - beta) (t - knee)
-    more; a prompt alone in its step, averaged over exponential prompts (module doc) of mean m:
-    (delta - beta) m e^(-knee / m). The decodes beside it in the step bring the knee closer
-    (_predict_block)."""
-    knee = _knee(params, line)
-    if knee <= 0.0 or prompt <= 0.0:
+    Past the lines' crossing a prompt of t tokens costs (delta - beta) t - (alpha - gamma) more;
+    averaged over exponential prompts (module doc) of mean m: (delta - beta) m e^(-knee / m).
+    The decodes beside the prompt are left out (tens of tokens against its hundreds). No excess
+    where the lines make no roofline: a prefill line above the decode steps' at no tokens (small
+    prefills launch-bound, not compute-bound) or no steeper than it."""
+    if line is None or prompt <= 0.0:
         return 0.0
-    return (line.delta - params.beta) * prompt * math.exp(-knee / prompt)
+    steeper, below = line.delta - params.beta, params.alpha - line.gamma
+    if steeper <= 0.0 or below <= 0.0:
+        return 0.0
+    return steeper * prompt * math.exp(-below / (steeper * prompt))
 
 
 def _gpu(replica: Replica, shape: Shape) -> _Side:
     # a running request is length-biased: geometric outputs leave it about `out` tokens in
     p, w = replica.params, replica.work_scale
     prompt, out = max(shape.in_tokens, 0.0), max(shape.out_tokens, 1.0)
-    excess = _prompt_excess(p, replica.prefill, prompt)
-    per_request = (p.beta + p.gamma) * prompt + excess
-    return _Side(p.alpha, w * (p.beta + p.gamma * (prompt + out)), w * per_request, p.gamma, w * excess)
+    per_request = (p.beta + p.gamma) * prompt + _prompt_excess(p, replica.prefill, prompt)
+    return _Side(p.alpha, w * (p.beta + p.gamma * (prompt + out)), w * per_request, p.gamma)
 
 
 def _cpu(replica: Replica) -> _Side:
@@ -360,19 +312,16 @@ class Rows:
     u: np.ndarray  # work per decode per step (ms)
     prefill_work: np.ndarray  # work per request, once (ms)
     gamma: np.ndarray  # cost per token of context read (ms; the GPU side's)
-    excess: np.ndarray  # of prefill_work, the roofline's excess with no decodes beside (ms)
     frontend_ms: np.ndarray
     prompt: np.ndarray
     out: np.ndarray
     seats: np.ndarray  # int: the batch or the KV limit, whichever binds
     token_budget: np.ndarray
-    knee: np.ndarray  # tokens in a step past which prefill tokens cost the steeper line (0: no roofline)
     two: np.ndarray  # bool: the other side may set the step too
     other_base: np.ndarray
     other_u: np.ndarray
     other_prefill_work: np.ndarray
     other_gamma: np.ndarray
-    other_excess: np.ndarray
 
     @classmethod
     def of(cls, pairs: Sequence[tuple[Replica, Shape]]) -> Rows:
@@ -391,14 +340,7 @@ class Rows:
         return 1000.0 / np.maximum(work, 1e-9)
 
     def other_side(self) -> Rows:
-        return replace(
-            self,
-            base=self.other_base,
-            u=self.other_u,
-            prefill_work=self.other_prefill_work,
-            gamma=self.other_gamma,
-            excess=self.other_excess,
-        )
+        return replace(self, base=self.other_base, u=self.other_u, prefill_work=self.other_prefill_work, gamma=self.other_gamma)
 
 
 def _row(replica: Replica, shape: Shape) -> tuple:
@@ -410,10 +352,9 @@ def _row(replica: Replica, shape: Shape) -> tuple:
     sides = _sides(replica, shape)
     first, other = sides[0], sides[-1]
     return (
-        *(first.fixed, first.per_decode, first.per_request, first.kv_read, first.excess),
-        *(replica.costs.frontend_ms, prompt, out, seats, replica.token_budget),
-        *(_knee(replica.params, replica.prefill), len(sides) == 2),
-        *(other.fixed, other.per_decode, other.per_request, other.kv_read, other.excess),
+        *(first.fixed, first.per_decode, first.per_request, first.kv_read),
+        *(replica.costs.frontend_ms, prompt, out, seats, replica.token_budget, len(sides) == 2),
+        *(other.fixed, other.per_decode, other.per_request, other.kv_read),
     )
 
 
@@ -475,29 +416,13 @@ def _predict_blocks(rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_
 
 def _predict_block(rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_slo_ms: np.ndarray, mode: str) -> Predictions:
     """predict_points over one block: every array has a point on its leading axis."""
-    u, base, gamma, prompt, out = rows.u, rows.base, rows.gamma, rows.prompt, rows.out
+    u, prefill_work, base, gamma, prompt, out = rows.u, rows.prefill_work, rows.base, rows.gamma, rows.prompt, rows.out
     decodes = out - 1.0
-    idle = rates <= 0.0
-
-    def mean_step(prefill_work: np.ndarray) -> tuple:
-        rho = rates / 1000.0 * (u * decodes + prefill_work)
-        stable = (rho < 1.0) & (rates > 0.0)
-        lam = np.where(stable, rates, 0.0) / 1000.0  # per ms; the unstable are overwritten below
-        step = base / (1.0 - np.where(stable, rho, 0.0))
-        return rho, stable, lam, step, lam * decodes * step
-
-    # the roofline is a step's, not a prompt's: a prompt shares its step with the running
-    # decodes and with the prompts that arrived in the same step (vLLM admits all that arrived
-    # during a step in the next one, within the token budget), whose tokens bring the knee
-    # closer (_step_excess). Those are the prompts' work's own batch and step, so: the step
-    # with lone prompts' work, then the work at that step and the step again
-    _, _, lam, step, batch = mean_step(rows.prefill_work)
-    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # rows without excess are taken as they are
-        lone = prompt * np.exp(-rows.knee / prompt)  # _step_excess with nothing beside (_prompt_excess)
-        # never below a lone prompt's (what shares the step only brings the knee closer)
-        ratio = np.where(rows.excess > 0.0, np.maximum(_step_excess(batch, lam * step, prompt, rows.knee) / lone, 1.0), 1.0)
-    prefill_work = rows.prefill_work + rows.excess * (ratio - 1.0)
-    rho, stable, lam, step, batch = mean_step(prefill_work)
+    rho = rates / 1000.0 * (u * decodes + prefill_work)
+    idle, stable = rates <= 0.0, (rho < 1.0) & (rates > 0.0)
+    lam = np.where(stable, rates, 0.0) / 1000.0  # per ms; the unstable are overwritten below
+    step = base / (1.0 - np.where(stable, rho, 0.0))
+    batch = lam * decodes * step
     seats = rows.seats
     # ---- ITL: over the points, the quantiles of the decode length and of the request's own prompt
     d = _lengths(out)[:, :, None]
