@@ -131,21 +131,28 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, s
     itl = np.array([p.itl_ms for p in points])
     decodes = np.array([p.decodes for p in points])
     prompt = np.array([p.prompt_per_ms for p in points])
-    context = float(np.median([p.context for p in points]))
+    contexts = np.array([p.context for p in points])
+    context = float(np.median(contexts))
     prefills = _lightest_prefills(points, decodes)
     if prefills and len(points) >= 3 and np.ptp(decodes) >= SPREAD * decodes.max():
         c = float(np.median(prefills))
-        y = itl * (1.0 - np.minimum(c * prompt, 0.9))
-        # Siegel's repeated median: each window's median slope to the others far enough apart,
-        # then the median of those (robust to nearly half the windows being outliers)
-        apart = np.abs(decodes[:, None] - decodes[None, :]) >= SPREAD / 2.0 * decodes.max()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            slopes = np.where(apart, (y[:, None] - y[None, :]) / (decodes[:, None] - decodes[None, :]), np.nan)
-        u = float(np.median([np.median(row[~np.isnan(row)]) for row in slopes if not np.isnan(row).all()]))
-        # no + 1 for the request itself: B (Little's law) counts every decoding request already,
-        # and the identity is exact with alpha x (I / mean step) in place of alpha (module doc),
-        # at least alpha: the intercept reads the fixed cost high, never low
-        alpha = float(np.median(y - u * decodes))
+        # u = beta + gamma x context = c + gamma x (context - 1), so y - c B = alpha (I / S) +
+        # gamma x B (context - 1): a line in the KV tokens the decodes read per step, at the
+        # windows' median context or at each window's own. Each one's: where the busier windows'
+        # requests are shorter (mistral-7b on the L40S under the diurnal load: 1,280 tokens at
+        # 12-16 decoding requests, 1,440-1,520 at 2-5) the median's slope is flattened (its
+        # decode cost read 16% low, the replica 8% overrated). But the context a window reports
+        # is its finished requests' mean prompt plus output, not the mean its decodes read (where
+        # short outputs come with long prompts, the long prompts are read for few steps), so each
+        # window's is noisier: the two are read and the slower decode kept, conservative by
+        # construction
+        decoding = itl * (1.0 - np.minimum(c * prompt, 0.9))  # the step less its prompts' share
+        y = decoding - c * decodes
+        alpha, gamma = max(
+            (_line(decodes * np.maximum(read - 1.0, 1.0), y) for read in (np.full_like(contexts, context), contexts)),
+            key=lambda line: line[1],
+        )
+        u = c + gamma * max(context - 1.0, 1.0)
         if u > 0.0 and alpha > 0.0:
             batch_cost = u * decodes.max()
             if batch_cost >= MIN_IDENTIFYING_LOAD * (alpha + batch_cost):
@@ -155,13 +162,28 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, s
             # load it is sized for: read the slope as the KV read alone and charge every token
             # the compute-bound cost the TTFT shows besides (a decode costs c + u: no less than
             # at any load), once the line rises across the loads by well more than a window's noise
-            if u * np.ptp(decodes) >= MIN_RISE * float(np.median(y)):
+            if u * np.ptp(decodes) >= MIN_RISE * float(np.median(decoding)):
                 return _bounded(prior, alpha, u + c, c, context), LIGHT_LOAD_LINE
     u0 = prior.beta + prior.gamma * context
     c0 = prior.beta + prior.gamma
     # within the line's floor (_bounded): outlying windows must not scale the prior to nothing
     scale = max(float(np.median(itl / (prior.alpha + u0 * decodes + itl * c0 * prompt))), FLOOR)
     return IterationParams(prior.alpha * scale, prior.beta * scale, prior.gamma * scale), SCALED_PRIOR
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(intercept, slope) of y over x by Siegel's repeated median: each point's median slope to the
+    others far enough apart, then the median of those (robust to nearly half the points being
+    outliers); the intercept the median of what the slope leaves. No slope where none are apart."""
+    apart = np.abs(x[:, None] - x[None, :]) >= SPREAD / 2.0 * x.max()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slopes = np.where(apart, (y[:, None] - y[None, :]) / (x[:, None] - x[None, :]), np.nan)
+    rows = [np.median(row[~np.isnan(row)]) for row in slopes if not np.isnan(row).all()]
+    slope = float(np.median(rows)) if rows else 0.0
+    # no + 1 for the request itself: B (Little's law) counts every decoding request already, and
+    # the identity is exact with alpha x (I / mean step) in place of alpha (module doc), at least
+    # alpha: the intercept reads the fixed cost high, never low
+    return float(np.median(y - slope * x)), slope
 
 
 def _lightest_prefills(points: list[Point], decodes: np.ndarray) -> list[float]:
