@@ -27,7 +27,8 @@ repeated median of pairwise slopes (robust to nearly half the windows being outl
 whose loads differ by SPREAD, read as it is once the busiest window's batch costs
 MIN_IDENTIFYING_LOAD of its step. Below that, a GPU's cost per token is still memory-bound and
 grows to compute-bound with the batch, so the slope alone would overrate the replica: a line
-of light loads (rising across them by MIN_RISE of the step, beyond a window's noise) is read
+of light loads (rising across them by RISE_DEVIATIONS times the windows' noise: their scatter
+about the line, once there are MIN_SCATTER_POINTS of them, else NOISE of the step) is read
 conservatively, its slope as the KV read alone and every token charged the compute-bound cost
 the TTFT shows besides (a decode costs c + u). Before the windows get there, one factor on the
 whole prior step is fitted (the median over windows of the factor that makes the prior's mean step equal
@@ -47,9 +48,12 @@ from ..optimizer.domain import IterationParams
 from .latency import MIN_IDENTIFYING_LOAD
 
 SPREAD = 0.3  # loads (decoding requests per replica) differ by this share of the largest: a slope
-# a light-load line's rise across the loads, over a window's step: a minute's mean ITL averages
-# thousands of gaps (its noise ~1%), so a rise of 5% is the line's, not the noise's
-MIN_RISE = 0.05
+# a light-load line rises across the loads by this many deviations of a window's noise: the
+# robust deviation of the windows' scatter about the line where there are enough of them to
+# measure it, else a share of the step (a minute's mean ITL averages thousands of gaps: ~1%).
+# An assumed 5% left chat-8b's line on an H100 flat (diurnal fall, seeds 2 and 3: 7 windows at
+# 1.9-6.7 decoding requests rising 0.35 ms, 4.8% of its 7.2 ms step, each within 0.02 ms of it)
+RISE_DEVIATIONS, NOISE, MIN_SCATTER_POINTS = 5.0, 0.01, 5
 SCALED_PRIOR, LIGHT_LOAD_LINE, LINE = "scaled prior", "light-load line", "line"  # how the costs were read (fit)
 MAX_POINTS = 30  # windows kept (30 minutes at a window a minute): an engine upgrade ages out
 FLOOR = 1.0 / 64.0  # a fitted cost at least this share of the prior's (and at most the prior's twice)
@@ -148,7 +152,7 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, s
         # construction
         decoding = itl * (1.0 - np.minimum(c * prompt, 0.9))  # the step less its prompts' share
         y = decoding - c * decodes
-        alpha, gamma = max(
+        alpha, gamma, scatter = max(
             (_line(decodes * np.maximum(read - 1.0, 1.0), y) for read in (np.full_like(contexts, context), contexts)),
             key=lambda line: line[1],
         )
@@ -161,8 +165,9 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, s
             # compute-bound with the batch, so the slope alone would overrate the replica at the
             # load it is sized for: read the slope as the KV read alone and charge every token
             # the compute-bound cost the TTFT shows besides (a decode costs c + u: no less than
-            # at any load), once the line rises across the loads by well more than a window's noise
-            if u * np.ptp(decodes) >= MIN_RISE * float(np.median(decoding)):
+            # at any load), once the line rises across the loads by well more than the windows' noise
+            noise = scatter if len(points) >= MIN_SCATTER_POINTS else NOISE * float(np.median(decoding))
+            if u * np.ptp(decodes) >= RISE_DEVIATIONS * noise:
                 return _bounded(prior, alpha, u + c, c, context), LIGHT_LOAD_LINE
     u0 = prior.beta + prior.gamma * context
     c0 = prior.beta + prior.gamma
@@ -171,7 +176,7 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, s
     return IterationParams(prior.alpha * scale, prior.beta * scale, prior.gamma * scale), SCALED_PRIOR
 
 
-def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     """(intercept, slope) of y over x by Siegel's repeated median: each point's median slope to the
     others far enough apart, then the median of those (robust to nearly half the points being
     outliers); the intercept the median of what the slope leaves. No slope where none are apart."""
@@ -183,7 +188,8 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
     # no + 1 for the request itself: B (Little's law) counts every decoding request already, and
     # the identity is exact with alpha x (I / mean step) in place of alpha (module doc), at least
     # alpha: the intercept reads the fixed cost high, never low
-    return float(np.median(y - slope * x)), slope
+    intercept = float(np.median(y - slope * x))
+    return intercept, slope, 1.4826 * float(np.median(np.abs(y - intercept - slope * x)))  # residuals' robust deviation
 
 
 def _lightest_prefills(points: list[Point], decodes: np.ndarray) -> list[float]:
