@@ -22,9 +22,11 @@ Each window gives a point from what vLLM exports and Prometheus keeps:
   step's wait for the running step, the prompt's steps (each a mean step), then its own
   prefill work c x prompt; read at the lightest loads, as a prompt's wait behind the others'
   chunks, more the busier the replica, reads as cost too.
-alpha and u are the line through (B, I (1 - c P)) across windows at different loads: Siegel's
-repeated median of pairwise slopes (robust to nearly half the windows being outliers) over windows
-whose loads differ by SPREAD, read as it is once the busiest window's batch costs
+alpha and u are the line through (B (context - 1), I (1 - c P) - c B) across windows at
+different loads (u = c + gamma (context - 1)), at the windows' median context and at each one's,
+the slower decode kept (fit): Siegel's repeated median of pairwise slopes (robust to nearly half
+the windows being outliers) over windows whose loads differ by SPREAD, read as it is once the
+busiest window's batch costs
 MIN_IDENTIFYING_LOAD of its step. Below that, a GPU's cost per token is still memory-bound and
 grows to compute-bound with the batch, so the slope alone would overrate the replica: a line
 of light loads (rising across them by RISE_DEVIATIONS times the windows' noise: their scatter
