@@ -18,6 +18,7 @@ from autoscaler.optimizer.loader import load_system
 from autoscaler.policy.latency import Replica, Shape, capacity, identify_work_scale, predict, saturating_rate
 from autoscaler.policy.observation import Observation
 from autoscaler.policy.sizing import Deployment, Estimate, Learned, learn, replica
+from autoscaler.simulator.load_test import MEASURED_REQUESTS
 from autoscaler.simulator.runner import RunSettings, run_policy
 from autoscaler.simulator.scenarios import build_scenario
 from autoscaler.simulator.traffic import Requests
@@ -281,7 +282,9 @@ def _converges(name: str, kind: str, reading: str, prior_below: float) -> None:
     run = unprofiled(name, kind)
     full = build_scenario(kind, 1, NO_PROFILE_S)
     index = [s.name for s in full.world.isvcs].index(name)
-    truth = simulated(full, index, run.accelerator, requests=3_000, max_batch=run.max_batch)
+    # the benchmark's 100,000 requests a rate: with 3,000 the load test read chat-13b's diurnal
+    # replica 6% high (5.36 req/s against 5.06), with 20,000 chat-8b's 3.4% (15.56 against 15.04)
+    truth = simulated(full, index, run.accelerator, requests=MEASURED_REQUESTS, max_batch=run.max_batch)
     assert run.prior < prior_below * truth  # the prior: conservative
     assert run.reading == reading and run.learned == pytest.approx(truth, rel=0.10), (run, truth)
     assert run.dropped == 0 and run.met >= 0.95
@@ -347,6 +350,62 @@ def test_the_step_costs_are_identified_across_loads_despite_an_outlier_window():
     # windows a thousand times faster than the prior: scaled no further than the line's floor
     tiny, reading = fit(prior, [Point(prior.alpha / 1000.0, b, 0.0, None, context) for b in (1.0, 1.1, 1.2)])
     assert reading == SCALED_PRIOR and tiny.alpha == pytest.approx(prior.alpha / 64.0)
+
+
+def test_the_decodes_cost_is_read_at_each_windows_context_where_that_is_the_slower():
+    """Windows whose requests are shorter the busier the replica (mistral-7b on the L40S under
+    the diurnal load: 1,280 tokens at 12-16 decoding requests, 1,440-1,520 at 2-5): a line in
+    the decoding requests at one context reads the decode's cost low (each busy window's KV
+    read is less than at the median context) and overrates the replica; read at each window's
+    context the costs are found. Where the contexts rise with the load instead, the line at
+    one context reads the slower decode, and is kept: the slower of the two, never the faster
+    (a window's context is its finished requests' prompt plus output, not exactly what its
+    decodes read)."""
+    from autoscaler.policy.identify import LINE, Point, fit
+
+    alpha, beta, gamma = 28.65, 0.095, 0.00297  # mistral-7b's L40S perfParms, the simulated truth
+    c = beta + gamma
+
+    def window(decodes: float, context: float) -> Point:
+        prompt = decodes * 0.05
+        itl = (alpha + (beta + gamma * context) * decodes) / (1.0 - c * prompt)
+        return Point(itl, decodes, prompt, c, context)
+
+    loads = (2.5, 5.0, 8.0, 12.0, 16.0)
+    falling = [window(b, 1520.0 - 16.0 * b) for b in loads]
+    found, reading = fit(IterationParams(32.4, 0.129, 0.00257), falling)
+    assert reading == LINE and (found.alpha, found.beta, found.gamma) == pytest.approx((alpha, beta, gamma), rel=0.02)
+    rising = [window(b, 1200.0 + 16.0 * b) for b in loads]
+    found, reading = fit(IterationParams(32.4, 0.129, 0.00257), rising)
+    context = 1200.0 + 16.0 * 8.0  # the median
+    # the line at the median context: steeper than the decode's true cost there (each busier
+    # window also reads more KV), so the replica is underrated, not overrated
+    assert reading == LINE and found.beta + found.gamma * context > (beta + gamma * context) * 1.02
+
+
+def test_a_light_load_lines_rise_is_weighed_against_the_windows_own_scatter_once_there_are_five():
+    """chat-8b on an H100 under the diurnal fall (seed 3): 7 windows at 1.9-6.7 decoding
+    requests, its steps rising 0.35 ms across them (4.8% of the 7.2 ms step: the KV read of a
+    grouped-query model), each window within 0.02 ms of the line. Against an assumed 1% noise
+    a window (5% needed) that read as flat, and the prior stayed scaled; weighed against the
+    windows' own scatter about the line (5 robust deviations) it is a light-load line. Where
+    the windows scatter as much as the rise, the prior stays scaled; with fewer than 5
+    windows the assumed 1% stands."""
+    from autoscaler.policy.identify import LIGHT_LOAD_LINE, SCALED_PRIOR, Point, fit
+
+    alpha, u, c, context = 7.0, 0.073, 0.0196, 1350.0
+    prior = IterationParams(16.0, 0.0705, 0.000379)
+
+    def window(decodes: float, jitter: float) -> Point:
+        prompt = decodes * 0.6
+        return Point((alpha + u * decodes) / (1.0 - c * prompt) + jitter, decodes, prompt, c, context)
+
+    loads = (1.9, 2.4, 3.4, 3.8, 4.2, 3.55, 6.65)
+    quiet = [window(b, j) for b, j in zip(loads, (0.01, -0.01, 0.02, -0.02, 0.0, 0.01, -0.01), strict=True)]
+    assert fit(prior, quiet)[1] == LIGHT_LOAD_LINE
+    assert fit(prior, quiet[:4])[1] == SCALED_PRIOR  # four windows, 1.9-3.8: the assumed 1%
+    noisy = [window(b, j) for b, j in zip(loads, (0.3, -0.3, 0.25, -0.25, 0.3, -0.3, 0.0), strict=True)]
+    assert fit(prior, noisy)[1] == SCALED_PRIOR
 
 
 def test_the_kv_cache_vllm_reports_replaces_the_priors_bound():

@@ -22,12 +22,15 @@ Each window gives a point from what vLLM exports and Prometheus keeps:
   step's wait for the running step, the prompt's steps (each a mean step), then its own
   prefill work c x prompt; read at the lightest loads, as a prompt's wait behind the others'
   chunks, more the busier the replica, reads as cost too.
-alpha and u are the line through (B, I (1 - c P)) across windows at different loads: Siegel's
-repeated median of pairwise slopes (robust to nearly half the windows being outliers) over windows
-whose loads differ by SPREAD, read as it is once the busiest window's batch costs
+alpha and u are the line through (B (context - 1), I (1 - c P) - c B) across windows at
+different loads (u = c + gamma (context - 1)), at the windows' median context and at each one's,
+the slower decode kept (fit): Siegel's repeated median of pairwise slopes (robust to nearly half
+the windows being outliers) over windows whose loads differ by SPREAD, read as it is once the
+busiest window's batch costs
 MIN_IDENTIFYING_LOAD of its step. Below that, a GPU's cost per token is still memory-bound and
 grows to compute-bound with the batch, so the slope alone would overrate the replica: a line
-of light loads (rising across them by MIN_RISE of the step, beyond a window's noise) is read
+of light loads (rising across them by RISE_DEVIATIONS times the windows' noise: their scatter
+about the line, once there are MIN_SCATTER_POINTS of them, else NOISE of the step) is read
 conservatively, its slope as the KV read alone and every token charged the compute-bound cost
 the TTFT shows besides (a decode costs c + u). Before the windows get there, one factor on the
 whole prior step is fitted (the median over windows of the factor that makes the prior's mean step equal
@@ -47,9 +50,12 @@ from ..optimizer.domain import IterationParams
 from .latency import MIN_IDENTIFYING_LOAD
 
 SPREAD = 0.3  # loads (decoding requests per replica) differ by this share of the largest: a slope
-# a light-load line's rise across the loads, over a window's step: a minute's mean ITL averages
-# thousands of gaps (its noise ~1%), so a rise of 5% is the line's, not the noise's
-MIN_RISE = 0.05
+# a light-load line rises across the loads by this many deviations of a window's noise: the
+# robust deviation of the windows' scatter about the line where there are enough of them to
+# measure it, else a share of the step (a minute's mean ITL averages thousands of gaps: ~1%).
+# An assumed 5% left chat-8b's line on an H100 flat (diurnal fall, seeds 2 and 3: 7 windows at
+# 1.9-6.7 decoding requests rising 0.35 ms, 4.8% of its 7.2 ms step, each within 0.02 ms of it)
+RISE_DEVIATIONS, NOISE, MIN_SCATTER_POINTS = 5.0, 0.01, 5
 SCALED_PRIOR, LIGHT_LOAD_LINE, LINE = "scaled prior", "light-load line", "line"  # how the costs were read (fit)
 MAX_POINTS = 30  # windows kept (30 minutes at a window a minute): an engine upgrade ages out
 FLOOR = 1.0 / 64.0  # a fitted cost at least this share of the prior's (and at most the prior's twice)
@@ -131,21 +137,28 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, s
     itl = np.array([p.itl_ms for p in points])
     decodes = np.array([p.decodes for p in points])
     prompt = np.array([p.prompt_per_ms for p in points])
-    context = float(np.median([p.context for p in points]))
+    contexts = np.array([p.context for p in points])
+    context = float(np.median(contexts))
     prefills = _lightest_prefills(points, decodes)
     if prefills and len(points) >= 3 and np.ptp(decodes) >= SPREAD * decodes.max():
         c = float(np.median(prefills))
-        y = itl * (1.0 - np.minimum(c * prompt, 0.9))
-        # Siegel's repeated median: each window's median slope to the others far enough apart,
-        # then the median of those (robust to nearly half the windows being outliers)
-        apart = np.abs(decodes[:, None] - decodes[None, :]) >= SPREAD / 2.0 * decodes.max()
-        with np.errstate(divide="ignore", invalid="ignore"):
-            slopes = np.where(apart, (y[:, None] - y[None, :]) / (decodes[:, None] - decodes[None, :]), np.nan)
-        u = float(np.median([np.median(row[~np.isnan(row)]) for row in slopes if not np.isnan(row).all()]))
-        # no + 1 for the request itself: B (Little's law) counts every decoding request already,
-        # and the identity is exact with alpha x (I / mean step) in place of alpha (module doc),
-        # at least alpha: the intercept reads the fixed cost high, never low
-        alpha = float(np.median(y - u * decodes))
+        # u = beta + gamma x context = c + gamma x (context - 1), so y - c B = alpha (I / S) +
+        # gamma x B (context - 1): a line in the KV tokens the decodes read per step, at the
+        # windows' median context or at each window's own. Each one's: where the busier windows'
+        # requests are shorter (mistral-7b on the L40S under the diurnal load: 1,280 tokens at
+        # 12-16 decoding requests, 1,440-1,520 at 2-5) the median's slope is flattened (its
+        # decode cost read 16% low, the replica 8% overrated). But the context a window reports
+        # is its finished requests' mean prompt plus output, not the mean its decodes read (where
+        # short outputs come with long prompts, the long prompts are read for few steps), so each
+        # window's is noisier: the two are read and the slower decode kept, conservative by
+        # construction
+        decoding = itl * (1.0 - np.minimum(c * prompt, 0.9))  # the step less its prompts' share
+        y = decoding - c * decodes
+        alpha, gamma, scatter = max(
+            (_line(decodes * np.maximum(read - 1.0, 1.0), y) for read in (np.full_like(contexts, context), contexts)),
+            key=lambda line: line[1],
+        )
+        u = c + gamma * max(context - 1.0, 1.0)
         if u > 0.0 and alpha > 0.0:
             batch_cost = u * decodes.max()
             if batch_cost >= MIN_IDENTIFYING_LOAD * (alpha + batch_cost):
@@ -154,14 +167,31 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, s
             # compute-bound with the batch, so the slope alone would overrate the replica at the
             # load it is sized for: read the slope as the KV read alone and charge every token
             # the compute-bound cost the TTFT shows besides (a decode costs c + u: no less than
-            # at any load), once the line rises across the loads by well more than a window's noise
-            if u * np.ptp(decodes) >= MIN_RISE * float(np.median(y)):
+            # at any load), once the line rises across the loads by well more than the windows' noise
+            noise = scatter if len(points) >= MIN_SCATTER_POINTS else NOISE * float(np.median(decoding))
+            if u * np.ptp(decodes) >= RISE_DEVIATIONS * noise:
                 return _bounded(prior, alpha, u + c, c, context), LIGHT_LOAD_LINE
     u0 = prior.beta + prior.gamma * context
     c0 = prior.beta + prior.gamma
     # within the line's floor (_bounded): outlying windows must not scale the prior to nothing
     scale = max(float(np.median(itl / (prior.alpha + u0 * decodes + itl * c0 * prompt))), FLOOR)
     return IterationParams(prior.alpha * scale, prior.beta * scale, prior.gamma * scale), SCALED_PRIOR
+
+
+def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
+    """(intercept, slope) of y over x by Siegel's repeated median: each point's median slope to the
+    others far enough apart, then the median of those (robust to nearly half the points being
+    outliers); the intercept the median of what the slope leaves. No slope where none are apart."""
+    apart = np.abs(x[:, None] - x[None, :]) >= SPREAD / 2.0 * x.max()
+    with np.errstate(divide="ignore", invalid="ignore"):
+        slopes = np.where(apart, (y[:, None] - y[None, :]) / (x[:, None] - x[None, :]), np.nan)
+    rows = [np.median(row[~np.isnan(row)]) for row in slopes if not np.isnan(row).all()]
+    slope = float(np.median(rows)) if rows else 0.0
+    # no + 1 for the request itself: B (Little's law) counts every decoding request already, and
+    # the identity is exact with alpha x (I / mean step) in place of alpha (module doc), at least
+    # alpha: the intercept reads the fixed cost high, never low
+    intercept = float(np.median(y - slope * x))
+    return intercept, slope, 1.4826 * float(np.median(np.abs(y - intercept - slope * x)))  # residuals' robust deviation
 
 
 def _lightest_prefills(points: list[Point], decodes: np.ndarray) -> list[float]:
