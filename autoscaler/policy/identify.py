@@ -179,9 +179,11 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, s
 
 
 def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
-    """(intercept, slope) of y over x by Siegel's repeated median: each point's median slope to the
-    others far enough apart, then the median of those (robust to nearly half the points being
-    outliers); the intercept the median of what the slope leaves. No slope where none are apart."""
+    """(intercept, slope, scatter) of y over x by Siegel's repeated median: each point's median
+    slope to the others far enough apart, then the median of those (robust to nearly half the
+    points being outliers); the intercept the median of what the slope leaves; the scatter the
+    residuals' robust deviation (1.4826 x their median absolute value: a normal's standard
+    deviation). No slope where none are apart."""
     apart = np.abs(x[:, None] - x[None, :]) >= SPREAD / 2.0 * x.max()
     with np.errstate(divide="ignore", invalid="ignore"):
         slopes = np.where(apart, (y[:, None] - y[None, :]) / (x[:, None] - x[None, :]), np.nan)
@@ -191,7 +193,7 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     # the identity is exact with alpha x (I / mean step) in place of alpha (module doc), at least
     # alpha: the intercept reads the fixed cost high, never low
     intercept = float(np.median(y - slope * x))
-    return intercept, slope, 1.4826 * float(np.median(np.abs(y - intercept - slope * x)))  # residuals' robust deviation
+    return intercept, slope, 1.4826 * float(np.median(np.abs(y - intercept - slope * x)))
 
 
 def _lightest_prefills(points: list[Point], decodes: np.ndarray) -> list[float]:
