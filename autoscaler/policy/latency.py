@@ -427,7 +427,8 @@ def _predict_block(rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_s
     # ---- ITL: over the points, the quantiles of the decode length and of the request's own prompt
     d = _lengths(out)[:, :, None]
     per_point = (slice(None), None, None)
-    own_prompt = prompt[per_point] * _exponential_quantiles(PROMPT_QUANTILES)[None, None, :]
+    prompt_quantiles = _exponential_quantiles(PROMPT_QUANTILES)[None, None, :]  # the request's own prompt
+    own_prompt = prompt[per_point] * prompt_quantiles
     life = d * step[per_point]
     # the batch is not M/G/inf: a larger batch makes every step longer, so more requests arrive
     # per step while the batch drains no faster. Linearised about the mean, the count's
@@ -450,7 +451,7 @@ def _predict_block(rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_s
     # mean prompts landing in a request's life: those arriving during its d steps but the last
     # (prefilled after it), and during its own prefill step (admitted in its first decode step),
     # which its own prompt's work lengthens: a long prompt's short request sees the most
-    own_work = prefill_work[per_point] * _exponential_quantiles(PROMPT_QUANTILES)[None, None, :]
+    own_work = prefill_work[per_point] * prompt_quantiles
     arriving = lam[per_point] * (life + own_work)
     # the Gaussian's nodes on a leading axis: others running beside the request, as Poisson arrivals see them
     nodes, weights = (v[:, None, None, None] for v in HERMITE)
