@@ -1,4 +1,5 @@
-"""config/ accepted by a real kube-apiserver (server-side dry run, strict field validation).
+"""config/, and the HPA the controller writes, accepted by a real kube-apiserver (server-side dry
+run, strict field validation).
 
 What the emulator and the offline schema check (tests/test_manifests.py) cannot show: the API
 server's own validation of every object (CEL matchConditions of the webhook configuration, the
@@ -8,7 +9,11 @@ immutable and defaulted fields), admission, and unknown fields refused under str
 
 from __future__ import annotations
 
+import json
+
 import yaml
+
+from autoscaler.controller.manifests import hpa
 
 from ..control_plane import ROOT
 from .conftest import rendered
@@ -31,3 +36,18 @@ def test_cert_manager_overlay_less_its_certificates_is_accepted(deployed):
         "apply", "--dry-run=server", "--validate=strict", "--filename=-", input=yaml.safe_dump_all(objects), check=False
     )
     assert result.returncode == 0, result.stderr
+
+
+def test_the_hpa_the_controller_writes_is_accepted_with_either_scale_down_window(deployed):
+    """manifests.hpa as the actuator writes it, with the default scale-down window and with the
+    one of a model with no profile being identified (Plan.scale_down_s): the real server
+    validates each strictly and keeps the window it was given."""
+    owner = {"apiVersion": "serving.kserve.io/v1beta1", "kind": "InferenceService", "metadata": {"name": "chat", "uid": "u"}}
+    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat-predictor"}
+    for window, kept in ((None, 300), (60, 60)):
+        made = hpa("chat-optimizer", "default", target, {"isvc": "chat"}, (1, 8), owner, True, window)
+        result = deployed.kubectl(
+            "apply", "--dry-run=server", "--validate=strict", "--output=json", "--filename=-", input=json.dumps(made), check=False
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout)["spec"]["behavior"]["scaleDown"]["stabilizationWindowSeconds"] == kept
