@@ -28,6 +28,7 @@ import yaml
 
 from autoscaler import certificates
 from autoscaler.controller.manifests import hpa
+from autoscaler.policy.guards import SCALE_DOWN_WINDOW_S
 from autoscaler.decision_stream import DecisionHub, serve_decisions
 from autoscaler.proto import decisions_pb2 as pb
 
@@ -39,6 +40,7 @@ HPA_NAMESPACE = "e2e-hpa"
 METRIC = f"/apis/external.metrics.k8s.io/v1beta1/namespaces/{HPA_NAMESPACE}/desired_replicas?labelSelector=isvc%3Dchat"
 STALE_AFTER_S, MAX_AGE_S = 3, 6
 SCALE_WITHIN_S = 30  # HPA sync period 1 s; the adapter answers at once
+HELD_S = 10  # how long a fall is watched being held
 
 
 class DecisionFeed:
@@ -173,6 +175,61 @@ def test_external_metrics_through_the_aggregator_with_real_reviews(adapter):
     assert direct(port, context, plane.service_account_token("kube-system", "horizontal-pod-autoscaler")) == 200
     assert direct(port, context, plane.service_account_token(HPA_NAMESPACE, "nobody")) == 403
     assert direct(port, context, "not-a-token") == 401
+
+
+def test_a_scale_down_window_shortened_in_place_applies_to_the_recommendations_already_made(adapter):
+    """The controller rewrites an HPA's scale-down window in place (Plan.scale_down_s: one
+    collector window while a model with no profile is identified, SCALE_DOWN_WINDOW_S after).
+    The simulated HPA plays what horizontal.go's stabilizeRecommendationWithBehaviors does: the
+    window in force at each sync is applied to the recommendations already kept with their
+    times. Here the real HPA controller: a fall held by the 300 s window is released at the next
+    syncs once the window is shortened, without waiting out the old one. Runs before the test
+    below, which stops the feed."""
+    plane, feed, _, _ = adapter
+    labels = {"app": "code-predictor"}
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "code-predictor", "namespace": HPA_NAMESPACE},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {"containers": [{"name": "main", "image": "vllm", "resources": {"requests": {"cpu": "100m"}}}]},
+            },
+        },
+    }
+    plane.kubectl("apply", "--filename=-", input=json.dumps(deployment))
+    owner = kubectl_json(plane, "get", "deployment", "code-predictor", f"--namespace={HPA_NAMESPACE}")
+    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "code-predictor"}
+
+    def apply_hpa(scale_down_s: int) -> None:
+        manifest = hpa("code-optimizer", HPA_NAMESPACE, target, {"isvc": "code"}, (1, 10), owner, True, scale_down_s)
+        plane.kubectl("apply", "--filename=-", input=json.dumps(manifest))
+
+    def replicas() -> int:
+        return kubectl_json(plane, "get", "deployment", "code-predictor", f"--namespace={HPA_NAMESPACE}")["spec"]["replicas"]
+
+    def wait_for(count: int) -> None:
+        deadline = time.monotonic() + SCALE_WITHIN_S
+        while replicas() != count:
+            assert time.monotonic() < deadline, kubectl_json(
+                plane, "get", "hpa", "code-optimizer", f"--namespace={HPA_NAMESPACE}"
+            ).get("status")
+            time.sleep(0.5)
+
+    feed.replicas["code"] = 3
+    apply_hpa(SCALE_DOWN_WINDOW_S)
+    wait_for(3)
+    feed.replicas["code"] = 1
+    time.sleep(HELD_S)  # several syncs recommending 1, all within the 300 s window
+    assert replicas() == 3
+    # shorter than the time the recommendations of 1 have been made, longer than a sync: the
+    # earlier recommendations of 3 fall outside it at once
+    apply_hpa(HELD_S // 2)
+    wait_for(1)
+    feed.replicas.pop("code")
 
 
 def test_the_real_hpa_scales_to_desired_replicas_and_holds_when_data_is_withheld(adapter):
