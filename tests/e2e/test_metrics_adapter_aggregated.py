@@ -177,6 +177,50 @@ def test_external_metrics_through_the_aggregator_with_real_reviews(adapter):
     assert direct(port, context, "not-a-token") == 401
 
 
+class ScaledDeployment:
+    """A Deployment `{isvc}-predictor` and our HPA `{isvc}-optimizer` on the ISVC's published
+    desired_replicas, as the controller writes it for a Standard-mode predictor."""
+
+    def __init__(self, plane, isvc: str):
+        self.plane, self.isvc = plane, isvc
+        self.name = f"{isvc}-predictor"
+        labels = {"app": self.name}
+        deployment = {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": self.name, "namespace": HPA_NAMESPACE},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": labels},
+                "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"containers": [{"name": "main", "image": "vllm", "resources": {"requests": {"cpu": "100m"}}}]},
+                },
+            },
+        }
+        plane.kubectl("apply", "--filename=-", input=json.dumps(deployment))
+        self.owner = kubectl_json(plane, "get", "deployment", self.name, f"--namespace={HPA_NAMESPACE}")
+
+    def apply_hpa(self, scale_down_s: int | None = None) -> None:
+        target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": self.name}
+        manifest = hpa(
+            f"{self.isvc}-optimizer", HPA_NAMESPACE, target, {"isvc": self.isvc}, (1, 10), self.owner, True, scale_down_s
+        )
+        self.plane.kubectl("apply", "--filename=-", input=json.dumps(manifest))
+
+    def hpa_status(self) -> dict:
+        return kubectl_json(self.plane, "get", "hpa", f"{self.isvc}-optimizer", f"--namespace={HPA_NAMESPACE}").get("status", {})
+
+    def replicas(self) -> int:
+        return kubectl_json(self.plane, "get", "deployment", self.name, f"--namespace={HPA_NAMESPACE}")["spec"]["replicas"]
+
+    def wait_for(self, count: int) -> None:
+        deadline = time.monotonic() + SCALE_WITHIN_S
+        while self.replicas() != count:
+            assert time.monotonic() < deadline, self.hpa_status()
+            time.sleep(0.5)
+
+
 def test_a_scale_down_window_shortened_in_place_applies_to_the_recommendations_already_made(adapter):
     """The controller rewrites an HPA's scale-down window in place (Plan.scale_down_s: one
     collector window while a model with no profile is identified, SCALE_DOWN_WINDOW_S after).
@@ -186,93 +230,34 @@ def test_a_scale_down_window_shortened_in_place_applies_to_the_recommendations_a
     syncs once the window is shortened, without waiting out the old one. Runs before the test
     below, which stops the feed."""
     plane, feed, _, _ = adapter
-    labels = {"app": "code-predictor"}
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "code-predictor", "namespace": HPA_NAMESPACE},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "main", "image": "vllm", "resources": {"requests": {"cpu": "100m"}}}]},
-            },
-        },
-    }
-    plane.kubectl("apply", "--filename=-", input=json.dumps(deployment))
-    owner = kubectl_json(plane, "get", "deployment", "code-predictor", f"--namespace={HPA_NAMESPACE}")
-    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "code-predictor"}
-
-    def apply_hpa(scale_down_s: int) -> None:
-        manifest = hpa("code-optimizer", HPA_NAMESPACE, target, {"isvc": "code"}, (1, 10), owner, True, scale_down_s)
-        plane.kubectl("apply", "--filename=-", input=json.dumps(manifest))
-
-    def replicas() -> int:
-        return kubectl_json(plane, "get", "deployment", "code-predictor", f"--namespace={HPA_NAMESPACE}")["spec"]["replicas"]
-
-    def wait_for(count: int) -> None:
-        deadline = time.monotonic() + SCALE_WITHIN_S
-        while replicas() != count:
-            assert time.monotonic() < deadline, kubectl_json(
-                plane, "get", "hpa", "code-optimizer", f"--namespace={HPA_NAMESPACE}"
-            ).get("status")
-            time.sleep(0.5)
-
+    code = ScaledDeployment(plane, "code")
     feed.replicas["code"] = 3
-    apply_hpa(SCALE_DOWN_WINDOW_S)
-    wait_for(3)
+    code.apply_hpa(SCALE_DOWN_WINDOW_S)
+    code.wait_for(3)
     feed.replicas["code"] = 1
     time.sleep(HELD_S)  # several syncs recommending 1, all within the 300 s window
-    assert replicas() == 3
+    assert code.replicas() == 3
     # shorter than the time the recommendations of 1 have been made, longer than a sync: the
     # earlier recommendations of 3 fall outside it at once
-    apply_hpa(HELD_S // 2)
-    wait_for(1)
+    code.apply_hpa(HELD_S // 2)
+    code.wait_for(1)
     feed.replicas.pop("code")
 
 
 def test_the_real_hpa_scales_to_desired_replicas_and_holds_when_data_is_withheld(adapter):
     plane, feed, _, _ = adapter
-    labels = {"app": "chat-predictor"}
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": "chat-predictor", "namespace": HPA_NAMESPACE},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": labels},
-            "template": {
-                "metadata": {"labels": labels},
-                "spec": {"containers": [{"name": "main", "image": "vllm", "resources": {"requests": {"cpu": "100m"}}}]},
-            },
-        },
-    }
-    plane.kubectl("apply", "--filename=-", input=json.dumps(deployment))
-    owner = kubectl_json(plane, "get", "deployment", "chat-predictor", f"--namespace={HPA_NAMESPACE}")
-    target = {"apiVersion": "apps/v1", "kind": "Deployment", "name": "chat-predictor"}
-    autoscaler = hpa("chat-optimizer", HPA_NAMESPACE, target, {"isvc": "chat"}, (1, 10), owner, tolerance=True)
-    started = time.monotonic()
-    plane.kubectl("apply", "--filename=-", input=json.dumps(autoscaler))
-
-    def replicas() -> int:
-        return kubectl_json(plane, "get", "deployment", "chat-predictor", f"--namespace={HPA_NAMESPACE}")["spec"]["replicas"]
-
-    while replicas() != 3:
-        assert time.monotonic() - started < SCALE_WITHIN_S, kubectl_json(
-            plane, "get", "hpa", "chat-optimizer", f"--namespace={HPA_NAMESPACE}"
-        )["status"]
-        time.sleep(0.5)
+    chat = ScaledDeployment(plane, "chat")
+    chat.apply_hpa()
+    chat.wait_for(3)
 
     feed.stop()  # the controller is gone: past --max-age the adapter serves nothing for chat
 
     def scaling_active() -> str:
-        status = kubectl_json(plane, "get", "hpa", "chat-optimizer", f"--namespace={HPA_NAMESPACE}").get("status", {})
-        return next((c["status"] for c in status.get("conditions", []) if c["type"] == "ScalingActive"), "")
+        return next((c["status"] for c in chat.hpa_status().get("conditions", []) if c["type"] == "ScalingActive"), "")
 
     deadline = time.monotonic() + MAX_AGE_S + 20
     while scaling_active() != "False":
         assert time.monotonic() < deadline, "the HPA never lost its metric"
         time.sleep(0.5)
     time.sleep(3)  # several HPA syncs without data
-    assert replicas() == 3  # held, not scaled to minReplicas
+    assert chat.replicas() == 3  # held, not scaled to minReplicas
