@@ -32,7 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from .observe import RequestRecords
-from .server import Ledger, make_server
+from .server import Ledger, Steps, make_server
 from .world import Scenario, ServingOption
 
 SAMPLE_PERIOD_S = 1.0  # how often in-flight counts are sampled (KPA's scrape interval)
@@ -165,10 +165,12 @@ class Simulation:
         self.first_token = [math.nan] * n
         self.finish = [math.nan] * n
         self.dropped = [False] * n
+        self.steps = [Steps() for _ in self.world.isvcs]  # each ISVC's engine steps, its replicas together
         if hasattr(policy, "attach"):
+            counted = None if self.world.engine.mode == "stall" else self.steps  # the stall model counts none
             policy.attach(
                 RequestRecords(
-                    self.arrival, self.req_isvc, self.req_in, self.req_out, self.first_token, self.finish, self.dropped
+                    self.arrival, self.req_isvc, self.req_in, self.req_out, self.first_token, self.finish, self.dropped, counted
                 )
             )
         self.ledger = Ledger(
@@ -301,7 +303,12 @@ class Simulation:
     def _start(self, state: IsvcState, revision: Revision) -> None:
         option = self.world.isvcs[state.index].options[revision.accelerator]
         server = make_server(
-            self.world.engine, option.truth, self.ledger, accelerator=revision.accelerator, max_num_seqs=revision.max_batch
+            self.world.engine,
+            option.truth,
+            self.ledger,
+            accelerator=revision.accelerator,
+            max_num_seqs=revision.max_batch,
+            steps=self.steps[state.index],
         )
         replica = Replica(state.index, revision, option, self.now, server)
         revision.replicas.append(replica)
