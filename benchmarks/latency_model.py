@@ -169,9 +169,11 @@ def identity_windows(name: str, kind: str = "steady", duration_s: float = NO_PRO
     the finished requests' mean prompt plus output that the window reports (policy/identify.py)."""
     scenario, spec, policy, simulation = _unprofiled_run(name, kind, duration_s, seed)
     seen: list = []
+    steps: dict[float, int] = {}  # the simulated servers' step count at each observation
     observe, decide = policy.observer.observe, policy.decide
 
     def observing(now: float):
+        steps[now] = simulation.steps[0].count
         seen.append([now, observe(now)[0], None])
         return [seen[-1][1]]
 
@@ -190,12 +192,14 @@ def identity_windows(name: str, kind: str = "steady", duration_s: float = NO_PRO
     print("window's end, replicas, I ms, B, I / S, context read / reported")
     for now, obs, ready in seen:
         fleets = {r for t, _, r in seen if now - obs.window_s < t <= now}
-        if fleets != {ready} or not ready or obs.itl_ms is None or not obs.engine_steps_per_s or not obs.itl_buckets:
+        start = steps.get(now - obs.window_s)
+        if fleets != {ready} or not ready or obs.itl_ms is None or start is None or not obs.itl_buckets:
             continue
+        steps_per_s = (steps[now] - start) / obs.window_s
         decodes = obs.itl_ms / 1000.0 * obs.itl_buckets[-1][1] / obs.window_s / ready
         if decodes < 1.0 or obs.avg_in_tokens is None or obs.avg_out_tokens is None:
             continue
-        ratio = obs.itl_ms * obs.engine_steps_per_s / ready / 1000.0
+        ratio = obs.itl_ms * steps_per_s / ready / 1000.0
         prompt = (obs.prompt_tokens_per_s or 0.0) / ready / 1000.0
         read = ((obs.itl_ms * (1.0 - c * prompt) - alpha * ratio) / decodes - beta) / gamma
         reported = obs.avg_in_tokens + obs.avg_out_tokens

@@ -24,7 +24,6 @@ from autoscaler.policy.observation import within
 from autoscaler.policy.planner import Plan
 from autoscaler.simulator.engine import Decision, IsvcView
 from autoscaler.simulator.observe import Observer, RequestRecords
-from autoscaler.simulator.server import Steps
 from autoscaler.simulator.policies import model_based
 from autoscaler.simulator.policies.model_based import ModelBasedPolicy
 from autoscaler.simulator.runner import _loads
@@ -53,10 +52,7 @@ def stream(namespace: str, name: str, rate_before: float, rate_after: float, see
     dropped = rng.random(n) < 0.05
     dropped_at = np.where(dropped, arrival + 0.4 * rng.random(n), math.inf)
     admitted[dropped] = first[dropped] = finish[dropped] = math.inf
-    steps = np.sort(rng.uniform(0.0, END, int(50 * END)))  # the engine's steps with output, ~20 ms apart
-    return RequestStream(
-        namespace, name, "m", arrival, admitted, first, finish, dropped_at, rng.integers(10, 3000, n), out, steps
-    )
+    return RequestStream(namespace, name, "m", arrival, admitted, first, finish, dropped_at, rng.integers(10, 3000, n), out)
 
 
 def records_at(streams: list[RequestStream]) -> tuple[RequestRecords, Callable[[float], None]]:
@@ -78,16 +74,12 @@ def records_at(streams: list[RequestStream]) -> tuple[RequestRecords, Callable[[
         [math.nan] * n,
         [math.nan] * n,
         [False] * n,
-        [Steps() for _ in streams] if all(s.steps is not None for s in streams) else None,
     )
 
     def reveal(t: float) -> None:
         records.first_token[:] = np.where(admitted <= t, first, math.nan).tolist()
         records.finish[:] = np.where(finish <= t, finish, math.nan).tolist()
         records.dropped[:] = (dropped_at <= t).tolist()
-        if records.steps is not None:
-            for counted, s in zip(records.steps, streams, strict=True):
-                counted.count = int((s.steps <= t).sum())
 
     return records, reveal
 
@@ -114,19 +106,10 @@ def test_observer_matches_the_collectors_promql_over_the_same_requests(tmp_path)
         # Prometheus 2.x reads a [60s] range inclusively and exactly; 3.x leaves its start out
         # and extrapolates the 59 s it has (1.7%)
         close = dict(rel=0.03, abs=1e-6)
-        figures = (
-            "arrival_rate",
-            "previous_rate",
-            "avg_in_tokens",
-            "avg_out_tokens",
-            "prompt_tokens_per_s",
-            "engine_steps_per_s",
-            "ttft_ms",
-            "itl_ms",
-        )
+        figures = ("arrival_rate", "previous_rate", "avg_in_tokens", "avg_out_tokens", "prompt_tokens_per_s", "ttft_ms", "itl_ms")
         for figure in figures:
             assert getattr(sim, figure) == pytest.approx(getattr(prom, figure), **close), figure
-        assert sim.engine_steps_per_s is not None and (sim.running, sim.waiting) == (prom.running, prom.waiting)
+        assert (sim.running, sim.waiting) == (prom.running, prom.waiting)
         # the last period of the window: 3.x's 29 s of a [30s] range, extrapolated (3.4%)
         assert sim.recent_rate == pytest.approx(prom.recent_rate, rel=0.05) and sim.recent_s == prom.recent_s == 30.0
         for histogram, slos in (("ttft_buckets", (0.3, 1.0, 2.0)), ("itl_buckets", (0.03, 0.08))):

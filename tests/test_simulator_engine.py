@@ -242,22 +242,15 @@ class FlatGpuSteps(ConstantSteps):
         return STEP_MS
 
 
-class Recording(Scripted):
-    """Keeps the request records the engine hands a policy that reads vLLM's metrics."""
-
-    def attach(self, records):
-        self.records = records
-
-
-def test_each_isvcs_engine_steps_with_output_reach_the_policys_records():
+def test_each_isvcs_engine_steps_with_output_are_counted():
     base = queue_world(8)
     option = dataclasses.replace(base.isvcs[0].options["G"], truth=FlatGpuSteps())
     world = dataclasses.replace(base, isvcs=(dataclasses.replace(base.isvcs[0], options={"G": option}),), engine=EngineSettings())
     requests = steady_requests(60.0)  # one-token prompts, five tokens out, each alone on the replica
-    policy = Recording({})
-    Simulation(Scenario("steps", world, requests, 60.0), policy, {0: Decision(1, "G", 8)}).run()
+    simulation = Simulation(Scenario("steps", world, requests, 60.0), Scripted({}), {0: Decision(1, "G", 8)})
+    simulation.run()
     # each request: the step that prefills it emits its first token, then four decode steps
-    assert policy.records.steps[0].count == 5 * len(requests)
-    stall = Recording({})
-    Simulation(Scenario("stall", base, requests, 60.0), stall, {0: Decision(1, "G", 8)}).run()
-    assert stall.records.steps is None  # the stall model's steps are not vLLM's: not measured
+    assert simulation.steps[0].count == 5 * len(requests)
+    stall = Simulation(Scenario("stall", base, requests, 60.0), Scripted({}), {0: Decision(1, "G", 8)})
+    stall.run()
+    assert stall.steps[0].count == 0  # the stall model's steps are not vLLM's: none counted

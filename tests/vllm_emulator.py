@@ -89,8 +89,7 @@ class RequestStream:
     observes TTFT and counts the prompt; a finished request observes its prompt and output
     lengths (request_prompt_tokens, request_generation_tokens: their sums and counts). ITL gaps
     (each at the request's mean gap) count when the request finishes, as the simulator's
-    observer counts them: it knows a request's decode time only then (simulator/observe.py).
-    The engine's steps with output, where given, count in iteration_tokens_total's count."""
+    observer counts them: it knows a request's decode time only then (simulator/observe.py)."""
 
     namespace: str
     name: str
@@ -102,7 +101,6 @@ class RequestStream:
     dropped_at: np.ndarray
     in_tokens: np.ndarray
     out_tokens: np.ndarray
-    steps: np.ndarray | None = None  # when each engine step with output ended (iteration_tokens_total's count)
 
     def series(self, t: float) -> list[tuple[str, float]]:
         labels = f'namespace="{self.namespace}",isvc="{self.name}",model_name="{self.model}"'
@@ -123,8 +121,6 @@ class RequestStream:
             (f"vllm:num_requests_running{{{labels}}}", running.sum()),
             (f"vllm:num_requests_waiting{{{labels}}}", waiting.sum()),
         ]
-        if self.steps is not None:
-            result.append((f"vllm:iteration_tokens_total_count{{{labels}}}", (self.steps <= t).sum()))
         for metric, values, weights, bounds in (
             ("vllm:time_to_first_token_seconds", ttft[started], np.ones(started.sum()), TTFT_BUCKETS),
             ("vllm:time_per_output_token_seconds", itl[done], gaps[done], TPOT_BUCKETS),

@@ -91,8 +91,6 @@ def queries(settings: CollectorSettings, bucket_bounds: Mapping[str, str] | None
         "output_len": mean_length("vllm:request_generation_tokens"),
         "ttft_sum": increase("vllm:time_to_first_token_seconds_sum"),
         "itl_sum": increase(settings.itl_metric + "_sum"),
-        # the engine's steps with output (the histogram's count: a sample per such step)
-        "steps": increase("vllm:iteration_tokens_total_count"),
         "ttft_buckets": buckets("ttft"),
         "itl_buckets": buckets("itl"),
         # an info gauge: the figures are its labels (per replica; the smallest is the bound)
@@ -130,9 +128,9 @@ def bracketing_bounds(bounds: list[str], slos_s: set[float]) -> str:
 
 
 Samples = list[dict]  # Prometheus instant-vector result: [{"metric": {...}, "value": [t, "v"]}]
-# only for the means, the short window or the identification's steps: one unusable leaves that
-# figure unknown (0 / 0 over a window in which nothing finished is NaN: no mean)
-OPTIONAL = ("ttft_sum", "itl_sum", "prompt_len", "output_len", "completed_recent", "growth_recent", "steps")
+# only for the means or the short window: one unusable leaves that figure unknown (0 / 0 over
+# a window in which nothing finished is NaN: no mean)
+OPTIONAL = ("ttft_sum", "itl_sum", "prompt_len", "output_len", "completed_recent", "growth_recent")
 LABELLED = ("kv_cache",)  # read off labels, not values
 
 
@@ -299,7 +297,6 @@ def _observation(
             recent_s=recent_s,
             completed_recent=_recent(key, figures) if recent_s else None,
             growth_recent=figures.get("growth_recent", {}).get(key, 0.0),
-            steps=figures["steps"].get(key),
         )
     )
 

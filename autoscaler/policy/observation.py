@@ -41,9 +41,6 @@ class Observation:
     # prompt tokens prefilled per second (vllm:prompt_tokens_total): the engine's prefill work,
     # not the request shape; None where not measured
     prompt_tokens_per_s: float | None = None
-    # the ISVC's engine steps per second, its replicas together (vllm:iteration_tokens_total's
-    # count: one sample per step that emitted output); None where not measured
-    engine_steps_per_s: float | None = None
 
     def problem(self) -> str | None:
         """Why no decision may be made from this observation (a figure not finite, negative or
@@ -61,7 +58,7 @@ class Observation:
 
 
 # None: not known, no fault
-_UNKNOWN_ALLOWED = ("ready_replicas", "kv_cache_tokens", "recent_rate", "recent_s", "prompt_tokens_per_s", "engine_steps_per_s")
+_UNKNOWN_ALLOWED = ("ready_replicas", "kv_cache_tokens", "recent_rate", "recent_s", "prompt_tokens_per_s")
 
 
 def _bucket_problem(bound: float, count: float) -> str | None:
@@ -99,7 +96,6 @@ class WindowFigures:
     recent_s: float | None = None
     completed_recent: float | None = None
     growth_recent: float = 0.0
-    steps: float | None = None  # vllm:iteration_tokens_total_count's increase; None: not exported
 
 
 def arrival_rate(finished: float, growth: float, seconds: float) -> float:
@@ -137,7 +133,6 @@ def observe(figures: WindowFigures) -> Observation:
         recent_rate=recent,
         recent_s=None if recent is None else f.recent_s,
         prompt_tokens_per_s=f.prompt_tokens / f.window_s,
-        engine_steps_per_s=None if f.steps is None else f.steps / f.window_s,
     )
 
 

@@ -165,12 +165,13 @@ class Simulation:
         self.first_token = [math.nan] * n
         self.finish = [math.nan] * n
         self.dropped = [False] * n
-        self.steps = [Steps() for _ in self.world.isvcs]  # each ISVC's engine steps, its replicas together
+        # each ISVC's engine steps with output, its replicas together (vLLM's step count; read by
+        # benchmarks/latency_model.py --identity, not by the planner)
+        self.steps = [Steps() for _ in self.world.isvcs]
         if hasattr(policy, "attach"):
-            counted = None if self.world.engine.mode == "stall" else self.steps  # the stall model counts none
             policy.attach(
                 RequestRecords(
-                    self.arrival, self.req_isvc, self.req_in, self.req_out, self.first_token, self.finish, self.dropped, counted
+                    self.arrival, self.req_isvc, self.req_in, self.req_out, self.first_token, self.finish, self.dropped
                 )
             )
         self.ledger = Ledger(

@@ -11,7 +11,6 @@ last tick and moves the metrics the way the server's would have moved:
   per finished request: loggers.py, PrometheusStatLogger.record) and gives the ITL histogram
   its (output - 1) gaps, each at the request's mean gap (the simulator tracks a request's
   decode progress, not every step); generation_tokens_total, counted per step, is not read;
-- iteration_tokens_total's count is the servers' own count of steps with output (server.Steps);
 - running = admitted and unfinished (prefilling included, as vLLM's gauge), waiting = arrived and
   not admitted; requests held by the activator while no replica is ready count as waiting;
 - a request its client gave up on leaves the gauges and counts nowhere, so drops go unseen, as
@@ -35,7 +34,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..policy.observation import Buckets, Observation, WindowFigures, observe
-from .server import Steps
 
 # vLLM's bucket bounds in seconds (code v1/metrics/loggers.py; ../shared/VLLM.md section 2)
 TTFT_BOUNDS = (
@@ -77,9 +75,6 @@ class RequestRecords:
     first_token: list[float]  # set on admission (to when its prefill ends)
     finish: list[float]
     dropped: list[bool]
-    # each ISVC's engine steps (vllm:iteration_tokens_total's count), counted by its servers;
-    # None: not measured
-    steps: list[Steps] | None = None
 
 
 @dataclass(frozen=True)
@@ -98,7 +93,6 @@ class Scrape:
     itl_sum: float
     ttft_counts: np.ndarray
     itl_counts: np.ndarray
-    steps: int | None = None  # iteration_tokens_total_count; None: not measured
 
 
 class _Counters:
@@ -179,7 +173,6 @@ class VllmMetrics:
             c.itl_sum,
             c.ttft_counts.copy(),
             c.itl_counts.copy(),
-            None if r.steps is None else r.steps[index].count,
         )
 
 
@@ -249,5 +242,4 @@ def _figures(now: Scrape, start: Scrape, before: Scrape | None, recent: Scrape |
         recent_s=None if recent is None else now.time - recent.time,
         completed_recent=None if recent is None else now.completed - recent.completed,
         growth_recent=0.0 if recent is None else now.in_system - recent.in_system,
-        steps=None if now.steps is None or start.steps is None else now.steps - start.steps,
     )
