@@ -11,6 +11,7 @@ simulator's vLLM server (V1 chunked by default).
 
     python benchmarks/latency_model.py [--requests 100000] [--jobs 2] [--only chat-8b,code-1b]
     python benchmarks/latency_model.py --no-profile steady,diurnal [--requests 100000]
+    python benchmarks/latency_model.py --identity granite-13b:diurnal:2 (mistral-7b:steady:1:20)
 
 --no-profile runs each ISVC alone under ours for 10 simulated minutes with no profile of its
 model (the planner starts from the roofline prior, policy/prior.py, and identifies the step's
@@ -133,15 +134,21 @@ class Unprofiled:
     dropped: int  # requests dropped (the client's timeout)
 
 
-def unprofiled(name: str, kind: str = "steady", duration_s: float = NO_PROFILE_S, seed: int = 1) -> Unprofiled:
-    """`name` of the `kind` scenario run alone by ours for `duration_s` with no profile of its
-    model: the capacity of its first decision and the one learned by the end."""
+def _unprofiled_run(name: str, kind: str, duration_s: float, seed: int):
+    """`name` of the `kind` scenario alone, its model with no profile, and ours' simulation of it."""
     scenario = alone(build_scenario(kind, seed, duration_s), name)
     spec = dataclasses.replace(scenario.world.isvcs[0], profiled=False)
     scenario = dataclasses.replace(scenario, world=dataclasses.replace(scenario.world, isvcs=(spec,)))
     policy, initial = build_policy("ours", scenario, RunSettings(), {})
+    return scenario, spec, policy, Simulation(scenario, policy, initial)
+
+
+def unprofiled(name: str, kind: str = "steady", duration_s: float = NO_PROFILE_S, seed: int = 1) -> Unprofiled:
+    """`name` of the `kind` scenario run alone by ours for `duration_s` with no profile of its
+    model: the capacity of its first decision and the one learned by the end."""
+    scenario, spec, policy, simulation = _unprofiled_run(name, kind, duration_s, seed)
     first = policy.last[0]
-    result = Simulation(scenario, policy, initial).run()
+    result = simulation.run()
     last = policy.last[0]
     runs = Deployment(f"simulation/{spec.name}", spec.model, last.accelerator, last.max_batch)
     shape = Shape(float(scenario.requests.in_tokens.mean()), float(scenario.requests.out_tokens.mean()))
@@ -152,6 +159,51 @@ def unprofiled(name: str, kind: str = "steady", duration_s: float = NO_PROFILE_S
     return Unprofiled(
         last.accelerator, last.max_batch, first.replica_capacity, learned or 0.0, reading, met, int(result.dropped.sum())
     )
+
+
+def identity_windows(name: str, kind: str = "steady", duration_s: float = NO_PROFILE_S, seed: int = 1) -> None:
+    """Per window of `unprofiled`'s run, what the identification's identity reads against the
+    simulated truth: the mean ITL I, the decoding requests per replica B, I / S from vLLM's step
+    count (S: the window over the steps), and the context the decodes read as the identity
+    `I (1 - c P) = alpha (I / S) + (beta + gamma x context) B` gives it with the true costs, over
+    the finished requests' mean prompt plus output that the window reports (policy/identify.py)."""
+    scenario, spec, policy, simulation = _unprofiled_run(name, kind, duration_s, seed)
+    seen: list = []
+    steps: dict[float, int] = {}  # the simulated servers' step count at each observation
+    observe, decide = policy.observer.observe, policy.decide
+
+    def observing(now: float):
+        steps[now] = simulation.steps[0].count
+        seen.append([now, observe(now)[0], None])
+        return [seen[-1][1]]
+
+    def deciding(now: float, views):
+        decisions = decide(now, views)
+        seen[-1][2] = views[0].ready  # the observation decide() just made
+        return decisions
+
+    policy.observer.observe, policy.decide = observing, deciding
+    simulation.run()
+    truth = spec.options[policy.last[0].accelerator].truth
+    alpha, beta, gamma = truth.linear_ms(0), truth.linear_ms(1) - truth.linear_ms(0), truth.kv_read_ms
+    c = beta + gamma  # a prompt token's cost
+    accelerator = policy.last[0].accelerator
+    print(f"{name}, {kind} load, seed {seed}, on the {accelerator}, windows served by one fleet throughout:")
+    print("window's end, replicas, I ms, B, I / S, context read / reported")
+    for now, obs, ready in seen:
+        fleets = {r for t, _, r in seen if now - obs.window_s < t <= now}
+        start = steps.get(now - obs.window_s)
+        if fleets != {ready} or not ready or obs.itl_ms is None or start is None or not obs.itl_buckets:
+            continue
+        steps_per_s = (steps[now] - start) / obs.window_s
+        decodes = obs.itl_ms / 1000.0 * obs.itl_buckets[-1][1] / obs.window_s / ready
+        if decodes < 1.0 or obs.avg_in_tokens is None or obs.avg_out_tokens is None:
+            continue
+        ratio = obs.itl_ms * steps_per_s / ready / 1000.0
+        prompt = (obs.prompt_tokens_per_s or 0.0) / ready / 1000.0
+        read = ((obs.itl_ms * (1.0 - c * prompt) - alpha * ratio) / decodes - beta) / gamma
+        reported = obs.avg_in_tokens + obs.avg_out_tokens
+        print(f"{now:6.0f} s {ready:3d} {obs.itl_ms:7.2f} {decodes:6.2f} {ratio:6.3f} {read / reported:6.2f}")
 
 
 def alone(scenario: Scenario, name: str) -> Scenario:
@@ -189,7 +241,13 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--only", help="comma-separated ISVC names")
     parser.add_argument("--no-profile", help="only the no-profile runs, under these loads (comma-separated: steady,diurnal,step)")
+    parser.add_argument("--identity", metavar="ISVC:LOAD[:SEED[:MINUTES]]", help="a no-profile run's windows (identity_windows)")
     args = parser.parse_args()
+    if args.identity:
+        name, kind, *rest = args.identity.split(":")
+        seed, minutes = (int(rest[0]) if rest else 1), (float(rest[1]) if len(rest) > 1 else NO_PROFILE_S / 60.0)
+        identity_windows(name, kind, minutes * 60.0, seed)
+        return
     if args.no_profile:
         for kind in args.no_profile.split(","):
             no_profile_table(kind, args.requests)

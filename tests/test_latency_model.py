@@ -25,7 +25,7 @@ from autoscaler.simulator.traffic import Requests
 from autoscaler.simulator.world import Scenario
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from latency_model import NO_PROFILE_S, alone, predicted, simulated, unprofiled  # noqa: E402
+from latency_model import NO_PROFILE_S, alone, identity_windows, predicted, simulated, unprofiled  # noqa: E402
 
 from .samples import SAMPLES, require_samples  # noqa: E402
 
@@ -288,6 +288,16 @@ def _converges(name: str, kind: str, reading: str, prior_below: float) -> None:
     assert run.prior < prior_below * truth  # the prior: conservative
     assert run.reading == reading and run.learned == pytest.approx(truth, rel=0.10), (run, truth)
     assert run.dropped == 0 and run.met >= 0.95
+
+
+def test_vllms_step_count_reads_the_mean_itl_over_the_plain_mean_step_near_one(capsys):
+    """The identity's intercept is alpha (I / S), read as alpha (identify.py): vLLM's step count
+    (iteration_tokens_total's, which the simulated server exports) measures I / S, about 1 in
+    each window of granite-13b's busy replicas (README: 1.00-1.04 at 3.3-9.8 decoding requests)"""
+    identity_windows("granite-13b", "diurnal", NO_PROFILE_S, seed=2)
+    rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
+    busy = [float(row[5]) for row in rows if float(row[4]) >= 3.0]  # I / S where 3+ requests decode
+    assert busy and all(0.95 <= ratio <= 1.06 for ratio in busy), rows
 
 
 def test_a_prior_needs_the_model_size_in_its_name_and_a_known_gpu_that_holds_its_weights():

@@ -230,3 +230,27 @@ def test_billing_stops_at_the_end_of_the_run_for_every_replica():
     assert np.all(result.finish > 60.0)
     # both replicas billed to the end of the run, whether draining or not
     assert result.gpu_hours[0] * 3600 == pytest.approx(2 * 60.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class FlatGpuSteps(ConstantSteps):
+    """Every step STEP_MS on the GPU, for vLLM's engine model (server.VllmServer)."""
+
+    kv_read_ms: float = 0.0
+
+    def linear_ms(self, tokens: int) -> float:
+        return STEP_MS
+
+
+def test_each_isvcs_engine_steps_with_output_are_counted():
+    base = queue_world(8)
+    option = dataclasses.replace(base.isvcs[0].options["G"], truth=FlatGpuSteps())
+    world = dataclasses.replace(base, isvcs=(dataclasses.replace(base.isvcs[0], options={"G": option}),), engine=EngineSettings())
+    requests = steady_requests(60.0)  # one-token prompts, five tokens out, each alone on the replica
+    simulation = Simulation(Scenario("steps", world, requests, 60.0), Scripted({}), {0: Decision(1, "G", 8)})
+    simulation.run()
+    # each request: the step that prefills it emits its first token, then four decode steps
+    assert simulation.steps[0].count == 5 * len(requests)
+    stall = Simulation(Scenario("stall", base, requests, 60.0), Scripted({}), {0: Decision(1, "G", 8)})
+    stall.run()
+    assert stall.steps[0].count == 0  # the stall model's steps are not vLLM's: none counted

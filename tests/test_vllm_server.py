@@ -15,6 +15,7 @@ from autoscaler.simulator.server import (
     Ledger,
     Overheads,
     StallServer,
+    Steps,
     VllmServer,
     blocks,
 )
@@ -113,6 +114,22 @@ def test_chunked_prefill_shares_steps_with_decodes():
     v0 = Run(requests, mode="v0-prefill-first", budget=2048).until()
     assert v0.finish[0] == pytest.approx(v0.first[0] + 50 * STEP_MS / 1000)
     assert v0.first[1] == pytest.approx(0.060 + STEP_MS / 1000)
+
+
+def test_steps_with_output_are_counted_as_vllms_iteration_tokens_histogram():
+    # a lone 100-token prompt in chunks of 32: three steps emit nothing (not counted, as vLLM
+    # observes iteration_tokens_total only for a step with outputs), the fourth its first token;
+    # then four decode steps (one span), a token each: 5 of the 8 steps
+    run = Run([(0.0, 100, 5)], budget=32, max_num_seqs=8)
+    run.server.output_steps = counted = Steps()
+    run.until()
+    assert run.times.tokens[:4] == [32, 32, 32, 4] and run.finish[0] == pytest.approx(8 * STEP_MS / 1000)
+    assert counted.count == 5
+    # a second request prefilled in the fourth step decodes 19 steps more: 20 of 23 steps
+    both = Run([(0.0, 100, 5), (0.0, 4, 20)], budget=32, max_num_seqs=8)
+    both.server.output_steps = counted = Steps()
+    both.until()
+    assert both.finish[1] == pytest.approx(23 * STEP_MS / 1000) and counted.count == 20
 
 
 def test_no_more_running_than_max_num_seqs():

@@ -8,10 +8,12 @@ and B the mean decoding requests per replica (Little's law), so, exactly,
 
     I (1 - c P) = alpha (I / S) + u B        (P prompt tokens per ms per replica)
 
-with I / S >= 1 (a step with more decodes in it is longer and weighs more in I). The
-line's intercept is alpha (I / S): the fixed cost read high, the conservative side (an
-intercept of alpha + u, read as if each request saw itself beside the B others, overrated
-granite-13b by 11% and mistral-7b by 22% in the simulated world).
+The line's intercept is alpha (I / S), read as alpha: I / S is 1 within noise (a step with
+more decodes is longer and weighs more in I, one with a long prompt's chunk is longer and
+carries fewer; vLLM's step count, vllm:iteration_tokens_total's, reads it at 0.94-1.07 in the
+busy simulated windows, and reading each window's did not pay: README, *A model with no profile*).
+An intercept of alpha + u, read as if each request saw itself beside the B others, overrated
+granite-13b by 11% and mistral-7b by 22% in the simulated world.
 
 Each window gives a point from what vLLM exports and Prometheus keeps:
 - I: the ITL histogram's sum over its count (vllm:inter_token_latency_seconds);
@@ -190,8 +192,8 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     rows = [np.median(row[~np.isnan(row)]) for row in slopes if not np.isnan(row).all()]
     slope = float(np.median(rows)) if rows else 0.0
     # no + 1 for the request itself: B (Little's law) counts every decoding request already, and
-    # the identity is exact with alpha x (I / mean step) in place of alpha (module doc), at least
-    # alpha: the intercept reads the fixed cost high, never low
+    # the identity is exact with alpha x (I / mean step) in place of alpha (module doc), 1 within
+    # noise
     intercept = float(np.median(y - slope * x))
     return intercept, slope, 1.4826 * float(np.median(np.abs(y - intercept - slope * x)))
 

@@ -32,7 +32,7 @@ from typing import Protocol
 import numpy as np
 
 from .observe import RequestRecords
-from .server import Ledger, make_server
+from .server import Ledger, Steps, make_server
 from .world import Scenario, ServingOption
 
 SAMPLE_PERIOD_S = 1.0  # how often in-flight counts are sampled (KPA's scrape interval)
@@ -165,6 +165,9 @@ class Simulation:
         self.first_token = [math.nan] * n
         self.finish = [math.nan] * n
         self.dropped = [False] * n
+        # each ISVC's engine steps with output, its replicas together (vLLM's step count; read by
+        # benchmarks/latency_model.py --identity, not by the planner)
+        self.steps = [Steps() for _ in self.world.isvcs]
         if hasattr(policy, "attach"):
             policy.attach(
                 RequestRecords(
@@ -301,7 +304,12 @@ class Simulation:
     def _start(self, state: IsvcState, revision: Revision) -> None:
         option = self.world.isvcs[state.index].options[revision.accelerator]
         server = make_server(
-            self.world.engine, option.truth, self.ledger, accelerator=revision.accelerator, max_num_seqs=revision.max_batch
+            self.world.engine,
+            option.truth,
+            self.ledger,
+            accelerator=revision.accelerator,
+            max_num_seqs=revision.max_batch,
+            steps=self.steps[state.index],
         )
         replica = Replica(state.index, revision, option, self.now, server)
         revision.replicas.append(replica)

@@ -112,6 +112,18 @@ class Ledger:
     timeout_s: float  # requests queued longer than this before they start are dropped
 
 
+class Steps:
+    """An ISVC's engine steps that emitted output, its replicas together: the count of vLLM's
+    vllm:iteration_tokens_total histogram (v1/metrics/loggers.py observes it once per step with
+    outputs: the tokens of the prefills it finished plus those it generated; a step that only
+    carries a chunk of a prompt emits nothing and is not counted)."""
+
+    __slots__ = ("count",)
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
 def blocks(tokens: int) -> int:
     return -(-tokens // BLOCK_SIZE)
 
@@ -119,8 +131,18 @@ def blocks(tokens: int) -> int:
 class VllmServer:
     """vLLM's scheduler (V1 chunked or V0 prefill-first) over one replica's KV cache."""
 
-    def __init__(self, settings: EngineSettings, times: StepTimes, ledger: Ledger, *, max_num_seqs: int, budget: int):
+    def __init__(
+        self,
+        settings: EngineSettings,
+        times: StepTimes,
+        ledger: Ledger,
+        *,
+        max_num_seqs: int,
+        budget: int,
+        steps: Steps | None = None,
+    ):
         self.v1 = settings.mode == "v1-chunked"
+        self.output_steps = steps or Steps()  # the ISVC's, where its steps are read
         self.times = times
         self.ledger = ledger
         self.max_num_seqs = max_num_seqs
@@ -198,6 +220,7 @@ class VllmServer:
     def _commit_span(self, now: float) -> None:
         self.free -= self._decode_blocks(self.span)
         self.counter += self.span
+        self.output_steps.count += self.span  # each decodes: each emits output
         self.span = 0
 
     def _decode_blocks(self, steps: int) -> int:
@@ -211,12 +234,14 @@ class VllmServer:
             self.counter += 1
         ledger, first = self.ledger, self.ledger.first_token
         seen = max(now, self.api_free)  # the API server streams it once through its queued work
+        emitted = self.decoding
         for request, chunk in self.chunks:
             done = self.prefilled[request] + chunk
             known = self.known[request]
             if done < known:
                 self.prefilled[request] = done
                 continue
+            emitted = True
             # last chunk: the step samples the next token, the request decodes from here
             del self.prefilled[request]
             if first[request] != first[request]:  # nan: its first token
@@ -228,6 +253,7 @@ class VllmServer:
             heapq.heappush(self.finishes, (offset + ledger.in_tokens[request] + ledger.out_tokens[request], request))
         self.chunks = []
         self.decoding = False
+        self.output_steps.count += emitted
 
     def _finish(self, now: float) -> None:
         finishes, offsets, ledger = self.finishes, self.offset, self.ledger
@@ -547,9 +573,11 @@ class StallServer:
 
 
 def make_server(
-    settings: EngineSettings, times: StepTimes, ledger: Ledger, *, accelerator: str, max_num_seqs: int
+    settings: EngineSettings, times: StepTimes, ledger: Ledger, *, accelerator: str, max_num_seqs: int, steps: Steps
 ) -> VllmServer | StallServer:
+    """A replica's server; a VllmServer counts its steps in `steps` (the stall model's fractional
+    steps are not vLLM's: it counts none)."""
     if settings.mode == "stall":
         return StallServer(times, ledger, max_num_seqs=max_num_seqs)
     budget = settings.max_num_batched_tokens or token_budget(accelerator)
-    return VllmServer(settings, times, ledger, max_num_seqs=max_num_seqs, budget=budget)
+    return VllmServer(settings, times, ledger, max_num_seqs=max_num_seqs, budget=budget, steps=steps)
