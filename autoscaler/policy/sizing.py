@@ -83,6 +83,7 @@ class Learned:
     serving: dict[str, tuple[int, float]] = field(default_factory=dict)  # ISVC key: (replicas, since when)
     learned_at: dict[str, float] = field(default_factory=dict)  # ISVC key: when it last learned from a window
     identified: dict[tuple[str, str], Identification] = field(default_factory=dict)  # (model, GPU) with no profile
+    rate_cv2: dict[str, float] = field(default_factory=dict)  # ISVC key: its arrivals' (rate_variation), as last seen
 
 
 def profile(catalog: Catalog, learned: Learned, model: str, accelerator: str) -> ModelProfile | None:
@@ -207,7 +208,7 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
         ):
             work.learn(scale)
     model_replica = replace(model_replica, work_scale=work.value)
-    shape = Shape(obs.avg_in_tokens, obs.avg_out_tokens)
+    shape = Shape(obs.avg_in_tokens, obs.avg_out_tokens, rate_variation(obs))
     measured_miss = 1.0 - min(_share(obs.ttft_buckets, target.ttft_ms), _share(obs.itl_buckets, target.itl_ms))
     # the model read through the same buckets: the collector interpolates inside the bucket that
     # holds the SLO (30 ms lies between vLLM's 25 and 50 ms bounds), so compare like with like
@@ -233,6 +234,27 @@ def _identify(learned: Learned, catalog: Catalog, runs: Deployment, obs: Observa
     gaps = obs.itl_buckets[-1][1] if obs.itl_buckets else 0.0
     shown = (obs.itl_ms, gaps, obs.ttft_ms, prompt, out, prompt_per_s, obs.window_s)
     identification.learn(point(*shown, replicas, frontend_ms))
+
+
+def rate_variation(obs: Observation) -> float:
+    """The squared coefficient of variation of the arrival rate over seconds (latency.Shape's
+    rate_cv2) that the window's Allan factor D shows beyond Poisson noise: a rate varying
+    slowly against the intervals T adds (D - 1) r / T to the variance of the rate read over
+    them (r the mean), so cv2 = (D - 1) / (r T). Only the excess beyond STATIONARY_SIGMAS
+    standard deviations of D's noise under Poisson arrivals counts (k pairs of intervals of n
+    arrivals each: var ~ (3 + 1 / n) / k, neighbouring differences sharing an interval): with
+    the 11 pairs of a minute's 5 s probes, 1.6 is noise. 0 where not measured."""
+    d, pairs, seconds, rate = obs.arrival_dispersion, obs.dispersion_pairs, obs.dispersion_s, obs.arrival_rate
+    if d is None or pairs <= 0 or seconds <= 0.0 or rate <= 0.0:
+        return 0.0
+    per_interval = rate * seconds
+    noise = STATIONARY_SIGMAS * math.sqrt((3.0 + 1.0 / per_interval) / pairs)
+    return max(d - 1.0 - noise, 0.0) / per_interval
+
+
+def see_arrivals(learned: Learned, key: str, obs: Observation) -> None:
+    """Keep the ISVC's arrivals' rate variation as this window shows it, for its sizing."""
+    learned.rate_cv2[key] = rate_variation(obs)
 
 
 def _stationary(obs: Observation) -> bool:
@@ -350,7 +372,8 @@ def per_replica_capacities(learned: Learned, catalog: Catalog, asked: Sequence[S
         runs, shape, target = ask.runs, ask.shape, ask.target
         work = learned.work.get((runs.model, runs.accelerator), Estimate()).value
         model_replica = replica(catalog, learned, runs.model, runs.accelerator, runs.max_batch, _rounded(work))
-        rounded = Shape(_rounded(shape.in_tokens), _rounded(shape.out_tokens))
+        cv2 = learned.rate_cv2.get(runs.key, shape.rate_cv2)
+        rounded = Shape(_rounded(shape.in_tokens), _rounded(shape.out_tokens), _rounded(cv2))
         slos = (target.ttft_ms or math.inf, target.itl_ms or math.inf)
         points.append(None if model_replica is None else _GridPoint(model_replica, rounded, *slos, goal))
     found = iter(_CAPACITIES.get([p for p in points if p is not None]))
