@@ -18,7 +18,7 @@ from autoscaler.optimizer.domain import Catalog, IterationParams, PrefillLine, S
 from autoscaler.optimizer.loader import load_system
 from autoscaler.policy.latency import Replica, Shape, capacity, identify_work_scale, predict, saturating_rate
 from autoscaler.policy.observation import Observation
-from autoscaler.policy.sizing import Deployment, Estimate, Learned, learn, replica
+from autoscaler.policy.sizing import Deployment, Estimate, Learned, learn, rate_variation, replica
 from autoscaler.simulator.load_test import MEASURED_REQUESTS
 from autoscaler.simulator.runner import RunSettings, run_policy
 from autoscaler.simulator.scenarios import build_scenario
@@ -549,7 +549,6 @@ def test_the_rate_variation_sized_with_is_the_allan_factors_excess_over_poisson_
     cv2 = (D - 1) / (r T) beyond 3 standard deviations of its noise under Poisson arrivals; a
     step of the rate within the window is one large difference, left out."""
     from autoscaler.policy.observation import allan_factor
-    from autoscaler.policy.sizing import rate_variation
 
     steady = dataclasses.replace(_window(10.0, None, 1.0, 1.0), arrival_dispersion=2.0, dispersion_pairs=10, dispersion_s=5.0)
     assert rate_variation(steady) == 0.0  # within the noise of 10 pairs (1 + 1.65)
@@ -565,3 +564,20 @@ def test_the_rate_variation_sized_with_is_the_allan_factors_excess_over_poisson_
     assert allan_factor([50] * 6 + [100] * 6, [5.0] * 12) == (0.0, 10, 5.0)
     clumped, pairs, seconds = allan_factor([12, 51, 0, 0, 0, 0, 0, 0, 0, 161, 92, 278], [5.0] * 12)
     assert clumped == pytest.approx(35.16, abs=0.01) and (pairs, seconds) == (10, 5.0)
+
+
+def test_an_isvc_is_sized_with_the_median_rate_variation_of_its_last_windows():
+    """One window with two changes of level in it, or a burst of drops, is an outlier of the
+    ISVC's traffic; clumps that recur show in most windows."""
+    from autoscaler.policy.sizing import VARIATION_WINDOWS, see_arrivals, sized_variation
+
+    learned = Learned()
+    assert sized_variation(learned, "i") == 0.0  # nothing seen: Poisson
+    steady = dataclasses.replace(_window(10.0, None, 1.0, 1.0), arrival_dispersion=1.0, dispersion_pairs=10, dispersion_s=5.0)
+    bursty = dataclasses.replace(steady, arrival_dispersion=30.0)
+    for obs in [steady] * 4 + [bursty] + [steady] * 4:
+        see_arrivals(learned, "i", obs)
+    assert sized_variation(learned, "i") == 0.0
+    for _ in range(VARIATION_WINDOWS // 2 + 1):
+        see_arrivals(learned, "i", bursty)
+    assert sized_variation(learned, "i") == pytest.approx(rate_variation(bursty))

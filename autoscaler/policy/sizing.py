@@ -27,7 +27,7 @@ Each window is learned from once.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -41,6 +41,9 @@ from .observation import Observation, within
 
 MIN_REQUESTS = 50  # fewer completions in a window say too little to learn from
 LEARNING_RATE = 0.5  # share of the way to a window's estimate (log space)
+# windows whose rate variations the sizing takes the median of (sized_variation): 5 minutes of
+# the default 30 s cycles
+VARIATION_WINDOWS = 9
 MAX_STEP = math.log(1.5)  # one window moves an estimate by at most x1.5 (outliers)
 UNINFORMATIVE_MISS = 0.002  # both measured and predicted misses below this: nothing to learn
 STATIONARY_SIGMAS = 3.0  # a rate change beyond this many standard deviations of Poisson noise is a change of load
@@ -83,7 +86,8 @@ class Learned:
     serving: dict[str, tuple[int, float]] = field(default_factory=dict)  # ISVC key: (replicas, since when)
     learned_at: dict[str, float] = field(default_factory=dict)  # ISVC key: when it last learned from a window
     identified: dict[tuple[str, str], Identification] = field(default_factory=dict)  # (model, GPU) with no profile
-    rate_cv2: dict[str, float] = field(default_factory=dict)  # ISVC key: its arrivals' (rate_variation), as last seen
+    # ISVC key: its arrivals' rate variation (rate_variation) in its last VARIATION_WINDOWS windows
+    rate_cv2: dict[str, deque[float]] = field(default_factory=dict)
 
 
 def profile(catalog: Catalog, learned: Learned, model: str, accelerator: str) -> ModelProfile | None:
@@ -254,7 +258,17 @@ def rate_variation(obs: Observation) -> float:
 
 def see_arrivals(learned: Learned, key: str, obs: Observation) -> None:
     """Keep the ISVC's arrivals' rate variation as this window shows it, for its sizing."""
-    learned.rate_cv2[key] = rate_variation(obs)
+    learned.rate_cv2.setdefault(key, deque(maxlen=VARIATION_WINDOWS)).append(rate_variation(obs))
+
+
+def sized_variation(learned: Learned, key: str) -> float:
+    """The rate variation an ISVC is sized with: the median of its last windows' (0 before
+    any). A property of its traffic, not of one window: a window with two changes of level in
+    it (a Markov-modulated load's), or with a burst of dropped requests (gone from the gauges
+    without a completion, they read as fewer arrivals), is one outlier; clumps that recur show
+    in most windows."""
+    seen = learned.rate_cv2.get(key)
+    return float(np.median(seen)) if seen else 0.0
 
 
 def _stationary(obs: Observation) -> bool:
@@ -372,8 +386,7 @@ def per_replica_capacities(learned: Learned, catalog: Catalog, asked: Sequence[S
         runs, shape, target = ask.runs, ask.shape, ask.target
         work = learned.work.get((runs.model, runs.accelerator), Estimate()).value
         model_replica = replica(catalog, learned, runs.model, runs.accelerator, runs.max_batch, _rounded(work))
-        cv2 = learned.rate_cv2.get(runs.key, shape.rate_cv2)
-        rounded = Shape(_rounded(shape.in_tokens), _rounded(shape.out_tokens), _rounded(cv2))
+        rounded = Shape(_rounded(shape.in_tokens), _rounded(shape.out_tokens), _rounded(sized_variation(learned, runs.key)))
         slos = (target.ttft_ms or math.inf, target.itl_ms or math.inf)
         points.append(None if model_replica is None else _GridPoint(model_replica, rounded, *slos, goal))
     found = iter(_CAPACITIES.get([p for p in points if p is not None]))
