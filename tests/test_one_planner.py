@@ -9,6 +9,7 @@ the controller's collector would observe.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -57,6 +58,14 @@ def stream(namespace: str, name: str, rate_before: float, rate_after: float, see
     return RequestStream(namespace, name, "m", arrival, admitted, first, finish, dropped_at, rng.integers(10, 3000, n), out)
 
 
+def clumped(namespace: str, name: str, seed: int) -> RequestStream:
+    """stream()'s requests at 20 req/s kept only in alternate 10 s: clumps the 5 s probes see."""
+    full = stream(namespace, name, 20.0, 20.0, seed)
+    keep = (full.arrival // 10.0) % 2 == 0
+    arrays = {f.name: getattr(full, f.name) for f in dataclasses.fields(full)}
+    return dataclasses.replace(full, **{name: a[keep] for name, a in arrays.items() if isinstance(a, np.ndarray)})
+
+
 def records_at(streams: list[RequestStream]) -> tuple[RequestRecords, Callable[[float], None]]:
     """The streams merged into the engine's request records and a function that reveals what
     the engine would have recorded by a given time."""
@@ -87,7 +96,7 @@ def records_at(streams: list[RequestStream]) -> tuple[RequestRecords, Callable[[
 
 
 def test_observer_matches_the_collectors_promql_over_the_same_requests(tmp_path):
-    streams = [stream("sim", "chat", 8.0, 14.0, seed=1), stream("sim", "code", 3.0, 3.0, seed=2)]
+    streams = [stream("sim", "chat", 8.0, 14.0, seed=1), stream("sim", "code", 3.0, 3.0, seed=2), clumped("sim", "burst", 3)]
     records, reveal = records_at(streams)
     observer = Observer(records, len(streams), window_s=60.0, recent_s=30.0)
     for moment in np.arange(5.0, END + 1, 5.0):  # the queue probes, every 5 s, and the policy's ticks
@@ -128,6 +137,7 @@ def test_observer_matches_the_collectors_promql_over_the_same_requests(tmp_path)
                 assert within(sim_buckets, slo) == pytest.approx(within(prom_buckets, slo), **close)
     chat = simulated[0]
     assert chat.arrival_rate > chat.previous_rate * 1.3 and chat.waiting > 0  # the step up is seen
+    assert simulated[1].arrival_dispersion < 2.0 < 10.0 < simulated[2].arrival_dispersion  # Poisson, clumps
 
 
 def test_a_rise_with_a_queue_does_not_inflate_the_mean_prompt():
