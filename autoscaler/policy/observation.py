@@ -159,11 +159,12 @@ def allan_factor(counts: Sequence[float], seconds: Sequence[float]) -> tuple[flo
     lengths `seconds`), and the number of pairs it averages: the mean of the squared differences
     of neighbouring intervals' rates over what Poisson arrivals at the mean rate would give,
     (n2/t2 - n1/t1)^2 / (r (1/t1 + 1/t2)), r the counts' total over the intervals' (for equal
-    intervals the Allan factor, E[(n2 - n1)^2] / (2 E[n])). 1 for Poisson arrivals, above for
-    clumps; a rate that steps or ramps within the window moves only the one or few differences
-    across the change, where the variance around the window's mean would read it as burstiness.
-    The third figure is the intervals' mean length. (None, 0, 0) with fewer than two intervals
-    or no arrivals."""
+    intervals the Allan factor, E[(n2 - n1)^2] / (2 E[n])), the largest difference left out:
+    one step of the rate within the window (a square wave's edge) is one large difference, a
+    ramp moves every difference little, where the variance around the window's mean would read
+    both as burstiness; clumps that recur leave many. About 1 for Poisson arrivals (0.7 with 11
+    pairs, the largest of them left out), above for clumps. The third figure is the intervals'
+    mean length. (None, 0, 0) with fewer than three intervals or no arrivals."""
     n, t = np.asarray(counts, dtype=float), np.asarray(seconds, dtype=float)
     keep = t > 0.0
     n, t = n[keep], t[keep]
@@ -172,7 +173,6 @@ def allan_factor(counts: Sequence[float], seconds: Sequence[float]) -> tuple[flo
         return None, 0, 0.0
     rates = n / t
     poisson = rate * (1.0 / t[1:] + 1.0 / t[:-1])
-    # a step of the rate within the window is one large difference: the largest is left out
     terms = np.sort((rates[1:] - rates[:-1]) ** 2 / poisson)[:-1]
     return float(np.mean(terms)), int(terms.size), float(t.mean())
 
