@@ -213,9 +213,18 @@ def test_observations_from_query_results():
     assert within(obs.ttft_buckets, 0.8) == pytest.approx((554, 600))  # interpolated inside (0.5 s, 1 s]
     assert within(obs.ttft_buckets, 5.0) == (590, 600)  # beyond the last finite bound: only what is known
     assert obs.recent_rate is None  # the short window not answered: the planner plans from the window alone
-    assert len(queries(settings)) == 16  # one per figure, whatever the number of ISVCs
+    assert len(queries(settings)) == 17  # one per figure, whatever the number of ISVCs
     assert "increase(vllm:request_success_total[30s])" in queries(settings)["completed_recent"]
-    assert len(queries(CollectorSettings(window_s=60, recent_s=None))) == 14
+    assert len(queries(CollectorSettings(window_s=60, recent_s=None))) == 15
+    assert len(queries(CollectorSettings(window_s=60, dispersion_s=None))) == 16
+    assert obs.arrival_dispersion is None and obs.dispersion_pairs == 0  # not answered: Poisson
+
+    # the arrivals' Allan factor over the window's 15 s intervals: 4 intervals, 3 pairs, the largest left out
+    bursty = observations(results | {"dispersion": v(4.5)}, settings)[("prod", "chat")]
+    assert (bursty.arrival_dispersion, bursty.dispersion_pairs, bursty.dispersion_s) == (4.5, 2, 15.0)
+    # no arrivals in it (0 / 0): unknown, and the ISVC's other figures still stand
+    empty = observations(results | {"dispersion": v("NaN")}, settings)[("prod", "chat")]
+    assert empty.arrival_dispersion is None and empty.arrival_rate == obs.arrival_rate
 
     # the last 30 s of the window: 450 completed, the queue grew by 30
     recent = observations(results | {"completed_recent": v(450), "growth_recent": v(30)}, settings)[("prod", "chat")]

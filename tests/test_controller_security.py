@@ -62,6 +62,7 @@ def test_a_negative_invoke_interval_is_refused(capsys):
         ("--period", "0", "must be more than 0 seconds"),
         ("--queue-probe", "nan", "must be more than 0 seconds"),
         ("--startup-seconds", "-1", "must be 0 or more seconds"),
+        ("--scrape-interval", "-5", "must be 0 or more seconds"),
     ):
         assert main(["controller", *loopback, flag, value]) == 2
         assert f"{flag}: {problem}" in capsys.readouterr().err

@@ -9,6 +9,7 @@ the controller's collector would observe.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +23,8 @@ from autoscaler.controller.collector import CollectorSettings, observations, que
 from autoscaler.policy.decisions import LastDecision
 from autoscaler.policy.observation import within
 from autoscaler.policy.planner import Plan
+from autoscaler.policy.sizing import rate_variation
+from autoscaler.optimizer.domain import Load
 from autoscaler.simulator.engine import Decision, IsvcView
 from autoscaler.simulator.observe import Observer, RequestRecords
 from autoscaler.simulator.policies import model_based
@@ -55,6 +58,14 @@ def stream(namespace: str, name: str, rate_before: float, rate_after: float, see
     return RequestStream(namespace, name, "m", arrival, admitted, first, finish, dropped_at, rng.integers(10, 3000, n), out)
 
 
+def clumped(namespace: str, name: str, seed: int) -> RequestStream:
+    """stream()'s requests at 20 req/s kept only in alternate 10 s: clumps the 5 s probes see."""
+    full = stream(namespace, name, 20.0, 20.0, seed)
+    keep = (full.arrival // 10.0) % 2 == 0
+    arrays = {f.name: getattr(full, f.name) for f in dataclasses.fields(full)}
+    return dataclasses.replace(full, **{name: a[keep] for name, a in arrays.items() if isinstance(a, np.ndarray)})
+
+
 def records_at(streams: list[RequestStream]) -> tuple[RequestRecords, Callable[[float], None]]:
     """The streams merged into the engine's request records and a function that reveals what
     the engine would have recorded by a given time."""
@@ -85,14 +96,17 @@ def records_at(streams: list[RequestStream]) -> tuple[RequestRecords, Callable[[
 
 
 def test_observer_matches_the_collectors_promql_over_the_same_requests(tmp_path):
-    streams = [stream("sim", "chat", 8.0, 14.0, seed=1), stream("sim", "code", 3.0, 3.0, seed=2)]
+    streams = [stream("sim", "chat", 8.0, 14.0, seed=1), stream("sim", "code", 3.0, 3.0, seed=2), clumped("sim", "burst", 3)]
     records, reveal = records_at(streams)
     observer = Observer(records, len(streams), window_s=60.0, recent_s=30.0)
-    for tick in np.arange(30.0, END + 1, 30.0):  # the policy's ticks
-        reveal(tick)
-        simulated = observer.observe(tick)
+    for moment in np.arange(5.0, END + 1, 5.0):  # the queue probes, every 5 s, and the policy's ticks
+        reveal(moment)
+        if moment % 30.0:
+            observer.in_system(moment)
+        else:
+            simulated = observer.observe(moment)
 
-    settings = CollectorSettings(window_s=60, recent_s=30)
+    settings = CollectorSettings(window_s=60, recent_s=30, dispersion_s=5)
     prometheus = PrometheusServer(tmp_path / "prometheus", free_port())
     prometheus.backfill(openmetrics(streams, [float(t) for t in range(int(END) + 1)], BASE)).start("up", 0)
     try:
@@ -107,6 +121,9 @@ def test_observer_matches_the_collectors_promql_over_the_same_requests(tmp_path)
         # and extrapolates the 59 s it has (1.7%)
         close = dict(rel=0.03, abs=1e-6)
         figures = ("arrival_rate", "previous_rate", "avg_in_tokens", "avg_out_tokens", "prompt_tokens_per_s", "ttft_ms", "itl_ms")
+        # the arrivals' Allan factor over the probes' 5 s: the counters' own samples, differenced
+        assert sim.arrival_dispersion == pytest.approx(prom.arrival_dispersion, rel=1e-6)
+        assert (sim.dispersion_pairs, sim.dispersion_s) == (prom.dispersion_pairs, prom.dispersion_s) == (10, 5.0)
         for figure in figures:
             assert getattr(sim, figure) == pytest.approx(getattr(prom, figure), **close), figure
         assert (sim.running, sim.waiting) == (prom.running, prom.waiting)
@@ -120,6 +137,7 @@ def test_observer_matches_the_collectors_promql_over_the_same_requests(tmp_path)
                 assert within(sim_buckets, slo) == pytest.approx(within(prom_buckets, slo), **close)
     chat = simulated[0]
     assert chat.arrival_rate > chat.previous_rate * 1.3 and chat.waiting > 0  # the step up is seen
+    assert simulated[1].arrival_dispersion < 2.0 < 10.0 < simulated[2].arrival_dispersion  # Poisson, clumps
 
 
 def test_a_rise_with_a_queue_does_not_inflate_the_mean_prompt():
@@ -192,3 +210,17 @@ def test_ours_applies_the_plan_as_the_controller_would(monkeypatch):
     assert policy.decide(60.0, views)[1] == Decision(4)  # a scale-down waits for the HPA's window
     assert policy.decide(400.0, views)[1] == Decision(2)
     assert seen[1][names[1]].replicas == 9  # the next cycle reads the decision the annotation records
+
+
+def test_the_opening_decision_sees_the_first_minutes_clumps_as_its_probes_would():
+    """The opening observation is the first minute's: its rate, and the Allan factor of its
+    arrivals over the queue probes' 5 s (chat-8b's first minute of the Azure code trace: 35,
+    beyond Poisson noise); with no arrival times given, Poisson as before."""
+    counts = [12, 51, 0, 0, 0, 0, 0, 0, 0, 161, 92, 278]
+    arrivals = np.concatenate([5.0 * i + np.linspace(0.0, 4.9, n) for i, n in enumerate(counts)])
+    load = Load(len(arrivals), 2048, 28)
+    opened = model_based._opening(load, 60.0, arrivals, 5.0)
+    assert opened.arrival_rate == pytest.approx(len(arrivals) / 60.0)
+    assert (opened.arrival_dispersion, opened.dispersion_pairs, opened.dispersion_s) == (pytest.approx(35.16, abs=0.01), 10, 5.0)
+    assert rate_variation(opened) > 0.1
+    assert model_based._opening(load, 60.0).arrival_dispersion is None

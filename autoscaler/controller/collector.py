@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ..limits import MAX_MAGNITUDE, finite_problem
 from ..optimizer.domain import Catalog
@@ -36,6 +36,10 @@ class CollectorSettings:
     # few scrape intervals; with fewer than two samples in it the figure is absent and the
     # planner plans from the window alone
     recent_s: int | None = 30
+    # the intervals the arrivals' burstiness (their Allan factor, observation.allan_factor) is
+    # counted over within the window: the scrape interval (the counters' own samples are
+    # differenced, no increase() over it); at least 3 in the window, None: not measured
+    dispersion_s: int | None = 15
     isvc_label: str = "isvc"  # the label your scrape config puts the ISVC name in (see config/)
     itl_metric: str = "vllm:time_per_output_token_seconds"  # vLLM >= 0.10 also: vllm:inter_token_latency_seconds
 
@@ -75,27 +79,60 @@ def queries(settings: CollectorSettings, bucket_bounds: Mapping[str, str] | None
         matcher = f'{{le=~"{literal}"}}' if histogram in bucket_bounds else ""
         return f"sum by ({by}, le) (increase({histogram_metric(settings, histogram)}_bucket{matcher}[{w}]))"
 
+    def arrivals(offset: int) -> str:
+        """Arrivals per ISVC over the `dispersion_s` before `offset` seconds ago: completions
+        plus the growth of running + waiting, each series differenced against itself (a pod
+        that comes or goes adds nothing; a counter reset is clamped to none)."""
+        s = settings.dispersion_s
+
+        def diff(metric: str) -> str:
+            now = f"{metric} offset {offset}s" if offset else metric
+            return f"{now} - {metric} offset {offset + s}s"
+
+        completed = f"sum by ({by}) (clamp_min({diff('vllm:request_success_total')}, 0))"
+        return " + ".join([completed, *(f"sum by ({by}) ({diff('vllm:num_requests_' + g)})" for g in ("running", "waiting"))])
+
+    dispersion = {}
+    if measures_dispersion(settings):
+        s = settings.dispersion_s
+        # the squared differences of neighbouring intervals' arrivals over the window, the
+        # largest left out (allan_factor), over twice the mean arrivals of an interval
+        pairs = f"(({arrivals(0)}) - ({arrivals(s)})) ^ 2"
+        # a subquery's points are the step's multiples within its range: one second short of a
+        # multiple, so that Prometheus 2.x (range closed at its start) and 3.x (open) take the
+        # same ones, the pairs within the window (allan_factor's) and its intervals
+        over = f"[{settings.window_s - s - 1}s:{s}s]"
+        trimmed = f"(sum_over_time(({pairs}){over}) - max_over_time(({pairs}){over})) / (count_over_time(({pairs}){over}) - 1)"
+        dispersion = {"dispersion": f"{trimmed} / (2 * avg_over_time(({arrivals(0)})[{settings.window_s - 1}s:{s}s]))"}
     recent = {}
     if measures_recent(settings):
         r = f"{settings.recent_s}s"
         recent = {"completed_recent": increase("vllm:request_success_total", over=r), "growth_recent": growth(over=r)}
-    return recent | {
-        "completed": increase("vllm:request_success_total"),
-        "completed_before": increase("vllm:request_success_total", f" offset {w}"),
-        "growth": growth(),
-        "growth_before": growth(f" offset {w}"),
-        "running": f"sum by ({by}) (vllm:num_requests_running)",
-        "waiting": f"sum by ({by}) (vllm:num_requests_waiting)",
-        "prompt_tokens": increase("vllm:prompt_tokens_total"),
-        "prompt_len": mean_length("vllm:request_prompt_tokens"),
-        "output_len": mean_length("vllm:request_generation_tokens"),
-        "ttft_sum": increase("vllm:time_to_first_token_seconds_sum"),
-        "itl_sum": increase(settings.itl_metric + "_sum"),
-        "ttft_buckets": buckets("ttft"),
-        "itl_buckets": buckets("itl"),
-        # an info gauge: the figures are its labels (per replica; the smallest is the bound)
-        "kv_cache": f"min by ({by}, num_gpu_blocks, block_size) (vllm:cache_config_info)",
-    }
+    return (
+        dispersion
+        | recent
+        | {
+            "completed": increase("vllm:request_success_total"),
+            "completed_before": increase("vllm:request_success_total", f" offset {w}"),
+            "growth": growth(),
+            "growth_before": growth(f" offset {w}"),
+            "running": f"sum by ({by}) (vllm:num_requests_running)",
+            "waiting": f"sum by ({by}) (vllm:num_requests_waiting)",
+            "prompt_tokens": increase("vllm:prompt_tokens_total"),
+            "prompt_len": mean_length("vllm:request_prompt_tokens"),
+            "output_len": mean_length("vllm:request_generation_tokens"),
+            "ttft_sum": increase("vllm:time_to_first_token_seconds_sum"),
+            "itl_sum": increase(settings.itl_metric + "_sum"),
+            "ttft_buckets": buckets("ttft"),
+            "itl_buckets": buckets("itl"),
+            # an info gauge: the figures are its labels (per replica; the smallest is the bound)
+            "kv_cache": f"min by ({by}, num_gpu_blocks, block_size) (vllm:cache_config_info)",
+        }
+    )
+
+
+def measures_dispersion(settings: CollectorSettings) -> bool:
+    return settings.dispersion_s is not None and 2 <= settings.dispersion_s and 3 * settings.dispersion_s <= settings.window_s
 
 
 def measures_recent(settings: CollectorSettings) -> bool:
@@ -130,7 +167,7 @@ def bracketing_bounds(bounds: list[str], slos_s: set[float]) -> str:
 Samples = list[dict]  # Prometheus instant-vector result: [{"metric": {...}, "value": [t, "v"]}]
 # only for the means or the short window: one unusable leaves that figure unknown (0 / 0 over
 # a window in which nothing finished is NaN: no mean)
-OPTIONAL = ("ttft_sum", "itl_sum", "prompt_len", "output_len", "completed_recent", "growth_recent")
+OPTIONAL = ("ttft_sum", "itl_sum", "prompt_len", "output_len", "completed_recent", "growth_recent", "dispersion")
 LABELLED = ("kv_cache",)  # read off labels, not values
 
 
@@ -236,6 +273,10 @@ def observations(results: Mapping[str, Samples], settings: CollectorSettings) ->
     observed = {}
     for key in figures["completed"].keys() - unusable.keys():
         obs = _observation(key, figures, ttft_buckets.get(key, ()), itl_buckets.get(key, ()), window, kv_cache.get(key), recent_s)
+        if (dispersion := figures.get("dispersion", {}).get(key)) is not None:
+            # the subquery's intervals: window / dispersion_s, their pairs one fewer, the largest left out
+            pairs = int(settings.window_s // settings.dispersion_s) - 2
+            obs = replace(obs, arrival_dispersion=dispersion, dispersion_pairs=pairs, dispersion_s=float(settings.dispersion_s))
         problem = obs.problem()
         if problem:
             unusable[key] = problem

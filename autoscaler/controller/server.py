@@ -153,6 +153,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--queue-probe", type=float, default=5.0, help="seconds between looks at the requests in the system between cycles"
     )
+    parser.add_argument(
+        "--scrape-interval",
+        type=int,
+        default=15,
+        help="seconds between Prometheus's scrapes of vLLM: the intervals the arrivals' burstiness is counted over "
+        "(their Allan factor, for the latency model); 0: not measured",
+    )
     parser.add_argument("--startup-seconds", type=float, default=120.0, help="time from scale-up to a serving replica")
     parser.add_argument("--listen", default="0.0.0.0:8443", help="HTTPS address for /invoke, /metrics, /healthz")
     parser.add_argument("--decisions-address", default="0.0.0.0:9090", help="gRPC address of the DecisionService")
@@ -224,6 +231,8 @@ async def _serve(args: argparse.Namespace) -> int:
         raise InputError("command line", "--startup-seconds", "must be 0 or more seconds")
     if not args.invoke_min_interval >= 0:
         raise InputError("command line", "--invoke-min-interval", "must be 0 or more seconds")
+    if args.scrape_interval < 0:
+        raise InputError("command line", "--scrape-interval", "must be 0 or more seconds")
     kube = await Kube.connect(args.kubeconfig)
     try:  # an unreachable API server is said at once, not after the informers' sync timeout
         await kube.request("GET", "/version", timeout_s=10)
@@ -232,7 +241,12 @@ async def _serve(args: argparse.Namespace) -> int:
             await kube.close()
             raise
     # the short window is the period (whole seconds, as a PromQL range)
-    collected = CollectorSettings(window_s=args.window, recent_s=int(args.period) or None, isvc_label=args.isvc_label)
+    collected = CollectorSettings(
+        window_s=args.window,
+        recent_s=int(args.period) or None,
+        dispersion_s=args.scrape_interval or None,
+        isvc_label=args.isvc_label,
+    )
     collector = PrometheusCollector(args.prometheus_url, collected)
     settings = ControllerSettings(
         namespace=args.namespace,

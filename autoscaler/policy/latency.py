@@ -59,6 +59,10 @@ RATE_POINTS = 24  # rates per pass of the capacity search (two passes: 1/576 of 
 # prompts x Hermite nodes, are then ~660 kB, within a core's cache; 64 points and more took 25-80%
 # longer on benchmarks/plan_learning.py, 16 points 15% longer (numpy's cost per call)
 BLOCK = 48
+# nodes of the rates a varying load's requests arrive at (_rate_nodes): Gauss-Hermite, weights
+# normalised to 1
+RATE_NODES = 7
+RATE_HERMITE = (lambda x, w: (x, w / w.sum()))(*np.polynomial.hermite_e.hermegauss(RATE_NODES))
 
 
 @dataclass(frozen=True)
@@ -95,6 +99,9 @@ class Replica:
 class Shape:
     in_tokens: float
     out_tokens: float
+    # the squared coefficient of variation of the arrival rate over seconds, beyond Poisson
+    # noise (0: Poisson at a steady rate; module doc, RATE_NODES)
+    rate_cv2: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -322,6 +329,7 @@ class Rows:
     other_u: np.ndarray
     other_prefill_work: np.ndarray
     other_gamma: np.ndarray
+    rate_cv2: np.ndarray  # Shape.rate_cv2
 
     @classmethod
     def of(cls, pairs: Sequence[tuple[Replica, Shape]]) -> Rows:
@@ -355,6 +363,7 @@ def _row(replica: Replica, shape: Shape) -> tuple:
         *(first.fixed, first.per_decode, first.per_request, first.kv_read),
         *(replica.costs.frontend_ms, prompt, out, seats, replica.token_budget, len(sides) == 2),
         *(other.fixed, other.per_decode, other.per_request, other.kv_read),
+        max(shape.rate_cv2, 0.0),
     )
 
 
@@ -384,9 +393,43 @@ def predict_rates(
 def predict_points(
     rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_slo_ms: np.ndarray, mode: str = "chunked"
 ) -> Predictions:
-    """Attainment of each row at the rate and SLOs beside it (arrays of one length); where either
-    side may set the step, the side that meets fewer requests there (the one whose steps are
-    longer)."""
+    """Attainment of each row at the mean rate and SLOs beside it (arrays of one length). Where
+    the rate varies over seconds (rate_cv2 > 0) each request is served at the rate of its
+    moment: the shares are their mean over the rates its requests arrive at (_rate_nodes), the
+    mean step and batch those of the mean rate."""
+    steady = _predict_steady(rows, rates, ttft_slo_ms, itl_slo_ms, mode)
+    varying = np.flatnonzero(rows.rate_cv2 > 0.0)
+    if not varying.size:
+        return steady
+    nodes, weights = _rate_nodes(rows.rate_cv2[varying])  # points x RATE_NODES
+    each = np.repeat(varying, RATE_NODES)
+    at = _predict_steady(rows.take(each), (rates[varying, None] * nodes).ravel(), ttft_slo_ms[each], itl_slo_ms[each], mode)
+    shares = {}
+    for name in ("ttft_share", "itl_share", "itl_token_share", "attainment"):
+        values = getattr(steady, name).copy()
+        values[varying] = np.sum(getattr(at, name).reshape(-1, RATE_NODES) * weights, axis=1)
+        shares[name] = values
+    return replace(steady, **shares)
+
+
+def _rate_nodes(cv2: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The rates, over the mean rate, that the requests of a load whose rate varies with squared
+    coefficient of variation `cv2` arrive at, and their weights (RATE_NODES per load). A request
+    is likelier to arrive while the rate is high: the rates it sees are the rate's distribution
+    weighted by the rate itself, of mean 1 + cv2 and squared coefficient of variation
+    cv2 / (1 + cv2) for a Gamma-distributed rate (the mixing law of a negative binomial count);
+    taken as log-normal with those two moments, at Gauss-Hermite nodes."""
+    cv2 = np.asarray(cv2, dtype=float)[:, None]
+    sigma2 = np.log1p(cv2 / (1.0 + cv2))
+    nodes, weights = RATE_HERMITE
+    return (1.0 + cv2) * np.exp(np.sqrt(sigma2) * nodes - sigma2 / 2.0), np.broadcast_to(weights, (cv2.shape[0], RATE_NODES))
+
+
+def _predict_steady(
+    rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_slo_ms: np.ndarray, mode: str = "chunked"
+) -> Predictions:
+    """predict_points at steady Poisson rates; where either side may set the step, the side that
+    meets fewer requests there (the one whose steps are longer)."""
     first = _predict_blocks(rows, rates, ttft_slo_ms, itl_slo_ms, mode)
     two = np.flatnonzero(rows.two)
     if not two.size:

@@ -8,7 +8,10 @@ the same metrics off its own replicas (simulator/observe.py); both hand the wind
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, fields
+
+import numpy as np
 
 from ..limits import finite_problem
 
@@ -41,6 +44,13 @@ class Observation:
     # prompt tokens prefilled per second (vllm:prompt_tokens_total): the engine's prefill work,
     # not the request shape; None where not measured
     prompt_tokens_per_s: float | None = None
+    # the arrivals' burstiness within the window: the Allan factor of the arrival counts over
+    # successive short intervals of `dispersion_s` (allan_factor; 1 for Poisson arrivals), and
+    # how many pairs of intervals it is the mean of (its noise); None / 0 where not measured:
+    # taken as Poisson
+    arrival_dispersion: float | None = None
+    dispersion_pairs: int = 0
+    dispersion_s: float = 0.0
 
     def problem(self) -> str | None:
         """Why no decision may be made from this observation (a figure not finite, negative or
@@ -58,7 +68,7 @@ class Observation:
 
 
 # None: not known, no fault
-_UNKNOWN_ALLOWED = ("ready_replicas", "kv_cache_tokens", "recent_rate", "recent_s", "prompt_tokens_per_s")
+_UNKNOWN_ALLOWED = ("ready_replicas", "kv_cache_tokens", "recent_rate", "recent_s", "prompt_tokens_per_s", "arrival_dispersion")
 
 
 def _bucket_problem(bound: float, count: float) -> str | None:
@@ -96,6 +106,11 @@ class WindowFigures:
     recent_s: float | None = None
     completed_recent: float | None = None
     growth_recent: float = 0.0
+    # the Allan factor of the arrivals over short intervals within the window, its pairs and
+    # the intervals' mean length (allan_factor; None: not measured)
+    dispersion: float | None = None
+    dispersion_pairs: int = 0
+    dispersion_s: float = 0.0
 
 
 def arrival_rate(finished: float, growth: float, seconds: float) -> float:
@@ -133,7 +148,33 @@ def observe(figures: WindowFigures) -> Observation:
         recent_rate=recent,
         recent_s=None if recent is None else f.recent_s,
         prompt_tokens_per_s=f.prompt_tokens / f.window_s,
+        arrival_dispersion=f.dispersion,
+        dispersion_pairs=f.dispersion_pairs if f.dispersion is not None else 0,
+        dispersion_s=f.dispersion_s if f.dispersion is not None else 0.0,
     )
+
+
+def allan_factor(counts: Sequence[float], seconds: Sequence[float]) -> tuple[float | None, int, float]:
+    """The arrivals' index of dispersion from their counts over successive intervals (of the
+    lengths `seconds`), and the number of pairs it averages: the mean of the squared differences
+    of neighbouring intervals' rates over what Poisson arrivals at the mean rate would give,
+    (n2/t2 - n1/t1)^2 / (r (1/t1 + 1/t2)), r the counts' total over the intervals' (for equal
+    intervals the Allan factor, E[(n2 - n1)^2] / (2 E[n])), the largest difference left out:
+    one step of the rate within the window (a square wave's edge) is one large difference, a
+    ramp moves every difference little, where the variance around the window's mean would read
+    both as burstiness; clumps that recur leave many. About 1 for Poisson arrivals (0.7 with 11
+    pairs, the largest of them left out), above for clumps. The third figure is the intervals'
+    mean length. (None, 0, 0) with fewer than three intervals or no arrivals."""
+    n, t = np.asarray(counts, dtype=float), np.asarray(seconds, dtype=float)
+    keep = t > 0.0
+    n, t = n[keep], t[keep]
+    rate = n.sum() / t.sum() if t.size else 0.0
+    if n.size < 3 or not rate > 0.0:
+        return None, 0, 0.0
+    rates = n / t
+    poisson = rate * (1.0 / t[1:] + 1.0 / t[:-1])
+    terms = np.sort((rates[1:] - rates[:-1]) ** 2 / poisson)[:-1]
+    return float(np.mean(terms)), int(terms.size), float(t.mean())
 
 
 def mean(total: float | None, buckets: Buckets) -> float | None:

@@ -219,6 +219,7 @@ def plan(
             target = catalog.classes[service.service_class].targets[service.model]
             if (window := _window(state, service, target, obs, now, settings.startup_s)) is not None:
                 windows.append(window)
+            sizing.see_arrivals(state.learned, service.key, obs)
             history = state.arrivals.setdefault((service.namespace, service.name), ArrivalHistory())
             loads[service.key] = _load(service, obs, catalog, settings, history, now)
     # every window at once: the latency model's predictions for them are one vectorised batch

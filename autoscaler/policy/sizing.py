@@ -27,7 +27,7 @@ Each window is learned from once.
 from __future__ import annotations
 
 import math
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
@@ -41,6 +41,9 @@ from .observation import Observation, within
 
 MIN_REQUESTS = 50  # fewer completions in a window say too little to learn from
 LEARNING_RATE = 0.5  # share of the way to a window's estimate (log space)
+# windows whose rate variations the sizing takes the median of (sized_variation): 5 minutes of
+# the default 30 s cycles
+VARIATION_WINDOWS = 9
 MAX_STEP = math.log(1.5)  # one window moves an estimate by at most x1.5 (outliers)
 UNINFORMATIVE_MISS = 0.002  # both measured and predicted misses below this: nothing to learn
 STATIONARY_SIGMAS = 3.0  # a rate change beyond this many standard deviations of Poisson noise is a change of load
@@ -83,6 +86,8 @@ class Learned:
     serving: dict[str, tuple[int, float]] = field(default_factory=dict)  # ISVC key: (replicas, since when)
     learned_at: dict[str, float] = field(default_factory=dict)  # ISVC key: when it last learned from a window
     identified: dict[tuple[str, str], Identification] = field(default_factory=dict)  # (model, GPU) with no profile
+    # ISVC key: its arrivals' rate variation (rate_variation) in its last VARIATION_WINDOWS windows
+    rate_cv2: dict[str, deque[float]] = field(default_factory=dict)
 
 
 def profile(catalog: Catalog, learned: Learned, model: str, accelerator: str) -> ModelProfile | None:
@@ -207,7 +212,7 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
         ):
             work.learn(scale)
     model_replica = replace(model_replica, work_scale=work.value)
-    shape = Shape(obs.avg_in_tokens, obs.avg_out_tokens)
+    shape = Shape(obs.avg_in_tokens, obs.avg_out_tokens, rate_variation(obs))
     measured_miss = 1.0 - min(_share(obs.ttft_buckets, target.ttft_ms), _share(obs.itl_buckets, target.itl_ms))
     # the model read through the same buckets: the collector interpolates inside the bucket that
     # holds the SLO (30 ms lies between vLLM's 25 and 50 ms bounds), so compare like with like
@@ -233,6 +238,39 @@ def _identify(learned: Learned, catalog: Catalog, runs: Deployment, obs: Observa
     gaps = obs.itl_buckets[-1][1] if obs.itl_buckets else 0.0
     shown = (obs.itl_ms, gaps, obs.ttft_ms, prompt, out, prompt_per_s, obs.window_s)
     identification.learn(point(*shown, replicas, frontend_ms))
+
+
+def rate_variation(obs: Observation) -> float:
+    """The squared coefficient of variation of the arrival rate over seconds (latency.Shape's
+    rate_cv2) that the window's Allan factor D shows beyond Poisson noise: a rate varying
+    slowly against the intervals T adds (D - 1) r / T to the variance of the rate read over
+    them (r the mean), so cv2 = (D - 1) / (r T). Only the excess beyond STATIONARY_SIGMAS
+    standard deviations of D's noise under Poisson arrivals counts (k pairs of intervals of n
+    arrivals each: var ~ (3 + 1 / n) / k, neighbouring differences sharing an interval): with
+    the 10 pairs of a minute's 5 s probes (the largest left out), 1.65 is noise; with the
+    largest left out Poisson counts read ~0.7, so the excess is if anything understated. 0
+    where not measured."""
+    d, pairs, seconds, rate = obs.arrival_dispersion, obs.dispersion_pairs, obs.dispersion_s, obs.arrival_rate
+    if d is None or pairs <= 0 or seconds <= 0.0 or rate <= 0.0:
+        return 0.0
+    per_interval = rate * seconds
+    noise = STATIONARY_SIGMAS * math.sqrt((3.0 + 1.0 / per_interval) / pairs)
+    return max(d - 1.0 - noise, 0.0) / per_interval
+
+
+def see_arrivals(learned: Learned, key: str, obs: Observation) -> None:
+    """Keep the ISVC's arrivals' rate variation as this window shows it, for its sizing."""
+    learned.rate_cv2.setdefault(key, deque(maxlen=VARIATION_WINDOWS)).append(rate_variation(obs))
+
+
+def sized_variation(learned: Learned, key: str) -> float:
+    """The rate variation an ISVC is sized with: the median of its last windows' (0 before
+    any). A property of its traffic, not of one window: a window with two changes of level in
+    it (a Markov-modulated load's), or with a burst of dropped requests (gone from the gauges
+    without a completion, they read as fewer arrivals), is one outlier; clumps that recur show
+    in most windows."""
+    seen = learned.rate_cv2.get(key)
+    return float(np.median(seen)) if seen else 0.0
 
 
 def _stationary(obs: Observation) -> bool:
@@ -350,7 +388,7 @@ def per_replica_capacities(learned: Learned, catalog: Catalog, asked: Sequence[S
         runs, shape, target = ask.runs, ask.shape, ask.target
         work = learned.work.get((runs.model, runs.accelerator), Estimate()).value
         model_replica = replica(catalog, learned, runs.model, runs.accelerator, runs.max_batch, _rounded(work))
-        rounded = Shape(_rounded(shape.in_tokens), _rounded(shape.out_tokens))
+        rounded = Shape(_rounded(shape.in_tokens), _rounded(shape.out_tokens), _rounded(sized_variation(learned, runs.key)))
         slos = (target.ttft_ms or math.inf, target.itl_ms or math.inf)
         points.append(None if model_replica is None else _GridPoint(model_replica, rounded, *slos, goal))
     found = iter(_CAPACITIES.get([p for p in points if p is not None]))

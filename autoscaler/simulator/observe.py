@@ -28,12 +28,13 @@ Observation, the same function the controller's collector calls.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..policy.observation import Buckets, Observation, WindowFigures, observe
+from ..policy.observation import Buckets, Observation, WindowFigures, allan_factor, observe
 
 # vLLM's bucket bounds in seconds (code v1/metrics/loggers.py; ../shared/VLLM.md section 2)
 TTFT_BOUNDS = (
@@ -207,19 +208,25 @@ class Observer:
         for history, scrape in zip(self.history, self.metrics.scrape(now), strict=True):
             history.append(scrape)
             times = [s.time for s in history]
-            start = history[max(bisect.bisect_right(times, now - self.window_s + 1e-9) - 1, 0)]
+            first = max(bisect.bisect_right(times, now - self.window_s + 1e-9) - 1, 0)
+            start = history[first]
             earlier = bisect.bisect_right(times, 2 * start.time - now + 1e-9) - 1  # as long again before it
             before = history[earlier] if earlier >= 0 else None
             recent = None
             if self.recent_s is not None:
                 recent = history[max(bisect.bisect_right(times, now - self.recent_s + 1e-9) - 1, 0)]
-            result.append(observe(_figures(scrape, start, before, recent)))
+            result.append(observe(_figures(scrape, start, before, recent, history[first:])))
             del history[: max(earlier, 0)]  # nothing older is reached again
         return result
 
 
-def _figures(now: Scrape, start: Scrape, before: Scrape | None, recent: Scrape | None = None) -> WindowFigures:
+def _figures(
+    now: Scrape, start: Scrape, before: Scrape | None, recent: Scrape | None = None, within: list[Scrape] | None = None
+) -> WindowFigures:
+    """The window's figures between scrapes; `within`: the scrapes from `start` to `now`, whose
+    intervals' arrivals (completions plus growth, as the window's) give their Allan factor."""
     finished = now.completed - start.completed
+    dispersion, pairs, seconds = allan_factor(*_arrivals(within or []))
 
     def mean_length(total: int) -> float | None:  # a length histogram's sum over its count
         return total / finished if finished else None
@@ -242,4 +249,14 @@ def _figures(now: Scrape, start: Scrape, before: Scrape | None, recent: Scrape |
         recent_s=None if recent is None else now.time - recent.time,
         completed_recent=None if recent is None else now.completed - recent.completed,
         growth_recent=0.0 if recent is None else now.in_system - recent.in_system,
+        dispersion=dispersion,
+        dispersion_pairs=pairs,
+        dispersion_s=seconds,
     )
+
+
+def _arrivals(scrapes: list[Scrape]) -> tuple[list[float], list[float]]:
+    """Arrivals and seconds between successive scrapes (completions plus growth in the system)."""
+    pairs = list(itertools.pairwise(scrapes))
+    counts = [float(b.completed - a.completed + b.in_system - a.in_system) for a, b in pairs]
+    return counts, [b.time - a.time for a, b in pairs]

@@ -82,9 +82,12 @@ def build_policy(
     both scaled by `knob` (default: DEFAULT_KNOBS).
     """
     world = scenario.world
-    opening = _loads(scenario, 0.0, min(PLANNING_WINDOW_S, scenario.duration_s))
+    end = min(PLANNING_WINDOW_S, scenario.duration_s)
+    opening = _loads(scenario, 0.0, end)
     if name == "ours":
-        policy = ModelBasedPolicy(world, opening, ModelBasedSettings(period_s=settings.control_period_s))
+        req = scenario.requests
+        arrivals = {i: req.time[(req.isvc == i) & (req.time < end)] for i in range(len(world.isvcs))}
+        policy = ModelBasedPolicy(world, opening, ModelBasedSettings(period_s=settings.control_period_s), arrivals)
         return policy, policy.initial
     if name not in DEFAULT_KNOBS:
         raise ValueError(f"unknown policy {name!r} (one of {', '.join(POLICIES)})")

@@ -19,9 +19,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+import numpy as np
+
 from ...optimizer.domain import Load
 from ...policy.decisions import LastDecision, ManagedService
-from ...policy.observation import WINDOW_S, Key, Observation
+from ...policy.observation import WINDOW_S, Key, Observation, allan_factor
 from ...policy.planner import Plan, PlannerSettings, PlannerState, early_cycle, plan
 from ...policy.rollout import offered_capacity
 from ..engine import Decision, IsvcView
@@ -44,9 +46,16 @@ class ModelBasedSettings:
 class ModelBasedPolicy:
     name = "ours"
 
-    def __init__(self, world: World, opening: dict[int, Load], settings: ModelBasedSettings = ModelBasedSettings()):
+    def __init__(
+        self,
+        world: World,
+        opening: dict[int, Load],
+        settings: ModelBasedSettings = ModelBasedSettings(),
+        opening_arrivals: dict[int, np.ndarray] | None = None,
+    ):
         """Decides the deployment at time zero from the opening load, as a controller that had
-        watched it for a window would."""
+        watched it for a window would; `opening_arrivals` (per ISVC, the arrival times in the
+        opening window, from 0) give the Allan factor its probes would have read (none: Poisson)."""
         self.world = world
         self.settings = settings
         self.period_s = settings.period_s
@@ -59,7 +68,10 @@ class ModelBasedPolicy:
         self.hpas = [HpaBehavior(settings.hpa) for _ in world.isvcs]
         self.observer: Observer | None = None
         self._decided = self._probed = 0.0
-        observed = {self._key(i): _opening(load, settings.window_s) for i, load in opening.items()}
+        arrivals = opening_arrivals or {}
+        observed = {
+            self._key(i): _opening(load, settings.window_s, arrivals.get(i), settings.probe_s) for i, load in opening.items()
+        }
         self.initial = {i: self._initial(i, p) for i, p in enumerate(self._plan(0.0, observed, self.capacity))}
         # the opening observation is made up (its rate, no requests in the system): no probe or
         # trend is measured against it
@@ -153,7 +165,26 @@ class ModelBasedPolicy:
         return Decision(spec.min_replicas, spec.default_accelerator, spec.options[spec.default_accelerator].max_num_seqs)
 
 
-def _opening(load: Load, window_s: float) -> Observation:
-    """The opening minute's load as a collector would have seen it: its rate now and before."""
+def _opening(load: Load, window_s: float, arrivals: np.ndarray | None = None, probe_s: float = 5.0) -> Observation:
+    """The opening minute's load as a collector would have seen it: its rate now and before,
+    and the Allan factor of its arrivals counted over the probes' intervals."""
     rate = load.arrival_rate_rpm / 60.0
-    return Observation(rate, rate, load.avg_in_tokens, load.avg_out_tokens, 0.0, 0.0, None, None, (), (), window_s=window_s)
+    probes = max(int(window_s // probe_s), 1)
+    counts = np.zeros(probes) if arrivals is None else np.bincount((arrivals // probe_s).astype(int), minlength=probes)[:probes]
+    dispersion, pairs, seconds = allan_factor(counts, [probe_s] * probes) if arrivals is not None else (None, 0, 0.0)
+    return Observation(
+        rate,
+        rate,
+        load.avg_in_tokens,
+        load.avg_out_tokens,
+        0.0,
+        0.0,
+        None,
+        None,
+        (),
+        (),
+        window_s=window_s,
+        arrival_dispersion=dispersion,
+        dispersion_pairs=pairs,
+        dispersion_s=seconds,
+    )
