@@ -245,10 +245,10 @@ def retained(levels: list[tuple[float, float]], goal: float = 0.95) -> float:
     rates, now = [], 0.0
     for seconds, rate in levels:
         for _ in range(int(seconds // PERIOD)):
-            rates.append((now, rate))
+            rates.append(Sample(now, rate, in_system=0.0))
             now += PERIOD
     return retained_rate(
-        rates, rates[-1][0], period_s=PERIOD, horizon_s=HORIZON, window_s=WINDOW, z=Z, goal=goal, settings=GuardSettings()
+        rates, rates[-1].time, period_s=PERIOD, horizon_s=HORIZON, window_s=WINDOW, z=Z, goal=goal, settings=GuardSettings()
     )
 
 
@@ -306,7 +306,7 @@ def test_a_hold_between_rises_keeps_what_serves_and_never_adds():
             history = state.arrivals.setdefault(("prod", "chat"), ArrivalHistory())
             levels = ([2.0] * 16 + [6.0] * 4) * 5 + [2.0] * 6
             for cycle, rate in enumerate(levels):
-                history.remember(1000.0 - PERIOD * (len(levels) - cycle), rate, GuardSettings().rise_memory_s)
+                history.record(Sample(1000.0 - PERIOD * (len(levels) - cycle), rate, 0.0), 0.0, GuardSettings().rise_memory_s)
         return plan_one(service(last=last), obs=observed(2.0), state=state, now=1000.0).decision
 
     free, held = decided(8, bursts=False), decided(8, bursts=True)

@@ -77,8 +77,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
@@ -113,22 +113,29 @@ class Sample:
 
 @dataclass
 class ArrivalHistory:
-    """One ISVC's cycles within the lookback, oldest first: what the trend, the dispersion, its
-    ceiling and the queue signal are measured from."""
+    """One ISVC's cycles, oldest first, kept over the longer of the lookback and the rise
+    memory: the trend, the dispersion, its ceiling, the lull check and the queue signal read
+    the lookback's (rates()), whether rises recur the memory's (retained_rate)."""
 
     samples: deque[Sample] = field(default_factory=deque)
-    # (time, rate) of the cycles within the rise memory: whether rises recur (retained_rate)
-    rates: deque[tuple[float, float]] = field(default_factory=deque)
+    lookback_s: float = 0.0  # the planning lookback at the newest cycle (lookback_s())
 
-    def record(self, sample: Sample, lookback_s: float) -> None:
+    def record(self, sample: Sample, lookback_s: float, memory_s: float = 0.0) -> None:
         self.samples.append(sample)
-        while self.samples[0].time < sample.time - lookback_s:
+        self.lookback_s = lookback_s
+        while self.samples[0].time < sample.time - max(lookback_s, memory_s):
             self.samples.popleft()
 
-    def remember(self, now: float, rate: float, memory_s: float) -> None:
-        self.rates.append((now, rate))
-        while self.rates[0][0] < now - memory_s:
-            self.rates.popleft()
+    def since(self, start: float) -> list[Sample]:
+        """The cycles at `start` or later, oldest first."""
+        return [s for s in self.samples if s.time >= start]
+
+    def rates(self, start: float | None = None) -> list[float]:
+        """The rates measured at the cycles from `start` on (None: within the lookback of the
+        newest cycle)."""
+        if start is None:
+            start = self.samples[-1].time - self.lookback_s if self.samples else 0.0
+        return [s.rate for s in self.since(start)]
 
 
 def z_score(goal: float) -> float:
@@ -189,8 +196,10 @@ def rate_now(
     step each overshoots only while the step is inside its own pair (the window's pair up to
     1.5x the step, a minute after it), so the least of them that lies below the forecast by more
     than z Poisson deviations of its own counts is taken: a step that has ended shows as a flat
-    short window at the new level, a ramp as one still rising. Never below the window's mean."""
-    if forecast <= rate or not 0 < recent_s < window_s:
+    short window at the new level, a ramp as one still rising. Never below the window's mean.
+    The short window lies within the window (0 < recent_s < window_s): observation.observe
+    measures it only so, and nothing else builds one."""
+    if forecast <= rate:
         return forecast
     p, w = recent_s, window_s
     rest = max((w * rate - p * recent) / (w - p), 0.0)  # the rate over the window before the short one
@@ -251,24 +260,24 @@ def planned_rate(
             last_recent=last_recent,
             since_last_s=since_last,
         )
-    since = now - lookback_s(window_s, period_s, startup_s)
-    present = present_bound(rate, earlier, apart_s=apart, window_s=window_s, z=z)
-    history.record(Sample(now, rate, in_system, present, recent_rate), now - since)
-    rates = [s.rate for s in history.samples]
+    lookback = lookback_s(window_s, period_s, startup_s)
+    rates = [*history.rates(now - lookback), rate]
     quantile = forecast + z * math.sqrt(dispersion(rates, window_s) * forecast / horizon)
     peak = max(max(rates), forecast)
     planned = min(quantile, peak + z * math.sqrt(peak / horizon))
-    history.remember(now, rate, settings.rise_memory_s)
-    if max(r for _, r in history.rates) > planned:  # else nothing a hold could keep
+    memory = [*history.since(now - settings.rise_memory_s), Sample(now, rate, in_system)]
+    retained = 0.0
+    if max(s.rate for s in memory) > planned:  # else nothing a hold could keep
         retained = retained_rate(
-            history.rates, now, period_s=period_s, horizon_s=horizon, window_s=window_s, z=z, goal=goal, settings=settings
+            memory, now, period_s=period_s, horizon_s=horizon, window_s=window_s, z=z, goal=goal, settings=settings
         )
-        history.samples[-1] = replace(history.samples[-1], retained=retained)
+    present = present_bound(rate, earlier, apart_s=apart, window_s=window_s, z=z)
+    history.record(Sample(now, rate, in_system, present, recent_rate, retained), lookback, settings.rise_memory_s)
     return planned + max(backlog, 0.0) / settings.backlog_drain_s
 
 
 def retained_rate(
-    rates: Iterable[tuple[float, float]],
+    samples: Sequence[Sample],
     now: float,
     *,
     period_s: float,
@@ -279,7 +288,7 @@ def retained_rate(
     settings: GuardSettings,
 ) -> float:
     """The rate to keep replicas for between rises that recur (0: none), learned from the
-    (time, rate) of the cycles within the rise memory.
+    cycles within the rise memory (oldest first, the newest now's).
 
     A fleet that keeps what the rates of the last `span` seconds needed serves a rise at once
     where the rise comes back to a level within that span; else the replicas it needs serve a
@@ -293,9 +302,8 @@ def retained_rate(
     avoids: a flash crowd): the HPA's window, extended to the time between rises, learned. The
     rate kept is the most measured within that span (the HPA's window does the rest); what
     serves is kept up to the count for it (planner._held), never added to: a scale-down hold."""
-    if not rates:
-        return 0.0
-    t, r = (np.array(column, dtype=float) for column in zip(*rates, strict=True))
+    t = np.array([s.time for s in samples], dtype=float)
+    r = np.array([s.rate for s in samples], dtype=float)
     held = settings.scale_down_window_s
     if r.size < 3 or t[-1] - t[0] <= held:
         return 0.0  # nothing to judge yet

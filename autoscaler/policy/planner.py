@@ -293,7 +293,7 @@ def plan(
         for s in differing
         if (history := state.arrivals.get((s.namespace, s.name))) is not None
         and (obs := observed.get((s.namespace, s.name))) is not None
-        and (why := below_recent_peak([x.rate for x in history.samples], obs.window_s, z))
+        and (why := below_recent_peak(history.rates(), obs.window_s, z))
     }
     verdicts = judge_roll_outs(
         catalog, differing, allocations, staying, room, now, settings.startup_s, dwell_s, settings.guards, unsettled
@@ -368,7 +368,7 @@ def _identifying(
     if identification is None or not identification.identifying or obs is None:
         return None
     history = state.arrivals.get((service.namespace, service.name))
-    rates = [sample.rate for sample in history.samples] if history else []
+    rates = history.rates() if history else []
     if rates and rise_beyond_noise(rates[-1], min(rates), obs.window_s, obs.window_s, z):
         return None
     return max(int(obs.window_s), 1)
