@@ -108,7 +108,6 @@ class Sample:
     in_system: float  # requests running + waiting
     present: float = 0.0  # the most the rate may be now, given the window's rise (present_bound)
     recent: float | None = None  # the rate over the window's last period (None: not measured)
-    retained: float = 0.0  # the rate to keep what serves for between rises that recur (retained_rate)
 
 
 @dataclass
@@ -265,14 +264,8 @@ def planned_rate(
     quantile = forecast + z * math.sqrt(dispersion(rates, window_s) * forecast / horizon)
     peak = max(max(rates), forecast)
     planned = min(quantile, peak + z * math.sqrt(peak / horizon))
-    memory = [*history.since(now - settings.rise_memory_s), Sample(now, rate, in_system)]
-    retained = 0.0
-    if max(s.rate for s in memory) > planned:  # else nothing a hold could keep
-        retained = retained_rate(
-            memory, now, period_s=period_s, horizon_s=horizon, window_s=window_s, z=z, goal=goal, settings=settings
-        )
     present = present_bound(rate, earlier, apart_s=apart, window_s=window_s, z=z)
-    history.record(Sample(now, rate, in_system, present, recent_rate, retained), lookback, settings.rise_memory_s)
+    history.record(Sample(now, rate, in_system, present, recent_rate), lookback, settings.rise_memory_s)
     return planned + max(backlog, 0.0) / settings.backlog_drain_s
 
 
@@ -280,12 +273,12 @@ def retained_rate(
     samples: Sequence[Sample],
     now: float,
     *,
+    held_s: float,
     period_s: float,
     horizon_s: float,
     window_s: float,
     z: float,
     goal: float,
-    settings: GuardSettings,
 ) -> float:
     """The rate to keep replicas for between rises that recur (0: none), learned from the
     cycles within the rise memory (oldest first, the newest now's).
@@ -296,7 +289,8 @@ def retained_rate(
     to misses. Replayed over the memory (a cycle's rate exposed where it exceeds every rate
     between `span` and a horizon before it by more than z Poisson deviations of their
     difference), the exposure falls as the span grows. The HPA holds its scale-down window
-    already; where that leaves more exposed than the goal allows ((1 - goal) of the memory's
+    (`held_s`, the one in force: one collector window while a model with no profile is
+    identified) already; where that leaves more exposed than the goal allows ((1 - goal) of the memory's
     requests), the planner keeps the rates of the shortest span that exposes no more than the
     goal allows or than the longest span does (a first rise, to a level never seen, no hold
     avoids: a flash crowd): the HPA's window, extended to the time between rises, learned. The
@@ -304,8 +298,7 @@ def retained_rate(
     serves is kept up to the count for it (planner._held), never added to: a scale-down hold."""
     t = np.array([s.time for s in samples], dtype=float)
     r = np.array([s.rate for s in samples], dtype=float)
-    held = settings.scale_down_window_s
-    if r.size < 3 or t[-1] - t[0] <= held:
+    if r.size < 3 or t[-1] - t[0] <= held_s:
         return 0.0  # nothing to judge yet
     lag = t[:, None] - t[None, :]
     serving = lag >= horizon_s  # what was asked for that long ago serves by now
@@ -324,13 +317,13 @@ def retained_rate(
     order = np.argsort(covers[exposable])
     covers, exposure = covers[exposable][order], requests[exposable][order]
     beyond_total = np.concatenate(([0.0], np.cumsum(exposure[::-1])))[::-1]  # [k]: exposure of covers[k:]
-    spans = held + period_s * np.arange(math.ceil((t[-1] - t[0] - held) / period_s) + 1)
+    spans = held_s + period_s * np.arange(math.ceil((t[-1] - t[0] - held_s) / period_s) + 1)
     exposures = beyond_total[np.searchsorted(covers, spans, side="right")]  # falls as the span grows
     allowed = max(float(exposures[-1]), budget)
     if exposures[0] <= allowed:  # the HPA's window alone is within the goal's allowance, or no span does better
         return 0.0
     high = int(np.argmax(exposures <= allowed))  # the shortest span within the allowance
-    return float(r[t >= now - (spans[high] - held)].max())
+    return float(r[t >= now - (spans[high] - held_s)].max())
 
 
 def queue_building(history: ArrivalHistory, in_system: float, now: float, goal: float) -> bool:
