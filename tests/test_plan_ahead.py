@@ -37,6 +37,7 @@ from .test_controller_planning import observed, plan_one, service
 Z = z_score(0.95)
 WINDOW, PERIOD, STARTUP = 60.0, 30.0, 90.0
 HORIZON = STARTUP + PERIOD
+DRAIN = GuardSettings().backlog_drain_s
 
 
 def plan_rates(rates: list[float], backlog: float = 0.0, history: ArrivalHistory | None = None) -> list[float]:
@@ -240,7 +241,7 @@ def test_short_window_noise_does_not_hold_a_rise_back():
     assert held == forecast
 
 
-def retained(levels: list[tuple[float, float]], goal: float = 0.95, held_s: float = 300.0) -> float:
+def retained(levels: list[tuple[float, float]], held_s: float = 300.0) -> float:
     """retained_rate at the end of `levels` ((seconds, req/s) held in turn), one cycle a period,
     beyond an HPA scale-down window of `held_s`."""
     rates, now = [], 0.0
@@ -249,23 +250,33 @@ def retained(levels: list[tuple[float, float]], goal: float = 0.95, held_s: floa
             rates.append(Sample(now, rate, in_system=0.0))
             now += PERIOD
     return retained_rate(
-        rates, rates[-1].time, held_s=held_s, period_s=PERIOD, horizon_s=HORIZON, window_s=WINDOW, z=Z, goal=goal
+        rates, rates[-1].time, held_s=held_s, period_s=PERIOD, horizon_s=HORIZON, window_s=WINDOW, z=Z, drain_s=DRAIN
     )
 
 
 def test_rises_that_recur_beyond_the_hpa_window_keep_the_peak_between_them():
     """Bursts to 40 req/s for two minutes, from 10, every 10 minutes: the HPA's 300 s window
     has released the burst's replicas before the next, and each burst would queue a horizon's
-    arrivals (40 x 120 s, 14% of the ~16 req/s of each 10 minutes) behind a fleet sized for
-    10, where the goal allows 5%. After three of them, the planner keeps the peak past each
-    burst long enough that, with the HPA's window after its last decision, the replicas last
-    until the next: the HPA's window extended to the time between rises."""
+    arrivals behind a fleet sized for 10. Each costs, in requests: the 40 x 120 s it exposes,
+    the cold start of replicas for its 30 req/s of excess (30 x 90 s), and its backlog of
+    30 x 120 s, worked off within backlog_drain_s (60 s) by replicas for 60 req/s that start
+    (90 s) and the HPA then holds (300 s): 3600 x 390 / 60. 30900 in all, where keeping the
+    peak 180 s more until the next burst costs what its 30 req/s of replicas serve in them,
+    5400. After three of them, the planner keeps the peak past each burst long enough that,
+    with the HPA's window after its last decision, the replicas last until the next: the
+    HPA's window extended to the time between rises."""
     burst = [(480.0, 10.0), (120.0, 40.0)]
     assert retained(burst * 3 + [(210.0, 10.0)]) == pytest.approx(40.0)
     assert retained(burst * 3 + [(420.0, 10.0)]) == pytest.approx(10.0)  # the HPA's window holds the rest
-    # the same bursts under a goal that allows half the requests to miss: the 47% a horizon
-    # of each burst exposes is within it, no hold
-    assert retained(burst * 3 + [(210.0, 10.0)], goal=0.5) == 0.0
+
+
+def test_no_hold_where_it_costs_more_than_the_cold_starts_and_misses_it_saves():
+    """The same bursts 27 and 32 minutes apart: keeping the peak through the gaps costs what
+    30 req/s of replicas serve in 20-25 minutes of each (36000-45000 requests), more than the
+    30900 each burst costs (above); the hold is left to the cold start."""
+    for gap in (1500.0, 1800.0):
+        assert retained([(gap, 10.0), (120.0, 40.0)] * 3 + [(210.0, 10.0)]) == 0.0
+    assert retained([(1200.0, 10.0), (120.0, 40.0)] * 3 + [(210.0, 10.0)]) == pytest.approx(40.0)  # 27000: kept
 
 
 def test_no_hold_where_the_hpa_window_already_spans_the_gaps_or_rises_do_not_recur():
@@ -290,7 +301,7 @@ def test_between_recurring_bursts_what_serves_is_kept_for_the_burst():
         samples = history.since(history.samples[-1].time - GuardSettings().rise_memory_s)
         assert samples == list(history.samples)  # an hour and less: all of it remembered
         return retained_rate(
-            samples, samples[-1].time, held_s=300.0, period_s=PERIOD, horizon_s=HORIZON, window_s=WINDOW, z=Z, goal=0.95
+            samples, samples[-1].time, held_s=300.0, period_s=PERIOD, horizon_s=HORIZON, window_s=WINDOW, z=Z, drain_s=DRAIN
         )
 
     burst = [10.0] * 16 + [40.0] * 4

@@ -56,12 +56,14 @@ HPA's window would be the shorter, and the ski-rental rule would want it raised 
 
 Rises that recur (retained_rate): where the load comes back to a level the HPA's window has
 already released (an MMPP's random rises, bursts minutes apart), each rise queues a horizon's
-arrivals behind the fleet left. Replaying the rates of the last hour, the planner finds how
-much the HPA's window alone exposes to misses that way, and where that is more than the goal
-allows (1 - goal of the requests) and a longer hold would avoid it, it keeps the most rate of
-the shortest span that brings the exposure within the allowance (or as low as any span does):
-the scale-down window extended to the time between rises, learned per ISVC. A first rise to a
-level never seen (a flash crowd) is avoided by no hold, and earns none.
+arrivals behind the fleet left. Replaying the rates of the last hour, the planner finds what
+the HPA's window in force alone exposes to misses that way, and prices each longer hold over
+the same replay: it saves the requests exposed, the cold starts of the rises it serves at
+once and the replicas that would work off their backlog; it costs what the replicas it keeps
+could have served meanwhile. It keeps the most rate of the span that saves the most beyond
+its cost, none where no span pays: the scale-down window extended to the time between rises,
+learned per ISVC. A first rise to a level never seen (a flash crowd) is avoided by no hold,
+and earns none; rises far apart cost less left to the cold start than held for.
 
 The lookback is the horizon plus a window at either end (H + 2 window_s): the swings a
 decision's replicas must meet are those that fit within a horizon, and seeing one whole takes
@@ -278,7 +280,7 @@ def retained_rate(
     horizon_s: float,
     window_s: float,
     z: float,
-    goal: float,
+    drain_s: float,
 ) -> float:
     """The rate to keep replicas for between rises that recur (0: none), learned from the
     cycles within the rise memory (oldest first, the newest now's).
@@ -290,12 +292,16 @@ def retained_rate(
     between `span` and a horizon before it by more than z Poisson deviations of their
     difference), the exposure falls as the span grows. The HPA holds its scale-down window
     (`held_s`, the one in force: one collector window while a model with no profile is
-    identified) already; where that leaves more exposed than the goal allows ((1 - goal) of the memory's
-    requests), the planner keeps the rates of the shortest span that exposes no more than the
-    goal allows or than the longest span does (a first rise, to a level never seen, no hold
-    avoids: a flash crowd): the HPA's window, extended to the time between rises, learned. The
-    rate kept is the most measured within that span (the HPA's window does the rest); what
-    serves is kept up to the count for it (planner._held), never added to: a scale-down hold."""
+    identified) already. Each longer span is priced over the same replay: it saves the
+    requests it serves at once that the HPA's window left exposed, the cold starts of their
+    rises and the replicas that work off the backlog they queue (`drain_s`, the planner's
+    backlog_drain_s); it costs the replicas it keeps beyond the HPA's window, in the requests
+    they could have served meanwhile. The span that saves the most beyond its cost is kept, none
+    where no span pays (a first rise, to a level never seen, no hold avoids: a flash crowd;
+    rises far apart, whose holds cost more than the cold starts and the misses they save).
+    The rate kept is the most measured within that span (the HPA's window does the rest);
+    what serves is kept up to the count for it (planner._held), never added to: a scale-down
+    hold."""
     t = np.array([s.time for s in samples], dtype=float)
     r = np.array([s.rate for s in samples], dtype=float)
     if r.size < 3 or t[-1] - t[0] <= held_s:
@@ -303,8 +309,8 @@ def retained_rate(
     lag = t[:, None] - t[None, :]
     serving = lag >= horizon_s  # what was asked for that long ago serves by now
     judged = serving.any(axis=1)  # the memory's first cycles have nothing before them to judge by
-    requests = r * np.diff(t, append=t[-1] + period_s)  # each cycle's rate over the seconds it stands for
-    budget = (1.0 - goal) * float(requests.sum())
+    seconds = np.diff(t, append=t[-1] + period_s)  # what each cycle stands for
+    requests = r * seconds
 
     # A cycle's rate r is beyond a rate kept k by noise where r - k > z sqrt((r + k) / window_s),
     # i.e. below r less the positive root d of window_s d^2 + z^2 d - 2 z^2 r: a hold keeps
@@ -314,16 +320,44 @@ def retained_rate(
     enough = r - (np.sqrt(zz * zz + 8.0 * window_s * zz * r) - zz) / (2.0 * window_s)
     covers = np.where(serving & (r[None, :] >= enough[:, None]), lag, np.inf).min(axis=1)
     exposable = judged & (enough > 0.0)
-    order = np.argsort(covers[exposable])
-    covers, exposure = covers[exposable][order], requests[exposable][order]
-    beyond_total = np.concatenate(([0.0], np.cumsum(exposure[::-1])))[::-1]  # [k]: exposure of covers[k:]
-    spans = held_s + period_s * np.arange(math.ceil((t[-1] - t[0] - held_s) / period_s) + 1)
-    exposures = beyond_total[np.searchsorted(covers, spans, side="right")]  # falls as the span grows
-    allowed = max(float(exposures[-1]), budget)
-    if exposures[0] <= allowed:  # the HPA's window alone is within the goal's allowance, or no span does better
+    exposed = exposable & (covers > held_s)  # left to a cold start by the HPA's window alone
+    if not exposed.any():
         return 0.0
-    high = int(np.argmax(exposures <= allowed))  # the shortest span within the allowance
-    return float(r[t >= now - (spans[high] - held_s)].max())
+    spans = held_s + period_s * np.arange(math.ceil((t[-1] - t[0] - held_s) / period_s) + 1)
+    # Priced: a span is worth its hold where what it saves outweighs what the replicas it keeps
+    # beyond the HPA's window could have served meanwhile, both in requests (a replica-second
+    # is worth the requests a replica serves in it: its capacity, the latency model's unit,
+    # cancels). What a rise left to a cold start costs: the requests it exposes, and for its
+    # excess over what the HPA's window still serves, replicas that start (startup_s, spread
+    # over the horizon's cycles it exposes) and the backlog the excess queues until they
+    # serve, which the planner works off within drain_s by replicas that start and the HPA
+    # then holds for its window.
+    startup_s = horizon_s - period_s
+    served = np.where(serving & (lag <= held_s), r[None, :], 0.0).max(axis=1)
+    excess = np.maximum(r - served, 0.0) * seconds
+    restart = excess * (startup_s / horizon_s + (startup_s + held_s) / drain_s)
+    covered = exposed[:, None] & (covers[:, None] <= spans[None, :])  # [cycle, span]: served at once
+    saves = ((requests + restart)[:, None] * covered).sum(axis=0)
+    # the replicas each span keeps beyond the HPA's window, until the newest rise: the gap since
+    # is the one the hold decides on, what it has held there so far no evidence either way
+    kept = _kept_over(t, r, spans)
+    newest = int(np.flatnonzero(exposed)[-1])
+    holding = ((kept - kept[:, :1]) * seconds[:, None])[: newest + 1].sum(axis=0)
+    net = saves - holding
+    best = int(np.argmax(net))
+    if net[best] <= 0.0:
+        return 0.0
+    return float(r[t >= now - (spans[best] - held_s)].max())
+
+
+def _kept_over(t: np.ndarray, r: np.ndarray, spans: np.ndarray) -> np.ndarray:
+    """[cycle i, span k]: the most rate of the cycles within spans[k] seconds up to cycle i (a
+    fleet that keeps what the last spans[k] seconds asked for)."""
+    n = r.size
+    upto = np.where(np.arange(n)[None, :] <= np.arange(n)[:, None], r[None, :], -np.inf)
+    since = np.maximum.accumulate(upto[:, ::-1], axis=1)[:, ::-1]  # [i, j]: the most of cycles j..i
+    first = np.searchsorted(t, t[:, None] - spans[None, :], side="right")  # the oldest cycle within the span
+    return np.take_along_axis(since, np.minimum(first, np.arange(n)[:, None]), axis=1)
 
 
 def queue_building(history: ArrivalHistory, in_system: float, now: float, goal: float) -> bool:

@@ -487,7 +487,7 @@ def _held(
                 horizon_s=settings.startup_s + settings.period_s,
                 window_s=obs.window_s,
                 z=z_score(settings.attainment_goal),
-                goal=settings.attainment_goal,
+                drain_s=settings.guards.backlog_drain_s,
             ),
         )
     if kept <= 0:
