@@ -323,7 +323,9 @@ def retained_rate(
     exposed = exposable & (covers > held_s)  # left to a cold start by the HPA's window alone
     if not exposed.any():
         return 0.0
-    spans = held_s + period_s * np.arange(math.ceil((t[-1] - t[0] - held_s) / period_s) + 1)
+    # the spans at which the saving steps up (each exposed cycle's cover), the HPA's window first:
+    # the cost only grows with the span, so the best is among them
+    spans = np.concatenate(([held_s], np.unique(covers[exposed & np.isfinite(covers)])))
     # Priced: a span is worth its hold where what it saves outweighs what the replicas it keeps
     # beyond the HPA's window could have served meanwhile, both in requests (a replica-second
     # is worth the requests a replica serves in it: its capacity, the latency model's unit,
@@ -352,12 +354,18 @@ def retained_rate(
 
 def _kept_over(t: np.ndarray, r: np.ndarray, spans: np.ndarray) -> np.ndarray:
     """[cycle i, span k]: the most rate of the cycles within spans[k] seconds up to cycle i (a
-    fleet that keeps what the last spans[k] seconds asked for)."""
+    fleet that keeps what the last spans[k] seconds asked for). Each window's most is the more
+    of two overlapping power-of-two blocks' (a sparse table: n log n to build, not n^2)."""
     n = r.size
-    upto = np.where(np.arange(n)[None, :] <= np.arange(n)[:, None], r[None, :], -np.inf)
-    since = np.maximum.accumulate(upto[:, ::-1], axis=1)[:, ::-1]  # [i, j]: the most of cycles j..i
-    first = np.searchsorted(t, t[:, None] - spans[None, :], side="right")  # the oldest cycle within the span
-    return np.take_along_axis(since, np.minimum(first, np.arange(n)[:, None]), axis=1)
+    cycle = np.arange(n)[:, None]
+    first = np.minimum(np.searchsorted(t, t[:, None] - spans[None, :], side="right"), cycle)
+    level = np.floor(np.log2(cycle - first + 1)).astype(int)
+    table = [r]  # table[L][i]: the most of cycles i - 2^L + 1 .. i
+    while 2 ** len(table) <= n:
+        step = 2 ** (len(table) - 1)
+        table.append(np.maximum(table[-1], np.concatenate((np.full(step, -np.inf), table[-1][:-step]))))
+    blocks = np.stack(table)
+    return np.maximum(blocks[level, cycle], blocks[level, first + 2**level - 1])
 
 
 def queue_building(history: ArrivalHistory, in_system: float, now: float, goal: float) -> bool:
