@@ -476,7 +476,9 @@ def _held(
     sample = history.samples[-1]
     kept = sample.present if sample.present > sample.rate else 0.0
     memory = history.since(now - settings.guards.rise_memory_s)
-    if sizing.replicas_for(max(s.rate for s in memory), per_replica) > alloc.num_replicas:  # else nothing to keep
+    # judged here, where the window in force is known; only where the memory's peak needs more
+    # than asked (else the count for any rate kept is no more than asked)
+    if sizing.replicas_for(max((s.rate for s in memory), default=0.0), per_replica) > alloc.num_replicas:
         kept = max(
             kept,
             retained_rate(
