@@ -37,6 +37,7 @@ from .test_controller_planning import observed, plan_one, service
 Z = z_score(0.95)
 WINDOW, PERIOD, STARTUP = 60.0, 30.0, 90.0
 HORIZON = STARTUP + PERIOD
+DRAIN = GuardSettings().backlog_drain_s
 
 
 def plan_rates(rates: list[float], backlog: float = 0.0, history: ArrivalHistory | None = None) -> list[float]:
@@ -240,31 +241,42 @@ def test_short_window_noise_does_not_hold_a_rise_back():
     assert held == forecast
 
 
-def retained(levels: list[tuple[float, float]], goal: float = 0.95) -> float:
-    """retained_rate at the end of `levels` ((seconds, req/s) held in turn), one cycle a period."""
+def retained(levels: list[tuple[float, float]], held_s: float = 300.0) -> float:
+    """retained_rate at the end of `levels` ((seconds, req/s) held in turn), one cycle a period,
+    beyond an HPA scale-down window of `held_s`."""
     rates, now = [], 0.0
     for seconds, rate in levels:
         for _ in range(int(seconds // PERIOD)):
-            rates.append((now, rate))
+            rates.append(Sample(now, rate, in_system=0.0))
             now += PERIOD
     return retained_rate(
-        rates, rates[-1][0], period_s=PERIOD, horizon_s=HORIZON, window_s=WINDOW, z=Z, goal=goal, settings=GuardSettings()
+        rates, rates[-1].time, held_s=held_s, period_s=PERIOD, horizon_s=HORIZON, window_s=WINDOW, z=Z, drain_s=DRAIN
     )
 
 
 def test_rises_that_recur_beyond_the_hpa_window_keep_the_peak_between_them():
     """Bursts to 40 req/s for two minutes, from 10, every 10 minutes: the HPA's 300 s window
     has released the burst's replicas before the next, and each burst would queue a horizon's
-    arrivals (40 x 120 s, 14% of the ~16 req/s of each 10 minutes) behind a fleet sized for
-    10, where the goal allows 5%. After three of them, the planner keeps the peak past each
-    burst long enough that, with the HPA's window after its last decision, the replicas last
-    until the next: the HPA's window extended to the time between rises."""
+    arrivals behind a fleet sized for 10. Each costs, in requests: the 40 x 120 s it exposes,
+    the cold start of replicas for its 30 req/s of excess (30 x 90 s), and its backlog of
+    30 x 120 s, worked off within backlog_drain_s (60 s) by replicas for 60 req/s that start
+    (90 s) and the HPA then holds (300 s): 3600 x 390 / 60. 30900 in all, where keeping the
+    peak 180 s more until the next burst costs what its 30 req/s of replicas serve in them,
+    5400. After three of them, the planner keeps the peak past each burst long enough that,
+    with the HPA's window after its last decision, the replicas last until the next: the
+    HPA's window extended to the time between rises."""
     burst = [(480.0, 10.0), (120.0, 40.0)]
     assert retained(burst * 3 + [(210.0, 10.0)]) == pytest.approx(40.0)
     assert retained(burst * 3 + [(420.0, 10.0)]) == pytest.approx(10.0)  # the HPA's window holds the rest
-    # the same bursts under a goal that allows half the requests to miss: the 47% a horizon
-    # of each burst exposes is within it, no hold
-    assert retained(burst * 3 + [(210.0, 10.0)], goal=0.5) == 0.0
+
+
+def test_no_hold_where_it_costs_more_than_the_cold_starts_and_misses_it_saves():
+    """The same bursts 27 and 32 minutes apart: keeping the peak through the gaps costs what
+    30 req/s of replicas serve in 20-25 minutes of each (36000-45000 requests), more than the
+    30900 each burst costs (above); the hold is left to the cold start."""
+    for gap in (1500.0, 1800.0):
+        assert retained([(gap, 10.0), (120.0, 40.0)] * 3 + [(210.0, 10.0)]) == 0.0
+    assert retained([(1200.0, 10.0), (120.0, 40.0)] * 3 + [(210.0, 10.0)]) == pytest.approx(40.0)  # 27000: kept
 
 
 def test_no_hold_where_the_hpa_window_already_spans_the_gaps_or_rises_do_not_recur():
@@ -279,19 +291,42 @@ def test_no_hold_where_the_hpa_window_already_spans_the_gaps_or_rises_do_not_rec
 
 
 def test_between_recurring_bursts_what_serves_is_kept_for_the_burst():
-    """Through planned_rate: 210 s into the trough after the third burst, the cycle's sample
-    carries the burst's rate to keep what serves for (planner._held); the rate planned is the
+    """From the cycles planned_rate records: 210 s into the trough after the third burst, the
+    burst's rate is the one to keep what serves for (planner._held); the rate planned is the
     lookback's alone. One rise only: nothing kept."""
 
-    def last_sample(rates: list[float]) -> Sample:
+    def kept(rates: list[float]) -> float:
         history = ArrivalHistory()
         plan_rates(rates, history=history)
-        return history.samples[-1]
+        samples = history.since(history.samples[-1].time - GuardSettings().rise_memory_s)
+        assert samples == list(history.samples)  # an hour and less: all of it remembered
+        return retained_rate(
+            samples, samples[-1].time, held_s=300.0, period_s=PERIOD, horizon_s=HORIZON, window_s=WINDOW, z=Z, drain_s=DRAIN
+        )
 
     burst = [10.0] * 16 + [40.0] * 4
-    assert last_sample(burst * 3 + [10.0] * 7).retained == pytest.approx(40.0)
+    assert kept(burst * 3 + [10.0] * 7) == pytest.approx(40.0)
     assert plan_rates(burst * 3 + [10.0] * 7)[-1] < 25.0  # the lookback's margin after a fall
-    assert last_sample([10.0] * 40 + [40.0] * 20 + [10.0] * 7).retained == 0.0
+    assert kept([10.0] * 40 + [40.0] * 20 + [10.0] * 7) == 0.0
+
+
+def test_one_history_serves_the_lookback_and_the_rise_memory():
+    """The cycles are kept over the rise memory; the lookback's readers (the dispersion, the lull
+    check, the identifying window's rise check) read only the lookback of them."""
+    history = ArrivalHistory()
+    plan_rates([40.0] * 4 + [10.0] * 10, history=history)
+    assert len(history.samples) == 14  # the rise memory: an hour
+    assert history.rates() == [10.0] * 9  # the lookback: 90 + 30 + 2 x 60 = 240 s, both ends
+    assert history.rates(history.samples[0].time) == [40.0] * 4 + [10.0] * 10
+
+
+def test_the_hold_is_judged_beyond_the_scale_down_window_in_force():
+    """The 2.5-minute square wave: the HPA's 300 s window holds the peak through each 150 s
+    trough, but the one collector window written while a model with no profile is identified
+    (Plan.scale_down_s) does not, and each rise would queue a horizon's arrivals: held."""
+    wave = [(150.0, 40.0), (150.0, 10.0)] * 8
+    assert retained(wave, held_s=300.0) == 0.0
+    assert retained(wave, held_s=WINDOW) == pytest.approx(40.0)
 
 
 def test_a_hold_between_rises_keeps_what_serves_and_never_adds():
@@ -306,9 +341,34 @@ def test_a_hold_between_rises_keeps_what_serves_and_never_adds():
             history = state.arrivals.setdefault(("prod", "chat"), ArrivalHistory())
             levels = ([2.0] * 16 + [6.0] * 4) * 5 + [2.0] * 6
             for cycle, rate in enumerate(levels):
-                history.remember(1000.0 - PERIOD * (len(levels) - cycle), rate, GuardSettings().rise_memory_s)
+                history.record(Sample(1000.0 - PERIOD * (len(levels) - cycle), rate, 0.0), 0.0, GuardSettings().rise_memory_s)
         return plan_one(service(last=last), obs=observed(2.0), state=state, now=1000.0).decision
 
     free, held = decided(8, bursts=False), decided(8, bursts=True)
     assert free.replicas < held.replicas == min(8, math.ceil(6.0 / held.replica_capacity))
     assert decided(1, bursts=True).replicas == decided(1, bursts=False).replicas  # never adds
+
+
+def test_the_planner_holds_beyond_the_hpa_window_it_writes():
+    """planner._held judges the hold beyond the scale-down window the plan writes: the HPA's
+    default holds a 2.5-minute wave's peak through its troughs (nothing to add), one collector
+    window (a model with no profile being identified) does not, so the planner keeps what
+    serves up to the count for the peak."""
+    from autoscaler.optimizer.domain import Allocation
+    from autoscaler.policy.planner import _held
+
+    last = LastDecision("H100", 8, 64, 300.0, 30.0, 2.0, 150.0, decided_at=970.0, avg_in_tokens=512, avg_out_tokens=256)
+    chat = service(last=last)
+    state = PlannerState()
+    state.learned.serving[chat.key] = (8, 0.0)
+    history = state.arrivals.setdefault(("prod", "chat"), ArrivalHistory())
+    levels = ([6.0] * 5 + [2.0] * 5) * 6
+    for cycle, rate in enumerate(levels):
+        history.record(Sample(1000.0 - PERIOD * (len(levels) - 1 - cycle), rate, 0.0), 0.0, GuardSettings().rise_memory_s)
+    trough = Allocation(chat.key, "H100", 1, 64, 1.0, 0.0, 30.0, 300.0, 3.0)
+
+    def held(scale_down_s: int | None) -> int:
+        return _held(state, chat, trough, 3.0, observed(2.0), 1000.0, PlannerSettings(), scale_down_s).num_replicas
+
+    assert held(None) == 1
+    assert held(60) == 2  # 6 req/s at 3 per replica

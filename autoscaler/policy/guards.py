@@ -56,12 +56,14 @@ HPA's window would be the shorter, and the ski-rental rule would want it raised 
 
 Rises that recur (retained_rate): where the load comes back to a level the HPA's window has
 already released (an MMPP's random rises, bursts minutes apart), each rise queues a horizon's
-arrivals behind the fleet left. Replaying the rates of the last hour, the planner finds how
-much the HPA's window alone exposes to misses that way, and where that is more than the goal
-allows (1 - goal of the requests) and a longer hold would avoid it, it keeps the most rate of
-the shortest span that brings the exposure within the allowance (or as low as any span does):
-the scale-down window extended to the time between rises, learned per ISVC. A first rise to a
-level never seen (a flash crowd) is avoided by no hold, and earns none.
+arrivals behind the fleet left. Replaying the rates of the last hour, the planner finds what
+the HPA's window in force alone exposes to misses that way, and prices each longer hold over
+the same replay: it saves the requests exposed, the cold starts of the rises it serves at
+once and the replicas that would work off their backlog; it costs what the replicas it keeps
+could have served meanwhile. It keeps the most rate of the span that saves the most beyond
+its cost, none where no span pays: the scale-down window extended to the time between rises,
+learned per ISVC. A first rise to a level never seen (a flash crowd) is avoided by no hold,
+and earns none; rises far apart cost less left to the cold start than held for.
 
 The lookback is the horizon plus a window at either end (H + 2 window_s): the swings a
 decision's replicas must meet are those that fit within a horizon, and seeing one whole takes
@@ -77,8 +79,8 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from statistics import NormalDist
 
 import numpy as np
@@ -108,27 +110,33 @@ class Sample:
     in_system: float  # requests running + waiting
     present: float = 0.0  # the most the rate may be now, given the window's rise (present_bound)
     recent: float | None = None  # the rate over the window's last period (None: not measured)
-    retained: float = 0.0  # the rate to keep what serves for between rises that recur (retained_rate)
 
 
 @dataclass
 class ArrivalHistory:
-    """One ISVC's cycles within the lookback, oldest first: what the trend, the dispersion, its
-    ceiling and the queue signal are measured from."""
+    """One ISVC's cycles, oldest first, kept over the longer of the lookback and the rise
+    memory: the trend, the dispersion, its ceiling, the lull check and the queue signal read
+    the lookback's (rates()), whether rises recur the memory's (retained_rate)."""
 
     samples: deque[Sample] = field(default_factory=deque)
-    # (time, rate) of the cycles within the rise memory: whether rises recur (retained_rate)
-    rates: deque[tuple[float, float]] = field(default_factory=deque)
+    lookback_s: float = 0.0  # the planning lookback at the newest cycle (lookback_s())
 
-    def record(self, sample: Sample, lookback_s: float) -> None:
+    def record(self, sample: Sample, lookback_s: float, memory_s: float = 0.0) -> None:
         self.samples.append(sample)
-        while self.samples[0].time < sample.time - lookback_s:
+        self.lookback_s = lookback_s
+        while self.samples[0].time < sample.time - max(lookback_s, memory_s):
             self.samples.popleft()
 
-    def remember(self, now: float, rate: float, memory_s: float) -> None:
-        self.rates.append((now, rate))
-        while self.rates[0][0] < now - memory_s:
-            self.rates.popleft()
+    def since(self, start: float) -> list[Sample]:
+        """The cycles at `start` or later, oldest first."""
+        return [s for s in self.samples if s.time >= start]
+
+    def rates(self, start: float | None = None) -> list[float]:
+        """The rates measured at the cycles from `start` on (None: within the lookback of the
+        newest cycle)."""
+        if start is None:
+            start = self.samples[-1].time - self.lookback_s if self.samples else 0.0
+        return [s.rate for s in self.since(start)]
 
 
 def z_score(goal: float) -> float:
@@ -189,8 +197,10 @@ def rate_now(
     step each overshoots only while the step is inside its own pair (the window's pair up to
     1.5x the step, a minute after it), so the least of them that lies below the forecast by more
     than z Poisson deviations of its own counts is taken: a step that has ended shows as a flat
-    short window at the new level, a ramp as one still rising. Never below the window's mean."""
-    if forecast <= rate or not 0 < recent_s < window_s:
+    short window at the new level, a ramp as one still rising. Never below the window's mean.
+    The short window lies within the window (0 < recent_s < window_s): observation.observe
+    measures it only so, and nothing else builds one."""
+    if forecast <= rate:
         return forecast
     p, w = recent_s, window_s
     rest = max((w * rate - p * recent) / (w - p), 0.0)  # the rate over the window before the short one
@@ -251,35 +261,29 @@ def planned_rate(
             last_recent=last_recent,
             since_last_s=since_last,
         )
-    since = now - lookback_s(window_s, period_s, startup_s)
-    present = present_bound(rate, earlier, apart_s=apart, window_s=window_s, z=z)
-    history.record(Sample(now, rate, in_system, present, recent_rate), now - since)
-    rates = [s.rate for s in history.samples]
+    lookback = lookback_s(window_s, period_s, startup_s)
+    rates = [*history.rates(now - lookback), rate]
     quantile = forecast + z * math.sqrt(dispersion(rates, window_s) * forecast / horizon)
     peak = max(max(rates), forecast)
     planned = min(quantile, peak + z * math.sqrt(peak / horizon))
-    history.remember(now, rate, settings.rise_memory_s)
-    if max(r for _, r in history.rates) > planned:  # else nothing a hold could keep
-        retained = retained_rate(
-            history.rates, now, period_s=period_s, horizon_s=horizon, window_s=window_s, z=z, goal=goal, settings=settings
-        )
-        history.samples[-1] = replace(history.samples[-1], retained=retained)
+    present = present_bound(rate, earlier, apart_s=apart, window_s=window_s, z=z)
+    history.record(Sample(now, rate, in_system, present, recent_rate), lookback, settings.rise_memory_s)
     return planned + max(backlog, 0.0) / settings.backlog_drain_s
 
 
 def retained_rate(
-    rates: Iterable[tuple[float, float]],
+    samples: Sequence[Sample],
     now: float,
     *,
+    held_s: float,
     period_s: float,
     horizon_s: float,
     window_s: float,
     z: float,
-    goal: float,
-    settings: GuardSettings,
+    drain_s: float,
 ) -> float:
     """The rate to keep replicas for between rises that recur (0: none), learned from the
-    (time, rate) of the cycles within the rise memory.
+    cycles within the rise memory (oldest first, the newest now's).
 
     A fleet that keeps what the rates of the last `span` seconds needed serves a rise at once
     where the rise comes back to a level within that span; else the replicas it needs serve a
@@ -287,23 +291,26 @@ def retained_rate(
     to misses. Replayed over the memory (a cycle's rate exposed where it exceeds every rate
     between `span` and a horizon before it by more than z Poisson deviations of their
     difference), the exposure falls as the span grows. The HPA holds its scale-down window
-    already; where that leaves more exposed than the goal allows ((1 - goal) of the memory's
-    requests), the planner keeps the rates of the shortest span that exposes no more than the
-    goal allows or than the longest span does (a first rise, to a level never seen, no hold
-    avoids: a flash crowd): the HPA's window, extended to the time between rises, learned. The
-    rate kept is the most measured within that span (the HPA's window does the rest); what
-    serves is kept up to the count for it (planner._held), never added to: a scale-down hold."""
-    if not rates:
-        return 0.0
-    t, r = (np.array(column, dtype=float) for column in zip(*rates, strict=True))
-    held = settings.scale_down_window_s
-    if r.size < 3 or t[-1] - t[0] <= held:
+    (`held_s`, the one in force: one collector window while a model with no profile is
+    identified) already. Each longer span is priced over the same replay: it saves the
+    requests it serves at once that the HPA's window left exposed, the cold starts of their
+    rises and the replicas that work off the backlog they queue (`drain_s`, the planner's
+    backlog_drain_s); it costs the replicas it keeps beyond the HPA's window, in the requests
+    they could have served meanwhile. The span that saves the most beyond its cost is kept, none
+    where no span pays (a first rise, to a level never seen, no hold avoids: a flash crowd;
+    rises far apart, whose holds cost more than the cold starts and the misses they save).
+    The rate kept is the most measured within that span (the HPA's window does the rest);
+    what serves is kept up to the count for it (planner._held), never added to: a scale-down
+    hold."""
+    t = np.array([s.time for s in samples], dtype=float)
+    r = np.array([s.rate for s in samples], dtype=float)
+    if r.size < 3 or t[-1] - t[0] <= held_s:
         return 0.0  # nothing to judge yet
     lag = t[:, None] - t[None, :]
     serving = lag >= horizon_s  # what was asked for that long ago serves by now
     judged = serving.any(axis=1)  # the memory's first cycles have nothing before them to judge by
-    requests = r * np.diff(t, append=t[-1] + period_s)  # each cycle's rate over the seconds it stands for
-    budget = (1.0 - goal) * float(requests.sum())
+    seconds = np.diff(t, append=t[-1] + period_s)  # what each cycle stands for
+    requests = r * seconds
 
     # A cycle's rate r is beyond a rate kept k by noise where r - k > z sqrt((r + k) / window_s),
     # i.e. below r less the positive root d of window_s d^2 + z^2 d - 2 z^2 r: a hold keeps
@@ -313,16 +320,52 @@ def retained_rate(
     enough = r - (np.sqrt(zz * zz + 8.0 * window_s * zz * r) - zz) / (2.0 * window_s)
     covers = np.where(serving & (r[None, :] >= enough[:, None]), lag, np.inf).min(axis=1)
     exposable = judged & (enough > 0.0)
-    order = np.argsort(covers[exposable])
-    covers, exposure = covers[exposable][order], requests[exposable][order]
-    beyond_total = np.concatenate(([0.0], np.cumsum(exposure[::-1])))[::-1]  # [k]: exposure of covers[k:]
-    spans = held + period_s * np.arange(math.ceil((t[-1] - t[0] - held) / period_s) + 1)
-    exposures = beyond_total[np.searchsorted(covers, spans, side="right")]  # falls as the span grows
-    allowed = max(float(exposures[-1]), budget)
-    if exposures[0] <= allowed:  # the HPA's window alone is within the goal's allowance, or no span does better
+    exposed = exposable & (covers > held_s)  # left to a cold start by the HPA's window alone
+    if not exposed.any():
         return 0.0
-    high = int(np.argmax(exposures <= allowed))  # the shortest span within the allowance
-    return float(r[t >= now - (spans[high] - held)].max())
+    # the spans at which the saving steps up (each exposed cycle's cover), the HPA's window first:
+    # the cost only grows with the span, so the best is among them
+    spans = np.concatenate(([held_s], np.unique(covers[exposed & np.isfinite(covers)])))
+    # Priced: a span is worth its hold where what it saves outweighs what the replicas it keeps
+    # beyond the HPA's window could have served meanwhile, both in requests (a replica-second
+    # is worth the requests a replica serves in it: its capacity, the latency model's unit,
+    # cancels). What a rise left to a cold start costs: the requests it exposes, and for its
+    # excess over what the HPA's window still serves, replicas that start (startup_s, spread
+    # over the horizon's cycles it exposes) and the backlog the excess queues until they
+    # serve, which the planner works off within drain_s by replicas that start and the HPA
+    # then holds for its window.
+    startup_s = horizon_s - period_s
+    served = np.where(serving & (lag <= held_s), r[None, :], 0.0).max(axis=1)
+    excess = np.maximum(r - served, 0.0) * seconds
+    restart = excess * (startup_s / horizon_s + (startup_s + held_s) / drain_s)
+    covered = exposed[:, None] & (covers[:, None] <= spans[None, :])  # [cycle, span]: served at once
+    saves = ((requests + restart)[:, None] * covered).sum(axis=0)
+    # the replicas each span keeps beyond the HPA's window, until the newest rise: the gap since
+    # is the one the hold decides on, what it has held there so far no evidence either way
+    kept = _kept_over(t, r, spans)
+    newest = int(np.flatnonzero(exposed)[-1])
+    holding = ((kept - kept[:, :1]) * seconds[:, None])[: newest + 1].sum(axis=0)
+    net = saves - holding
+    best = int(np.argmax(net))
+    if net[best] <= 0.0:
+        return 0.0
+    return float(r[t >= now - (spans[best] - held_s)].max())
+
+
+def _kept_over(t: np.ndarray, r: np.ndarray, spans: np.ndarray) -> np.ndarray:
+    """[cycle i, span k]: the most rate of the cycles within spans[k] seconds up to cycle i (a
+    fleet that keeps what the last spans[k] seconds asked for). Each window's most is the more
+    of two overlapping power-of-two blocks' (a sparse table: n log n to build, not n^2)."""
+    n = r.size
+    cycle = np.arange(n)[:, None]
+    first = np.minimum(np.searchsorted(t, t[:, None] - spans[None, :], side="right"), cycle)
+    level = np.floor(np.log2(cycle - first + 1)).astype(int)
+    table = [r]  # table[L][i]: the most of cycles i - 2^L + 1 .. i
+    while 2 ** len(table) <= n:
+        step = 2 ** (len(table) - 1)
+        table.append(np.maximum(table[-1], np.concatenate((np.full(step, -np.inf), table[-1][:-step]))))
+    blocks = np.stack(table)
+    return np.maximum(blocks[level, cycle], blocks[level, first + 2**level - 1])
 
 
 def queue_building(history: ArrivalHistory, in_system: float, now: float, goal: float) -> bool:

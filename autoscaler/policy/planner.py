@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from . import sizing
-from .guards import ArrivalHistory, GuardSettings, planned_rate, queue_building, rise_beyond_noise, z_score
+from .guards import ArrivalHistory, GuardSettings, planned_rate, queue_building, retained_rate, rise_beyond_noise, z_score
 from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, IterationParams, Load, Server, ServiceClass, System
 from ..optimizer.solver import solve
 from .observation import Key, Observation
@@ -294,7 +294,7 @@ def plan(
         for s in differing
         if (history := state.arrivals.get((s.namespace, s.name))) is not None
         and (obs := observed.get((s.namespace, s.name))) is not None
-        and (why := below_recent_peak([x.rate for x in history.samples], obs.window_s, z))
+        and (why := below_recent_peak(history.rates(), obs.window_s, z))
     }
     verdicts = judge_roll_outs(
         catalog, differing, allocations, staying, room, now, settings.startup_s, dwell_s, settings.guards, unsettled
@@ -315,8 +315,10 @@ def plan(
             continue
         alloc, per_replica, work, costs = sized[service.key]
         rolled = service.key in roll_outs
+        obs = observed.get((service.namespace, service.name))
+        scale_down_s = _identifying(state, service, alloc.accelerator, obs, z)
         if not rolled:
-            alloc = _held(state, service, alloc, per_replica)
+            alloc = _held(state, service, alloc, per_replica, obs, now, settings, scale_down_s)
         last = service.last
         decision = LastDecision(
             accelerator=alloc.accelerator,
@@ -344,14 +346,11 @@ def plan(
         reasons = ["best effort: SLOs not met within capacity"] if alloc.best_effort else []
         if (verdict := verdicts.get(service.key)) is not None and verdict.reason:
             reasons.append(verdict.reason)
-        scale_down_s = _identifying(state, service, decision, observed.get((service.namespace, service.name)), z)
         plans.append(Plan(service, decision, roll_out=rolled, reason="; ".join(reasons), scale_down_s=scale_down_s))
     return plans
 
 
-def _identifying(
-    state: PlannerState, service: ManagedService, decision: LastDecision, obs: Observation | None, z: float
-) -> int | None:
+def _identifying(state: PlannerState, service: ManagedService, accelerator: str, obs: Observation | None, z: float) -> int | None:
     """One collector window while the ISVC's step costs are still being identified (a model with
     no profile on its GPU type, not yet read off the line: identify.py), else None (the HPA's
     default). The prior over-provisions by design, and each consolidation step must be measured
@@ -365,11 +364,11 @@ def _identifying(
     it, and a replica released would be started again a cold start later (granite-13b with no
     profile under the diurnal rise, seed 3, went from 5 replicas to 2 and back to 4 within
     150 s, 93% of its requests within the SLOs against 100% under the default hold)."""
-    identification = state.learned.identified.get((service.model, decision.accelerator))
+    identification = state.learned.identified.get((service.model, accelerator))
     if identification is None or not identification.identifying or obs is None:
         return None
     history = state.arrivals.get((service.namespace, service.name))
-    rates = [sample.rate for sample in history.samples] if history else []
+    rates = history.rates() if history else []
     if rates and rise_beyond_noise(rates[-1], min(rates), obs.window_s, obs.window_s, z):
         return None
     return max(int(obs.window_s), 1)
@@ -452,21 +451,49 @@ def _model_replicas(
     return counts
 
 
-def _held(state: PlannerState, service: ManagedService, alloc: Allocation, per_replica: float) -> Allocation:
+def _held(
+    state: PlannerState,
+    service: ManagedService,
+    alloc: Allocation,
+    per_replica: float,
+    obs: Observation | None,
+    now: float,
+    settings: PlannerSettings,
+    scale_down_s: int | None,
+) -> Allocation:
     """No replica released that the load may need now while it rises beyond noise: the window's
     mean then lags the load (a step shows in full only a window later), so a count sized for it
     may be below what the load needs already, and releasing a replica now costs a cold start to
     undo. What serves is kept up to the count for the most the rate may be now
-    (guards.present_bound), or for the rate kept between rises that recur
-    (guards.retained_rate), whichever is more; a new GPU type or batch size is left as the
-    optimizer sized it."""
+    (guards.present_bound), or for the rate kept between rises that recur beyond the HPA's
+    scale-down window in force (`scale_down_s`, None: the default; guards.retained_rate),
+    whichever is more; a new GPU type or batch size is left as the optimizer sized it."""
     history = state.arrivals.get((service.namespace, service.name))
     last = service.last
-    if not history or last is None or (alloc.accelerator, alloc.max_batch) != (last.accelerator, last.max_batch):
+    if not history or last is None or obs is None or (alloc.accelerator, alloc.max_batch) != (last.accelerator, last.max_batch):
+        return alloc
+    if per_replica <= 0 or alloc.num_replicas <= 0:
         return alloc
     sample = history.samples[-1]
-    kept = max(sample.present if sample.present > sample.rate else 0.0, sample.retained)
-    if kept <= 0 or per_replica <= 0 or alloc.num_replicas <= 0:
+    kept = sample.present if sample.present > sample.rate else 0.0
+    memory = history.since(now - settings.guards.rise_memory_s)
+    # judged here, where the window in force is known; only where the memory's peak needs more
+    # than asked (else the count for any rate kept is no more than asked)
+    if sizing.replicas_for(max((s.rate for s in memory), default=0.0), per_replica) > alloc.num_replicas:
+        kept = max(
+            kept,
+            retained_rate(
+                memory,
+                now,
+                held_s=settings.guards.scale_down_window_s if scale_down_s is None else scale_down_s,
+                period_s=settings.period_s,
+                horizon_s=settings.startup_s + settings.period_s,
+                window_s=obs.window_s,
+                z=z_score(settings.attainment_goal),
+                drain_s=settings.guards.backlog_drain_s,
+            ),
+        )
+    if kept <= 0:
         return alloc
     serving = state.learned.serving.get(service.key, (0, 0.0))[0]
     held = min(serving, sizing.replicas_for(kept, per_replica), service.max_replicas)
