@@ -309,3 +309,18 @@ def test_no_data_for_the_window_before_is_no_rise_from_zero():
     fresh = observe(WindowFigures(completed_before=None, **figures))
     assert fresh.previous_rate == fresh.arrival_rate == 1.0 and fresh.ttft_ms == pytest.approx(200.0) and fresh.itl_ms is None
     assert observe(WindowFigures(completed_before=30.0, **figures)).previous_rate == 0.5
+
+
+def test_a_deleted_or_recreated_isvcs_state_is_forgotten_and_the_others_kept():
+    state = PlannerState()
+    chat, code = service("chat"), service("code", model="granite_13b")
+    obs = {("prod", "chat"): observed(5.0), ("prod", "code"): observed(3.0)}
+    plan(DATA.catalog, CAPACITY, [chat, code], obs, 1000.0, state)
+    assert set(state.arrivals) == {("prod", "chat"), ("prod", "code")}
+    assert set(state.learned.rate_cv2) == {"prod/chat", "prod/code"}
+    plan(DATA.catalog, CAPACITY, [chat], obs, 1030.0, state)  # code deleted
+    assert set(state.arrivals) == {("prod", "chat")} and set(state.learned.rate_cv2) == {"prod/chat"}
+    assert len(state.arrivals[("prod", "chat")].samples) == 2
+    again = dataclasses.replace(chat, uid="another")  # chat deleted and created again under its name
+    plan(DATA.catalog, CAPACITY, [again], obs, 1060.0, state)
+    assert len(state.arrivals[("prod", "chat")].samples) == 1 and len(state.learned.rate_cv2["prod/chat"]) == 1

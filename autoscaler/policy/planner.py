@@ -95,6 +95,21 @@ class PlannerState:
 
     learned: sizing.Learned = field(default_factory=sizing.Learned)
     arrivals: dict[Key, ArrivalHistory] = field(default_factory=dict)
+    uids: dict[Key, str] = field(default_factory=dict)  # the ISVC each key's state was learned from
+
+    def keep_only(self, services: list[ManagedService]) -> None:
+        """Forget the per-ISVC state of the ISVCs no longer planned (deleted, or refused by the
+        service reader) and of those created again under the same name (a new uid): kept, it
+        would grow with every ISVC ever seen, and a namesake would start from a bias, a rate
+        variation and arrivals that are not its own, as it does not resume from the old one's
+        stored decision (decision_store). A refused ISVC fixed later resumes its bias from its
+        stored decision, like a restart. What is learned per (model, GPU), the work scales and
+        identified step costs, stays."""
+        current = {(s.namespace, s.name): s.uid for s in services}
+        for key in [k for k, uid in self.uids.items() if current.get(k) != uid]:
+            self.arrivals.pop(key, None)
+            self.learned.forget(f"{key[0]}/{key[1]}")
+        self.uids = current
 
 
 def early_cycle(state: PlannerState, in_system: Mapping[Key, float], now: float, settings: PlannerSettings) -> list[Key]:
@@ -207,6 +222,7 @@ def plan(
     capacity less what the last decisions hold)."""
     loads: dict[str, tuple[Load, float]] = {}
     windows: list[sizing.Window] = []
+    state.keep_only(services)
     services = [_believed(s) for s in services]
     refused: dict[str, str] = {}
     for service in services:

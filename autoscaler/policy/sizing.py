@@ -89,6 +89,11 @@ class Learned:
     # ISVC key: its arrivals' rate variation (rate_variation) in its last VARIATION_WINDOWS windows
     rate_cv2: dict[str, deque[float]] = field(default_factory=dict)
 
+    def forget(self, key: str) -> None:
+        """Drop what was learned of one ISVC (not of its model and GPU type)."""
+        for learned in (self.bias, self.serving, self.learned_at, self.rate_cv2):
+            learned.pop(key, None)
+
 
 def profile(catalog: Catalog, learned: Learned, model: str, accelerator: str) -> ModelProfile | None:
     """The catalog's profile of (model, accelerator); where it has none, the prior's (prior.py)
