@@ -145,7 +145,16 @@ def _window(
     if not (settled and fresh_window):
         return None
     learned.learned_at[service.key] = now
-    return sizing.Window(sizing.Deployment(service.key, service.model, last.accelerator, last.max_batch), serving, obs, target)
+    runs = sizing.Deployment(service.key, service.model, last.accelerator, last.max_batch)
+    return sizing.Window(runs, serving, obs, target, _in_system_at(state, service, now - obs.window_s, obs.window_s))
+
+
+def _in_system_at(state: PlannerState, service: ManagedService, start: float, window_s: float) -> float | None:
+    """The requests running + waiting at the cycle nearest `start` (within a quarter window of
+    it: cycles come a period or an early cycle apart), None where none was that near."""
+    history = state.arrivals.get((service.namespace, service.name))
+    near = [s for s in history.since(start - window_s / 4) if s.time <= start + window_s / 4] if history else []
+    return min(near, key=lambda s: abs(s.time - start)).in_system if near else None
 
 
 def _scales(state: PlannerState, key: str) -> tuple[float, float]:
