@@ -169,9 +169,11 @@ def _opening(load: Load, window_s: float, arrivals: np.ndarray | None = None, pr
     """The opening minute's load as a collector would have seen it: its rate now and before,
     and the Allan factor of its arrivals counted over the probes' intervals."""
     rate = load.arrival_rate_rpm / 60.0
-    probes = max(int(window_s // probe_s), 1)
-    counts = np.zeros(probes) if arrivals is None else np.bincount((arrivals // probe_s).astype(int), minlength=probes)[:probes]
-    dispersion, pairs, seconds = allan_factor(counts, [probe_s] * probes) if arrivals is not None else (None, 0, 0.0)
+    dispersion, pairs, seconds = None, 0, 0.0  # no arrivals given: Poisson
+    if arrivals is not None:
+        probes = max(int(window_s // probe_s), 1)
+        counts = np.bincount((arrivals // probe_s).astype(int), minlength=probes)[:probes]
+        dispersion, pairs, seconds = allan_factor(counts, [probe_s] * probes)
     return Observation(
         rate,
         rate,
