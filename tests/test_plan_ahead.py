@@ -368,7 +368,9 @@ def test_the_planner_holds_beyond_the_hpa_window_it_writes():
     trough = Allocation(chat.key, "H100", 1, 64, 1.0, 0.0, 30.0, 300.0, 3.0)
 
     def held(scale_down_s: int | None) -> int:
-        return _held(state, chat, trough, 3.0, observed(2.0), 1000.0, PlannerSettings(), scale_down_s).num_replicas
+        settings = PlannerSettings()
+        z = z_score(settings.attainment_goal)
+        return _held(state, chat, trough, 3.0, observed(2.0), 1000.0, settings, scale_down_s, z).num_replicas
 
     assert held(None) == 1
     assert held(60) == 2  # 6 req/s at 3 per replica

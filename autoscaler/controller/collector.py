@@ -17,7 +17,7 @@ import re
 import time
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 
 from ..limits import MAX_MAGNITUDE, finite_problem
 from ..optimizer.domain import Catalog
@@ -268,15 +268,9 @@ def observations(results: Mapping[str, Samples], settings: CollectorSettings) ->
     bad_histograms: dict[Key, str] = {}
     ttft_buckets = _buckets(results.get("ttft_buckets") or [], label, "ttft_buckets", bad_histograms)
     itl_buckets = _buckets(results.get("itl_buckets") or [], label, "itl_buckets", bad_histograms)
-    window = float(settings.window_s)
-    recent_s = float(settings.recent_s) if measures_recent(settings) else None
     observed = {}
     for key in figures["completed"].keys() - unusable.keys():
-        obs = _observation(key, figures, ttft_buckets.get(key, ()), itl_buckets.get(key, ()), window, kv_cache.get(key), recent_s)
-        if (dispersion := figures.get("dispersion", {}).get(key)) is not None:
-            # the subquery's intervals: window / dispersion_s, their pairs one fewer, the largest left out
-            pairs = int(settings.window_s // settings.dispersion_s) - 2
-            obs = replace(obs, arrival_dispersion=dispersion, dispersion_pairs=pairs, dispersion_s=float(settings.dispersion_s))
+        obs = _observation(key, figures, ttft_buckets.get(key, ()), itl_buckets.get(key, ()), settings, kv_cache.get(key))
         problem = obs.problem()
         if problem:
             unusable[key] = problem
@@ -311,16 +305,17 @@ def _observation(
     figures: dict[str, dict[Key, float]],
     ttft_buckets,
     itl_buckets,
-    window: float,
+    settings: CollectorSettings,
     kv_cache_tokens: float | None = None,
-    recent_s: float | None = None,
 ) -> Observation:
     def figure(name: str) -> float:
         return figures[name].get(key, 0.0)
 
+    recent_s = float(settings.recent_s) if measures_recent(settings) else None
+    dispersion = figures.get("dispersion", {}).get(key)
     return observe(
         WindowFigures(
-            window_s=window,
+            window_s=float(settings.window_s),
             completed=figure("completed"),
             growth=figure("growth"),
             completed_before=figures["completed_before"].get(key),
@@ -338,6 +333,10 @@ def _observation(
             recent_s=recent_s,
             completed_recent=_recent(key, figures) if recent_s else None,
             growth_recent=figures.get("growth_recent", {}).get(key, 0.0),
+            dispersion=dispersion,
+            # the subquery's intervals: window / dispersion_s, their pairs one fewer, the largest left out
+            dispersion_pairs=int(settings.window_s // settings.dispersion_s) - 2 if dispersion is not None else 0,
+            dispersion_s=float(settings.dispersion_s) if dispersion is not None else 0.0,
         )
     )
 

@@ -343,7 +343,7 @@ def plan(
         obs = observed.get((service.namespace, service.name))
         scale_down_s = _identifying(state, service, alloc.accelerator, obs, z)
         if not rolled:
-            alloc = _held(state, service, alloc, per_replica, obs, now, settings, scale_down_s)
+            alloc = _held(state, service, alloc, per_replica, obs, now, settings, scale_down_s, z)
         last = service.last
         decision = LastDecision(
             accelerator=alloc.accelerator,
@@ -485,6 +485,7 @@ def _held(
     now: float,
     settings: PlannerSettings,
     scale_down_s: int | None,
+    z: float,
 ) -> Allocation:
     """No replica released that the load may need now while it rises beyond noise: the window's
     mean then lags the load (a step shows in full only a window later), so a count sized for it
@@ -514,7 +515,7 @@ def _held(
                 period_s=settings.period_s,
                 horizon_s=settings.startup_s + settings.period_s,
                 window_s=obs.window_s,
-                z=z_score(settings.attainment_goal),
+                z=z,
                 drain_s=settings.guards.backlog_drain_s,
             ),
         )

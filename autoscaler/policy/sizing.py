@@ -209,12 +209,13 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
     if model_replica is None:
         return None
     rate = obs.arrival_rate / replicas
+    steady = _stationary(obs, window.in_system_before)
     if obs.itl_ms is not None and obs.avg_out_tokens > 1:
         if (model, accelerator) not in catalog.profiles:  # the prior's: its step costs identified
             _identify(learned, catalog, runs, obs, replicas, model_replica.costs.frontend_ms)
             model_replica = replica(catalog, learned, model, accelerator, max_batch, work.value)
         elif (
-            _stationary(obs, window.in_system_before)
+            steady
             and (scale := identify_work_scale(model_replica, Shape(obs.avg_in_tokens, obs.avg_out_tokens), rate, obs.itl_ms))
             is not None
         ):
@@ -226,7 +227,7 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
     # holds the SLO (30 ms lies between vLLM's 25 and 50 ms bounds), so compare like with like
     seen = _AsHistogram(_bracket(obs.ttft_buckets, target.ttft_ms), _bracket(obs.itl_buckets, target.itl_ms))
     bias = learned.bias.setdefault(key, Estimate())
-    if not _stationary(obs, window.in_system_before):
+    if not steady:
         return None  # a burst's queue, or its wake: the model's steady state says nothing of that miss
     return _BiasQuestion(bias, model_replica, shape, rate / bias.value, measured_miss, seen)
 
