@@ -193,10 +193,10 @@ def identity_windows(name: str, kind: str = "steady", duration_s: float = NO_PRO
     for now, obs, ready in seen:
         fleets = {r for t, _, r in seen if now - obs.window_s < t <= now}
         start = steps.get(now - obs.window_s)
-        if fleets != {ready} or not ready or obs.itl_ms is None or start is None or not obs.itl_buckets:
+        if fleets != {ready} or not ready or obs.itl_ms is None or start is None or not obs.itl_gaps:
             continue
         steps_per_s = (steps[now] - start) / obs.window_s
-        decodes = obs.itl_ms / 1000.0 * obs.itl_buckets[-1][1] / obs.window_s / ready
+        decodes = obs.itl_ms / 1000.0 * obs.itl_gaps / obs.window_s / ready
         if decodes < 1.0 or obs.avg_in_tokens is None or obs.avg_out_tokens is None:
             continue
         ratio = obs.itl_ms * steps_per_s / ready / 1000.0
@@ -296,12 +296,12 @@ def costs(scenario: Scenario, index: int, accelerator: str, repeats: int = 50) -
         None,
         itl_ms * 0.6,
         ((ttft_ms / 1000.0, count), (float("inf"), count)),
-        ((itl_ms / 1000.0, count * shape.out_tokens * 0.99), (float("inf"), count * shape.out_tokens)),
+        ((itl_ms / 1000.0, count * 0.99), (float("inf"), count)),
     )
     learned = Learned()
     start = time.process_time()
     for i in range(repeats):
-        learn(learned, catalog, Deployment(f"isvc-{i}", model, accelerator, replica.max_batch), 1, window, target)
+        learn(learned, catalog, Deployment(f"isvc-{i}", model, accelerator, replica.max_batch), 1, window, target, GOAL)
     return search * 1000.0, (time.process_time() - start) / repeats * 1000.0
 
 

@@ -54,9 +54,8 @@ def main() -> None:
         observed = {}
         for service, (rate, prompt, output) in zip(services, loads, strict=True):
             count, moved = rate * WINDOW_S, 1.0 + rng.uniform(-0.05, 0.05)
-            tokens = count * output
             ttft = ((1.0, count * 0.99), (float("inf"), count))
-            itl = ((0.025, tokens * 0.85), (0.05, tokens * 0.9), (float("inf"), tokens))
+            itl = ((0.025, count * 0.85), (0.05, count * 0.9), (float("inf"), count))  # per request, by its mean gap
             observed[("ns", service.name)] = Observation(
                 rate, rate, prompt * moved, output * moved, 3.0, 0.0, 150.0, 18.0, ttft, itl, ready_replicas=3
             )

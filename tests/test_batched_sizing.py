@@ -104,9 +104,9 @@ def test_planner_sizing_in_one_batch_equals_one_isvc_at_a_time(catalog, monkeypa
 def _observation(rng: random.Random) -> Observation:
     rate = rng.uniform(1.0, 12.0)
     count, output = rate * 60.0, rng.uniform(50.0, 400.0)
-    tokens, ttft_met, itl_met = count * output, rng.uniform(0.85, 1.0), rng.uniform(0.8, 1.0)
+    ttft_met, itl_met = rng.uniform(0.85, 1.0), rng.uniform(0.8, 1.0)
     ttft = ((0.5, count * ttft_met), (float("inf"), count))
-    itl = ((0.025, tokens * itl_met * 0.9), (0.05, tokens * itl_met), (float("inf"), tokens))
+    itl = ((0.025, count * itl_met * 0.9), (0.05, count * itl_met), (float("inf"), count))  # per request
     return Observation(rate, rate, rng.uniform(200.0, 3000.0), output, 3.0, 0.0, 150.0, rng.uniform(12.0, 40.0), ttft, itl)
 
 
@@ -125,9 +125,9 @@ def test_learning_every_window_in_one_batch_equals_one_window_at_a_time(catalog)
     learned = _learned(catalog, rng, [w.runs.key for w in windows[::2]])  # half start from no bias
     batched, alone = learned, copy.deepcopy(learned)
     before = sum(e.windows for e in learned.bias.values())
-    sizing.learn_windows(batched, catalog, windows)
+    sizing.learn_windows(batched, catalog, windows, GOAL)
     for w in windows:
-        sizing.learn(alone, catalog, w.runs, w.replicas, w.obs, w.target)
+        sizing.learn(alone, catalog, w.runs, w.replicas, w.obs, w.target, GOAL)
     assert batched.work.keys() == alone.work.keys() and batched.bias.keys() == alone.bias.keys()
     for mine, theirs in [(batched.work[k], alone.work[k]) for k in alone.work] + [
         (batched.bias[k], alone.bias[k]) for k in alone.bias
@@ -135,4 +135,4 @@ def test_learning_every_window_in_one_batch_equals_one_window_at_a_time(catalog)
         assert (mine.value, mine.windows) == (pytest.approx(theirs.value, rel=1e-12), theirs.windows)
     assert sum(e.windows for e in batched.bias.values()) - before > 10  # windows taught biases: the test compares learning
     with pytest.raises(ValueError):
-        sizing.learn_windows(batched, catalog, [windows[0], windows[0]])
+        sizing.learn_windows(batched, catalog, [windows[0], windows[0]], GOAL)

@@ -167,7 +167,7 @@ async def test_collector_reads_live_vllm_load_from_a_real_prometheus(vllm_and_pr
     emulator, prometheus = vllm_and_prometheus
     collector = PrometheusCollector(prometheus.url, CollectorSettings(window_s=5))
     await asyncio.sleep(6)  # a full window of scrapes
-    slos = {"ttft": {1.0, 4.0}, "itl": {0.04}}
+    slos = {"ttft": {1.0, 4.0}, "tpot": {0.04}}
     await collector.collect(slos)
     assert r'le=~"0\\.75|1\\.0|2\\.5|5\\.0|\\+Inf"' in collector.queries["ttft_buckets"]  # around 1 s and 4 s
     growing = emulator.isvcs[2]
@@ -184,3 +184,7 @@ async def test_collector_reads_live_vllm_load_from_a_real_prometheus(vllm_and_pr
     assert in_system.keys() == observations.keys() and in_system[("batch", "chat")] >= queued.waiting
     assert within(chat.ttft_buckets, 1.0)[0] == pytest.approx(within(chat.ttft_buckets, 1.0)[1])  # 0.2 s TTFT: all within 1 s
     assert [b for b, _ in code.ttft_buckets] == [0.75, 1.0, 2.5, 5.0, float("inf")]
+    # the ITL SLO's share per request (vLLM's TPOT histogram), the mean gap over every gap (its ITL)
+    assert [b for b, _ in chat.tpot_buckets] == [0.025, 0.05, float("inf")]
+    assert chat.tpot_buckets[-1][1] == pytest.approx(chat.ttft_buckets[-1][1], rel=1e-6)  # one count per request
+    assert chat.itl_gaps == pytest.approx(chat.tpot_buckets[-1][1] * (180 - 1), rel=1e-6)

@@ -213,10 +213,10 @@ def test_observations_from_query_results():
     assert within(obs.ttft_buckets, 0.8) == pytest.approx((554, 600))  # interpolated inside (0.5 s, 1 s]
     assert within(obs.ttft_buckets, 5.0) == (590, 600)  # beyond the last finite bound: only what is known
     assert obs.recent_rate is None  # the short window not answered: the planner plans from the window alone
-    assert len(queries(settings)) == 17  # one per figure, whatever the number of ISVCs
+    assert len(queries(settings)) == 18  # one per figure, whatever the number of ISVCs
     assert "increase(vllm:request_success_total[30s])" in queries(settings)["completed_recent"]
-    assert len(queries(CollectorSettings(window_s=60, recent_s=None))) == 15
-    assert len(queries(CollectorSettings(window_s=60, dispersion_s=None))) == 16
+    assert len(queries(CollectorSettings(window_s=60, recent_s=None))) == 16
+    assert len(queries(CollectorSettings(window_s=60, dispersion_s=None))) == 17
     assert obs.arrival_dispersion is None and obs.dispersion_pairs == 0  # not answered: Poisson
 
     # the arrivals' Allan factor over the window's 15 s intervals: 4 intervals, 3 pairs, the largest left out
@@ -304,7 +304,7 @@ def test_no_data_for_the_window_before_is_no_rise_from_zero():
     buckets = ((1.0, 60.0), (float("inf"), 60.0))
     figures = dict(
         window_s=60.0, completed=60.0, growth=0.0, growth_before=0.0, running=2.0, waiting=0.0, prompt_tokens=6000.0,
-        prompt_len=100.0, output_len=50.0, ttft_sum=12.0, itl_sum=None, ttft_buckets=buckets, itl_buckets=(),
+        prompt_len=100.0, output_len=50.0, ttft_sum=12.0, itl_sum=None, itl_count=None, ttft_buckets=buckets, tpot_buckets=(),
     )  # fmt: skip
     fresh = observe(WindowFigures(completed_before=None, **figures))
     assert fresh.previous_rate == fresh.arrival_rate == 1.0 and fresh.ttft_ms == pytest.approx(200.0) and fresh.itl_ms is None

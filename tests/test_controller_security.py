@@ -63,6 +63,7 @@ def test_a_negative_invoke_interval_is_refused(capsys):
         ("--queue-probe", "nan", "must be more than 0 seconds"),
         ("--startup-seconds", "-1", "must be 0 or more seconds"),
         ("--scrape-interval", "-5", "must be 0 or more seconds"),
+        ("--itl-metric", "vllm:x[1m]) or vector(1", "is not a Prometheus metric name"),  # goes into PromQL
     ):
         assert main(["controller", *loopback, flag, value]) == 2
         assert f"{flag}: {problem}" in capsys.readouterr().err

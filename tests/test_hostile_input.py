@@ -121,8 +121,9 @@ def results(bad: dict[str, object], namespace: str = "prod") -> dict:
         "output_len": figure("output_len", 200),
         "ttft_sum": figure("ttft_sum", 60),
         "itl_sum": figure("itl_sum", 6),
+        "itl_count": figure("itl_count", 600 * 199),
         "ttft_buckets": buckets("ttft_buckets"),
-        "itl_buckets": buckets("itl_buckets"),
+        "tpot_buckets": buckets("tpot_buckets"),
     }
 
 
@@ -131,8 +132,8 @@ def results(bad: dict[str, object], namespace: str = "prod") -> dict:
 BROKEN_SAMPLES = [
     {"ttft_buckets": [("0.1", "500"), ("1", "590"), ("+Inf", "NaN")]},
     {"ttft_buckets": [("0.1", "500"), ("1", "590"), ("+Inf", "+Inf")]},
-    {"itl_buckets": [("0.1", "500"), ("abc", "590"), ("+Inf", "600")]},
-    {"itl_buckets": [("0.1", "500"), ("1", "590"), ("+Inf", "1e308")]},
+    {"tpot_buckets": [("0.1", "500"), ("abc", "590"), ("+Inf", "600")]},
+    {"tpot_buckets": [("0.1", "500"), ("1", "590"), ("+Inf", "1e308")]},
     {"ttft_buckets": [("0.1", "-5"), ("1", "590"), ("+Inf", "600")]},
     {"completed": "1e308"},
     {"completed": "NaN"},
@@ -145,7 +146,7 @@ BROKEN_SAMPLES = [
 def finite_observation(obs: Observation) -> bool:
     numbers = [obs.arrival_rate, obs.previous_rate, obs.running, obs.waiting]
     numbers += [v for v in (obs.avg_in_tokens, obs.avg_out_tokens, obs.ttft_ms, obs.itl_ms) if v is not None]
-    numbers += [c for b in (obs.ttft_buckets, obs.itl_buckets) for _, c in b]
+    numbers += [c for b in (obs.ttft_buckets, obs.tpot_buckets) for _, c in b]
     return all(math.isfinite(v) and v >= 0 for v in numbers[2:]) and all(math.isfinite(v) for v in numbers[:2])
 
 

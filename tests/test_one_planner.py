@@ -129,7 +129,7 @@ def test_observer_matches_the_collectors_promql_over_the_same_requests(tmp_path)
         assert (sim.running, sim.waiting) == (prom.running, prom.waiting)
         # the last period of the window: 3.x's 29 s of a [30s] range, extrapolated (3.4%)
         assert sim.recent_rate == pytest.approx(prom.recent_rate, rel=0.05) and sim.recent_s == prom.recent_s == 30.0
-        for histogram, slos in (("ttft_buckets", (0.3, 1.0, 2.0)), ("itl_buckets", (0.03, 0.08))):
+        for histogram, slos in (("ttft_buckets", (0.3, 1.0, 2.0)), ("tpot_buckets", (0.03, 0.08))):
             sim_buckets, prom_buckets = getattr(sim, histogram), getattr(prom, histogram)
             assert [b for b, _ in sim_buckets] == [b for b, _ in prom_buckets]
             assert [c for _, c in sim_buckets] == pytest.approx([c for _, c in prom_buckets], **close)

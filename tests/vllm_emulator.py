@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from aiohttp import web
 
-from autoscaler.simulator.observe import ITL_BOUNDS as TPOT_BUCKETS, TTFT_BOUNDS as TTFT_BUCKETS
+from autoscaler.simulator.observe import TPOT_BOUNDS as TPOT_BUCKETS, TTFT_BOUNDS as TTFT_BUCKETS
 
 
 @dataclass
@@ -67,9 +67,11 @@ class VllmEmulator:
                 f"vllm:num_requests_running{{{labels}}} {isvc.running}",
                 f"vllm:num_requests_waiting{{{labels}}} {isvc.waiting}",
             ]
+            # every gap and every request's mean gap at itl_s: ITL counts gaps, TPOT requests
             for metric, value, count, bounds in (
                 ("vllm:time_to_first_token_seconds", isvc.ttft_s, done, TTFT_BUCKETS),
-                ("vllm:time_per_output_token_seconds", isvc.itl_s, done * (isvc.out_tokens - 1), TPOT_BUCKETS),
+                ("vllm:inter_token_latency_seconds", isvc.itl_s, done * (isvc.out_tokens - 1), TPOT_BUCKETS),
+                ("vllm:request_time_per_output_token_seconds", isvc.itl_s, done, TPOT_BUCKETS),
             ):
                 for bound in bounds:
                     lines.append(f'{metric}_bucket{{{labels},le="{bound}"}} {count if value <= bound else 0.0}')
@@ -87,9 +89,11 @@ class RequestStream:
     As vLLM counts them: running from admission to finish, waiting from arrival to admission
     unless the client gave up first (an aborted request counts in no counter); the first token
     observes TTFT and counts the prompt; a finished request observes its prompt and output
-    lengths (request_prompt_tokens, request_generation_tokens: their sums and counts). ITL gaps
-    (each at the request's mean gap) count when the request finishes, as the simulator's
-    observer counts them: it knows a request's decode time only then (simulator/observe.py)."""
+    lengths (request_prompt_tokens, request_generation_tokens: their sums and counts) and its
+    mean gap (request_time_per_output_token_seconds; 0 with one output). Its gaps count in
+    inter_token_latency_seconds when it finishes, as the simulator's observer counts them: it
+    knows a request's decode time only then (simulator/observe.py); their buckets, which the
+    collector does not read, put each gap at its request's mean."""
 
     namespace: str
     name: str
@@ -109,8 +113,9 @@ class RequestStream:
         waiting = (self.arrival <= t) & (self.admitted > t) & (self.dropped_at > t)
         gaps = self.out_tokens - 1
         ttft = self.first - self.arrival
-        itl = np.zeros(len(self.arrival))
-        itl[done] = (self.finish[done] - self.first[done]) / np.maximum(gaps[done], 1)
+        itl = np.zeros(len(self.arrival))  # each request's mean gap: 0 with one output, as vLLM's TPOT
+        decoding = done & (gaps > 0)
+        itl[decoding] = (self.finish[decoding] - self.first[decoding]) / gaps[decoding]
         result = [
             (f'vllm:request_success_total{{{labels},finished_reason="stop"}}', done.sum()),
             (f"vllm:prompt_tokens_total{{{labels}}}", self.in_tokens[started].sum()),
@@ -123,12 +128,14 @@ class RequestStream:
         ]
         for metric, values, weights, bounds in (
             ("vllm:time_to_first_token_seconds", ttft[started], np.ones(started.sum()), TTFT_BUCKETS),
-            ("vllm:time_per_output_token_seconds", itl[done], gaps[done], TPOT_BUCKETS),
+            ("vllm:inter_token_latency_seconds", itl[done], gaps[done], TPOT_BUCKETS),
+            ("vllm:request_time_per_output_token_seconds", itl[done], np.ones(done.sum()), TPOT_BUCKETS),
         ):
             for bound in bounds:
                 result.append((f'{metric}_bucket{{{labels},le="{bound}"}}', weights[values <= bound].sum()))
             result.append((f'{metric}_bucket{{{labels},le="+Inf"}}', weights.sum()))
             result.append((f"{metric}_sum{{{labels}}}", (values * weights).sum()))
+            result.append((f"{metric}_count{{{labels}}}", weights.sum()))
         return [(name, float(value)) for name, value in result]
 
 

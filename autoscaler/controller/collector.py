@@ -41,18 +41,25 @@ class CollectorSettings:
     # differenced, no increase() over it); at least 3 in the window, None: not measured
     dispersion_s: int | None = 15
     isvc_label: str = "isvc"  # the label your scrape config puts the ISVC name in (see config/)
-    itl_metric: str = "vllm:time_per_output_token_seconds"  # vLLM >= 0.10 also: vllm:inter_token_latency_seconds
+    # every gap between a request's outputs: its sum over its count is the mean decode step as
+    # requests see it (vLLM < 0.11 names it vllm:time_per_output_token_seconds, removed since)
+    itl_metric: str = "vllm:inter_token_latency_seconds"
+    # one observation per finished request, its mean gap: the share within the ITL SLO (vLLM >= 0.11)
+    tpot_metric: str = "vllm:request_time_per_output_token_seconds"
+
+
+METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")  # Prometheus's: what may go into PromQL bare
 
 
 class CollectError(Exception):
     """Prometheus could not be asked (down, timing out, refusing the query)."""
 
 
-HISTOGRAMS = ("ttft", "itl")
+HISTOGRAMS = ("ttft", "tpot")  # those whose buckets are read, each against its SLO
 
 
 def histogram_metric(settings: CollectorSettings, histogram: str) -> str:
-    return "vllm:time_to_first_token_seconds" if histogram == "ttft" else settings.itl_metric
+    return "vllm:time_to_first_token_seconds" if histogram == "ttft" else settings.tpot_metric
 
 
 def queries(settings: CollectorSettings, bucket_bounds: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -123,8 +130,9 @@ def queries(settings: CollectorSettings, bucket_bounds: Mapping[str, str] | None
             "output_len": mean_length("vllm:request_generation_tokens"),
             "ttft_sum": increase("vllm:time_to_first_token_seconds_sum"),
             "itl_sum": increase(settings.itl_metric + "_sum"),
+            "itl_count": increase(settings.itl_metric + "_count"),
             "ttft_buckets": buckets("ttft"),
-            "itl_buckets": buckets("itl"),
+            "tpot_buckets": buckets("tpot"),
             # an info gauge: the figures are its labels (per replica; the smallest is the bound)
             "kv_cache": f"min by ({by}, num_gpu_blocks, block_size) (vllm:cache_config_info)",
         }
@@ -140,9 +148,10 @@ def measures_recent(settings: CollectorSettings) -> bool:
 
 
 def slo_seconds(catalog: Catalog) -> dict[str, set[float]]:
-    """Every TTFT and ITL SLO of the service classes, in seconds (histogram units)."""
+    """Every TTFT and ITL SLO of the service classes, in seconds (histogram units), by the
+    histogram each is read from."""
     targets = [t for cls in catalog.classes.values() for t in cls.targets.values()]
-    return {"ttft": {t.ttft_ms / 1000.0 for t in targets if t.ttft_ms}, "itl": {t.itl_ms / 1000.0 for t in targets if t.itl_ms}}
+    return {"ttft": {t.ttft_ms / 1000.0 for t in targets if t.ttft_ms}, "tpot": {t.itl_ms / 1000.0 for t in targets if t.itl_ms}}
 
 
 def bracketing_bounds(bounds: list[str], slos_s: set[float]) -> str:
@@ -167,7 +176,7 @@ def bracketing_bounds(bounds: list[str], slos_s: set[float]) -> str:
 Samples = list[dict]  # Prometheus instant-vector result: [{"metric": {...}, "value": [t, "v"]}]
 # only for the means or the short window: one unusable leaves that figure unknown (0 / 0 over
 # a window in which nothing finished is NaN: no mean)
-OPTIONAL = ("ttft_sum", "itl_sum", "prompt_len", "output_len", "completed_recent", "growth_recent", "dispersion")
+OPTIONAL = ("ttft_sum", "itl_sum", "itl_count", "prompt_len", "output_len", "completed_recent", "growth_recent", "dispersion")
 LABELLED = ("kv_cache",)  # read off labels, not values
 
 
@@ -267,10 +276,10 @@ def observations(results: Mapping[str, Samples], settings: CollectorSettings) ->
     kv_cache = _kv_cache_tokens(results.get("kv_cache") or [], label)
     bad_histograms: dict[Key, str] = {}
     ttft_buckets = _buckets(results.get("ttft_buckets") or [], label, "ttft_buckets", bad_histograms)
-    itl_buckets = _buckets(results.get("itl_buckets") or [], label, "itl_buckets", bad_histograms)
+    tpot_buckets = _buckets(results.get("tpot_buckets") or [], label, "tpot_buckets", bad_histograms)
     observed = {}
     for key in figures["completed"].keys() - unusable.keys():
-        obs = _observation(key, figures, ttft_buckets.get(key, ()), itl_buckets.get(key, ()), settings, kv_cache.get(key))
+        obs = _observation(key, figures, ttft_buckets.get(key, ()), tpot_buckets.get(key, ()), settings, kv_cache.get(key))
         problem = obs.problem()
         if problem:
             unusable[key] = problem
@@ -304,7 +313,7 @@ def _observation(
     key: Key,
     figures: dict[str, dict[Key, float]],
     ttft_buckets,
-    itl_buckets,
+    tpot_buckets,
     settings: CollectorSettings,
     kv_cache_tokens: float | None = None,
 ) -> Observation:
@@ -327,8 +336,9 @@ def _observation(
             output_len=figures["output_len"].get(key),
             ttft_sum=figures["ttft_sum"].get(key),
             itl_sum=figures["itl_sum"].get(key),
+            itl_count=figures["itl_count"].get(key),
             ttft_buckets=ttft_buckets,
-            itl_buckets=itl_buckets,
+            tpot_buckets=tpot_buckets,
             kv_cache_tokens=kv_cache_tokens,
             recent_s=recent_s,
             completed_recent=_recent(key, figures) if recent_s else None,
@@ -417,7 +427,7 @@ class PrometheusCollector:
         return {key: count for key, count in counts.items() if key not in unusable}
 
     async def collect(self, slos_s: dict[str, set[float]] | None = None) -> dict[Key, Observation]:
-        """Observations of every ISVC; `slos_s` ({"ttft": {...}, "itl": {...}} in seconds) lets
+        """Observations of every ISVC; `slos_s` ({"ttft": {...}, "tpot": {...}} in seconds) lets
         the histogram queries skip buckets no SLO needs."""
         if slos_s:
             await self._learn_bounds(slos_s)

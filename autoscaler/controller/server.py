@@ -43,7 +43,7 @@ from ..leader import ElectionSettings, LeaderElector
 from ..tls import ReloadingTLS, is_loopback
 from ..gang.admission import GangAdmission
 from .catalog import node_gpu_types
-from .collector import CollectorSettings, PrometheusCollector
+from .collector import METRIC_NAME, CollectorSettings, PrometheusCollector
 from .controller import Controller, ControllerSettings
 from ..kserve import DEFAULT_MODE, MODES
 from ..kube import Kube
@@ -148,6 +148,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--prometheus-url", default="http://prometheus-operated.monitoring:9090")
     parser.add_argument("--isvc-label", default="isvc", help="label holding the ISVC name on vLLM series")
+    parser.add_argument(
+        "--itl-metric",
+        default=CollectorSettings.itl_metric,
+        help="vLLM's histogram of every gap between a request's outputs; vLLM < 0.11: vllm:time_per_output_token_seconds",
+    )
     parser.add_argument("--period", type=float, default=30.0, help="seconds between cycles")
     parser.add_argument("--window", type=int, default=60, help="seconds of history behind each rate")
     parser.add_argument(
@@ -233,6 +238,8 @@ async def _serve(args: argparse.Namespace) -> int:
         raise InputError("command line", "--invoke-min-interval", "must be 0 or more seconds")
     if args.scrape_interval < 0:
         raise InputError("command line", "--scrape-interval", "must be 0 or more seconds")
+    if not METRIC_NAME.fullmatch(args.itl_metric):  # it goes into every cycle's PromQL
+        raise InputError("command line", "--itl-metric", f"is not a Prometheus metric name: {args.itl_metric!r:.80}")
     kube = await Kube.connect(args.kubeconfig)
     try:  # an unreachable API server is said at once, not after the informers' sync timeout
         await kube.request("GET", "/version", timeout_s=10)
@@ -246,6 +253,7 @@ async def _serve(args: argparse.Namespace) -> int:
         recent_s=int(args.period) or None,
         dispersion_s=args.scrape_interval or None,
         isvc_label=args.isvc_label,
+        itl_metric=args.itl_metric,
     )
     collector = PrometheusCollector(args.prometheus_url, collected)
     settings = ControllerSettings(

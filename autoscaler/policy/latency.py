@@ -108,8 +108,7 @@ class Shape:
 class Prediction:
     attainment: float  # share of requests within both SLOs
     ttft_share: float
-    itl_share: float
-    itl_token_share: float  # as vLLM's ITL histogram counts: every token gap
+    itl_share: float  # of requests, each by its mean gap, as the SLO and vLLM's TPOT histogram count them
     step_ms: float  # mean step
     batch: float  # mean running requests
     stable: bool
@@ -299,7 +298,6 @@ class Predictions:
     attainment: np.ndarray
     ttft_share: np.ndarray
     itl_share: np.ndarray
-    itl_token_share: np.ndarray
     step_ms: np.ndarray
     batch: np.ndarray
     stable: np.ndarray
@@ -405,7 +403,7 @@ def predict_points(
     each = np.repeat(varying, RATE_NODES)
     at = _predict_steady(rows.take(each), (rates[varying, None] * nodes).ravel(), ttft_slo_ms[each], itl_slo_ms[each], mode)
     shares = {}
-    for name in ("ttft_share", "itl_share", "itl_token_share", "attainment"):
+    for name in ("ttft_share", "itl_share", "attainment"):
         values = getattr(steady, name).copy()
         values[varying] = np.sum(getattr(at, name).reshape(-1, RATE_NODES) * weights, axis=1)
         shares[name] = values
@@ -507,8 +505,6 @@ def _predict_block(rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_s
     shares = np.sum(weights * _compound_poisson_cdf(room, arriving / cluster, prefill_work[per_point] * cluster), axis=0)
     shares = np.where(d > 0, shares / math.sqrt(2.0 * math.pi), 1.0)  # one token: no gap to miss
     itl_share = shares.mean(axis=(1, 2))
-    tokens = d * np.ones_like(shares)
-    itl_token_share = (shares * d).sum(axis=(1, 2)) / np.maximum(tokens.sum(axis=(1, 2)), 1e-9)
     # ---- TTFT: intake, the prompt's steps, a wait for a seat
     chunk = rows.token_budget if mode == "chunked" else math.inf
     prompt_steps = np.maximum(np.ceil(prompt / np.maximum(chunk - batch, 1.0)), 1.0)
@@ -523,13 +519,9 @@ def _predict_block(rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_s
             seated & (slack >= 0.0), 1.0 - waits * np.exp(-(seats - offered) * np.maximum(slack, 0.0) / hold), 0.0
         )
     # no load meets everything; past saturation nothing is met
-    ttft_share, itl_share, itl_token_share = (
-        np.where(idle, 1.0, np.where(stable, v, 0.0)) for v in (ttft_share, itl_share, itl_token_share)
-    )
+    ttft_share, itl_share = (np.where(idle, 1.0, np.where(stable, v, 0.0)) for v in (ttft_share, itl_share))
     step = np.where(idle, base, np.where(stable, step, math.inf))
-    return Predictions(
-        itl_share * ttft_share, ttft_share, itl_share, itl_token_share, step, np.where(stable, batch, 0.0), stable | idle
-    )
+    return Predictions(itl_share * ttft_share, ttft_share, itl_share, step, np.where(stable, batch, 0.0), stable | idle)
 
 
 def capacity(replica: Replica, shape: Shape, ttft_slo_ms: float, itl_slo_ms: float, goal: float, mode: str = "chunked") -> float:

@@ -29,14 +29,21 @@ class Observation:
     running: float
     waiting: float
     ttft_ms: float | None  # observed means, None without completions
-    itl_ms: float | None
-    ttft_buckets: Buckets  # over the window
-    itl_buckets: Buckets
+    itl_ms: float | None  # the mean gap between a request's outputs (a decode step, as its requests see it)
+    ttft_buckets: Buckets  # over the window, one count per first token
+    # vLLM's per-request TPOT histogram (vllm:request_time_per_output_token_seconds: each
+    # finished request's decode time over its outputs after the first, 0 with one output): the
+    # share of requests within the ITL SLO, as the SLO counts them. vLLM's ITL histogram counts
+    # every gap alone, and a gap that holds a prefill chunk is long where its request's mean
+    # is not: its buckets are not that share. () where not exported (vLLM < 0.11)
+    tpot_buckets: Buckets
     window_s: float = WINDOW_S  # what the rates were measured over (and how far apart the two are)
     ready_replicas: int | None = None  # serving the window, where the collector knows it
     # a replica's KV cache in tokens (vllm:cache_config_info's num_gpu_blocks x block_size),
     # where the collector knows it
     kv_cache_tokens: float | None = None
+    # the gaps the mean ITL is over (vllm:inter_token_latency_seconds_count): decode outputs
+    itl_gaps: float = 0.0
     # requests/second over the last `recent_s` of the window (the control period), None where
     # not measured: a step shows in it in full within a period, a ramp as a rate still rising
     recent_rate: float | None = None
@@ -98,9 +105,10 @@ class WindowFigures:
     prompt_len: float | None  # mean prompt of the requests finished in the window; None: none finished
     output_len: float | None  # their mean output
     ttft_sum: float | None  # None: the histogram's sum has no data
-    itl_sum: float | None
+    itl_sum: float | None  # vllm:inter_token_latency_seconds (every gap between outputs): its sum
+    itl_count: float | None  # and its count
     ttft_buckets: Buckets
-    itl_buckets: Buckets
+    tpot_buckets: Buckets  # vllm:request_time_per_output_token_seconds (Observation.tpot_buckets)
     kv_cache_tokens: float | None = None  # a replica's (vllm:cache_config_info), None: not exported
     # the same two figures over the window's last `recent_s` (None: not measured)
     recent_s: float | None = None
@@ -131,7 +139,8 @@ def observe(figures: WindowFigures) -> Observation:
     before = now if f.completed_before is None else arrival_rate(f.completed_before, f.growth_before, f.window_s)
     measured = f.recent_s is not None and f.completed_recent is not None and 0 < f.recent_s < f.window_s
     recent = arrival_rate(f.completed_recent, f.growth_recent, f.recent_s) if measured else None
-    ttft, itl = mean(f.ttft_sum, f.ttft_buckets), mean(f.itl_sum, f.itl_buckets)
+    ttft = mean(f.ttft_sum, f.ttft_buckets[-1][1] if f.ttft_buckets else None)
+    itl = mean(f.itl_sum, f.itl_count)
     return Observation(
         arrival_rate=now,
         previous_rate=before,
@@ -142,9 +151,10 @@ def observe(figures: WindowFigures) -> Observation:
         ttft_ms=None if ttft is None else ttft * 1000.0,
         itl_ms=None if itl is None else itl * 1000.0,
         ttft_buckets=f.ttft_buckets,
-        itl_buckets=f.itl_buckets,
+        tpot_buckets=f.tpot_buckets,
         window_s=f.window_s,
         kv_cache_tokens=f.kv_cache_tokens,
+        itl_gaps=f.itl_count or 0.0,
         recent_rate=recent,
         recent_s=None if recent is None else f.recent_s,
         prompt_tokens_per_s=f.prompt_tokens / f.window_s,
@@ -177,10 +187,9 @@ def allan_factor(counts: Sequence[float], seconds: Sequence[float]) -> tuple[flo
     return float(np.mean(terms)), int(terms.size), float(t.mean())
 
 
-def mean(total: float | None, buckets: Buckets) -> float | None:
-    """A histogram's mean over the window: its sum over its count (the +Inf bucket)."""
-    count = buckets[-1][1] if buckets else 0.0
-    return total / count if total is not None and count > 0 else None
+def mean(total: float | None, count: float | None) -> float | None:
+    """A histogram's mean over the window: its sum over its count (None: no observations)."""
+    return total / count if total is not None and count is not None and count > 0 else None
 
 
 def within(buckets: Buckets, limit_s: float) -> tuple[float, float]:

@@ -248,7 +248,7 @@ def plan(
             history = state.arrivals.setdefault((service.namespace, service.name), ArrivalHistory())
             loads[service.key] = _load(service, obs, catalog, settings, history, now)
     # every window at once: the latency model's predictions for them are one vectorised batch
-    sizing.learn_windows(state.learned, catalog, windows)
+    sizing.learn_windows(state.learned, catalog, windows, settings.attainment_goal)
     fresh = {key: (load, measured, _scales(state, key)) for key, (load, measured) in loads.items()}
     # models with no profile are placed by their prior's, as identified so far (the windows above)
     catalog = sizing.with_priors(catalog, state.learned, [(s.model, s.accelerators) for s in services])

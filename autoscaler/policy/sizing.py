@@ -16,11 +16,16 @@ Two estimators, each fed by one window's observation of an ISVC, neither a contr
   profile joins the catalog the optimizer places with (with_priors), so such an ISVC is placed
   on the GPU type whose prior serves it cheapest, and sized as any other;
 - the attainment bias of an ISVC: the factor on the model's capacity under which the model's
-  share of requests within the SLOs, at the measured load, equals the measured share (TTFT's
-  histogram counts requests, ITL's counts tokens: the model predicts both). It corrects what
-  the mean cannot show (the tail), in log space with a bounded step, with no floor: an
-  estimate, not a tightening per missed period, so steady load makes it settle instead of
-  cycling. It learns only from a window that looks like the steady state the model predicts.
+  share of requests within the SLOs, at the measured load, equals the measured share (vLLM's
+  TTFT histogram and its per-request TPOT histogram count requests, as the SLOs do). It
+  corrects what the mean cannot show (the tail), in log space with a bounded step, with no
+  floor: an estimate, not a tightening per missed period, so steady load makes it settle
+  instead of cycling. It learns only from a window that looks like the steady state the model
+  predicts, and only where the requests it missed differ from those the model predicts by more
+  than Poisson noise: a window's few thousand requests give a miss of 0.2% as 0 or 10 misses
+  by chance alone, and a capacity factor read off that difference is noise extrapolated to the
+  goal (chat-8b with no profile, at half its capacity: 0 measured against 5.5 predicted of
+  2,404 requests read as x1.44, three such windows sized it at 1.8 times its capacity).
 Each window is learned from once.
 """
 
@@ -46,7 +51,7 @@ LEARNING_RATE = 0.5  # share of the way to a window's estimate (log space)
 VARIATION_WINDOWS = 9
 MAX_STEP = math.log(1.5)  # one window moves an estimate by at most x1.5 (outliers)
 UNINFORMATIVE_MISS = 0.002  # both measured and predicted misses below this: nothing to learn
-STATIONARY_SIGMAS = 3.0  # a rate change beyond this many standard deviations of Poisson noise is a change of load
+STATIONARY_SIGMAS = 3.0  # two counts further apart than this many standard deviations of Poisson noise differ
 FLAT_MISS = 0.1  # a miss that says the model is wrong even where it predicts none
 # request shapes and work scales rounded to a 5% geometric grid before sizing (at most ~2.5% on
 # the capacity, which the bias sees in closed loop): a window's mean shape moves by about that
@@ -162,23 +167,41 @@ class Window:
     in_system_before: float | None = None
 
 
-def learn(learned: Learned, catalog: Catalog, runs: Deployment, replicas: int, obs: Observation, target: ServiceTarget) -> None:
+def learn(
+    learned: Learned, catalog: Catalog, runs: Deployment, replicas: int, obs: Observation, target: ServiceTarget, goal: float
+) -> None:
     """Update the work scale of (model, accelerator) and the ISVC's bias from one window served
-    by `replicas` replicas of that GPU type."""
-    learn_windows(learned, catalog, [Window(runs, replicas, obs, target)])
+    by `replicas` replicas of that GPU type, for sizing at the attainment `goal`."""
+    learn_windows(learned, catalog, [Window(runs, replicas, obs, target)], goal)
 
 
-def learn_windows(learned: Learned, catalog: Catalog, windows: Sequence[Window]) -> None:
+def learn_windows(learned: Learned, catalog: Catalog, windows: Sequence[Window], goal: float) -> None:
     """learn() from each window, at most one per ISVC, as if one after the other: the work
     scales in the windows' order (each bias is learned at the work scale its window saw, which
     the windows before it moved), then the model's misses the biases are learned from, for all
-    windows in one vectorised prediction."""
+    windows in one vectorised prediction.
+
+    A window raises a bias only where the model predicts the goal missed at its load: the
+    capacity sized for is where the model's miss reaches 1 - goal, and a lighter window's misses
+    are the tail of a lighter load, which the model's shape has less right than its capacity
+    (the lone gaps of the shortest requests, which a prefill in them puts past the ITL SLO:
+    chat-8b with no profile at 0.87 of its capacity, 21 misses of 2,408 requests predicted
+    against 2 measured, read as x1.5, and two such windows sized it at 1.6 times its capacity,
+    22% of its requests missed). A factor read there is the tail's, extrapolated to the goal.
+    Since the planner sizes at the model's capacity, a model that underrates a replica is
+    raised by the windows whose load outran the plan. Lowering stays open to every window: a
+    miss beyond the model's, beyond noise, is the model overrating the replica, on the safe
+    side to correct."""
     keys = [window.runs.key for window in windows]
     if len(set(keys)) != len(keys):
         raise ValueError("learn_windows: more than one window of an ISVC (learn them one call at a time)")
     questions = [q for window in windows if (q := _bias_question(learned, catalog, window)) is not None]
     for question, (here, there) in zip(questions, _model_misses(questions), strict=True):
+        if _close(question.requests * question.measured_miss, question.requests * here):
+            continue  # the misses the model predicts, within noise
         factor = _capacity_factor(here, there, question.measured_miss)
+        if factor is not None and factor > 1.0 and here <= 1.0 - goal:
+            continue  # the model predicts the goal met here: the window is below the capacity sized
         if factor is not None:
             question.bias.learn(factor * question.bias.value)
 
@@ -192,6 +215,7 @@ class _BiasQuestion:
     replica: Replica
     shape: Shape
     rate: float  # per replica, over the bias: the rate the model's capacity is compared at
+    requests: float  # that the window's shares are of
     measured_miss: float
     seen: _AsHistogram
 
@@ -201,7 +225,7 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
     nothing)."""
     runs, replicas, obs, target = window.runs, window.replicas, window.obs, window.target
     key, model, accelerator, max_batch = runs.key, runs.model, runs.accelerator, runs.max_batch
-    requests = obs.ttft_buckets[-1][1] if obs.ttft_buckets else 0.0
+    requests = _count(obs.ttft_buckets)
     if replicas <= 0 or requests < MIN_REQUESTS or not obs.avg_out_tokens or obs.avg_in_tokens is None:
         return None
     work = learned.work.setdefault((model, accelerator), Estimate())
@@ -222,14 +246,17 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
             work.learn(scale)
     model_replica = replace(model_replica, work_scale=work.value)
     shape = Shape(obs.avg_in_tokens, obs.avg_out_tokens, rate_variation(obs))
-    measured_miss = 1.0 - min(_share(obs.ttft_buckets, target.ttft_ms), _share(obs.itl_buckets, target.itl_ms))
+    # the ITL SLO's share from the per-request histogram; without it (vLLM < 0.11) the window
+    # says nothing of ITL, and the model is asked of TTFT alone
+    itl_slo = target.itl_ms if _count(obs.tpot_buckets) else 0.0
+    measured_miss = 1.0 - min(_share(obs.ttft_buckets, target.ttft_ms), _share(obs.tpot_buckets, itl_slo))
     # the model read through the same buckets: the collector interpolates inside the bucket that
     # holds the SLO (30 ms lies between vLLM's 25 and 50 ms bounds), so compare like with like
-    seen = _AsHistogram(_bracket(obs.ttft_buckets, target.ttft_ms), _bracket(obs.itl_buckets, target.itl_ms))
+    seen = _AsHistogram(_bracket(obs.ttft_buckets, target.ttft_ms), _bracket(obs.tpot_buckets, itl_slo))
     bias = learned.bias.setdefault(key, Estimate())
     if not steady:
         return None  # a burst's queue, or its wake: the model's steady state says nothing of that miss
-    return _BiasQuestion(bias, model_replica, shape, rate / bias.value, measured_miss, seen)
+    return _BiasQuestion(bias, model_replica, shape, rate / bias.value, requests, measured_miss, seen)
 
 
 def _identify(learned: Learned, catalog: Catalog, runs: Deployment, obs: Observation, replicas: int, frontend_ms: float) -> None:
@@ -244,8 +271,7 @@ def _identify(learned: Learned, catalog: Catalog, runs: Deployment, obs: Observa
         bound = prior_profile(runs.model, runs.accelerator, catalog.accelerators[runs.accelerator].type, kv)
         if bound is not None:  # it had one: the identification exists
             identification.reported_cache(kv, bound.params)
-    gaps = obs.itl_buckets[-1][1] if obs.itl_buckets else 0.0
-    shown = (obs.itl_ms, gaps, obs.ttft_ms, prompt, out, prompt_per_s, obs.window_s)
+    shown = (obs.itl_ms, obs.itl_gaps, obs.ttft_ms, prompt, out, prompt_per_s, obs.window_s)
     identification.learn(point(*shown, replicas, frontend_ms))
 
 
@@ -295,18 +321,23 @@ def _stationary(obs: Observation, in_system_before: float | None = None) -> bool
     mean ITL 14.9 ms and TTFT 3.3 s in such a window, 10 ms and 46 ms a window later, learned as
     a work scale of 1.22 and a bias of 0.82 that held a fourth replica where three met 99.98%)."""
     arrived, before = obs.arrival_rate * obs.window_s, obs.previous_rate * obs.window_s
-    started = obs.ttft_buckets[-1][1] if obs.ttft_buckets else arrived
+    started = _count(obs.ttft_buckets) if obs.ttft_buckets else arrived
+    drained = in_system_before is not None and not _close(in_system_before, obs.running + obs.waiting)
+    return _close(arrived, before) and _close(started, arrived) and not drained
 
-    def close(a: float, b: float) -> bool:
-        return abs(a - b) <= STATIONARY_SIGMAS * math.sqrt(max(a + b, 1.0))
 
-    drained = in_system_before is not None and not close(in_system_before, obs.running + obs.waiting)
-    return close(arrived, before) and close(started, arrived) and not drained
+def _close(a: float, b: float) -> bool:
+    """Two counts within STATIONARY_SIGMAS standard deviations of Poisson noise of their difference."""
+    return abs(a - b) <= STATIONARY_SIGMAS * math.sqrt(max(a + b, 1.0))
 
 
 def _share(buckets, slo_ms: float) -> float:
     met, total = within(buckets, slo_ms / 1000.0)
     return met / total if slo_ms and total else 1.0
+
+
+def _count(buckets) -> float:
+    return buckets[-1][1] if buckets else 0.0
 
 
 def _bracket(buckets, slo_ms: float) -> tuple[float, float, float]:
@@ -346,7 +377,7 @@ def _model_misses(questions: Sequence[_BiasQuestion]) -> np.ndarray:
     ttft = np.array([[q.seen.ttft[bound]] * 2 for q in questions for bound in (0, 1)]).reshape(-1)
     itl = np.array([[q.seen.itl[bound]] * 2 for q in questions for bound in (0, 1)]).reshape(-1)
     p = predict_points(rows, rates, ttft, itl)
-    ttft_share, itl_share = (v.reshape(count, 2, 2) for v in (p.ttft_share, p.itl_token_share))  # question, bound, rate
+    ttft_share, itl_share = (v.reshape(count, 2, 2) for v in (p.ttft_share, p.itl_share))  # question, bound, rate
     ttft_upper = np.array([q.seen.ttft[2] for q in questions])[:, None]
     itl_upper = np.array([q.seen.itl[2] for q in questions])[:, None]
     ttft_seen = ttft_share[:, 0] + ttft_upper * (ttft_share[:, 1] - ttft_share[:, 0])

@@ -7,10 +7,15 @@ last tick and moves the metrics the way the server's would have moved:
 - a request's first token observes its TTFT and counts its prompt tokens (prompt_tokens_total,
   which vLLM counts at prefill: code v1/metrics/stats.py, IterationStats.update_from_output);
 - a finished request counts in request_success_total, observes its prompt and output lengths
-  in request_prompt_tokens and request_generation_tokens (vLLM observes the three together,
-  per finished request: loggers.py, PrometheusStatLogger.record) and gives the ITL histogram
-  its (output - 1) gaps, each at the request's mean gap (the simulator tracks a request's
-  decode progress, not every step); generation_tokens_total, counted per step, is not read;
+  in request_prompt_tokens and request_generation_tokens and its mean gap in
+  request_time_per_output_token_seconds (decode time over output - 1, 0 with one output: vLLM
+  observes the four together, per finished request: stats.py,
+  IterationStats.update_from_finished_request; loggers.py, PrometheusStatLogger.record), and
+  adds its (output - 1) gaps and decode time to inter_token_latency_seconds' count and sum.
+  vLLM observes each gap at its own step; the simulator tracks a request's decode progress,
+  not every step, so its gaps count when it finishes (the window's mean gap is of the requests
+  finished in it) and the ITL histogram's buckets, which the planner does not read, are not
+  kept; generation_tokens_total, counted per step, is not read;
 - running = admitted and unfinished (prefilling included, as vLLM's gauge), waiting = arrived and
   not admitted; requests held by the activator while no replica is ready count as waiting;
 - a request its client gave up on leaves the gauges and counts nowhere, so drops go unseen, as
@@ -61,7 +66,8 @@ TTFT_BOUNDS = (
     640.0,
     2560.0,
 )
-ITL_BOUNDS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
+# vLLM's bounds of both the ITL and the per-request TPOT histogram
+TPOT_BOUNDS = (0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 
 
 @dataclass(frozen=True)
@@ -91,28 +97,30 @@ class Scrape:
     running: int
     waiting: int
     ttft_sum: float
-    itl_sum: float
+    itl_sum: float  # inter_token_latency_seconds: its sum and count
+    itl_count: int
     ttft_counts: np.ndarray
-    itl_counts: np.ndarray
+    tpot_counts: np.ndarray  # request_time_per_output_token_seconds
 
 
 class _Counters:
     __slots__ = (
         "completed",
-        "itl_counts",
+        "itl_count",
         "itl_sum",
         "output_len_sum",
         "prompt_len_sum",
         "prompt_tokens",
+        "tpot_counts",
         "ttft_counts",
         "ttft_sum",
     )
 
     def __init__(self) -> None:
-        self.completed = self.prompt_tokens = self.prompt_len_sum = self.output_len_sum = 0
+        self.completed = self.prompt_tokens = self.prompt_len_sum = self.output_len_sum = self.itl_count = 0
         self.ttft_sum = self.itl_sum = 0.0
         self.ttft_counts = np.zeros(len(TTFT_BOUNDS) + 1, dtype=np.int64)
-        self.itl_counts = np.zeros(len(ITL_BOUNDS) + 1, dtype=np.int64)
+        self.tpot_counts = np.zeros(len(TPOT_BOUNDS) + 1, dtype=np.int64)
 
 
 class VllmMetrics:
@@ -153,10 +161,13 @@ class VllmMetrics:
                 c.completed += 1
                 c.prompt_len_sum += r.in_tokens[request]
                 c.output_len_sum += out
+                tpot = 0.0
                 if out > 1:
                     decode = r.finish[request] - first
                     c.itl_sum += decode
-                    c.itl_counts[bisect.bisect_left(ITL_BOUNDS, decode / (out - 1))] += out - 1
+                    c.itl_count += out - 1
+                    tpot = decode / (out - 1)
+                c.tpot_counts[bisect.bisect_left(TPOT_BOUNDS, tpot)] += 1
                 continue
             running += 1
             still.append(request)
@@ -172,8 +183,9 @@ class VllmMetrics:
             len(still) - running,
             c.ttft_sum,
             c.itl_sum,
+            c.itl_count,
             c.ttft_counts.copy(),
-            c.itl_counts.copy(),
+            c.tpot_counts.copy(),
         )
 
 
@@ -244,8 +256,9 @@ def _figures(
         output_len=mean_length(now.output_len_sum - start.output_len_sum),
         ttft_sum=now.ttft_sum - start.ttft_sum,
         itl_sum=now.itl_sum - start.itl_sum,
+        itl_count=now.itl_count - start.itl_count,
         ttft_buckets=_increase(now.ttft_counts, start.ttft_counts, TTFT_BOUNDS),
-        itl_buckets=_increase(now.itl_counts, start.itl_counts, ITL_BOUNDS),
+        tpot_buckets=_increase(now.tpot_counts, start.tpot_counts, TPOT_BOUNDS),
         recent_s=None if recent is None else now.time - recent.time,
         completed_recent=None if recent is None else now.completed - recent.completed,
         growth_recent=0.0 if recent is None else now.in_system - recent.in_system,
