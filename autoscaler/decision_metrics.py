@@ -26,6 +26,11 @@ FIGURES = {
         lambda d: d.work_scale,
     ),
     "capacity_bias": ("Learned attainment bias on the model's capacity (0: not sized by the model)", lambda d: d.capacity_bias),
+    "rate_variation": (
+        "Squared coefficient of variation of the arrival rate over seconds, beyond Poisson, that the model sizes with"
+        " (0: Poisson, or not sized by the model)",
+        lambda d: d.rate_variation,
+    ),
     "step_ms": ("Fixed cost of a vLLM step the model sized with, ms (identified online without a profile)", lambda d: d.step_ms),
     "token_ms": ("Cost per token of a step the model sized with, ms", lambda d: d.token_ms),
     "kv_token_ms": ("Cost per token of KV context read in a step the model sized with, ms", lambda d: d.kv_token_ms),
@@ -45,6 +50,7 @@ RANGES = {
     "replica_capacity": (0.0, MAX_MAGNITUDE),
     "work_scale": (0.0, MAX_MAGNITUDE),
     "capacity_bias": (0.0, MAX_MAGNITUDE),
+    "rate_variation": (0.0, MAX_MAGNITUDE),
     "step_ms": (0.0, MAX_MAGNITUDE),
     "token_ms": (0.0, MAX_MAGNITUDE),
     "kv_token_ms": (0.0, MAX_MAGNITUDE),

@@ -12,6 +12,7 @@ from autoscaler.policy.guards import ArrivalHistory, GuardSettings, planned_rate
 from autoscaler.policy.observation import Observation, WindowFigures, observe, within
 from autoscaler.controller.manifests import hpa, spec_patch
 from autoscaler.policy.planner import PlannerState, plan
+from autoscaler.policy.sizing import rate_variation
 from autoscaler.controller.services import ServiceReader, read_services
 from autoscaler.policy.decisions import LastDecision
 from autoscaler.errors import InputError
@@ -178,6 +179,17 @@ def test_missed_slo_lowers_the_capacity_bias_which_is_persisted():
     plan_one(service(last=first.decision), obs=slow, state=resumed, now=1000.0)
     restarted = plan_one(service(last=first.decision), obs=slow, state=resumed, now=1060.0)
     assert restarted.decision.ttft_scale < first.decision.ttft_scale  # resumed from the annotation, lowered again
+
+
+def test_the_rate_variation_is_stored_with_the_decision_and_read_afresh_after_a_restart():
+    clumped = dataclasses.replace(observed(5.0), arrival_dispersion=30.0, dispersion_pairs=10, dispersion_s=5.0)
+    first = plan_one(service(), obs=clumped, now=0.0).decision
+    assert first.replica_capacity > 0 and rate_variation(clumped) > 0.0
+    assert first.rate_variation == pytest.approx(rate_variation(clumped))
+    assert service(last=first).last.rate_variation == first.rate_variation  # through the stored decision
+    # a restarted controller sizes with what its first window's arrivals show (Poisson here), not the stored one
+    restarted = plan_one(service(last=first), obs=observed(5.0), state=PlannerState(), now=30.0).decision
+    assert restarted.replica_capacity > 0 and restarted.rate_variation == 0.0
 
 
 def test_observations_from_query_results():

@@ -275,6 +275,8 @@ def test_what_the_model_learned_is_on_the_decision_stream_metrics_and_status():
     from autoscaler.decision_metrics import decision_problem, exposition
     from autoscaler.policy.decisions import LastDecision, ManagedService
     from autoscaler.policy.planner import Plan, PlannerState, plan
+    from autoscaler.policy.sizing import sized_variation
+    from autoscaler.proto import decisions_pb2 as pb
 
     from autoscaler.optimizer.domain import Accelerator
 
@@ -284,16 +286,39 @@ def test_what_the_model_learned_is_on_the_decision_stream_metrics_and_status():
     [first] = plan(catalog, {"H100": 100}, [service], {("ns", "chat"): _window(20.0, None, 1.0, 1.0)}, 0.0, state)
     decided = first.decision
     assert decided.replica_capacity > 0 and decided.work_scale == 1.0 and decided.ttft_scale == 1.0
+    assert decided.rate_variation == 0.0  # no Allan factor measured: sized as Poisson
+    # arrivals in clumps (an Allan factor of 30 over 10 pairs of 5 s intervals): sized with their variation
+    bursty = dataclasses.replace(_window(20.0, None, 1.0, 1.0), arrival_dispersion=30.0, dispersion_pairs=10, dispersion_s=5.0)
+    clumped_state = PlannerState()
+    [clumped] = plan(catalog, {"H100": 100}, [service], {("ns", "chat"): bursty}, 0.0, clumped_state)
+    decided = clumped.decision
+    assert decided.rate_variation == pytest.approx(rate_variation(bursty)) and 0.2 < decided.rate_variation < 0.3
     learned = Plan(service, LastDecision(**{**decided.__dict__, "ttft_scale": 0.8, "work_scale": 1.2}))
     message = decision_message(learned, ServiceTarget(30.0, 1000.0))
     assert decision_problem(message) is None
-    assert (message.replica_capacity, message.work_scale, message.capacity_bias) == (decided.replica_capacity, 1.2, 0.8)
+    assert (message.replica_capacity, message.work_scale, message.capacity_bias, message.rate_variation) == (
+        decided.replica_capacity,
+        1.2,
+        0.8,
+        decided.rate_variation,
+    )
+    assert pb.Decision.FromString(message.SerializeToString()).rate_variation == decided.rate_variation  # on the stream
     text = exposition([message])
     assert 'inference_autoscaler_work_scale{namespace="ns",isvc="chat"' in text and "inference_autoscaler_capacity_bias{" in text
+    gauge = 'inference_autoscaler_rate_variation{namespace="ns",isvc="chat",model="m",accelerator="H100",class="c"}'
+    assert f"{gauge} {decided.rate_variation!r}\n" in text
     assert (
-        f"{decided.replica_capacity:.2f} req/s per replica (work scale 1.20, bias 0.80; step 6.76 ms"
-        in condition(learned)["message"]
+        f"{decided.replica_capacity:.2f} req/s per replica (work scale 1.20, bias 0.80, "
+        f"rate variation {decided.rate_variation:.2f}; step 6.76 ms" in condition(learned)["message"]
     )
+    # not sized by the model (no load), though its last windows vary: 0, as the work scale and the bias
+    [idle] = plan(catalog, {"H100": 100}, [service], {("ns", "chat"): _window(0.0, None, 1.0, 1.0)}, 30.0, clumped_state)
+    assert sized_variation(clumped_state.learned, "ns/chat") > 0.0
+    unsized = decision_message(idle, ServiceTarget(30.0, 1000.0))
+    assert (unsized.replica_capacity, unsized.work_scale, unsized.capacity_bias, unsized.rate_variation) == (0.0, 0.0, 0.0, 0.0)
+    # a NaN never reaches a gauge or a decision
+    assert "rate_variation" in decision_problem(pb.Decision(namespace="ns", isvc="chat", rate_variation=math.nan))
+    assert "rate_variation" in LastDecision(**{**decided.__dict__, "rate_variation": math.nan}).problem()
     # the step costs it sized with: the profile's here
     assert (decided.step_ms, decided.token_ms, decided.kv_token_ms) == (CHAT.params.alpha, CHAT.params.beta, CHAT.params.gamma)
     assert (message.step_ms, message.kv_token_ms) == (CHAT.params.alpha, CHAT.params.gamma)

@@ -36,6 +36,7 @@ def decision_message(plan: Plan, slo: ServiceTarget, revision: str = "", replica
         replica_capacity=d.replica_capacity,
         work_scale=d.work_scale,
         capacity_bias=d.ttft_scale if d.replica_capacity else 0.0,
+        rate_variation=d.rate_variation,
         step_ms=d.step_ms,
         token_ms=d.token_ms,
         kv_token_ms=d.kv_token_ms,
@@ -124,7 +125,7 @@ def condition(plan: Plan) -> dict:
         f"ITL {d.itl_ms:.1f} ms at {d.arrival_rate:.2f} req/s"
     )
     if d.replica_capacity:
-        learned = f"work scale {d.work_scale:.2f}, bias {d.ttft_scale:.2f}"
+        learned = f"work scale {d.work_scale:.2f}, bias {d.ttft_scale:.2f}, rate variation {d.rate_variation:.2f}"
         learned += f"; step {d.step_ms:.2f} ms + {d.token_ms * 1000:.1f} us/token + {d.kv_token_ms * 1000:.3f} us/KV token"
         message += f"; latency model: {d.replica_capacity:.2f} req/s per replica ({learned})"
     if plan.reason:

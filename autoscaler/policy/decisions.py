@@ -32,6 +32,8 @@ class LastDecision:
     # the latency model as learned when this was decided (0: it did not size the ISVC)
     replica_capacity: float = 0.0  # requests/s one replica serves within the SLOs at the goal
     work_scale: float = 0.0  # of the (model, GPU type); the ISVC's bias is ttft_scale
+    # the arrivals' rate variation it sized with (sizing.sized_variation; 0: Poisson)
+    rate_variation: float = 0.0
     # the step costs it sized with (perfParms alpha, beta, gamma, ms): the profile's, or for a
     # model with no profile the identified prior's (policy/identify.py)
     step_ms: float = 0.0

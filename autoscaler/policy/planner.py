@@ -86,7 +86,11 @@ class PlannerState:
     """What the planner learns between cycles beyond the cluster: the latency model's work
     scales and attainment biases (sizing.Learned), and each ISVC's recent cycles
     (guards.ArrivalHistory). A restart resumes an ISVC's bias from its stored decision
-    (ttft_scale and itl_scale carry it) and relearns the work scales; it loses the arrival
+    (ttft_scale and itl_scale carry it) and relearns the work scales. The rate variation is
+    stored with the decision but not resumed from it: the bias is learned a step at a time from
+    only some windows, slow to relearn, while the variation is read afresh from every window's
+    arrivals (sizing.see_arrivals), so the first cycle has it back, as the median of the windows
+    seen since (one at first: an outlier window not yet outvoted). It loses the arrival
     history, degraded but safe: until it fills a lookback again the arrivals count as Poisson (no
     headroom for burstiness, no earlier peak held: the HPA's scale-down stabilisation still holds
     the replicas), the first trend is measured between the collector's two windows, no queue
@@ -361,6 +365,8 @@ def plan(
             spec_changed_at=now if rolled else (last.spec_changed_at if last else now),
             replica_capacity=per_replica,
             work_scale=work,
+            # what the sizing above read (see_arrivals is done with this cycle before it)
+            rate_variation=sizing.sized_variation(state.learned, service.key) if per_replica else 0.0,
             step_ms=costs.alpha,
             token_ms=costs.beta,
             kv_token_ms=costs.gamma,
