@@ -320,7 +320,31 @@ def test_no_data_for_the_window_before_is_no_rise_from_zero():
     )  # fmt: skip
     fresh = observe(WindowFigures(completed_before=None, **figures))
     assert fresh.previous_rate == fresh.arrival_rate == 1.0 and fresh.ttft_ms == pytest.approx(200.0) and fresh.itl_ms is None
-    assert observe(WindowFigures(completed_before=30.0, **figures)).previous_rate == 0.5
+    assert not fresh.previous_measured and fresh.problem() is None
+    later = observe(WindowFigures(completed_before=30.0, **figures))
+    assert later.previous_rate == 0.5 and later.previous_measured
+
+
+def test_a_first_window_rising_is_planned_at_its_short_windows_pace():
+    """A new ISVC's first window has nothing before it: a load rising through it is read from
+    its last 30 s against its first 30 s (as rate_now reads that pair), where beyond Poisson
+    noise; a flat one, or one whose window before was measured, as before."""
+    guards, z = GuardSettings(), z_score(0.95)
+
+    def planned(recent: float, previous_measured: bool = False) -> float:
+        return planned_rate(
+            17.0, 17.0, window_s=60.0, period_s=30.0, startup_s=60.0, backlog=0.0, in_system=0.0,
+            history=ArrivalHistory(), now=60.0, goal=0.95, settings=guards, recent_rate=recent, recent_s=30.0,
+            previous_measured=previous_measured,
+        )  # fmt: skip
+
+    def quantile(rate: float) -> float:  # Poisson over the 90 s horizon
+        return rate + z * (rate / 90) ** 0.5
+
+    # the Azure conversation trace's first minute for chat-8b: 13.85 then 20.15 req/s
+    assert planned(20.15) == pytest.approx(quantile(20.15 + (20.15 - 13.85) * 30 / 60))
+    assert planned(17.5) == pytest.approx(quantile(17.0))  # 0.5 req/s apart over 30 s: noise
+    assert planned(20.15, previous_measured=True) == pytest.approx(quantile(17.0))  # the windows' pair: flat
 
 
 def test_a_deleted_or_recreated_isvcs_state_is_forgotten_and_the_others_kept():

@@ -374,3 +374,18 @@ def test_the_planner_holds_beyond_the_hpa_window_it_writes():
 
     assert held(None) == 1
     assert held(60) == 2  # 6 req/s at 3 per replica
+
+
+def test_the_opening_reads_its_first_minutes_rise_as_a_collector_would():
+    """The simulator's opening is a window a controller watched with nothing before it: its
+    collector's short window (the last 30 s) shows chat-8b's first minute of the Azure
+    conversation trace rising (13.9 then 20.2 req/s), and ours opens on two replicas; from the
+    minute's mean alone (17 req/s) it opened on one, which missed 455 requests before a second
+    served."""
+    from autoscaler.simulator.runner import PLANNING_WINDOW_S, RunSettings, build_policy
+    from autoscaler.simulator.workloads import build_workload
+
+    scenario = build_workload("azure-conv", seed=1)
+    _, initial = build_policy("ours", scenario, RunSettings(), {})
+    assert initial[0].replicas == 2
+    assert ModelBasedPolicy(scenario.world, _loads(scenario, 0.0, PLANNING_WINDOW_S)).initial[0].replicas == 1

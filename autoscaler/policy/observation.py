@@ -23,7 +23,7 @@ Buckets = tuple[tuple[float, float], ...]  # (upper bound s, cumulative count), 
 @dataclass(frozen=True)
 class Observation:
     arrival_rate: float  # requests/second over the window
-    previous_rate: float  # requests/second over the window before
+    previous_rate: float  # requests/second over the window before (this window's where not measured)
     avg_in_tokens: float | None  # None: nothing completed in the window
     avg_out_tokens: float | None
     running: float
@@ -58,12 +58,15 @@ class Observation:
     arrival_dispersion: float | None = None
     dispersion_pairs: int = 0
     dispersion_s: float = 0.0
+    previous_measured: bool = True  # False: the window before had no data (a new ISVC)
 
     def problem(self) -> str | None:
         """Why no decision may be made from this observation (a figure not finite, negative or
         out of range), or None. The collector checks each sample; this checks what it built."""
         for f in fields(self):
             value = getattr(self, f.name)
+            if isinstance(value, bool):
+                continue  # a flag, not a figure
             if f.name.endswith("buckets"):
                 problem = next((_bucket_problem(b, c) for b, c in value if _bucket_problem(b, c)), None)
             else:
@@ -161,6 +164,7 @@ def observe(figures: WindowFigures) -> Observation:
         arrival_dispersion=f.dispersion,
         dispersion_pairs=f.dispersion_pairs if f.dispersion is not None else 0,
         dispersion_s=f.dispersion_s if f.dispersion is not None else 0.0,
+        previous_measured=f.completed_before is not None,
     )
 
 

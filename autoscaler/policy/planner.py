@@ -184,6 +184,7 @@ def _load(
         settings=settings.guards,
         recent_rate=obs.recent_rate,
         recent_s=obs.recent_s,
+        previous_measured=obs.previous_measured,
     )
     last = service.last
     if obs.avg_in_tokens is not None and obs.avg_out_tokens:

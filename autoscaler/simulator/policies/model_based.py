@@ -70,7 +70,8 @@ class ModelBasedPolicy:
         self._decided = self._probed = 0.0
         arrivals = opening_arrivals or {}
         observed = {
-            self._key(i): _opening(load, settings.window_s, arrivals.get(i), settings.probe_s) for i, load in opening.items()
+            self._key(i): _opening(load, settings.window_s, arrivals.get(i), settings.probe_s, settings.period_s)
+            for i, load in opening.items()
         }
         self.initial = {i: self._initial(i, p) for i, p in enumerate(self._plan(0.0, observed, self.capacity))}
         # the opening observation is made up (its rate, no requests in the system): no probe or
@@ -165,15 +166,20 @@ class ModelBasedPolicy:
         return Decision(spec.min_replicas, spec.default_accelerator, spec.options[spec.default_accelerator].max_num_seqs)
 
 
-def _opening(load: Load, window_s: float, arrivals: np.ndarray | None = None, probe_s: float = 5.0) -> Observation:
-    """The opening minute's load as a collector would have seen it: its rate now and before,
-    and the Allan factor of its arrivals counted over the probes' intervals."""
+def _opening(
+    load: Load, window_s: float, arrivals: np.ndarray | None = None, probe_s: float = 5.0, recent_s: float = 30.0
+) -> Observation:
+    """The opening minute's load as a collector would have seen it, with nothing before it: its
+    rate, and from its arrivals the rate over its last `recent_s` (the collector's short window)
+    and their Allan factor over the probes' intervals."""
     rate = load.arrival_rate_rpm / 60.0
-    dispersion, pairs, seconds = None, 0, 0.0  # no arrivals given: Poisson
+    dispersion, pairs, seconds, recent = None, 0, 0.0, None  # no arrivals given: Poisson, no short window
     if arrivals is not None:
         probes = max(int(window_s // probe_s), 1)
         counts = np.bincount((arrivals // probe_s).astype(int), minlength=probes)[:probes]
         dispersion, pairs, seconds = allan_factor(counts, [probe_s] * probes)
+        if 0 < recent_s < window_s:
+            recent = float(np.count_nonzero(arrivals >= window_s - recent_s)) / recent_s
     return Observation(
         rate,
         rate,
@@ -189,4 +195,7 @@ def _opening(load: Load, window_s: float, arrivals: np.ndarray | None = None, pr
         arrival_dispersion=dispersion,
         dispersion_pairs=pairs,
         dispersion_s=seconds,
+        recent_rate=recent,
+        recent_s=None if recent is None else recent_s,
+        previous_measured=False,
     )
