@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 
 import pytest
 
@@ -323,6 +324,21 @@ def test_no_data_for_the_window_before_is_no_rise_from_zero():
     assert not fresh.previous_measured and fresh.problem() is None
     later = observe(WindowFigures(completed_before=30.0, **figures))
     assert later.previous_rate == 0.5 and later.previous_measured
+
+
+def test_an_isvc_without_the_per_request_tpot_histogram_is_said_once(caplog):
+    """vLLM < 0.11 exports no request_time_per_output_token_seconds: the ITL SLO's share is not
+    measured, and the operator is told once per ISVC, not every cycle, and again if it comes
+    back and goes again."""
+    from autoscaler.controller.collector import PrometheusCollector
+
+    collector = PrometheusCollector("http://127.0.0.1:9")  # never asked here
+    old, new = dataclasses.replace(observed(5.0), tpot_buckets=()), observed(5.0)
+    with caplog.at_level(logging.WARNING):
+        for obs in (old, old, new, old):
+            collector._say_without_tpot({("prod", "chat"): obs, ("prod", "code"): new})
+    said = [r.getMessage() for r in caplog.records if "request_time_per_output_token_seconds" in r.getMessage()]
+    assert len(said) == 2 and all(line.startswith("prod/chat: ") for line in said)
 
 
 def test_a_first_window_rising_is_planned_at_its_short_windows_pace():

@@ -382,6 +382,7 @@ class PrometheusCollector:
         self.client = PrometheusConnect(url=url, disable_ssl=not url.startswith("https"), retry=Retry(total=0), timeout=timeout_s)
         self.queries = queries(settings)
         self._learned: tuple[dict[str, set[float]], float] | None = None
+        self._without_tpot: set[Key] = set()  # ISVCs said to export no per-request TPOT histogram
         # a cycle's queries all at once; a hung one times out before the next cycle asks again
         self._executor = ThreadPoolExecutor(max_workers=len(self.queries), thread_name_prefix="prometheus")
 
@@ -431,4 +432,22 @@ class PrometheusCollector:
         the histogram queries skip buckets no SLO needs."""
         if slos_s:
             await self._learn_bounds(slos_s)
-        return observations(await self._ask(self.queries), self.settings)
+        observed = observations(await self._ask(self.queries), self.settings)
+        self._say_without_tpot(observed)
+        return observed
+
+    def _say_without_tpot(self, observed: Mapping[Key, Observation]) -> None:
+        """Once per ISVC, that its requests finish with no per-request TPOT histogram (vLLM <
+        0.11, or a relabelling that drops it): its ITL SLO's share is not measured, and the
+        bias learns from TTFT alone. Said again if it comes back and goes again."""
+        for key, obs in observed.items():
+            if obs.tpot_buckets:
+                self._without_tpot.discard(key)
+            elif obs.avg_out_tokens is not None and key not in self._without_tpot:  # requests finished
+                self._without_tpot.add(key)
+                log.warning(
+                    "%s/%s: no %s series (vLLM < 0.11?): the share of requests within the ITL SLO is not measured, "
+                    "and the latency model's bias learns from TTFT alone",
+                    *key,
+                    self.settings.tpot_metric,
+                )
