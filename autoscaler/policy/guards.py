@@ -270,13 +270,11 @@ def planned_rate(
     horizon = startup_s + period_s
     z = z_score(goal)
     last = history.samples[-1] if history.samples else None
-    if last is not None and 0 < now - last.time < window_s:  # the last cycle's window: the newest pace
-        earlier, apart = last.rate, now - last.time
-    else:
-        earlier, apart = previous_rate, window_s
+    recent_cycle = last is not None and 0 < now - last.time < window_s  # its window: the newest pace
+    earlier, apart = (last.rate, now - last.time) if recent_cycle else (previous_rate, window_s)
     forecast = forecast_rate(rate, earlier, apart_s=apart, window_s=window_s, z=z, settings=settings)
     if recent_rate is not None and recent_s is not None:
-        if not previous_measured and apart == window_s:  # nothing measured before the window
+        if not previous_measured and not recent_cycle:  # nothing measured before the window
             forecast = first_forecast(rate, recent_rate, recent_s=recent_s, window_s=window_s, z=z, settings=settings)
         since_last = now - last.time if last is not None else 0.0
         last_recent = last.recent if last is not None else None

@@ -142,7 +142,7 @@ def observe(figures: WindowFigures) -> Observation:
     before = now if f.completed_before is None else arrival_rate(f.completed_before, f.growth_before, f.window_s)
     measured = f.recent_s is not None and f.completed_recent is not None and 0 < f.recent_s < f.window_s
     recent = arrival_rate(f.completed_recent, f.growth_recent, f.recent_s) if measured else None
-    ttft = mean(f.ttft_sum, f.ttft_buckets[-1][1] if f.ttft_buckets else None)
+    ttft = mean(f.ttft_sum, histogram_count(f.ttft_buckets))
     itl = mean(f.itl_sum, f.itl_count)
     return Observation(
         arrival_rate=now,
@@ -194,6 +194,11 @@ def allan_factor(counts: Sequence[float], seconds: Sequence[float]) -> tuple[flo
 def mean(total: float | None, count: float | None) -> float | None:
     """A histogram's mean over the window: its sum over its count (None: no observations)."""
     return total / count if total is not None and count is not None and count > 0 else None
+
+
+def histogram_count(buckets: Buckets) -> float:
+    """A histogram's observations over the window (its +Inf bucket; 0 with no buckets)."""
+    return buckets[-1][1] if buckets else 0.0
 
 
 def within(buckets: Buckets, limit_s: float) -> tuple[float, float]:

@@ -42,7 +42,7 @@ import numpy as np
 from .identify import Identification, point
 from .latency import Replica, Rows, Shape, capacities, identify_work_scale, predict_points
 from .prior import prior_profile
-from .observation import Observation, within
+from .observation import Observation, histogram_count, within
 
 MIN_REQUESTS = 50  # fewer completions in a window say too little to learn from
 LEARNING_RATE = 0.5  # share of the way to a window's estimate (log space)
@@ -225,7 +225,7 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
     nothing)."""
     runs, replicas, obs, target = window.runs, window.replicas, window.obs, window.target
     key, model, accelerator, max_batch = runs.key, runs.model, runs.accelerator, runs.max_batch
-    requests = _count(obs.ttft_buckets)
+    requests = histogram_count(obs.ttft_buckets)
     if replicas <= 0 or requests < MIN_REQUESTS or not obs.avg_out_tokens or obs.avg_in_tokens is None:
         return None
     work = learned.work.setdefault((model, accelerator), Estimate())
@@ -248,7 +248,7 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
     shape = Shape(obs.avg_in_tokens, obs.avg_out_tokens, rate_variation(obs))
     # the ITL SLO's share from the per-request histogram; without it (vLLM < 0.11) the window
     # says nothing of ITL, and the model is asked of TTFT alone
-    itl_slo = target.itl_ms if _count(obs.tpot_buckets) else 0.0
+    itl_slo = target.itl_ms if histogram_count(obs.tpot_buckets) else 0.0
     measured_miss = 1.0 - min(_share(obs.ttft_buckets, target.ttft_ms), _share(obs.tpot_buckets, itl_slo))
     # the model read through the same buckets: the collector interpolates inside the bucket that
     # holds the SLO (30 ms lies between vLLM's 25 and 50 ms bounds), so compare like with like
@@ -321,7 +321,7 @@ def _stationary(obs: Observation, in_system_before: float | None = None) -> bool
     mean ITL 14.9 ms and TTFT 3.3 s in such a window, 10 ms and 46 ms a window later, learned as
     a work scale of 1.22 and a bias of 0.82 that held a fourth replica where three met 99.98%)."""
     arrived, before = obs.arrival_rate * obs.window_s, obs.previous_rate * obs.window_s
-    started = _count(obs.ttft_buckets) if obs.ttft_buckets else arrived
+    started = histogram_count(obs.ttft_buckets) if obs.ttft_buckets else arrived
     drained = in_system_before is not None and not _close(in_system_before, obs.running + obs.waiting)
     return _close(arrived, before) and _close(started, arrived) and not drained
 
@@ -334,10 +334,6 @@ def _close(a: float, b: float) -> bool:
 def _share(buckets, slo_ms: float) -> float:
     met, total = within(buckets, slo_ms / 1000.0)
     return met / total if slo_ms and total else 1.0
-
-
-def _count(buckets) -> float:
-    return buckets[-1][1] if buckets else 0.0
 
 
 def _bracket(buckets, slo_ms: float) -> tuple[float, float, float]:
