@@ -58,6 +58,9 @@ SPREAD = 0.3  # loads (decoding requests per replica) differ by this share of th
 # An assumed 5% left chat-8b's line on an H100 flat (diurnal fall, seeds 2 and 3: 7 windows at
 # 1.9-6.7 decoding requests rising 0.35 ms, 4.8% of its 7.2 ms step, each within 0.02 ms of it)
 RISE_DEVIATIONS, NOISE, MIN_SCATTER_POINTS = 5.0, 0.01, 5
+# a line's slope is read at this many of its standard errors above (the one-sided 95% bound):
+# the windows' noise over the loads' spread, sqrt(sum (x - mean x)^2), as for a least-squares line
+SLOPE_DEVIATIONS = 1.645
 SCALED_PRIOR, LIGHT_LOAD_LINE, LINE = "scaled prior", "light-load line", "line"  # how the costs were read (fit)
 MAX_POINTS = 30  # windows kept (30 minutes at a window a minute): an engine upgrade ages out
 FLOOR = 1.0 / 64.0  # a fitted cost at least this share of the prior's (and at most the prior's twice)
@@ -156,21 +159,26 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, s
         # construction
         decoding = itl * (1.0 - np.minimum(c * prompt, 0.9))  # the step less its prompts' share
         y = decoding - c * decodes
-        alpha, gamma, scatter = max(
-            (_line(decodes * np.maximum(read - 1.0, 1.0), y) for read in (np.full_like(contexts, context), contexts)),
-            key=lambda line: line[1],
-        )
+        readings = [decodes * np.maximum(read - 1.0, 1.0) for read in (np.full_like(contexts, context), contexts)]
+        x = max(readings, key=lambda read: _line(read, y)[1])
+        alpha, gamma, scatter = _line(x, y)
+        noise = scatter if len(points) >= MIN_SCATTER_POINTS else NOISE * float(np.median(decoding))
         u = c + gamma * max(context - 1.0, 1.0)
         if u > 0.0 and alpha > 0.0:
             batch_cost = u * decodes.max()
             if batch_cost >= MIN_IDENTIFYING_LOAD * (alpha + batch_cost):
-                return _bounded(prior, alpha, u, c, context), LINE
+                # a slope read off a few windows at loads close together is known only to its
+                # standard error, and one read low overrates the replica: read at its one-sided
+                # bound (mistral-7b on the L40S, steady load: 7 windows at 9.4-16 decoding
+                # requests, the busiest 12% faster than the truth, read the replica 20% over)
+                gamma += SLOPE_DEVIATIONS * noise / max(float(np.sqrt(np.sum((x - x.mean()) ** 2))), 1e-12)
+                alpha = float(np.median(y - gamma * x))
+                return _bounded(prior, alpha, c + gamma * max(context - 1.0, 1.0), c, context), LINE
             # at lighter loads a GPU's cost per token is still memory-bound and grows to
             # compute-bound with the batch, so the slope alone would overrate the replica at the
             # load it is sized for: read the slope as the KV read alone and charge every token
             # the compute-bound cost the TTFT shows besides (a decode costs c + u: no less than
             # at any load), once the line rises across the loads by well more than the windows' noise
-            noise = scatter if len(points) >= MIN_SCATTER_POINTS else NOISE * float(np.median(decoding))
             if u * np.ptp(decodes) >= RISE_DEVIATIONS * noise:
                 return _bounded(prior, alpha, u + c, c, context), LIGHT_LOAD_LINE
     u0 = prior.beta + prior.gamma * context
