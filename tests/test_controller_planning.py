@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 
@@ -339,6 +340,32 @@ def test_an_isvc_without_the_per_request_tpot_histogram_is_said_once(caplog):
             collector._say_without_tpot({("prod", "chat"): obs, ("prod", "code"): new})
     said = [r.getMessage() for r in caplog.records if "request_time_per_output_token_seconds" in r.getMessage()]
     assert len(said) == 2 and all(line.startswith("prod/chat: ") for line in said)
+
+
+def test_bucket_bounds_are_asked_for_again_next_cycle_only_while_no_histogram_has_series():
+    """vLLM registers its histograms at start-up: no series at all is nothing scraped yet (asked
+    again next cycle); TTFT's without the per-request TPOT's is a vLLM < 0.11 (asked again at
+    relearn_s, not every cycle, its buckets queried in full meanwhile)."""
+    from autoscaler.controller.collector import PrometheusCollector
+
+    collector = PrometheusCollector("http://127.0.0.1:9")  # never asked: _ask is replaced
+    asked: list[list[str]] = []
+    answers = {"ttft": [], "tpot": []}
+
+    async def ask(named):
+        asked.append(sorted(named))
+        return {name: answers[name] for name in named}
+
+    collector._ask = ask
+    slos = {"ttft": {0.5}, "tpot": {0.05}}
+    asyncio.run(collector._learn_bounds(slos))
+    asyncio.run(collector._learn_bounds(slos))
+    assert len(asked) == 2  # nothing scraped yet
+    answers["ttft"] = [{"metric": {"le": le}, "value": [0, "1"]} for le in ("0.25", "0.5", "1", "+Inf")]
+    asyncio.run(collector._learn_bounds(slos))
+    asyncio.run(collector._learn_bounds(slos))
+    assert len(asked) == 3  # TTFT's series without TPOT's: not asked again this side of relearn_s
+    assert "le=~" in collector.queries["ttft_buckets"] and "le=~" not in collector.queries["tpot_buckets"]
 
 
 def test_a_first_window_rising_is_planned_at_its_short_windows_pace():

@@ -415,7 +415,12 @@ class PrometheusCollector:
             if samples
         }
         self.queries = queries(self.settings, bounds)
-        self._learned = (slos_s, now) if len(bounds) == len(named) else None  # no series yet: ask again next cycle
+        # vLLM registers its histograms' series at start-up (PrometheusStatLogger, make_per_engine:
+        # each labelled child made in __init__), so no series at all is nothing scraped yet, asked
+        # again next cycle; one histogram without series beside one with them is not exported
+        # (the per-request TPOT before vLLM 0.11): asked again at relearn_s, not every cycle, and
+        # queried in full (no bounds) meanwhile should a newer vLLM export it
+        self._learned = (slos_s, now) if bounds else None
 
     async def in_system(self) -> dict[Key, float]:
         """Requests running + waiting now per ISVC (vLLM's two gauges, one query): the queue
