@@ -27,9 +27,10 @@ Each window gives a point from what vLLM exports and Prometheus keeps:
 alpha and u are the line through (B (context - 1), I (1 - c P) - c B) across windows at
 different loads (u = c + gamma (context - 1)), at the windows' median context and at each one's,
 the slower decode kept (fit): Siegel's repeated median of pairwise slopes (robust to nearly half
-the windows being outliers) over windows whose loads differ by SPREAD, read as it is once the
-busiest window's batch costs
-MIN_IDENTIFYING_LOAD of its step. Below that, a GPU's cost per token is still memory-bound and
+the windows being outliers) over windows whose loads differ by SPREAD, read once the busiest
+window's batch costs MIN_IDENTIFYING_LOAD of its step at its slope's one-sided 95% bound
+(SLOPE_DEVIATIONS standard errors: a slope read low off a few windows at loads close together
+overrates the replica). Below that, a GPU's cost per token is still memory-bound and
 grows to compute-bound with the batch, so the slope alone would overrate the replica: a line
 of light loads (rising across them by RISE_DEVIATIONS times the windows' noise: their scatter
 about the line, once there are MIN_SCATTER_POINTS of them, else NOISE of the step) is read
@@ -160,8 +161,7 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, s
         decoding = itl * (1.0 - np.minimum(c * prompt, 0.9))  # the step less its prompts' share
         y = decoding - c * decodes
         readings = [decodes * np.maximum(read - 1.0, 1.0) for read in (np.full_like(contexts, context), contexts)]
-        x = max(readings, key=lambda read: _line(read, y)[1])
-        alpha, gamma, scatter = _line(x, y)
+        (alpha, gamma, scatter), x = max(((_line(read, y), read) for read in readings), key=lambda line: line[0][1])
         noise = scatter if len(points) >= MIN_SCATTER_POINTS else NOISE * float(np.median(decoding))
         u = c + gamma * max(context - 1.0, 1.0)
         if u > 0.0 and alpha > 0.0:
@@ -170,7 +170,7 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, s
                 # a slope read off a few windows at loads close together is known only to its
                 # standard error, and one read low overrates the replica: read at its one-sided
                 # bound (mistral-7b on the L40S, steady load: 7 windows at 9.4-16 decoding
-                # requests, the busiest 12% faster than the truth, read the replica 20% over)
+                # requests, the busiest 12% faster than the truth, read the replica 22% over)
                 gamma += SLOPE_DEVIATIONS * noise / max(float(np.sqrt(np.sum((x - x.mean()) ** 2))), 1e-12)
                 alpha = float(np.median(y - gamma * x))
                 return _bounded(prior, alpha, c + gamma * max(context - 1.0, 1.0), c, context), LINE
