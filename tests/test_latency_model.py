@@ -503,8 +503,9 @@ def test_a_light_load_lines_rise_is_weighed_against_the_windows_own_scatter_once
     grouped-query model), each window within 0.02 ms of the line. Against an assumed 1% noise
     a window (5% needed) that read as flat, and the prior stayed scaled; weighed against the
     windows' own scatter about the line (5 robust deviations) it is a light-load line. Where
-    the windows scatter as much as the rise, the prior stays scaled; with fewer than 5
-    windows the assumed 1% stands."""
+    the windows scatter as much as the rise, the prior stays scaled (the slope at its one-sided
+    bound, the next test, puts the batch above a fifth of the step); with fewer than 5 windows
+    the assumed 1% stands."""
     from autoscaler.policy.identify import LIGHT_LOAD_LINE, SCALED_PRIOR, Point, fit
 
     alpha, u, c, context = 7.0, 0.073, 0.0196, 1350.0
@@ -520,6 +521,36 @@ def test_a_light_load_lines_rise_is_weighed_against_the_windows_own_scatter_once
     assert fit(prior, quiet[:4])[1] == SCALED_PRIOR  # four windows, 1.9-3.8: the assumed 1%
     noisy = [window(b, j) for b, j in zip(loads, (0.3, -0.3, 0.25, -0.25, 0.3, -0.3, 0.0), strict=True)]
     assert fit(prior, noisy)[1] == SCALED_PRIOR
+
+
+def test_a_flat_light_load_line_is_read_with_its_slope_at_its_one_sided_bound():
+    """code-1b on an H100 under the steady load: one replica at 2.3-3.0 decoding requests, its
+    step flat within its noise (the KV read of a decode is 1.5% of it), too close together for
+    a line. Its capacity is mostly prefill, which the TTFT measures; the prior scaled to the
+    step kept the prior's per-token costs, 7 times the truth's a decode, and read the replica
+    at a third of its capacity. With the line's slope at its one-sided bound (a Theil-Sen
+    slope plus 1.645 standard errors), a light-load line: a decode no cheaper than the truth,
+    a prompt token at the TTFT's cost. Where the batch is a fifth of the step or more the bound
+    is not read (the slope is what sizes the replica there), and the prior stays scaled."""
+    from autoscaler.policy.identify import LIGHT_LOAD_LINE, SCALED_PRIOR, Point, fit
+
+    alpha, c, gamma, context = 1.686, 0.0044, 1.06e-5, 2108.0  # the simulated truth's, roughly
+    u = c + gamma * (context - 1.0)
+    prior = IterationParams(2.0, 0.00882, 8.93e-5)
+    rng = np.random.default_rng(7)
+
+    def windows(loads: np.ndarray) -> list[Point]:
+        prompt = 16.0 * loads  # prompt tokens per ms per replica
+        itl = (alpha + u * loads) / (1.0 - c * prompt) * (1.0 + rng.normal(0.0, 0.005, loads.size))
+        return [Point(i, b, p, c, context) for i, b, p in zip(itl, loads, prompt, strict=True)]
+
+    found, reading = fit(prior, windows(rng.uniform(2.3, 3.0, 18)))
+    assert reading == LIGHT_LOAD_LINE
+    decode, prompt_token = found.beta + found.gamma * context, found.beta + found.gamma
+    assert u < decode < (prior.beta + prior.gamma * context) / 2.0
+    assert prompt_token == pytest.approx(c, rel=0.01)
+    u *= 20.0  # a decode 20 times dearer: the batch is 45-50% of the step
+    assert fit(prior, windows(rng.uniform(2.3, 3.0, 18)))[1] == SCALED_PRIOR
 
 
 def test_the_kv_cache_vllm_reports_replaces_the_priors_bound():
