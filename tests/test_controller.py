@@ -163,6 +163,50 @@ async def vllm_and_prometheus(tmp_path):
     await runner.cleanup()
 
 
+async def test_a_vllm_without_the_per_request_tpot_histogram_is_read_on_ttft_and_its_gaps(tmp_path, caplog):
+    """vLLM < 0.11 exports TTFT and every gap (vllm:time_per_output_token_seconds, which the
+    collector is told with --itl-metric) but no per-request TPOT histogram. Through a real
+    Prometheus: the TTFT's buckets bracket the SLO and the mean gap is read, the TPOT's share
+    is left empty (the bias then learns from TTFT alone: test_controller_planning), the bucket
+    bounds are not asked again every cycle once TTFT's are known, and the missing histogram is
+    said once per ISVC."""
+    emulator = VllmEmulator(
+        [
+            EmulatedIsvc("prod", "old", "llama_13b", rate=4.0, in_tokens=700, out_tokens=180, per_request_tpot=False),
+            EmulatedIsvc("prod", "older", "llama_7b", rate=2.0, per_request_tpot=False),
+        ]
+    )
+    runner, port = await serve(emulator.app())
+    server = await asyncio.to_thread(PrometheusServer(tmp_path / "prometheus", port).start, "vllm:request_success_total", 2)
+    try:
+        collector = PrometheusCollector(
+            server.url, CollectorSettings(window_s=5, itl_metric="vllm:time_per_output_token_seconds")
+        )
+        asked: list[str] = []
+        ask = collector._ask
+
+        async def counted(named):
+            asked.extend(named)
+            return await ask(named)
+
+        collector._ask = counted
+        await asyncio.sleep(6)  # a full window of scrapes
+        slos = {"ttft": {1.0}, "tpot": {0.04}}
+        with caplog.at_level("WARNING", logger="autoscaler.controller.collector"):
+            for _ in range(3):
+                observations = await collector.collect(slos)
+        old = observations[("prod", "old")]
+        assert old.tpot_buckets == () and old.itl_ms == pytest.approx(20, rel=0.01)
+        assert [b for b, _ in old.ttft_buckets] == [0.75, 1.0, float("inf")]  # around the 1 s SLO
+        assert old.ttft_buckets[-1][1] > 0 and old.itl_gaps == pytest.approx(old.ttft_buckets[-1][1] * 179, rel=0.05)
+        assert asked.count("ttft") == asked.count("tpot") == 1  # the bounds: once, not every cycle
+        said = [r.getMessage() for r in caplog.records if "request_time_per_output_token_seconds" in r.getMessage()]
+        assert sorted(m.split(":")[0] for m in said) == ["prod/old", "prod/older"]
+    finally:
+        server.stop()
+        await runner.cleanup()
+
+
 async def test_collector_reads_live_vllm_load_from_a_real_prometheus(vllm_and_prometheus):
     emulator, prometheus = vllm_and_prometheus
     collector = PrometheusCollector(prometheus.url, CollectorSettings(window_s=5))

@@ -19,6 +19,9 @@ from aiohttp import web
 from autoscaler.simulator.observe import TPOT_BOUNDS as TPOT_BUCKETS, TTFT_BOUNDS as TTFT_BUCKETS
 
 
+GAPS, OLD_GAPS = "vllm:inter_token_latency_seconds", "vllm:time_per_output_token_seconds"  # vLLM >= 0.11, before
+
+
 @dataclass
 class EmulatedIsvc:
     namespace: str
@@ -31,6 +34,9 @@ class EmulatedIsvc:
     waiting: int = 0
     ttft_s: float = 0.2
     itl_s: float = 0.02
+    # False: vLLM < 0.11, which exports no per-request TPOT histogram and names its histogram of
+    # every gap vllm:time_per_output_token_seconds
+    per_request_tpot: bool = True
     completed: float = 0.0
     since: float = field(default_factory=time.monotonic)
 
@@ -68,11 +74,13 @@ class VllmEmulator:
                 f"vllm:num_requests_waiting{{{labels}}} {isvc.waiting}",
             ]
             # every gap and every request's mean gap at itl_s: ITL counts gaps, TPOT requests
-            for metric, value, count, bounds in (
+            histograms = [
                 ("vllm:time_to_first_token_seconds", isvc.ttft_s, done, TTFT_BUCKETS),
-                ("vllm:inter_token_latency_seconds", isvc.itl_s, done * (isvc.out_tokens - 1), TPOT_BUCKETS),
-                ("vllm:request_time_per_output_token_seconds", isvc.itl_s, done, TPOT_BUCKETS),
-            ):
+                (GAPS if isvc.per_request_tpot else OLD_GAPS, isvc.itl_s, done * (isvc.out_tokens - 1), TPOT_BUCKETS),
+            ]
+            if isvc.per_request_tpot:
+                histograms.append(("vllm:request_time_per_output_token_seconds", isvc.itl_s, done, TPOT_BUCKETS))
+            for metric, value, count, bounds in histograms:
                 for bound in bounds:
                     lines.append(f'{metric}_bucket{{{labels},le="{bound}"}} {count if value <= bound else 0.0}')
                 lines.append(f'{metric}_bucket{{{labels},le="+Inf"}} {count}')
