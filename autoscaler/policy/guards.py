@@ -63,9 +63,10 @@ the HPA's window in force alone exposes to misses that way, and prices each long
 the same replay: it saves the requests exposed, the cold starts of the rises it serves at
 once and the replicas that would work off their backlog; it costs what the replicas it keeps
 could have served meanwhile. It keeps the most rate of the span that saves the most beyond
-its cost, none where no span pays: the scale-down window extended to the time between rises,
-learned per ISVC. A first rise to a level never seen (a flash crowd) is avoided by no hold,
-and earns none; rises far apart cost less left to the cold start than held for.
+its cost, up to the level of the rises it saves, none where no span pays: the scale-down
+window extended to the time between rises, learned per ISVC. A first rise to a level never
+seen (a flash crowd) is avoided by no hold, and earns none; rises far apart cost less left
+to the cold start than held for.
 
 The lookback is the horizon plus a window at either end (H + 2 window_s): the swings a
 decision's replicas must meet are those that fit within a horizon, and seeing one whole takes
@@ -326,7 +327,9 @@ def retained_rate(
     they could have served meanwhile. The span that saves the most beyond its cost is kept, none
     where no span pays (a first rise, to a level never seen, no hold avoids: a flash crowd;
     rises far apart, whose holds cost more than the cold starts and the misses they save).
-    The rate kept is the most measured within that span (the HPA's window does the rest);
+    The rate kept is the most measured within that span, no higher than the rises it saves
+    (a span priced for small rises must not hold a larger first one within it, whose hold
+    nothing priced; the HPA's window does the rest);
     what serves is kept up to the count for it (planner._held), never added to: a scale-down
     hold."""
     t = np.array([s.time for s in samples], dtype=float)
@@ -376,7 +379,10 @@ def retained_rate(
     best = int(np.argmax(net))
     if net[best] <= 0.0:
         return 0.0
-    return float(r[t >= now - (spans[best] - held_s)].max())
+    # no higher than the rises it was priced for (granite-13b on the bursty workload: a span
+    # priced for a base-level cycle kept its first spike's peak, four to six replicas for two)
+    priced = float(r[covered[:, best]].max())
+    return min(float(r[t >= now - (spans[best] - held_s)].max()), priced)
 
 
 def _kept_over(t: np.ndarray, r: np.ndarray, spans: np.ndarray) -> np.ndarray:
