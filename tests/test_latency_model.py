@@ -551,6 +551,8 @@ def test_a_flat_light_load_line_is_read_with_its_slope_at_its_one_sided_bound():
     assert prompt_token == pytest.approx(c, rel=0.01)
     u *= 20.0  # a decode 20 times dearer: the batch is 45-50% of the step
     assert fit(prior, windows(rng.uniform(2.3, 3.0, 18)))[1] == SCALED_PRIOR
+    # windows at one load bound no slope, however alike (a repeated window has no scatter)
+    assert fit(prior, [Point(4.7, 2.6, 41.6, c, context)] * 6)[1] == SCALED_PRIOR
 
 
 def test_the_kv_cache_vllm_reports_replaces_the_priors_bound():

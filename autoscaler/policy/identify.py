@@ -197,7 +197,7 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, s
         decoding = itl * (1.0 - np.minimum(c * prompt, 0.9))
         y, x = decoding - c * decodes, decodes * max(context - 1.0, 1.0)
         gamma = _upper_slope(x, y)
-        alpha = float(np.median(y - gamma * x))
+        alpha = float(np.median(y - gamma * x)) if math.isfinite(gamma) else 0.0
         u = c + gamma * max(context - 1.0, 1.0)
         if alpha > 0.0 and u * decodes.max() < MIN_IDENTIFYING_LOAD * (alpha + u * decodes.max()):
             return _bounded(prior, alpha, u + c, c, context), LIGHT_LOAD_LINE
@@ -233,9 +233,12 @@ def _upper_slope(x: np.ndarray, y: np.ndarray) -> float:
     dx, dy = x[:, None] - x[None, :], y[:, None] - y[None, :]
     upper = np.triu(np.abs(dx) > 1e-12 * max(float(np.abs(x).max()), 1e-300), k=1)
     slope = max(float(np.median(dy[upper] / dx[upper])), 0.0) if upper.any() else 0.0
+    spread = float(np.sqrt(np.sum((x - x.mean()) ** 2)))
+    if spread <= 1e-9 * max(float(np.abs(x).max()), 1e-300):
+        return math.inf  # loads that do not differ bound no slope
     residuals = y - slope * x
     scatter = 1.4826 * float(np.median(np.abs(residuals - np.median(residuals))))
-    return slope + SLOPE_DEVIATIONS * scatter / max(float(np.sqrt(np.sum((x - x.mean()) ** 2))), 1e-12)
+    return slope + SLOPE_DEVIATIONS * scatter / spread
 
 
 def _lightest_prefills(points: list[Point], decodes: np.ndarray) -> list[float]:
