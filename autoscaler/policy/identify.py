@@ -151,56 +151,56 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, s
     contexts = np.array([p.context for p in points])
     context = float(np.median(contexts))
     prefills = _lightest_prefills(points, decodes)
-    if prefills and len(points) >= 3 and np.ptp(decodes) >= SPREAD * decodes.max():
+    if prefills and len(points) >= 3:
         c = float(np.median(prefills))
-        # u = beta + gamma x context = c + gamma x (context - 1), so y - c B = alpha (I / S) +
-        # gamma x B (context - 1): a line in the KV tokens the decodes read per step, at the
-        # windows' median context or at each window's own. Each one's: where the busier windows'
-        # requests are shorter (mistral-7b on the L40S under the diurnal load: 1,280 tokens at
-        # 12-16 decoding requests, 1,440-1,520 at 2-5) the median's slope is flattened (its
-        # decode cost read 16% low, the replica 8% overrated). But the context a window reports
-        # is its finished requests' mean prompt plus output, not the mean its decodes read (where
-        # short outputs come with long prompts, the long prompts are read for few steps), so each
-        # window's is noisier: the two are read and the slower decode kept, conservative by
-        # construction
         decoding = itl * (1.0 - np.minimum(c * prompt, 0.9))  # the step less its prompts' share
         y = decoding - c * decodes
-        readings = [decodes * np.maximum(read - 1.0, 1.0) for read in (np.full_like(contexts, context), contexts)]
-        (alpha, gamma, scatter), x = max(((_line(read, y), read) for read in readings), key=lambda line: line[0][1])
-        noise = scatter if len(points) >= MIN_SCATTER_POINTS else NOISE * float(np.median(decoding))
-        u = c + gamma * max(context - 1.0, 1.0)
-        if u > 0.0 and alpha > 0.0:
-            batch_cost = u * decodes.max()
-            if batch_cost >= MIN_IDENTIFYING_LOAD * (alpha + batch_cost):
-                # a slope read off a few windows at loads close together is known only to its
-                # standard error, and one read low overrates the replica: read at its one-sided
-                # bound (mistral-7b on the L40S, steady load: 7 windows at 9.4-16 decoding
-                # requests, the busiest 12% faster than the truth, read the replica 22% over)
-                gamma += SLOPE_DEVIATIONS * noise / max(float(np.sqrt(np.sum((x - x.mean()) ** 2))), 1e-12)
-                alpha = float(np.median(y - gamma * x))
-                return _bounded(prior, alpha, c + gamma * max(context - 1.0, 1.0), c, context), LINE
-            # at lighter loads a GPU's cost per token is still memory-bound and grows to
-            # compute-bound with the batch, so the slope alone would overrate the replica at the
-            # load it is sized for: read the slope as the KV read alone and charge every token
-            # the compute-bound cost the TTFT shows besides (a decode costs c + u: no less than
-            # at any load), once the line rises across the loads by well more than the windows' noise
-            if u * np.ptp(decodes) >= RISE_DEVIATIONS * noise:
+        if np.ptp(decodes) >= SPREAD * decodes.max():
+            # u = beta + gamma x context = c + gamma x (context - 1), so y - c B = alpha (I / S) +
+            # gamma x B (context - 1): a line in the KV tokens the decodes read per step, at the
+            # windows' median context or at each window's own. Each one's: where the busier
+            # windows' requests are shorter (mistral-7b on the L40S under the diurnal load: 1,280
+            # tokens at 12-16 decoding requests, 1,440-1,520 at 2-5) the median's slope is
+            # flattened (its decode cost read 16% low, the replica 8% overrated). But the context
+            # a window reports is its finished requests' mean prompt plus output, not the mean
+            # its decodes read (where short outputs come with long prompts, the long prompts are
+            # read for few steps), so each window's is noisier: the two are read and the slower
+            # decode kept, conservative by construction
+            readings = [decodes * np.maximum(read - 1.0, 1.0) for read in (np.full_like(contexts, context), contexts)]
+            (alpha, gamma, scatter), x = max(((_line(read, y), read) for read in readings), key=lambda line: line[0][1])
+            noise = scatter if len(points) >= MIN_SCATTER_POINTS else NOISE * float(np.median(decoding))
+            u = c + gamma * max(context - 1.0, 1.0)
+            if u > 0.0 and alpha > 0.0:
+                batch_cost = u * decodes.max()
+                if batch_cost >= MIN_IDENTIFYING_LOAD * (alpha + batch_cost):
+                    # a slope read off a few windows at loads close together is known only to its
+                    # standard error, and one read low overrates the replica: read at its one-sided
+                    # bound (mistral-7b on the L40S, steady load: 7 windows at 9.4-16 decoding
+                    # requests, the busiest 12% faster than the truth, read the replica 22% over)
+                    gamma += SLOPE_DEVIATIONS * noise / max(float(np.sqrt(np.sum((x - x.mean()) ** 2))), 1e-12)
+                    alpha = float(np.median(y - gamma * x))
+                    return _bounded(prior, alpha, c + gamma * max(context - 1.0, 1.0), c, context), LINE
+                # at lighter loads a GPU's cost per token is still memory-bound and grows to
+                # compute-bound with the batch, so the slope alone would overrate the replica at
+                # the load it is sized for: read the slope as the KV read alone and charge every
+                # token the compute-bound cost the TTFT shows besides (a decode costs c + u: no
+                # less than at any load), once the line rises across the loads by well more than
+                # the windows' noise
+                if u * np.ptp(decodes) >= RISE_DEVIATIONS * noise:
+                    return _bounded(prior, alpha, u + c, c, context), LIGHT_LOAD_LINE
+        if len(points) >= MIN_SCATTER_POINTS:
+            # loads too close together for a line, or one that does not rise beyond the windows'
+            # noise: the noise still bounds the slope, read at its one-sided bound as a light-load
+            # line, while the batch at that slope is light (code-1b on an H100 under a steady
+            # load: one replica at 2.3-3.0 decoding requests, its step flat within 1%, 79% of its
+            # time at capacity in prefills the TTFT measures, read at a third of its capacity off
+            # the scaled prior, two thirds off this)
+            x = decodes * max(context - 1.0, 1.0)
+            gamma = _upper_slope(x, y)
+            alpha = float(np.median(y - gamma * x)) if math.isfinite(gamma) else 0.0
+            u = c + gamma * max(context - 1.0, 1.0)
+            if alpha > 0.0 and u * decodes.max() < MIN_IDENTIFYING_LOAD * (alpha + u * decodes.max()):
                 return _bounded(prior, alpha, u + c, c, context), LIGHT_LOAD_LINE
-    if prefills and len(points) >= MIN_SCATTER_POINTS:
-        # loads too close together for a line, or one that does not rise beyond the windows'
-        # noise: the noise still bounds the slope, read at its one-sided bound as a light-load
-        # line, while the batch at that slope is light (code-1b on an H100 under a steady load:
-        # one replica at 2.3-3.0 decoding requests, its step flat within 1%, 79% of its time
-        # at capacity in prefills the TTFT measures, read at a third of its capacity off the
-        # scaled prior, two thirds off this)
-        c = float(np.median(prefills))
-        decoding = itl * (1.0 - np.minimum(c * prompt, 0.9))
-        y, x = decoding - c * decodes, decodes * max(context - 1.0, 1.0)
-        gamma = _upper_slope(x, y)
-        alpha = float(np.median(y - gamma * x)) if math.isfinite(gamma) else 0.0
-        u = c + gamma * max(context - 1.0, 1.0)
-        if alpha > 0.0 and u * decodes.max() < MIN_IDENTIFYING_LOAD * (alpha + u * decodes.max()):
-            return _bounded(prior, alpha, u + c, c, context), LIGHT_LOAD_LINE
     u0 = prior.beta + prior.gamma * context
     c0 = prior.beta + prior.gamma
     # within the line's floor (_bounded): outlying windows must not scale the prior to nothing
