@@ -381,7 +381,7 @@ def retained_rate(
         return 0.0
     # no higher than the rises it was priced for (granite-13b on the bursty workload: a span
     # priced for a base-level cycle kept its first spike's peak, four to six replicas for two)
-    priced = float(r[covered[:, best]].max())
+    priced = float(r[covered[:, best]].max(initial=0.0))
     return min(float(r[t >= now - (spans[best] - held_s)].max()), priced)
 
 
