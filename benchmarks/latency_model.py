@@ -10,13 +10,14 @@ histogram gives it: decode time over token gaps). Simulated: the load test of on
 simulator's vLLM server (V1 chunked by default).
 
     python benchmarks/latency_model.py [--requests 100000] [--jobs 2] [--only chat-8b,code-1b]
-    python benchmarks/latency_model.py --no-profile steady,diurnal [--requests 100000]
+    python benchmarks/latency_model.py --no-profile steady,diurnal [--requests 100000] [--seed 2]
     python benchmarks/latency_model.py --identity granite-13b:diurnal:2 (mistral-7b:steady:1:20)
 
 --no-profile runs each ISVC alone under ours for 10 simulated minutes with no profile of its
 model (the planner starts from the roofline prior, policy/prior.py, and identifies the step's
 costs online, policy/identify.py) and compares the capacity it has learned with the load test
 on the GPU type it was placed on, with the run's share of requests within both SLOs and drops.
+--seed picks the run's traffic; the load test is seed 1's request sizes, as for every seed.
 
 It ends with the CPU cost of what the planner runs per ISVC: a capacity search (what a new
 request shape or work scale costs, the planner caches it on a 2% grid) and the learning from one
@@ -216,17 +217,18 @@ def alone(scenario: Scenario, name: str) -> Scenario:
     return dataclasses.replace(scenario, world=world, requests=requests)
 
 
-def no_profile_table(kind: str, requests: int) -> None:
-    """Each ISVC run alone with no profile (unprofiled) against the load test on its GPU."""
+def no_profile_table(kind: str, requests: int, seed: int = 1) -> None:
+    """Each ISVC run alone with no profile (unprofiled, on `seed`'s traffic) against the load
+    test on its GPU."""
     scenario = build_scenario(kind, 1, NO_PROFILE_S)
-    print(f"\nNo profile, {kind} load, {NO_PROFILE_S / 60:.0f} simulated minutes alone:")
+    print(f"\nNo profile, {kind} load, seed {seed}, {NO_PROFILE_S / 60:.0f} simulated minutes alone:")
     print(
         "| ISVC | GPU placed on | max batch | simulated req/s | prior | / simulated | learned | / simulated "
         "| step costs read off | SLO met | dropped |"
     )
     print("|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|")
     for index, spec in enumerate(scenario.world.isvcs):
-        run = unprofiled(spec.name, kind)
+        run = unprofiled(spec.name, kind, seed=seed)
         # the truth of the replica as it runs: its GPU type and the batch the optimizer chose
         truth = simulated(scenario, index, run.accelerator, requests, run.max_batch)
         print(
@@ -242,6 +244,7 @@ def main() -> None:
     parser.add_argument("--only", help="comma-separated ISVC names")
     parser.add_argument("--no-profile", help="only the no-profile runs, under these loads (comma-separated: steady,diurnal,step)")
     parser.add_argument("--identity", metavar="ISVC:LOAD[:SEED[:MINUTES]]", help="a no-profile run's windows (identity_windows)")
+    parser.add_argument("--seed", type=int, default=1, help="the no-profile runs' traffic")
     args = parser.parse_args()
     if args.identity:
         name, kind, *rest = args.identity.split(":")
@@ -250,7 +253,7 @@ def main() -> None:
         return
     if args.no_profile:
         for kind in args.no_profile.split(","):
-            no_profile_table(kind, args.requests)
+            no_profile_table(kind, args.requests, args.seed)
         return
     scenario = build_scenario("mixed", 1, 3600.0)
     chosen = pairs(scenario, set(args.only.split(",")) if args.only else None)
