@@ -330,7 +330,8 @@ def test_no_data_for_the_window_before_is_no_rise_from_zero():
 def test_an_isvc_without_the_per_request_tpot_histogram_is_said_once(caplog):
     """vLLM < 0.11 exports no request_time_per_output_token_seconds: the ITL SLO's share is not
     measured, and the operator is told once per ISVC, not every cycle, and again if it comes
-    back and goes again."""
+    back and goes again, or if the ISVC leaves the observations (deleted: forgotten) and
+    returns."""
     from autoscaler.controller.collector import PrometheusCollector
 
     collector = PrometheusCollector("http://127.0.0.1:9")  # never asked here
@@ -338,8 +339,11 @@ def test_an_isvc_without_the_per_request_tpot_histogram_is_said_once(caplog):
     with caplog.at_level(logging.WARNING):
         for obs in (old, old, new, old):
             collector._say_without_tpot({("prod", "chat"): obs, ("prod", "code"): new})
+        collector._say_without_tpot({("prod", "code"): new})
+        assert collector._without_tpot == set()  # the ISVC that left is forgotten
+        collector._say_without_tpot({("prod", "chat"): old, ("prod", "code"): new})
     said = [r.getMessage() for r in caplog.records if "request_time_per_output_token_seconds" in r.getMessage()]
-    assert len(said) == 2 and all(line.startswith("prod/chat: ") for line in said)
+    assert len(said) == 3 and all(line.startswith("prod/chat: ") for line in said)
 
 
 def test_bucket_bounds_are_asked_for_again_next_cycle_only_while_no_histogram_has_series():

@@ -444,7 +444,10 @@ class PrometheusCollector:
     def _say_without_tpot(self, observed: Mapping[Key, Observation]) -> None:
         """Once per ISVC, that its requests finish with no per-request TPOT histogram (vLLM <
         0.11, or a relabelling that drops it): its ITL SLO's share is not measured, and the
-        bias learns from TTFT alone. Said again if it comes back and goes again."""
+        bias learns from TTFT alone. Said again if it comes back and goes again, or if the ISVC
+        leaves the observations and returns: one that left is forgotten, so that ISVCs deleted
+        over the controller's life do not pile up here."""
+        self._without_tpot &= observed.keys()
         for key, obs in observed.items():
             if obs.tpot_buckets:
                 self._without_tpot.discard(key)
