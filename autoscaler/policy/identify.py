@@ -177,7 +177,7 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, s
                     # standard error, and one read low overrates the replica: read at its one-sided
                     # bound (mistral-7b on the L40S, steady load: 7 windows at 9.4-16 decoding
                     # requests, the busiest 12% faster than the truth, read the replica 22% over)
-                    gamma += SLOPE_DEVIATIONS * noise / max(float(np.sqrt(np.sum((x - x.mean()) ** 2))), 1e-12)
+                    gamma += SLOPE_DEVIATIONS * _slope_error(noise, x)
                     alpha = float(np.median(y - gamma * x))
                     return _bounded(prior, alpha, c + gamma * max(context - 1.0, 1.0), c, context), LINE
                 # at lighter loads a GPU's cost per token is still memory-bound and grows to
@@ -222,23 +222,37 @@ def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
     # no + 1 for the request itself: B (Little's law) counts every decoding request already, and
     # the identity is exact with alpha x (I / mean step) in place of alpha (module doc), 1 within
     # noise
-    intercept = float(np.median(y - slope * x))
-    return intercept, slope, 1.4826 * float(np.median(np.abs(y - intercept - slope * x)))
+    intercept, scatter = _around(x, y, slope)
+    return intercept, slope, scatter
 
 
 def _upper_slope(x: np.ndarray, y: np.ndarray) -> float:
     """The slope of y over x at its one-sided bound: Theil and Sen's median of the pairwise
-    slopes (robust to outliers; 0 where it falls), plus SLOPE_DEVIATIONS standard errors, the
-    residuals' robust deviation over sqrt(sum (x - mean x)^2), as for a least-squares line."""
+    slopes (robust to outliers; 0 where it falls), plus SLOPE_DEVIATIONS standard errors of the
+    residuals' robust deviation (_slope_error); inf where the loads do not differ."""
     dx, dy = x[:, None] - x[None, :], y[:, None] - y[None, :]
     upper = np.triu(np.abs(dx) > 1e-12 * max(float(np.abs(x).max()), 1e-300), k=1)
     slope = max(float(np.median(dy[upper] / dx[upper])), 0.0) if upper.any() else 0.0
+    return slope + SLOPE_DEVIATIONS * _slope_error(_around(x, y, slope)[1], x)
+
+
+def _around(x: np.ndarray, y: np.ndarray, slope: float) -> tuple[float, float]:
+    """(intercept, scatter) of y about a line of `slope` over x: the median of what the slope
+    leaves, and the residuals' robust deviation (1.4826 x their median absolute value: a
+    normal's standard deviation)."""
+    left = y - slope * x
+    intercept = float(np.median(left))
+    return intercept, 1.4826 * float(np.median(np.abs(left - intercept)))
+
+
+def _slope_error(noise: float, x: np.ndarray) -> float:
+    """A line's slope's standard error from its points' noise: the noise over the loads' spread,
+    sqrt(sum (x - mean x)^2), as for a least-squares line; inf where the loads do not differ
+    (they bound no slope)."""
     spread = float(np.sqrt(np.sum((x - x.mean()) ** 2)))
     if spread <= 1e-9 * max(float(np.abs(x).max()), 1e-300):
-        return math.inf  # loads that do not differ bound no slope
-    residuals = y - slope * x
-    scatter = 1.4826 * float(np.median(np.abs(residuals - np.median(residuals))))
-    return slope + SLOPE_DEVIATIONS * scatter / spread
+        return math.inf
+    return noise / spread
 
 
 def _lightest_prefills(points: list[Point], decodes: np.ndarray) -> list[float]:
