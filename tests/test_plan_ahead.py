@@ -267,7 +267,30 @@ def test_rises_that_recur_beyond_the_hpa_window_keep_the_peak_between_them():
     HPA's window extended to the time between rises."""
     burst = [(480.0, 10.0), (120.0, 40.0)]
     assert retained(burst * 3 + [(210.0, 10.0)]) == pytest.approx(40.0)
-    assert retained(burst * 3 + [(420.0, 10.0)]) == pytest.approx(10.0)  # the HPA's window holds the rest
+
+
+def test_a_lull_longer_than_any_replayed_is_held_as_ski_rental():
+    """The bursts above, then a lull longer than the 8 minutes replayed: the replay says nothing
+    of it, and the level is kept until what keeping its 30 req/s of excess has cost beyond the
+    HPA's 300 s window, through the coming period, reaches what a burst cost left to a cold
+    start: its shortfall beyond noise (40 less 1.9 of Poisson noise, over 10: 28.1 req/s) for
+    the horizon (120 s), the cold start of its replicas (90 s) and its backlog's replicas held
+    by the HPA (120 x 390 / 60 s): 990 s of it, 27,840 requests. Kept 1,140 s into the lull
+    (26,100 of rent), released at 1,260 (29,700)."""
+    burst = [(480.0, 10.0), (120.0, 40.0)]
+    assert retained(burst * 3 + [(1140.0, 10.0)]) == pytest.approx(40.0)
+    assert retained(burst * 3 + [(1260.0, 10.0)]) == pytest.approx(10.0)  # the replay's span alone
+
+
+def test_returns_within_the_hpa_window_are_evidence_for_ski_rental():
+    """The 2.5-minute square wave: each return to 40 comes within the HPA's window, so the
+    replay exposes none and prices no span; but the load has come back from its lulls, so a
+    lull that outlasts the window is held as ski rental (990 s of rent, as above). A flash
+    crowd's fall is not: its one rise was to a level never seen."""
+    square = [(150.0, 40.0), (150.0, 10.0)] * 8
+    assert retained(square + [(600.0, 10.0)]) == pytest.approx(40.0)
+    assert retained(square + [(1500.0, 10.0)]) == 0.0
+    assert retained([(1200.0, 10.0), (600.0, 40.0), (900.0, 10.0)]) == 0.0
 
 
 def test_a_hold_priced_for_small_rises_keeps_no_larger_peak():

@@ -66,7 +66,11 @@ could have served meanwhile. It keeps the most rate of the span that saves the m
 its cost, up to the level of the rises it saves, none where no span pays: the scale-down
 window extended to the time between rises, learned per ISVC. A first rise to a level never
 seen (a flash crowd) is avoided by no hold, and earns none; rises far apart cost less left
-to the cold start than held for.
+to the cold start than held for. The replay prices only the lulls it has seen, and a lull
+between random rises may outlast them all (an MMPP's lulls are exponential): where the load
+has come back after falling (within the HPA's window or beyond), a lull in progress keeps the
+level it came back to as ski rental, until keeping it has cost what a return left to a cold
+start costs (_rented: at most twice the better choice, whatever the lulls' law).
 
 The lookback is the horizon plus a window at either end (H + 2 window_s): the swings a
 decision's replicas must meet are those that fit within a horizon, and seeing one whole takes
@@ -331,7 +335,7 @@ def retained_rate(
     (a span priced for small rises must not hold a larger first one within it, whose hold
     nothing priced; the HPA's window does the rest);
     what serves is kept up to the count for it (planner._held), never added to: a scale-down
-    hold."""
+    hold. Beyond the lulls replayed, a lull in progress is held as ski rental (_rented)."""
     t = np.array([s.time for s in samples], dtype=float)
     r = np.array([s.rate for s in samples], dtype=float)
     if r.size < 3 or t[-1] - t[0] <= held_s:
@@ -342,17 +346,21 @@ def retained_rate(
     seconds = np.diff(t, append=t[-1] + period_s)  # what each cycle stands for
     requests = r * seconds
 
-    # A cycle's rate r is beyond a rate kept k by noise where r - k > z sqrt((r + k) / window_s),
-    # i.e. below r less the positive root d of window_s d^2 + z^2 d - 2 z^2 r: a hold keeps
-    # enough for it once its span reaches the newest rate served (a horizon or more before it)
-    # at least that high; where even no rate kept leaves it within noise it is never exposed
-    zz = z * z
-    enough = r - (np.sqrt(zz * zz + 8.0 * window_s * zz * r) - zz) / (2.0 * window_s)
+    # a hold keeps enough for a cycle once its span reaches the newest rate served (a horizon or
+    # more before it) within noise of it (_served_by); where even no rate kept leaves it within
+    # noise it is never exposed
+    enough = _served_by(r, z, window_s)
     covers = np.where(serving & (r[None, :] >= enough[:, None]), lag, np.inf).min(axis=1)
     exposable = judged & (enough > 0.0)
     exposed = exposable & (covers > held_s)  # left to a cold start by the HPA's window alone
+    startup_s = horizon_s - period_s
+    # what a rise's excess costs left to a cold start, per request/second of it (below)
+    cold = horizon_s + startup_s + horizon_s * (startup_s + held_s) / drain_s
+    rented = _rented(
+        t, r, seconds, lag, covers, enough, judged, held_s=held_s, horizon_s=horizon_s, cold_s=cold, z=z, window_s=window_s
+    )
     if not exposed.any():
-        return 0.0
+        return rented
     # the spans at which the saving steps up (each exposed cycle's cover), the HPA's window first:
     # the cost only grows with the span, so the best is among them
     spans = np.concatenate(([held_s], np.unique(covers[exposed & np.isfinite(covers)])))
@@ -364,7 +372,6 @@ def retained_rate(
     # over the horizon's cycles it exposes) and the backlog the excess queues until they
     # serve, which the planner works off within drain_s by replicas that start and the HPA
     # then holds for its window.
-    startup_s = horizon_s - period_s
     served = np.where(serving & (lag <= held_s), r[None, :], 0.0).max(axis=1)
     excess = np.maximum(r - served, 0.0) * seconds
     restart = excess * (startup_s / horizon_s + (startup_s + held_s) / drain_s)
@@ -378,11 +385,64 @@ def retained_rate(
     net = saves - holding
     best = int(np.argmax(net))
     if net[best] <= 0.0:
-        return 0.0
+        return rented
     # no higher than the rises it was priced for (granite-13b on the bursty workload: a span
     # priced for a base-level cycle kept its first spike's peak, four to six replicas for two)
     priced = float(r[covered[:, best]].max(initial=0.0))
-    return min(float(r[t >= now - (spans[best] - held_s)].max()), priced)
+    return max(min(float(r[t >= now - (spans[best] - held_s)].max()), priced), rented)
+
+
+def _rented(
+    t: np.ndarray,
+    r: np.ndarray,
+    seconds: np.ndarray,
+    lag: np.ndarray,
+    covers: np.ndarray,
+    enough: np.ndarray,
+    judged: np.ndarray,
+    *,
+    held_s: float,
+    horizon_s: float,
+    cold_s: float,
+    z: float,
+    window_s: float,
+) -> float:
+    """The level the load has come back to after falling, kept through the lull in progress
+    as ski rental (0: none): until what keeping it has cost beyond the HPA's window, through the
+    coming period, reaches what the largest return seen cost left to a cold start, priced as
+    retained_rate prices a rise (its shortfall beyond noise over the least rate of the horizon
+    before it, exposed for a horizon, the cold start of replicas for it and the backlog they work off:
+    `cold_s` seconds of it in all; a replica-second worth what it serves). Whatever the lulls'
+    law, that costs at most twice the better of keeping the level and leaving the rise to a
+    cold start. The replay prices only the lulls it has seen, and returns within the HPA's
+    window none at all, where lulls between random rises are as long as chance makes them (an
+    MMPP's are exponential: on seed 3 chat-13b came back after 11 minutes, its first return
+    beyond the window, and missed 773 requests; held, none). A return is a cycle beyond noise
+    above every rate of the horizon before it, at a level reached a horizon or more earlier;
+    a first rise to a level never seen (a flash crowd) is none."""
+    before = np.where((lag > 0.0) & (lag < horizon_s), r[None, :], -np.inf).max(axis=1)
+    returned = judged & np.isfinite(covers) & np.isfinite(before) & (before < enough)
+    if not returned.any():
+        return 0.0
+    level = float(r[returned].max())
+    at_level = r >= _served_by(level, z, window_s)
+    # from the lull: the least rate of the horizon before (a rise shows over a window's cycles);
+    # what a fleet kept for that serves within noise is no shortfall (a noise return at a flat
+    # level, the flash crowd's peak, buys next to no hold: seed 3, 9.54 GPU-hours with its
+    # whole excess, 9.30 with this and without the rental)
+    low = np.where((lag > 0.0) & (lag < horizon_s), r[None, :], np.inf).min(axis=1)
+    worth = float(np.max(enough[returned] - low[returned])) * cold_s
+    lull = t >= t[np.flatnonzero(at_level)[-1]] + held_s  # beyond the HPA's window since the level
+    rent = float(np.sum(np.maximum(level - r[lull], 0.0) * seconds[lull]))
+    return level if lull.any() and rent <= worth else 0.0
+
+
+def _served_by(r, z: float, window_s: float):
+    """The least rate kept that serves rate r (or an array of them) within noise: r is beyond a
+    rate kept k where r - k > z sqrt((r + k) / window_s), i.e. below r less the positive root d
+    of window_s d^2 + z^2 d - 2 z^2 r."""
+    zz = z * z
+    return r - (np.sqrt(zz * zz + 8.0 * window_s * zz * r) - zz) / (2.0 * window_s)
 
 
 def _kept_over(t: np.ndarray, r: np.ndarray, spans: np.ndarray) -> np.ndarray:
