@@ -354,7 +354,7 @@ def retained_rate(
     exposable = judged & (enough > 0.0)
     exposed = exposable & (covers > held_s)  # left to a cold start by the HPA's window alone
     startup_s = horizon_s - period_s
-    # what a rise's excess costs left to a cold start, per request/second of it (below)
+    # what a rise's excess costs left to a cold start, per request/second of it (_rented)
     cold = horizon_s + startup_s + horizon_s * (startup_s + held_s) / drain_s
     rented = _rented(
         t, r, seconds, lag, covers, enough, judged, held_s=held_s, horizon_s=horizon_s, cold_s=cold, z=z, window_s=window_s
@@ -411,9 +411,9 @@ def _rented(
     as ski rental (0: none): until what keeping it has cost beyond the HPA's window, through the
     coming period, reaches what the largest return seen cost left to a cold start, priced as
     retained_rate prices a rise (its shortfall beyond noise over the least rate of the horizon
-    before it, exposed for a horizon, the cold start of replicas for it and the backlog they work off:
-    `cold_s` seconds of it in all; a replica-second worth what it serves). Whatever the lulls'
-    law, that costs at most twice the better of keeping the level and leaving the rise to a
+    before it, exposed for a horizon, the cold start of replicas for it and the backlog they
+    work off: `cold_s` seconds of it in all; a replica-second worth what it serves). Whatever
+    the lulls' law, that costs at most twice the better of keeping the level and leaving the rise to a
     cold start. The replay prices only the lulls it has seen, and returns within the HPA's
     window none at all, where lulls between random rises are as long as chance makes them (an
     MMPP's are exponential: on seed 3 chat-13b came back after 11 minutes, its first return
