@@ -343,6 +343,11 @@ def test_between_recurring_bursts_what_serves_is_kept_for_the_burst():
     assert kept(burst * 3 + [10.0] * 7) == pytest.approx(40.0)
     assert plan_rates(burst * 3 + [10.0] * 7)[-1] < 25.0  # the lookback's margin after a fall
     assert kept([10.0] * 40 + [40.0] * 20 + [10.0] * 7) == 0.0
+    # past the lulls replayed, ski rental (test_a_lull_longer_than_any_replayed_is_held_as_ski_rental):
+    # kept 38 cycles into the lull, released at 40 once its budget is spent; one rise earns none
+    assert kept(burst * 3 + [10.0] * 38) == pytest.approx(40.0)
+    assert kept(burst * 3 + [10.0] * 40) == pytest.approx(10.0)
+    assert kept([10.0] * 40 + [40.0] * 20 + [10.0] * 40) == 0.0
 
 
 def test_one_history_serves_the_lookback_and_the_rise_memory():
