@@ -354,10 +354,22 @@ def retained_rate(
     exposable = judged & (enough > 0.0)
     exposed = exposable & (covers > held_s)  # left to a cold start by the HPA's window alone
     startup_s = horizon_s - period_s
-    # what a rise's excess costs left to a cold start, per request/second of it (_rented)
-    cold = horizon_s + startup_s + horizon_s * (startup_s + held_s) / drain_s
+    # what a request of a rise's excess left to a cold start costs besides itself: the cold
+    # start of replicas for it and the backlog's (below), per request exposed
+    restarts = startup_s / horizon_s + (startup_s + held_s) / drain_s
     rented = _rented(
-        t, r, seconds, lag, covers, enough, judged, held_s=held_s, horizon_s=horizon_s, cold_s=cold, z=z, window_s=window_s
+        t,
+        r,
+        seconds,
+        lag,
+        covers,
+        enough,
+        judged,
+        held_s=held_s,
+        horizon_s=horizon_s,
+        cold_s=horizon_s * (1.0 + restarts),
+        z=z,
+        window_s=window_s,
     )
     if not exposed.any():
         return rented
@@ -374,7 +386,7 @@ def retained_rate(
     # then holds for its window.
     served = np.where(serving & (lag <= held_s), r[None, :], 0.0).max(axis=1)
     excess = np.maximum(r - served, 0.0) * seconds
-    restart = excess * (startup_s / horizon_s + (startup_s + held_s) / drain_s)
+    restart = excess * restarts
     covered = exposed[:, None] & (covers[:, None] <= spans[None, :])  # [cycle, span]: served at once
     saves = ((requests + restart)[:, None] * covered).sum(axis=0)
     # the replicas each span keeps beyond the HPA's window, until the newest rise: the gap since
@@ -413,14 +425,15 @@ def _rented(
     retained_rate prices a rise (its shortfall beyond noise over the least rate of the horizon
     before it, exposed for a horizon, the cold start of replicas for it and the backlog they
     work off: `cold_s` seconds of it in all; a replica-second worth what it serves). Whatever
-    the lulls' law, that costs at most twice the better of keeping the level and leaving the rise to a
-    cold start. The replay prices only the lulls it has seen, and returns within the HPA's
-    window none at all, where lulls between random rises are as long as chance makes them (an
-    MMPP's are exponential: on seed 3 chat-13b came back after 11 minutes, its first return
+    the lulls' law, that costs at most twice the better of keeping the level and leaving the
+    rise to a cold start. The replay prices only the lulls it has seen, and returns within the
+    HPA's window none at all, where lulls between random rises are as long as chance makes them
+    (an MMPP's are exponential: on seed 3 chat-13b came back after 11 minutes, its first return
     beyond the window, and missed 773 requests; held, none). A return is a cycle beyond noise
-    above every rate of the horizon before it, at a level reached a horizon or more earlier;
-    a first rise to a level never seen (a flash crowd) is none."""
-    before = np.where((lag > 0.0) & (lag < horizon_s), r[None, :], -np.inf).max(axis=1)
+    above every rate of the horizon before it, at a level reached a horizon or more earlier; a
+    first rise to a level never seen (a flash crowd) is none."""
+    recent = (lag > 0.0) & (lag < horizon_s)  # [cycle, earlier cycle]: within the horizon before it
+    before = np.where(recent, r[None, :], -np.inf).max(axis=1)
     returned = judged & np.isfinite(covers) & np.isfinite(before) & (before < enough)
     if not returned.any():
         return 0.0
@@ -430,7 +443,7 @@ def _rented(
     # what a fleet kept for that serves within noise is no shortfall (a noise return at a flat
     # level, the flash crowd's peak, buys next to no hold: seed 3, 9.54 GPU-hours with its
     # whole excess, 9.30 with this and without the rental)
-    low = np.where((lag > 0.0) & (lag < horizon_s), r[None, :], np.inf).min(axis=1)
+    low = np.where(recent, r[None, :], np.inf).min(axis=1)
     worth = float(np.max(enough[returned] - low[returned])) * cold_s
     lull = t >= t[np.flatnonzero(at_level)[-1]] + held_s  # beyond the HPA's window since the level
     rent = float(np.sum(np.maximum(level - r[lull], 0.0) * seconds[lull]))

@@ -171,8 +171,7 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, s
             noise = scatter if len(points) >= MIN_SCATTER_POINTS else NOISE * float(np.median(decoding))
             u = c + gamma * max(context - 1.0, 1.0)
             if u > 0.0 and alpha > 0.0:
-                batch_cost = u * decodes.max()
-                if batch_cost >= MIN_IDENTIFYING_LOAD * (alpha + batch_cost):
+                if not _light(alpha, u, float(decodes.max())):
                     # a slope read off a few windows at loads close together is known only to its
                     # standard error, and one read low overrates the replica: read at its one-sided
                     # bound (mistral-7b on the L40S, steady load: 7 windows at 9.4-16 decoding
@@ -199,13 +198,19 @@ def fit(prior: IterationParams, points: list[Point]) -> tuple[IterationParams, s
             gamma = _upper_slope(x, y)
             alpha = float(np.median(y - gamma * x)) if math.isfinite(gamma) else 0.0
             u = c + gamma * max(context - 1.0, 1.0)
-            if alpha > 0.0 and u * decodes.max() < MIN_IDENTIFYING_LOAD * (alpha + u * decodes.max()):
+            if alpha > 0.0 and _light(alpha, u, float(decodes.max())):
                 return _bounded(prior, alpha, u + c, c, context), LIGHT_LOAD_LINE
     u0 = prior.beta + prior.gamma * context
     c0 = prior.beta + prior.gamma
     # within the line's floor (_bounded): outlying windows must not scale the prior to nothing
     scale = max(float(np.median(itl / (prior.alpha + u0 * decodes + itl * c0 * prompt))), FLOOR)
     return IterationParams(prior.alpha * scale, prior.beta * scale, prior.gamma * scale), SCALED_PRIOR
+
+
+def _light(alpha: float, u: float, decodes: float) -> bool:
+    """Whether a batch of `decodes` at u apiece costs under MIN_IDENTIFYING_LOAD of the step."""
+    batch_cost = u * decodes
+    return batch_cost < MIN_IDENTIFYING_LOAD * (alpha + batch_cost)
 
 
 def _line(x: np.ndarray, y: np.ndarray) -> tuple[float, float, float]:
