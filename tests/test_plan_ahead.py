@@ -241,16 +241,26 @@ def test_short_window_noise_does_not_hold_a_rise_back():
     assert held == forecast
 
 
-def retained(levels: list[tuple[float, float]], held_s: float = 300.0) -> float:
+def retained(levels: list[tuple[float, float]], held_s: float = 300.0, missed: float = 0.0) -> float:
     """retained_rate at the end of `levels` ((seconds, req/s) held in turn), one cycle a period,
-    beyond an HPA scale-down window of `held_s`."""
+    beyond an HPA scale-down window of `held_s`, with `missed` of each window's requests outside
+    the SLOs (the goal of 95% allows 5%)."""
     rates, now = [], 0.0
     for seconds, rate in levels:
         for _ in range(int(seconds // PERIOD)):
-            rates.append(Sample(now, rate, in_system=0.0))
+            served = rate * WINDOW
+            rates.append(Sample(now, rate, in_system=0.0, served=served, missed=missed * served))
             now += PERIOD
     return retained_rate(
-        rates, rates[-1].time, held_s=held_s, period_s=PERIOD, horizon_s=HORIZON, window_s=WINDOW, z=Z, drain_s=DRAIN
+        rates,
+        rates[-1].time,
+        held_s=held_s,
+        period_s=PERIOD,
+        horizon_s=HORIZON,
+        window_s=WINDOW,
+        z=Z,
+        drain_s=DRAIN,
+        miss_budget=1.0 - 0.95,
     )
 
 
@@ -280,6 +290,35 @@ def test_a_lull_longer_than_any_replayed_is_held_as_ski_rental():
     burst = [(480.0, 10.0), (120.0, 40.0)]
     assert retained(burst * 3 + [(1140.0, 10.0)]) == pytest.approx(40.0)
     assert retained(burst * 3 + [(1260.0, 10.0)]) == pytest.approx(10.0)  # the replay's span alone
+
+
+def test_misses_beyond_what_the_goal_allows_price_a_saved_request_dearer():
+    """An ISVC missing 15% of its requests, three times the 5% its 95% goal allows, prices a
+    request a hold saves at three: the lull above, held as ski rental for a return worth 27,840
+    requests, is kept until its rent reaches 83,520 (30 req/s for 2,784 s beyond the HPA's
+    window): kept 3,000 s into the lull, released at 3,060 (the replay's span alone). The bursts
+    25 minutes apart, whose hold cost more than each one saved (36,000 against 30,900
+    requests, below), are held (92,700). Within its goal (4% missed), nothing changes."""
+    burst = [(480.0, 10.0), (120.0, 40.0)]
+    assert retained(burst * 3 + [(3000.0, 10.0)], missed=0.15) == pytest.approx(40.0)
+    assert retained(burst * 3 + [(3060.0, 10.0)], missed=0.15) == pytest.approx(10.0)
+    assert retained(burst * 3 + [(1260.0, 10.0)], missed=0.04) == pytest.approx(10.0)
+    apart = [(1500.0, 10.0), (120.0, 40.0)] * 3 + [(210.0, 10.0)]
+    assert retained(apart, missed=0.04) == 0.0
+    assert retained(apart, missed=0.15) == pytest.approx(40.0)
+
+
+def test_the_planner_keeps_each_windows_requests_and_misses_with_its_cycle():
+    """What prices a saved request (guards._miss_price) is read from the windows the planner
+    plans from: the requests that got their first token, and those outside the SLOs, read as
+    the collector reads vLLM's buckets. Here every request of the second window took 30 s to
+    its first token, in one bucket from 0 to 30 s: 1/30 of it within the 1 s SLO, by the linear
+    interpolation inside the bucket, so 290 of the 300 missed."""
+    state = PlannerState()
+    plan_one(service(), state=state, obs=observed(5.0, ttft_s=0.2))
+    plan_one(service(), state=state, obs=observed(5.0, ttft_s=30.0), now=1030.0)
+    samples = state.arrivals[("prod", "chat")].samples
+    assert [(s.served, s.missed) for s in samples] == [(300.0, 0.0), (300.0, pytest.approx(290.0))]
 
 
 def test_returns_within_the_hpa_window_are_evidence_for_ski_rental():

@@ -12,7 +12,9 @@ Rules on top of the optimizer, each for a failure seen in practice:
   serve (the rate now, measured burstiness, at most the recent peak), queued requests count as
   load (guards.py); requests building up between cycles ask for a cycle early (early_cycle);
   while the rate rises beyond noise, no replica the load may need now is released
-  (_held);
+  (_held); between rises that recur, what serves is kept while holding it costs less than the
+  misses and cold starts it saves, a miss priced dearer while the ISVC's misses exceed what its
+  goal allows (guards.retained_rate);
 - the GPU type and batch size change only where the ISVC allows spec changes, only when the
   change is large enough (guards.wants_new_revision), not more often than once per
   `spec_change_interval_s` (the dwell: at most 3600 / 600 = 6 changes per ISVC per hour by
@@ -39,7 +41,7 @@ from . import sizing
 from .guards import ArrivalHistory, GuardSettings, planned_rate, queue_building, retained_rate, rise_beyond_noise, z_score
 from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, IterationParams, Load, Server, ServiceClass, System
 from ..optimizer.solver import solve
-from .observation import Key, Observation
+from .observation import Key, Observation, histogram_count
 from .decisions import LastDecision, ManagedService, material
 from .rollout import Room, below_recent_peak, free_as_decided, judge_roll_outs
 
@@ -95,7 +97,8 @@ class PlannerState:
     headroom for burstiness, no earlier peak held: the HPA's scale-down stabilisation still holds
     the replicas), the first trend is measured between the collector's two windows, no queue
     signal is seen before the first cycle, and no hold between rises that recur is kept until
-    they have recurred again (guards.retained_rate)."""
+    they have recurred again (guards.retained_rate), a miss priced at the request alone until
+    misses are seen again."""
 
     learned: sizing.Learned = field(default_factory=sizing.Learned)
     arrivals: dict[Key, ArrivalHistory] = field(default_factory=dict)
@@ -170,6 +173,9 @@ def _scales(state: PlannerState, key: str) -> tuple[float, float]:
 def _load(
     service: ManagedService, obs: Observation, catalog: Catalog, settings: PlannerSettings, history: ArrivalHistory, now: float
 ) -> tuple[Load, float]:
+    # the window's requests and misses, kept with its cycle: what a hold saves is priced by them
+    served = histogram_count(obs.ttft_buckets)
+    missed = served * sizing.measured_miss(obs, catalog.classes[service.service_class].targets[service.model])
     rate = planned_rate(
         obs.arrival_rate,
         obs.previous_rate,
@@ -185,6 +191,8 @@ def _load(
         recent_rate=obs.recent_rate,
         recent_s=obs.recent_s,
         previous_measured=obs.previous_measured,
+        served=served,
+        missed=missed,
     )
     last = service.last
     if obs.avg_in_tokens is not None and obs.avg_out_tokens:
@@ -524,6 +532,7 @@ def _held(
                 window_s=obs.window_s,
                 z=z,
                 drain_s=settings.guards.backlog_drain_s,
+                miss_budget=1.0 - settings.attainment_goal,
             ),
         )
     if kept <= 0:

@@ -246,17 +246,15 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
             work.learn(scale)
     model_replica = replace(model_replica, work_scale=work.value)
     shape = Shape(obs.avg_in_tokens, obs.avg_out_tokens, rate_variation(obs))
-    # the ITL SLO's share from the per-request histogram; without it (vLLM < 0.11) the window
-    # says nothing of ITL, and the model is asked of TTFT alone
-    itl_slo = target.itl_ms if histogram_count(obs.tpot_buckets) else 0.0
-    measured_miss = 1.0 - min(_share(obs.ttft_buckets, target.ttft_ms), _share(obs.tpot_buckets, itl_slo))
+    itl_slo = _itl_slo(obs, target)
+    measured = measured_miss(obs, target)
     # the model read through the same buckets: the collector interpolates inside the bucket that
     # holds the SLO (30 ms lies between vLLM's 25 and 50 ms bounds), so compare like with like
     seen = _AsHistogram(_bracket(obs.ttft_buckets, target.ttft_ms), _bracket(obs.tpot_buckets, itl_slo))
     bias = learned.bias.setdefault(key, Estimate())
     if not steady:
         return None  # a burst's queue, or its wake: the model's steady state says nothing of that miss
-    return _BiasQuestion(bias, model_replica, shape, rate / bias.value, requests, measured_miss, seen)
+    return _BiasQuestion(bias, model_replica, shape, rate / bias.value, requests, measured, seen)
 
 
 def _identify(learned: Learned, catalog: Catalog, runs: Deployment, obs: Observation, replicas: int, frontend_ms: float) -> None:
@@ -329,6 +327,20 @@ def _stationary(obs: Observation, in_system_before: float | None = None) -> bool
 def _close(a: float, b: float) -> bool:
     """Two counts within STATIONARY_SIGMAS standard deviations of Poisson noise of their difference."""
     return abs(a - b) <= STATIONARY_SIGMAS * math.sqrt(max(a + b, 1.0))
+
+
+def measured_miss(obs: Observation, target: ServiceTarget) -> float:
+    """The share of the window's requests (those that got their first token in it) outside the
+    SLOs: the larger of the TTFT's and the per-request ITL's misses, each read as the collector
+    interpolates a bucket; within [0, 1] whatever the buckets (cumulative counts that fall)."""
+    met = min(_share(obs.ttft_buckets, target.ttft_ms), _share(obs.tpot_buckets, _itl_slo(obs, target)))
+    return min(max(1.0 - met, 0.0), 1.0)
+
+
+def _itl_slo(obs: Observation, target: ServiceTarget) -> float:
+    """The ITL SLO a window is read against: the target's from the per-request histogram; without
+    it (vLLM < 0.11) the window says nothing of ITL (0: the share and the model of TTFT alone)."""
+    return target.itl_ms if histogram_count(obs.tpot_buckets) else 0.0
 
 
 def _share(buckets, slo_ms: float) -> float:
