@@ -39,7 +39,17 @@ from dataclasses import dataclass, field, replace
 
 from . import sizing
 from .guards import ArrivalHistory, GuardSettings, planned_rate, queue_building, retained_rate, rise_beyond_noise, z_score
-from ..optimizer.domain import Allocation, Catalog, CurrentAllocation, IterationParams, Load, Server, ServiceClass, System
+from ..optimizer.domain import (
+    Allocation,
+    Catalog,
+    CurrentAllocation,
+    IterationParams,
+    Load,
+    Server,
+    ServiceClass,
+    ServiceTarget,
+    System,
+)
 from ..optimizer.solver import solve
 from .observation import Key, Observation, histogram_count
 from .decisions import LastDecision, ManagedService, material
@@ -171,11 +181,17 @@ def _scales(state: PlannerState, key: str) -> tuple[float, float]:
 
 
 def _load(
-    service: ManagedService, obs: Observation, catalog: Catalog, settings: PlannerSettings, history: ArrivalHistory, now: float
+    service: ManagedService,
+    obs: Observation,
+    catalog: Catalog,
+    target: ServiceTarget,
+    settings: PlannerSettings,
+    history: ArrivalHistory,
+    now: float,
 ) -> tuple[Load, float]:
     # the window's requests and misses, kept with its cycle: what a hold saves is priced by them
     served = histogram_count(obs.ttft_buckets)
-    missed = served * sizing.measured_miss(obs, catalog.classes[service.service_class].targets[service.model])
+    missed = served * sizing.measured_miss(obs, target)
     rate = planned_rate(
         obs.arrival_rate,
         obs.previous_rate,
@@ -259,7 +275,7 @@ def plan(
                 windows.append(window)
             sizing.see_arrivals(state.learned, service.key, obs)
             history = state.arrivals.setdefault((service.namespace, service.name), ArrivalHistory())
-            loads[service.key] = _load(service, obs, catalog, settings, history, now)
+            loads[service.key] = _load(service, obs, catalog, target, settings, history, now)
     # every window at once: the latency model's predictions for them are one vectorised batch
     sizing.learn_windows(state.learned, catalog, windows, settings.attainment_goal)
     fresh = {key: (load, measured, _scales(state, key)) for key, (load, measured) in loads.items()}
