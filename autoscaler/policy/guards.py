@@ -70,10 +70,10 @@ to the cold start than held for. The replay prices only the lulls it has seen, a
 between random rises may outlast them all (an MMPP's lulls are exponential): where the load
 has come back after falling (within the HPA's window or beyond), a lull in progress keeps the
 level it came back to as ski rental, until keeping it has cost what a return left to a cold
-start costs (_rented: at most twice the better choice, whatever the lulls' law). Both price a
-request a hold saves at what a replica serves in a second's share of it, while the ISVC keeps
-within its goal; where its share of requests missed over the memory is beyond the share the
-goal allows, at their ratio (_miss_price): each further miss then deepens a breach of its SLO,
+start costs (_rented: at most twice the better choice, whatever the lulls' law). Both weigh a
+request a hold saves one for one against the requests its replicas could serve, while the ISVC
+keeps within its goal; where its share of requests missed over the memory is beyond the share
+the goal allows, at their ratio (_miss_price): each further miss then deepens a breach of its SLO,
 and a hold that a within-goal ISVC would not buy pays. Bursts shorter than a cold start that
 recur every 15-25 minutes leave nothing to react to, and a fleet held for one only through
 the rental's budget missed the next: chat-8b on the bursty workload (seed 1, 60 s) met 76.3%,
