@@ -727,3 +727,28 @@ def test_an_isvc_is_sized_with_the_median_rate_variation_of_its_last_windows():
     for _ in range(VARIATION_WINDOWS // 2 + 1):
         see_arrivals(learned, "i", bursty)
     assert sized_variation(learned, "i") == pytest.approx(rate_variation(bursty))
+
+
+def test_an_isvc_is_sized_with_the_mean_request_shape_of_its_last_windows():
+    """A window's mean of a hundred heavy-tailed prompts moves by tens of % with its sample
+    alone: the sizing takes the mean over the requests of the last windows, and follows a
+    shape that moves for good as its windows replace the older ones."""
+    from autoscaler.policy.sizing import VARIATION_WINDOWS, see_shape, sized_shape
+
+    learned = Learned()
+    assert sized_shape(learned, "i") is None  # nothing finished yet
+    window = _window(2.0, None, 1.0, 1.0)  # 120 requests of 1,100 prompt and 220 output tokens
+    see_shape(learned, "i", dataclasses.replace(window, avg_in_tokens=None, avg_out_tokens=None))
+    assert sized_shape(learned, "i") is None  # a window with nothing finished says nothing
+    for prompt in [900.0, 1300.0, 1500.0, 700.0]:
+        see_shape(learned, "i", dataclasses.replace(window, avg_in_tokens=prompt))
+    assert sized_shape(learned, "i") == pytest.approx((1100.0, 220.0))
+    # a window of three times the requests weighs three times as much
+    see_shape(learned, "i", dataclasses.replace(window, arrival_rate=6.0, avg_in_tokens=1900.0))
+    assert sized_shape(learned, "i") == pytest.approx(((4 * 1100.0 + 3 * 1900.0) / 7, 220.0))
+    longer = dataclasses.replace(window, avg_in_tokens=2200.0)
+    for _ in range(VARIATION_WINDOWS):
+        see_shape(learned, "i", longer)
+    assert sized_shape(learned, "i") == pytest.approx((2200.0, 220.0))  # the older windows are gone
+    learned.forget("i")
+    assert sized_shape(learned, "i") is None

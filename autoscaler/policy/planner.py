@@ -102,7 +102,8 @@ class PlannerState:
     stored with the decision but not resumed from it: the bias is learned a step at a time from
     only some windows, slow to relearn, while the variation is read afresh from every window's
     arrivals (sizing.see_arrivals), so the first cycle has it back, as the median of the windows
-    seen since (one at first: an outlier window not yet outvoted). It loses the arrival
+    seen since (one at first: an outlier window not yet outvoted); the request shape likewise
+    (sizing.see_shape), from one window's requests at first. It loses the arrival
     history, degraded but safe: until it fills a lookback again the arrivals count as Poisson (no
     headroom for burstiness, no earlier peak held: the HPA's scale-down stabilisation still holds
     the replicas), the first trend is measured between the collector's two windows, no queue
@@ -188,6 +189,7 @@ def _load(
     settings: PlannerSettings,
     history: ArrivalHistory,
     now: float,
+    shape: tuple[float, float] | None,
 ) -> tuple[Load, float]:
     # the window's requests and misses, kept with its cycle: what a hold saves is priced by them
     served = histogram_count(obs.ttft_buckets)
@@ -211,8 +213,8 @@ def _load(
         missed=missed,
     )
     last = service.last
-    if obs.avg_in_tokens is not None and obs.avg_out_tokens:
-        avg_in, avg_out = round(obs.avg_in_tokens), max(round(obs.avg_out_tokens), 1)
+    if shape is not None:  # the ISVC's traffic over its last windows (sizing.sized_shape)
+        avg_in, avg_out = round(shape[0]), max(round(shape[1]), 1)
     elif last is not None and last.avg_out_tokens:
         avg_in, avg_out = last.avg_in_tokens, last.avg_out_tokens
     else:  # nothing completed yet: the shape the profiles were measured at
@@ -274,8 +276,10 @@ def plan(
             if (window := _window(state, service, target, obs, now, settings.startup_s)) is not None:
                 windows.append(window)
             sizing.see_arrivals(state.learned, service.key, obs)
+            sizing.see_shape(state.learned, service.key, obs)
             history = state.arrivals.setdefault((service.namespace, service.name), ArrivalHistory())
-            loads[service.key] = _load(service, obs, catalog, target, settings, history, now)
+            shape = sizing.sized_shape(state.learned, service.key)
+            loads[service.key] = _load(service, obs, catalog, target, settings, history, now, shape)
     # every window at once: the latency model's predictions for them are one vectorised batch
     sizing.learn_windows(state.learned, catalog, windows, settings.attainment_goal)
     fresh = {key: (load, measured, _scales(state, key)) for key, (load, measured) in loads.items()}
