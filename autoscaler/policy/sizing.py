@@ -54,8 +54,8 @@ UNINFORMATIVE_MISS = 0.002  # both measured and predicted misses below this: not
 STATIONARY_SIGMAS = 3.0  # two counts further apart than this many standard deviations of Poisson noise differ
 FLAT_MISS = 0.1  # a miss that says the model is wrong even where it predicts none
 # request shapes and work scales rounded to a 5% geometric grid before sizing (at most ~2.5% on
-# the capacity, which the bias sees in closed loop): a window's mean shape moves by about that
-# much with its sample alone, and each new point is a capacity search (ms)
+# the capacity, which the bias sees in closed loop): the shape sized with (sized_shape, over the
+# last windows) moves by a few % a cycle, and each new point is a capacity search (ms)
 SIZING_GRID = 0.05
 
 
