@@ -407,3 +407,16 @@ def test_a_deleted_or_recreated_isvcs_state_is_forgotten_and_the_others_kept():
     again = dataclasses.replace(chat, uid="another")  # chat deleted and created again under its name
     plan(DATA.catalog, CAPACITY, [again], obs, 1060.0, state)
     assert len(state.arrivals[("prod", "chat")].samples) == 1 and len(state.learned.rate_cv2["prod/chat"]) == 1
+
+
+def test_the_plan_sizes_with_the_mean_request_shape_of_the_isvcs_last_windows():
+    """A window's mean of heavy-tailed prompts moves with its sample alone (sizing.sized_shape):
+    the decision is sized at, and carries, the mean over the last windows' requests, each window
+    weighed by its requests."""
+    state, chat = PlannerState(), service("chat")
+    for now, prompt, rate in ((1000.0, 512.0, 5.0), (1030.0, 1024.0, 5.0), (1060.0, 2048.0, 10.0)):
+        obs = dataclasses.replace(observed(rate), avg_in_tokens=prompt)
+        plans = plan(DATA.catalog, CAPACITY, [chat], {("prod", "chat"): obs}, now, state)
+    decision = only(plans).decision
+    assert decision.avg_in_tokens == round((5 * 512 + 5 * 1024 + 10 * 2048) / 20)  # 1,408, not the window's 2,048
+    assert decision.avg_out_tokens == 256
