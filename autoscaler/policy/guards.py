@@ -68,9 +68,12 @@ window extended to the time between rises, learned per ISVC. A first rise to a l
 seen (a flash crowd) is avoided by no hold, and earns none; rises far apart cost less left
 to the cold start than held for. The replay prices only the lulls it has seen, and a lull
 between random rises may outlast them all (an MMPP's lulls are exponential): where the load
-has come back after falling (within the HPA's window or beyond), a lull in progress keeps the
-level it came back to as ski rental, until keeping it has cost what a return left to a cold
-start costs (_rented: at most twice the better choice, whatever the lulls' law). Both weigh a
+has come back after falling (within the HPA's window or beyond), or has spiked and fallen back
+before replicas asked for the spike could serve, a lull in progress keeps that level as ski
+rental, until keeping it has cost what a return left to a cold start costs (_rented: at most
+twice the better choice, whatever the lulls' law). A spike shorter than a horizon is one no
+reaction serves, only a fleet kept for it, so the first is evidence enough; a rise that lasts
+(a flash crowd) is served by the replicas it asks for, and earns none. Both weigh a
 request a hold saves one for one against the requests its replicas could serve, while the ISVC
 keeps within its goal; where its share of requests missed over the memory is beyond the share
 the goal allows, at their ratio (_miss_price): each further miss then deepens a breach of its SLO,
@@ -458,11 +461,20 @@ def _rented(
     HPA's window none at all, where lulls between random rises are as long as chance makes them
     (an MMPP's are exponential: on seed 3 chat-13b came back after 11 minutes, its first return
     beyond the window, and missed 773 requests; held, none). A return is a cycle beyond noise
-    above every rate of the horizon before it, at a level reached a horizon or more earlier; a
-    first rise to a level never seen (a flash crowd) is none."""
+    above every rate of the horizon before it, at a level reached a horizon or more earlier, or
+    one that a cycle within a horizon after it is back below (a spike, over before the replicas
+    asked for it serve: bursts of 1-2 minutes at a 60-120 s cold start; the first one is
+    evidence enough, as no reaction serves them: on the bursty workload, seed 1 at 120 s,
+    mistral-7b 87.7% -> 94.5% and granite-13b 85.2% -> 93.8% for 0.04 GPU-hours more in all).
+    A first rise to a level never seen that lasts (a flash crowd) is none: the replicas it asks
+    for serve it."""
     recent = (lag > 0.0) & (lag < horizon_s)  # [cycle, earlier cycle]: within the horizon before it
     before = np.where(recent, r[None, :], -np.inf).max(axis=1)
-    returned = judged & np.isfinite(covers) & np.isfinite(before) & (before < enough)
+    rise = judged & np.isfinite(before) & (before < enough)
+    # a spike: a rise that fell back to what came before it within a horizon
+    after = np.where(recent.T, r[None, :], np.inf).min(axis=1)
+    spike = rise & (after <= before)
+    returned = rise & (np.isfinite(covers) | spike)
     if not returned.any():
         return 0.0
     level = float(r[returned].max())

@@ -19,8 +19,9 @@ Rules on top of the optimizer, each for a failure seen in practice:
   change is large enough (guards.wants_new_revision), not more often than once per
   `spec_change_interval_s` (the dwell: at most 3600 / 600 = 6 changes per ISVC per hour by
   default), only when it saves more over the dwell than the cold start of a new revision beside
-  the old one costs, and not for a saving while the load is below its recent peak (a lull), or
-  when the SLOs need it, and only when the GPUs the new revision needs are free now (rollout.py,
+  the old one costs, and not for a saving while the load is below its recent peak or the
+  replicas it runs are held for a load it may come back to (a lull: _unsettled), or when the
+  SLOs need it, and only when the GPUs the new revision needs are free now (rollout.py,
   weighing the latency model's replica counts); otherwise the ISVC is pinned to what it runs and
   sized again;
 - an ISVC the optimizer cannot place under the capacity keeps its last decision;
@@ -345,14 +346,12 @@ def plan(
     staying = {k: v[0] for k, v in staying_sized.items()}
     room = Room(free if free is not None else free_as_decided(catalog, capacity, services))
     dwell_s = settings.spec_change_interval_s
-    # a move for a saving is sized at the load now: not made in a lull below the recent peak
+    # a move for a saving is sized at the load now: not made in a lull (_unsettled)
     z = z_score(settings.attainment_goal)
     unsettled = {
         s.key: why
         for s in differing
-        if (history := state.arrivals.get((s.namespace, s.name))) is not None
-        and (obs := observed.get((s.namespace, s.name))) is not None
-        and (why := below_recent_peak(history.rates(), obs.window_s, z))
+        if (why := _unsettled(state, s, staying_sized.get(s.key), observed.get((s.namespace, s.name)), now, settings, z))
     }
     verdicts = judge_roll_outs(
         catalog, differing, allocations, staying, room, now, settings.startup_s, dwell_s, settings.guards, unsettled
@@ -408,6 +407,38 @@ def plan(
             reasons.append(verdict.reason)
         plans.append(Plan(service, decision, roll_out=rolled, reason="; ".join(reasons), scale_down_s=scale_down_s))
     return plans
+
+
+def _unsettled(
+    state: PlannerState,
+    service: ManagedService,
+    staying: tuple[Allocation, float, float, IterationParams] | None,
+    obs: Observation | None,
+    now: float,
+    settings: PlannerSettings,
+    z: float,
+) -> str | None:
+    """Why a move that only saves is not to be made now, or None: the load is below its recent
+    peak (rollout.below_recent_peak), or the planner keeps replicas of what runs for a load
+    beyond the load now (_held: a rise in progress, rises that recur, a lull held as ski
+    rental). The move's saving is sized at the load now, and the load those replicas are kept
+    for may come back within the dwell; a move drops the hold (_held keeps only what runs), so
+    the new revision would meet it with the lull's count: mistral-7b on the bursty workload
+    (seed 1, 60 s), held on H100s for its first spike's 7.7 req/s, moved to one A100 sized for
+    1.9 req/s six minutes into the lull, and the next spike queued behind it."""
+    history = state.arrivals.get((service.namespace, service.name))
+    if history is None or obs is None:
+        return None
+    if why := below_recent_peak(history.rates(), obs.window_s, z):
+        return why
+    if staying is None:
+        return None
+    alloc, per_replica = staying[0], staying[1]
+    scale_down_s = _identifying(state, service, alloc.accelerator, obs, z)
+    held = _held(state, service, alloc, per_replica, obs, now, settings, scale_down_s, z).num_replicas
+    if held <= alloc.num_replicas:
+        return None
+    return f"{held} replicas on {alloc.accelerator} are kept for a load it may come back to: no move for a saving now"
 
 
 def _identifying(state: PlannerState, service: ManagedService, accelerator: str, obs: Observation | None, z: float) -> int | None:
