@@ -332,6 +332,18 @@ def test_returns_within_the_hpa_window_are_evidence_for_ski_rental():
     assert retained([(1200.0, 10.0), (600.0, 40.0), (900.0, 10.0)]) == 0.0
 
 
+def test_a_spike_gone_before_its_replicas_could_serve_is_evidence_for_ski_rental():
+    """A burst to 40 req/s from 10 for one minute, over before replicas asked for it could
+    serve (a horizon, 120 s): no reaction serves such a burst, only a fleet kept for it, so
+    its lull is held as ski rental from the first one, as after a return (990 s of rent, as
+    above): kept 1,140 s into the lull, released at 1,260. A rise that lasts (the flash
+    crowd's 10 minutes) is served by the replicas it asks for, and earns none."""
+    spike = [(1200.0, 10.0), (60.0, 40.0)]
+    assert retained(spike + [(1140.0, 10.0)]) == pytest.approx(40.0)
+    assert retained(spike + [(1260.0, 10.0)]) == 0.0
+    assert retained([(1200.0, 10.0), (600.0, 40.0), (1140.0, 10.0)]) == 0.0
+
+
 def test_a_hold_priced_for_small_rises_keeps_no_larger_peak():
     """Rises to 16 req/s from 10 that recur every 10 minutes are worth their hold, and then a
     first burst to 40, which no earlier rise reached: the span priced for the small rises

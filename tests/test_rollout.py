@@ -103,6 +103,32 @@ def test_no_move_for_a_saving_at_a_load_below_its_recent_peak():
     assert moved.roll_out and moved.decision.accelerator != "L40S"
 
 
+def test_no_move_for_a_saving_while_replicas_are_held_for_a_load_that_may_come_back():
+    """A spike to 5 req/s from 0.5 for one cycle at 300 s, over before replicas asked for it
+    could serve: once the HPA's window has passed, its lull is held as ski rental (guards._rented)
+    on the 20 L40S replicas that run, beyond the planning lookback where the load no longer
+    shows below its peak. The move to one A100 that pays at 0.5 req/s (above, with a
+    near-instant start) is sized at the load now and would drop what is held: it waits until the
+    rental's budget is spent (750 s). At a load that never spiked it is made once the dwell
+    allows (600 s)."""
+    fast, svc = PlannerSettings(startup_s=1.0), service(last=replace(LAST_L40S, replicas=20), spec_changes="true")
+
+    def plans(rates: list[float]) -> list:
+        state, previous = PlannerState(), rates[0]
+        out = []
+        for cycle, rate in enumerate(rates):
+            obs = {("prod", "chat"): observed(rate, previous=previous)}
+            out.append(plan(DATA.catalog, CAPACITY, [svc], obs, 30.0 * cycle, state, fast)[0])
+            previous = rate
+        return out
+
+    spiked = plans([0.5] * 10 + [5.0] + [0.5] * 15)  # cycles every 30 s: the spike at 300 s
+    held = spiked[20]  # at 600 s
+    assert not held.roll_out and held.decision.accelerator == "L40S" and "kept for a load it may come back to" in held.reason
+    assert not any(p.roll_out for p in spiked[:25]) and spiked[25].roll_out  # at 750 s
+    assert plans([0.5] * 21)[20].roll_out
+
+
 def test_a_move_the_slos_need_is_made_below_a_recent_peak_too():
     last = LastDecision("L4", 4, 16, 300.0, 30.0, 5.0, 96.0, decided_at=0.0, spec_changed_at=0.0)
     svc, state = service(last=last, spec_changes="true"), PlannerState()
