@@ -40,9 +40,12 @@ HORIZON = STARTUP + PERIOD
 DRAIN = GuardSettings().backlog_drain_s
 
 
-def plan_rates(rates: list[float], backlog: float = 0.0, history: ArrivalHistory | None = None) -> list[float]:
+def plan_rates(
+    rates: list[float], backlog: float = 0.0, history: ArrivalHistory | None = None, missed: float = 0.0
+) -> list[float]:
     """The rate planned at each cycle (one per period) for these measured rates, each window's
-    rate the one before it: no trend, only the history (kept in `history` where given)."""
+    rate the one before it: no trend, only the history (kept in `history` where given), with
+    `missed` of each window's requests outside the SLOs."""
     history, planned = history if history is not None else ArrivalHistory(), []
     for cycle, rate in enumerate(rates):
         previous = rates[cycle - 1] if cycle else rate
@@ -59,6 +62,8 @@ def plan_rates(rates: list[float], backlog: float = 0.0, history: ArrivalHistory
                 now=1000.0 + PERIOD * cycle,
                 goal=0.95,
                 settings=GuardSettings(),
+                served=rate * WINDOW,
+                missed=missed * rate * WINDOW,
             )  # fmt: skip
         )
     return planned
@@ -183,6 +188,26 @@ def test_a_rising_load_keeps_what_serves_up_to_the_rate_it_may_be_now():
     # it keeps, never adds: with one serving, the count is the sizing's for the rate planned (the
     # rate now, 5 req/s), below the bound's
     assert 1 < decided(1, (2.0, 3.0)).replicas < rising.replicas
+
+
+def test_a_rise_back_within_a_level_seen_is_bounded_by_it_while_the_isvc_keeps_within_its_goal():
+    """A window's mean that rose from 10 to 25 req/s since the cycle 30 s before may be hiding a
+    step to 55 (present_bound). Where the load has been at 40 within the memory and the ISVC
+    meets its goal, the rise is bounded by that level and its Poisson margin (40 + 1.64 x
+    sqrt(40 / 60)): on a square wave the bound kept the last peak's replicas at every rise,
+    where the level's count served. A first rise to 25, or an ISVC missing 15% of its requests
+    against the 5% its goal allows, keeps the whole bound."""
+
+    def present(rates: list[float], missed: float = 0.0) -> float:
+        history = ArrivalHistory()
+        plan_rates(rates, history=history, missed=missed)
+        return history.samples[-1].present
+
+    back = [10.0] * 8 + [40.0] * 4 + [10.0] * 8 + [25.0]
+    assert present(back) == pytest.approx(40.0 + Z * math.sqrt(40.0 / WINDOW))
+    assert present([10.0] * 8 + [25.0]) == pytest.approx(present_bound(25.0, 10.0, apart_s=PERIOD, window_s=WINDOW, z=Z))
+    assert present(back, missed=0.15) == pytest.approx(present_bound(25.0, 10.0, apart_s=PERIOD, window_s=WINDOW, z=Z))
+    assert present_bound(25.0, 10.0, apart_s=PERIOD, window_s=WINDOW, z=Z) == pytest.approx(55.0)
 
 
 RECENT = PERIOD  # the short window: the last period
