@@ -18,6 +18,7 @@ from autoscaler.policy.guards import (
     Sample,
     dispersion,
     forecast_rate,
+    level_seen,
     planned_rate,
     present_bound,
     queue_building,
@@ -208,6 +209,31 @@ def test_a_rise_back_within_a_level_seen_is_bounded_by_it_while_the_isvc_keeps_w
     assert present([10.0] * 8 + [25.0]) == pytest.approx(present_bound(25.0, 10.0, apart_s=PERIOD, window_s=WINDOW, z=Z))
     assert present(back, missed=0.15) == pytest.approx(present_bound(25.0, 10.0, apart_s=PERIOD, window_s=WINDOW, z=Z))
     assert present_bound(25.0, 10.0, apart_s=PERIOD, window_s=WINDOW, z=Z) == pytest.approx(55.0)
+
+
+def test_a_rise_back_within_a_level_seen_is_planned_for_that_level_not_its_extrapolation():
+    """A window's mean risen from 10 to 38 req/s in 30 s extrapolates to 67 (planned, held by the
+    HPA for 300 s); after a level of 40 the plan is that level and its Poisson margin (41.3).
+    Not where the load has had no levels (a flat load's highest window is its noise, and a
+    first rise from it must keep its extrapolation), where the short window is already past
+    the level, where the rise is beyond it, or where the ISVC misses beyond its goal."""
+    level = 40.0 + Z * math.sqrt(40.0 / WINDOW)
+    assert plan_rates([10.0] * 8 + [40.0] * 4 + [10.0] * 8 + [38.0])[-1] == pytest.approx(level)
+    assert plan_rates([10.0] * 8 + [38.0])[-1] > 67.0
+
+    def seen(rates: list[float], rate: float, recent: float | None = None, missed: float = 0.0) -> float | None:
+        history = ArrivalHistory()
+        plan_rates(rates, history=history, missed=missed)
+        return level_seen(history.samples, rate, recent, PERIOD, window_s=WINDOW, z=Z, goal=0.95)
+
+    back = [10.0] * 8 + [40.0] * 4 + [10.0] * 8
+    assert seen(back, 38.0) == pytest.approx(level)
+    assert seen(back, 38.0, recent=39.0) == pytest.approx(level)  # the short window within it
+    assert seen(back, 38.0, recent=45.0) is None  # past 40 + 1.64 x sqrt(40 / 30)
+    assert seen(back, 41.0) is None
+    assert seen(back, 38.0, missed=0.15) is None
+    counts = np.random.default_rng(1).poisson(10.0 * WINDOW, 20)  # a flat Poisson load's windows
+    assert seen(list(counts / WINDOW), float(counts.max() / WINDOW)) is None
 
 
 RECENT = PERIOD  # the short window: the last period
