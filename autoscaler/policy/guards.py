@@ -333,10 +333,8 @@ def planned_rate(
     present = present_bound(rate, earlier, apart_s=apart, window_s=window_s, z=z)
     # a rise back within a level seen, where the ISVC keeps within its goal: that level bounds it
     level = level_seen(history.samples, rate, recent_rate, recent_s, window_s=window_s, z=z, goal=goal)
-    if level is not None:
-        planned = max(min(planned, level), rate)
-        if present > rate:
-            present = max(min(present, level), rate)
+    if level is not None:  # never below the rate measured: the level is at least the rate
+        planned, present = min(planned, level), min(present, level)
     history.record(Sample(now, rate, in_system, present, recent_rate, served, missed), lookback, settings.rise_memory_s)
     return planned + max(backlog, 0.0) / settings.backlog_drain_s
 
@@ -357,7 +355,8 @@ def level_seen(
     `recent_s`) is beyond it, the load has had no levels, or the ISVC is beyond its goal."""
     if not samples:
         return None
-    seen = max(s.rate for s in samples)
+    rates = [s.rate for s in samples]
+    seen = max(rates)
     span = samples[-1].time - samples[0].time
     if rate > seen or span <= window_s:
         return None
@@ -366,7 +365,7 @@ def level_seen(
     # a flat load's highest window is its noise, not a level: the memory's counts must be more
     # dispersed than chance makes a Poisson load's (D's sampling deviation over span / window
     # counts: sqrt(2 window / span))
-    if dispersion([s.rate for s in samples], window_s) <= 1.0 + z * math.sqrt(2.0 * window_s / span):
+    if dispersion(rates, window_s) <= 1.0 + z * math.sqrt(2.0 * window_s / span):
         return None
     if _miss_price(samples, 1.0 - goal) > 1.0:
         return None
