@@ -348,10 +348,19 @@ def plan(
     dwell_s = settings.spec_change_interval_s
     # a move for a saving is sized at the load now: not made in a lull (_unsettled)
     z = z_score(settings.attainment_goal)
+
+    def kept(service: ManagedService, alloc: Allocation, per_replica: float) -> Allocation:
+        obs = observed.get((service.namespace, service.name))
+        scale_down_s = _identifying(state, service, alloc.accelerator, obs, z)
+        return _held(state, service, alloc, per_replica, obs, now, settings, scale_down_s, z)
+
+    # what each ISVC the optimizer would move keeps where it stays: the roll-out rules weigh it
+    # (_unsettled), and where the move is refused it is what the ISVC runs
+    held_staying = {s.key: kept(s, *staying_sized[s.key][:2]) for s in differing if s.key in staying_sized}
     unsettled = {
         s.key: why
         for s in differing
-        if (why := _unsettled(state, s, staying_sized.get(s.key), observed.get((s.namespace, s.name)), now, settings, z))
+        if (why := _unsettled(state, s, staying.get(s.key), held_staying.get(s.key), observed.get((s.namespace, s.name)), z))
     }
     verdicts = judge_roll_outs(
         catalog, differing, allocations, staying, room, now, settings.startup_s, dwell_s, settings.guards, unsettled
@@ -375,7 +384,10 @@ def plan(
         obs = observed.get((service.namespace, service.name))
         scale_down_s = _identifying(state, service, alloc.accelerator, obs, z)
         if not rolled:
-            alloc = _held(state, service, alloc, per_replica, obs, now, settings, scale_down_s, z)
+            if service.key in pinned:
+                alloc = held_staying[service.key]  # its move refused: as weighed (_unsettled)
+            else:
+                alloc = _held(state, service, alloc, per_replica, obs, now, settings, scale_down_s, z)
         last = service.last
         decision = LastDecision(
             accelerator=alloc.accelerator,
@@ -412,10 +424,9 @@ def plan(
 def _unsettled(
     state: PlannerState,
     service: ManagedService,
-    staying: tuple[Allocation, float, float, IterationParams] | None,
+    staying: Allocation | None,
+    held: Allocation | None,
     obs: Observation | None,
-    now: float,
-    settings: PlannerSettings,
     z: float,
 ) -> str | None:
     """Why a move that only saves is not to be made now, or None: the load is below its recent
@@ -431,14 +442,9 @@ def _unsettled(
         return None
     if why := below_recent_peak(history.rates(), obs.window_s, z):
         return why
-    if staying is None:
+    if staying is None or held is None or held.num_replicas <= staying.num_replicas:
         return None
-    alloc, per_replica = staying[0], staying[1]
-    scale_down_s = _identifying(state, service, alloc.accelerator, obs, z)
-    held = _held(state, service, alloc, per_replica, obs, now, settings, scale_down_s, z).num_replicas
-    if held <= alloc.num_replicas:
-        return None
-    return f"{held} replicas on {alloc.accelerator} are kept for a load it may come back to: no move for a saving now"
+    return f"{held.num_replicas} replicas on {held.accelerator} are kept for a load it may come back to: no move for a saving now"
 
 
 def _identifying(state: PlannerState, service: ManagedService, accelerator: str, obs: Observation | None, z: float) -> int | None:
