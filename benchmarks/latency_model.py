@@ -12,12 +12,20 @@ simulator's vLLM server (V1 chunked by default).
     python benchmarks/latency_model.py [--requests 100000] [--jobs 2] [--only chat-8b,code-1b]
     python benchmarks/latency_model.py --no-profile steady,diurnal [--requests 100000] [--seed 2]
     python benchmarks/latency_model.py --identity granite-13b:diurnal:2 (mistral-7b:steady:1:20)
+    python benchmarks/latency_model.py --fleet 1,2,4 [--workload azure-code] [--requests 20000] [--jobs 2]
 
 --no-profile runs each ISVC alone under ours for 10 simulated minutes with no profile of its
 model (the planner starts from the roofline prior, policy/prior.py, and identifies the step's
 costs online, policy/identify.py) and compares the capacity it has learned with the load test
 on the GPU type it was placed on, with the run's share of requests within both SLOs and drops.
 --seed picks the run's traffic; the load test is seed 1's request sizes, as for every seed.
+
+--fleet load-tests fleets of each size behind the simulator's router (least outstanding
+requests, as Knative's activator, Istio's LEAST_REQUEST or the Gateway API inference
+extension route) for each ISVC on its default GPU type, with the request sizes of the mixed
+scenario or of an evaluation `--workload`: the rate a replica serves within the goal in each
+fleet, against the model's one replica (which takes each replica as a Poisson share of the
+load, exact for a router blind to load such as kube-proxy's).
 
 It ends with the CPU cost of what the planner runs per ISVC: a capacity search (what a new
 request shape or work scale costs, the planner caches it on a 2% grid) and the learning from one
@@ -44,6 +52,7 @@ from autoscaler.simulator.runner import RunSettings, build_policy
 from autoscaler.simulator.policies.static import StaticPolicy
 from autoscaler.simulator.traffic import Requests
 from autoscaler.simulator.scenarios import build_scenario
+from autoscaler.simulator.workloads import build_workload
 from autoscaler.simulator.world import Scenario
 
 GOAL = 0.95
@@ -120,6 +129,32 @@ def simulated(scenario: Scenario, index: int, accelerator: str, requests: int, m
 
 def _simulated(args) -> float:
     return simulated(*args)
+
+
+def _in_fleet(args) -> float:
+    """A replica's capacity in a fleet of `replicas` on the ISVC's default GPU type."""
+    scenario, index, replicas, requests = args
+    start = predicted(scenario, index, scenario.world.isvcs[index].default_accelerator) or 1.0
+    return replica_capacity(scenario, index, GOAL, start, measured_requests=requests, replicas=replicas).max_rate
+
+
+def fleet_table(scenario: Scenario, sizes: list[int], requests: int, jobs: int, only: set[str] | None) -> None:
+    chosen = [i for i, spec in enumerate(scenario.world.isvcs) if only is None or spec.name in only]
+    asked = [(scenario, i, n, requests) for i in chosen for n in sizes]
+    with ProcessPoolExecutor(jobs) as pool:
+        found = dict(zip([(i, n) for _, i, n, _ in asked], pool.map(_in_fleet, asked), strict=True))
+    print(
+        "| ISVC | GPU | model, one replica | "
+        + " | ".join(f"simulated, {n} replica{'s' if n > 1 else ''}" for n in sizes)
+        + " |\n|---|---|"
+        + "---:|" * (len(sizes) + 1)
+    )
+    for i in chosen:
+        spec = scenario.world.isvcs[i]
+        one = found[(i, sizes[0])]
+        cells = [f"{found[(i, n)]:.3f}" + ("" if n == sizes[0] else f" (x{found[(i, n)] / one:.3f})") for n in sizes]
+        model = predicted(scenario, i, spec.default_accelerator)
+        print(f"| {spec.name} | {spec.default_accelerator} | {model:.3f} | " + " | ".join(cells) + " |")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -245,7 +280,14 @@ def main() -> None:
     parser.add_argument("--no-profile", help="only the no-profile runs, under these loads (comma-separated: steady,diurnal,step)")
     parser.add_argument("--identity", metavar="ISVC:LOAD[:SEED[:MINUTES]]", help="a no-profile run's windows (identity_windows)")
     parser.add_argument("--seed", type=int, default=1, help="the no-profile runs' traffic")
+    parser.add_argument("--fleet", help="comma-separated fleet sizes to load-test behind the router (the first is the base)")
+    parser.add_argument("--workload", help="--fleet: an evaluation workload's request sizes (default: the mixed scenario's)")
     args = parser.parse_args()
+    only = set(args.only.split(",")) if args.only else None
+    if args.fleet:
+        scenario = build_workload(args.workload) if args.workload else build_scenario("mixed", 1, 3600.0)
+        fleet_table(scenario, [int(n) for n in args.fleet.split(",")], args.requests, args.jobs, only)
+        return
     if args.identity:
         name, kind, *rest = args.identity.split(":")
         seed, minutes = (int(rest[0]) if rest else 1), (float(rest[1]) if len(rest) > 1 else NO_PROFILE_S / 60.0)
@@ -256,7 +298,7 @@ def main() -> None:
             no_profile_table(kind, args.requests, args.seed)
         return
     scenario = build_scenario("mixed", 1, 3600.0)
-    chosen = pairs(scenario, set(args.only.split(",")) if args.only else None)
+    chosen = pairs(scenario, only)
     with ProcessPoolExecutor(args.jobs) as pool:
         truth = list(pool.map(_simulated, [(scenario, i, a, args.requests) for i, a in chosen]))
     print("| ISVC | GPU | simulated req/s | predicted (profile) | / simulated | identified online | / simulated |")

@@ -3,7 +3,9 @@
 For each ISVC on its default GPU type, bisect the largest Poisson arrival rate one replica
 serves with the attainment goal met (TTFT and ITL), using the ISVC's own request sizes. The
 mean number of requests in flight at that rate is the per-pod concurrency the reactive
-autoscalers target; the rate itself sizes static provisioning.
+autoscalers target; the rate itself sizes static provisioning. The same test of a fleet of
+several replicas behind the simulator's router (least outstanding requests) measures what
+pooling their queues is worth per replica (benchmarks/latency_model.py --fleet).
 """
 
 from __future__ import annotations
@@ -56,16 +58,17 @@ def _stream(scenario: Scenario, index: int, count: int, seed: int) -> _Stream:
     return _Stream(np.cumsum(rng.exponential(1.0, count)), scenario.requests.in_tokens[pick], scenario.requests.out_tokens[pick])
 
 
-def _attainment(scenario: Scenario, index: int, rate: float, *, stream: _Stream) -> tuple[float, float]:
-    """(share of SLO-met requests, mean in flight) of one replica at a Poisson rate."""
+def _attainment(scenario: Scenario, index: int, rate: float, *, stream: _Stream, replicas: int = 1) -> tuple[float, float]:
+    """(share of SLO-met requests, mean in flight per replica) of `replicas` replicas at a
+    Poisson rate of `rate` each."""
     world = scenario.world
     spec = world.isvcs[index]
-    times = stream.unit_times / rate
+    times = stream.unit_times / (rate * replicas)
     requests = Requests(times, np.zeros(times.size, dtype=int), stream.in_tokens, stream.out_tokens)
     duration = float(times[-1])
     single = Scenario("load-test", dataclasses.replace(world, isvcs=(spec,)), requests, duration)
     option = spec.options[spec.default_accelerator]
-    simulation = Simulation(single, StaticPolicy(), {0: Decision(1, spec.default_accelerator, option.max_num_seqs)})
+    simulation = Simulation(single, StaticPolicy(), {0: Decision(replicas, spec.default_accelerator, option.max_num_seqs)})
     result = simulation.run()
     warm_up = int(times.size * WARM_UP_SHARE)
     met = slo_met(single, result)[warm_up:].mean()
@@ -120,10 +123,12 @@ def replica_capacity(
     upper_rate: float = 50.0,
     seed: int = 0,
     measured_requests: int = MEASURED_REQUESTS,
+    replicas: int = 1,
 ) -> ReplicaCapacity:
     """The largest rate one replica serves within the goal, to PRECISION: bracketed to 10% with
     short runs, then narrowed with long ones (the bracket moved where the short runs misjudged).
-    Fewer `measured_requests` trade precision for time (a quick check)."""
+    Fewer `measured_requests` trade precision for time (a quick check). With `replicas` > 1, the
+    rate each of that many serves behind the router, each seeing as many requests as one would."""
     if not (scenario.requests.isvc == index).any():
         return ReplicaCapacity(math.inf, 1.0)  # no traffic to test with: one replica carries it
     estimate = upper_rate
@@ -131,8 +136,10 @@ def replica_capacity(
         (COARSE_REQUESTS, seed, 1.0, 2.0, 0.1),
         (measured_requests, seed + 1, 1.03, 1.05, PRECISION),
     ):
-        stream = _stream(scenario, index, count, stream_seed)
-        measure = functools.lru_cache(maxsize=None)(functools.partial(_attainment, scenario, index, stream=stream))
+        stream = _stream(scenario, index, count * replicas, stream_seed)
+        measure = functools.lru_cache(maxsize=None)(
+            functools.partial(_attainment, scenario, index, stream=stream, replicas=replicas)
+        )
         low, high = _bracket(measure, goal, estimate * start_factor, step)
         if low == 0.0:  # even a trickle misses: the smallest rate tried stands
             return ReplicaCapacity(high, measure(high)[1])
