@@ -13,7 +13,7 @@ from autoscaler.controller.collector import CollectorSettings, bracketing_bounds
 from autoscaler.policy.guards import ArrivalHistory, GuardSettings, planned_rate, z_score
 from autoscaler.policy.observation import Observation, WindowFigures, observe, within
 from autoscaler.controller.manifests import hpa, spec_patch
-from autoscaler.policy.planner import PlannerState, plan
+from autoscaler.policy.planner import PlannerSettings, PlannerState, plan
 from autoscaler.policy.sizing import rate_variation
 from autoscaler.controller.services import ServiceReader, read_services
 from autoscaler.policy.decisions import LastDecision
@@ -420,3 +420,21 @@ def test_the_plan_sizes_with_the_mean_request_shape_of_the_isvcs_last_windows():
     decision = only(plans).decision
     assert decision.avg_in_tokens == round((5 * 512 + 5 * 1024 + 10 * 2048) / 20)  # 1,408, not the window's 2,048
     assert decision.avg_out_tokens == 256
+
+
+def test_a_fleet_behind_a_load_aware_router_is_sized_one_replica_fewer_only_while_it_meets_its_goal():
+    """Behind a router that balances by load a fleet pools its queues (latency.Shape.pool): 6
+    req/s of chat on A100s asks for 7 replicas at one replica's capacity, and 6 where the router
+    balances by load, the six's pooled capacity covering the rate planned. Not while the ISVC's
+    requests miss their SLOs (every first token 30 s late): a fleet that misses shows no headroom
+    for its pool to take up. The default router is blind to load (kube-proxy's)."""
+
+    def sized(settings: PlannerSettings, ttft_s: float = 0.2) -> tuple[int, str]:
+        observed_now = {("prod", "chat"): observed(6.0, ttft_s=ttft_s)}
+        decision = plan(DATA.catalog, CAPACITY, [service()], observed_now, 1000.0, PlannerState(), settings)[0].decision
+        return decision.replicas, decision.accelerator
+
+    pooled = PlannerSettings(load_aware_router=True)
+    assert sized(PlannerSettings()) == (7, "A100")
+    assert sized(pooled) == (6, "A100")
+    assert sized(pooled, ttft_s=30.0) == sized(PlannerSettings(), ttft_s=30.0) == (7, "A100")

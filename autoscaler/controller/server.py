@@ -166,6 +166,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(their Allan factor, for the latency model); 0: not measured",
     )
     parser.add_argument("--startup-seconds", type=float, default=120.0, help="time from scale-up to a serving replica")
+    parser.add_argument(
+        "--load-aware-router",
+        action="store_true",
+        help="the ISVCs' requests reach their replicas through a router that balances by load (Knative's activator, "
+        "Istio's LEAST_REQUEST, the Gateway API inference extension): a fleet is sized as pooling its queues, "
+        "while it meets its goal; without it each replica is sized for a Poisson share (kube-proxy)",
+    )
     parser.add_argument("--listen", default="0.0.0.0:8443", help="HTTPS address for /invoke, /metrics, /healthz")
     parser.add_argument("--decisions-address", default="0.0.0.0:9090", help="gRPC address of the DecisionService")
     parser.add_argument("--tls-cert-file", type=Path, help="serving certificate (PEM) for HTTPS and gRPC, reloaded on change")
@@ -260,7 +267,7 @@ async def _serve(args: argparse.Namespace) -> int:
         namespace=args.namespace,
         data_configmap=args.data_configmap,
         default_deployment_mode=MODES[args.default_deployment_mode],
-        planner=PlannerSettings(period_s=args.period, startup_s=args.startup_seconds),
+        planner=PlannerSettings(period_s=args.period, startup_s=args.startup_seconds, load_aware_router=args.load_aware_router),
         actuator=ActuatorSettings(hpa_tolerance=not args.no_hpa_tolerance),
         probe_s=args.queue_probe,
     )

@@ -367,7 +367,7 @@ def level_seen(
     # counts: sqrt(2 window / span))
     if dispersion(rates, window_s) <= 1.0 + z * math.sqrt(2.0 * window_s / span):
         return None
-    if _miss_price(samples, 1.0 - goal) > 1.0:
+    if beyond_goal(samples, goal):
         return None
     return seen + z * math.sqrt(seen / window_s)
 
@@ -475,6 +475,16 @@ def retained_rate(
     # priced for a base-level cycle kept its first spike's peak, four to six replicas for two)
     priced = float(r[covered[:, best]].max(initial=0.0))
     return max(min(float(r[t >= now - (spans[best] - held_s)].max()), priced), rented)
+
+
+def beyond_goal(samples: Sequence[Sample], goal: float) -> bool:
+    """Whether the cycles' requests missed the SLOs more than `goal` allows (none served: no)."""
+    return _miss_price(samples, 1.0 - goal) > 1.0
+
+
+def meets_goal(samples: Sequence[Sample], goal: float) -> bool:
+    """Whether the cycles served requests and missed no more of them than `goal` allows."""
+    return any(s.served > 0.0 for s in samples) and not beyond_goal(samples, goal)
 
 
 def _miss_price(samples: Sequence[Sample], miss_budget: float) -> float:

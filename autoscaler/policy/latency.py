@@ -29,6 +29,16 @@ model predicts the share of requests within both SLOs at a Poisson arrival rate:
   KV limit, whichever binds), the wait's tail from Erlang C over those seats.
 - Output lengths are taken as geometric with the observed mean, prompts as exponential (only
   means are observed); the shares are averaged over the output lengths' quantiles.
+- A replica takes a Poisson share of the load (exact behind a router blind to load, such as
+  kube-proxy's) unless the shape says a load-aware router balances it over a pool of N
+  (`Shape.pool`: the fewest outstanding requests wins, as Knative's activator, Istio's
+  LEAST_REQUEST and the Gateway API inference extension route). Then the replicas' batches are
+  balanced: a replica's count varies 1/N as much, and so does the count of prompts landing in
+  a request's life (their sizes vary as before: about half the variance of their work), of
+  which about (N - 1) / 2N fewer come, the replica that has just taken a request being the last
+  to take the next; the TTFT's wait for a seat is Erlang C over the pool's seats. That
+  predicts a third to half of what such a fleet serves beyond one replica in the simulator
+  (`benchmarks/latency_model.py --fleet`), below it for every ISVC measured.
 - Everything is computed for arrays of points at once, each point a (replica, shape) row at a
   rate (predict_points; predict_rates is one row's): the capacity searches and the learning of
   all ISVCs cost a few numpy passes a cycle, not one per rate or per ISVC.
@@ -102,6 +112,9 @@ class Shape:
     # the squared coefficient of variation of the arrival rate over seconds, beyond Poisson
     # noise (0: Poisson at a steady rate; module doc, RATE_NODES)
     rate_cv2: float = 0.0
+    # the replicas a load-aware router balances the load over (1: one replica, or a router blind
+    # to load; module doc)
+    pool: int = 1
 
 
 @dataclass(frozen=True)
@@ -328,11 +341,12 @@ class Rows:
     other_prefill_work: np.ndarray
     other_gamma: np.ndarray
     rate_cv2: np.ndarray  # Shape.rate_cv2
+    pool: np.ndarray  # Shape.pool
 
     @classmethod
     def of(cls, pairs: Sequence[tuple[Replica, Shape]]) -> Rows:
         columns = list(zip(*(_row(replica, shape) for replica, shape in pairs), strict=True)) or [()] * len(fields(cls))
-        types = {"seats": int, "two": bool}
+        types = {"seats": int, "two": bool, "pool": int}
         return cls(*(np.array(c, dtype=types.get(f.name, float)) for f, c in zip(fields(cls), columns, strict=True)))
 
     def take(self, index: np.ndarray | slice) -> Rows:
@@ -362,6 +376,7 @@ def _row(replica: Replica, shape: Shape) -> tuple:
         *(replica.costs.frontend_ms, prompt, out, seats, replica.token_budget, len(sides) == 2),
         *(other.fixed, other.per_decode, other.per_request, other.kv_read),
         max(shape.rate_cv2, 0.0),
+        max(shape.pool, 1),
     )
 
 
@@ -481,9 +496,10 @@ def _predict_block(rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_s
     r = life / tau
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         var_avg = (batch * amp)[per_point] * np.where(r > 1e-6, 2.0 / r**2 * (r - 1.0 + np.exp(-r)), 1.0)
-    # each running request reads its own context: the batch's work varies with who is in it
+    # each running request reads its own context: the batch's work varies with who is in it; a
+    # load-aware router balances the count over its pool, not who is in it (module doc)
     var_avg = (
-        var_avg * (1.0 + (gamma**2 * (prompt**2 + out**2)) / np.maximum(u, 1e-12) ** 2)[per_point]
+        var_avg * (1.0 / rows.pool + (gamma**2 * (prompt**2 + out**2)) / np.maximum(u, 1e-12) ** 2)[per_point]
     )  # u 0: no CPU per sequence
     # a request reads its own context every step, more than the mean's if its prompt is long
     own = d * gamma[per_point] * (own_prompt + d / 2.0 - (prompt + out)[per_point])
@@ -494,14 +510,19 @@ def _predict_block(rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_s
     # which its own prompt's work lengthens: a long prompt's short request sees the most
     own_work = prefill_work[per_point] * prompt_quantiles
     arriving = lam[per_point] * (life + own_work)
+    # behind a load-aware router the replica that has just taken this request is the last to take
+    # the next: about (pool - 1) / 2 of the fleet's next arrivals go elsewhere first
+    arriving = np.maximum(arriving - ((1.0 - 1.0 / rows.pool) / 2.0)[per_point], 0.0)
     # the Gaussian's nodes on a leading axis: others running beside the request, as Poisson arrivals see them
     nodes, weights = (v[:, None, None, None] for v in HERMITE)
     others = np.maximum(batch[per_point] + nodes * np.sqrt(var_avg), 0.0)
     room = budget - d * u[per_point] * (1.0 + others)  # itself and the others
     # prompts that arrive while prefills run land in the life too (they stretch it): the work
     # is an M/G/1 delay busy period, whose variance is the fixed life's over (1 - sigma)^2. The
-    # same mean and that variance: fewer, larger lumps (clusters of prompts)
-    cluster = (1.0 / np.maximum(1.0 - sigma, 1e-9) ** 2)[per_point]
+    # same mean and that variance: fewer, larger lumps (clusters of prompts). Behind a load-aware
+    # router the count varies 1/pool as much, its exponential sizes as before: of the compound
+    # sum's variance (half count, half size), (1 + 1/pool) / 2 is left
+    cluster = ((1.0 + 1.0 / rows.pool) / 2.0 / np.maximum(1.0 - sigma, 1e-9) ** 2)[per_point]
     shares = np.sum(weights * _compound_poisson_cdf(room, arriving / cluster, prefill_work[per_point] * cluster), axis=0)
     shares = np.where(d > 0, shares / math.sqrt(2.0 * math.pi), 1.0)  # one token: no gap to miss
     itl_share = shares.mean(axis=(1, 2))
@@ -511,12 +532,13 @@ def _predict_block(rows: Rows, rates: np.ndarray, ttft_slo_ms: np.ndarray, itl_s
     ttft_work = rows.frontend_ms + prompt_steps * step + prefill_work
     offered = lam * (decodes * step + ttft_work)
     seated = offered < seats
-    waits = _erlang_c(seats, np.where(seated, offered, 0.0))
+    # the pool's seats serve the pool's arrivals (one replica's alone behind a router blind to load)
+    waits = _erlang_c(seats * rows.pool, np.where(seated, offered * rows.pool, 0.0))
     slack = ttft_slo_ms - ttft_work
     hold = decodes * step + ttft_work
     with np.errstate(over="ignore", invalid="ignore"):
         ttft_share = np.where(
-            seated & (slack >= 0.0), 1.0 - waits * np.exp(-(seats - offered) * np.maximum(slack, 0.0) / hold), 0.0
+            seated & (slack >= 0.0), 1.0 - waits * np.exp(-(seats - offered) * rows.pool * np.maximum(slack, 0.0) / hold), 0.0
         )
     # no load meets everything; past saturation nothing is met
     ttft_share, itl_share = (np.where(idle, 1.0, np.where(stable, v, 0.0)) for v in (ttft_share, itl_share))

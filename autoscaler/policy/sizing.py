@@ -455,6 +455,7 @@ class Sizing:
     runs: Deployment
     shape: Shape
     target: ServiceTarget
+    pool: int = 1  # the replicas a load-aware router balances it over (latency.Shape.pool)
 
 
 def per_replica_capacity(
@@ -473,7 +474,9 @@ def per_replica_capacities(learned: Learned, catalog: Catalog, asked: Sequence[S
         runs, shape, target = ask.runs, ask.shape, ask.target
         work = learned.work.get((runs.model, runs.accelerator), Estimate()).value
         model_replica = replica(catalog, learned, runs.model, runs.accelerator, runs.max_batch, _rounded(work))
-        rounded = Shape(_rounded(shape.in_tokens), _rounded(shape.out_tokens), _rounded(sized_variation(learned, runs.key)))
+        rounded = Shape(
+            _rounded(shape.in_tokens), _rounded(shape.out_tokens), _rounded(sized_variation(learned, runs.key)), ask.pool
+        )
         slos = (target.ttft_ms or math.inf, target.itl_ms or math.inf)
         points.append(None if model_replica is None else _GridPoint(model_replica, rounded, *slos, goal))
     found = iter(_CAPACITIES.get([p for p in points if p is not None]))

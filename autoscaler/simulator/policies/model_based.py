@@ -61,8 +61,9 @@ class ModelBasedPolicy:
         self.period_s = settings.period_s
         self.catalog = world_catalog(world)
         self.capacity = capacity(world)
-        # the operator sets the planner's startup time to the cluster's cold start
-        self.planner = PlannerSettings(period_s=settings.period_s, startup_s=world.cold_start_s)
+        # the operator sets the planner's startup time to the cluster's cold start, and says the
+        # router balances by load: the simulator's routes to the fewest outstanding (engine._route)
+        self.planner = PlannerSettings(period_s=settings.period_s, startup_s=world.cold_start_s, load_aware_router=True)
         self.state = PlannerState()
         self.last: list[LastDecision | None] = [None] * len(world.isvcs)
         self.hpas = [HpaBehavior(settings.hpa) for _ in world.isvcs]
