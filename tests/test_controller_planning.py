@@ -11,6 +11,7 @@ import pytest
 from autoscaler.controller.catalog import available_capacity, cluster_data, gpu_type_of, node_gpu_types, ready_replicas
 from autoscaler.controller.collector import CollectorSettings, bracketing_bounds, observations, queries
 from autoscaler.policy.guards import ArrivalHistory, GuardSettings, planned_rate, z_score
+from autoscaler.policy.identify import LINE, Identification
 from autoscaler.policy.observation import Observation, WindowFigures, observe, within
 from autoscaler.controller.manifests import hpa, spec_patch
 from autoscaler.policy.planner import PlannerSettings, PlannerState, plan
@@ -427,14 +428,20 @@ def test_a_fleet_behind_a_load_aware_router_is_sized_one_replica_fewer_only_whil
     req/s of chat on A100s asks for 7 replicas at one replica's capacity, and 6 where the router
     balances by load, the six's pooled capacity covering the rate planned. Not while the ISVC's
     requests miss their SLOs (every first token 30 s late): a fleet that misses shows no headroom
-    for its pool to take up. The default router is blind to load (kube-proxy's)."""
+    for its pool to take up. Nor for a model whose step costs were identified online (no
+    profile: their error is more than a pool adds). The default router is blind to load."""
 
-    def sized(settings: PlannerSettings, ttft_s: float = 0.2) -> tuple[int, str]:
+    def sized(settings: PlannerSettings, ttft_s: float = 0.2, identified: bool = False) -> tuple[int, str]:
+        state = PlannerState()
+        if identified:  # as if the catalog had no profile of it: read off the line online
+            costs = DATA.catalog.profiles[("llama_13b", "A100")].params
+            state.learned.identified[("llama_13b", "A100")] = Identification(costs, reading=LINE)
         observed_now = {("prod", "chat"): observed(6.0, ttft_s=ttft_s)}
-        decision = plan(DATA.catalog, CAPACITY, [service()], observed_now, 1000.0, PlannerState(), settings)[0].decision
+        decision = plan(DATA.catalog, CAPACITY, [service()], observed_now, 1000.0, state, settings)[0].decision
         return decision.replicas, decision.accelerator
 
     pooled = PlannerSettings(load_aware_router=True)
     assert sized(PlannerSettings()) == (7, "A100")
     assert sized(pooled) == (6, "A100")
     assert sized(pooled, ttft_s=30.0) == sized(PlannerSettings(), ttft_s=30.0) == (7, "A100")
+    assert sized(pooled, identified=True) == (7, "A100")
