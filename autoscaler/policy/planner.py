@@ -607,7 +607,8 @@ def _pooled(
     pooled = list(found)
     in_pools = sizing.per_replica_capacities(state.learned, catalog, asked, goal)
     for (k, count, rate), per_replica in zip(fewer, in_pools, strict=True):
-        if per_replica and count * per_replica >= rate:
+        # exactly that fleet: a larger gain would size a fleet smaller than the pool it assumed
+        if per_replica and sizing.replicas_for(rate, per_replica) == count:
             pooled[k] = per_replica
     return pooled
 
