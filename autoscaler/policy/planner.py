@@ -597,11 +597,11 @@ def _pooled(
         rate = one.load.arrival_rate_rpm / 60.0  # as _model_replicas sizes it
         if not per_replica or (count := sizing.replicas_for(rate, per_replica)) <= 1:
             continue
-        history = state.arrivals.get((one.service.namespace, one.service.name))
-        if history is None or not meets_goal(list(history.samples), goal):
-            continue
         if (one.service.model, one.alloc.accelerator) in state.learned.identified:
             continue  # a model with no profile
+        history = state.arrivals.get((one.service.namespace, one.service.name))
+        if history is None or not meets_goal(history.samples, goal):
+            continue
         fewer.append((k, count - 1, rate))
     asked = [replace(wanted[k], pool=min(count, MAX_POOL)) for k, count, _ in fewer]
     pooled = list(found)
