@@ -1,4 +1,5 @@
-"""The controller's HTTP endpoints when the review API fails, and its command-line refusals.
+"""The controller's HTTP endpoints when the review API fails, and its command line: refusals and
+the settings it gives.
 
 Who may call /metrics and /invoke (real TokenReviews and SubjectAccessReviews under config/'s
 ClusterRoles), the /invoke rate limit and a follower's refusal are tested against the real
@@ -11,8 +12,8 @@ from __future__ import annotations
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from autoscaler.cli import main
-from autoscaler.controller.server import build_app
+from autoscaler.cli import build_parser, main
+from autoscaler.controller.server import build_app, settings
 from autoscaler.kube_auth import KubernetesReviews, PathGate
 
 from .cluster_objects import ISVCS, isvc
@@ -67,6 +68,17 @@ def test_a_negative_invoke_interval_is_refused(capsys):
     ):
         assert main(["controller", *loopback, flag, value]) == 2
         assert f"{flag}: {problem}" in capsys.readouterr().err
+
+
+def test_the_command_line_says_whether_the_router_balances_by_load():
+    """--load-aware-router reaches the planner (a fleet is then sized as pooling its queues);
+    without it each replica is sized for a Poisson share, as behind kube-proxy."""
+    parser = build_parser("controller")
+    _, default = settings(parser.parse_args(["controller", "--period", "20", "--startup-seconds", "90"]))
+    assert not default.planner.load_aware_router
+    assert (default.planner.period_s, default.planner.startup_s) == (20.0, 90.0)
+    _, pooled = settings(parser.parse_args(["controller", "--load-aware-router"]))
+    assert pooled.planner.load_aware_router
 
 
 @pytest.mark.parametrize(

@@ -228,32 +228,19 @@ async def lead(elector: LeaderElector, hub: DecisionHub, workers: list[Callable[
         await asyncio.gather(*tasks, return_exceptions=True)
 
 
-async def _serve(args: argparse.Namespace) -> int:
+def settings(args: argparse.Namespace) -> tuple[CollectorSettings, ControllerSettings]:
+    """The collector's and the controller's settings the command line gives, checked (no I/O)."""
     from .actuator import ActuatorSettings
 
-    https, mutual = _transport(args)
-    try:
-        election = ElectionSettings(args.lease_duration, args.renew_deadline, args.retry_period)
-    except ValueError as exc:
-        raise InputError("command line", "--lease-duration", str(exc)) from None
     for flag, value in (("--period", args.period), ("--queue-probe", args.queue_probe)):
         if not value > 0:
             raise InputError("command line", flag, "must be more than 0 seconds")
     if not args.startup_seconds >= 0:  # the planner's horizon, startup + period, must be positive
         raise InputError("command line", "--startup-seconds", "must be 0 or more seconds")
-    if not args.invoke_min_interval >= 0:
-        raise InputError("command line", "--invoke-min-interval", "must be 0 or more seconds")
     if args.scrape_interval < 0:
         raise InputError("command line", "--scrape-interval", "must be 0 or more seconds")
     if not METRIC_NAME.fullmatch(args.itl_metric):  # it goes into every cycle's PromQL
         raise InputError("command line", "--itl-metric", f"is not a Prometheus metric name: {args.itl_metric!r:.80}")
-    kube = await Kube.connect(args.kubeconfig)
-    try:  # an unreachable API server is said at once, not after the informers' sync timeout
-        await kube.request("GET", "/version", timeout_s=10)
-    except ApiError as exc:
-        if exc.status == 0:
-            await kube.close()
-            raise
     # the short window is the period (whole seconds, as a PromQL range)
     collected = CollectorSettings(
         window_s=args.window,
@@ -262,8 +249,7 @@ async def _serve(args: argparse.Namespace) -> int:
         isvc_label=args.isvc_label,
         itl_metric=args.itl_metric,
     )
-    collector = PrometheusCollector(args.prometheus_url, collected)
-    settings = ControllerSettings(
+    controlled = ControllerSettings(
         namespace=args.namespace,
         data_configmap=args.data_configmap,
         default_deployment_mode=MODES[args.default_deployment_mode],
@@ -271,9 +257,29 @@ async def _serve(args: argparse.Namespace) -> int:
         actuator=ActuatorSettings(hpa_tolerance=not args.no_hpa_tolerance),
         probe_s=args.queue_probe,
     )
+    return collected, controlled
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    https, mutual = _transport(args)
+    try:
+        election = ElectionSettings(args.lease_duration, args.renew_deadline, args.retry_period)
+    except ValueError as exc:
+        raise InputError("command line", "--lease-duration", str(exc)) from None
+    if not args.invoke_min_interval >= 0:
+        raise InputError("command line", "--invoke-min-interval", "must be 0 or more seconds")
+    collected, controlled = settings(args)
+    kube = await Kube.connect(args.kubeconfig)
+    try:  # an unreachable API server is said at once, not after the informers' sync timeout
+        await kube.request("GET", "/version", timeout_s=10)
+    except ApiError as exc:
+        if exc.status == 0:
+            await kube.close()
+            raise
+    collector = PrometheusCollector(args.prometheus_url, collected)
     hub = DecisionHub()
     hub.leading = False  # until elected
-    controller = Controller(kube, collector, hub, settings)
+    controller = Controller(kube, collector, hub, controlled)
     nodes = controller.informers["nodes"]
     gangs = GangAdmission(
         kube,
