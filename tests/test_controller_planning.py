@@ -170,6 +170,25 @@ def test_capacity_too_small_keeps_what_runs():
     assert result.decision.replicas == 2 and result.decision.accelerator == "H100" and "capacity" in result.reason
 
 
+def test_the_latency_models_counts_are_placed_within_the_capacity_moving_the_least_valued_isvc():
+    """The optimizer places by its own queueing model: chat and a Free-class batch ISVC at 6 req/s
+    each fit 10 A100s as 5 + 4, but the latency model asks 7 + 5, and two replicas would wait for
+    A100s that never free up while H100s have room. The optimizer places again with the A100s'
+    room short by that excess: the Free ISVC moves to H100s, chat keeps its 7 A100s. Where no
+    other type has room, moving would leave the batch ISVC unplaced: the placement stands (its
+    pods wait, as a plan over capacity always made them)."""
+
+    def placed(capacity: dict[str, int]) -> dict[str, tuple[str, int]]:
+        services = [service("chat"), service("batch", service_class="Free")]
+        observed_now = {("prod", "chat"): observed(6.0), ("prod", "batch"): observed(6.0)}
+        plans = plan(DATA.catalog, capacity, services, observed_now, 1000.0, PlannerState())
+        return {p.service.name: (p.decision.accelerator, p.decision.replicas) for p in plans}
+
+    moved = placed(dict(CAPACITY, A100=10))
+    assert moved["chat"] == ("A100", 7) and moved["batch"][0] == "H100"
+    assert placed({**{name: 0 for name in CAPACITY}, "A100": 10}) == {"chat": ("A100", 7), "batch": ("A100", 5)}
+
+
 def test_missed_slo_lowers_the_capacity_bias_which_is_persisted():
     state = PlannerState()
     served = plan_one(service(), obs=observed(5.0), now=0.0).decision  # what has run since

@@ -26,6 +26,11 @@ Rules on top of the optimizer, each for a failure seen in practice:
   SLOs need it, and only when the GPUs the new revision needs are free now (rollout.py,
   weighing the latency model's replica counts); otherwise the ISVC is pinned to what it runs and
   sized again;
+- the latency model's counts are placed within the capacity: where they ask more GPUs of a type
+  than it has (the optimizer placed by its own queueing model's counts), the optimizer places
+  again with that type's room short by the excess, so the ISVCs it values least move to types
+  with room rather than wait for GPUs that never free up (FIT_ROUNDS), unless that leaves an
+  ISVC it had placed unplaced (there, or where it runs should the roll-out rules refuse its move);
 - an ISVC the optimizer cannot place under the capacity keeps its last decision;
 - an observation or remembered decision with a value not finite or out of range is the fault of
   its ISVC alone: it is left out (with the reason), and a decision that would carry such a value
@@ -65,10 +70,13 @@ from ..optimizer.domain import (
 from ..optimizer.solver import solve
 from .observation import Key, Observation, histogram_count
 from .decisions import LastDecision, ManagedService, material
-from .rollout import Room, below_recent_peak, free_as_decided, judge_roll_outs
+from .rollout import Room, below_recent_peak, free_as_decided, holding, judge_roll_outs
 
 log = logging.getLogger(__name__)
 NOT_SIZED = IterationParams(0.0, 0.0, 0.0)  # the step costs published where the latency model did not size
+# placements again with a GPU type's room short by what the latency model's counts ask beyond it
+# (plan): each round moves the ISVCs the optimizer values least off the types still over
+FIT_ROUNDS = 3
 
 
 @dataclass(frozen=True)
@@ -302,29 +310,29 @@ def plan(
     # models with no profile are placed by their prior's, as identified so far (the windows above)
     catalog = sizing.with_priors(catalog, state.learned, [(s.model, s.accelerators) for s in services])
 
-    def solve_among(among: list[ManagedService], pinned: set[str]) -> Mapping[str, Allocation]:
+    def solve_among(among: list[ManagedService], pinned: set[str], room: Mapping[str, int]) -> Mapping[str, Allocation]:
         classes = {s.key: _own_class(catalog, s) for s in among}
         servers = tuple(_server(s, fresh[s.key][0], s.key in pinned) for s in among)
-        system = System(catalog.accelerators, capacity, catalog.profiles, classes, servers, catalog.optimizer)
+        system = System(catalog.accelerators, room, catalog.profiles, classes, servers, catalog.optimizer)
         return solve(system).allocations
 
-    def solve_for(pinned: set[str]) -> Mapping[str, Allocation]:
+    def solve_for(pinned: set[str], room: Mapping[str, int]) -> Mapping[str, Allocation]:
         """The joint solve. Should the optimizer fail on it (a bug meeting one ISVC's figures),
         each ISVC is tried alone and those it fails on are left out, their last decision kept:
         one ISVC never stops the others' decisions."""
         try:
-            return solve_among([s for s in services if s.key in fresh], pinned)
+            return solve_among([s for s in services if s.key in fresh], pinned, room)
         except Exception as exc:  # isolated below, reported with the ISVC
             joint = f"{exc.__class__.__name__}: {exc}"
         for service in [s for s in services if s.key in fresh]:
             try:
-                solve_among([service], pinned)
+                solve_among([service], pinned, room)
             except Exception as exc:  # this ISVC's figures: it keeps its last decision
                 refused[service.key] = f"the optimizer failed on its figures ({exc.__class__.__name__}: {exc})"
                 del fresh[service.key]
                 log.error("%s: %s", service.key, refused[service.key])
         try:
-            return solve_among([s for s in services if s.key in fresh], pinned)
+            return solve_among([s for s in services if s.key in fresh], pinned, room)
         except Exception:  # only together do they fail: none decided this cycle
             for key in list(fresh):
                 refused[key] = f"the optimizer failed on this cycle's figures ({joint})"
@@ -332,23 +340,9 @@ def plan(
             log.error("the optimizer failed on this cycle's figures (%s): every ISVC keeps its last decision", joint)
             return {}
 
-    allocations = solve_for(set())
-    # those the optimizer would move, sized again on what they run: the choice between the two
-    differing = [
-        s
-        for s in services
-        if s.key in fresh
-        and s.last is not None
-        and (alloc := allocations.get(s.key)) is not None
-        and (alloc.accelerator, alloc.max_batch) != (s.last.accelerator, s.last.max_batch)
-    ]
-    staying = solve_for({s.key for s in differing}) if differing else {}
-    # the replica counts the latency model gives, before the roll-out rules weigh and place them
     by_key = {s.key: s for s in services}
 
-    moving = {s.key for s in differing}
-
-    def by_model(among: Mapping[str, Allocation], moves: set[str]) -> dict[str, tuple[Allocation, float, float, IterationParams]]:
+    def by_model(among: Mapping[str, Allocation], moves: set[str]) -> dict[str, _SizedAllocation]:
         """Each allocation sized for the batch it would run with: its own where it moves the ISVC
         (or the ISVC runs nothing yet), else the batch the ISVC runs now."""
         keys = [k for k in among if k in fresh]
@@ -356,7 +350,48 @@ def plan(
         asked = [_Asked(by_key[k], among[k], b, fresh[k][0]) for k, b in zip(keys, batch, strict=True)]
         return dict(zip(keys, _sized(state, catalog, asked, settings), strict=True))
 
-    sized, staying_sized = by_model(allocations, moving), by_model(staying, set())
+    def placed(
+        room: Mapping[str, int],
+    ) -> tuple[list[ManagedService], dict[str, _SizedAllocation], dict[str, _SizedAllocation], dict[str, int]]:
+        """The optimizer's placement within `room`, and those it would move sized again on what
+        they run (the choice between the two), each with the latency model's replica counts,
+        before the roll-out rules weigh and place them; and the GPUs per type the optimizer's
+        own counts hold."""
+        allocations = solve_for(set(), room)
+        differing = [
+            s
+            for s in services
+            if s.key in fresh
+            and s.last is not None
+            and (alloc := allocations.get(s.key)) is not None
+            and (alloc.accelerator, alloc.max_batch) != (s.last.accelerator, s.last.max_batch)
+        ]
+        staying = solve_for({s.key for s in differing}, room) if differing else {}
+        moves = {s.key for s in differing}
+        return differing, by_model(allocations, moves), by_model(staying, set()), _gpus(catalog, by_key, allocations)
+
+    differing, sized, staying_sized, optimizer = placed(capacity)
+    # the optimizer places by its own queueing model's counts; where the latency model's exceed a
+    # GPU type's capacity, the ISVCs the optimizer values least would wait for GPUs that never
+    # free up while other types have room: it places again with each such type's room short by
+    # what the latency model asks there beyond the optimizer (its priorities decide who moves),
+    # unless that leaves an ISVC it placed unplaced, there or where it runs (a move the roll-out
+    # rules refuse)
+    placeable = dict(capacity)
+    for _ in range(FIT_ROUNDS):
+        asked = _gpus(catalog, by_key, {k: v[0] for k, v in sized.items()})
+        if all(count <= capacity.get(gpu_type, 0) for gpu_type, count in asked.items()):
+            break
+        placeable = {
+            gpu_type: max(min(left, capacity[gpu_type] - asked.get(gpu_type, 0) + optimizer.get(gpu_type, 0)), 0)
+            for gpu_type, left in placeable.items()
+        }
+        again = placed(placeable)
+        moved, moved_sized, moved_staying, _ = again
+        if not set(sized) <= set(moved_sized) or not {s.key for s in moved} <= set(moved_staying):
+            break  # an ISVC placed before, or where it runs should its move be refused, would be left out
+        differing, sized, staying_sized, optimizer = again
+    moving = {s.key for s in differing}
     allocations = {k: v[0] for k, v in sized.items()}
     staying = {k: v[0] for k, v in staying_sized.items()}
     room = Room(free if free is not None else free_as_decided(catalog, capacity, services))
@@ -505,9 +540,21 @@ class _Asked:
     load: Load
 
 
-def _sized(
-    state: PlannerState, catalog: Catalog, asked: list[_Asked], settings: PlannerSettings
-) -> list[tuple[Allocation, float, float, IterationParams]]:
+# an allocation with the latency model's replica count, a replica's capacity, the work scale and
+# the step costs it used (_sized)
+_SizedAllocation = tuple[Allocation, float, float, IterationParams]
+
+
+def _gpus(catalog: Catalog, services: Mapping[str, ManagedService], allocations: Mapping[str, Allocation]) -> dict[str, int]:
+    """GPUs per type that the allocations hold."""
+    held: dict[str, int] = {}
+    for key, alloc in allocations.items():
+        if (holds := holding(catalog, services[key].model, alloc.accelerator, alloc.num_replicas)) is not None:
+            held[holds.gpu_type] = held.get(holds.gpu_type, 0) + holds.gpus
+    return held
+
+
+def _sized(state: PlannerState, catalog: Catalog, asked: list[_Asked], settings: PlannerSettings) -> list[_SizedAllocation]:
     """Each optimizer's allocation at its `max_batch` with the latency model's replica count
     (within the ISVC's bounds, its cost scaled to match), a replica's capacity, the work scale and
     step costs it used: all ISVCs' capacity searches in one batch. Should the model fail on the batch (a
