@@ -70,7 +70,7 @@ from ..optimizer.domain import (
 from ..optimizer.solver import solve
 from .observation import Key, Observation, histogram_count
 from .decisions import LastDecision, ManagedService, material
-from .rollout import Room, below_recent_peak, free_as_decided, holding, judge_roll_outs
+from .rollout import Room, below_recent_peak, free_as_decided, gpus_held, judge_roll_outs
 
 log = logging.getLogger(__name__)
 NOT_SIZED = IterationParams(0.0, 0.0, 0.0)  # the step costs published where the latency model did not size
@@ -546,12 +546,8 @@ _SizedAllocation = tuple[Allocation, float, float, IterationParams]
 
 
 def _gpus(catalog: Catalog, services: Mapping[str, ManagedService], allocations: Mapping[str, Allocation]) -> dict[str, int]:
-    """GPUs per type that the allocations hold."""
-    held: dict[str, int] = {}
-    for key, alloc in allocations.items():
-        if (holds := holding(catalog, services[key].model, alloc.accelerator, alloc.num_replicas)) is not None:
-            held[holds.gpu_type] = held.get(holds.gpu_type, 0) + holds.gpus
-    return held
+    """GPUs per type that the allocations (by ISVC key) hold."""
+    return gpus_held(catalog, ((services[key].model, a.accelerator, a.num_replicas) for key, a in allocations.items()))
 
 
 def _sized(state: PlannerState, catalog: Catalog, asked: list[_Asked], settings: PlannerSettings) -> list[_SizedAllocation]:

@@ -100,13 +100,22 @@ def offered_capacity(capacity: Mapping[str, int], held: Iterable[Mapping[str, in
     return {gpu_type: max(count, 0) for gpu_type, count in offered.items()}
 
 
+def gpus_held(catalog: Catalog, placements: Iterable[tuple[str, str, int]]) -> dict[str, int]:
+    """GPUs per type that (model, accelerator, replicas) placements hold (those the catalog no
+    longer knows hold none)."""
+    held: dict[str, int] = {}
+    for model, accelerator, replicas in placements:
+        if (holds := holding(catalog, model, accelerator, replicas)) is not None:
+            held[holds.gpu_type] = held.get(holds.gpu_type, 0) + holds.gpus
+    return held
+
+
 def free_as_decided(catalog: Catalog, capacity: Mapping[str, int], services: Iterable[ManagedService]) -> dict[str, int]:
     """GPUs free now, where the caller cannot tell: the capacity less what the last decisions hold."""
     free = dict(capacity)
-    for service in services:
-        last = service.last
-        if last is not None and (held := holding(catalog, service.model, last.accelerator, last.replicas)):
-            free[held.gpu_type] = free.get(held.gpu_type, 0) - held.gpus
+    decided = ((s.model, s.last.accelerator, s.last.replicas) for s in services if s.last is not None)
+    for gpu_type, count in gpus_held(catalog, decided).items():
+        free[gpu_type] = free.get(gpu_type, 0) - count
     return free
 
 
