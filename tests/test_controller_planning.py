@@ -8,7 +8,15 @@ import logging
 
 import pytest
 
-from autoscaler.controller.catalog import available_capacity, cluster_data, gpu_type_of, node_gpu_types, ready_replicas
+from autoscaler.controller.catalog import (
+    POD_TEMPLATE_HASH,
+    available_capacity,
+    cluster_data,
+    gpu_type_of,
+    node_gpu_types,
+    pod_binding,
+    ready_replicas,
+)
 from autoscaler.controller.collector import CollectorSettings, bracketing_bounds, observations, queries
 from autoscaler.policy.guards import ArrivalHistory, GuardSettings, planned_rate, z_score
 from autoscaler.policy.identify import LINE, Identification
@@ -107,6 +115,51 @@ def test_ready_replicas_are_each_isvcs_ready_predictor_pods_of_every_revision():
         gpu_pod("training", "h1", 2),  # no ISVC's
     ]
     assert ready_replicas(pods) == {("prod", "chat"): 2, ("staging", "chat"): 1, ("prod", "code"): 0}
+
+
+def test_pod_binding_counts_each_isvcs_pods_bound_and_waiting_for_a_node_while_one_revision_runs():
+    def pod(name: str, isvc_name: str, node_name: str | None, revision: str = "1", template: str = "a", **extra) -> dict:
+        labels = {ISVC_LABEL: isvc_name, "component": "predictor", REVISION_LABEL: f"{isvc_name}-predictor-0000{revision}"}
+        made = gpu_pod(name, node_name, 1, namespace="prod", labels={**labels, POD_TEMPLATE_HASH: template})
+        made["spec"].update(extra.pop("spec", {}))
+        made["metadata"].update(extra)
+        return made
+
+    pods = [
+        pod("chat-1", "chat", "h1"),
+        pod("chat-2", "chat", "h1"),
+        pod("chat-3", "chat", None),  # asked for, waiting for a GPU
+        pod("chat-4", "chat", "h1", deletionTimestamp="2026-01-01T00:00:00Z"),  # draining: no longer the ReplicaSet's
+        pod("code-1", "code", "h1"),
+        pod("code-2", "code", None, revision="2"),  # a new revision in flight
+        pod("std-1", "std", "h1", revision=""),
+        pod("std-2", "std", None, revision="", template="b"),  # a Standard-mode roll-out: a second ReplicaSet
+        pod("gang-1", "gang", None, spec={"schedulingGates": [{"name": "gated"}]}),  # held by the gang admission
+        gpu_pod("training", None, 2),  # no ISVC's
+    ]
+    assert pod_binding(pods) == {("prod", "chat"): (2, 1)}
+
+
+def test_the_pods_the_hpa_keeps_beyond_the_plan_that_wait_for_a_gpu_are_let_go_at_once():
+    """A pod asked for when the GPUs were full and no longer planned serves nothing and would
+    take the next GPU that frees: the plan's scale-down window is none, so the HPA lets it go at
+    its next sync (the ReplicaSet deletes the pods bound to no node first). Not where the HPA
+    also keeps bound pods beyond the plan (a window of none would let those go too), nor where
+    the waiting pods are what the plan asks."""
+    chat = service()
+    steady = plan_one(chat)
+    replicas = steady.decision.replicas
+    assert steady.scale_down_s is None
+
+    def window(bound: int, unbound: int) -> int | None:
+        pods = dataclasses.replace(observed(5.0), bound_pods=bound, unbound_pods=unbound)
+        return plan_one(chat, obs=pods).scale_down_s
+
+    assert window(replicas, 1) == 0 and window(replicas - 1, 2) == 0
+    assert "wait for a GPU" in plan_one(chat, obs=dataclasses.replace(observed(5.0), bound_pods=replicas, unbound_pods=1)).reason
+    assert window(replicas + 1, 1) is None  # a bound pod beyond the plan: the window holds it
+    assert window(replicas - 1, 1) is None  # the waiting pod is the plan's
+    assert window(replicas, 0) is None
 
 
 def test_bad_data_configmap_names_key_and_field():

@@ -21,6 +21,9 @@ from ..resources import node_allocatable, pod_requests, schedulable
 from .knative import is_ready_pod
 from ..optimizer.loader import SECTIONS, Node, catalog_from_sections, parse_json
 
+# the Deployment controller's label on its ReplicaSets' pods, one value per pod template
+POD_TEMPLATE_HASH = "pod-template-hash"
+
 GPU_PRODUCTS_KEY = "gpu-products.json"
 STATIC_SECTIONS = {"acceleratordata", "modeldata", "serviceclassdata"}
 
@@ -130,6 +133,33 @@ def placed_afresh(pod: dict, latest: Mapping[tuple[str, str], str | None]) -> bo
         return False
     newest, revision = latest[key], labels.get(REVISION_LABEL)
     return newest is None or revision is None or revision == newest
+
+
+def pod_binding(pods: Iterable[dict]) -> dict[tuple[str, str], tuple[int, int]]:
+    """Per ISVC, its predictor pods bound to a node (holding their GPUs) and those no node has
+    taken yet (waiting for a GPU), as the HPA's scale-down finds them (planner._unbound_released).
+    A pod being deleted or finished is no longer the ReplicaSet's and is not counted. An ISVC
+    is left out (unknown) where its pods are of more than one revision or ReplicaSet (the
+    Knative revision label, the Deployment's pod-template-hash: a roll-out in flight, whose
+    scale-down the Deployment shares between the two) or any of them carries a scheduling gate
+    (a pod group the gang admission holds until it fits: not the HPA's to let go)."""
+    found: dict[tuple[str, str], tuple[int, int]] = {}
+    versions: dict[tuple[str, str], set] = {}
+    gated: set[tuple[str, str]] = set()
+    for pod in pods:
+        meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
+        labels = meta.get("labels") or {}
+        if not labels.get(ISVC_LABEL) or labels.get(COMPONENT_LABEL) != PREDICTOR:
+            continue
+        if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
+            continue
+        key = (meta.get("namespace", ""), labels[ISVC_LABEL])
+        versions.setdefault(key, set()).add((labels.get(REVISION_LABEL), labels.get(POD_TEMPLATE_HASH)))
+        if spec.get("schedulingGates"):
+            gated.add(key)
+        bound, unbound = found.get(key, (0, 0))
+        found[key] = (bound + 1, unbound) if spec.get("nodeName") else (bound, unbound + 1)
+    return {key: counts for key, counts in found.items() if key not in gated and len(versions[key]) == 1}
 
 
 def ready_replicas(pods: Iterable[dict]) -> dict[tuple[str, str], int]:

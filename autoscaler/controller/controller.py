@@ -21,7 +21,7 @@ from ..errors import InputError
 from ..kserve import DEFAULT_MODE, GPU_PRODUCT_LABEL, REVISION_LABEL, latest_created_revision
 from . import knative
 from .actuator import ActuationReport, Actuator, ActuatorSettings
-from .catalog import ClusterData, available_capacity, cluster_data, node_gpu_types, placed_afresh, ready_replicas
+from .catalog import ClusterData, available_capacity, cluster_data, node_gpu_types, placed_afresh, pod_binding, ready_replicas
 from ..policy.observation import Key, Observation
 from .collector import CollectError, slo_seconds
 from ..kube import (
@@ -289,9 +289,12 @@ class Controller:
         pods, reserved = self.informers["pods"].objects.values(), self.reserved_gpus()
         capacity = available_capacity(nodes, types, pods, lambda pod: placed_afresh(pod, latest), reserved)
         free = available_capacity(nodes, types, pods, lambda _: False, reserved)
-        # the replicas that served the window, as the simulator gives them (unknown: the last decision's count)
-        ready = ready_replicas(pods)
-        observed = {key: replace(obs, ready_replicas=ready.get(key)) for key, obs in observed.items()}
+        # the replicas that served the window, as the simulator gives them (unknown: the last
+        # decision's count), and the pods bound to a node or waiting for one
+        ready, binding = ready_replicas(pods), pod_binding(pods)
+        for key, obs in observed.items():
+            bound, unbound = binding.get(key, (None, None))
+            observed[key] = replace(obs, ready_replicas=ready.get(key), bound_pods=bound, unbound_pods=unbound)
         plans = plan(data.catalog, capacity, services, observed, now, self.state, self.settings.planner, free=free)
         report.services = len(plans)
         report.stale = sum(p.stale for p in plans)

@@ -69,10 +69,11 @@ def hpa(
     desired count is the published figure itself; tolerance 0 (HPAConfigurableTolerance: beta and
     on from Kubernetes 1.35, alpha and off in 1.33-1.34; dropped by a server without it) keeps it
     from ignoring +-1 steps at ten replicas and more. `scale_down_s`: the plan's scale-down
-    stabilisation (Plan.scale_down_s: shorter while a model with no profile is identified), else
-    SCALE_DOWN_WINDOW_S. The HPA controller reads the window in force at each sync and keeps its
-    recommendations with their times (horizontal.go), so a window changed in place applies at the
-    next sync, to the recommendations already made."""
+    stabilisation (Plan.scale_down_s: shorter while a model with no profile is identified, none
+    where every pod kept beyond the plan waits for a GPU), else SCALE_DOWN_WINDOW_S. The HPA
+    controller reads the window in force at each sync and keeps its recommendations with their
+    times (horizontal.go), so a window changed in place applies at the next sync, to the
+    recommendations already made."""
     window = SCALE_DOWN_WINDOW_S if scale_down_s is None else scale_down_s
     behavior = {
         "scaleUp": {"stabilizationWindowSeconds": 0},

@@ -39,6 +39,11 @@ class Observation:
     tpot_buckets: Buckets
     window_s: float = WINDOW_S  # what the rates were measured over (and how far apart the two are)
     ready_replicas: int | None = None  # serving the window, where the collector knows it
+    # the serving revision's pods bound to a node (holding their GPUs) and those no node has
+    # taken yet (waiting for a GPU, no scheduling gate of ours), as the API server shows them;
+    # None where not known or a revision is in flight (planner._unbound_released)
+    bound_pods: int | None = None
+    unbound_pods: int | None = None
     # a replica's KV cache in tokens (vllm:cache_config_info's num_gpu_blocks x block_size),
     # where the collector knows it
     kv_cache_tokens: float | None = None
@@ -78,7 +83,16 @@ class Observation:
 
 
 # None: not known, no fault
-_UNKNOWN_ALLOWED = ("ready_replicas", "kv_cache_tokens", "recent_rate", "recent_s", "prompt_tokens_per_s", "arrival_dispersion")
+_UNKNOWN_ALLOWED = (
+    "ready_replicas",
+    "bound_pods",
+    "unbound_pods",
+    "kv_cache_tokens",
+    "recent_rate",
+    "recent_s",
+    "prompt_tokens_per_s",
+    "arrival_dispersion",
+)
 
 
 def _bucket_problem(bound: float, count: float) -> str | None:

@@ -67,6 +67,10 @@ class IsvcView:
     # draining), as pods of other revisions show in the API server
     held_in_flight: dict[str, int] = field(default_factory=dict)
     gpus_held: dict[str, int] = field(default_factory=dict)  # per type, every revision together
+    # the serving revision's replicas holding a GPU and those waiting for one, as its pods bound
+    # to a node or not show in the API server; None while another revision is in flight
+    bound_pods: int | None = None
+    unbound_pods: int | None = None
 
 
 class Policy(Protocol):
@@ -434,6 +438,9 @@ class Simulation:
                 held[revision.accelerator] = held.get(revision.accelerator, 0) + self._gpus(revision)
             every = dict(held)
             every[newest.accelerator] = every.get(newest.accelerator, 0) + self._gpus(newest)
+            alone = len(state.revisions) == 1
+            live = [r for r in newest.replicas if r.state in (STARTING, READY)]  # a draining pod is terminating
+            bound = sum(1 for r in live if r.has_gpu)
             result.append(
                 IsvcView(
                     name=self.world.isvcs[state.index].name,
@@ -445,6 +452,8 @@ class Simulation:
                     samples=state.samples,
                     held_in_flight=held,
                     gpus_held=every,
+                    bound_pods=bound if alone else None,
+                    unbound_pods=len(live) - bound if alone else None,
                 )
             )
         return result

@@ -2,7 +2,9 @@
 kubeconfig of config/'s controller ServiceAccount: live vLLM load from a real Prometheus, the HPA
 written, decisions on its gRPC DecisionService (mutual TLS), /invoke and /metrics over HTTPS with
 a token the real server reviews, a clean exit on SIGTERM with the Lease released (moved here from
-tests/test_controller_process.py).
+tests/test_controller_process.py). It runs with `--load-aware-router`, the one setting the
+in-process controllers of the other tests leave at its default: the flag is parsed and checked by
+`server.settings` (tests/test_controller_security.py), and here its planner decides through it.
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ async def test_controller_process_end_to_end(tmp_path, namespace, vllm_and_prome
         "--namespace", NAMESPACE, "--prometheus-url", prometheus.url, "--window", "5",
         "--listen", f"127.0.0.1:{http_port}", "--decisions-address", f"127.0.0.1:{grpc_port}", "--period", "3600",
         "--invoke-min-interval", "0", "--retry-period", "0.2", "--renew-deadline", "1", "--lease-duration", "2",
-        stderr=asyncio.subprocess.PIPE,
+        "--load-aware-router", stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     base = f"https://127.0.0.1:{http_port}"
     try:

@@ -30,6 +30,7 @@ from autoscaler import certificates
 from autoscaler.controller.manifests import hpa
 from autoscaler.policy.guards import SCALE_DOWN_WINDOW_S
 from autoscaler.decision_stream import DecisionHub, serve_decisions
+from autoscaler.kserve import GPU_RESOURCE
 from autoscaler.proto import decisions_pb2 as pb
 
 from ..control_plane import ROOT
@@ -181,10 +182,16 @@ class ScaledDeployment:
     """A Deployment `{isvc}-predictor` and our HPA `{isvc}-optimizer` on the ISVC's published
     desired_replicas, as the controller writes it for a Standard-mode predictor."""
 
-    def __init__(self, plane, isvc: str):
+    def __init__(self, plane, isvc: str, gpu_node: str | None = None):
+        """`gpu_node`: each pod asks one GPU of that node (none: a CPU pod anywhere)."""
         self.plane, self.isvc = plane, isvc
         self.name = f"{isvc}-predictor"
         labels = {"app": self.name}
+        container = {"name": "main", "image": "vllm", "resources": {"requests": {"cpu": "100m"}}}
+        placement = {}
+        if gpu_node is not None:
+            container["resources"]["limits"] = {GPU_RESOURCE: "1"}
+            placement = {"nodeSelector": {"kubernetes.io/hostname": gpu_node}}
         deployment = {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
@@ -194,7 +201,7 @@ class ScaledDeployment:
                 "selector": {"matchLabels": labels},
                 "template": {
                     "metadata": {"labels": labels},
-                    "spec": {"containers": [{"name": "main", "image": "vllm", "resources": {"requests": {"cpu": "100m"}}}]},
+                    "spec": {"containers": [container], **placement},
                 },
             },
         }
@@ -220,6 +227,25 @@ class ScaledDeployment:
             assert time.monotonic() < deadline, self.hpa_status()
             time.sleep(0.5)
 
+    def pods(self) -> dict[str, str]:
+        """Its pods not being deleted, each with the node it is bound to ("": none yet)."""
+        found = kubectl_json(self.plane, "get", "pods", f"--namespace={HPA_NAMESPACE}", f"--selector=app={self.name}")
+        return {
+            pod["metadata"]["name"]: pod["spec"].get("nodeName", "")
+            for pod in found["items"]
+            if not pod["metadata"].get("deletionTimestamp")
+        }
+
+    def wait_for_pods(self, bound: int, unbound: int) -> dict[str, str]:
+        deadline = time.monotonic() + SCALE_WITHIN_S
+        while True:
+            pods = self.pods()
+            nodes = list(pods.values())
+            if len(nodes) - nodes.count("") == bound and nodes.count("") == unbound:
+                return pods
+            assert time.monotonic() < deadline, pods
+            time.sleep(0.5)
+
 
 def test_a_scale_down_window_shortened_in_place_applies_to_the_recommendations_already_made(adapter):
     """The controller rewrites an HPA's scale-down window in place (Plan.scale_down_s: one
@@ -242,6 +268,36 @@ def test_a_scale_down_window_shortened_in_place_applies_to_the_recommendations_a
     code.apply_hpa(HELD_S // 2)
     code.wait_for(1)
     feed.replicas.pop("code")
+
+
+def test_a_window_of_none_lets_go_exactly_the_pods_waiting_for_a_gpu(adapter):
+    """Where every pod the HPA keeps beyond the plan waits for a GPU, the plan's scale-down
+    window is none (planner._unbound_released): a window of 0 at the next sync, and the
+    ReplicaSet deleting the pods bound to no node first (ActivePodsWithRanks), let exactly those
+    go. Here the real HPA controller, ReplicaSet controller and scheduler: on a node of 2 GPUs,
+    a third pod asked for waits; the plan falls back to 2 and the 300 s window holds the third;
+    with the window at 0 it is deleted, and both bound pods stay. Runs before the test below,
+    which stops the feed."""
+    plane, feed, _, _ = adapter
+    node = "gpu-held-0"
+    plane.add_gpu_node(node, "NVIDIA-L40S", 2)
+    held = ScaledDeployment(plane, "held", gpu_node=node)
+    try:
+        feed.replicas["held"] = 2
+        held.apply_hpa(SCALE_DOWN_WINDOW_S)
+        bound = held.wait_for_pods(bound=2, unbound=0)
+        feed.replicas["held"] = 3
+        held.wait_for_pods(bound=2, unbound=1)
+        feed.replicas["held"] = 2
+        time.sleep(HELD_S)  # several syncs recommending 2, all within the 300 s window
+        assert held.replicas() == 3 and len(held.pods()) == 3
+        held.apply_hpa(0)
+        held.wait_for(2)
+        assert held.wait_for_pods(bound=2, unbound=0) == bound
+    finally:
+        feed.replicas.pop("held", None)
+        plane.kubectl("delete", "deployment", held.name, f"--namespace={HPA_NAMESPACE}", "--wait=true")
+        plane.kubectl("delete", "node", node)
 
 
 def test_the_real_hpa_scales_to_desired_replicas_and_holds_when_data_is_withheld(adapter):

@@ -130,7 +130,11 @@ class ModelBasedPolicy:
         self._decided = now
         observed = {
             self._key(i): replace(
-                obs, ready_replicas=views[i].ready, kv_cache_tokens=self._kv_cache_tokens(i, views[i].accelerator)
+                obs,
+                ready_replicas=views[i].ready,
+                bound_pods=views[i].bound_pods,
+                unbound_pods=views[i].unbound_pods,
+                kv_cache_tokens=self._kv_cache_tokens(i, views[i].accelerator),
             )
             for i, obs in enumerate(self.observer.observe(now))
         }
