@@ -22,7 +22,7 @@ from autoscaler.policy.guards import ArrivalHistory, GuardSettings, planned_rate
 from autoscaler.policy.identify import LINE, Identification
 from autoscaler.policy.observation import Observation, WindowFigures, observe, within
 from autoscaler.controller.manifests import hpa, spec_patch
-from autoscaler.policy.planner import PlannerSettings, PlannerState, plan
+from autoscaler.policy.planner import Plan, PlannerSettings, PlannerState, plan
 from autoscaler.policy.sizing import rate_variation
 from autoscaler.controller.services import ServiceReader, read_services
 from autoscaler.policy.decisions import LastDecision
@@ -229,17 +229,22 @@ def test_the_latency_models_counts_are_placed_within_the_capacity_moving_the_lea
     A100s that never free up while H100s have room. The optimizer places again with the A100s'
     room short by that excess: the Free ISVC moves to H100s, chat keeps its 7 A100s. Where no
     other type has room, moving would leave the batch ISVC unplaced: the placement stands (its
-    pods wait, as a plan over capacity always made them)."""
+    pods wait, as a plan over capacity always made them, and its reasons say so)."""
 
-    def placed(capacity: dict[str, int]) -> dict[str, tuple[str, int]]:
+    def placed(capacity: dict[str, int]) -> list[Plan]:
         services = [service("chat"), service("batch", service_class="Free")]
         observed_now = {("prod", "chat"): observed(6.0), ("prod", "batch"): observed(6.0)}
-        plans = plan(DATA.catalog, capacity, services, observed_now, 1000.0, PlannerState())
+        return plan(DATA.catalog, capacity, services, observed_now, 1000.0, PlannerState())
+
+    def decided(plans: list[Plan]) -> dict[str, tuple[str, int]]:
         return {p.service.name: (p.decision.accelerator, p.decision.replicas) for p in plans}
 
     moved = placed(dict(CAPACITY, A100=10))
-    assert moved["chat"] == ("A100", 7) and moved["batch"][0] == "H100"
-    assert placed({**{name: 0 for name in CAPACITY}, "A100": 10}) == {"chat": ("A100", 7), "batch": ("A100", 5)}
+    assert decided(moved)["chat"] == ("A100", 7) and decided(moved)["batch"][0] == "H100"
+    assert not any("wait for one" in p.reason for p in moved)
+    stood = placed({**{name: 0 for name in CAPACITY}, "A100": 10})
+    assert decided(stood) == {"chat": ("A100", 7), "batch": ("A100", 5)}
+    assert all("the plans ask 12 A100 GPUs of the 10 offered: replicas will wait for one" in p.reason for p in stood)
 
 
 def test_missed_slo_lowers_the_capacity_bias_which_is_persisted():

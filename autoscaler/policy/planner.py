@@ -474,7 +474,29 @@ def plan(
             scale_down_s = 0
             reasons.append(released)
         plans.append(Plan(service, decision, roll_out=rolled, reason="; ".join(reasons), scale_down_s=scale_down_s))
-    return plans
+    return _beyond_capacity(catalog, capacity, plans)
+
+
+def _beyond_capacity(catalog: Catalog, capacity: Mapping[str, int], plans: list[Plan]) -> list[Plan]:
+    """The plans, each of those decided afresh on a GPU type that the decisions together ask
+    more of than the capacity saying so in its reason: some of their pods will wait for a GPU
+    (Pending). That is left where the optimizer could only do its best, where the dwell keeps an
+    ISVC on a full type, or where the capacity fit could not move an ISVC off it (a type with
+    room too small for its latency model's count: the fit's round is taken all the same, as it
+    leaves the excess with the ISVCs the optimizer values least)."""
+    decided = [p for p in plans if p.decision is not None]
+    asked = gpus_held(catalog, ((p.service.model, p.decision.accelerator, p.decision.replicas) for p in decided))
+    beyond = {gpu_type: count for gpu_type, count in asked.items() if count > capacity.get(gpu_type, 0)}
+    if not beyond:
+        return plans
+    noted = []
+    for p in plans:
+        if p.decision is not None and not p.stale and (gpu_type := p.decision.accelerator) in beyond:
+            offered = capacity.get(gpu_type, 0)
+            note = f"the plans ask {beyond[gpu_type]} {gpu_type} GPUs of the {offered} offered: replicas will wait for one"
+            p = replace(p, reason="; ".join(filter(None, (p.reason, note))))
+        noted.append(p)
+    return noted
 
 
 def _unsettled(
