@@ -1,7 +1,8 @@
 """The planner's inputs from a real cluster, the controller as config/'s ServiceAccount on the real
 kube-apiserver (moved here from tests/test_rollout.py and tests/test_plan_ahead.py, which keep the
-pure planner and simulator cases): the GPUs a superseded revision's pods hold on kwok's nodes, and
-a cycle brought forward by a queue building between periods.
+pure planner and simulator cases): the GPUs a superseded revision's pods hold on kwok's nodes, the
+latency model's counts placed within the GPUs the nodes have free, and a cycle brought forward by
+a queue building between periods.
 
 Each test has a namespace of its own (tests/e2e/isvc_namespace.py).
 """
@@ -14,6 +15,7 @@ import json
 import time
 
 from autoscaler.controller import controller as controller_module
+from autoscaler.controller.catalog import available_capacity, node_gpu_types
 from autoscaler.kserve import ISVC_LABEL, REVISION_LABEL
 
 from ..cluster_objects import gpu_pod
@@ -67,6 +69,61 @@ async def test_the_controller_plans_without_the_gpus_of_a_superseded_revision(na
     capacity, free = seen[-1]
     assert (capacity["H100"], capacity["L40S"]) == (before_capacity["H100"] - 6, before_capacity["L40S"])
     assert (free["H100"], free["L40S"]) == (before_free["H100"] - 6, before_free["L40S"] - 3)
+
+
+@named("e2e-beyond-capacity")
+async def test_the_controller_places_the_latency_models_counts_within_the_gpus_the_nodes_have(namespace, monkeypatch):
+    """The capacity fit (planner.plan, FIT_ROUNDS) on what the real cluster offers: pods of
+    another workload, bound to the session's kwok nodes, leave 2 H100s and 4 L40S free; a
+    Premium and a Free llama-2-13b ISVC at 2 and 1.5 req/s fit the 2 H100s as 2 + 1 by the
+    optimizer's counts and ask 3 by the latency model's. The Free one is placed on the L40S (4
+    replicas, one GPU each), and the controller's decisions ask no more GPUs of a type than the
+    nodes have free (tests/test_controller_planning.py has the rule's cases)."""
+    ns = namespace.name
+    decided = []
+    real_plan = controller_module.plan
+
+    def recording_plan(catalog, capacity, services, observed, now, state, settings, free=None):
+        plans = real_plan(catalog, capacity, services, observed, now, state, settings, free=free)
+        decided.append((capacity, {p.service.name: p for p in plans if p.service.namespace == ns}))
+        return plans
+
+    monkeypatch.setattr(controller_module, "plan", recording_plan)
+    collector = StandInCollector({(ns, "chat"): observed(2.0), (ns, "batch"): observed(1.5)})
+    controller = await namespace.controller(collector)
+    try:
+        # what other workloads leave free, as the controller's watches show it
+        nodes, pods = controller.informers["nodes"].objects.values(), controller.informers["pods"].objects.values()
+        types = node_gpu_types(nodes, controller._cluster_data())
+        free = available_capacity(nodes, types, pods, lambda _: False, {})
+        assert free["H100"] >= 2 and free["L40S"] >= 4, free
+        fillers = []
+        for gpu_type, node_names, keep in (("H100", ("gpu-h100-0", "gpu-h100-1"), 2), ("L40S", ("gpu-l40s-0",), 4)):
+            left = free[gpu_type] - keep
+            for node_name in node_names:
+                on_node = min(left, 8)  # what each node can hold at most (conftest.GPU_NODES)
+                if on_node > 0:
+                    fillers.append(gpu_pod(f"other-{node_name}", node_name, on_node, ns))
+                    left -= on_node
+        for pod in fillers:
+            pod["spec"]["containers"][0]["image"] = "training"
+            del pod["status"]  # kwok's to set
+        namespace.apply(fillers)
+        watched = controller.informers["pods"].objects
+        await settled(controller, lambda: all((ns, pod["metadata"]["name"]) in watched for pod in fillers))
+        namespace.create_isvc("chat", CHAT)
+        namespace.create_isvc("batch", CHAT, service_class="Free")
+        isvcs = controller.informers["isvcs"].objects
+        await settled(controller, lambda: (ns, "chat") in isvcs and (ns, "batch") in isvcs)
+        await controller.cycle()
+    finally:
+        await stop(controller)
+    capacity, plans = decided[-1]
+    assert (capacity["H100"], capacity["L40S"]) == (2, 4)
+    chat, batch = plans["chat"].decision, plans["batch"].decision
+    assert (chat.accelerator, chat.replicas) == ("H100", 2)
+    assert (batch.accelerator, batch.replicas) == ("L40S", 4)
+    assert not any("wait for one" in p.reason for p in plans.values())
 
 
 class QueueCollector(StandInCollector):
