@@ -25,6 +25,17 @@ from .isvc_namespace import CHAT, named, stop
 from .test_controller_rbac import settled
 
 
+async def bound_on_kwok(namespace, controller, pods: list[dict], image: str) -> None:
+    """Create `pods` (bound to kwok's nodes by their nodeName; kwok sets their status) and wait
+    until the controller's watch shows them."""
+    for pod in pods:
+        pod["spec"]["containers"][0]["image"] = image
+        del pod["status"]
+    namespace.apply(pods)
+    watched = controller.informers["pods"].objects
+    await settled(controller, lambda: all((namespace.name, pod["metadata"]["name"]) in watched for pod in pods))
+
+
 @named("e2e-superseded-revision")
 async def test_the_controller_plans_without_the_gpus_of_a_superseded_revision(namespace, monkeypatch):
     """A cycle's plan gets the cluster's GPUs less the old revision's pods as capacity (the new
@@ -57,12 +68,7 @@ async def test_the_controller_plans_without_the_gpus_of_a_superseded_revision(na
             gpu_pod("old-b", "gpu-h100-1", 2, ns, labels("chat-predictor-00001")),
             gpu_pod("new-a", "gpu-l40s-0", 3, ns, labels("chat-predictor-00002")),
         ]
-        for pod in pods:
-            pod["spec"]["containers"][0]["image"] = "vllm/vllm-openai"
-            del pod["status"]  # kwok's to set
-        namespace.apply(pods)
-        watched = controller.informers["pods"].objects
-        await settled(controller, lambda: all((ns, pod["metadata"]["name"]) in watched for pod in pods))
+        await bound_on_kwok(namespace, controller, pods, "vllm/vllm-openai")
         await controller.cycle()
     finally:
         await stop(controller)
@@ -105,12 +111,7 @@ async def test_the_controller_places_the_latency_models_counts_within_the_gpus_t
                 if on_node > 0:
                     fillers.append(gpu_pod(f"other-{node_name}", node_name, on_node, ns))
                     left -= on_node
-        for pod in fillers:
-            pod["spec"]["containers"][0]["image"] = "training"
-            del pod["status"]  # kwok's to set
-        namespace.apply(fillers)
-        watched = controller.informers["pods"].objects
-        await settled(controller, lambda: all((ns, pod["metadata"]["name"]) in watched for pod in fillers))
+        await bound_on_kwok(namespace, controller, fillers, "training")
         namespace.create_isvc("chat", CHAT)
         namespace.create_isvc("batch", CHAT, service_class="Free")
         isvcs = controller.informers["isvcs"].objects
