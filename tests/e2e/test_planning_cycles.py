@@ -81,10 +81,10 @@ async def test_the_controller_plans_without_the_gpus_of_a_superseded_revision(na
 async def test_the_controller_places_the_latency_models_counts_within_the_gpus_the_nodes_have(namespace, monkeypatch):
     """The capacity fit (planner.plan, FIT_ROUNDS) on what the real cluster offers: pods of
     another workload, bound to the session's kwok nodes, leave 2 H100s and 4 L40S free; a
-    Premium and a Free llama-2-13b ISVC at 2 and 1.5 req/s fit the 2 H100s as 2 + 1 by the
-    optimizer's counts and ask 3 by the latency model's. The Free one is placed on the L40S (4
-    replicas, one GPU each), and the controller's decisions ask no more GPUs of a type than the
-    nodes have free (tests/test_controller_planning.py has the rule's cases)."""
+    Premium and a Free llama-2-13b ISVC at 2 and 1.5 req/s fit the 2 H100s as 1 + 1 by the
+    optimizer's counts and ask 2 + 1 by the latency model's. The Free one is placed on the L40S
+    (4 replicas, one GPU each), and the controller's decisions ask no more GPUs of a type than
+    the nodes have free (tests/test_controller_planning.py has the rule's cases)."""
     ns = namespace.name
     decided = []
     real_plan = controller_module.plan
