@@ -22,7 +22,7 @@ from autoscaler.policy.guards import ArrivalHistory, GuardSettings, planned_rate
 from autoscaler.policy.identify import LINE, Identification
 from autoscaler.policy.observation import Observation, WindowFigures, observe, within
 from autoscaler.controller.manifests import hpa, spec_patch
-from autoscaler.policy.planner import Plan, PlannerSettings, PlannerState, plan
+from autoscaler.policy.planner import Plan, PlannerSettings, PlannerState, _beyond_capacity, plan
 from autoscaler.policy.sizing import rate_variation
 from autoscaler.controller.services import ServiceReader, read_services
 from autoscaler.policy.decisions import LastDecision
@@ -245,6 +245,17 @@ def test_the_latency_models_counts_are_placed_within_the_capacity_moving_the_lea
     stood = placed({**{name: 0 for name in CAPACITY}, "A100": 10})
     assert decided(stood) == {"chat": ("A100", 7), "batch": ("A100", 5)}
     assert all("the plans ask 12 A100 GPUs of the 10 offered: replicas will wait for one" in p.reason for p in stood)
+
+
+def test_a_plan_on_an_accelerator_of_several_gpus_is_noted_by_its_gpu_type_beyond_the_capacity():
+    """The note on plans beyond the capacity counts GPU types, not accelerator names: 6 replicas
+    of a 2xA100 accelerator hold 12 A100s, more than the 10 offered."""
+    decided = plan_one(service()).decision
+    doubled = Plan(service(), dataclasses.replace(decided, accelerator="2xA100", replicas=6))
+    [noted] = _beyond_capacity(DATA.catalog, dict(CAPACITY, A100=10), [doubled])
+    assert "the plans ask 12 A100 GPUs of the 10 offered: replicas will wait for one" in noted.reason
+    [fits] = _beyond_capacity(DATA.catalog, dict(CAPACITY, A100=12), [doubled])
+    assert fits.reason == ""
 
 
 def test_missed_slo_lowers_the_capacity_bias_which_is_persisted():

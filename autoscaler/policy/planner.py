@@ -491,7 +491,8 @@ def _beyond_capacity(catalog: Catalog, capacity: Mapping[str, int], plans: list[
         return plans
     noted = []
     for p in plans:
-        if p.decision is not None and not p.stale and (gpu_type := p.decision.accelerator) in beyond:
+        acc = catalog.accelerators.get(p.decision.accelerator) if p.decision is not None else None
+        if acc is not None and not p.stale and (gpu_type := acc.type) in beyond:  # "2xA100" holds A100s
             offered = capacity.get(gpu_type, 0)
             note = f"the plans ask {beyond[gpu_type]} {gpu_type} GPUs of the {offered} offered: replicas will wait for one"
             p = replace(p, reason="; ".join(filter(None, (p.reason, note))))
