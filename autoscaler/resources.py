@@ -63,6 +63,12 @@ def pod_requests(pod: dict) -> Resources:
     return total
 
 
+def finished(pod: dict) -> bool:
+    """A pod that has run to its end (Succeeded or Failed): it holds no resources any more (the
+    scheduler's cache drops it) and is no longer one of its ReplicaSet's replicas."""
+    return (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+
+
 def node_allocatable(node: dict) -> Resources:
     allocatable = (node.get("status") or {}).get("allocatable") or {}
     return Resources(

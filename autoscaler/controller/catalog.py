@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from ..errors import InputError
 from ..kserve import COMPONENT_LABEL, GPU_PRODUCT_LABEL, ISVC_LABEL, PREDICTOR, REVISION_LABEL
 from ..optimizer.domain import Catalog
-from ..resources import node_allocatable, pod_requests, schedulable
+from ..resources import finished, node_allocatable, pod_requests, schedulable
 from .knative import is_ready_pod
 from ..optimizer.loader import SECTIONS, Node, catalog_from_sections, parse_json
 
@@ -112,8 +112,7 @@ def available_capacity(
             capacity[types[name]] = capacity.get(types[name], 0) + node_allocatable(node).gpu
     for pod in pods:
         node_name = (pod.get("spec") or {}).get("nodeName")
-        phase = (pod.get("status") or {}).get("phase")
-        if node_name in types and phase not in ("Succeeded", "Failed") and not managed(pod):
+        if node_name in types and not finished(pod) and not managed(pod):
             capacity[types[node_name]] -= pod_requests(pod).gpu
     for gpu_type, count in reserved.items():
         if gpu_type in capacity:
@@ -148,12 +147,10 @@ def pod_binding(pods: Iterable[dict]) -> dict[tuple[str, str], tuple[int, int]]:
     gated: set[tuple[str, str]] = set()
     for pod in pods:
         meta, spec = pod.get("metadata") or {}, pod.get("spec") or {}
-        labels = meta.get("labels") or {}
-        if not labels.get(ISVC_LABEL) or labels.get(COMPONENT_LABEL) != PREDICTOR:
+        key = predictor_of(pod)
+        if key is None or meta.get("deletionTimestamp") or finished(pod):
             continue
-        if meta.get("deletionTimestamp") or (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed"):
-            continue
-        key = (meta.get("namespace", ""), labels[ISVC_LABEL])
+        labels = meta["labels"]
         versions.setdefault(key, set()).add((labels.get(REVISION_LABEL), labels.get(POD_TEMPLATE_HASH)))
         if spec.get("schedulingGates"):
             gated.add(key)
@@ -165,16 +162,22 @@ def pod_binding(pods: Iterable[dict]) -> dict[tuple[str, str], tuple[int, int]]:
 def ready_replicas(pods: Iterable[dict]) -> dict[tuple[str, str], int]:
     """Ready predictor pods per (namespace, ISVC), of every revision: the replicas that served
     the last window, which the planner learns per replica from (the simulator counts its ready
-    replicas alike). KServe labels a predictor's pods with the ISVC's name and component
-    `predictor` in both modes (the Deployment's or the Knative revision's pod template,
-    predictor.go buildObjectMeta); a pod counts once its Ready condition is True and it is not
+    replicas alike; predictor_of); a pod counts once its Ready condition is True and it is not
     being deleted, as the Deployment's readyReplicas and the endpoints count it. An ISVC with no
     such pod at all is left out (unknown: the planner takes its last decision's count), not 0."""
     ready: dict[tuple[str, str], int] = {}
     for pod in pods:
-        meta = pod.get("metadata") or {}
-        labels = meta.get("labels") or {}
-        if labels.get(ISVC_LABEL) and labels.get(COMPONENT_LABEL) == PREDICTOR:
-            key = (meta.get("namespace", ""), labels[ISVC_LABEL])
+        if (key := predictor_of(pod)) is not None:
             ready[key] = ready.get(key, 0) + is_ready_pod(pod)
     return ready
+
+
+def predictor_of(pod: dict) -> tuple[str, str] | None:
+    """The (namespace, ISVC) whose predictor the pod is a replica of, or None: KServe labels a
+    predictor's pods with the ISVC's name and component `predictor` in both modes (the
+    Deployment's or the Knative revision's pod template, predictor.go buildObjectMeta)."""
+    meta = pod.get("metadata") or {}
+    labels = meta.get("labels") or {}
+    if not labels.get(ISVC_LABEL) or labels.get(COMPONENT_LABEL) != PREDICTOR:
+        return None
+    return meta.get("namespace", ""), labels[ISVC_LABEL]

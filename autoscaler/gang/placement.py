@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from ..resources import Resources, node_allocatable, pod_requests, schedulable
+from ..resources import Resources, finished, node_allocatable, pod_requests, schedulable
 
 
 def _expression_holds(expression: dict, labels: Mapping[str, str]) -> bool:
@@ -69,8 +69,7 @@ def free_resources(
     free = {n["metadata"]["name"]: node_allocatable(n) for n in nodes if schedulable(n)}
     for pod in bound_pods:
         node_name = (pod.get("spec") or {}).get("nodeName")
-        phase = (pod.get("status") or {}).get("phase")
-        if node_name in free and phase not in ("Succeeded", "Failed"):
+        if node_name in free and not finished(pod):
             free[node_name] = free[node_name] - pod_requests(pod)
     for node_name, resources in held:
         if node_name in free:
