@@ -21,6 +21,7 @@ from autoscaler.kserve import ISVC_LABEL, REVISION_LABEL
 from ..cluster_objects import gpu_pod
 from ..test_controller import StandInCollector
 from ..test_controller_planning import observed
+from .conftest import GPU_NODES
 from .isvc_namespace import CHAT, named, stop
 from .test_controller_rbac import settled
 
@@ -103,14 +104,13 @@ async def test_the_controller_places_the_latency_models_counts_within_the_gpus_t
         types = node_gpu_types(nodes, controller._cluster_data())
         free = available_capacity(nodes, types, pods, lambda _: False, {})
         assert free["H100"] >= 2 and free["L40S"] >= 4, free
+        left = {"H100": free["H100"] - 2, "L40S": free["L40S"] - 4}  # the GPUs to take of each type
         fillers = []
-        for gpu_type, node_names, keep in (("H100", ("gpu-h100-0", "gpu-h100-1"), 2), ("L40S", ("gpu-l40s-0",), 4)):
-            left = free[gpu_type] - keep
-            for node_name in node_names:
-                on_node = min(left, 8)  # what each node can hold at most (conftest.GPU_NODES)
-                if on_node > 0:
-                    fillers.append(gpu_pod(f"other-{node_name}", node_name, on_node, ns))
-                    left -= on_node
+        for node_name, _, gpus in GPU_NODES:
+            on_node = min(left[types[node_name]], gpus)
+            if on_node > 0:
+                fillers.append(gpu_pod(f"other-{node_name}", node_name, on_node, ns))
+                left[types[node_name]] -= on_node
         await bound_on_kwok(namespace, controller, fillers, "training")
         namespace.create_isvc("chat", CHAT)
         namespace.create_isvc("batch", CHAT, service_class="Free")
