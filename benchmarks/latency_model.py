@@ -104,6 +104,15 @@ def identified(scenario: Scenario, index: int, accelerator: str, requests: int =
     predicted capacity, the ISVC's own sizes in Poisson arrivals."""
     replica, shape, ttft_ms, itl_ms, mode = _model(scenario, index, accelerator)
     rate = LEARNING_LOAD * capacity(replica, shape, ttft_ms, itl_ms, GOAL, mode)
+    scale = identify_work_scale(replica, shape, rate, mean_itl(scenario, index, accelerator, rate, requests)) or 1.0
+    return capacity(dataclasses.replace(replica, work_scale=scale), shape, ttft_ms, itl_ms, GOAL, mode)
+
+
+def mean_itl(scenario: Scenario, index: int, accelerator: str, rate: float, requests: int = 5_000) -> float:
+    """The mean ITL (ms: vLLM's ITL histogram's sum over its count) of one replica of the ISVC
+    on `accelerator` at its option's batch, under Poisson arrivals at `rate` req/s of its own
+    request sizes."""
+    replica = _model(scenario, index, accelerator)[0]
     rng = np.random.default_rng(7)
     pick = rng.choice(np.flatnonzero(scenario.requests.isvc == index), requests)
     times = np.cumsum(rng.exponential(1.0 / rate, requests))
@@ -116,9 +125,7 @@ def identified(scenario: Scenario, index: int, accelerator: str, requests: int =
     single = dataclasses.replace(single, world=dataclasses.replace(single.world, isvcs=(single.world.isvcs[index],)))
     result = Simulation(single, StaticPolicy(), {0: Decision(1, accelerator, replica.max_batch)}).run()
     done = ~result.dropped & (sizes_out > 1)
-    mean_itl_ms = 1000.0 * np.sum(result.finish[done] - result.first_token[done]) / np.sum(sizes_out[done] - 1)
-    scale = identify_work_scale(replica, shape, rate, mean_itl_ms) or 1.0
-    return capacity(dataclasses.replace(replica, work_scale=scale), shape, ttft_ms, itl_ms, GOAL, mode)
+    return 1000.0 * float(np.sum(result.finish[done] - result.first_token[done]) / np.sum(sizes_out[done] - 1))
 
 
 def simulated(scenario: Scenario, index: int, accelerator: str, requests: int, max_batch: int | None = None) -> float:

@@ -26,7 +26,17 @@ from autoscaler.simulator.traffic import Requests
 from autoscaler.simulator.world import Scenario
 
 sys.path.insert(0, str(Path(__file__).parent.parent / "benchmarks"))
-from latency_model import GOAL, NO_PROFILE_S, _model, alone, identity_windows, predicted, simulated, unprofiled  # noqa: E402
+from latency_model import (  # noqa: E402
+    GOAL,
+    NO_PROFILE_S,
+    _model,
+    alone,
+    identity_windows,
+    mean_itl,
+    predicted,
+    simulated,
+    unprofiled,
+)
 
 from .samples import SAMPLES, require_samples  # noqa: E402
 
@@ -91,6 +101,24 @@ def test_work_scale_is_recovered_from_the_mean_itl():
     assert identify_work_scale(CHAT, SHAPE, 10.0, measured) == pytest.approx(1.3, rel=1e-3)
     assert identify_work_scale(CHAT, SHAPE, 0.0, measured) is None  # no load: nothing to learn
     assert identify_work_scale(CHAT, SHAPE, 10.0, 1.0) is None  # faster than an empty step: an outlier
+
+
+def test_the_work_scale_is_not_read_off_steps_the_engines_cpu_sets():
+    """code-1b's engine CPU is the longer per step and per sequence, its GPU per prompt: its
+    decode-only steps are the CPU's and its prompts' the GPU's, so the simulated server's mean
+    ITL is above the longer of the two sides' means the model prices, and the GPU's formula
+    solved against it reads the CPU's time as GPU work (a scale of 2.3 at 30 req/s, where the
+    truth is the profile). No scale is read there; chat-8b, whose GPU is the longer in every
+    part, is still read (its truth is its measured steps: near 1)."""
+    scenario = build_scenario("mixed", 1, 3600.0)
+    names = [spec.name for spec in scenario.world.isvcs]
+    code, code_shape = _model(scenario, names.index("code-1b"), "H100")[:2]
+    measured = mean_itl(scenario, names.index("code-1b"), "H100", 30.0)
+    assert measured > 1.2 * _mean_itl(code, code_shape, 30.0)
+    assert identify_work_scale(code, code_shape, 30.0, measured) is None
+    chat, chat_shape = _model(scenario, names.index("chat-8b"), "H100")[:2]
+    scale = identify_work_scale(chat, chat_shape, 10.0, mean_itl(scenario, names.index("chat-8b"), "H100", 10.0))
+    assert scale is not None and 0.9 < scale < 1.2
 
 
 def _window(rate: float, itl_ms: float | None, ttft_met: float, itl_met: float, requests: float | None = None) -> Observation:
