@@ -395,7 +395,7 @@ def _converges(name: str, kind: str, reading: str, prior_below: float) -> None:
 def test_vllms_step_count_reads_the_mean_itl_over_the_plain_mean_step_near_one(capsys):
     """The identity's intercept is alpha (I / S), read as alpha (identify.py): vLLM's step count
     (iteration_tokens_total's, which the simulated server exports) measures I / S, about 1 in
-    each window of granite-13b's busy replicas (README: 1.00-1.04 at 3.3-9.8 decoding requests)"""
+    each window of granite-13b's busy replicas (docs/notes/no-profile.md: 1.00-1.04 at 3.3-9.8 decoding requests)"""
     identity_windows("granite-13b", "diurnal", NO_PROFILE_S, seed=2)
     rows = [line.split() for line in capsys.readouterr().out.splitlines()[2:]]
     busy = [float(row[5]) for row in rows if float(row[4]) >= 3.0]  # I / S where 3+ requests decode
@@ -623,7 +623,7 @@ def test_the_kv_cache_vllm_reports_replaces_the_priors_bound():
 
 def test_a_profiled_model_is_offered_its_prior_on_an_allowed_gpu_type_it_has_no_profile_for():
     """with_priors offers the roofline prior for every GPU type an ISVC allows and its model has
-    no profile on, profiled elsewhere or not (README, *A model with no profile*: kept). A
+    no profile on, profiled elsewhere or not (docs/notes/no-profile.md, the placement: kept). A
     measured profile is not displaced by a prior that underrates a replica, while the type it
     was measured on has room; where it has none, the prior places the ISVC on another type it
     allows, sized from the bound (more replicas, not fewer) instead of leaving it unplaced."""

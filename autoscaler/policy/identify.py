@@ -11,7 +11,7 @@ and B the mean decoding requests per replica (Little's law), so, exactly,
 The line's intercept is alpha (I / S), read as alpha: I / S is 1 within noise (a step with
 more decodes is longer and weighs more in I, one with a long prompt's chunk is longer and
 carries fewer; vLLM's step count, vllm:iteration_tokens_total's, reads it at 0.94-1.07 in the
-busy simulated windows, and reading each window's did not pay: README, *A model with no profile*).
+busy simulated windows, and reading each window's did not pay: docs/notes/no-profile.md).
 An intercept of alpha + u, read as if each request saw itself beside the B others, overrated
 granite-13b by 11% and mistral-7b by 22% in the simulated world.
 
