@@ -21,8 +21,8 @@ from autoscaler.controller.collector import CollectorSettings, bracketing_bounds
 from autoscaler.policy.guards import ArrivalHistory, GuardSettings, planned_rate, z_score
 from autoscaler.policy.identify import LINE, Identification
 from autoscaler.policy.observation import Observation, WindowFigures, observe, within
-from autoscaler.controller.manifests import hpa, spec_patch
-from autoscaler.policy.planner import Plan, PlannerSettings, PlannerState, _beyond_capacity, plan
+from autoscaler.controller.manifests import condition, hpa, spec_patch
+from autoscaler.policy.planner import Outcome, Plan, PlannerSettings, PlannerState, _beyond_capacity, plan
 from autoscaler.policy.sizing import rate_variation
 from autoscaler.controller.services import ServiceReader, read_services
 from autoscaler.policy.decisions import LastDecision
@@ -245,6 +245,7 @@ def test_the_latency_models_counts_are_placed_within_the_capacity_moving_the_lea
     stood = placed({**{name: 0 for name in CAPACITY}, "A100": 10})
     assert decided(stood) == {"chat": ("A100", 7), "batch": ("A100", 5)}
     assert all("the plans ask 12 A100 GPUs of the 10 offered: replicas will wait for one" in p.reason for p in stood)
+    assert all(condition(p)["status"] == "False" and condition(p)["reason"] == "Constrained" for p in stood)
 
 
 def test_a_plan_on_an_accelerator_of_several_gpus_is_noted_by_its_gpu_type_beyond_the_capacity():
@@ -533,3 +534,38 @@ def test_a_fleet_behind_a_load_aware_router_is_sized_one_replica_fewer_only_whil
     assert sized(pooled) == (6, "A100")
     assert sized(pooled, ttft_s=30.0) == sized(PlannerSettings(), ttft_s=30.0) == (7, "A100")
     assert sized(pooled, identified=True) == (7, "A100")
+
+
+@pytest.mark.parametrize(
+    "outcome, status",
+    [
+        (Outcome.DECIDED, "True"),
+        (Outcome.SCALED_TO_ZERO, "True"),
+        (Outcome.BEST_EFFORT, "False"),
+        (Outcome.CONSTRAINED, "False"),
+        (Outcome.NO_PLACEMENT, "False"),
+        (Outcome.STALE, "Unknown"),
+    ],
+)
+def test_the_isvcs_condition_names_the_plans_outcome_and_is_false_only_where_gpus_fall_short(outcome, status):
+    """AutoscalerDecision: the outcome is the reason and sets the status an operator reads; the
+    plan's notes go in the message. A decision kept where a move does not pay, or with pods
+    waiting for a GPU let go, is as decided (True); a plan with no decision says only why."""
+    decided = plan_one(service()).decision
+    with_decision = condition(Plan(service(), decided, reason="a note", outcome=outcome))
+    assert (with_decision["status"], with_decision["reason"]) == (status, outcome.value)
+    assert with_decision["message"].startswith(f"{decided.replicas} x {decided.accelerator}")
+    assert with_decision["message"].endswith("(a note)")
+    without = condition(Plan(service(), None, reason="nothing to decide yet", outcome=outcome))
+    assert (without["status"], without["reason"], without["message"]) == (status, outcome.value, "nothing to decide yet")
+
+
+def test_each_way_the_planner_ends_names_its_outcome():
+    """The planner sets each plan's outcome where it decides: a fresh decision, one over the
+    capacity, one with no load data, an ISVC that cannot be placed at all."""
+    assert plan_one(service()).outcome is Outcome.DECIDED
+    stale = plan(DATA.catalog, CAPACITY, [service(last=plan_one(service()).decision)], {}, 1000.0, PlannerState())
+    assert [(p.stale, p.outcome) for p in stale] == [(True, Outcome.STALE)]
+    no_gpus = {name: 0 for name in CAPACITY}
+    nowhere = plan(DATA.catalog, no_gpus, [service()], {("prod", "chat"): observed(6.0)}, 1000.0, PlannerState())
+    assert [(p.decision, p.outcome) for p in nowhere] == [(None, Outcome.NO_PLACEMENT)]

@@ -10,6 +10,7 @@ from dataclasses import replace
 import numpy as np
 
 from autoscaler.controller.catalog import available_capacity, node_gpu_types, placed_afresh
+from autoscaler.controller.manifests import condition
 from autoscaler.kserve import ISVC_LABEL, REVISION_LABEL
 from autoscaler.optimizer.domain import Allocation
 from autoscaler.policy.decisions import LastDecision
@@ -80,6 +81,9 @@ def test_the_planner_keeps_what_runs_when_a_move_does_not_pay_for_its_cold_start
     slow = PlannerSettings(startup_s=600.0)
     kept = only_plan(service(last=LAST_L40S, spec_changes="true"), 0.5, slow)
     assert not kept.roll_out and kept.decision.accelerator == "L40S" and "not worth a new revision" in kept.reason
+    # a plan as decided: the ISVC's condition is True, the refused move a note in its message
+    assert condition(kept)["status"] == "True" and condition(kept)["reason"] == "Decided"
+    assert "not worth a new revision" in condition(kept)["message"]
     # with a near-instant start the same move pays
     fast = PlannerSettings(startup_s=1.0)
     moved = only_plan(service(last=LAST_L40S, spec_changes="true"), 0.5, fast)

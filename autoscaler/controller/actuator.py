@@ -140,12 +140,7 @@ class Actuator:
         if isvc is None:
             return
         if plan.decision is None:
-            return await self._condition(
-                isvc,
-                {"type": "AutoscalerDecision", "status": "False", "reason": "NoPlacement", "message": plan.reason},
-                now,
-                report,
-            )
+            return await self._condition(isvc, condition(plan), now, report)
         accelerator = catalog.accelerators[plan.decision.accelerator]
         gpus = catalog.profiles[(service.model, accelerator.name)].acc_count * accelerator.multiplicity
         patch = spec_patch(isvc, plan, products.get(accelerator.type, {accelerator.type}), gpus)

@@ -10,7 +10,7 @@ from ..kserve import GPU_PRODUCT_LABEL, GPU_RESOURCE, MANAGED_BY
 from ..optimizer.domain import ServiceTarget
 from ..proto import decisions_pb2 as pb
 from ..policy.guards import SCALE_DOWN_WINDOW_S
-from ..policy.planner import Plan
+from ..policy.planner import Outcome, Plan
 
 CONDITION_TYPE = "AutoscalerDecision"
 DESIRED_REPLICAS = "desired_replicas"
@@ -113,14 +113,24 @@ def hpa_differs(wanted: dict, current: dict | None) -> bool:
     return current is None or current.get("spec") != wanted["spec"]
 
 
+# the condition's status for each outcome (Outcome's docstring)
+CONDITION_STATUS = {
+    Outcome.DECIDED: "True",
+    Outcome.SCALED_TO_ZERO: "True",
+    Outcome.BEST_EFFORT: "False",
+    Outcome.CONSTRAINED: "False",
+    Outcome.NO_PLACEMENT: "False",
+    Outcome.STALE: "Unknown",
+}
+
+
 def condition(plan: Plan) -> dict:
+    """The ISVC's AutoscalerDecision condition for a plan: its outcome as the reason, the decision
+    and the plan's notes as the message. A plan with no decision says only why."""
+    status, reason = CONDITION_STATUS[plan.outcome], plan.outcome.value
     d = plan.decision
-    if plan.stale:
-        status, reason = "Unknown", "StaleLoadData"
-    elif plan.reason:
-        status, reason = "False", "Constrained"
-    else:
-        status, reason = "True", "Decided"
+    if d is None:
+        return {"type": CONDITION_TYPE, "status": status, "reason": reason, "message": plan.reason}
     message = (
         f"{d.replicas} x {d.accelerator}, max batch {d.max_batch}; predicted TTFT {d.ttft_ms:.0f} ms, "
         f"ITL {d.itl_ms:.1f} ms at {d.arrival_rate:.2f} req/s"

@@ -42,6 +42,7 @@ Rules on top of the optimizer, each for a failure seen in practice:
 
 from __future__ import annotations
 
+import enum
 import logging
 import math
 from collections.abc import Mapping
@@ -98,6 +99,21 @@ class PlannerSettings:
     guards: GuardSettings = GuardSettings()
 
 
+class Outcome(enum.Enum):
+    """What a plan amounts to, as the ISVC's `AutoscalerDecision` condition names it (its reason;
+    Plan.reason is the sentence beside it). An operator reads the condition's status: a plan as
+    decided is True, whatever its notes say (a move not worth its cold start, pods waiting for a
+    GPU let go); one that leaves the SLOs or pods unserved for want of GPUs is False; one made
+    without this cycle's load is Unknown."""
+
+    DECIDED = "Decided"
+    SCALED_TO_ZERO = "ScaledToZero"  # no load and min-replicas 0, as the ISVC asks
+    BEST_EFFORT = "BestEffort"  # no GPU type meets the SLOs within the capacity: the optimizer's best
+    CONSTRAINED = "Constrained"  # replicas will wait for a GPU, or the ISVC keeps what it has
+    NO_PLACEMENT = "NoPlacement"  # nothing can be decided yet
+    STALE = "StaleLoadData"  # no usable load data, or a decision withheld: the last one kept
+
+
 @dataclass(frozen=True)
 class Plan:
     service: ManagedService
@@ -105,6 +121,7 @@ class Plan:
     stale: bool = False  # no data this cycle: the last decision, kept
     roll_out: bool = False  # apply a new GPU type / batch size to the spec (a new revision)
     reason: str = ""
+    outcome: Outcome = Outcome.DECIDED
     # the HPA's scale-down stabilisation to write, in seconds: None for its default
     # (guards.SCALE_DOWN_WINDOW_S); one collector window while the step costs of the model
     # with no profile it runs are still being identified (_identifying); 0 where every pod the
@@ -426,7 +443,7 @@ def plan(
     for service in services:
         if service.key not in fresh:
             reason = refused.get(service.key, "no load data this cycle")
-            plans.append(Plan(service, service.last, stale=True, reason=f"{reason}: last decision kept"))
+            plans.append(Plan(service, service.last, stale=True, reason=f"{reason}: last decision kept", outcome=Outcome.STALE))
             continue
         load, measured, scales = fresh[service.key]
         if service.key not in sized:
@@ -465,7 +482,8 @@ def plan(
             kv_token_ms=costs.gamma,
         )
         if problem := decision.problem():
-            plans.append(Plan(service, last, stale=True, reason=f"decision withheld ({problem}): last decision kept"))
+            withheld = f"decision withheld ({problem}): last decision kept"
+            plans.append(Plan(service, last, stale=True, reason=withheld, outcome=Outcome.STALE))
             continue
         reasons = ["best effort: SLOs not met within capacity"] if alloc.best_effort else []
         if (verdict := verdicts.get(service.key)) is not None and verdict.reason:
@@ -473,7 +491,9 @@ def plan(
         if not rolled and (released := _unbound_released(obs, decision.replicas)):
             scale_down_s = 0
             reasons.append(released)
-        plans.append(Plan(service, decision, roll_out=rolled, reason="; ".join(reasons), scale_down_s=scale_down_s))
+        outcome = Outcome.BEST_EFFORT if alloc.best_effort else Outcome.DECIDED
+        reason = "; ".join(reasons)
+        plans.append(Plan(service, decision, roll_out=rolled, reason=reason, outcome=outcome, scale_down_s=scale_down_s))
     return _beyond_capacity(catalog, capacity, plans)
 
 
@@ -495,7 +515,7 @@ def _beyond_capacity(catalog: Catalog, capacity: Mapping[str, int], plans: list[
         if acc is not None and not p.stale and (gpu_type := acc.type) in beyond:  # "2xA100" holds A100s
             offered = capacity.get(gpu_type, 0)
             note = f"the plans ask {beyond[gpu_type]} {gpu_type} GPUs of the {offered} offered: replicas will wait for one"
-            p = replace(p, reason="; ".join(filter(None, (p.reason, note))))
+            p = replace(p, reason="; ".join(filter(None, (p.reason, note))), outcome=Outcome.CONSTRAINED)
         noted.append(p)
     return noted
 
@@ -762,8 +782,9 @@ def _unplaced(service: ManagedService, load: Load, measured: float, now: float, 
     last = service.last
     if load.is_zero and service.min_replicas == 0 and last is not None:
         idle = replace(last, replicas=0, arrival_rate=measured, cost=0.0, decided_at=now)
-        return Plan(service, idle, reason="no load: scaled to zero (min-replicas 0)")
+        return Plan(service, idle, reason="no load: scaled to zero (min-replicas 0)", outcome=Outcome.SCALED_TO_ZERO)
     if last is None:
-        return Plan(service, None, reason="no GPU type fits within the capacity and SLOs: nothing to decide yet")
+        nothing = "no GPU type fits within the capacity and SLOs: nothing to decide yet"
+        return Plan(service, None, reason=nothing, outcome=Outcome.NO_PLACEMENT)
     kept = replace(last, arrival_rate=measured, decided_at=now, ttft_scale=scales[0], itl_scale=scales[1])
-    return Plan(service, kept, reason="cannot be placed within the capacity: keeps what it has")
+    return Plan(service, kept, reason="cannot be placed within the capacity: keeps what it has", outcome=Outcome.CONSTRAINED)
