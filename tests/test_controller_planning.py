@@ -323,9 +323,12 @@ def test_observations_from_query_results():
     assert len(queries(CollectorSettings(window_s=60, dispersion_s=None))) == 17
     assert obs.arrival_dispersion is None and obs.dispersion_pairs == 0  # not answered: Poisson
 
-    # the arrivals' Allan factor over the window's 15 s intervals: 4 intervals, 3 pairs, the largest left out
+    # the arrivals' Allan factor over the window's 5 s intervals: 12 intervals, 11 pairs, the largest left out
     bursty = observations(results | {"dispersion": v(4.5)}, settings)[("prod", "chat")]
-    assert (bursty.arrival_dispersion, bursty.dispersion_pairs, bursty.dispersion_s) == (4.5, 2, 15.0)
+    assert (bursty.arrival_dispersion, bursty.dispersion_pairs, bursty.dispersion_s) == (4.5, 10, 5.0)
+    # at a 15 s scrape: 4 intervals, 3 pairs, the largest left out
+    coarse = observations(results | {"dispersion": v(4.5)}, dataclasses.replace(settings, dispersion_s=15))[("prod", "chat")]
+    assert (coarse.dispersion_pairs, coarse.dispersion_s) == (2, 15.0)
     # no arrivals in it (0 / 0): unknown, and the ISVC's other figures still stand
     empty = observations(results | {"dispersion": v("NaN")}, settings)[("prod", "chat")]
     assert empty.arrival_dispersion is None and empty.arrival_rate == obs.arrival_rate

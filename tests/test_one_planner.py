@@ -8,6 +8,7 @@ the controller's collector would observe.
 
 from __future__ import annotations
 
+import argparse
 import ast
 import dataclasses
 import math
@@ -16,9 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 
 import autoscaler
-from autoscaler.controller import controller
+from autoscaler.controller import controller, server
 from autoscaler.controller.collector import CollectorSettings, observations, queries
 from autoscaler.policy.decisions import LastDecision
 from autoscaler.policy.observation import within
@@ -224,3 +226,19 @@ def test_the_opening_decision_sees_the_first_minutes_clumps_as_its_probes_would(
     assert (opened.arrival_dispersion, opened.dispersion_pairs, opened.dispersion_s) == (pytest.approx(35.16, abs=0.01), 10, 5.0)
     assert rate_variation(opened) > 0.1
     assert model_based._opening(load, 60.0).arrival_dispersion is None
+
+
+def test_the_simulator_observes_at_the_scrape_interval_the_controller_ships_with():
+    """The simulator's ours probes vLLM's figures every `probe_s` (its Allan factor's intervals,
+    its queue watch); the controller reads them at the scrape interval the sample PodMonitor sets
+    and `--scrape-interval` states, and watches the queue every `--queue-probe`. They are one
+    figure: evaluated at 5 s and deployed at 15 s, ours meets 10-12 points fewer of azure-code's
+    requests than the simulator reports (README, *The scrape interval*)."""
+    parser = argparse.ArgumentParser()
+    server.add_arguments(parser)
+    collected, controlled = server.settings(parser.parse_args([]))
+    podmonitor = yaml.safe_load((Path(autoscaler.__file__).parents[1] / "config/samples/podmonitor.yaml").read_text())
+    [endpoint] = podmonitor["spec"]["podMetricsEndpoints"]
+    simulated = model_based.ModelBasedSettings().probe_s
+    assert endpoint["interval"] == f"{simulated:g}s"
+    assert collected.dispersion_s == controlled.probe_s == CollectorSettings().dispersion_s == simulated

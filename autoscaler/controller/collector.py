@@ -38,8 +38,10 @@ class CollectorSettings:
     recent_s: int | None = 30
     # the intervals the arrivals' burstiness (their Allan factor, observation.allan_factor) is
     # counted over within the window: the scrape interval (the counters' own samples are
-    # differenced, no increase() over it); at least 3 in the window, None: not measured
-    dispersion_s: int | None = 15
+    # differenced, no increase() over it); at least 3 in the window, None: not measured. 5 s, the
+    # sample PodMonitor's and the simulator's: at 15 s clumps of seconds go unseen (README,
+    # *The scrape interval*)
+    dispersion_s: int | None = 5
     isvc_label: str = "isvc"  # the label your scrape config puts the ISVC name in (see config/)
     # every gap between a request's outputs: its sum over its count is the mean decode step as
     # requests see it (vLLM < 0.11 names it vllm:time_per_output_token_seconds, removed since)

@@ -161,9 +161,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--scrape-interval",
         type=int,
-        default=15,
-        help="seconds between Prometheus's scrapes of vLLM: the intervals the arrivals' burstiness is counted over "
-        "(their Allan factor, for the latency model); 0: not measured",
+        default=5,
+        help="seconds between Prometheus's scrapes of vLLM (the PodMonitor's interval; 5 in config/samples): the "
+        "intervals the arrivals' burstiness is counted over (their Allan factor, for the latency model); 0: not measured",
     )
     parser.add_argument("--startup-seconds", type=float, default=120.0, help="time from scale-up to a serving replica")
     parser.add_argument(
