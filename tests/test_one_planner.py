@@ -185,8 +185,9 @@ def test_the_simulator_and_the_controller_run_one_planner():
 
 
 def test_ours_applies_the_plan_as_the_controller_would(monkeypatch):
-    """Whatever plan() returns is what the simulator does: a roll-out is a new revision, a replica
-    count goes through the HPA (up at once, down only after its stabilisation window)."""
+    """Whatever plan() returns is what the simulator does: a roll-out is a new revision at once,
+    a replica count goes through the HPA at its own syncs (up within its limits, down only after
+    its stabilisation window), `hpa_phase_s` past each multiple of its period."""
     scenario = build_scenario("steady", duration_s=600.0, seed=1)
     policy = ModelBasedPolicy(scenario.world, _loads(scenario, 0.0, 60.0))
     records, _ = records_at([stream("simulation", spec.name, 1.0, 1.0, seed=i) for i, spec in enumerate(scenario.world.isvcs)])
@@ -205,12 +206,17 @@ def test_ours_applies_the_plan_as_the_controller_would(monkeypatch):
     names = [spec.name for spec in scenario.world.isvcs]
     views = [IsvcView(n, "H100", 64, 4, 4, 0, None) for n in names]
     wanted.update({n: (9, False) for n in names} | {names[0]: (3, True)})
-    first = policy.decide(30.0, views)
-    assert first[0] == Decision(3, "H100", 64)  # a roll-out: a new revision at the planned count
-    assert first[1] == Decision(9)  # a scale-up: at once
+    assert policy.settings.hpa_phase_s == 8.0 and policy.settings.hpa.sync_period_s == 15.0
+    assert policy.decide(30.0, views) == {0: Decision(3, "H100", 64)}  # a roll-out: a new revision at the planned count
+    assert policy.sync(37.0, lambda: views) == {}  # a count waits for the HPA's sync
+    assert policy.sync(38.0, lambda: views)[1] == Decision(8)  # a scale-up at its sync: at most x2 or +4 a sync
+    at = lambda n: [dataclasses.replace(v, replicas=n, ready=n) for v in views]  # noqa: E731
+    assert policy.sync(53.0, lambda: at(8))[1] == Decision(9)
     wanted.update({n: (2, False) for n in names})
-    assert policy.decide(60.0, views)[1] == Decision(4)  # a scale-down waits for the HPA's window
-    assert policy.decide(400.0, views)[1] == Decision(2)
+    policy.decide(60.0, at(9))
+    assert policy.sync(68.0, lambda: at(9))[1] == Decision(9)  # a scale-down waits for the HPA's window
+    assert policy.sync(338.0, lambda: at(9))[1] == Decision(9)  # the 9 asked for at 53 s still counts
+    assert policy.sync(398.0, lambda: at(9))[1] == Decision(2)
     assert seen[1][names[1]].replicas == 9  # the next cycle reads the decision the annotation records
 
 

@@ -10,7 +10,8 @@ requests and finish what they hold. A replica that got no GPU waits for one and 
 Requests that wait longer than the client timeout before starting are dropped. Decisions come
 from a policy called every `policy.period_s` seconds with an observation of every ISVC, and in
 between whenever a policy with a `wants_cycle(now)` method (ours) asks for one at a sample
-tick (a queue building: the controller's early cycle).
+tick (a queue building: the controller's early cycle); a policy with a `sync` method (ours) has
+its replica counts taken at its HPAs' syncs, on their own clock.
 
 Revisions follow Knative: a new GPU type or batch size is a new revision, which becomes Ready
 once the replicas it was created with are (its initial scale; fewer if scaled down before);
@@ -75,9 +76,11 @@ class IsvcView:
 
 class Policy(Protocol):
     """Decides from views; a policy with an `attach(records)` method (ours) is also given the
-    per-request records (observe.RequestRecords) that vLLM's metrics are read from, and one
-    with a `wants_cycle(now) -> bool` method is asked at every sample tick whether to decide
-    now, before its period."""
+    per-request records (observe.RequestRecords) that vLLM's metrics are read from, one with a
+    `wants_cycle(now) -> bool` method is asked at every sample tick whether to decide now,
+    before its period, and one with a `sync(now, views) -> {index: Decision}` method is asked at
+    every sample tick for what the HPAs it writes do then (ours: they sync on their own clock,
+    not at its decisions; `views()` gives the views, built only where an HPA syncs)."""
 
     name: str
     period_s: float
@@ -160,6 +163,7 @@ class Simulation:
         self.world = scenario.world
         self.policy = policy
         self.wants_cycle = getattr(policy, "wants_cycle", None)
+        self.sync = getattr(policy, "sync", None)
         req = scenario.requests
         self.arrival = req.time.tolist()
         self.req_isvc = req.isvc.tolist()
@@ -238,6 +242,8 @@ class Simulation:
                     self._push(time + SAMPLE_PERIOD_S, EVENT_SAMPLE)
                     if self.wants_cycle is not None and time <= end and self.wants_cycle(time):
                         self._decide()
+                    if self.sync is not None and time <= end:
+                        self._apply_all(self.sync(time, self.views))
                 else:
                     self._decide()
                     self._push(time + self.policy.period_s, EVENT_POLICY)
@@ -459,7 +465,10 @@ class Simulation:
         return result
 
     def _decide(self) -> None:
-        for index, decision in self.policy.decide(self.now, self.views()).items():
+        self._apply_all(self.policy.decide(self.now, self.views()))
+
+    def _apply_all(self, decisions: dict[int, Decision]) -> None:
+        for index, decision in decisions.items():
             self.apply(index, decision)
 
     def apply(self, index: int, decision: Decision, initial: bool = False) -> None:

@@ -9,7 +9,10 @@ controller leaves to Kubernetes is played here too: a roll-out (GPU type or batc
 a new revision, and replica counts go through the HPA the controller writes per revision
 (scale-down after a 300 s stabilisation, or the plan's shorter one while a model with no profile
 is identified; the HPA's default scale-up limits; its metric is the desired count itself, at
-zero tolerance), one HPA sync per sync period since the last decision.
+zero tolerance), at the HPA's own syncs: every sync period, `hpa_phase_s` past its multiples,
+each taking the count the last decision published (the HPA controller resyncs each HPA on its own
+clock, which the controller's cycles do not move; a count published just after a sync waits a
+whole sync period for the next, half of one on average).
 Between ticks it probes the requests running + waiting every `probe_s`, as the controller's
 queue watch does, and asks the engine for a cycle when planner.early_cycle says a queue builds
 (at most once per the planner's early_interval_s).
@@ -17,6 +20,7 @@ queue watch does, and asks the engine for a cycle when planner.early_cycle says 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -41,6 +45,10 @@ class ModelBasedSettings:
     window_s: float = WINDOW_S  # the collector's default
     probe_s: float = 5.0  # how often the requests in the system are looked at between cycles (the controller's default)
     hpa: HpaSettings = HpaSettings()  # its sync, stabilisation and scale-up limits (HpaBehavior has no tolerance)
+    # when the HPA syncs, past each multiple of its sync period: the cycles fall on the period's
+    # multiples, so a cycle's count is taken half a sync period later, the mean wait for an HPA
+    # whose clock the cycles do not set (rounded up to the engine's 1 s sample tick)
+    hpa_phase_s: float = 8.0
 
 
 class ModelBasedPolicy:
@@ -69,6 +77,8 @@ class ModelBasedPolicy:
         self.hpas = [HpaBehavior(settings.hpa) for _ in world.isvcs]
         self.observer: Observer | None = None
         self._decided = self._probed = 0.0
+        # per ISVC, what the last decision published for its HPA: the count and scale-down window
+        self.published: dict[int, tuple[int, int | None]] = {}
         arrivals = opening_arrivals or {}
         observed = {
             self._key(i): _opening(load, settings.window_s, arrivals.get(i), settings.probe_s, settings.period_s)
@@ -125,8 +135,6 @@ class ModelBasedPolicy:
     def decide(self, now: float, views: list[IsvcView]) -> dict[int, Decision]:
         if self.observer is None:
             raise RuntimeError("ours reads vLLM's metrics off the request records: attach() them first")
-        # the HPA syncs on its own clock: as many syncs as have passed since the last decision
-        syncs = max(int((now - self._decided) // self.settings.hpa.sync_period_s), 1)
         self._decided = now
         observed = {
             self._key(i): replace(
@@ -145,14 +153,22 @@ class ModelBasedPolicy:
         for index, p in enumerate(self._plan(now, observed, offered, free)):  # plans come in the services' order
             if p.decision is None:
                 continue  # nothing placeable: what runs stays
+            self.published[index] = (p.decision.replicas, p.scale_down_s)
             if p.roll_out:
                 decisions[index] = self._new_revision(index, p.decision)
-                continue
-            replicas = views[index].replicas
-            for _ in range(syncs):
-                replicas = self.hpas[index].replicas(now, replicas, p.decision.replicas, p.scale_down_s)
-            decisions[index] = Decision(replicas)
         return decisions
+
+    def sync(self, now: float, views: Callable[[], list[IsvcView]]) -> dict[int, Decision]:
+        """What the HPAs take at this sample tick: at their syncs, each ISVC's published count
+        through its HPA (up at once within its limits, down only after its window)."""
+        period = self.settings.hpa.sync_period_s
+        if self.published and abs((now - self.settings.hpa_phase_s) % period) < 1e-6:
+            current = views()
+            return {
+                index: Decision(self.hpas[index].replicas(now, current[index].replicas, replicas, scale_down_s))
+                for index, (replicas, scale_down_s) in self.published.items()
+            }
+        return {}
 
     def _kv_cache_tokens(self, index: int, accelerator: str) -> float | None:
         """What its serving replicas' vllm:cache_config_info shows: num_gpu_blocks x block_size."""
