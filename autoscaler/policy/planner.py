@@ -118,7 +118,6 @@ class Outcome(enum.Enum):
 class Plan:
     service: ManagedService
     decision: LastDecision | None  # None: nothing can be decided yet (reason says why)
-    stale: bool = False  # no data this cycle: the last decision, kept
     roll_out: bool = False  # apply a new GPU type / batch size to the spec (a new revision)
     reason: str = ""
     outcome: Outcome = Outcome.DECIDED
@@ -127,6 +126,11 @@ class Plan:
     # with no profile it runs are still being identified (_identifying); 0 where every pod the
     # HPA keeps beyond the plan waits for a GPU (_unbound_released)
     scale_down_s: int | None = None
+
+    @property
+    def stale(self) -> bool:
+        """No usable data this cycle: the last decision, kept."""
+        return self.outcome is Outcome.STALE
 
     @property
     def records_decision(self) -> bool:
@@ -443,7 +447,7 @@ def plan(
     for service in services:
         if service.key not in fresh:
             reason = refused.get(service.key, "no load data this cycle")
-            plans.append(Plan(service, service.last, stale=True, reason=f"{reason}: last decision kept", outcome=Outcome.STALE))
+            plans.append(Plan(service, service.last, reason=f"{reason}: last decision kept", outcome=Outcome.STALE))
             continue
         load, measured, scales = fresh[service.key]
         if service.key not in sized:
@@ -483,7 +487,7 @@ def plan(
         )
         if problem := decision.problem():
             withheld = f"decision withheld ({problem}): last decision kept"
-            plans.append(Plan(service, last, stale=True, reason=withheld, outcome=Outcome.STALE))
+            plans.append(Plan(service, last, reason=withheld, outcome=Outcome.STALE))
             continue
         reasons = ["best effort: SLOs not met within capacity"] if alloc.best_effort else []
         if (verdict := verdicts.get(service.key)) is not None and verdict.reason:
