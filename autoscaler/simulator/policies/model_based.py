@@ -161,8 +161,10 @@ class ModelBasedPolicy:
     def sync(self, now: float, views: Callable[[], list[IsvcView]]) -> dict[int, Decision]:
         """What the HPAs take at this sample tick: at their syncs, each ISVC's published count
         through its HPA (up at once within its limits, down only after its window)."""
-        period = self.settings.hpa.sync_period_s
-        if self.published and abs((now - self.settings.hpa_phase_s) % period) < 1e-6:
+        period, phase = self.settings.hpa.sync_period_s, self.settings.hpa_phase_s
+        # the nearest sync time, not a remainder of `now`: sample ticks summed in floating point
+        # land a hair either side of it, and a remainder just under the period would read as none
+        if self.published and abs(now - (phase + round((now - phase) / period) * period)) < 1e-6:
             current = views()
             return {
                 index: Decision(self.hpas[index].replicas(now, current[index].replicas, replicas, scale_down_s))
