@@ -108,14 +108,14 @@ def identified(scenario: Scenario, index: int, accelerator: str, requests: int =
     return capacity(dataclasses.replace(replica, work_scale=scale), shape, ttft_ms, itl_ms, GOAL, mode)
 
 
-def mean_itl(scenario: Scenario, index: int, accelerator: str, rate: float, requests: int = 5_000) -> float:
-    """The mean ITL (ms: vLLM's ITL histogram's sum over its count) of one replica of the ISVC
-    on `accelerator` at its option's batch, under Poisson arrivals at `rate` req/s of its own
-    request sizes."""
+def mean_itl(scenario: Scenario, index: int, accelerator: str, rate: float, requests: int = 5_000, replicas: int = 1) -> float:
+    """The mean ITL (ms: vLLM's ITL histogram's sum over its count) of `replicas` replicas of
+    the ISVC on `accelerator` at its option's batch, behind the simulator's load-aware router,
+    under Poisson arrivals at `rate` req/s a replica of its own request sizes."""
     replica = _model(scenario, index, accelerator)[0]
     rng = np.random.default_rng(7)
     pick = rng.choice(np.flatnonzero(scenario.requests.isvc == index), requests)
-    times = np.cumsum(rng.exponential(1.0 / rate, requests))
+    times = np.cumsum(rng.exponential(1.0 / (rate * replicas), requests))
     sizes_in, sizes_out = scenario.requests.in_tokens[pick], scenario.requests.out_tokens[pick]
     single = dataclasses.replace(
         on_gpu(scenario, index, accelerator),
@@ -123,7 +123,7 @@ def mean_itl(scenario: Scenario, index: int, accelerator: str, rate: float, requ
         duration_s=float(times[-1]),
     )
     single = dataclasses.replace(single, world=dataclasses.replace(single.world, isvcs=(single.world.isvcs[index],)))
-    result = Simulation(single, StaticPolicy(), {0: Decision(1, accelerator, replica.max_batch)}).run()
+    result = Simulation(single, StaticPolicy(), {0: Decision(replicas, accelerator, replica.max_batch)}).run()
     done = ~result.dropped & (sizes_out > 1)
     return 1000.0 * float(np.sum(result.finish[done] - result.first_token[done]) / np.sum(sizes_out[done] - 1))
 

@@ -121,6 +121,23 @@ def test_the_work_scale_is_not_read_off_steps_the_engines_cpu_sets():
     assert scale is not None and 0.9 < scale < 1.2
 
 
+def test_the_work_scale_is_read_off_a_fleet_at_the_pool_its_router_balanced():
+    """Behind a load-aware router a fleet's batches are balanced, and a request's mean gap
+    between tokens, the steps weighted by the batch it is in, is below a lone replica's at the
+    same rate a replica: mistral-7b on the A100 at 0.55 req/s a replica, whose truth is its
+    profile, read as a scale of about 0.77 off a fleet of 4 with no pool. Read with the fleet's
+    pool, near 1 at every fleet size."""
+    scenario = build_scenario("mixed", 1, 3600.0)
+    index = [spec.name for spec in scenario.world.isvcs].index("mistral-7b")
+    replica, shape = _model(scenario, index, "A100")[:2]
+    alone = identify_work_scale(replica, shape, 0.55, mean_itl(scenario, index, "A100", 0.55, 4000, replicas=4))
+    assert alone is not None and alone < 0.85
+    for replicas in (1, 2, 4):
+        measured = mean_itl(scenario, index, "A100", 0.55, 4000, replicas=replicas)
+        scale = identify_work_scale(replica, dataclasses.replace(shape, pool=replicas), 0.55, measured)
+        assert scale is not None and 0.93 < scale < 1.07, (replicas, scale)
+
+
 def _window(rate: float, itl_ms: float | None, ttft_met: float, itl_met: float, requests: float | None = None) -> Observation:
     requests = rate * 60.0 if requests is None else requests  # as many first tokens as arrivals in the 60 s window
     ttft = ((1.0, requests * ttft_met), (float("inf"), requests))

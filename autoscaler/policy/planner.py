@@ -190,10 +190,11 @@ def early_cycle(state: PlannerState, in_system: Mapping[Key, float], now: float,
 
 
 def _window(
-    state: PlannerState, service: ManagedService, target, obs: Observation, now: float, startup_s: float
+    state: PlannerState, service: ManagedService, target, obs: Observation, now: float, settings: PlannerSettings
 ) -> sizing.Window | None:
-    """The window the last decision served, where it is one to learn from (each once); the
-    ISVC's bias resumed from its last decision where the planner has none."""
+    """The window the last decision served, where it is one to learn from (each once), with
+    the pool its replicas were balanced over; the ISVC's bias resumed from its last decision
+    where the planner has none."""
     last, learned = service.last, state.learned
     if last is not None and service.key not in learned.bias:
         learned.bias[service.key] = sizing.Estimate(last.ttft_scale)
@@ -205,14 +206,16 @@ def _window(
     # only a window served throughout by one fleet of one GPU type says what a replica does:
     # one that a roll-out may have reached mixes two GPU types, one that a scale-up reached
     # shows a replica overloaded while the others started (lag, not the model's error)
-    settled = now - max(last.spec_changed_at + startup_s, learned.serving[service.key][1]) >= obs.window_s
+    settled = now - max(last.spec_changed_at + settings.startup_s, learned.serving[service.key][1]) >= obs.window_s
     # each window once: overlapping windows would count the same requests twice
     fresh_window = now - learned.learned_at.get(service.key, -math.inf) >= obs.window_s
     if not (settled and fresh_window):
         return None
     learned.learned_at[service.key] = now
     runs = sizing.Deployment(service.key, service.model, last.accelerator, last.max_batch)
-    return sizing.Window(runs, serving, obs, target, _in_system_at(state, service, now - obs.window_s, obs.window_s))
+    in_system_before = _in_system_at(state, service, now - obs.window_s, obs.window_s)
+    pool = serving if settings.load_aware_router else 1
+    return sizing.Window(runs, serving, obs, target, in_system_before, max(pool, 1))
 
 
 def _in_system_at(state: PlannerState, service: ManagedService, start: float, window_s: float) -> float | None:
@@ -321,7 +324,7 @@ def plan(
             obs = Observation(0.0, 0.0, None, None, 0.0, 0.0, None, None, (), ())
         if obs is not None:
             target = catalog.classes[service.service_class].targets[service.model]
-            if (window := _window(state, service, target, obs, now, settings.startup_s)) is not None:
+            if (window := _window(state, service, target, obs, now, settings)) is not None:
                 windows.append(window)
             sizing.see_arrivals(state.learned, service.key, obs)
             sizing.see_shape(state.learned, service.key, obs)

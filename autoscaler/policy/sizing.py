@@ -168,6 +168,9 @@ class Window:
     # requests running + waiting when the window began (the planner's cycle a window before),
     # None where not known: a window whose start held far more than its end drained a queue
     in_system_before: float | None = None
+    # the replicas a load-aware router balanced the window's load over (latency.Shape.pool;
+    # 1: a router blind to load): a balanced fleet's mean ITL is below a lone replica's
+    pool: int = 1
 
 
 def learn(
@@ -243,7 +246,11 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
             model_replica = replica(catalog, learned, model, accelerator, max_batch, work.value)
         elif (
             steady
-            and (scale := identify_work_scale(model_replica, Shape(obs.avg_in_tokens, obs.avg_out_tokens), rate, obs.itl_ms))
+            and (
+                scale := identify_work_scale(
+                    model_replica, Shape(obs.avg_in_tokens, obs.avg_out_tokens, pool=window.pool), rate, obs.itl_ms
+                )
+            )
             is not None
         ):
             work.learn(scale)
