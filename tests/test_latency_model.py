@@ -125,7 +125,7 @@ def test_the_work_scale_is_read_off_a_fleet_at_the_pool_its_router_balanced():
     """Behind a load-aware router a fleet's batches are balanced, and a request's mean gap
     between tokens, the steps weighted by the batch it is in, is below a lone replica's at the
     same rate a replica: mistral-7b on the A100 at 0.55 req/s a replica, whose truth is its
-    profile, read as a scale of about 0.77 off a fleet of 4 with no pool. Read with the fleet's
+    profile, read as a scale of 0.78 off a fleet of 4 with no pool. Read with the fleet's
     pool, near 1 at every fleet size."""
     scenario = build_scenario("mixed", 1, 3600.0)
     index = [spec.name for spec in scenario.world.isvcs].index("mistral-7b")

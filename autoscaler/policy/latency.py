@@ -286,9 +286,9 @@ def identify_work_scale(replica: Replica, shape: Shape, rate: float, mean_itl_ms
     step plus a decode's cost times the batch's variance over its mean, 1 for a Poisson share of
     the load and 1 / N for a batch a load-aware router balances over N replicas (the module
     doc). Read with N = 1 off a fleet, the gap a fleet's balance takes from the ITL was read as
-    less work: mistral-7b on the simulated A100 at 0.55 req/s a replica measures 17.9, 16.9
+    less work: mistral-7b on the simulated A100 at 0.55 req/s a replica measures 18.0, 17.0
     and 16.4 ms in fleets of 1, 2 and 4 (the formula: 17.8, 16.9 and 16.5), read as scales of
-    1.01, 0.86 and 0.77 where its truth is its profile; at the mixed scenario's base load
+    1.03, 0.88 and 0.78 where its truth is its profile (1.03, 1.02 and 0.99 at their pools); at the mixed scenario's base load
     between its bursts, 0.72-0.80, and the replicas kept for its bursts were a third short
     (benchmarks/latency_model.py mean_itl). None where the window says
     little about it: light load, a replica whose engine CPU is the longer in some part of a
