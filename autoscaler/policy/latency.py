@@ -276,6 +276,12 @@ def saturating_rate(replica: Replica, shape: Shape) -> float:
     return float(Rows.of([(replica, shape)]).saturating_rates()[0])
 
 
+def _gap_decode(side: _Side, shape: Shape) -> float:
+    """What the decodes add to a request's mean gap beyond the mean step: a decode's cost times
+    the batch's variance over its mean, 1 / the pool a load-aware router balances it over."""
+    return side.per_decode / max(shape.pool, 1)
+
+
 def identify_work_scale(replica: Replica, shape: Shape, rate: float, mean_itl_ms: float) -> float | None:
     """The work scale w under which the model's mean ITL equals a measured one at `rate`
     requests/s per replica. The GPU's ITL is b / (1 - a w) + c w / N (b the fixed step cost, a w
@@ -288,9 +294,9 @@ def identify_work_scale(replica: Replica, shape: Shape, rate: float, mean_itl_ms
     doc). Read with N = 1 off a fleet, the gap a fleet's balance takes from the ITL was read as
     less work: mistral-7b on the simulated A100 at 0.55 req/s a replica measures 18.0, 17.0
     and 16.4 ms in fleets of 1, 2 and 4 (the formula: 17.8, 16.9 and 16.5), read as scales of
-    1.03, 0.88 and 0.78 where its truth is its profile (1.03, 1.02 and 0.99 at their pools); at the mixed scenario's base load
-    between its bursts, 0.72-0.80, and the replicas kept for its bursts were a third short
-    (benchmarks/latency_model.py mean_itl). None where the window says
+    1.03, 0.88 and 0.78 where its truth is its profile (1.03, 1.02 and 0.99 at their pools);
+    at the mixed scenario's base load between its bursts, 0.72-0.80, and the replicas kept for
+    its bursts were a third short (benchmarks/latency_model.py mean_itl). None where the window says
     little about it: light load, a replica whose engine CPU is the longer in some part of a
     step, or one the model cannot reach at any scale within [1/8, 8] (the measurement is off).
     Where the CPU is the longer in a part (code-1b's: per step and per sequence, its GPU per
@@ -312,7 +318,7 @@ def identify_work_scale(replica: Replica, shape: Shape, rate: float, mean_itl_ms
         return None  # a replica mostly alone: its ITL is the fixed cost, the work hardly shows
     if _side_itl(_cpu(replica), shape, rate) >= mean_itl_ms:
         return None  # the engine's CPU sets the steps
-    b, c = gpu.fixed, gpu.per_decode / max(shape.pool, 1)
+    b, c = gpu.fixed, _gap_decode(gpu, shape)
     if mean_itl_ms <= b:
         return None  # faster than a step with nothing in it
     root = 2.0 * (mean_itl_ms - b) / (mean_itl_ms * a + c + math.sqrt((mean_itl_ms * a - c) ** 2 + 4.0 * a * b * c))
@@ -320,8 +326,9 @@ def identify_work_scale(replica: Replica, shape: Shape, rate: float, mean_itl_ms
 
 
 def _side_itl(side: _Side, shape: Shape, rate: float) -> float:
+    """The mean ITL one side's steps give (identify_work_scale inverts the GPU's)."""
     rho = rate / 1000.0 * side.work(shape)
-    return math.inf if rho >= 1.0 else side.fixed / (1.0 - rho) + side.per_decode / max(shape.pool, 1)
+    return math.inf if rho >= 1.0 else side.fixed / (1.0 - rho) + _gap_decode(side, shape)
 
 
 @dataclass(frozen=True)

@@ -214,8 +214,8 @@ def _window(
     learned.learned_at[service.key] = now
     runs = sizing.Deployment(service.key, service.model, last.accelerator, last.max_batch)
     in_system_before = _in_system_at(state, service, now - obs.window_s, obs.window_s)
-    pool = serving if settings.load_aware_router else 1
-    return sizing.Window(runs, serving, obs, target, in_system_before, max(pool, 1))
+    pool = max(serving, 1) if settings.load_aware_router else 1
+    return sizing.Window(runs, serving, obs, target, in_system_before, pool)
 
 
 def _in_system_at(state: PlannerState, service: ManagedService, start: float, window_s: float) -> float | None:
