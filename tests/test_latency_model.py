@@ -208,6 +208,32 @@ def test_bias_does_not_learn_from_a_burst_or_the_window_that_drains_its_queue():
     assert learned.bias["i"].value < 1.0
 
 
+def test_an_isvc_missing_its_goal_learns_its_bias_from_windows_whose_load_only_moved():
+    """A load that moves from minute to minute (the Azure code trace) passes the steady test in
+    few windows, and the model's error there went uncorrected. While the ISVC misses beyond its
+    goal, a window whose arrivals moved from the window's before is learned from where its queue
+    neither built nor drained and its miss is no deeper than a steady model error's; not while
+    the goal is met, not the work scale, and not a burst's deep miss."""
+    from autoscaler.policy.sizing import Window, learn_windows
+
+    catalog, target = _catalog(), ServiceTarget(30.0, 1000.0)
+    slow = _mean_itl(dataclasses.replace(CHAT, work_scale=1.5), SHAPE, 20.0)
+    moved = dataclasses.replace(_window(20.0, slow, 1.0, 0.92), previous_rate=12.0)  # 1,200 arrivals after 720
+    met = Learned()
+    learn_windows(met, catalog, [Window(RUNS, 2, moved, target)], GOAL)
+    assert met.bias["i"].windows == 0
+    missing = Learned()
+    learn_windows(missing, catalog, [Window(RUNS, 2, moved, target, beyond_goal=True)], GOAL)
+    assert missing.bias["i"].value < 1.0 and missing.work[("m", "H100")].value == 1.0
+    burst = dataclasses.replace(_window(20.0, None, 0.6, 1.0), previous_rate=12.0)
+    deep = Learned()
+    drain = _window(4.0, None, 0.92, 1.0, requests=4.0 * 60.0 * 2)  # twice the arrivals started
+    for window in (burst, drain):
+        learn_windows(deep, catalog, [Window(RUNS, 2, window, target, beyond_goal=True)], GOAL)
+    learn_windows(deep, catalog, [Window(RUNS, 2, moved, target, in_system_before=400.0, beyond_goal=True)], GOAL)
+    assert deep.bias["i"].windows == 0
+
+
 def test_work_scale_does_not_learn_from_a_burst_or_the_window_that_drains_its_queue():
     """The work scale inverts the model's steady-state mean ITL at the window's mean rate: in a
     burst, or while a queue drains, the batches are those of a higher load than the mean (up to

@@ -52,6 +52,7 @@ from . import sizing
 from .guards import (
     ArrivalHistory,
     GuardSettings,
+    beyond_goal,
     meets_goal,
     planned_rate,
     queue_building,
@@ -193,8 +194,8 @@ def _window(
     state: PlannerState, service: ManagedService, target, obs: Observation, now: float, settings: PlannerSettings
 ) -> sizing.Window | None:
     """The window the last decision served, where it is one to learn from (each once), with
-    the pool its replicas were balanced over; the ISVC's bias resumed from its last decision
-    where the planner has none."""
+    the pool its replicas were balanced over and whether the ISVC misses its goal over the
+    memory; the ISVC's bias resumed from its last decision where the planner has none."""
     last, learned = service.last, state.learned
     if last is not None and service.key not in learned.bias:
         learned.bias[service.key] = sizing.Estimate(last.ttft_scale)
@@ -215,7 +216,9 @@ def _window(
     runs = sizing.Deployment(service.key, service.model, last.accelerator, last.max_batch)
     in_system_before = _in_system_at(state, service, now - obs.window_s, obs.window_s)
     pool = max(serving, 1) if settings.load_aware_router else 1
-    return sizing.Window(runs, serving, obs, target, in_system_before, pool)
+    history = state.arrivals.get((service.namespace, service.name))
+    missing = history is not None and beyond_goal(history.samples, settings.attainment_goal)
+    return sizing.Window(runs, serving, obs, target, in_system_before, pool, missing)
 
 
 def _in_system_at(state: PlannerState, service: ManagedService, start: float, window_s: float) -> float | None:
