@@ -182,8 +182,8 @@ class Window:
     # 89.5% on every seed; chat-13b on seed 2 92.5% -> 94.9% with these windows). Not the work
     # scale (the mean ITL of a moving load is not the steady state's), not a deeper miss (a
     # burst's queue, or its wake: all of a window missed behind a spike's backlog on the bursty
-    # load), and not while the goal is met (the mixed run's Free class then took 0.9 GPU-hours
-    # more for no request).
+    # load), and not while the goal is met (the mixed run then took 0.9 GPU-hours more for no
+    # request).
     beyond_goal: bool = False
 
 
