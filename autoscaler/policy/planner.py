@@ -214,17 +214,17 @@ def _window(
         return None
     learned.learned_at[service.key] = now
     runs = sizing.Deployment(service.key, service.model, last.accelerator, last.max_batch)
-    in_system_before = _in_system_at(state, service, now - obs.window_s, obs.window_s)
-    pool = max(serving, 1) if settings.load_aware_router else 1
     history = state.arrivals.get((service.namespace, service.name))
+    in_system_before = _in_system_at(history, now - obs.window_s, obs.window_s)
+    pool = max(serving, 1) if settings.load_aware_router else 1
     missing = history is not None and beyond_goal(history.samples, settings.attainment_goal)
     return sizing.Window(runs, serving, obs, target, in_system_before, pool, missing)
 
 
-def _in_system_at(state: PlannerState, service: ManagedService, start: float, window_s: float) -> float | None:
-    """The requests running + waiting at the cycle nearest `start` (within a quarter window of
-    it: cycles come a period or an early cycle apart), None where none was that near."""
-    history = state.arrivals.get((service.namespace, service.name))
+def _in_system_at(history: ArrivalHistory | None, start: float, window_s: float) -> float | None:
+    """The requests running + waiting at the cycle of `history` nearest `start` (within a
+    quarter window of it: cycles come a period or an early cycle apart), None where none was
+    that near."""
     near = [s for s in history.since(start - window_s / 4) if s.time <= start + window_s / 4] if history else []
     return min(near, key=lambda s: abs(s.time - start)).in_system if near else None
 
