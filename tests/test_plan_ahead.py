@@ -111,6 +111,32 @@ def test_a_queue_building_beyond_noise_asks_for_an_early_cycle():
     assert early_cycle(state, {("prod", "chat"): 200.0, ("prod", "new"): 900.0}, 1010.0, PlannerSettings()) == [("prod", "chat")]
 
 
+def test_a_queue_building_is_planned_for_the_most_the_rate_may_be_now_while_within_the_goal():
+    """A rise's start: the window's mean up from 10 to 14 req/s within 15 s. The forecast reads
+    the rate now as the mean plus its lag at that pace (22); the most it may be is the rise
+    read as a step just before the earlier cycle (14 + 4 x 60 / 15 = 30). With the queue grown
+    beyond noise since that cycle the fleet is short already, and the cycle plans for the
+    bound; without it, or for an ISVC beyond its goal (where no level seen holds the bound), for
+    the forecast and its margin."""
+
+    def planned(in_system: float, missed: float) -> float:
+        history = ArrivalHistory()
+        for t in range(700, 1001, 30):
+            history.record(Sample(float(t), 10.0, in_system=20.0, served=600.0, missed=missed), 300.0)
+        return planned_rate(
+            14.0, 10.0, window_s=WINDOW, period_s=PERIOD, startup_s=STARTUP, backlog=0.0, in_system=in_system,
+            history=history, now=1015.0, goal=0.95, settings=GuardSettings(),
+        )  # fmt: skip
+
+    bound = present_bound(14.0, 10.0, apart_s=15.0, window_s=WINDOW, z=Z)
+    assert bound == pytest.approx(30.0)
+    building = 20.0 + Z * (2 * 10.0 * 15.0) ** 0.5 + 1  # queue_building's noise, exceeded
+    assert planned(building, missed=0.0) == pytest.approx(bound)
+    quiet = planned(21.0, missed=0.0)
+    assert 22.0 < quiet < 24.0  # the forecast and its margin
+    assert planned(building, missed=100.0) == pytest.approx(quiet)  # a sixth missed: beyond the goal
+
+
 def test_a_restarted_planner_plans_as_for_poisson_arrivals():
     """What a restart loses: the history. The first cycle after it sizes for the measured rate
     with Poisson headroom, without the burstiness seen before it."""
