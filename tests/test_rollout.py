@@ -107,6 +107,25 @@ def test_no_move_for_a_saving_at_a_load_below_its_recent_peak():
     assert moved.roll_out and moved.decision.accelerator != "L40S"
 
 
+def test_no_move_for_a_saving_at_a_load_still_rising():
+    """A load in transit: the move that pays at 0.5 req/s (above, with a near-instant start) is
+    not made at a cycle where the rate has risen beyond noise since the last, its saving sized at
+    a load the rise is passing through; once the load has stayed there it is."""
+    fast, svc = PlannerSettings(startup_s=1.0), service(last=LAST_L40S, spec_changes="true")
+
+    def cycles(rates: list[float]) -> list:
+        state, previous, out = PlannerState(), rates[0], []
+        for cycle, rate in enumerate(rates):
+            obs = {("prod", "chat"): observed(rate, previous=previous)}
+            out.append(plan(DATA.catalog, CAPACITY, [svc], obs, 940.0 + 30.0 * cycle, state, fast)[0])
+            previous = rate
+        return out
+
+    rising = cycles([0.1, 0.1, 0.5])[-1]
+    assert not rising.roll_out and rising.decision.accelerator == "L40S" and "rising" in rising.reason
+    assert cycles([0.1, 0.1, 0.5, 0.5, 0.5])[-1].roll_out
+
+
 def test_no_move_for_a_saving_while_replicas_are_held_for_a_load_that_may_come_back():
     """A spike to 5 req/s from 0.5 for one cycle at 300 s, over before replicas asked for it
     could serve: once the HPA's window has passed, its lull is held as ski rental (guards._rented)

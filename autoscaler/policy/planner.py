@@ -21,11 +21,11 @@ Rules on top of the optimizer, each for a failure seen in practice:
   change is large enough (guards.wants_new_revision), not more often than once per
   `spec_change_interval_s` (the dwell: at most 3600 / 600 = 6 changes per ISVC per hour by
   default), only when it saves more over the dwell than the cold start of a new revision beside
-  the old one costs, and not for a saving while the load is below its recent peak or the
-  replicas it runs are held for a load it may come back to (a lull: _unsettled), or when the
-  SLOs need it, and only when the GPUs the new revision needs are free now (rollout.py,
-  weighing the latency model's replica counts); otherwise the ISVC is pinned to what it runs and
-  sized again;
+  the old one costs, and not for a saving while the load is below its recent peak, still
+  rises, or the replicas it runs are held for a load it may come back to (a lull or a load in
+  transit: _unsettled), or when the SLOs need it, and only when the GPUs the new revision needs
+  are free now (rollout.py, weighing the latency model's replica counts); otherwise the ISVC is
+  pinned to what it runs and sized again;
 - the latency model's counts are placed within the capacity: where they ask more GPUs of a type
   than it has (the optimizer placed by its own queueing model's counts), the optimizer places
   again with that type's room short by the excess, so the ISVCs it values least move to types
@@ -539,18 +539,27 @@ def _unsettled(
     z: float,
 ) -> str | None:
     """Why a move that only saves is not to be made now, or None: the load is below its recent
-    peak (rollout.below_recent_peak), or the planner keeps replicas of what runs for a load
-    beyond the load now (_held: a rise in progress, rises that recur, a lull held as ski
-    rental). The move's saving is sized at the load now, and the load those replicas are kept
-    for may come back within the dwell; a move drops the hold (_held keeps only what runs), so
-    the new revision would meet it with the lull's count: mistral-7b on the bursty workload
-    (seed 1, 60 s), held on H100s for its first spike's 7.7 req/s, moved to one A100 sized for
-    1.9 req/s six minutes into the lull, and the next spike queued behind it."""
+    peak (rollout.below_recent_peak), still rising beyond noise since the last cycle (its
+    present bound above its rate, guards.present_bound), or the planner keeps replicas of what
+    runs for a load beyond the load now (_held: a rise in progress, rises that recur, a lull
+    held as ski rental). The move's saving is sized at the load now, and a change stands for
+    the dwell. Below a peak, the load those replicas are kept for may come back within it; a
+    move drops the hold (_held keeps only what runs), so the new revision would meet it with
+    the lull's count: mistral-7b on the bursty workload (seed 1, 60 s), held on H100s for its
+    first spike's 7.7 req/s, moved to one A100 sized for 1.9 req/s six minutes into the lull,
+    and the next spike queued behind it. In a rise, the load now is one the rise passes through:
+    the same ISVC, 15 s into its second spike (4.5 req/s, on its way to 8.3), moved from two
+    H100s to four A100s that the spike's peak took to six, and the lulls after it held four to
+    five A100s for the spikes to come: 4.1 GPU-hours for 94.4% of its requests, where the H100s
+    it stays on meet 94.2% with 2.9."""
     history = state.arrivals.get((service.namespace, service.name))
     if history is None or obs is None:
         return None
     if why := below_recent_peak(history.rates(), obs.window_s, z):
         return why
+    if history.samples and (newest := history.samples[-1]).present > newest.rate:
+        rising = f"{newest.rate:.3g} req/s, up to {newest.present:.3g} now"
+        return f"the load is rising ({rising}): no move for a saving at a load in transit"
     if staying is None or held is None or held.num_replicas <= staying.num_replicas:
         return None
     return f"{held.num_replicas} replicas on {held.accelerator} are kept for a load it may come back to: no move for a saving now"
