@@ -551,7 +551,9 @@ def _unsettled(
     the same ISVC, 15 s into its second spike (4.5 req/s, on its way to 8.3), moved from two
     H100s to four A100s that the spike's peak took to six, and the lulls after it held four to
     five A100s for the spikes to come: 4.1 GPU-hours for 94.4% of its requests, where the H100s
-    it stays on meet 94.2% with 2.9."""
+    it stays on meet 94.2% with 2.9 (dearer there in dollars, $11.6 against $10.8: a bet on a
+    load in transit can win too; over the cases measured the rule is about even in dollars and
+    spends fewer GPU-hours and revisions, docs/notes/planning.md)."""
     history = state.arrivals.get((service.namespace, service.name))
     if history is None or obs is None:
         return None

@@ -14,9 +14,10 @@ may change again and the load may have moved back, so counting more would be a b
 With the dwell of 600 s and a startup of 120 s, a move must save more than a fifth of the two
 revisions' cost per hour; at a startup of 60 s, a tenth. A change the SLOs need (staying cannot
 meet them within the capacity, and the new allocation can) is made whatever it saves. A move
-for a saving is not made while the load is below its recent peak (below_recent_peak), or while
-the planner keeps replicas of what runs for a load beyond it (planner._unsettled): the saving is
-sized at the load now, and a lull's is a bet that the load stays down for the dwell.
+for a saving is not made while the load is below its recent peak (below_recent_peak), while it
+still rises, or while the planner keeps replicas of what runs for a load beyond it
+(planner._unsettled): the saving is sized at the load now, and a lull's is a bet that the load
+stays down for the dwell, a rise's that it stops where it is.
 
 Meanwhile the two revisions must fit side by side: a change is made only where the GPUs the new
 revision needs (and the old one's growth, where the decision scales it up too) are free now, else
@@ -149,8 +150,9 @@ def judge_roll_outs(
 ) -> dict[str, Verdict]:
     """The verdict on each ISVC the optimizer would move (to `moved`, rather than `staying` on
     what it runs) that its spec changes, dwell and the size of the change let roll out.
-    `unsettled`: ISVCs whose load is below what it recently was, with why: a move that only
-    saves is not made for them (below_recent_peak); one the SLOs need still is."""
+    `unsettled`: ISVCs whose load is not where it will stay, with why (below its recent peak,
+    still rising, or held for a load beyond it: planner._unsettled): a move that only saves is
+    not made for them; one the SLOs need still is."""
     verdicts = {}
     for service in differing:
         last, alloc = service.last, moved[service.key]
