@@ -107,23 +107,25 @@ def test_no_move_for_a_saving_at_a_load_below_its_recent_peak():
     assert moved.roll_out and moved.decision.accelerator != "L40S"
 
 
+def cycles(svc, rates: list[float], settings: PlannerSettings, start: float = 0.0) -> list:
+    """One ISVC's plans over cycles 30 s apart from `start`, each window's rate given, the
+    window before it the last one's."""
+    state, previous, out = PlannerState(), rates[0], []
+    for cycle, rate in enumerate(rates):
+        obs = {("prod", "chat"): observed(rate, previous=previous)}
+        out.append(plan(DATA.catalog, CAPACITY, [svc], obs, start + 30.0 * cycle, state, settings)[0])
+        previous = rate
+    return out
+
+
 def test_no_move_for_a_saving_at_a_load_still_rising():
     """A load in transit: the move that pays at 0.5 req/s (above, with a near-instant start) is
     not made at a cycle where the rate has risen beyond noise since the last, its saving sized at
     a load the rise is passing through; once the load has stayed there it is."""
     fast, svc = PlannerSettings(startup_s=1.0), service(last=LAST_L40S, spec_changes="true")
-
-    def cycles(rates: list[float]) -> list:
-        state, previous, out = PlannerState(), rates[0], []
-        for cycle, rate in enumerate(rates):
-            obs = {("prod", "chat"): observed(rate, previous=previous)}
-            out.append(plan(DATA.catalog, CAPACITY, [svc], obs, 940.0 + 30.0 * cycle, state, fast)[0])
-            previous = rate
-        return out
-
-    rising = cycles([0.1, 0.1, 0.5])[-1]
+    rising = cycles(svc, [0.1, 0.1, 0.5], fast, start=940.0)[-1]
     assert not rising.roll_out and rising.decision.accelerator == "L40S" and "rising" in rising.reason
-    assert cycles([0.1, 0.1, 0.5, 0.5, 0.5])[-1].roll_out
+    assert cycles(svc, [0.1, 0.1, 0.5, 0.5, 0.5], fast, start=940.0)[-1].roll_out
 
 
 def test_no_move_for_a_saving_while_replicas_are_held_for_a_load_that_may_come_back():
@@ -135,21 +137,11 @@ def test_no_move_for_a_saving_while_replicas_are_held_for_a_load_that_may_come_b
     rental's budget is spent (750 s). At a load that never spiked it is made once the dwell
     allows (600 s)."""
     fast, svc = PlannerSettings(startup_s=1.0), service(last=replace(LAST_L40S, replicas=20), spec_changes="true")
-
-    def plans(rates: list[float]) -> list:
-        state, previous = PlannerState(), rates[0]
-        out = []
-        for cycle, rate in enumerate(rates):
-            obs = {("prod", "chat"): observed(rate, previous=previous)}
-            out.append(plan(DATA.catalog, CAPACITY, [svc], obs, 30.0 * cycle, state, fast)[0])
-            previous = rate
-        return out
-
-    spiked = plans([0.5] * 10 + [5.0] + [0.5] * 15)  # cycles every 30 s: the spike at 300 s
+    spiked = cycles(svc, [0.5] * 10 + [5.0] + [0.5] * 15, fast)  # cycles every 30 s: the spike at 300 s
     held = spiked[20]  # at 600 s
     assert not held.roll_out and held.decision.accelerator == "L40S" and "kept for a load it may come back to" in held.reason
     assert not any(p.roll_out for p in spiked[:25]) and spiked[25].roll_out  # at 750 s
-    assert plans([0.5] * 21)[20].roll_out
+    assert cycles(svc, [0.5] * 21, fast)[20].roll_out
 
 
 def test_a_move_the_slos_need_is_made_below_a_recent_peak_too():
