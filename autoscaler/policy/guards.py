@@ -158,6 +158,11 @@ class Sample:
     served: float = 0.0  # the window's requests that got their first token (_miss_price)
     missed: float = 0.0  # of those, the ones outside the SLOs
 
+    @property
+    def rising(self) -> bool:
+        """The rate rose beyond noise at this cycle: the most it may be now is above it."""
+        return self.present > self.rate
+
 
 @dataclass
 class ArrivalHistory:

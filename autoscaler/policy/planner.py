@@ -559,7 +559,7 @@ def _unsettled(
         return None
     if why := below_recent_peak(history.rates(), obs.window_s, z):
         return why
-    if history.samples and (newest := history.samples[-1]).present > newest.rate:
+    if history.samples and (newest := history.samples[-1]).rising:
         rising = f"{newest.rate:.3g} req/s, up to {newest.present:.3g} now"
         return f"the load is rising ({rising}): no move for a saving at a load in transit"
     if staying is None or held is None or held.num_replicas <= staying.num_replicas:
@@ -771,7 +771,7 @@ def _held(
     if per_replica <= 0 or alloc.num_replicas <= 0:
         return alloc
     sample = history.samples[-1]
-    kept = sample.present if sample.present > sample.rate else 0.0
+    kept = sample.present if sample.rising else 0.0
     memory = history.since(now - settings.guards.rise_memory_s)
     # judged here, where the window in force is known; only where the memory's peak needs more
     # than asked (else the count for any rate kept is no more than asked)
