@@ -73,6 +73,7 @@ def test_the_controller_counts_a_superseded_revisions_pods_out_of_the_capacity()
 
 
 LAST_L40S = LastDecision("L40S", 3, 16, 300.0, 30.0, 5.0, 96.0, decided_at=0.0, spec_changed_at=0.0)
+LAST_H100 = replace(LAST_L40S, accelerator="H100", replicas=1, cost=75.0)
 
 
 def test_the_planner_keeps_what_runs_when_a_move_does_not_pay_for_its_cold_start():
@@ -88,6 +89,19 @@ def test_the_planner_keeps_what_runs_when_a_move_does_not_pay_for_its_cold_start
     fast = PlannerSettings(startup_s=1.0)
     moved = only_plan(service(last=LAST_L40S, spec_changes="true"), 0.5, fast)
     assert moved.roll_out and moved.decision.accelerator != "L40S"
+
+
+def test_a_move_is_judged_at_the_count_the_top_of_the_rates_noise_asks():
+    """One H100 (75/h) or one A100 (40/h, 0.998 req/s a replica). At 0.6 req/s one A100 serves
+    the rate now, but the top of the rate's noise over the window asks two (80/h): the count the
+    HPA's window would hold as the next cycles draw that noise, so the saving is a rounding of
+    one draw and the move is not made. At 0.5 req/s one A100 serves the top too: it is made."""
+    fast, svc = PlannerSettings(startup_s=1.0), service(last=LAST_H100, spec_changes="true")
+    kept = only_plan(svc, 0.6, fast)
+    assert not kept.roll_out and kept.decision.accelerator == "H100"
+    assert "not worth a new revision: on 2 replicas against 1" in kept.reason
+    moved = only_plan(svc, 0.5, fast)
+    assert moved.roll_out and (moved.decision.accelerator, moved.decision.replicas) == ("A100", 1)
 
 
 def test_no_move_for_a_saving_at_a_load_below_its_recent_peak():
@@ -121,10 +135,14 @@ def cycles(svc, rates: list[float], settings: PlannerSettings, start: float = 0.
 def test_no_move_for_a_saving_at_a_load_still_rising():
     """A load in transit: the move that pays at 0.5 req/s (above, with a near-instant start) is
     not made at a cycle where the rate has risen beyond noise since the last, its saving sized at
-    a load the rise is passing through; once the load has stayed there it is."""
+    a load the rise is passing through, nor at the next cycle within the window (60 s) whose mean
+    still lags that rise, though it rose no further since; once the load has stayed there a
+    window it is."""
     fast, svc = PlannerSettings(startup_s=1.0), service(last=LAST_L40S, spec_changes="true")
     rising = cycles(svc, [0.1, 0.1, 0.5], fast, start=940.0)[-1]
     assert not rising.roll_out and rising.decision.accelerator == "L40S" and "rising" in rising.reason
+    after = cycles(svc, [0.1, 0.1, 0.5, 0.5], fast, start=940.0)[-1]  # 30 s after the rise
+    assert not after.roll_out and "rising" in after.reason and "30 s ago" in after.reason
     assert cycles(svc, [0.1, 0.1, 0.5, 0.5, 0.5], fast, start=940.0)[-1].roll_out
 
 

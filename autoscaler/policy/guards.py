@@ -173,6 +173,16 @@ class ArrivalHistory:
     samples: deque[Sample] = field(default_factory=deque)
     lookback_s: float = 0.0  # the planning lookback at the newest cycle (lookback_s())
 
+    def rise_within(self, window_s: float) -> Sample | None:
+        """The newest cycle less than `window_s` before the newest whose rate rose beyond noise
+        (Sample.rising), or None. A window's mean lags a rise for a whole window: a cycle that
+        follows a rise within it sees the mean still climbing, though it rose no further since
+        (an early cycle 10 s after the last shows no rise of its own)."""
+        if not self.samples:
+            return None
+        newest = self.samples[-1].time
+        return next((s for s in reversed(self.samples) if s.time > newest - window_s and s.rising), None)
+
     def record(self, sample: Sample, lookback_s: float, memory_s: float = 0.0) -> None:
         self.samples.append(sample)
         self.lookback_s = lookback_s

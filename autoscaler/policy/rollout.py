@@ -8,6 +8,10 @@ optimizer finds cheaper is made only when what it saves over a horizon exceeds t
     saving = (cost/h of staying, sized for the same load - cost/h of the new allocation) x horizon
     cost   = (cost/h of the new allocation + cost/h of what runs now) x startup
 
+Each allocation is priced at the count the HPA will run it at over the horizon: the one the
+top of the rate's noise asks (planner._over_dwell), not the rate now, whose count is a rounding
+of one noisy draw.
+
 The horizon is the dwell time (PlannerSettings.spec_change_interval_s): once made, a change
 stands at least that long, so that much of the saving is sure to accrue; beyond it the planner
 may change again and the load may have moved back, so counting more would be a bet on the load.
@@ -15,7 +19,7 @@ With the dwell of 600 s and a startup of 120 s, a move must save more than a fif
 revisions' cost per hour; at a startup of 60 s, a tenth. A change the SLOs need (staying cannot
 meet them within the capacity, and the new allocation can) is made whatever it saves. A move
 for a saving is not made while the load is below its recent peak (below_recent_peak), while it
-still rises, or while the planner keeps replicas of what runs for a load beyond it
+still rises (a rise within the window), or while the planner keeps replicas of what runs for a load beyond it
 (planner._unsettled): the saving is sized at the load now, and a lull's is a bet that the load
 stays down for the dwell, a rise's that it stops where it is.
 
@@ -46,8 +50,9 @@ class Verdict:
 
 def judge(new: Allocation, stay: Allocation | None, running_cost: float, startup_s: float, horizon_s: float) -> Verdict:
     """Whether to move to `new` rather than `stay` (the current GPU type and batch, sized for the
-    same load; None where it cannot be placed). Costs per hour in the catalog's unit;
-    `running_cost` is what the current revision costs per hour as it runs."""
+    same load; None where it cannot be placed), each at the count it would run at over the
+    horizon (the module's doc). Costs per hour in the catalog's unit; `running_cost` is what the
+    current revision costs per hour as it runs."""
     if stay is None or (stay.best_effort and not new.best_effort):
         return Verdict(True, "the current GPU type and batch cannot meet the SLOs within the capacity")
     saving = (stay.cost - new.cost) * horizon_s
@@ -56,8 +61,8 @@ def judge(new: Allocation, stay: Allocation | None, running_cost: float, startup
         return Verdict(True, "")
     return Verdict(
         False,
-        f"{new.accelerator} batch {new.max_batch} not worth a new revision: it saves "
-        f"{saving / 3600:.4g} over {horizon_s:g} s, its cold start costs {cost / 3600:.4g}",
+        f"{new.accelerator} batch {new.max_batch} not worth a new revision: on {new.num_replicas} replicas against "
+        f"{stay.num_replicas} it saves {saving / 3600:.4g} over {horizon_s:g} s, its cold start costs {cost / 3600:.4g}",
     )
 
 
@@ -140,7 +145,7 @@ def judge_roll_outs(
     catalog: Catalog,
     differing: Iterable[ManagedService],
     moved: Mapping[str, Allocation],
-    staying: Mapping[str, Allocation],
+    judged: Mapping[str, tuple[Allocation, Allocation | None]],
     room: Room,
     now: float,
     startup_s: float,
@@ -148,11 +153,13 @@ def judge_roll_outs(
     guards: GuardSettings,
     unsettled: Mapping[str, str] | None = None,
 ) -> dict[str, Verdict]:
-    """The verdict on each ISVC the optimizer would move (to `moved`, rather than `staying` on
-    what it runs) that its spec changes, dwell and the size of the change let roll out.
-    `unsettled`: ISVCs whose load is not where it will stay, with why (below its recent peak,
-    still rising, or held for a load beyond it: planner._unsettled): a move that only saves is
-    not made for them; one the SLOs need still is."""
+    """The verdict on each ISVC the optimizer would move (to `moved`, rather than stay on what
+    it runs) that its spec changes, dwell and the size of the change let roll out. `judged`: per
+    ISVC, the move and the stay (None: it cannot stay) as judge() weighs them, priced over the
+    dwell (planner._over_dwell). `unsettled`: ISVCs whose load is not where it will stay, with
+    why (below its recent peak, risen within the window, or held for a load beyond it:
+    planner._unsettled): a move that only saves is not made for them; one the SLOs need still
+    is."""
     verdicts = {}
     for service in differing:
         last, alloc = service.last, moved[service.key]
@@ -166,7 +173,7 @@ def judge_roll_outs(
         grown = holding(catalog, service.model, last.accelerator, max(alloc.num_replicas - last.replicas, 0))
         running_cost = old.cost + grown.cost if old and grown else last.cost
         # the horizon is the dwell: the least time a change stands
-        verdict = judge(alloc, staying.get(service.key), running_cost, startup_s, dwell_s)
+        verdict = judge(*judged[service.key], running_cost, startup_s, dwell_s)
         if verdict.roll_out and not verdict.reason and unsettled and service.key in unsettled:
             verdict = Verdict(False, unsettled[service.key])
         needs: dict[str, int] = {}
