@@ -19,9 +19,9 @@ With the dwell of 600 s and a startup of 120 s, a move must save more than a fif
 revisions' cost per hour; at a startup of 60 s, a tenth. A change the SLOs need (staying cannot
 meet them within the capacity, and the new allocation can) is made whatever it saves. A move
 for a saving is not made while the load is below its recent peak (below_recent_peak), while it
-still rises (a rise within the window), or while the planner keeps replicas of what runs for a load beyond it
-(planner._unsettled): the saving is sized at the load now, and a lull's is a bet that the load
-stays down for the dwell, a rise's that it stops where it is.
+still rises (a rise seen within the window), or while the planner keeps replicas of what runs
+for a load beyond it (planner._unsettled): the saving is sized at the load now, and a lull's
+is a bet that the load stays down for the dwell, a rise's that it stops where it is.
 
 Meanwhile the two revisions must fit side by side: a change is made only where the GPUs the new
 revision needs (and the old one's growth, where the decision scales it up too) are free now, else
