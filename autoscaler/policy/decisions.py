@@ -114,3 +114,7 @@ class ManagedService:
     @property
     def key(self) -> str:
         return f"{self.namespace}/{self.name}"
+
+    def bounded(self, replicas: int) -> int:
+        """`replicas` within the ISVC's minimum and maximum."""
+        return min(max(replicas, self.min_replicas), self.max_replicas)

@@ -220,6 +220,11 @@ def dispersion(rates: list[float], window_s: float) -> float:
     return max(variance * window_s / mean, 1.0)
 
 
+def poisson_top(rate: float, span_s: float, z: float) -> float:
+    """The most a Poisson rate measured as `rate` over `span_s` may be: z deviations above it."""
+    return rate + z * math.sqrt(rate / span_s)
+
+
 def rise_beyond_noise(rate: float, earlier_rate: float, apart_s: float, window_s: float, z: float) -> float:
     """The rise from the rate measured `apart_s` earlier (over a window as long), where it is
     beyond z Poisson deviations of their difference (the windows differ by `apart_s` at either
@@ -355,7 +360,7 @@ def planned_rate(
     rates = [*history.rates(now - lookback), rate]
     quantile = forecast + z * math.sqrt(dispersion(rates, window_s) * forecast / horizon)
     peak = max(max(rates), forecast)
-    planned = min(quantile, peak + z * math.sqrt(peak / horizon))
+    planned = min(quantile, poisson_top(peak, horizon, z))
     present = present_bound(rate, earlier, apart_s=apart, window_s=window_s, z=z)
     # a rise back within a level seen, where the ISVC keeps within its goal: that level bounds it
     level = level_seen(history.samples, rate, recent_rate, recent_s, window_s=window_s, z=z, goal=goal)
@@ -389,7 +394,7 @@ def level_seen(
     span = samples[-1].time - samples[0].time
     if rate > seen or span <= window_s:
         return None
-    if recent_rate is not None and recent_s and recent_rate > seen + z * math.sqrt(seen / recent_s):
+    if recent_rate is not None and recent_s and recent_rate > poisson_top(seen, recent_s, z):
         return None  # the short window already shows the rise past it
     # a flat load's highest window is its noise, not a level: the memory's counts must be more
     # dispersed than chance makes a Poisson load's (D's sampling deviation over span / window
@@ -398,7 +403,7 @@ def level_seen(
         return None
     if beyond_goal(samples, goal):
         return None
-    return seen + z * math.sqrt(seen / window_s)
+    return poisson_top(seen, window_s, z)
 
 
 def retained_rate(

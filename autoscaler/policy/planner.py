@@ -55,6 +55,7 @@ from .guards import (
     beyond_goal,
     meets_goal,
     planned_rate,
+    poisson_top,
     queue_building,
     retained_rate,
     rise_beyond_noise,
@@ -557,9 +558,13 @@ def _over_dwell(
     it (the optimizer's count stands)."""
     if per_replica <= 0.0 or alloc.num_replicas <= 0 or obs is None:
         return alloc
-    top = rate + z * math.sqrt(max(rate, 0.0) / obs.window_s)
-    replicas = min(max(sizing.replicas_for(top, per_replica), service.min_replicas), service.max_replicas)
-    return replace(alloc, num_replicas=replicas, cost=alloc.cost * replicas / alloc.num_replicas)
+    top = poisson_top(rate, obs.window_s, z)
+    return _on(alloc, service.bounded(sizing.replicas_for(top, per_replica)))
+
+
+def _on(alloc: Allocation, replicas: int) -> Allocation:
+    """`alloc` on `replicas` replicas, its cost per hour scaled to match."""
+    return replace(alloc, num_replicas=replicas, cost=alloc.cost * replicas / max(alloc.num_replicas, 1))
 
 
 def _unsettled(
@@ -699,9 +704,8 @@ def _sized(state: PlannerState, catalog: Catalog, asked: list[_Asked], settings:
     sized = []
     for one, (count, per_replica, work, costs) in zip(asked, counts, strict=True):
         alloc, service = one.alloc, one.service
-        replicas = min(max(count or alloc.num_replicas, service.min_replicas), service.max_replicas)
-        cost = alloc.cost * replicas / max(alloc.num_replicas, 1)
-        sized.append((replace(alloc, num_replicas=replicas, max_batch=one.max_batch, cost=cost), per_replica, work, costs))
+        replicas = service.bounded(count or alloc.num_replicas)
+        sized.append((replace(_on(alloc, replicas), max_batch=one.max_batch), per_replica, work, costs))
     return sized
 
 
@@ -834,7 +838,7 @@ def _held(
     held = min(serving, sizing.replicas_for(kept, per_replica), service.max_replicas)
     if held <= alloc.num_replicas:
         return alloc
-    return replace(alloc, num_replicas=held, cost=alloc.cost * held / alloc.num_replicas)
+    return _on(alloc, held)
 
 
 def _unplaced(service: ManagedService, load: Load, measured: float, now: float, scales: tuple[float, float]) -> Plan:
