@@ -390,9 +390,9 @@ def test_a_rise_is_planned_for_the_windows_lag_at_the_pace_measured_between_wind
     guards = GuardSettings()
     z = z_score(0.95)
 
-    def planned(window_s: float, previous: float = 8.0, backlog: float = 0.0) -> float:
+    def planned(window_s: float, previous: float = 8.0, backlog: float = 0.0, startup_s: float = 90.0) -> float:
         return planned_rate(
-            10.0, previous, window_s=window_s, period_s=30.0, startup_s=90.0, backlog=backlog, in_system=0.0,
+            10.0, previous, window_s=window_s, period_s=30.0, startup_s=startup_s, backlog=backlog, in_system=0.0,
             history=ArrivalHistory(), now=1000.0, goal=0.95, settings=guards,
         )  # fmt: skip
 
@@ -404,7 +404,12 @@ def test_a_rise_is_planned_for_the_windows_lag_at_the_pace_measured_between_wind
     assert planned(60.0) == pytest.approx(quantile(10.0 + 2.0 * 30 / 60))
     assert planned(30.0) == pytest.approx(quantile(10.0 + 2.0 * 15 / 30))
     assert planned(60.0, previous=9.8) == pytest.approx(quantile(10.0))  # within a Poisson deviation over a minute: noise
-    assert planned(60.0, previous=10.0, backlog=120.0) == pytest.approx(quantile(10.0) + 2.0)  # a queue is worked off in a minute
+    # a queue is worked off in a minute, or within the startup where that is longer: what is asked
+    # for it serves only then
+    assert planned(60.0, previous=10.0, backlog=120.0, startup_s=30.0) == pytest.approx(
+        10.0 + z * (10.0 / 60) ** 0.5 + 120.0 / 60
+    )
+    assert planned(60.0, previous=10.0, backlog=120.0) == pytest.approx(quantile(10.0) + 120.0 / 90)
 
 
 def test_no_data_for_the_window_before_is_no_rise_from_zero():
