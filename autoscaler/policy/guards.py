@@ -46,10 +46,10 @@ goal) of the mean load over that horizon, from what was measured, with no tuned 
    asked to work it off faster than that, each serves the queue for less time than it spent
    starting, and pays its cold start and the HPA's window for it. The queue's own requests have
    waited a startup by then whatever the drain; what a faster drain saves is the arrivals behind
-   them for the difference. At a 600 s cold start granite-13b's queue in a
-   flash crowd (710 requests, held there by the client's timeout) was planned as 11.9 req/s on
-   top of the 6 the load asked, 12 A100s that served as the crowd ended (docs/notes/planning.md,
-   *Cold starts of 6 and 10 minutes*).
+   them for the difference. At a 600 s cold start granite-13b's queue in a flash crowd (710
+   requests, held there by the client's timeout) was planned as 11.9 req/s on top of the 6 the
+   load asked: 12 A100s that served as the crowd ended (docs/notes/planning.md, *Cold starts of
+   6 and 10 minutes*).
 
 On the way down (ski rental): a replica released and needed again costs a cold start (startup_s
 of GPU time before it serves, and misses meanwhile), so a surplus should be released only once
