@@ -396,8 +396,8 @@ def test_a_rise_is_planned_for_the_windows_lag_at_the_pace_measured_between_wind
             history=ArrivalHistory(), now=1000.0, goal=0.95, settings=guards,
         )  # fmt: skip
 
-    def quantile(rate: float) -> float:  # the first cycle knows no burstiness: Poisson over the 120 s horizon
-        return rate + z * (rate / 120) ** 0.5
+    def quantile(rate: float, horizon_s: float = 120.0) -> float:  # the first cycle knows no burstiness: Poisson over the horizon
+        return rate + z * (rate / horizon_s) ** 0.5
 
     # +2 req/s per minute: the window's mean lags the rate by half a window (30 s); the same rise
     # between windows half as long: twice as steep, over a lag half as long
@@ -406,9 +406,7 @@ def test_a_rise_is_planned_for_the_windows_lag_at_the_pace_measured_between_wind
     assert planned(60.0, previous=9.8) == pytest.approx(quantile(10.0))  # within a Poisson deviation over a minute: noise
     # a queue is worked off in a minute, or within the startup where that is longer: what is asked
     # for it serves only then
-    assert planned(60.0, previous=10.0, backlog=120.0, startup_s=30.0) == pytest.approx(
-        10.0 + z * (10.0 / 60) ** 0.5 + 120.0 / 60
-    )
+    assert planned(60.0, previous=10.0, backlog=120.0, startup_s=30.0) == pytest.approx(quantile(10.0, 60.0) + 120.0 / 60)
     assert planned(60.0, previous=10.0, backlog=120.0) == pytest.approx(quantile(10.0) + 120.0 / 90)
 
 
