@@ -280,6 +280,39 @@ def test_bias_is_not_raised_where_model_and_window_both_see_an_overload():
     assert _capacity_factor(0.0420, 0.7915, 0.2902) < 1.0
 
 
+def test_a_window_past_the_models_capacity_that_met_its_goal_raises_the_bias_to_the_load_it_showed():
+    """Past its capacity the model's miss is a cliff up to its saturation: at 24 req/s a replica
+    it predicts 88.5% missed and 100% at 10% more, and a window missing 1% read off that curve
+    as x1.5, the largest step up (mistral-7b on the slow ramp, seed 4 at 120 s, then left three
+    replicas to a load they could not serve). The window shows a replica serving 24 req/s
+    within the goal, and no more: the bias goes half way (in log space, as every estimate) to
+    24 over the model's capacity, on one replica or a fleet of two at twice the load. A window
+    past the model's saturation, which taught nothing before (its curve flat), teaches the same."""
+    catalog, target = _catalog(), ServiceTarget(30.0, 1000.0)
+    at_goal = capacity(CHAT, SHAPE, 1000.0, 30.0, GOAL)  # 20.8 req/s
+    for replicas, rate in ((1, 24.0), (2, 24.0), (1, 30.0)):
+        learned = Learned()
+        learn(learned, catalog, RUNS, replicas, _window(replicas * rate, None, 1.0, 0.99), target, GOAL)
+        assert learned.bias["i"].value == pytest.approx(math.sqrt(rate / at_goal))
+
+
+def test_the_bias_is_read_off_a_fleet_at_the_pool_its_router_balanced():
+    """Four replicas behind a load-aware router at 21.5 req/s each miss 6.1% of their requests,
+    as the model's pool of four predicts: nothing to learn. Read at one replica's prediction
+    (9.3% missed), the window raised the bias, taking the pool's gain for the model's error,
+    which the planner's pooling then counted again."""
+    from autoscaler.policy.sizing import Window, learn_windows
+
+    catalog, target = _catalog(), ServiceTarget(30.0, 1000.0)
+    fleet = 1.0 - predict(CHAT, dataclasses.replace(SHAPE, pool=4), 21.5, 1000.0, 30.0).attainment
+    assert fleet == pytest.approx(0.061, abs=0.001) and 1.0 - predict(CHAT, SHAPE, 21.5, 1000.0, 30.0).attainment > 0.09
+    window = _window(4 * 21.5, None, 1.0, 1.0 - fleet)
+    pooled, alone = Learned(), Learned()
+    learn_windows(pooled, catalog, [Window(RUNS, 4, window, target, pool=4)], GOAL)
+    learn_windows(alone, catalog, [Window(RUNS, 4, window, target, pool=1)], GOAL)
+    assert pooled.bias["i"].windows == 0 and alone.bias["i"].value > 1.0
+
+
 def test_estimates_stay_positive_and_bounded_per_window():
     estimate = Estimate()
     for measured in (1e-9, 1e9, 1e-9):

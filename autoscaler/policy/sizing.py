@@ -16,8 +16,10 @@ Two estimators, each fed by one window's observation of an ISVC, neither a contr
   profile joins the catalog the optimizer places with (with_priors), so such an ISVC is placed
   on the GPU type whose prior serves it cheapest, and sized as any other;
 - the attainment bias of an ISVC: the factor on the model's capacity under which the model's
-  share of requests within the SLOs, at the measured load, equals the measured share (vLLM's
-  TTFT histogram and its per-request TPOT histogram count requests, as the SLOs do). It
+  share of requests within the SLOs, at the measured load and the pool its fleet was balanced
+  over, equals the measured share (vLLM's TTFT histogram and its per-request TPOT histogram
+  count requests, as the SLOs do); past the model's capacity, the load a window served within
+  the goal (learn_windows). It
   corrects what the mean cannot show (the tail), in log space with a bounded step, with no
   floor: an estimate, not a tightening per missed period, so steady load makes it settle
   instead of cycling. It learns only from a window that looks like the steady state the model
@@ -171,7 +173,10 @@ class Window:
     # None where not known: a window whose start held far more than its end drained a queue
     in_system_before: float | None = None
     # the replicas a load-aware router balanced the window's load over (latency.Shape.pool;
-    # 1: a router blind to load): a balanced fleet's mean ITL is below a lone replica's
+    # 1: a router blind to load): a balanced fleet's mean ITL is below a lone replica's, and it
+    # misses fewer requests, so both the work scale and the bias read the window at its pool (a
+    # bias read at one replica took the pool's gain for the model's error, and the planner's
+    # pooling (planner._pooled) then counted that gain twice)
     pool: int = 1
     # whether the ISVC's requests over the planner's memory missed more than its goal allows
     # (guards.beyond_goal). Then its bias learns also from a window whose arrivals moved from
@@ -209,17 +214,32 @@ def learn_windows(learned: Learned, catalog: Catalog, windows: Sequence[Window],
     against 2 measured, read as x1.5, and two such windows sized it at 1.6 times its capacity,
     22% of its requests missed). A factor read there is the tail's, extrapolated to the goal.
     Since the planner sizes at the model's capacity, a model that underrates a replica is
-    raised by the windows whose load outran the plan. Lowering stays open to every window: a
-    miss beyond the model's, beyond noise, is the model overrating the replica, on the safe
-    side to correct."""
+    raised by the windows whose load outran the plan. Past the model's capacity (it predicts
+    more than FLAT_MISS missed) a window that met the goal raises the bias to the capacity it
+    showed, its load a replica, and no further: the model's miss is near flat there, up to its
+    saturation, and the log-linear step read off it was the largest up (mistral-7b on the slow
+    ramp, seed 4 at 120 s: 1.1% missed at 2.18 req/s a replica where the model predicted 82%,
+    read as x1.5; at the bias of 1.22 it learned, three replicas were left to the ramp's 8
+    req/s, and all of minutes 57-58 missed). Lowering stays open to every window: a miss
+    beyond the model's, beyond noise, is the model overrating the replica, on the safe side to
+    correct."""
     keys = [window.runs.key for window in windows]
     if len(set(keys)) != len(keys):
         raise ValueError("learn_windows: more than one window of an ISVC (learn them one call at a time)")
     questions = [q for window in windows if (q := _bias_question(learned, catalog, window)) is not None]
-    for question, (here, there) in zip(questions, _model_misses(questions), strict=True):
+    misses = _model_misses(questions)
+    past = [here > FLAT_MISS and q.measured_miss <= 1.0 - goal for q, (here, _) in zip(questions, misses, strict=True)]
+    shown = iter(_capacities_at([q for q, beyond in zip(questions, past, strict=True) if beyond], goal))
+    for question, (here, there), beyond in zip(questions, misses, past, strict=True):
+        capacity = next(shown) if beyond else None
         if _close(question.requests * question.measured_miss, question.requests * here):
             continue  # the misses the model predicts, within noise
-        factor = _capacity_factor(here, there, question.measured_miss)
+        if capacity is not None:  # past the model's capacity, the goal met: the load is what it showed
+            factor = question.rate / capacity if capacity > 0.0 else math.exp(MAX_STEP)
+            if factor <= 1.0:
+                continue  # read through the buckets past it, at the SLOs within it: nothing shown
+        else:
+            factor = _capacity_factor(here, there, question.measured_miss)
         if factor is not None and factor > 1.0 and here <= 1.0 - goal:
             continue  # the model predicts the goal met here: the window is below the capacity sized
         if factor is not None:
@@ -238,6 +258,7 @@ class _BiasQuestion:
     requests: float  # that the window's shares are of
     measured_miss: float
     seen: _AsHistogram
+    slos: tuple[float, float]  # TTFT and ITL (ms; inf: none) that its capacity is sized at
 
 
 def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQuestion | None:
@@ -269,7 +290,7 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
         ):
             work.learn(scale)
     model_replica = replace(model_replica, work_scale=work.value)
-    shape = Shape(obs.avg_in_tokens, obs.avg_out_tokens, rate_variation(obs))
+    shape = Shape(obs.avg_in_tokens, obs.avg_out_tokens, rate_variation(obs), pool=window.pool)
     itl_slo = _itl_slo(obs, target)
     measured = measured_miss(obs, target)
     # the model read through the same buckets: the collector interpolates inside the bucket that
@@ -279,7 +300,8 @@ def _bias_question(learned: Learned, catalog: Catalog, window: Window) -> _BiasQ
     moved = window.beyond_goal and measured <= FLAT_MISS and _queue_steady(obs, window.in_system_before)
     if not (steady or moved):
         return None  # a burst's queue, or its wake: the model's steady state says nothing of that miss
-    return _BiasQuestion(bias, model_replica, shape, rate / bias.value, requests, measured, seen)
+    slos = (target.ttft_ms or math.inf, itl_slo or math.inf)
+    return _BiasQuestion(bias, model_replica, shape, rate / bias.value, requests, measured, seen, slos)
 
 
 def _identify(learned: Learned, catalog: Catalog, runs: Deployment, obs: Observation, replicas: int, frontend_ms: float) -> None:
@@ -449,6 +471,19 @@ def _model_misses(questions: Sequence[_BiasQuestion]) -> np.ndarray:
     ttft_seen = ttft_share[:, 0] + ttft_upper * (ttft_share[:, 1] - ttft_share[:, 0])
     itl_seen = itl_share[:, 0] + itl_upper * (itl_share[:, 1] - itl_share[:, 0])
     return 1.0 - np.minimum(ttft_seen, itl_seen)
+
+
+def _capacities_at(questions: Sequence[_BiasQuestion], goal: float) -> np.ndarray:
+    """The model's capacity (per replica, as each question's rate) at the goal for each
+    question's replica, shape and SLOs: one batched search."""
+    if not questions:
+        return np.zeros(0)
+    return capacities(
+        [(q.replica, q.shape) for q in questions],
+        np.array([q.slos[0] for q in questions]),
+        np.array([q.slos[1] for q in questions]),
+        goal,
+    )
 
 
 def _capacity_factor(here: float, there: float, measured_miss: float) -> float | None:
