@@ -216,13 +216,13 @@ def learn_windows(learned: Learned, catalog: Catalog, windows: Sequence[Window],
     Since the planner sizes at the model's capacity, a model that underrates a replica is
     raised by the windows whose load outran the plan. Past the model's capacity (it predicts
     more than FLAT_MISS missed) a window that met the goal raises the bias to the capacity it
-    showed, its load a replica, and no further: the model's miss is near flat there, up to its
-    saturation, and the log-linear step read off it was the largest up (mistral-7b on the slow
-    ramp, seed 4 at 120 s: 1.1% missed at 2.18 req/s a replica where the model predicted 82%,
-    read as x1.5; at the bias of 1.22 it learned, three replicas were left to the ramp's 8
-    req/s, and all of minutes 57-58 missed). Lowering stays open to every window: a miss
-    beyond the model's, beyond noise, is the model overrating the replica, on the safe side to
-    correct."""
+    showed, its load a replica, and no further: there the model's miss climbs to its saturation
+    within a few % of rate and then lies flat, and a log-linear step read off that curve was the
+    largest up (mistral-7b on the slow ramp, seed 4 at 120 s: 1.1% missed at 2.18 req/s a
+    replica where the model predicted 82%, read as x1.5; at the bias of 1.22 it learned, three
+    replicas were left to the ramp's 8 req/s, and all of minutes 57-58 missed). Lowering stays
+    open to every window: a miss beyond the model's, beyond noise, is the model overrating the
+    replica, on the safe side to correct."""
     keys = [window.runs.key for window in windows]
     if len(set(keys)) != len(keys):
         raise ValueError("learn_windows: more than one window of an ISVC (learn them one call at a time)")
