@@ -272,7 +272,9 @@ def test_bias_is_not_raised_where_model_and_window_both_see_an_overload():
     """Past its capacity the model's miss is near flat in the rate: a window missing 66% where
     the model predicts 79% read as a capacity 1.5 times higher (chat-8b on 2 replicas at 40 req/s,
     square-5m). Both overloaded: nothing learned; a model that predicts the overload where the
-    window meets its SLOs still learns it underrates, and one that predicts less learns down."""
+    window meets its SLOs still reads as underrating, and one that predicts less learns down.
+    (learn_windows no longer takes the factor of the second case: a window past the model's
+    capacity that met the goal raises the bias to the load it showed, the test after next.)"""
     from autoscaler.policy.sizing import _capacity_factor
 
     assert _capacity_factor(0.7908, 0.8024, 0.6554) is None
