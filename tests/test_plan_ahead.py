@@ -320,10 +320,11 @@ def test_short_window_noise_does_not_hold_a_rise_back():
     assert held == forecast
 
 
-def retained(levels: list[tuple[float, float]], held_s: float = 300.0, missed: float = 0.0) -> float:
+def retained(levels: list[tuple[float, float]], held_s: float = 300.0, missed: float = 0.0, opened: bool = True) -> float:
     """retained_rate at the end of `levels` ((seconds, req/s) held in turn), one cycle a period,
     beyond an HPA scale-down window of `held_s`, with `missed` of each window's requests outside
-    the SLOs (the goal of 95% allows 5%)."""
+    the SLOs (the goal of 95% allows 5%); `opened`: the first level is the ISVC's first (False:
+    a memory that lost its oldest cycles)."""
     rates, now = [], 0.0
     for seconds, rate in levels:
         for _ in range(int(seconds // PERIOD)):
@@ -340,6 +341,7 @@ def retained(levels: list[tuple[float, float]], held_s: float = 300.0, missed: f
         z=Z,
         drain_s=DRAIN,
         miss_budget=1.0 - 0.95,
+        opened=opened,
     )
 
 
@@ -421,6 +423,26 @@ def test_a_spike_gone_before_its_replicas_could_serve_is_evidence_for_ski_rental
     assert retained(spike + [(1140.0, 10.0)]) == pytest.approx(40.0)
     assert retained(spike + [(1260.0, 10.0)]) == 0.0
     assert retained([(1200.0, 10.0), (600.0, 40.0), (1140.0, 10.0)]) == 0.0
+
+
+def test_the_level_an_isvc_opened_at_is_held_through_its_first_lull_as_a_return():
+    """40 req/s from the ISVC's first cycle for 10 minutes, then 10: a rise before the planner's
+    first cycle (its start, or the controller's) reached 40, so its first lull is held as ski
+    rental as after a return, from the least rate since (990 s of rent, as above): kept 1,140 s
+    into the lull, released at 1,260. A memory that has dropped its oldest cycles opens at a cut,
+    not at a level the load rose to, and holds nothing for it. (MMPP at 120 s on seed 2:
+    mistral-7b opened at 8 req/s, released three of its four A100s over a nine-minute lull, and
+    its first return missed 1,713 requests.)"""
+    opening = [(600.0, 40.0)]
+    assert retained(opening + [(1140.0, 10.0)]) == pytest.approx(40.0)
+    assert retained(opening + [(1260.0, 10.0)]) == 0.0
+    assert retained(opening + [(1140.0, 10.0)], opened=False) == 0.0
+    history = ArrivalHistory()
+    for k in range(121):  # an hour's memory of cycles 30 s apart: the first is still in it
+        history.record(Sample(30.0 * k, 10.0, in_system=0.0), lookback_s=300.0, memory_s=3600.0)
+    assert history.opened_since(3600.0 - 3600.0)
+    history.record(Sample(3630.0, 10.0, in_system=0.0), lookback_s=300.0, memory_s=3600.0)
+    assert not history.opened_since(3630.0 - 3600.0)
 
 
 def test_a_hold_priced_for_small_rises_keeps_no_larger_peak():

@@ -830,6 +830,7 @@ def _held(
                 z=z,
                 drain_s=settings.guards.backlog_drain_s,
                 miss_budget=1.0 - settings.attainment_goal,
+                opened=history.opened_since(now - settings.guards.rise_memory_s),
             ),
         )
     if kept <= 0:
