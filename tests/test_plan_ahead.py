@@ -541,6 +541,30 @@ def test_a_hold_between_rises_keeps_what_serves_and_never_adds():
     assert decided(1, bursts=True).replicas == decided(1, bursts=False).replicas  # never adds
 
 
+def test_the_planner_holds_the_level_an_isvc_opened_at_only_while_its_memory_holds_that_opening():
+    """planner._held tells retained_rate whether the memory holds the ISVC's first cycle: ten
+    minutes at 6 req/s from the first cycle, then ten at 2, keeps what serves up to the count
+    for 6 (the opening rented as a return); the same cycles after an earlier one the memory has
+    dropped open at a cut, and nothing is kept for them."""
+
+    def decided(dropped_before: bool):
+        last = LastDecision("H100", 8, 64, 300.0, 30.0, 2.0, 150.0, decided_at=970.0, avg_in_tokens=512, avg_out_tokens=256)
+        state = PlannerState()
+        history = state.arrivals.setdefault(("prod", "chat"), ArrivalHistory())
+        memory = GuardSettings().rise_memory_s
+        levels = [6.0] * 20 + [2.0] * 20
+        start = 1000.0 - PERIOD * len(levels)
+        if dropped_before:  # a cycle beyond the memory, dropped at the next record
+            history.record(Sample(start - memory - PERIOD, 6.0, 0.0), 0.0, memory)
+        for cycle, rate in enumerate(levels):
+            history.record(Sample(start + PERIOD * cycle, rate, 0.0), 0.0, memory)
+        assert len(history.samples) == len(levels)
+        return plan_one(service(last=last), obs=observed(2.0), state=state, now=1000.0).decision
+
+    opened, cut = decided(dropped_before=False), decided(dropped_before=True)
+    assert cut.replicas < opened.replicas == min(8, math.ceil(6.0 / opened.replica_capacity))
+
+
 def test_the_planner_holds_beyond_the_hpa_window_it_writes():
     """planner._held judges the hold beyond the scale-down window the plan writes: the HPA's
     default holds a 2.5-minute wave's peak through its troughs (nothing to add), one collector
