@@ -592,6 +592,37 @@ def test_the_planner_holds_beyond_the_hpa_window_it_writes():
     assert held(60) == 2  # 6 req/s at 3 per replica
 
 
+def test_the_planner_holds_replicas_still_starting_on_a_gpu():
+    """planner._held keeps what holds a GPU, not only what serves: at a startup beyond the HPA's
+    window, the replicas a spike asked for are still starting when the window lets them go,
+    and letting them go before they serve wastes their cold start and leaves the next spike to
+    another. One replica serves, two more start on their nodes, and the memory has spikes to
+    6 req/s at 3 per replica: two are kept; with none starting, one; with a pod waiting for a
+    GPU beside them, still two (a pod no node has taken holds nothing)."""
+    from autoscaler.optimizer.domain import Allocation
+    from autoscaler.policy.planner import _held
+
+    last = LastDecision("H100", 8, 64, 300.0, 30.0, 2.0, 150.0, decided_at=970.0, avg_in_tokens=512, avg_out_tokens=256)
+    chat = service(last=last)
+    state = PlannerState()
+    state.learned.serving[chat.key] = (1, 0.0)
+    history = state.arrivals.setdefault(("prod", "chat"), ArrivalHistory())
+    levels = ([6.0] * 5 + [2.0] * 5) * 6
+    for cycle, rate in enumerate(levels):
+        history.record(Sample(1000.0 - PERIOD * (len(levels) - 1 - cycle), rate, 0.0), 0.0, GuardSettings().rise_memory_s)
+    trough = Allocation(chat.key, "H100", 1, 64, 1.0, 0.0, 30.0, 300.0, 3.0)
+
+    def held(bound: int | None, unbound: int | None = 0) -> int:
+        settings = PlannerSettings()
+        obs = dataclasses.replace(observed(2.0), ready_replicas=1, bound_pods=bound, unbound_pods=unbound)
+        return _held(state, chat, trough, 3.0, obs, 1000.0, settings, 60, z_score(settings.attainment_goal)).num_replicas
+
+    assert held(bound=3) == 2  # 6 req/s at 3 per replica, of the three on GPUs
+    assert held(bound=1) == 1  # nothing starting: what serves
+    assert held(bound=None, unbound=None) == 1  # not known (a revision in flight): what serves
+    assert held(bound=1, unbound=2) == 1  # pods waiting for a GPU hold none
+
+
 def test_the_opening_reads_its_first_minutes_rise_as_a_collector_would():
     """The simulator's opening is a window a controller watched with nothing before it: its
     collector's short window (the last 30 s) shows chat-8b's first minute of the Azure

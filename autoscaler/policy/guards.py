@@ -57,11 +57,11 @@ it has lasted about that long. The HPA the controller writes already does: it sc
 to the highest count of its last 300 s (SCALE_DOWN_WINDOW_S; one window while a model with no
 profile is identified, planner._identifying), longer than the startup of every cold start
 evaluated (60-240 s), and on top of it the plan keeps a margin after a large fall for the
-lookback (above). A window that expires while the load rises again would
-release replicas just as they are needed (the mean lags the rise): while the rate rises beyond
-noise, the planner keeps what serves up to the count for the most the rate may be now
-(present_bound; planner._held). That bound assumes the worst of a rise (a step just before the
-earlier cycle); where the load rises back within a level the memory has seen and the ISVC keeps
+lookback (above). A window that expires while the load rises again would release replicas
+just as they are needed (the mean lags the rise): while the rate rises beyond noise, the
+planner keeps what holds a GPU (serving, or starting on a node) up to the count for the most
+the rate may be now (present_bound; planner._held). That bound assumes the worst of a rise (a
+step just before the earlier cycle); where the load rises back within a level the memory has seen and the ISVC keeps
 within its goal over it, the level seen bounds it instead (its highest window's mean): on the
 2.5-minute square wave the bound read 12.3 req/s at a step back to mistral-7b's 8.3, kept the
 last peak's 6 replicas where 4 met every request, and the HPA's window restarted at 6 every
@@ -473,10 +473,10 @@ def retained_rate(
     The rate kept is the most measured within that span, no higher than the rises it saves
     (a span priced for small rises must not hold a larger first one within it, whose hold
     nothing priced; the HPA's window does the rest);
-    what serves is kept up to the count for it (planner._held), never added to: a scale-down
-    hold. Beyond the lulls replayed, a lull in progress is held as ski rental (_rented). A
-    request saved is priced dearer where the memory's misses exceed `miss_budget`, the share the
-    goal allows (_miss_price)."""
+    what holds a GPU (serving, or starting on a node) is kept up to the count for it
+    (planner._held), never added to: a scale-down hold. Beyond the lulls replayed, a lull in
+    progress is held as ski rental (_rented). A request saved is priced dearer where the
+    memory's misses exceed `miss_budget`, the share the goal allows (_miss_price)."""
     t = np.array([s.time for s in samples], dtype=float)
     r = np.array([s.rate for s in samples], dtype=float)
     if r.size < 3 or t[-1] - t[0] <= held_s:

@@ -14,9 +14,9 @@ Rules on top of the optimizer, each for a failure seen in practice:
   serve (the rate now, measured burstiness, at most the recent peak), queued requests count as
   load (guards.py); requests building up between cycles ask for a cycle early (early_cycle);
   while the rate rises beyond noise, no replica the load may need now is released
-  (_held); between rises that recur, what serves is kept while holding it costs less than the
-  misses and cold starts it saves, a miss priced dearer while the ISVC's misses exceed what its
-  goal allows (guards.retained_rate);
+  (_held); between rises that recur, what holds a GPU is kept while holding it costs less than
+  the misses and cold starts it saves, a miss priced dearer while the ISVC's misses exceed what
+  its goal allows (guards.retained_rate);
 - the GPU type and batch size change only where the ISVC allows spec changes, only when the
   change is large enough (guards.wants_new_revision), not more often than once per
   `spec_change_interval_s` (the dwell: at most 3600 / 600 = 6 changes per ISVC per hour by
@@ -802,10 +802,11 @@ def _held(
     """No replica released that the load may need now while it rises beyond noise: the window's
     mean then lags the load (a step shows in full only a window later), so a count sized for it
     may be below what the load needs already, and releasing a replica now costs a cold start to
-    undo. What serves is kept up to the count for the most the rate may be now
-    (guards.present_bound), or for the rate kept between rises that recur beyond the HPA's
-    scale-down window in force (`scale_down_s`, None: the default; guards.retained_rate),
-    whichever is more; a new GPU type or batch size is left as the optimizer sized it."""
+    undo. What holds a GPU (the replicas serving and those starting on a node) is kept up to
+    the count for the most the rate may be now (guards.present_bound), or for the rate kept
+    between rises that recur beyond the HPA's scale-down window in force (`scale_down_s`,
+    None: the default; guards.retained_rate), whichever is more; a new GPU type or batch size
+    is left as the optimizer sized it."""
     history = state.arrivals.get((service.namespace, service.name))
     last = service.last
     if not history or last is None or obs is None or (alloc.accelerator, alloc.max_batch) != (last.accelerator, last.max_batch):
@@ -835,8 +836,11 @@ def _held(
         )
     if kept <= 0:
         return alloc
-    serving = state.learned.serving.get(service.key, (0, 0.0))[0]
-    held = min(serving, sizing.replicas_for(kept, per_replica), service.max_replicas)
+    # what holds a GPU already: the replicas serving and those starting on a node, paid for in
+    # part; a hold that let go only what had yet to serve released, at a startup beyond the
+    # HPA's window, the replicas a spike asked for just before they served
+    holding = max(state.learned.serving.get(service.key, (0, 0.0))[0], obs.bound_pods or 0)
+    held = min(holding, sizing.replicas_for(kept, per_replica), service.max_replicas)
     if held <= alloc.num_replicas:
         return alloc
     return _on(alloc, held)
