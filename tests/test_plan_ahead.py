@@ -565,57 +565,46 @@ def test_the_planner_holds_the_level_an_isvc_opened_at_only_while_its_memory_hol
     assert cut.replicas < opened.replicas == min(8, math.ceil(6.0 / opened.replica_capacity))
 
 
-def test_the_planner_holds_beyond_the_hpa_window_it_writes():
-    """planner._held judges the hold beyond the scale-down window the plan writes: the HPA's
-    default holds a 2.5-minute wave's peak through its troughs (nothing to add), one collector
-    window (a model with no profile being identified) does not, so the planner keeps what
-    serves up to the count for the peak."""
+def _held_in_a_trough(serving: int, scale_down_s: int | None, obs) -> int:
+    """planner._held's count in a trough of an hour of 2.5-minute waves between 6 and 2 req/s
+    (3 req/s a replica; the plan asks 1), with `serving` replicas ready."""
     from autoscaler.optimizer.domain import Allocation
     from autoscaler.policy.planner import _held
 
     last = LastDecision("H100", 8, 64, 300.0, 30.0, 2.0, 150.0, decided_at=970.0, avg_in_tokens=512, avg_out_tokens=256)
     chat = service(last=last)
     state = PlannerState()
-    state.learned.serving[chat.key] = (8, 0.0)
+    state.learned.serving[chat.key] = (serving, 0.0)
     history = state.arrivals.setdefault(("prod", "chat"), ArrivalHistory())
     levels = ([6.0] * 5 + [2.0] * 5) * 6
     for cycle, rate in enumerate(levels):
         history.record(Sample(1000.0 - PERIOD * (len(levels) - 1 - cycle), rate, 0.0), 0.0, GuardSettings().rise_memory_s)
     trough = Allocation(chat.key, "H100", 1, 64, 1.0, 0.0, 30.0, 300.0, 3.0)
+    settings = PlannerSettings()
+    return _held(state, chat, trough, 3.0, obs, 1000.0, settings, scale_down_s, z_score(settings.attainment_goal)).num_replicas
 
-    def held(scale_down_s: int | None) -> int:
-        settings = PlannerSettings()
-        z = z_score(settings.attainment_goal)
-        return _held(state, chat, trough, 3.0, observed(2.0), 1000.0, settings, scale_down_s, z).num_replicas
 
-    assert held(None) == 1
-    assert held(60) == 2  # 6 req/s at 3 per replica
+def test_the_planner_holds_beyond_the_hpa_window_it_writes():
+    """planner._held judges the hold beyond the scale-down window the plan writes: the HPA's
+    default holds a 2.5-minute wave's peak through its troughs (nothing to add), one collector
+    window (a model with no profile being identified) does not, so the planner keeps what
+    serves up to the count for the peak."""
+    assert _held_in_a_trough(8, None, observed(2.0)) == 1
+    assert _held_in_a_trough(8, 60, observed(2.0)) == 2  # 6 req/s at 3 per replica
 
 
 def test_the_planner_holds_replicas_still_starting_on_a_gpu():
     """planner._held keeps what holds a GPU, not only what serves: at a startup beyond the HPA's
     window, the replicas a spike asked for are still starting when the window lets them go,
     and letting them go before they serve wastes their cold start and leaves the next spike to
-    another. One replica serves, two more start on their nodes, and the memory has spikes to
-    6 req/s at 3 per replica: two are kept; with none starting, one; with a pod waiting for a
-    GPU beside them, still two (a pod no node has taken holds nothing)."""
-    from autoscaler.optimizer.domain import Allocation
-    from autoscaler.policy.planner import _held
-
-    last = LastDecision("H100", 8, 64, 300.0, 30.0, 2.0, 150.0, decided_at=970.0, avg_in_tokens=512, avg_out_tokens=256)
-    chat = service(last=last)
-    state = PlannerState()
-    state.learned.serving[chat.key] = (1, 0.0)
-    history = state.arrivals.setdefault(("prod", "chat"), ArrivalHistory())
-    levels = ([6.0] * 5 + [2.0] * 5) * 6
-    for cycle, rate in enumerate(levels):
-        history.record(Sample(1000.0 - PERIOD * (len(levels) - 1 - cycle), rate, 0.0), 0.0, GuardSettings().rise_memory_s)
-    trough = Allocation(chat.key, "H100", 1, 64, 1.0, 0.0, 30.0, 300.0, 3.0)
+    another. One replica serves, two more start on their nodes, and the memory has peaks of 6
+    req/s at 3 per replica: two are kept; one with none starting, with the pods not known (a
+    roll-out in flight), or with the other two waiting for a GPU (a pod no node has taken holds
+    nothing)."""
 
     def held(bound: int | None, unbound: int | None = 0) -> int:
-        settings = PlannerSettings()
         obs = dataclasses.replace(observed(2.0), ready_replicas=1, bound_pods=bound, unbound_pods=unbound)
-        return _held(state, chat, trough, 3.0, obs, 1000.0, settings, 60, z_score(settings.attainment_goal)).num_replicas
+        return _held_in_a_trough(1, 60, obs)
 
     assert held(bound=3) == 2  # 6 req/s at 3 per replica, of the three on GPUs
     assert held(bound=1) == 1  # nothing starting: what serves
