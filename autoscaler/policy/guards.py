@@ -57,31 +57,31 @@ it has lasted about that long. The HPA the controller writes already does: it sc
 to the highest count of its last 300 s (SCALE_DOWN_WINDOW_S; one window while a model with no
 profile is identified, planner._identifying), longer than the startup of every cold start
 evaluated (60-240 s), and on top of it the plan keeps a margin after a large fall for the
-lookback (above). A window that expires while the load rises again would release replicas
-just as they are needed (the mean lags the rise): while the rate rises beyond noise, the
-planner keeps what holds a GPU (serving, or starting on a node) up to the count for the most
-the rate may be now (present_bound; planner._held). That bound assumes the worst of a rise (a
-step just before the earlier cycle); where the load rises back within a level the memory has seen and the ISVC keeps
-within its goal over it, the level seen bounds it instead (its highest window's mean): on the
-2.5-minute square wave the bound read 12.3 req/s at a step back to mistral-7b's 8.3, kept the
-last peak's 6 replicas where 4 met every request, and the HPA's window restarted at 6 every
-rise (17.1 GPU-hours at 100%, static 16.0). The level bounds the rate planned as well: at the
-top of such a rise the forecast's extrapolation asked for more than the level, and the HPA held
-it 300 s (chat-8b on MMPP, seed 2, 60 s: at 930 s, a return to the 40 req/s it had been at,
-the window's mean 33.9 and the short window's 41.0 were planned as 50.6, 4 replicas of 16.3
-req/s, and the HPA kept 4 for five minutes where 3 met every request). Beyond its goal an ISVC
-keeps the whole bound: on the Azure code trace chat-8b, at 89.5%, lost 1.6 points to the cap.
-So does a load that has had no levels (its rates over the memory no more dispersed than a
-Poisson load's by chance: a flat load's highest window is its noise, and a first rise from it,
-a flash crowd's, lost its extrapolation: granite-13b 99.8% -> 95.9%), and a rise the short
-window already shows past the level (level_seen). Measured, a shorter HPA window (the cold
-start itself) lost 6-11 points of attainment on the 5-minute square wave and MMPP (60 s cold
-start) for 16-19% fewer GPU-hours, below static provisioning's frontier. With a startup beyond
-300 s the HPA's window is the shorter, and the ski-rental rule would want it raised: measured at
-360 and 600 s (docs/notes/planning.md, *Cold starts of 6 and 10 minutes*), raising it to the
-startup kept the replicas a first rise had asked too late, for up to 1.3 GPU-hours more and no
-more attainment but on MMPP at 600 s (+2 points for +0.8), the holds between rises below
-already keeping what a recurring rise needs; not done.
+lookback (above). A window that expires while the load rises again would release replicas just
+as they are needed (the mean lags the rise): while the rate rises beyond noise, the planner
+keeps what holds a GPU (serving, or starting on a node) up to the count for the most the rate
+may be now (present_bound; planner._held). That bound assumes the worst of a rise (a step just
+before the earlier cycle); where the load rises back within a level the memory has seen and the
+ISVC keeps within its goal over it, the level seen bounds it instead (its highest window's
+mean): on the 2.5-minute square wave the bound read 12.3 req/s at a step back to mistral-7b's
+8.3, kept the last peak's 6 replicas where 4 met every request, and the HPA's window restarted
+at 6 every rise (17.1 GPU-hours at 100%, static 16.0). The level bounds the rate planned as
+well: at the top of such a rise the forecast's extrapolation asked for more than the level, and
+the HPA held it 300 s (chat-8b on MMPP, seed 2, 60 s: at 930 s, a return to the 40 req/s it had
+been at, the window's mean 33.9 and the short window's 41.0 were planned as 50.6, 4 replicas of
+16.3 req/s, and the HPA kept 4 for five minutes where 3 met every request). Beyond its goal an
+ISVC keeps the whole bound: on the Azure code trace chat-8b, at 89.5%, lost 1.6 points to the
+cap. So does a load that has had no levels (its rates over the memory no more dispersed than a
+Poisson load's by chance: a flat load's highest window is its noise, and a first rise from it, a
+flash crowd's, lost its extrapolation: granite-13b 99.8% -> 95.9%), and a rise the short window
+already shows past the level (level_seen). Measured, a shorter HPA window (the cold start
+itself) lost 6-11 points of attainment on the 5-minute square wave and MMPP (60 s cold start)
+for 16-19% fewer GPU-hours, below static provisioning's frontier. With a startup beyond 300 s
+the HPA's window is the shorter, and the ski-rental rule would want it raised: measured at 360
+and 600 s (docs/notes/planning.md, *Cold starts of 6 and 10 minutes*), raising it to the startup
+kept the replicas a first rise had asked too late, for up to 1.3 GPU-hours more and no more
+attainment but on MMPP at 600 s (+2 points for +0.8), the holds between rises below already
+keeping what a recurring rise needs; not done.
 
 Rises that recur (retained_rate): where the load comes back to a level the HPA's window has
 already released (an MMPP's random rises, bursts minutes apart), each rise queues a horizon's
