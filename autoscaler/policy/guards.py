@@ -55,8 +55,8 @@ On the way down (ski rental): a replica released and needed again costs a cold s
 of GPU time before it serves, and misses meanwhile), so a surplus should be released only once
 it has lasted about that long. The HPA the controller writes already does: it scales down only
 to the highest count of its last 300 s (SCALE_DOWN_WINDOW_S; one window while a model with no
-profile is identified, planner._identifying), longer than the startup of every cold start
-evaluated (60-240 s), and on top of it the plan keeps a margin after a large fall for the
+profile is identified, planner._identifying), longer than the startup of each of the suite's
+cold starts (60-240 s), and on top of it the plan keeps a margin after a large fall for the
 lookback (above). A window that expires while the load rises again would release replicas just
 as they are needed (the mean lags the rise): while the rate rises beyond noise, the planner
 keeps what holds a GPU (serving, or starting on a node) up to the count for the most the rate
