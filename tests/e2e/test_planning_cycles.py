@@ -1,8 +1,9 @@
 """The planner's inputs from a real cluster, the controller as config/'s ServiceAccount on the real
 kube-apiserver (moved here from tests/test_rollout.py and tests/test_plan_ahead.py, which keep the
 pure planner and simulator cases): the GPUs a superseded revision's pods hold on kwok's nodes, the
-latency model's counts placed within the GPUs the nodes have free, and a cycle brought forward by
-a queue building between periods.
+latency model's counts placed within the GPUs the nodes have free, a cycle brought forward by a
+queue building between periods, and the replicas serving, starting on a node and waiting for one
+as the planner's hold reads them.
 
 Each test has a namespace of its own (tests/e2e/isvc_namespace.py).
 """
@@ -16,7 +17,8 @@ import time
 
 from autoscaler.controller import controller as controller_module
 from autoscaler.controller.catalog import available_capacity, node_gpu_types
-from autoscaler.kserve import ISVC_LABEL, REVISION_LABEL
+from autoscaler.controller.knative import is_ready_pod
+from autoscaler.kserve import COMPONENT_LABEL, ISVC_LABEL, PREDICTOR, REVISION_LABEL
 
 from ..cluster_objects import gpu_pod
 from ..test_controller import StandInCollector
@@ -125,6 +127,56 @@ async def test_the_controller_places_the_latency_models_counts_within_the_gpus_t
     assert (chat.accelerator, chat.replicas) == ("H100", 2)
     assert (batch.accelerator, batch.replicas) == ("L40S", 4)
     assert not any("wait for one" in p.reason for p in plans.values())
+
+
+@named("e2e-starting-pods")
+async def test_the_controller_reads_replicas_starting_on_a_node_as_holding_a_gpu(namespace, monkeypatch):
+    """What planner._held keeps, the replicas serving and those starting on a node, as the
+    controller reads them from the real API server (tests/test_plan_ahead.py has the hold
+    itself): a predictor pod on a kwok node, which kwok makes Ready, serves; two bound to a node
+    whose kubelet has not started them (one kwok does not manage: they stay Pending with no
+    Ready condition, as while an image pulls) hold GPUs without serving; one asking more GPUs
+    than any node has, which the real scheduler leaves unbound, holds none. The plan is given 1
+    ready, 3 bound and 1 waiting; with a pod of a second revision (a roll-out in flight) the
+    bound and waiting counts are unknown, and a hold keeps what serves."""
+    plane, ns = namespace.plane, namespace.name
+    seen = []
+    real_plan = controller_module.plan
+
+    def recording_plan(catalog, capacity, services, observed, now, state, settings, free=None):
+        seen.append(observed.get((ns, "chat")))
+        return real_plan(catalog, capacity, services, observed, now, state, settings, free=free)
+
+    monkeypatch.setattr(controller_module, "plan", recording_plan)
+    namespace.knative_isvc_kserve_leaves_alone("chat", CHAT)
+    # a node with no kubelet acting for it: kwok manages only the nodes carrying its annotation
+    node = f"{ns}-starting"
+    plane.request("POST", "/api/v1/nodes", {"apiVersion": "v1", "kind": "Node", "metadata": {"name": node}})
+    labels = lambda revision: {ISVC_LABEL: "chat", COMPONENT_LABEL: PREDICTOR, REVISION_LABEL: revision}  # noqa: E731
+    first = labels("chat-predictor-00001")
+    controller = await namespace.controller(StandInCollector({(ns, "chat"): observed(2.0)}))
+    try:
+        pods = [
+            gpu_pod("serving", GPU_NODES[0][0], 1, ns, first),
+            gpu_pod("starting-a", node, 1, ns, first),
+            gpu_pod("starting-b", node, 1, ns, first),
+            gpu_pod("waiting", None, 64, ns, first),  # more than any node has
+        ]
+        await bound_on_kwok(namespace, controller, pods, "vllm/vllm-openai")
+        watched = controller.informers["pods"].objects
+        await settled(controller, lambda: is_ready_pod(watched[(ns, "serving")]), timeout_s=30)
+        await controller.cycle()
+        during = [gpu_pod("next", GPU_NODES[0][0], 1, ns, labels("chat-predictor-00002"))]
+        await bound_on_kwok(namespace, controller, during, "vllm/vllm-openai")
+        await settled(controller, lambda: is_ready_pod(watched[(ns, "next")]), timeout_s=30)
+        await controller.cycle()
+    finally:
+        await stop(controller)
+        plane.kubectl("delete", "pods", "--all", f"--namespace={ns}", "--grace-period=0", "--force", check=False)
+        plane.kubectl("delete", "node", node)
+    one_revision, roll_out = seen[-2], seen[-1]
+    assert (one_revision.ready_replicas, one_revision.bound_pods, one_revision.unbound_pods) == (1, 3, 1)
+    assert (roll_out.ready_replicas, roll_out.bound_pods, roll_out.unbound_pods) == (2, None, None)
 
 
 class QueueCollector(StandInCollector):
