@@ -28,9 +28,33 @@ from .isvc_namespace import CHAT, named, stop
 from .test_controller_rbac import settled
 
 
+@dataclasses.dataclass(frozen=True)
+class PlannedCycle:
+    """What one controller cycle gave the planner, and the plans it got back."""
+
+    capacity: dict
+    free: dict | None
+    observed: dict
+    plans: list
+
+
+def recorded_cycles(monkeypatch) -> list[PlannedCycle]:
+    """Every cycle's call of the real planner from now on, as the controller makes it."""
+    cycles = []
+    real_plan = controller_module.plan
+
+    def recording_plan(catalog, capacity, services, observed, now, state, settings, free=None):
+        plans = real_plan(catalog, capacity, services, observed, now, state, settings, free=free)
+        cycles.append(PlannedCycle(capacity, free, observed, plans))
+        return plans
+
+    monkeypatch.setattr(controller_module, "plan", recording_plan)
+    return cycles
+
+
 async def bound_on_kwok(namespace, controller, pods: list[dict], image: str) -> None:
-    """Create `pods` (bound to kwok's nodes by their nodeName; kwok sets their status) and wait
-    until the controller's watch shows them."""
+    """Create `pods` (bound by their nodeName; kwok sets the status of those on its nodes) and
+    wait until the controller's watch shows them."""
     for pod in pods:
         pod["spec"]["containers"][0]["image"] = image
         del pod["status"]
@@ -45,14 +69,7 @@ async def test_the_controller_plans_without_the_gpus_of_a_superseded_revision(na
     revision's are placed afresh), and less every bound pod as the GPUs free now: pods bound to
     the session's kwok nodes, read through the controller's watch."""
     plane, ns = namespace.plane, namespace.name
-    seen = []
-    real_plan = controller_module.plan
-
-    def recording_plan(catalog, capacity, services, observed, now, state, settings, free=None):
-        seen.append((capacity, free))
-        return real_plan(catalog, capacity, services, observed, now, state, settings, free=free)
-
-    monkeypatch.setattr(controller_module, "plan", recording_plan)
+    cycles = recorded_cycles(monkeypatch)
     namespace.knative_isvc_kserve_leaves_alone("chat", CHAT)
     status = {"status": {"components": {"predictor": {"latestCreatedRevision": "chat-predictor-00002"}}}}
     plane.kubectl(
@@ -63,7 +80,7 @@ async def test_the_controller_plans_without_the_gpus_of_a_superseded_revision(na
     try:
         await settled(controller, lambda: "status" in controller.informers["isvcs"].objects[(ns, "chat")])
         await controller.cycle()
-        before_capacity, before_free = seen[-1]  # what other tests' pods, if any, leave
+        before = cycles[-1]  # what other tests' pods, if any, leave
 
         labels = lambda revision: {ISVC_LABEL: "chat", REVISION_LABEL: revision}  # noqa: E731
         pods = [
@@ -75,9 +92,9 @@ async def test_the_controller_plans_without_the_gpus_of_a_superseded_revision(na
         await controller.cycle()
     finally:
         await stop(controller)
-    capacity, free = seen[-1]
-    assert (capacity["H100"], capacity["L40S"]) == (before_capacity["H100"] - 6, before_capacity["L40S"])
-    assert (free["H100"], free["L40S"]) == (before_free["H100"] - 6, before_free["L40S"] - 3)
+    capacity, free = cycles[-1].capacity, cycles[-1].free
+    assert (capacity["H100"], capacity["L40S"]) == (before.capacity["H100"] - 6, before.capacity["L40S"])
+    assert (free["H100"], free["L40S"]) == (before.free["H100"] - 6, before.free["L40S"] - 3)
 
 
 @named("e2e-beyond-capacity")
@@ -89,15 +106,7 @@ async def test_the_controller_places_the_latency_models_counts_within_the_gpus_t
     (4 replicas, one GPU each), and the controller's decisions ask no more GPUs of a type than
     the nodes have free (tests/test_controller_planning.py has the rule's cases)."""
     ns = namespace.name
-    decided = []
-    real_plan = controller_module.plan
-
-    def recording_plan(catalog, capacity, services, observed, now, state, settings, free=None):
-        plans = real_plan(catalog, capacity, services, observed, now, state, settings, free=free)
-        decided.append((capacity, {p.service.name: p for p in plans if p.service.namespace == ns}))
-        return plans
-
-    monkeypatch.setattr(controller_module, "plan", recording_plan)
+    cycles = recorded_cycles(monkeypatch)
     collector = StandInCollector({(ns, "chat"): observed(2.0), (ns, "batch"): observed(1.5)})
     controller = await namespace.controller(collector)
     try:
@@ -121,7 +130,8 @@ async def test_the_controller_places_the_latency_models_counts_within_the_gpus_t
         await controller.cycle()
     finally:
         await stop(controller)
-    capacity, plans = decided[-1]
+    capacity = cycles[-1].capacity
+    plans = {p.service.name: p for p in cycles[-1].plans if p.service.namespace == ns}
     assert (capacity["H100"], capacity["L40S"]) == (2, 4)
     chat, batch = plans["chat"].decision, plans["batch"].decision
     assert (chat.accelerator, chat.replicas) == ("H100", 2)
@@ -140,14 +150,7 @@ async def test_the_controller_reads_replicas_starting_on_a_node_as_holding_a_gpu
     ready, 3 bound and 1 waiting; with a pod of a second revision (a roll-out in flight) the
     bound and waiting counts are unknown, and a hold keeps what serves."""
     plane, ns = namespace.plane, namespace.name
-    seen = []
-    real_plan = controller_module.plan
-
-    def recording_plan(catalog, capacity, services, observed, now, state, settings, free=None):
-        seen.append(observed.get((ns, "chat")))
-        return real_plan(catalog, capacity, services, observed, now, state, settings, free=free)
-
-    monkeypatch.setattr(controller_module, "plan", recording_plan)
+    cycles = recorded_cycles(monkeypatch)
     namespace.knative_isvc_kserve_leaves_alone("chat", CHAT)
     # a node with no kubelet acting for it: kwok manages only the nodes carrying its annotation
     node = f"{ns}-starting"
@@ -174,7 +177,7 @@ async def test_the_controller_reads_replicas_starting_on_a_node_as_holding_a_gpu
         await stop(controller)
         plane.kubectl("delete", "pods", "--all", f"--namespace={ns}", "--grace-period=0", "--force", check=False)
         plane.kubectl("delete", "node", node)
-    one_revision, roll_out = seen[-2], seen[-1]
+    one_revision, roll_out = (cycle.observed[(ns, "chat")] for cycle in cycles[-2:])
     assert (one_revision.ready_replicas, one_revision.bound_pods, one_revision.unbound_pods) == (1, 3, 1)
     assert (roll_out.ready_replicas, roll_out.bound_pods, roll_out.unbound_pods) == (2, None, None)
 
