@@ -612,19 +612,24 @@ def test_the_planner_holds_replicas_still_starting_on_a_gpu():
     assert held(bound=1, unbound=2) == 1  # pods waiting for a GPU hold none
 
 
-def test_the_opening_reads_its_first_minutes_rise_as_a_collector_would():
+def test_the_opening_reads_its_first_minutes_rise_as_a_collector_would(monkeypatch):
     """The simulator's opening is a window a controller watched with nothing before it: its
     collector's short window (the last 30 s) shows chat-8b's first minute of the Azure
-    conversation trace rising (13.9 then 20.2 req/s), and ours opens on two replicas; from the
-    minute's mean alone (17 req/s) it opened on one, which missed 455 requests before a second
-    served. The reactive baselines watched it too: an HPA holds its busiest sync's count (20.8
-    req/s over the last 15 s, against a load-tested 17.3 a replica: two), where at the
-    minute's mean it opened on one."""
+    conversation trace, replayed from its first request, rising (13.9 then 20.2 req/s), and ours
+    opens on two replicas; from the minute's mean alone (17 req/s) it opened on one, which missed
+    455 requests before a second served. The reactive baselines watched it too: an HPA holds its
+    busiest sync's count (20.8 req/s over the last 15 s, against a load-tested 17.3 a replica:
+    two), where at the minute's mean it opened on one."""
+    from autoscaler.simulator import workloads
     from autoscaler.simulator.load_test import ReplicaCapacity
     from autoscaler.simulator.runner import PLANNING_WINDOW_S, RunSettings, build_policy
-    from autoscaler.simulator.workloads import build_workload
+    from autoscaler.simulator.traffic import Trace
 
-    scenario = build_workload("azure-conv", seed=1)
+    def from_the_first_request(trace, duration_s, rng):
+        return Trace(trace.time[:-1], trace.in_tokens[:-1], trace.out_tokens[:-1]), trace.time[-1] / workloads.TRACE_COMPRESSION
+
+    monkeypatch.setattr(workloads, "_trace_window", from_the_first_request)
+    scenario = workloads.build_workload("azure-conv", seed=1)
     _, initial = build_policy("ours", scenario, RunSettings(), {})
     assert initial[0].replicas == 2
     assert ModelBasedPolicy(scenario.world, _loads(scenario, 0.0, PLANNING_WINDOW_S)).initial[0].replicas == 1

@@ -11,8 +11,8 @@ sizes from its Azure trace:
 - mmpp: a two-state Markov-modulated Poisson process, levels a quarter and all of the peak
   (0.5x / 2x of the mean of the two), exponential sojourns of 3 minutes on average, each ISVC
   its own chain;
-- azure-code, azure-conv: the trace's own arrivals and sizes, one window of it (the seed picks
-  where it starts when the run is shorter than the trace), time-compressed 4x, thinned where the
+- azure-code, azure-conv: the trace's own arrivals and sizes, one window of it (the trace read
+  as a loop, the seed picks where the window starts), time-compressed 4x, thinned where the
   compressed rate is above half the ISVC's base rate. The run is as long as the window: about
   14 minutes for the whole trace.
 
@@ -64,13 +64,20 @@ def workload_shape(kind: str, seconds: np.ndarray, duration: float, rng: np.rand
 
 
 def _trace_window(trace: Trace, duration_s: float, rng: np.random.Generator) -> tuple[Trace, float]:
-    """One window of the trace, compressed in time, and the run's length."""
-    span = float(trace.time[-1])
-    window = min(duration_s * TRACE_COMPRESSION, span)
-    start = rng.uniform(0.0, span - window) if window < span else 0.0
-    keep = (trace.time >= start) & (trace.time < start + window)
-    cut = Trace(trace.time[keep] - start, trace.in_tokens[keep], trace.out_tokens[keep])
-    return cut, window / TRACE_COMPRESSION
+    """One window of the trace, compressed in time, and the run's length.
+
+    The trace is read as a loop, its first request one mean gap after its last, and the seed picks
+    where the window starts, so that seeds replay different stretches of it even when the run is as
+    long as the whole trace: started at the trace's first request, every seed opened on the same
+    minute (azure-conv's first 40 s carry half the rate of any 40 s after them).
+    """
+    count = len(trace.time)
+    period = float(trace.time[-1]) * count / max(count - 1, 1)
+    window = min(duration_s * TRACE_COMPRESSION, period)
+    looped = (trace.time - rng.uniform(0.0, period)) % period
+    order = np.argsort(looped, kind="stable")
+    keep = order[looped[order] < window]
+    return Trace(looped[keep], trace.in_tokens[keep], trace.out_tokens[keep]), window / TRACE_COMPRESSION
 
 
 def build_workload(name: str, seed: int = 1, duration_s: float = DEFAULT_DURATION_S, cold_start_s: float = 60.0) -> Scenario:
