@@ -15,7 +15,7 @@ import numpy as np
 
 from ..optimizer.domain import IterationParams
 from .profiles import FormulaProfile, load_measured
-from .traffic import Requests, Trace, builtin_trace, poisson_arrivals, replayed, sized
+from .traffic import Requests, Trace, builtin_trace, looped, poisson_arrivals, replayed, sized
 from .world import ClassSpec, GpuType, IsvcSpec, Scenario, ServingOption, World
 
 SCENARIOS = ("mixed", "steady", "diurnal", "step", "bursty")
@@ -92,9 +92,7 @@ def _superposed(trace: Trace, isvc: int, copies: int, duration: float, rng: np.r
     span = max(float(trace.time[-1]), duration)
     parts = []
     for _ in range(copies):
-        rotated = (trace.time + rng.uniform(0, span)) % span
-        order = np.argsort(rotated)
-        parts.append(replayed(Trace(rotated[order], trace.in_tokens[order], trace.out_tokens[order]), isvc, duration))
+        parts.append(replayed(looped(trace, rng.uniform(0, span), span), isvc, duration))
     return Requests.merge(parts)
 
 

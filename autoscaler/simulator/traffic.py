@@ -150,6 +150,14 @@ def sized(times: np.ndarray, isvc: int, sizes: Trace, rng: np.random.Generator) 
     return Requests(times, np.full(times.size, isvc), sizes.in_tokens[pick], np.maximum(sizes.out_tokens[pick], 1))
 
 
+def looped(trace: Trace, shift_s: float, period_s: float) -> Trace:
+    """The trace read as a loop `period_s` long and shifted by `shift_s`: each request at (its
+    time + shift) mod period, in time order (a tie keeps the trace's order)."""
+    time = (trace.time + shift_s) % period_s
+    order = np.argsort(time, kind="stable")
+    return Trace(time[order], trace.in_tokens[order], trace.out_tokens[order])
+
+
 def replayed(trace: Trace, isvc: int, duration_s: float, speed: float = 1.0) -> Requests:
     """The trace's own arrivals and sizes, time-scaled by `speed`, cut at `duration_s`."""
     time = trace.time / speed

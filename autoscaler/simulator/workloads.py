@@ -24,7 +24,7 @@ from __future__ import annotations
 import numpy as np
 
 from .scenarios import DEFAULT_DURATION_S, ISVCS, SCENARIOS, build_scenario, default_world
-from .traffic import Requests, Trace, builtin_trace, poisson_arrivals, replayed, sized
+from .traffic import Requests, Trace, builtin_trace, looped, poisson_arrivals, replayed, sized
 from .world import Scenario
 
 SHAPES = ("flash-crowd", "slow-ramp", "square-5m", "square-2.5m", "mmpp")
@@ -74,10 +74,9 @@ def _trace_window(trace: Trace, duration_s: float, rng: np.random.Generator) -> 
     count = len(trace.time)
     period = float(trace.time[-1]) * count / max(count - 1, 1)
     window = min(duration_s * TRACE_COMPRESSION, period)
-    looped = (trace.time - rng.uniform(0.0, period)) % period
-    order = np.argsort(looped, kind="stable")
-    keep = order[looped[order] < window]
-    return Trace(looped[keep], trace.in_tokens[keep], trace.out_tokens[keep]), window / TRACE_COMPRESSION
+    loop = looped(trace, -rng.uniform(0.0, period), period)
+    kept = int(np.searchsorted(loop.time, window))  # those before the window's end
+    return Trace(loop.time[:kept], loop.in_tokens[:kept], loop.out_tokens[:kept]), window / TRACE_COMPRESSION
 
 
 def build_workload(name: str, seed: int = 1, duration_s: float = DEFAULT_DURATION_S, cold_start_s: float = 60.0) -> Scenario:
