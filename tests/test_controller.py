@@ -35,8 +35,9 @@ from .vllm_emulator import EmulatedIsvc, VllmEmulator
 class StandInCollector:
     """Hands the controller chosen observations, or fails like a Prometheus that is down."""
 
-    def __init__(self, observations=None):
+    def __init__(self, observations=None, past=None):
         self.observations = observations or {}
+        self.past = past or []  # (seconds ago, observations), oldest first: what history() recalls
         self.down = False
 
     async def collect(self, slos_s=None):
@@ -48,6 +49,11 @@ class StandInCollector:
         if self.down:
             raise CollectError("Prometheus query failed: ConnectionError: refused")
         return {key: obs.running + obs.waiting for key, obs in self.observations.items()}
+
+    async def history(self, span_s, step_s, slos_s=None):
+        if self.down:
+            raise CollectError("Prometheus query failed: ConnectionError: refused")
+        return [(ago, observed) for ago, observed in self.past if ago <= span_s]
 
 
 class Cluster:

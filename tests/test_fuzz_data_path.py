@@ -14,12 +14,12 @@ from aiohttp.test_utils import TestClient, TestServer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from autoscaler.controller.collector import CollectorSettings, observations, queries
+from autoscaler.controller.collector import CollectorSettings, instants, observations, queries
 from autoscaler.controller.services import read_services
 from autoscaler.decision_metrics import decision_problem, exposition
 from autoscaler.decision_stream import DecisionHub
 from autoscaler.policy.decisions import LastDecision
-from autoscaler.policy.planner import PlannerState, plan
+from autoscaler.policy.planner import PlannerSettings, PlannerState, plan, recall
 from autoscaler.proto import decisions_pb2 as pb
 from autoscaler.kube_auth import Access
 from metrics_adapter.api import BASE, build_app
@@ -91,6 +91,38 @@ def test_any_prometheus_answer_yields_only_sane_observations_and_decisions(resul
     assert all(obs.problem() is None for obs in observed.values())
     services, _ = read_services([isvc(name, MODELS[name]) for name in ISVCS], DATA.catalog)
     for p in plan(DATA.catalog, CAPACITY, services, observed, 1000.0, PlannerState()):
+        assert_sane(p.decision, p.service)
+
+
+@st.composite
+def range_results(draw):
+    """Range queries' answers: series whose points come at the steps or anywhere, as anything."""
+    point = st.one_of(
+        st.tuples(st.sampled_from([930, 960.0, "990", 1e308, float("nan"), "x", None]), wild_text).map(list),
+        st.sampled_from([None, 5, "x", [], [1], [1, 2, 3], {}]),
+    )
+    series = st.fixed_dictionaries(
+        {"metric": st.one_of(st.just({"namespace": "prod", "isvc": draw(st.sampled_from(ISVCS))}), st.none())},
+        optional={"values": st.one_of(st.lists(point, max_size=4), st.sampled_from([None, 7, "x", {}]))},
+    )
+    anything = st.lists(st.one_of(series, st.sampled_from([None, 5, []])), max_size=3)
+    return {name: draw(anything) for name in queries(CollectorSettings())}
+
+
+@FUZZ
+@given(range_results())
+def test_any_range_answer_is_recalled_as_sane_cycles_and_the_first_plan_stays_sane(results):
+    """What the controller recalls at its start (PrometheusCollector.history): each step's
+    instant answers are judged as a cycle's are, the recalled cycles never break the plan."""
+    services, _ = read_services([isvc(name, MODELS[name]) for name in ISVCS], DATA.catalog)
+    state = PlannerState()
+    steps = instants(results, 900.0, 990.0)
+    assert [at for at, _ in steps] == sorted({at for at, _ in steps}) and all(900.0 <= at <= 990.0 for at, _ in steps)
+    for at, named in steps:
+        observed = observations(named, CollectorSettings())
+        assert all(obs.problem() is None for obs in observed.values())
+        recall(DATA.catalog, services, observed, at, state, PlannerSettings())
+    for p in plan(DATA.catalog, CAPACITY, services, {}, 1000.0, state):
         assert_sane(p.decision, p.service)
 
 

@@ -21,7 +21,7 @@ import yaml
 
 import autoscaler
 from autoscaler.controller import controller, server
-from autoscaler.controller.collector import CollectorSettings, observations, queries
+from autoscaler.controller.collector import CollectorSettings, PrometheusCollector, observations, queries
 from autoscaler.policy.decisions import LastDecision
 from autoscaler.policy.observation import within
 from autoscaler.policy.planner import Plan
@@ -142,6 +142,26 @@ def test_observer_matches_the_collectors_promql_over_the_same_requests(tmp_path)
     assert simulated[1].arrival_dispersion < 2.0 < 10.0 < simulated[2].arrival_dispersion  # Poisson, clumps
 
 
+async def test_the_collector_recalls_what_its_cycles_would_have_read_before_its_start(tmp_path):
+    """PrometheusCollector.history: each query once as a range query, split into the instant
+    answers at each step, reads at every period before `at` what a cycle would have read
+    then (the instant queries at that time), oldest first, `at` itself left to the cycle."""
+    streams = [stream("sim", "chat", 8.0, 14.0, seed=1), clumped("sim", "burst", 3)]
+    settings = CollectorSettings(window_s=60, recent_s=30, dispersion_s=5)
+    prometheus = PrometheusServer(tmp_path / "prometheus", free_port())
+    prometheus.backfill(openmetrics(streams, [float(t) for t in range(int(END) + 1)], BASE)).start("up", 0)
+    try:
+        collector = PrometheusCollector(prometheus.url, settings)
+        recalled = await collector.history(90.0, 30.0, at=BASE + END)
+        then = {ago: {n: prometheus.query(q, BASE + END - ago) for n, q in queries(settings).items()} for ago in (90, 60, 30)}
+    finally:
+        prometheus.stop()
+    assert [ago for ago, _ in recalled] == [90.0, 60.0, 30.0]
+    for ago, observed in recalled:
+        assert observed == observations(then[ago], settings) and len(observed) == 2
+    assert recalled[0][1][("sim", "chat")].arrival_rate < 10.0 < recalled[-1][1][("sim", "chat")].arrival_rate  # the step up
+
+
 def test_a_rise_with_a_queue_does_not_inflate_the_mean_prompt():
     """After a rise the window's prefills outnumber its completions (each request decodes for
     30 s): prompt tokens counted at prefill over the completions would read the mean prompt 1.6
@@ -227,11 +247,11 @@ def test_the_opening_decision_sees_the_first_minutes_clumps_as_its_probes_would(
     counts = [12, 51, 0, 0, 0, 0, 0, 0, 0, 161, 92, 278]
     arrivals = np.concatenate([5.0 * i + np.linspace(0.0, 4.9, n) for i, n in enumerate(counts)])
     load = Load(len(arrivals), 2048, 28)
-    opened = model_based._opening(load, 60.0, arrivals, 5.0)
+    opened = model_based._watched(load, 60.0, arrivals, 5.0)
     assert opened.arrival_rate == pytest.approx(len(arrivals) / 60.0)
     assert (opened.arrival_dispersion, opened.dispersion_pairs, opened.dispersion_s) == (pytest.approx(35.16, abs=0.01), 10, 5.0)
     assert rate_variation(opened) > 0.1
-    assert model_based._opening(load, 60.0).arrival_dispersion is None
+    assert model_based._watched(load, 60.0).arrival_dispersion is None
 
 
 def test_the_simulator_observes_at_the_scrape_interval_the_controller_ships_with():

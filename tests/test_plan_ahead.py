@@ -26,14 +26,14 @@ from autoscaler.policy.guards import (
     retained_rate,
     z_score,
 )
-from autoscaler.policy.planner import PlannerSettings, PlannerState, early_cycle
+from autoscaler.policy.planner import PlannerSettings, PlannerState, early_cycle, recall
 from autoscaler.simulator.engine import Simulation
 from autoscaler.simulator.policies.model_based import ModelBasedPolicy
 from autoscaler.simulator.runner import _loads
 from autoscaler.simulator.scenarios import build_scenario
 from autoscaler.simulator.traffic import Requests, builtin_trace, poisson_arrivals, sized
 
-from .test_controller_planning import observed, plan_one, service
+from .test_controller_planning import DATA, observed, plan_one, service
 
 Z = z_score(0.95)
 WINDOW, PERIOD, STARTUP = 60.0, 30.0, 90.0
@@ -138,12 +138,31 @@ def test_a_queue_building_is_planned_for_the_most_the_rate_may_be_now_while_with
 
 
 def test_a_restarted_planner_plans_as_for_poisson_arrivals():
-    """What a restart loses: the history. The first cycle after it sizes for the measured rate
-    with Poisson headroom, without the burstiness seen before it."""
+    """What a restart loses where Prometheus gives nothing back (planner.recall): the history.
+    The first cycle after it sizes for the measured rate with Poisson headroom, without the
+    burstiness seen before it."""
     before = plan_rates([40.0, 10.0, 40.0, 10.0])
     after = plan_rates([10.0])
     assert after[0] == pytest.approx(10.0 + Z * (10.0 / HORIZON) ** 0.5)
     assert before[-1] > after[0] + 10  # with it: a margin for the swings seen
+
+
+def test_a_planner_started_beside_a_running_isvc_recalls_the_load_before_its_start():
+    """planner.recall: the cycles before the start, as the collector read them then, are the
+    history the first plan has, so it sizes with the swings seen before it where a start from
+    one window sizes as for Poisson arrivals. A cycle no older than the newest one the ISVC has
+    is not recalled, nor an unusable observation (left out as plan leaves it)."""
+    chat, key = service(), ("prod", "chat")
+    fresh, started = PlannerState(), PlannerState()
+    for at, rate in ((910.0, 40.0), (940.0, 10.0), (970.0, 40.0)):
+        recall(DATA.catalog, [chat], {key: observed(rate)}, at, started, PlannerSettings())
+    assert [s.rate for s in started.arrivals[key].samples] == [40.0, 10.0, 40.0]
+    recall(DATA.catalog, [chat], {key: observed(99.0)}, 970.0, started, PlannerSettings())  # not older
+    recall(DATA.catalog, [chat], {key: observed(math.nan)}, 980.0, started, PlannerSettings())  # unusable
+    assert [s.rate for s in started.arrivals[key].samples] == [40.0, 10.0, 40.0]
+    without, with_past = plan_one(chat, 10.0, fresh), plan_one(chat, 10.0, started)
+    assert with_past.decision.arrival_rate == without.decision.arrival_rate == 10.0
+    assert with_past.decision.replicas > without.decision.replicas
 
 
 def burst_scenario(burst_at: float | None, seconds: float = 240.0):
@@ -626,13 +645,59 @@ def test_the_opening_reads_its_first_minutes_rise_as_a_collector_would(monkeypat
     from autoscaler.simulator.traffic import Trace
 
     def from_the_first_request(trace, duration_s, rng):
-        return Trace(trace.time[:-1], trace.in_tokens[:-1], trace.out_tokens[:-1]), trace.time[-1] / workloads.TRACE_COMPRESSION
+        window = Trace(trace.time[:-1], trace.in_tokens[:-1], trace.out_tokens[:-1])
+        return window, Trace(*(np.empty(0),) * 3), trace.time[-1] / workloads.TRACE_COMPRESSION
 
     monkeypatch.setattr(workloads, "_trace_window", from_the_first_request)
-    scenario = workloads.build_workload("azure-conv", seed=1)
+    scenario = dataclasses.replace(workloads.build_workload("azure-conv", seed=1), past=None, past_s=0.0)
     _, initial = build_policy("ours", scenario, RunSettings(), {})
     assert initial[0].replicas == 2
     assert ModelBasedPolicy(scenario.world, _loads(scenario, 0.0, PLANNING_WINDOW_S)).initial[0].replicas == 1
     tested = {i: ReplicaCapacity(17.3 if i == 0 else 1e9, 10.0) for i in range(len(scenario.world.isvcs))}
     for baseline in ("hpa", "knative-kpa"):
         assert build_policy(baseline, scenario, RunSettings(), tested)[1][0].replicas == 2
+
+
+def test_ours_and_the_reactive_baselines_open_on_a_traces_past_as_controllers_run_through_it():
+    """A trace's window has a past (its loop before it): ours' controller recalls the planner's
+    lookback of it (planner.recall; a period apart, each cycle the collector's window before
+    it), the HPA's opening count holds the busiest sync of its 300 s scale-down window before
+    the start, KPA's of its 60 s stable window, beside the opening minute they all watch."""
+    from autoscaler.policy.guards import lookback_s
+    from autoscaler.simulator.load_test import ReplicaCapacity
+    from autoscaler.simulator.runner import PLANNING_WINDOW_S, RunSettings, build_policy
+    from autoscaler.simulator.workloads import build_workload
+
+    scenario = build_workload("azure-conv", seed=3, cold_start_s=60.0)
+    policy, _ = build_policy("ours", scenario, RunSettings(), {})
+    history = policy.state.arrivals[policy._key(0)]
+    back = lookback_s(PLANNING_WINDOW_S, 30.0, 60.0)
+    assert [s.time for s in history.samples] == [-30.0 * k for k in range(int(back // 30), 0, -1)]
+    chat = scenario.past.time[scenario.past.isvc == 0]
+    for s in history.samples:
+        assert s.rate == np.count_nonzero((chat >= s.time - PLANNING_WINDOW_S) & (chat < s.time)) / PLANNING_WINDOW_S
+
+    # chat-8b's past twice as busy from 200 s before the start to 70 s before it: within the HPA's window, not KPA's
+    extra = (scenario.past.isvc == 0) & (scenario.past.time >= -200.0) & (scenario.past.time < -70.0)
+    p = scenario.past
+    busier = dataclasses.replace(
+        scenario, past=Requests.merge([p, Requests(p.time[extra], p.isvc[extra], p.in_tokens[extra], p.out_tokens[extra])])
+    )
+    tested = {i: ReplicaCapacity(4.0 if i == 0 else 1e9, 10.0) for i in range(len(scenario.world.isvcs))}
+
+    def busiest(s, start: float) -> float:
+        times = np.concatenate([s.past.time[s.past.isvc == 0], s.requests.time[s.requests.isvc == 0]])
+        times = times[(times >= start) & (times < PLANNING_WINDOW_S)]
+        return np.bincount(((times - start) // 15.0).astype(int)).max() / 15.0
+
+    for baseline, held_s in (("hpa", 300.0), ("knative-kpa", 60.0)):
+        for s in (scenario, busier):
+            assert build_policy(baseline, s, RunSettings(), tested)[1][0].replicas == math.ceil(busiest(s, -held_s) / 4.0)
+    assert (
+        build_policy("hpa", busier, RunSettings(), tested)[1][0].replicas
+        > build_policy("hpa", scenario, RunSettings(), tested)[1][0].replicas
+    )
+    assert (
+        build_policy("knative-kpa", busier, RunSettings(), tested)[1][0].replicas
+        == build_policy("knative-kpa", scenario, RunSettings(), tested)[1][0].replicas
+    )

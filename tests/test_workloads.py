@@ -7,8 +7,10 @@ from autoscaler.simulator.scenarios import ISVCS
 from autoscaler.simulator.traffic import builtin_trace
 from autoscaler.simulator.workloads import (
     LOW,
+    PAST_S,
     SUITE,
     TRACE_COMPRESSION,
+    TRACE_MEAN_SHARE,
     WORKLOADS,
     _trace_window,
     build_workload,
@@ -71,7 +73,7 @@ def test_the_whole_trace_replays_as_a_loop_from_where_the_seed_starts_it(source)
     looped_gaps = np.append(np.diff(trace.time), trace.time[-1] / (count - 1))
     firsts = set()
     for seed in range(1, 6):
-        window, duration = _trace_window(trace, 3600.0, np.random.default_rng(seed))
+        window, past, duration = _trace_window(trace, 3600.0, np.random.default_rng(seed))
         assert duration == pytest.approx(trace.time[-1] / TRACE_COMPRESSION, rel=0.01)
         # every request once, in the trace's order from the one the seed starts at, its gaps kept
         first = next(
@@ -83,7 +85,30 @@ def test_the_whole_trace_replays_as_a_loop_from_where_the_seed_starts_it(source)
         assert np.allclose(np.diff(window.time), np.roll(looped_gaps, -first)[:-1])
         assert 0.0 <= window.time[0] < looped_gaps.max() and window.time[-1] < duration * TRACE_COMPRESSION
         firsts.add(int(first))
+        # the window's past is the loop's end, up to the window's first request
+        before = past.time[-1] - past.time[0]
+        assert before == pytest.approx(PAST_S * TRACE_COMPRESSION, abs=looped_gaps.max())
+        assert np.array_equal(past.in_tokens, np.roll(trace.in_tokens, -first)[-len(past.time) :])
+        assert window.time[0] - past.time[-1] == pytest.approx(np.roll(looped_gaps, -first)[-1])
     assert len(firsts) == 5  # no two seeds open on the same request
+
+
+def test_a_trace_window_carries_its_past_and_the_window_is_the_seeds_as_without_it():
+    """The ISVCs of a trace's window were running before it: the scenario carries the loop's
+    PAST_S before it, thinned to each ISVC's share as the window is, by a random stream of its
+    own, so that the window's requests are those the seed drew before there was a past."""
+    scenario = build_workload("azure-conv", seed=3)
+    past = scenario.past
+    assert scenario.past_s == PAST_S and -PAST_S <= past.time.min() and past.time.max() < 0.0
+    window_rates = np.bincount(scenario.requests.isvc) / scenario.duration_s
+    assert np.bincount(past.isvc) / PAST_S == pytest.approx(window_rates, rel=0.25)
+    assert build_workload("mmpp", seed=3).past is None  # a shape opens with its run
+    rng = np.random.default_rng(3)  # the window's draws, as build_workload makes them
+    window, _, duration = _trace_window(builtin_trace("conv"), 3600.0, rng)
+    compressed_rate = len(window.time) / duration
+    chat = window.time / TRACE_COMPRESSION
+    kept = rng.random(len(chat)) < min(1.0, TRACE_MEAN_SHARE * ISVCS[0][-1] / compressed_rate)
+    assert np.array_equal(scenario.requests.time[scenario.requests.isvc == 0], chat[kept])
 
 
 def test_a_shorter_run_replays_a_window_the_seed_picks():

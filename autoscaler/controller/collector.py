@@ -15,9 +15,10 @@ import logging
 import math
 import re
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timezone
 
 from ..limits import MAX_MAGNITUDE, finite_problem
 from ..optimizer.domain import Catalog
@@ -295,6 +296,26 @@ def observations(results: Mapping[str, Samples], settings: CollectorSettings) ->
     return observed
 
 
+def instants(results: Mapping[str, Samples], start: float, end: float) -> list[tuple[float, dict[str, Samples]]]:
+    """Range queries' answers (each series with its points, `values`) as the instant answers
+    at each of their steps within [start, end], oldest first: what each query answered then. A
+    series or point that is not one is left out; observations() judges the values."""
+    steps: dict[float, dict[str, list]] = {}
+    for name, series in results.items():
+        for one in series if isinstance(series, list) else ():
+            points = one.get("values") if isinstance(one, dict) else None
+            for point in points if isinstance(points, list) else ():
+                if not (isinstance(point, list) and len(point) == 2):
+                    continue
+                try:
+                    at = float(point[0])
+                except (TypeError, ValueError):
+                    continue
+                if start <= at <= end:
+                    steps.setdefault(at, {}).setdefault(name, []).append({"metric": one.get("metric"), "value": point})
+    return sorted(steps.items())
+
+
 def _kv_cache_tokens(samples: Samples, label: str) -> dict[Key, float]:
     """A replica's KV cache in tokens per ISVC, from vLLM's cache_config_info labels
     (num_gpu_blocks x block_size), the smallest of its replicas'; an ISVC whose labels are not
@@ -391,12 +412,13 @@ class PrometheusCollector:
     def _query(self, promql: str) -> Samples:
         return self.client.custom_query(promql, params={"timeout": f"{self.timeout_s:g}s"})
 
-    async def _ask(self, named: Mapping[str, str]) -> dict[str, Samples]:
+    async def _ask(self, named: Mapping[str, str], query: Callable[[str], Samples] | None = None) -> dict[str, Samples]:
         names = list(named)
         loop = asyncio.get_running_loop()
+        query = query or self._query
         try:
             answers = await asyncio.wait_for(
-                asyncio.gather(*(loop.run_in_executor(self._executor, self._query, named[n]) for n in names)),
+                asyncio.gather(*(loop.run_in_executor(self._executor, query, named[n]) for n in names)),
                 self.timeout_s + 2,
             )
         except asyncio.TimeoutError:
@@ -443,6 +465,26 @@ class PrometheusCollector:
         self._say_without_tpot(observed)
         return observed
 
+    async def history(
+        self, span_s: float, step_s: float, slos_s: dict[str, set[float]] | None = None, at: float | None = None
+    ) -> list[tuple[float, dict[Key, Observation]]]:
+        """What a cycle would have observed every `step_s` over the `span_s` before `at` (unix
+        time; None: now), as (seconds before `at`, observations), oldest first, `at` itself left
+        to the cycle: each query once, as a range query. What the controller recalls of running
+        ISVCs at its start (planner.recall); raises CollectError like collect."""
+        if slos_s:
+            await self._learn_bounds(slos_s)
+        end = math.floor(time.time() if at is None else at)
+        start = end - math.floor(span_s / step_s) * step_s
+
+        def ask(promql: str) -> Samples:
+            return self.client.custom_query_range(
+                promql, _utc(start), _utc(end), f"{step_s:g}s", params={"timeout": f"{self.timeout_s:g}s"}
+            )
+
+        answers = await self._ask(self.queries, ask)
+        return [(end - t, observations(named, self.settings)) for t, named in instants(answers, start, end - step_s / 2)]
+
     def _say_without_tpot(self, observed: Mapping[Key, Observation]) -> None:
         """Once per ISVC, that its requests finish with no per-request TPOT histogram (vLLM <
         0.11, or a relabelling that drops it): its ITL SLO's share is not measured, and the
@@ -461,3 +503,7 @@ class PrometheusCollector:
                     *key,
                     self.settings.tpot_metric,
                 )
+
+
+def _utc(unix: float) -> datetime:
+    return datetime.fromtimestamp(unix, tz=timezone.utc)

@@ -22,7 +22,9 @@ from ..kserve import DEFAULT_MODE, GPU_PRODUCT_LABEL, REVISION_LABEL, latest_cre
 from . import knative
 from .actuator import ActuationReport, Actuator, ActuatorSettings
 from .catalog import ClusterData, available_capacity, cluster_data, node_gpu_types, placed_afresh, pod_binding, ready_replicas
-from ..policy.observation import Key, Observation
+from ..policy.decisions import ManagedService
+from ..policy.guards import lookback_s
+from ..policy.observation import WINDOW_S, Key, Observation
 from .collector import CollectError, slo_seconds
 from ..kube import (
     CONFIG_MAPS,
@@ -36,7 +38,7 @@ from ..kube import (
     Informer,
     Kube,
 )
-from ..policy.planner import PlannerSettings, PlannerState, early_cycle, plan
+from ..policy.planner import PlannerSettings, PlannerState, early_cycle, plan, recall
 from . import decision_store
 from .decision_store import DecisionStore
 from .services import ServiceReader
@@ -100,6 +102,13 @@ class Collector(Protocol):
         """Requests running + waiting now per ISVC (raises CollectError like collect)."""
         ...
 
+    async def history(
+        self, span_s: float, step_s: float, slos_s: dict[str, set[float]] | None = None
+    ) -> list[tuple[float, dict[Key, Observation]]]:
+        """(seconds ago, observations) every `step_s` over the last `span_s`, oldest first
+        (raises CollectError like collect)."""
+        ...
+
 
 class Controller:
     def __init__(
@@ -136,6 +145,8 @@ class Controller:
         self.data_error = ""
         self.last_report: CycleReport | None = None
         self.cycles = 0
+        self._recall_due = True  # the first cycle with the cluster's data recalls the ISVCs' lookback
+        self.recalled_cycles = 0
         self.failed_cycles = 0
         self._lock = asyncio.Lock()
         self._tasks: list[asyncio.Task] = []
@@ -277,10 +288,13 @@ class Controller:
         except CollectError as exc:
             observed = {}
             report.error = f"{exc}: last decisions kept, marked stale"
+        services, rejected = self.services.read(self.informers["isvcs"].objects.values(), data.catalog)
+        if self._recall_due:
+            self._recall_due = False
+            await self._recall(data, services, now)
         report.collect_s = time.perf_counter() - started
 
         started = time.perf_counter()
-        services, rejected = self.services.read(self.informers["isvcs"].objects.values(), data.catalog)
         report.rejected = [f"{r.namespace}/{r.name}: {r.problem}" for r in rejected]
         isvcs = self.informers["isvcs"].objects
         latest = {(s.namespace, s.name): latest_created_revision(isvcs.get((s.namespace, s.name)) or {}) for s in services}
@@ -314,6 +328,23 @@ class Controller:
         report.failures = actuation.failures
         report.actuate_s = time.perf_counter() - started
         return report
+
+    async def _recall(self, data: ClusterData, services: list[ManagedService], now: float) -> None:
+        """Before the first plan, the ISVCs' lookback as the collector would have read it at
+        each period (planner.recall): a controller started or failed over beside running ISVCs
+        plans its first cycles with their load's movement over minutes, not one window of it.
+        Prometheus failing here costs only that: the planner starts from one window."""
+        settings = self.settings.planner
+        span = lookback_s(WINDOW_S, settings.period_s, settings.startup_s)
+        try:
+            past = await self.collector.history(span, settings.period_s, slo_seconds(data.catalog))
+        except CollectError as exc:
+            log.warning("the ISVCs' load before this start is not recalled (%s): the first cycles plan from one window", exc)
+            return
+        for ago, observed in past:
+            recall(data.catalog, services, observed, now - ago, self.state, settings)
+        self.recalled_cycles = len(past)
+        log.info("recalled %d cycles of the ISVCs' load before this start", len(past))
 
     async def run(self) -> None:
         """Cycle every period; /invoke and the queue watch run extra cycles in between and the

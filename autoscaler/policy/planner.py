@@ -13,6 +13,8 @@ Rules on top of the optimizer, each for a failure seen in practice:
 - the rate sized for is the goal quantile of the load expected until replicas asked for now
   serve (the rate now, measured burstiness, at most the recent peak), queued requests count as
   load (guards.py); requests building up between cycles ask for a cycle early (early_cycle);
+  a controller started beside running ISVCs has their lookback's cycles read back from
+  Prometheus before its first plan (recall), not one window;
   while the rate rises beyond noise, no replica the load may need now is released
   (_held); between rises that recur, what holds a GPU is kept while holding it costs less than
   the misses and cold starts it saves, a miss priced dearer while the ISVC's misses exceed what
@@ -52,7 +54,9 @@ from . import sizing
 from .guards import (
     ArrivalHistory,
     GuardSettings,
+    Sample,
     beyond_goal,
+    lookback_s,
     meets_goal,
     planned_rate,
     poisson_top,
@@ -153,13 +157,14 @@ class PlannerState:
     only some windows, slow to relearn, while the variation is read afresh from every window's
     arrivals (sizing.see_arrivals), so the first cycle has it back, as the median of the windows
     seen since (one at first: an outlier window not yet outvoted); the request shape likewise
-    (sizing.see_shape), from one window's requests at first. It loses the arrival
-    history, degraded but safe: until it fills a lookback again the arrivals count as Poisson (no
-    headroom for burstiness, no earlier peak held: the HPA's scale-down stabilisation still holds
-    the replicas), the first trend is measured between the collector's two windows, no queue
-    signal is seen before the first cycle, and no hold between rises that recur is kept until
-    they have recurred again (guards.retained_rate), a miss priced at the request alone until
-    misses are seen again."""
+    (sizing.see_shape), from one window's requests at first. The arrival history is recalled
+    from Prometheus where the controller can read it (recall: the lookback's cycles, the rate
+    variation with them); where it cannot, it is lost, degraded but safe: until it fills a
+    lookback again the arrivals count as Poisson (no headroom for burstiness, no earlier peak
+    held: the HPA's scale-down stabilisation still holds the replicas), the first trend is
+    measured between the collector's two windows, no queue signal is seen before the first
+    cycle, and no hold between rises that recur is kept until they have recurred again
+    (guards.retained_rate), a miss priced at the request alone until misses are seen again."""
 
     learned: sizing.Learned = field(default_factory=sizing.Learned)
     arrivals: dict[Key, ArrivalHistory] = field(default_factory=dict)
@@ -189,6 +194,51 @@ def early_cycle(state: PlannerState, in_system: Mapping[Key, float], now: float,
         for key, count in in_system.items()
         if (history := state.arrivals.get(key)) is not None and queue_building(history, count, now, settings.attainment_goal)
     ]
+
+
+def recall(
+    catalog: Catalog,
+    services: list[ManagedService],
+    observed: Mapping[Key, Observation],
+    at: float,
+    state: PlannerState,
+    settings: PlannerSettings,
+) -> None:
+    """Records one past cycle of the ISVCs, their load as the collector read it at `at`,
+    without deciding: a controller started or failed over beside running ISVCs reads their
+    lookback from Prometheus (the collector's queries at past instants, a period apart) before
+    its first cycle. Without it the first cycles have one window: the arrivals count as
+    Poisson, no earlier peak bounds the quantile and the rate variation is one window's
+    (PlannerState). The Azure conversation trace's windows of seeds 5, 13 and 14 open in a dip:
+    chat-8b at 15-16 req/s after minutes at 19-28, rising to 17-19 within three minutes; from
+    the opening minute alone it opened on one H100 and missed 30-58% of each minute's requests
+    until a second served (docs/notes/pareto.md). What a window shows of the arrivals (the rate,
+    its variation) and of the requests' SLOs is recalled. Not the request shape: recalled, it
+    opened granite-13b and mistral-7b there on one H100 each, short of what their windows then
+    needed (seed 5 at 240 s: 94.7% of the requests within the SLOs with 2.05 GPU-hours, against
+    96.2% with 2.89; on the code trace mistral-7b met 17%), and the shape follows the windows
+    served within a few cycles anyway. No bias or work scale is learned from a past whose
+    deployment the planner did not decide, and no rise is judged in it (a cycle's present bound
+    is its rate). Cycles in time order, each older than any the ISVC has (a later one is
+    ignored); an unusable observation is left out, as plan leaves it."""
+    state.keep_only(services)
+    for service in services:
+        obs = observed.get((service.namespace, service.name))
+        history = state.arrivals.setdefault((service.namespace, service.name), ArrivalHistory())
+        if obs is None or obs.problem() or (history.samples and history.samples[-1].time >= at):
+            continue
+        sizing.see_arrivals(state.learned, service.key, obs)
+        served, missed = _served(obs, catalog.classes[service.service_class].targets[service.model])
+        sample = Sample(at, obs.arrival_rate, obs.running + obs.waiting, obs.arrival_rate, obs.recent_rate, served, missed)
+        lookback = lookback_s(obs.window_s, settings.period_s, settings.startup_s)
+        history.record(sample, lookback, settings.guards.rise_memory_s)
+
+
+def _served(obs: Observation, target: ServiceTarget) -> tuple[float, float]:
+    """The window's requests that got their first token, and those of them outside the SLOs:
+    what a hold saves is priced by them (guards.retained_rate)."""
+    served = histogram_count(obs.ttft_buckets)
+    return served, served * sizing.measured_miss(obs, target)
 
 
 def _window(
@@ -246,9 +296,7 @@ def _load(
     now: float,
     shape: tuple[float, float] | None,
 ) -> tuple[Load, float]:
-    # the window's requests and misses, kept with its cycle: what a hold saves is priced by them
-    served = histogram_count(obs.ttft_buckets)
-    missed = served * sizing.measured_miss(obs, target)
+    served, missed = _served(obs, target)  # kept with its cycle
     rate = planned_rate(
         obs.arrival_rate,
         obs.previous_rate,

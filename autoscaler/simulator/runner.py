@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..optimizer.domain import Load
+from ..policy.guards import SCALE_DOWN_WINDOW_S, lookback_s
 from .engine import Decision, SimulationResult, simulate
 from .load_test import ReplicaCapacity, replica_capacity
 from .policies.hpa import HorizontalPodAutoscaler, HpaSettings
@@ -29,11 +30,11 @@ class RunSettings:
 
 
 def _loads(scenario: Scenario, start: float, end: float) -> dict[int, Load]:
-    """Per ISVC: the arrival rate and mean request sizes in [start, end)."""
-    req = scenario.requests
+    """Per ISVC: the arrival rate and mean request sizes in [start, end) (the past's before 0)."""
+    req = scenario.arrivals(start, end)
     loads = {}
     for index in range(len(scenario.world.isvcs)):
-        in_window = (req.isvc == index) & (req.time >= start) & (req.time < end)
+        in_window = req.isvc == index
         rate = in_window.sum() / (end - start)
         avg_in = round(req.in_tokens[in_window].mean()) if in_window.any() else 0
         avg_out = max(round(req.out_tokens[in_window].mean()), 1) if in_window.any() else 1
@@ -43,19 +44,35 @@ def _loads(scenario: Scenario, start: float, end: float) -> dict[int, Load]:
 
 def peak_loads(scenario: Scenario) -> dict[int, Load]:
     """The busiest minute of each ISVC: what static provisioning is sized for."""
-    return _busiest(scenario, scenario.duration_s, PLANNING_WINDOW_S, _loads(scenario, 0.0, scenario.duration_s))
+    return _busiest(scenario, 0.0, scenario.duration_s, PLANNING_WINDOW_S, _loads(scenario, 0.0, scenario.duration_s))
 
 
-def _busiest(scenario: Scenario, end: float, interval_s: float, shapes: dict[int, Load]) -> dict[int, Load]:
-    """Per ISVC: the rate of its busiest `interval_s` in [0, end), at the request shape given."""
-    req = scenario.requests
-    intervals = int(math.ceil(end / interval_s))
+def _busiest(scenario: Scenario, start: float, end: float, interval_s: float, shapes: dict[int, Load]) -> dict[int, Load]:
+    """Per ISVC: the rate of its busiest `interval_s` in [start, end), at the request shape given."""
+    req = scenario.arrivals(start, end)
+    intervals = int(math.ceil((end - start) / interval_s))
     loads = {}
     for index, shape in shapes.items():
-        times = req.time[(req.isvc == index) & (req.time < end)]
+        times = req.time[req.isvc == index] - start
         counts = np.bincount((times // interval_s).astype(int), minlength=intervals)
         loads[index] = Load(float(counts.max()) * 60.0 / interval_s, shape.avg_in_tokens, shape.avg_out_tokens)
     return loads
+
+
+def _arrivals(scenario: Scenario, start: float, end: float) -> dict[int, np.ndarray]:
+    """Per ISVC: the arrival times in [start, end), from `start`."""
+    req = scenario.arrivals(start, end)
+    return {i: req.time[req.isvc == i] - start for i in range(len(scenario.world.isvcs))}
+
+
+def _recalled(scenario: Scenario, settings: RunSettings) -> list[tuple[float, dict[int, Load], dict[int, np.ndarray]]]:
+    """The cycles ours' controller recalls of the scenario's past (planner.recall), oldest
+    first: a period apart over the planner's lookback before the start, each the collector's
+    window before it, where the past reaches that far."""
+    window, period = PLANNING_WINDOW_S, settings.control_period_s
+    back = min(lookback_s(window, period, scenario.world.cold_start_s), scenario.past_s - window)
+    cycles = [-period * k for k in range(int(back // period), 0, -1)]
+    return [(t, _loads(scenario, t - window, t), _arrivals(scenario, t - window, t)) for t in cycles]
 
 
 def baseline_capacities(scenario: Scenario, jobs: int = 1) -> dict[int, ReplicaCapacity]:
@@ -81,7 +98,8 @@ def build_policy(
 ):
     """A policy and its deployment at time zero.
 
-    Ours gets the optimizer and nothing measured. The baselines are tuned from a load test of
+    Ours gets the optimizer and nothing measured but, where the scenario has a past, the
+    cycles of it its controller recalls from Prometheus at its start (_recalled). The baselines are tuned from a load test of
     one replica on their GPU type: static provisioning holds enough replicas for the busiest
     minute, the reactive autoscalers target the concurrency one replica holds within the SLOs,
     both scaled by `knob` (default: DEFAULT_KNOBS).
@@ -90,9 +108,8 @@ def build_policy(
     end = min(PLANNING_WINDOW_S, scenario.duration_s)
     opening = _loads(scenario, 0.0, end)
     if name == "ours":
-        req = scenario.requests
-        arrivals = {i: req.time[(req.isvc == i) & (req.time < end)] for i in range(len(world.isvcs))}
-        policy = ModelBasedPolicy(world, opening, ModelBasedSettings(period_s=settings.control_period_s), arrivals)
+        model_settings = ModelBasedSettings(period_s=settings.control_period_s)
+        policy = ModelBasedPolicy(world, opening, model_settings, _arrivals(scenario, 0.0, end), _recalled(scenario, settings))
         return policy, policy.initial
     if name not in DEFAULT_KNOBS:
         raise ValueError(f"unknown policy {name!r} (one of {', '.join(POLICIES)})")
@@ -101,8 +118,11 @@ def build_policy(
         return StaticPolicy(), _on_default(scenario, _replicas_for(peak_loads(scenario), capacities, knob))
     # as if they had watched the opening minute too, as ours does: an HPA's count at its end is
     # its busiest sync's (its 300 s scale-down window holds the highest), KPA's panic window
-    # is shorter still; at the minute's mean they missed a rise within it that ours reads
-    watched = _busiest(scenario, end, HpaSettings().sync_period_s, opening)
+    # is shorter still; at the minute's mean they missed a rise within it that ours reads. Where
+    # the scenario has a past, they ran through it, as ours recalls it: the HPA's count holds
+    # the busiest sync of its scale-down window before the start too, KPA's its stable window's
+    held_s = SCALE_DOWN_WINDOW_S if name == "hpa" else KpaSettings().stable_window_s
+    watched = _busiest(scenario, -min(held_s, scenario.past_s), end, HpaSettings().sync_period_s, opening)
     initial = _on_default(scenario, _replicas_for(watched, capacities))
     per_pod = {i: max(c.concurrency, 1.0) * knob for i, c in capacities.items()}
     if name == "knative-kpa":  # KPA itself aims at its target utilisation of the target it is given

@@ -14,7 +14,8 @@ sizes from its Azure trace:
 - azure-code, azure-conv: the trace's own arrivals and sizes, one window of it (the trace read
   as a loop, the seed picks where the window starts), time-compressed 4x, thinned where the
   compressed rate is above half the ISVC's base rate. The run is as long as the window: about
-  14 minutes for the whole trace.
+  14 minutes for the whole trace. The ISVCs were running before it: the loop's PAST_S before
+  the window is the scenario's past, what the policies' openings read.
 
 The built-in scenarios (mixed, steady, diurnal, step, bursty) are workloads too.
 """
@@ -38,6 +39,7 @@ FLASH_HOLD_S = 600.0
 MMPP_SOJOURN_S = 180.0
 TRACE_COMPRESSION = 4.0
 TRACE_MEAN_SHARE = 0.5  # a replayed trace is thinned to at most this share of an ISVC's base rate
+PAST_S = 600.0  # how much of a trace's loop before the window the scenario carries (run time)
 
 
 def workload_shape(kind: str, seconds: np.ndarray, duration: float, rng: np.random.Generator) -> np.ndarray:
@@ -63,8 +65,9 @@ def workload_shape(kind: str, seconds: np.ndarray, duration: float, rng: np.rand
     raise ValueError(kind)
 
 
-def _trace_window(trace: Trace, duration_s: float, rng: np.random.Generator) -> tuple[Trace, float]:
-    """One window of the trace, compressed in time, and the run's length.
+def _trace_window(trace: Trace, duration_s: float, rng: np.random.Generator) -> tuple[Trace, Trace, float]:
+    """One window of the trace, compressed in time, the loop's PAST_S before it (times below 0)
+    and the run's length.
 
     The trace is read as a loop, its first request one mean gap after its last, and the seed picks
     where the window starts, so that seeds replay different stretches of it even when the run is as
@@ -76,7 +79,10 @@ def _trace_window(trace: Trace, duration_s: float, rng: np.random.Generator) -> 
     window = min(duration_s * TRACE_COMPRESSION, period)
     loop = looped(trace, -rng.uniform(0.0, period), period)
     kept = int(np.searchsorted(loop.time, window))  # those before the window's end
-    return Trace(loop.time[:kept], loop.in_tokens[:kept], loop.out_tokens[:kept]), window / TRACE_COMPRESSION
+    # the window's past is the loop's end, read back from its start
+    first = int(np.searchsorted(loop.time, period - min(PAST_S * TRACE_COMPRESSION, period)))
+    past = Trace(loop.time[first:] - period, loop.in_tokens[first:], loop.out_tokens[first:])
+    return Trace(loop.time[:kept], loop.in_tokens[:kept], loop.out_tokens[:kept]), past, window / TRACE_COMPRESSION
 
 
 def build_workload(name: str, seed: int = 1, duration_s: float = DEFAULT_DURATION_S, cold_start_s: float = 60.0) -> Scenario:
@@ -86,17 +92,30 @@ def build_workload(name: str, seed: int = 1, duration_s: float = DEFAULT_DURATIO
         raise ValueError(f"unknown workload {name!r} (one of {', '.join(WORKLOADS)})")
     rng = np.random.default_rng(seed)
     traces = {source: builtin_trace(source) for source in ("code", "conv")}
-    parts = []
+    world = default_world(cold_start_s)
     if name in TRACES:
-        window, duration_s = _trace_window(traces[TRACES[name]], duration_s, rng)
+        window, past, duration_s = _trace_window(traces[TRACES[name]], duration_s, rng)
         compressed_rate = len(window.time) / duration_s
-        for index, (*_, rate) in enumerate(ISVCS):
-            replay = replayed(window, index, duration_s, speed=TRACE_COMPRESSION)
-            keep = rng.random(len(replay)) < min(1.0, TRACE_MEAN_SHARE * rate / compressed_rate)
-            parts.append(Requests(replay.time[keep], replay.isvc[keep], replay.in_tokens[keep], replay.out_tokens[keep]))
-    else:
-        seconds = np.arange(int(np.ceil(duration_s)), dtype=float)
-        for index, (_, _, _, source, rate) in enumerate(ISVCS):
-            times = poisson_arrivals(rate * workload_shape(name, seconds, duration_s, rng), rng)
-            parts.append(sized(times[times < duration_s], index, traces[source], rng))
-    return Scenario(name, default_world(cold_start_s), Requests.merge(parts), duration_s)
+        shares = [min(1.0, TRACE_MEAN_SHARE * rate / compressed_rate) for *_, rate in ISVCS]
+        parts = [_thinned(replayed(window, i, duration_s, speed=TRACE_COMPRESSION), share, rng) for i, share in enumerate(shares)]
+        # the past thinned by a stream of its own: the window's requests are the seed's as before
+        before = np.random.default_rng((seed, 1))
+        earlier = [_thinned(_replayed_before(past, i), share, before) for i, share in enumerate(shares)]
+        return Scenario(name, world, Requests.merge(parts), duration_s, Requests.merge(earlier), PAST_S)
+    seconds = np.arange(int(np.ceil(duration_s)), dtype=float)
+    parts = []
+    for index, (_, _, _, source, rate) in enumerate(ISVCS):
+        times = poisson_arrivals(rate * workload_shape(name, seconds, duration_s, rng), rng)
+        parts.append(sized(times[times < duration_s], index, traces[source], rng))
+    return Scenario(name, world, Requests.merge(parts), duration_s)
+
+
+def _replayed_before(past: Trace, isvc: int) -> Requests:
+    """The past of a window (times below 0), time-compressed as the window is."""
+    count = len(past.time)
+    return Requests(past.time / TRACE_COMPRESSION, np.full(count, isvc), past.in_tokens, np.maximum(past.out_tokens, 1))
+
+
+def _thinned(requests: Requests, share: float, rng: np.random.Generator) -> Requests:
+    keep = rng.random(len(requests)) < share
+    return Requests(requests.time[keep], requests.isvc[keep], requests.in_tokens[keep], requests.out_tokens[keep])

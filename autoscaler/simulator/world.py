@@ -68,3 +68,16 @@ class Scenario:
     world: World
     requests: Requests
     duration_s: float
+    # the requests before the run (times from -past_s to 0), where its traffic has a past: a
+    # window of a trace is one of services that ran before it, and what a controller started at
+    # its start reads of that past from Prometheus (planner.recall) the policies' openings read
+    # from here. None: the ISVCs open with the run (new deployments)
+    past: Requests | None = None
+    past_s: float = 0.0
+
+    def arrivals(self, start: float, end: float) -> Requests:
+        """The requests that arrive in [start, end), from the past where `start` is below 0."""
+        parts = [self.past, self.requests] if self.past is not None and start < 0 else [self.requests]
+        merged = Requests.merge(parts)
+        keep = (merged.time >= start) & (merged.time < end)
+        return Requests(merged.time[keep], merged.isvc[keep], merged.in_tokens[keep], merged.out_tokens[keep])

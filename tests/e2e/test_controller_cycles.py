@@ -14,7 +14,7 @@ import json
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from autoscaler.controller.collector import CollectorSettings, PrometheusCollector
+from autoscaler.controller.collector import CollectError, CollectorSettings, PrometheusCollector
 from autoscaler.controller.server import build_app
 from autoscaler.kserve import COMPONENT_LABEL, DEPLOYMENT_MODE, ISVC_LABEL, PREDICTOR
 from autoscaler.kube_auth import KubernetesReviews, PathGate
@@ -258,3 +258,37 @@ async def test_knative_revisions_get_hpas_serverless_services_and_status(namespa
         assert sorted(d.revision for d in namespace.published(controller)) == list(revisions[1:])
     finally:
         await stop(controller)
+
+
+class _RefusingHistory(StandInCollector):
+    async def history(self, span_s, step_s, slos_s=None):
+        raise CollectError("Prometheus query failed: HTTP Status Code 422 (range too long)")
+
+
+@named("e2e-recall")
+async def test_a_controller_started_beside_running_isvcs_plans_its_first_cycle_with_their_past(namespace):
+    """Started (or failed over) beside running ISVCs, the controller reads their lookback from
+    Prometheus before its first plan (Controller._recall, planner.recall): chat ran at 20-40
+    req/s over the minutes before and reads 8 now; its twin, the same model and class, has no
+    past. The first decision sizes chat with the swings seen before it, the twin as for
+    Poisson arrivals at 8. Prometheus refusing the range queries costs only that: the cycle
+    decides from one window, with no error."""
+    namespace.create_isvc("chat", CHAT)
+    namespace.create_isvc("twin", CHAT)
+    chat, twin = (namespace.name, "chat"), (namespace.name, "twin")
+    past = [(ago, {chat: observed(20.0 if ago % 60 else 40.0)}) for ago in (180, 150, 120, 90, 60, 30)]
+    controller = await namespace.controller(StandInCollector({chat: observed(8.0), twin: observed(8.0)}, past))
+    try:
+        report = await controller.cycle()
+        assert not namespace.mine(report), report.as_dict()
+        assert controller.recalled_cycles == 6
+        assert namespace.decision("chat")["arrival_rate"] == namespace.decision("twin")["arrival_rate"] == 8.0
+        assert namespace.decision("chat")["replicas"] > namespace.decision("twin")["replicas"]
+    finally:
+        await stop(controller)
+    refused = await namespace.controller(_RefusingHistory({chat: observed(8.0), twin: observed(8.0)}))
+    try:
+        report = await refused.cycle()
+        assert not report.error and not namespace.mine(report) and refused.recalled_cycles == 0
+    finally:
+        await stop(refused)

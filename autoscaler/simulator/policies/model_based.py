@@ -15,12 +15,15 @@ clock, which the controller's cycles do not move; a count published just after a
 whole sync period for the next, half of one on average).
 Between ticks it probes the requests running + waiting every `probe_s`, as the controller's
 queue watch does, and asks the engine for a cycle when planner.early_cycle says a queue builds
-(at most once per the planner's early_interval_s).
+(at most once per the planner's early_interval_s). Where the scenario has a past, the
+controller started at time zero recalls its lookback first (planner.recall, as the controller's
+first cycle does from Prometheus).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -28,7 +31,7 @@ import numpy as np
 from ...optimizer.domain import Load
 from ...policy.decisions import LastDecision, ManagedService
 from ...policy.observation import WINDOW_S, Key, Observation, allan_factor
-from ...policy.planner import Plan, PlannerSettings, PlannerState, early_cycle, plan
+from ...policy.planner import Plan, PlannerSettings, PlannerState, early_cycle, plan, recall
 from ...policy.rollout import offered_capacity
 from ..engine import Decision, IsvcView
 from ..observe import Observer, RequestRecords
@@ -60,10 +63,14 @@ class ModelBasedPolicy:
         opening: dict[int, Load],
         settings: ModelBasedSettings = ModelBasedSettings(),
         opening_arrivals: dict[int, np.ndarray] | None = None,
+        recalled: Sequence[tuple[float, dict[int, Load], dict[int, np.ndarray]]] = (),
     ):
         """Decides the deployment at time zero from the opening load, as a controller that had
         watched it for a window would; `opening_arrivals` (per ISVC, the arrival times in the
-        opening window, from 0) give the Allan factor its probes would have read (none: Poisson)."""
+        opening window, from 0) give the Allan factor its probes would have read (none: Poisson).
+        `recalled`: the cycles before the start that a controller started then recalls from
+        Prometheus (planner.recall), oldest first, each its time and the collector's window
+        before it (loads and arrival times, from the window's start)."""
         self.world = world
         self.settings = settings
         self.period_s = settings.period_s
@@ -79,15 +86,20 @@ class ModelBasedPolicy:
         self._decided = self._probed = 0.0
         # per ISVC, what the last decision published for its HPA: the count and scale-down window
         self.published: dict[int, tuple[int, int | None]] = {}
-        arrivals = opening_arrivals or {}
-        observed = {
-            self._key(i): _opening(load, settings.window_s, arrivals.get(i), settings.probe_s, settings.period_s)
-            for i, load in opening.items()
-        }
+        for at, loads, arrivals in recalled:
+            recall(self.catalog, self._services(), self._watched(loads, arrivals), at, self.state, self.planner)
+        observed = self._watched(opening, opening_arrivals or {})
         self.initial = {i: self._initial(i, p) for i, p in enumerate(self._plan(0.0, observed, self.capacity))}
         # the opening observation is made up (its rate, no requests in the system): no probe or
-        # trend is measured against it
-        self.state.arrivals.clear()
+        # trend is measured against it; the cycles recalled before it stay
+        for key, history in list(self.state.arrivals.items()):
+            history.samples = deque(s for s in history.samples if s.time < 0.0)
+            if not history.samples:
+                del self.state.arrivals[key]
+
+    def _watched(self, loads: dict[int, Load], arrivals: dict[int, np.ndarray]) -> dict[Key, Observation]:
+        s = self.settings
+        return {self._key(i): _watched(load, s.window_s, arrivals.get(i), s.probe_s, s.period_s) for i, load in loads.items()}
 
     def attach(self, records: RequestRecords) -> None:
         """The engine hands over its request records: what vLLM's metrics are read from."""
@@ -189,12 +201,13 @@ class ModelBasedPolicy:
         return Decision(spec.min_replicas, spec.default_accelerator, spec.options[spec.default_accelerator].max_num_seqs)
 
 
-def _opening(
+def _watched(
     load: Load, window_s: float, arrivals: np.ndarray | None = None, probe_s: float = 5.0, recent_s: float = 30.0
 ) -> Observation:
-    """The opening minute's load as a collector would have seen it, with nothing before it: its
-    rate, and from its arrivals the rate over its last `recent_s` (the collector's short window)
-    and their Allan factor over the probes' intervals."""
+    """A window's load as a collector would have seen it with nothing served (the opening, or a
+    cycle of the past recalled): its rate and request shape, and from its arrivals the rate
+    over its last `recent_s` (the collector's short window) and their Allan factor over the
+    probes' intervals."""
     rate = load.arrival_rate_rpm / 60.0
     dispersion, pairs, seconds, recent = None, 0, 0.0, None  # no arrivals given: Poisson, no short window
     if arrivals is not None:
