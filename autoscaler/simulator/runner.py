@@ -98,11 +98,11 @@ def build_policy(
 ):
     """A policy and its deployment at time zero.
 
-    Ours gets the optimizer and nothing measured but, where the scenario has a past, the
-    cycles of it its controller recalls from Prometheus at its start (_recalled). The baselines are tuned from a load test of
-    one replica on their GPU type: static provisioning holds enough replicas for the busiest
-    minute, the reactive autoscalers target the concurrency one replica holds within the SLOs,
-    both scaled by `knob` (default: DEFAULT_KNOBS).
+    Ours gets the optimizer and nothing measured but, where the scenario has a past, the cycles
+    of it its controller recalls from Prometheus at its start (_recalled). The baselines are
+    tuned from a load test of one replica on their GPU type: static provisioning holds enough
+    replicas for the busiest minute, the reactive autoscalers target the concurrency one
+    replica holds within the SLOs, both scaled by `knob` (default: DEFAULT_KNOBS).
     """
     world = scenario.world
     end = min(PLANNING_WINDOW_S, scenario.duration_s)
