@@ -660,9 +660,10 @@ def test_the_opening_reads_its_first_minutes_rise_as_a_collector_would(monkeypat
 
 def test_ours_and_the_reactive_baselines_open_on_a_traces_past_as_controllers_run_through_it():
     """A trace's window has a past (its loop before it): ours' controller recalls the planner's
-    lookback of it (planner.recall; a period apart, each cycle the collector's window before
-    it), the HPA's opening count holds the busiest sync of its 300 s scale-down window before
-    the start, KPA's of its 60 s stable window, beside the opening minute they all watch."""
+    lookback of it (planner.recall, a period apart), the HPA's opening count holds the busiest
+    sync of its 300 s scale-down window, KPA's of its 60 s stable window. Each as the opening
+    minute is read: at time zero, from the minute after it, as though watched before it (a
+    cycle at t reads [t, t + 60 s); the HPA's window is [-240 s, 60 s), KPA's the minute)."""
     from autoscaler.policy.guards import lookback_s
     from autoscaler.simulator.load_test import ReplicaCapacity
     from autoscaler.simulator.runner import PLANNING_WINDOW_S, RunSettings, build_policy
@@ -673,9 +674,9 @@ def test_ours_and_the_reactive_baselines_open_on_a_traces_past_as_controllers_ru
     history = policy.state.arrivals[policy._key(0)]
     back = lookback_s(PLANNING_WINDOW_S, 30.0, 60.0)
     assert [s.time for s in history.samples] == [-30.0 * k for k in range(int(back // 30), 0, -1)]
-    chat = scenario.past.time[scenario.past.isvc == 0]
+    chat = np.concatenate([scenario.past.time[scenario.past.isvc == 0], scenario.requests.time[scenario.requests.isvc == 0]])
     for s in history.samples:
-        assert s.rate == np.count_nonzero((chat >= s.time - PLANNING_WINDOW_S) & (chat < s.time)) / PLANNING_WINDOW_S
+        assert s.rate == np.count_nonzero((chat >= s.time) & (chat < s.time + PLANNING_WINDOW_S)) / PLANNING_WINDOW_S
 
     # chat-8b's past twice as busy from 200 s before the start to 70 s before it: within the HPA's window, not KPA's
     extra = (scenario.past.isvc == 0) & (scenario.past.time >= -200.0) & (scenario.past.time < -70.0)
@@ -690,7 +691,7 @@ def test_ours_and_the_reactive_baselines_open_on_a_traces_past_as_controllers_ru
         times = times[(times >= start) & (times < PLANNING_WINDOW_S)]
         return np.bincount(((times - start) // 15.0).astype(int)).max() / 15.0
 
-    for baseline, held_s in (("hpa", 300.0), ("knative-kpa", 60.0)):
+    for baseline, held_s in (("hpa", 240.0), ("knative-kpa", 0.0)):
         for s in (scenario, busier):
             assert build_policy(baseline, s, RunSettings(), tested)[1][0].replicas == math.ceil(busiest(s, -held_s) / 4.0)
     assert (

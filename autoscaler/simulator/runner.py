@@ -67,12 +67,13 @@ def _arrivals(scenario: Scenario, start: float, end: float) -> dict[int, np.ndar
 
 def _recalled(scenario: Scenario, settings: RunSettings) -> list[tuple[float, dict[int, Load], dict[int, np.ndarray]]]:
     """The cycles ours' controller recalls of the scenario's past (planner.recall), oldest
-    first: a period apart over the planner's lookback before the start, each the collector's
-    window before it, where the past reaches that far."""
+    first: a period apart over the planner's lookback before the start, where the past reaches
+    that far. Each reads the window after its time, as the opening does: the opening decides at
+    time zero from the minute after it, as though it had watched that minute before."""
     window, period = PLANNING_WINDOW_S, settings.control_period_s
-    back = min(lookback_s(window, period, scenario.world.cold_start_s), scenario.past_s - window)
+    back = min(lookback_s(window, period, scenario.world.cold_start_s), scenario.past_s)
     cycles = [-period * k for k in range(int(back // period), 0, -1)]
-    return [(t, _loads(scenario, t - window, t), _arrivals(scenario, t - window, t)) for t in cycles]
+    return [(t, _loads(scenario, t, t + window), _arrivals(scenario, t, t + window)) for t in cycles]
 
 
 def baseline_capacities(scenario: Scenario, jobs: int = 1) -> dict[int, ReplicaCapacity]:
@@ -119,10 +120,11 @@ def build_policy(
     # as if they had watched the opening minute too, as ours does: an HPA's count at its end is
     # its busiest sync's (its 300 s scale-down window holds the highest), KPA's panic window
     # is shorter still; at the minute's mean they missed a rise within it that ours reads. Where
-    # the scenario has a past, they ran through it, as ours recalls it: the HPA's count holds
-    # the busiest sync of its scale-down window before the start too, KPA's its stable window's
+    # the scenario has a past, they ran through it, as ours recalls it: the count holds the
+    # busiest sync of the HPA's scale-down window, of KPA's stable window, the opening minute
+    # the window's last (KPA's is no longer)
     held_s = SCALE_DOWN_WINDOW_S if name == "hpa" else KpaSettings().stable_window_s
-    watched = _busiest(scenario, -min(held_s, scenario.past_s), end, HpaSettings().sync_period_s, opening)
+    watched = _busiest(scenario, -min(max(held_s - end, 0.0), scenario.past_s), end, HpaSettings().sync_period_s, opening)
     initial = _on_default(scenario, _replicas_for(watched, capacities))
     per_pod = {i: max(c.concurrency, 1.0) * knob for i, c in capacities.items()}
     if name == "knative-kpa":  # KPA itself aims at its target utilisation of the target it is given
