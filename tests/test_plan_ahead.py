@@ -681,9 +681,7 @@ def test_ours_and_the_reactive_baselines_open_on_a_traces_past_as_controllers_ru
     # chat-8b's past twice as busy from 200 s before the start to 70 s before it: within the HPA's window, not KPA's
     extra = (scenario.past.isvc == 0) & (scenario.past.time >= -200.0) & (scenario.past.time < -70.0)
     p = scenario.past
-    busier = dataclasses.replace(
-        scenario, past=Requests.merge([p, Requests(p.time[extra], p.isvc[extra], p.in_tokens[extra], p.out_tokens[extra])])
-    )
+    busier = dataclasses.replace(scenario, past=Requests.merge([p, p.where(extra)]))
     tested = {i: ReplicaCapacity(4.0 if i == 0 else 1e9, 10.0) for i in range(len(scenario.world.isvcs))}
 
     def busiest(s, start: float) -> float:

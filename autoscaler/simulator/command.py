@@ -15,7 +15,7 @@ from .report import ALL_CLASSES, TABLE_HEADER, as_json, outcomes, table_rows
 from .runner import POLICIES, RunSettings, run_all
 from .scenarios import DEFAULT_DURATION_S, SCENARIOS, build_scenario
 from .server import MODES, EngineSettings
-from .traffic import Requests, read_azure_trace, read_simple_trace, replayed
+from .traffic import read_azure_trace, read_simple_trace, replayed
 from .world import Scenario
 
 
@@ -82,8 +82,7 @@ def _with_trace(scenario: Scenario, path: Path, isvc_name: str, duration: float)
     else:
         by_model = {spec.model: i for i, spec in enumerate(scenario.world.isvcs)} | {n: i for i, n in enumerate(names)}
         requests = read_simple_trace(path, by_model.get)
-        keep = requests.time < duration
-        requests = Requests(requests.time[keep], requests.isvc[keep], requests.in_tokens[keep], requests.out_tokens[keep])
+        requests = requests.where(requests.time < duration)
     if len(requests) == 0:
         raise InputError(str(path), "", f"no request within the first {duration:g} s")
     span = min(duration, float(requests.time[-1]) + 1.0)

@@ -33,6 +33,10 @@ class Requests:
     def __len__(self) -> int:
         return len(self.time)
 
+    def where(self, keep: np.ndarray) -> Requests:
+        """The requests `keep` (a boolean mask) selects, in their order."""
+        return Requests(self.time[keep], self.isvc[keep], self.in_tokens[keep], self.out_tokens[keep])
+
     @staticmethod
     def merge(parts: Sequence[Requests]) -> Requests:
         time = np.concatenate([p.time for p in parts])

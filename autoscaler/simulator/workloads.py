@@ -100,7 +100,8 @@ def build_workload(name: str, seed: int = 1, duration_s: float = DEFAULT_DURATIO
         parts = [_thinned(replayed(window, i, duration_s, speed=TRACE_COMPRESSION), share, rng) for i, share in enumerate(shares)]
         # the past thinned by a stream of its own: the window's requests are the seed's as before
         before = np.random.default_rng((seed, 1))
-        earlier = [_thinned(_replayed_before(past, i), share, before) for i, share in enumerate(shares)]
+        # cut at 0: all of it, the past's times are below it
+        earlier = [_thinned(replayed(past, i, 0.0, speed=TRACE_COMPRESSION), share, before) for i, share in enumerate(shares)]
         return Scenario(name, world, Requests.merge(parts), duration_s, Requests.merge(earlier), PAST_S)
     seconds = np.arange(int(np.ceil(duration_s)), dtype=float)
     parts = []
@@ -110,12 +111,5 @@ def build_workload(name: str, seed: int = 1, duration_s: float = DEFAULT_DURATIO
     return Scenario(name, world, Requests.merge(parts), duration_s)
 
 
-def _replayed_before(past: Trace, isvc: int) -> Requests:
-    """The past of a window (times below 0), time-compressed as the window is."""
-    count = len(past.time)
-    return Requests(past.time / TRACE_COMPRESSION, np.full(count, isvc), past.in_tokens, np.maximum(past.out_tokens, 1))
-
-
 def _thinned(requests: Requests, share: float, rng: np.random.Generator) -> Requests:
-    keep = rng.random(len(requests)) < share
-    return Requests(requests.time[keep], requests.isvc[keep], requests.in_tokens[keep], requests.out_tokens[keep])
+    return requests.where(rng.random(len(requests)) < share)

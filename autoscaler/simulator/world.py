@@ -78,6 +78,4 @@ class Scenario:
     def arrivals(self, start: float, end: float) -> Requests:
         """The requests that arrive in [start, end), from the past where `start` is below 0."""
         parts = [self.past, self.requests] if self.past is not None and start < 0 else [self.requests]
-        merged = Requests.merge(parts)
-        keep = (merged.time >= start) & (merged.time < end)
-        return Requests(merged.time[keep], merged.isvc[keep], merged.in_tokens[keep], merged.out_tokens[keep])
+        return Requests.merge([p.where((p.time >= start) & (p.time < end)) for p in parts])
